@@ -1,0 +1,252 @@
+"""The command line: ``python -m bench run|table|list|data``.
+
+Every user error (unknown name, value out of range, missing data, unreadable store) is one line
+on stderr, ``bench: error: ...``, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+from bench.errors import BenchError
+from bench.spec import (DEFAULT_META_PER_CLASS, GRID_PRESET, GRIDS, NOISE_TYPES, PRESETS, Cell, RunSpec,
+                        apply_protocol_overrides, get_grid, parse_sets, scale_schedule)
+from bench.store import DEFAULT_STORE
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, via main()
+        raise BenchError(message)
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise BenchError(f"{what} must be a comma-separated list of numbers, got {text!r}") from None
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise BenchError(f"--seeds must be a comma-separated list of integers, got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise BenchError(f"--seeds must be non-negative integers, got {text!r}")
+    return seeds
+
+
+def parse_noise(text: str) -> tuple[str, float]:
+    """``none`` or ``TYPE:RATE`` (e.g. ``flip2:0.4``)."""
+    text = text.strip()
+    if text == "none":
+        return "none", 0.0
+    kind, sep, rate = text.partition(":")
+    if not sep:
+        raise BenchError(f"malformed noise {text!r}; expected TYPE:RATE (types: {', '.join(NOISE_TYPES)}) or none")
+    try:
+        value = float(rate)
+    except ValueError:
+        raise BenchError(f"malformed noise rate in {text!r}") from None
+    return kind, value
+
+
+def _check_dataset(name: str) -> None:
+    from bench.data import DATASET_NAMES
+    if name not in DATASET_NAMES and not name.startswith("npz:"):
+        raise BenchError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)} or npz:PATH")
+
+
+def build_specs(args) -> list[RunSpec]:
+    """The RunSpecs that ``bench run`` asks for: methods x cells x seeds."""
+    import methods
+
+    if args.grid and (args.imbalance or args.noise):
+        raise BenchError("give either --grid or --imbalance/--noise, not both")
+    cells_from_grid = get_grid(args.grid) if args.grid else None
+    preset_name = args.preset or (GRID_PRESET[args.grid] if args.grid else "quick")
+    if preset_name not in PRESETS:
+        raise BenchError(f"unknown preset {preset_name!r}; choose from {', '.join(PRESETS)}")
+    preset = dict(PRESETS[preset_name])
+    cell_defaults = {k: preset.pop(k) for k in ("imbalance", "noise_type", "noise_rate") if k in preset}
+    protocol_sets, method_sets = parse_sets(args.set or [])
+    if args.epochs is not None:
+        preset.update(scale_schedule(PRESETS[preset_name], args.epochs))
+    if args.model:
+        preset["model"] = args.model
+    preset = apply_protocol_overrides(preset, protocol_sets)
+    if preset["epochs"] < 1:
+        raise BenchError(f"epochs must be at least 1, got {preset['epochs']}")
+    from bench.models import MODELS
+    if preset["model"] not in MODELS:
+        raise BenchError(f"unknown model {preset['model']!r}; choose from {', '.join(sorted(MODELS))}")
+
+    if cells_from_grid is not None:
+        if args.dataset and any(c.dataset != args.dataset for c in cells_from_grid):
+            raise BenchError(f"grid {args.grid!r} is defined on {cells_from_grid[0].dataset}, not {args.dataset}")
+        cells = cells_from_grid
+    else:
+        dataset = args.dataset or preset["dataset"]
+        imbalances = _floats(args.imbalance, "--imbalance") if args.imbalance else [cell_defaults.get("imbalance", 1.0)]
+        noises = ([parse_noise(t) for t in args.noise.split(",")] if args.noise
+                  else [(cell_defaults.get("noise_type", "none"), cell_defaults.get("noise_rate", 0.0))])
+        cells = [Cell(dataset, imb, kind, rate) for imb, (kind, rate) in itertools.product(imbalances, noises)]
+    for dataset in {c.dataset for c in cells}:
+        _check_dataset(dataset)
+
+    method_names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not method_names:
+        raise BenchError("--methods needs at least one method name")
+    method_classes = {name: methods.get(name) for name in method_names}
+    for name in method_sets:
+        if name not in method_classes:
+            raise BenchError(f"--set {name}.* names a method that is not in --methods ({', '.join(method_names)})")
+    params = {name: cls.resolve_params(preset_name, method_sets.get(name)) for name, cls in method_classes.items()}
+
+    from methods.base import params_items
+    seeds = _seeds(args.seeds)
+    if args.data_seed is not None and args.data_seed < 0:
+        raise BenchError(f"--data-seed must be non-negative, got {args.data_seed}")
+    if args.meta_per_class is not None and args.meta_per_class < 0:
+        raise BenchError(f"--meta-per-class must be non-negative, got {args.meta_per_class}")
+    protocol = {k: v for k, v in preset.items() if k != "dataset"}
+    specs = []
+    for name, cell, seed in itertools.product(method_names, cells, seeds):
+        meta = args.meta_per_class if args.meta_per_class is not None else DEFAULT_META_PER_CLASS.get(cell.dataset, 10)
+        specs.append(RunSpec(method=name, dataset=cell.dataset, imbalance=cell.imbalance,
+                             noise_type=cell.noise_type, noise_rate=cell.noise_rate, meta_per_class=meta,
+                             seed=seed, data_seed=seed if args.data_seed is None else args.data_seed,
+                             preset=preset_name, params=params_items(params[name]), **protocol))
+    return specs
+
+
+# ------------------------------------------------------------------------------ commands
+
+def cmd_run(args) -> int:
+    from bench import execute
+    from bench.store import Store
+    from bench.summary import render, results_table
+
+    specs = build_specs(args)
+    device = execute.resolve_device(args.device)
+    for spec in specs:  # fail on missing data or an impossible bias before touching the store
+        execute.load_data(spec, args.data_dir)
+    store = Store(args.store)
+    counts = execute.run_grid(specs, store, device=device, data_dir=args.data_dir,
+                              cache_dir=Path(args.cache_dir), retry_failed=args.retry_failed,
+                              show_progress=not args.quiet)
+    print(f"{len(specs)} runs requested: {counts['done']} trained, {counts['skipped']} already in the store, "
+          f"{counts['failed']} failed (store: {args.store})", file=sys.stderr)
+    runs = store.runs("done", keys=sorted({s.key() for s in specs}))
+    print(render(results_table(runs, args.metric), title=f"test accuracy (%), {args.metric} epoch, mean ± std over seeds"))
+    return 1 if counts["failed"] else 0
+
+
+def cmd_table(args) -> int:
+    from bench.store import Store
+    from bench.summary import render, results_table
+
+    store = Store(args.store, create=False)
+    runs = store.runs("done")
+    title = "" if args.format != "md" else (
+        f"test accuracy (%), {args.metric} epoch" + ("" if args.group == "all" else f", {args.group}-shot classes")
+        + ", mean ± std over seeds")
+    print(render(results_table(runs, args.metric, args.group), args.format, title))
+    failed = store.runs("failed")
+    if len(failed) and args.format == "md":
+        print(f"\n{len(failed)} failed run(s): `python -m bench run ... --retry-failed` retries them", file=sys.stderr)
+    return 0
+
+
+def cmd_list(args) -> int:
+    import methods
+    from bench.data import DATASET_NAMES
+    from bench.models import MODELS
+
+    print("methods:")
+    for name in methods.names():
+        cls = methods.get(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        variants = getattr(cls, "variants", None)
+        shown = f"{name} ({', '.join(variants)})" if variants else name
+        print(f"  {shown:28s} {doc}")
+    print("datasets:\n  " + ", ".join(DATASET_NAMES) + ", npz:PATH")
+    print("models:\n  " + ", ".join(sorted(MODELS)))
+    print("grids:")
+    for name, cells in GRIDS.items():
+        print(f"  {name:12s} {len(cells):3d} cells, preset {GRID_PRESET[name]}: "
+              + "; ".join(c.label() for c in cells[:4]) + (" ..." if len(cells) > 4 else ""))
+    print("presets:\n  " + ", ".join(PRESETS))
+    print("noise types:\n  " + ", ".join(NOISE_TYPES))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from bench.data import cli as data_cli
+    return data_cli.main(args)
+
+
+# ------------------------------------------------------------------------------- parser
+
+def make_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    run = sub.add_parser("run", help="train and evaluate methods on grid cells; results go to the store")
+    run.add_argument("--methods", required=True, help="comma-separated method names (see `bench list`)")
+    run.add_argument("--dataset", help="fmnist-mini (quick default), fashion-mnist, cifar10, cifar100 or npz:PATH")
+    run.add_argument("--data-dir", help="where datasets live (else $BENCH_DATA_DIR, else ~/.cache/reweight-bench/data)")
+    run.add_argument("--grid", help=f"a named grid: {', '.join(GRIDS)}")
+    run.add_argument("--imbalance", help="comma-separated imbalance ratios n_max/n_min, e.g. 1,20")
+    run.add_argument("--noise", help="comma-separated TYPE:RATE or none, e.g. flip2:0.4,none")
+    run.add_argument("--meta-per-class", type=int, help="clean meta samples per class (default: per dataset)")
+    run.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
+    run.add_argument("--data-seed", type=int, help="fix the data seed for all runs (default: the training seed)")
+    run.add_argument("--preset", help=f"{' or '.join(PRESETS)} (default quick, or the grid's preset)")
+    run.add_argument("--model", help="backbone override (resnet32, wrn16_8, small_cnn)")
+    run.add_argument("--epochs", type=int, help="override epochs; warm-up and milestones scale with it")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a protocol field (lr=0.05) or a method setting (focal.gamma=2); repeatable")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default ./{DEFAULT_STORE})")
+    run.add_argument("--cache-dir", default=".bench_cache", help="cache of reusable artefacts (probe curves)")
+    run.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
+    run.add_argument("--metric", choices=("last", "best"), default="last", help="accuracy shown at the end")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
+
+    table = sub.add_parser("table", help="print stored results: method x cell, mean ± std over seeds")
+    table.add_argument("--store", default=DEFAULT_STORE)
+    table.add_argument("--format", choices=("md", "csv", "json"), default="md")
+    table.add_argument("--metric", choices=("last", "best"), default="last",
+                       help="last-epoch or best-epoch (best-on-test, as the papers report) accuracy")
+    table.add_argument("--group", choices=("all", "many", "medium", "few"), default="all",
+                       help="all classes, or one shot group (>100, 20-100, <20 training samples)")
+    table.set_defaults(func=cmd_table)
+
+    lst = sub.add_parser("list", help="methods, datasets, models, grids, presets")
+    lst.set_defaults(func=cmd_list)
+
+    data = sub.add_parser("data", help="print the realised bias of a dataset (meta split, imbalance, noise)")
+    try:
+        from bench.data import cli as data_cli
+        data_cli.add_arguments(data)
+    except ImportError:
+        pass
+    data.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = make_parser().parse_args(argv)
+        return args.func(args)
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted; finished runs are in the store, the rest will run next time", file=sys.stderr)
+        return 130

@@ -1,0 +1,203 @@
+"""Where runs execute. One run = one pure function of its spec: ``execute(spec) -> RunResult``.
+
+The driver (:func:`run_grid`) is the only writer of the store: it marks a run ``running``, calls
+:func:`execute` and commits the result (or the failure) in one transaction. Runs already ``done``
+are skipped; ``failed`` ones are retried only when asked.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import methods
+from bench.errors import BenchError
+from bench.spec import RunSpec
+from bench.store import Store
+from bench.train import Diverged
+
+DEFAULT_CACHE_DIR = Path(".bench_cache")
+
+
+@dataclass
+class RunResult:
+    """What one run produces; the driver writes it to the store."""
+
+    spec: RunSpec
+    status: str                     # "done" or "failed"
+    metrics: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    samples: dict = field(default_factory=dict)
+    values: dict = field(default_factory=dict)
+    arrays: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError("--device cuda was asked for but no CUDA device is available (use --device cpu)")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise BenchError(f"unknown device {name!r}; choose from auto, cpu, cuda, cuda:N")
+    return torch.device(name)
+
+
+@functools.lru_cache(maxsize=1)
+def suite_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("+dirty" if dirty and commit != "unknown" else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    return {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+            "device_name": name, "suite_commit": suite_commit(), "host": platform.node(),
+            "threads": torch.get_num_threads()}
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(name: str, data_dir: str | None):
+    from bench.data import load_dataset
+    return load_dataset(name, data_dir)
+
+
+@functools.lru_cache(maxsize=8)
+def biased_data(dataset: str, imbalance: float, noise_type: str, noise_rate: float, meta_per_class: int,
+                data_seed: int, data_dir: str | None):
+    from bench.data import BiasSpec, make_biased
+    spec = BiasSpec(imbalance=imbalance, noise_type=noise_type, noise_rate=noise_rate,
+                    meta_per_class=meta_per_class, seed=data_seed)
+    return make_biased(_dataset(dataset, data_dir), spec)
+
+
+def load_data(spec: RunSpec, data_dir: str | None = None):
+    return biased_data(spec.dataset, spec.imbalance, spec.noise_type, spec.noise_rate, spec.meta_per_class,
+                       spec.data_seed, None if data_dir is None else str(data_dir))
+
+
+def summarize(run, model) -> dict:
+    """Final metrics: last-epoch (the returned model) and best-epoch (max over the logged
+    evaluations of the final stage; the papers' code reports this best-on-test figure)."""
+    last = run.evaluate(model)
+    evaluated = [h for h in run.history if "test_acc" in h]
+    final_stage = evaluated[-1]["stage"] if evaluated else None
+    candidates = [h for h in evaluated if h["stage"] == final_stage]
+    best = max(candidates, key=lambda h: h["test_acc"]) if candidates else None
+    metrics = {f"{k}_last": last[k] for k in ("acc", "many", "medium", "few")}
+    metrics["per_class_last"] = last["per_class"]
+    if best is not None:
+        metrics.update({f"{k}_best": best[s] for k, s in
+                        (("acc", "test_acc"), ("many", "many"), ("medium", "medium"), ("few", "few"))})
+        metrics["best_epoch"] = best["epoch"]
+    metrics["train_counts"] = np.asarray(run.data.train_counts).tolist()
+    return metrics
+
+
+def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
+            cache_dir: Path | None = DEFAULT_CACHE_DIR, progress=None) -> RunResult:
+    """Train and evaluate one run. Diverged runs and exceptions come back as ``failed``."""
+    from methods.base import Run
+
+    method_cls = methods.get(spec.method)
+    params = method_cls.params_from_spec(spec)
+    data = load_data(spec, data_dir)
+    env = environment(device)
+    run = Run(spec=spec, data=data, device=device, params=params, cache_dir=cache_dir, progress=progress)
+    torch.manual_seed(spec.seed)
+    try:
+        model = method_cls(params).fit(run)
+        metrics = summarize(run, model)
+    except Diverged as exc:
+        return RunResult(spec, "failed", history=run.history, env=env, error=str(exc))
+    except (KeyboardInterrupt, BenchError):
+        raise
+    except Exception as exc:  # a bug in a method must not stop the grid; keep the reason
+        tb = traceback.format_exc(limit=6)
+        print(tb, file=sys.stderr)
+        return RunResult(spec, "failed", history=run.history, env=env, error=f"{type(exc).__name__}: {exc}")
+    samples = {"dataset_index": data.train_index, "clean_label": data.train_clean_y,
+               "observed_label": data.train_y, "is_noisy": data.is_noisy}
+    values = {k: v for k, v in run.records.items() if np.ndim(v) == 1}
+    arrays = {k: v for k, v in run.records.items() if np.ndim(v) != 1}
+    return RunResult(spec, "done", metrics=metrics, history=run.history, samples=samples, values=values,
+                     arrays=arrays, env=env)
+
+
+def display_name(spec: RunSpec) -> str:
+    return methods.get(spec.method).display_name(spec.method_params)
+
+
+def commit(store: Store, result: RunResult) -> None:
+    key = result.spec.key()
+    if result.status == "done":
+        store.finish(key, metrics=result.metrics, history=result.history, env=result.env,
+                     samples=result.samples, values=result.values, arrays=result.arrays)
+    else:
+        store.fail(key, result.error or "unknown error", history=result.history, env=result.env)
+
+
+def pending(store: Store, specs: list[RunSpec], retry_failed: bool = False) -> list[RunSpec]:
+    """The specs still to run: not done, and not failed unless ``retry_failed``; duplicates dropped."""
+    todo, seen = [], set()
+    for spec in specs:
+        key = spec.key()
+        status = store.status(key)
+        if key in seen or status == "done" or (status == "failed" and not retry_failed):
+            continue
+        seen.add(key)
+        todo.append(spec)
+    return todo
+
+
+def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device, data_dir: str | None = None,
+             cache_dir: Path | None = DEFAULT_CACHE_DIR, retry_failed: bool = False,
+             show_progress: bool = True) -> dict[str, int]:
+    """Run every spec not yet done, in order, in this process; returns counts by outcome."""
+    from tqdm.auto import tqdm
+
+    todo = pending(store, specs, retry_failed)
+    counts = {"skipped": len({s.key() for s in specs}) - len(todo), "done": 0, "failed": 0}
+    disable = not show_progress or None  # None: tqdm shows bars only on a terminal
+    grid_bar = tqdm(todo, desc="grid", unit="run", disable=disable, position=0)
+    for spec in grid_bar:
+        label = f"{display_name(spec)} {spec.cell.label()} seed {spec.seed}"
+        grid_bar.set_postfix_str(label)
+        epoch_bar = tqdm(desc="  epochs", unit="ep", leave=False, disable=disable, position=1)
+
+        def progress(row, bar=epoch_bar):
+            bar.set_description(f"  {row['stage']}")
+            bar.update(1)
+            shown = {k: row[k] for k in ("loss", "test_acc") if isinstance(row.get(k), float)}
+            bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()})
+
+        store.start(spec.key(), spec.to_dict(), display_name(spec))
+        started = time.time()
+        result = execute(spec, device=device, data_dir=data_dir, cache_dir=cache_dir, progress=progress)
+        epoch_bar.close()
+        commit(store, result)
+        counts[result.status] += 1
+        outcome = (f"acc {result.metrics['acc_last']:.2f} (best {result.metrics.get('acc_best', float('nan')):.2f})"
+                   if result.status == "done" else f"FAILED: {result.error}")
+        tqdm.write(f"[{spec.key()}] {label}: {outcome} in {time.time() - started:.0f}s", file=sys.stderr)
+    return counts
+
+

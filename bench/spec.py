@@ -1,0 +1,252 @@
+"""Run specifications, presets and the paper's grids.
+
+A :class:`RunSpec` is everything that determines a run: the data (dataset, bias, data seed), the
+classifier protocol (model, optimiser, schedule), the method and all its hyperparameters, and the
+training seed. Its :meth:`RunSpec.key` is a stable hash of all of it, so the store can tell a run
+that is already done from a new one (DomainBed keys its jobs the same way).
+
+Presets
+-------
+``paper``  The grid protocol of PROTOCOL.md §3 (CurveNet's allocate stage, used for every method):
+           ResNet-32, SGD lr 0.1, momentum 0.9, Nesterov, weight decay 5e-4, batch 128 (meta batch
+           128), 200 epochs, linear warm-up over 5 epochs, lr x0.1 at epochs 80 and 100.
+``quick``  The default, a user's first run: the embedded fmnist-mini, the small CNN, the same
+           protocol scaled to 20 epochs (warm-up 1 epoch, lr x0.1 at epochs 8 and 10, i.e. the
+           paper's 80/200 and 100/200), on a noisy and imbalanced cell (imbalance 10, flip2 0.4).
+
+``--epochs N`` rescales the warm-up and milestones by N / (preset epochs) unless they are set
+explicitly (``--set milestones=60,80``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+
+from bench.errors import BenchError
+
+NOISE_TYPES = ("none", "uniform", "flip", "flip2", "uniform_freq")
+DEFAULT_META_PER_CLASS = {"cifar10": 100, "cifar100": 10, "fashion-mnist": 100, "fmnist-mini": 20}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the noise x imbalance grid on one dataset."""
+
+    dataset: str
+    imbalance: float
+    noise_type: str
+    noise_rate: float
+
+    def __post_init__(self):
+        check_cell_values(self.imbalance, self.noise_type, self.noise_rate)
+        if self.noise_rate == 0:  # 'flip2:0' and 'none' are the same data: one key for both
+            object.__setattr__(self, "noise_type", "none")
+
+    def label(self) -> str:
+        noise = "clean" if self.noise_type == "none" else f"{self.noise_type}:{self.noise_rate:g}"
+        return f"{self.dataset} imb{self.imbalance:g} {noise}"
+
+
+def check_cell_values(imbalance: float, noise_type: str, noise_rate: float) -> None:
+    if not (isinstance(imbalance, (int, float)) and math.isfinite(imbalance) and imbalance >= 1):
+        raise BenchError(f"imbalance must be a finite number >= 1, got {imbalance!r}")
+    if noise_type not in NOISE_TYPES:
+        raise BenchError(f"unknown noise type {noise_type!r}; choose from {', '.join(NOISE_TYPES)}")
+    if not (0 <= noise_rate < 1):
+        raise BenchError(f"noise rate must lie in [0, 1), got {noise_rate!r}")
+    if noise_type == "none" and noise_rate != 0:
+        raise BenchError("noise type 'none' takes no rate")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines one run. Frozen; build variants with :meth:`replace`."""
+
+    method: str
+    dataset: str = "fmnist-mini"
+    imbalance: float = 10.0
+    noise_type: str = "flip2"
+    noise_rate: float = 0.4
+    meta_per_class: int = 20
+    seed: int = 0
+    data_seed: int = 0
+    preset: str = "quick"
+    model: str = "small_cnn"
+    init: str = "kaiming"
+    epochs: int = 20
+    batch_size: int = 128
+    meta_batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    milestones: tuple[int, ...] = (8, 10)
+    lr_decay: float = 0.1
+    params: tuple[tuple[str, object], ...] = field(default=())  # the method's hyperparameters
+
+    @property
+    def cell(self) -> Cell:
+        return Cell(self.dataset, self.imbalance, self.noise_type, self.noise_rate)
+
+    @property
+    def method_params(self) -> dict:
+        return dict(self.params)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        d["params"] = {k: _jsonable(v) for k, v in self.params}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunSpec:
+        d = dict(d)
+        d["milestones"] = tuple(d["milestones"])
+        d["params"] = tuple(sorted((k, _hashable(v)) for k, v in d["params"].items()))
+        return cls(**d)
+
+    def key(self) -> str:
+        """Stable 16-hex-digit hash of the full spec (method hyperparameters included)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def replace(self, **changes) -> RunSpec:
+        return dataclasses.replace(self, **changes)
+
+
+def _jsonable(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _hashable(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+# ---------------------------------------------------------------------------------- presets
+
+PRESETS: dict[str, dict] = {
+    "paper": dict(dataset="cifar10", model="resnet32", epochs=200, batch_size=128, meta_batch_size=128,
+                  lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, warmup_epochs=5,
+                  milestones=(80, 100), lr_decay=0.1, init="kaiming"),
+    "quick": dict(dataset="fmnist-mini", model="small_cnn", epochs=20, batch_size=128, meta_batch_size=128,
+                  lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, warmup_epochs=1,
+                  milestones=(8, 10), lr_decay=0.1, init="kaiming",
+                  imbalance=10.0, noise_type="flip2", noise_rate=0.4),
+}
+
+PROTOCOL_FIELDS = tuple(f.name for f in fields(RunSpec) if f.name not in
+                        ("method", "dataset", "imbalance", "noise_type", "noise_rate", "seed",
+                         "data_seed", "preset", "params"))
+
+
+def scale_schedule(preset: dict, epochs: int) -> dict:
+    """Warm-up and milestones of ``preset`` rescaled to ``epochs`` (rounded, at least 1 apart)."""
+    if epochs < 1:
+        raise BenchError(f"epochs must be at least 1, got {epochs}")
+    base = preset["epochs"]
+    milestones = tuple(sorted({max(1, round(m * epochs / base)) for m in preset["milestones"]}))
+    warmup = round(preset["warmup_epochs"] * epochs / base)
+    if preset["warmup_epochs"] and epochs >= base / 10:
+        warmup = max(1, warmup)
+    return dict(epochs=epochs, milestones=milestones, warmup_epochs=warmup)
+
+
+# ------------------------------------------------------------------------------------ grids
+
+def _cells(dataset, imbalances, noise_type, rates):
+    return [Cell(dataset, float(i), noise_type, float(r)) for i in imbalances for r in rates]
+
+
+# CurveNet paper grids (PROTOCOL.md §6). Table 2 and 3 are subsets; the ablation tables (6, 7, 9,
+# 10) are run on the CurveNet code's default configuration, CIFAR-10 imbalance 20 with 0.4 noise
+# (config/cycle/cifar10_unif/train_c0.4_imb0.05.yaml), here with the paper's flip2 noise.
+GRIDS: dict[str, list[Cell]] = {
+    "cifar10": _cells("cifar10", (1, 10, 20, 50, 100, 200), "flip2", (0, 0.2, 0.4)),
+    "cifar100": _cells("cifar100", (1, 10, 20), "uniform", (0, 0.2, 0.4, 0.6)),
+    "table2": _cells("cifar10", (50, 100, 200), "none", (0,)) + _cells("cifar10", (1,), "flip2", (0, 0.2, 0.4)),
+    "table3": _cells("cifar100", (10, 20), "uniform", (0.2, 0.4, 0.6)),
+    "ablation": _cells("cifar10", (20,), "flip2", (0.4,)),
+    "quick": _cells("fmnist-mini", (10,), "flip2", (0.4,)),
+    "quick-grid": _cells("fmnist-mini", (1, 10, 50), "flip2", (0, 0.4)),
+}
+GRID_PRESET = {"cifar10": "paper", "cifar100": "paper", "table2": "paper", "table3": "paper",
+               "ablation": "paper", "quick": "quick", "quick-grid": "quick"}
+
+
+def get_grid(name: str) -> list[Cell]:
+    if name not in GRIDS:
+        raise BenchError(f"unknown grid {name!r}; choose from {', '.join(GRIDS)}")
+    return GRIDS[name]
+
+
+# ------------------------------------------------------------------------------- overrides
+
+def parse_value(text: str, current):
+    """Parse ``text`` to the type of ``current`` (bool, int, float, str or a tuple of ints/floats)."""
+    try:
+        if isinstance(current, bool):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError(text)
+            return value
+        if isinstance(current, tuple):
+            kind = type(current[0]) if current else int
+            return tuple(kind(t) for t in text.split(",") if t.strip())
+        if current is None:
+            return _guess(text)
+        return text
+    except ValueError:
+        kind = type(current).__name__
+        raise BenchError(f"cannot read {text!r} as {kind}") from None
+
+
+def _guess(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return None if text.lower() == "none" else text
+
+
+def parse_sets(items: list[str]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """Split ``--set key=value`` items into protocol overrides and per-method overrides.
+
+    ``lr=0.05`` sets a protocol field; ``focal.gamma=2`` sets method ``focal``'s ``gamma``.
+    """
+    protocol: dict[str, str] = {}
+    per_method: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not value.strip():
+            raise BenchError(f"malformed --set {item!r}; expected key=value, e.g. lr=0.05 or focal.gamma=2")
+        if "." in key:
+            method, _, name = key.partition(".")
+            per_method.setdefault(method, {})[name] = value.strip()
+        else:
+            protocol[key] = value.strip()
+    return protocol, per_method
+
+
+def apply_protocol_overrides(base: dict, overrides: dict[str, str]) -> dict:
+    out = dict(base)
+    for key, text in overrides.items():
+        if key not in PROTOCOL_FIELDS:
+            raise BenchError(f"unknown setting {key!r}; protocol settings are {', '.join(PROTOCOL_FIELDS)}"
+                             " (method settings take the method name: focal.gamma=2)")
+        out[key] = parse_value(text, base[key])
+    return out

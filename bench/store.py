@@ -1,0 +1,272 @@
+"""The results store: one SQLite file (stdlib ``sqlite3``, WAL journal), read back as pandas.
+
+Tables
+------
+``runs``           one row per run, keyed by the hash of its full spec: status (running / done /
+                   failed), start and end times, wall time, environment, final metrics, error.
+``epochs``         per-epoch history (stage, epoch, metrics as JSON).
+``samples``        one row per training-pool sample of a finished run: dataset index, clean and
+                   observed label, is_noisy.
+``sample_values``  per-sample scalars a method recorded (weight, score, kept ...), long format.
+``arrays``         per-sample vectors a method recorded (e.g. CurveNet's curves), as .npy blobs.
+
+Every write that finishes a run is one transaction: the run turns ``done`` together with its
+metrics, history and per-sample rows, or not at all. A run killed mid-way stays ``running`` (never
+``done``) and is trained again by the next ``bench run``. The store imports no torch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import BenchError
+
+APPLICATION_ID = 0x52574254  # "RWBT": marks a file as a reweight-bench store
+SCHEMA_VERSION = 1
+DEFAULT_STORE = "bench_results.sqlite"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    key TEXT PRIMARY KEY,
+    method TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    imbalance REAL NOT NULL,
+    noise_type TEXT NOT NULL,
+    noise_rate REAL NOT NULL,
+    seed INTEGER NOT NULL,
+    preset TEXT NOT NULL,
+    model TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    started REAL,
+    ended REAL,
+    wall_s REAL,
+    env_json TEXT,
+    metrics_json TEXT,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    run_key TEXT NOT NULL REFERENCES runs(key) ON DELETE CASCADE,
+    stage TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    metrics_json TEXT NOT NULL,
+    PRIMARY KEY (run_key, stage, epoch)
+);
+CREATE TABLE IF NOT EXISTS samples (
+    run_key TEXT NOT NULL REFERENCES runs(key) ON DELETE CASCADE,
+    sample_index INTEGER NOT NULL,
+    dataset_index INTEGER NOT NULL,
+    clean_label INTEGER NOT NULL,
+    observed_label INTEGER NOT NULL,
+    is_noisy INTEGER NOT NULL,
+    PRIMARY KEY (run_key, sample_index)
+);
+CREATE TABLE IF NOT EXISTS sample_values (
+    run_key TEXT NOT NULL REFERENCES runs(key) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    sample_index INTEGER NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_key, name, sample_index)
+);
+CREATE TABLE IF NOT EXISTS arrays (
+    run_key TEXT NOT NULL REFERENCES runs(key) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (run_key, name)
+);
+"""
+
+SPEC_COLUMNS = ("method", "dataset", "imbalance", "noise_type", "noise_rate", "seed", "preset", "model")
+
+
+class Store:
+    """A reweight-bench results store at ``path`` (created on first use)."""
+
+    def __init__(self, path: str | os.PathLike = DEFAULT_STORE, *, create: bool = True):
+        self.path = Path(path)
+        if not self.path.exists() and not create:
+            raise BenchError(f"no results store at {self.path} (run `python -m bench run` first, or pass --store)")
+        if self.path.is_dir():
+            raise BenchError(f"store path {self.path} is a directory, not a file")
+        parent = self.path.parent if str(self.path.parent) else Path(".")
+        if not self.path.exists() and not os.access(parent, os.W_OK):
+            raise BenchError(f"cannot create the store {self.path}: directory {parent} is not writable")
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            self._check_and_init()
+        except sqlite3.DatabaseError as exc:
+            raise BenchError(f"{self.path} is not a readable reweight-bench store ({exc})") from None
+
+    def _check_and_init(self) -> None:
+        app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if app_id != APPLICATION_ID and tables:
+            raise BenchError(f"{self.path} is an SQLite file of another program, not a reweight-bench store")
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if app_id == APPLICATION_ID and version > SCHEMA_VERSION:
+            raise BenchError(f"{self.path} was written by a newer reweight-bench (schema {version})")
+        if not tables:
+            if not os.access(self.path, os.W_OK):
+                raise BenchError(f"store {self.path} is not writable")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            with self.transaction():
+                for statement in _statements(SCHEMA):
+                    self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (including KeyboardInterrupt)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # --- writing --------------------------------------------------------------------------
+    def status(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT status FROM runs WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def start(self, key: str, spec: dict, display_name: str) -> None:
+        """Mark ``key`` running (a new row, or a rerun of a killed or failed one)."""
+        values = [spec[c] for c in SPEC_COLUMNS]
+        with self.transaction() as c:
+            c.execute(
+                f"INSERT INTO runs (key, display_name, spec_json, status, attempts, started, {', '.join(SPEC_COLUMNS)})"
+                f" VALUES (?, ?, ?, 'running', 1, ?, {', '.join('?' * len(SPEC_COLUMNS))})"
+                " ON CONFLICT(key) DO UPDATE SET status = 'running', attempts = attempts + 1,"
+                " started = excluded.started, ended = NULL, wall_s = NULL, error = NULL",
+                [key, display_name, json.dumps(spec, sort_keys=True), time.time(), *values],
+            )
+
+    def finish(self, key: str, *, metrics: dict, history: list[dict], env: dict,
+               samples: dict[str, np.ndarray] | None = None, values: dict[str, np.ndarray] | None = None,
+               arrays: dict[str, np.ndarray] | None = None) -> None:
+        """Commit a finished run in one transaction: metrics, history, per-sample rows, status done.
+
+        ``samples`` holds the training pool's ``dataset_index``, ``clean_label``, ``observed_label``
+        and ``is_noisy``; ``values`` 1-D per-sample scalars; ``arrays`` anything larger.
+        """
+        now = time.time()
+        with self.transaction() as c:
+            row = c.execute("SELECT started FROM runs WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                raise KeyError(f"run {key} was never started")
+            for table in ("epochs", "samples", "sample_values", "arrays"):
+                c.execute(f"DELETE FROM {table} WHERE run_key = ?", (key,))
+            c.executemany(
+                "INSERT INTO epochs (run_key, stage, epoch, metrics_json) VALUES (?, ?, ?, ?)",
+                [(key, h["stage"], h["epoch"], json.dumps({k: v for k, v in h.items() if k not in ("stage", "epoch")}))
+                 for h in history],
+            )
+            if samples is not None:
+                cols = [np.asarray(samples[n]).astype(np.int64).tolist()
+                        for n in ("dataset_index", "clean_label", "observed_label", "is_noisy")]
+                c.executemany(
+                    "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?)",
+                    [(key, i, *vals) for i, vals in enumerate(zip(*cols))],
+                )
+            for name, vec in (values or {}).items():
+                vec = np.asarray(vec, dtype=np.float64)
+                c.executemany(
+                    "INSERT INTO sample_values VALUES (?, ?, ?, ?)",
+                    [(key, name, i, None if np.isnan(v) else float(v)) for i, v in enumerate(vec.tolist())],
+                )
+            for name, arr in (arrays or {}).items():
+                buf = io.BytesIO()
+                np.save(buf, np.asarray(arr), allow_pickle=False)
+                c.execute("INSERT INTO arrays VALUES (?, ?, ?)", (key, name, buf.getvalue()))
+            c.execute(
+                "UPDATE runs SET status = 'done', ended = ?, wall_s = ? - started, env_json = ?,"
+                " metrics_json = ?, error = NULL WHERE key = ?",
+                (now, now, json.dumps(env), json.dumps(metrics), key),
+            )
+
+    def fail(self, key: str, error: str, *, history: list[dict] | None = None, env: dict | None = None) -> None:
+        now = time.time()
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE runs SET status = 'failed', ended = ?, wall_s = ? - started, error = ?, env_json = ?"
+                " WHERE key = ?",
+                (now, now, error, json.dumps(env or {}), key),
+            )
+            c.execute("DELETE FROM epochs WHERE run_key = ?", (key,))
+            c.executemany(
+                "INSERT INTO epochs (run_key, stage, epoch, metrics_json) VALUES (?, ?, ?, ?)",
+                [(key, h["stage"], h["epoch"], json.dumps({k: v for k, v in h.items() if k not in ("stage", "epoch")}))
+                 for h in history or []],
+            )
+
+    # --- reading --------------------------------------------------------------------------
+    def runs(self, status: str | None = "done", keys: list[str] | None = None) -> pd.DataFrame:
+        """Runs as a DataFrame, metrics expanded into columns (``acc_last``, ``acc_best`` ...)."""
+        query, args = "SELECT * FROM runs", []
+        clauses = []
+        if status is not None:
+            clauses.append("status = ?")
+            args.append(status)
+        if keys is not None:
+            clauses.append(f"key IN ({', '.join('?' * len(keys))})")
+            args.extend(keys)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        df = pd.read_sql_query(query + " ORDER BY started", self.conn, params=args)
+        if len(df) and df["metrics_json"].notna().any():
+            metrics = pd.DataFrame([json.loads(m) if m else {} for m in df["metrics_json"]], index=df.index)
+            df = pd.concat([df, metrics.drop(columns=[c for c in metrics.columns if c in df.columns])], axis=1)
+        return df
+
+    def history(self, key: str) -> pd.DataFrame:
+        rows = self.conn.execute(
+            "SELECT stage, epoch, metrics_json FROM epochs WHERE run_key = ? ORDER BY rowid", (key,)).fetchall()
+        return pd.DataFrame([{"stage": s, "epoch": e, **json.loads(m)} for s, e, m in rows])
+
+    def samples(self, key: str) -> pd.DataFrame:
+        """Per-sample table of a run: labels, is_noisy, and one column per recorded value."""
+        df = pd.read_sql_query(
+            "SELECT sample_index, dataset_index, clean_label, observed_label, is_noisy FROM samples"
+            " WHERE run_key = ? ORDER BY sample_index", self.conn, params=[key])
+        df["is_noisy"] = df["is_noisy"].astype(bool)
+        values = pd.read_sql_query(
+            "SELECT name, sample_index, value FROM sample_values WHERE run_key = ?", self.conn, params=[key])
+        if len(values):
+            wide = values.pivot(index="sample_index", columns="name", values="value")
+            df = df.join(wide, on="sample_index")
+        return df
+
+    def array(self, key: str, name: str) -> np.ndarray:
+        row = self.conn.execute("SELECT data FROM arrays WHERE run_key = ? AND name = ?", (key, name)).fetchone()
+        if row is None:
+            raise KeyError(f"run {key} has no array {name!r}")
+        return np.load(io.BytesIO(row[0]), allow_pickle=False)
+
+    def resolve_key(self, prefix: str) -> str:
+        """The full key of the one run whose key starts with ``prefix``."""
+        rows = self.conn.execute("SELECT key FROM runs WHERE key LIKE ?", (prefix + "%",)).fetchall()
+        if len(rows) != 1:
+            found = "no run" if not rows else f"{len(rows)} runs"
+            raise BenchError(f"{found} with a key starting {prefix!r} in {self.path}")
+        return rows[0][0]
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

@@ -1,0 +1,80 @@
+"""Stored results as a method x cell table: mean ± std over seeds, with the seed count.
+
+Reads only what the store returns (a DataFrame of runs); knows nothing of torch or methods.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+METRICS = {"last": "acc_last", "best": "acc_best"}
+GROUPS = ("all", "many", "medium", "few")
+
+
+def metric_column(metric: str = "last", group: str = "all") -> str:
+    """Column of the runs table: ``acc_last``, ``few_best`` ..."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}")
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {', '.join(GROUPS)}")
+    return f"{'acc' if group == 'all' else group}_{metric}"
+
+
+def cell_label(row) -> str:
+    noise = "clean" if row["noise_type"] == "none" else f"{row['noise_type']}:{row['noise_rate']:g}"
+    return f"{row['dataset']} imb{row['imbalance']:g} {noise}"
+
+
+def aggregate(runs: pd.DataFrame, column: str) -> pd.DataFrame:
+    """One row per (method, cell, preset, model): mean, sample std (ddof=1) and count of seeds.
+
+    Runs without a value (e.g. no few-shot class in the cell) are left out of the count.
+    """
+    keys = ["display_name", "dataset", "imbalance", "noise_type", "noise_rate", "preset", "model"]
+    if runs.empty or column not in runs.columns:
+        return pd.DataFrame(columns=keys + ["mean", "std", "n"])
+    values = runs[keys + [column]].dropna(subset=[column])
+    grouped = values.groupby(keys, sort=True)[column]
+    out = grouped.agg(mean="mean", std=lambda s: float(np.std(s, ddof=1)) if len(s) > 1 else float("nan"),
+                      n="count").reset_index()
+    return out
+
+
+def format_cell(mean: float, std: float, n: int) -> str:
+    if n == 0 or pd.isna(mean):
+        return "—"
+    if n == 1 or pd.isna(std):
+        return f"{mean:.2f} (n=1)"
+    return f"{mean:.2f} ± {std:.2f} (n={n})"
+
+
+def results_table(runs: pd.DataFrame, metric: str = "last", group: str = "all") -> pd.DataFrame:
+    """Method x cell table of formatted ``mean ± std (n)`` strings."""
+    column = metric_column(metric, group)
+    agg = aggregate(runs, column)
+    if agg.empty:
+        return pd.DataFrame()
+    agg["cell"] = agg.apply(cell_label, axis=1)
+    multi_protocol = agg[["preset", "model"]].drop_duplicates().shape[0] > 1
+    if multi_protocol:
+        agg["cell"] = agg["cell"] + " [" + agg["preset"] + "/" + agg["model"] + "]"
+    agg["text"] = [format_cell(m, s, n) for m, s, n in zip(agg["mean"], agg["std"], agg["n"])]
+    cells = list(dict.fromkeys(agg.sort_values(["dataset", "imbalance", "noise_type", "noise_rate"])["cell"]))
+    table = agg.pivot(index="display_name", columns="cell", values="text").reindex(columns=cells)
+    table.index.name = "method"
+    return table.fillna("—")
+
+
+def render(table: pd.DataFrame, fmt: str = "md", title: str = "") -> str:
+    if table.empty:
+        return "no finished runs in the store"
+    if fmt == "csv":
+        return table.to_csv()
+    if fmt == "json":
+        return json.dumps({"title": title, "rows": table.reset_index().to_dict(orient="records")}, indent=1)
+    from tabulate import tabulate
+    text = tabulate(table.reset_index(), headers="keys", tablefmt="github", showindex=False)
+    return f"{title}\n\n{text}" if title else text

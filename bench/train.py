@@ -1,0 +1,125 @@
+"""Shared training-loop pieces: the protocol's schedule and optimiser, evaluation, the plain loop.
+
+Methods call these through :class:`methods.base.Run`; nothing here knows about any one method.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from bench.errors import BenchError
+
+# Long-tail literature's groups (Liu et al. 2019, OLTR; Kang et al. 2020): classes with more than
+# 100 training samples are "many", 20 to 100 "medium", fewer than 20 "few".
+MANY_SHOT_ABOVE = 100
+FEW_SHOT_BELOW = 20
+
+
+class Diverged(BenchError):
+    """The training loss became NaN or infinite; the run is recorded as failed, the grid goes on."""
+
+    def __init__(self, epoch: int, reason: str):
+        super().__init__(f"diverged at epoch {epoch}: {reason}")
+        self.epoch = epoch
+        self.reason = reason
+
+
+def lr_at(epoch: int, *, lr: float, warmup_epochs: int, milestones: Iterable[int], lr_decay: float) -> float:
+    """The grid protocol's learning rate for ``epoch`` (0-based), PROTOCOL.md §3.
+
+    Linear warm-up over the first ``warmup_epochs`` (0.02, 0.04, ..., 0.1 for lr 0.1 and 5 epochs,
+    as in the LDAM-DRW / CurveNet code), then ``lr * lr_decay**k`` after the k-th milestone.
+    """
+    if epoch < warmup_epochs:
+        return lr * (epoch + 1) / warmup_epochs
+    return lr * lr_decay ** sum(epoch >= m for m in milestones)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = value
+
+
+def shot_groups(train_counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Class indices of the many / medium / few-shot groups for per-class training counts."""
+    counts = np.asarray(train_counts)
+    return {
+        "many": np.flatnonzero(counts > MANY_SHOT_ABOVE),
+        "medium": np.flatnonzero((counts >= FEW_SHOT_BELOW) & (counts <= MANY_SHOT_ABOVE)),
+        "few": np.flatnonzero(counts < FEW_SHOT_BELOW),
+    }
+
+
+def accuracy_report(pred: np.ndarray, target: np.ndarray, num_classes: int, train_counts) -> dict:
+    """Top-1 accuracy (%) overall, per class, and per shot group (mean of its classes' accuracies).
+
+    A group with no class is reported as None, never as 0.
+    """
+    pred, target = np.asarray(pred), np.asarray(target)
+    per_class = []
+    for c in range(num_classes):
+        mask = target == c
+        per_class.append(float(100.0 * (pred[mask] == c).mean()) if mask.any() else float("nan"))
+    report = {"acc": float(100.0 * (pred == target).mean()), "per_class": per_class}
+    per_class_arr = np.array(per_class)
+    for group, classes in shot_groups(train_counts).items():
+        report[group] = float(np.nanmean(per_class_arr[classes])) if len(classes) else None
+    return report
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Iterable) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and true labels over ``batches`` of (x, y, idx), in eval mode."""
+    was_training = model.training
+    model.eval()
+    preds, targets = [], []
+    for x, y, _ in batches:
+        preds.append(model(x).argmax(1))
+        targets.append(y)
+    model.train(was_training)
+    return torch.cat(preds).cpu().numpy(), torch.cat(targets).cpu().numpy()
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def check_finite(epoch: int, **metrics) -> None:
+    for name, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise Diverged(epoch, f"{name} is {value}")
+
+
+def train_classifier(run, model: nn.Module, loss_fn: LossFn, *, epochs: int | None = None,
+                     optimizer: torch.optim.Optimizer | None = None, loader=None, stage: str = "train",
+                     on_epoch_start: Callable[[int], None] | None = None) -> nn.Module:
+    """The plain supervised loop of the grid protocol, with a method's loss.
+
+    ``loss_fn(logits, y, idx, epoch)`` returns the scalar batch loss; ``idx`` are the batch's
+    positions in the training pool (for per-sample state). Each epoch is logged (and evaluated)
+    through ``run.log``.
+    """
+    optimizer = optimizer or run.sgd(model.parameters())
+    loader = loader or run.loader("train")
+    epochs = run.spec.epochs if epochs is None else epochs
+    model.train()
+    for epoch in range(epochs):
+        lr = run.lr_at(epoch)
+        set_lr(optimizer, lr)
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
+        total = torch.zeros((), device=run.device)
+        seen = 0
+        for x, y, idx in loader:
+            loss = loss_fn(model(x), y, idx, epoch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(y)
+            seen += len(y)
+        run.log(epoch, model, stage=stage, lr=lr, loss=float(total) / max(seen, 1))
+    return model

@@ -1,0 +1,50 @@
+"""The methods registry (timm-style): ``register``, ``get(name)``, ``names()``.
+
+A method is one module in this package holding a :class:`methods.base.Method` subclass decorated
+with ``@register``. Every module here except the shared pieces (``base``, ``meta``, ``curves``,
+``losses``) is imported on first use, so adding a method is adding a file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from bench.errors import BenchError
+
+_REGISTRY: dict[str, type] = {}
+_SHARED_MODULES = {"base", "meta", "curves", "losses", "drw"}
+_discovered = False
+
+
+def register(cls: type) -> type:
+    """Class decorator: make ``cls`` available as ``get(cls.name)``."""
+    name = cls.name
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"method {name!r} registered twice ({_REGISTRY[name].__module__}, {cls.__module__})")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in _SHARED_MODULES and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+    _discovered = True
+
+
+def names() -> list[str]:
+    """Registered method names, sorted."""
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> type:
+    """The method class registered as ``name``; a BenchError listing the names otherwise."""
+    _discover()
+    if name not in _REGISTRY:
+        raise BenchError(f"unknown method {name!r}; registered methods: {', '.join(names())}")
+    return _REGISTRY[name]

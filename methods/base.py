@@ -1,0 +1,183 @@
+"""The method interface: :class:`Method` (what a method file defines) and :class:`Run` (what the
+harness hands it).
+
+A method file holds a dataclass of its hyperparameters with the paper's defaults, its loss or
+selection rule, and ``fit(run) -> model``; the harness evaluates the returned model. Methods
+never read the store: they report through ``run.log`` (per-epoch history) and ``run.record``
+(per-sample values such as final weights, flags, scores or curves).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from bench.errors import BenchError
+from bench.models import build_model
+from bench.spec import RunSpec, parse_value
+from bench.train import accuracy_report, check_finite, lr_at, predict
+
+
+@dataclass
+class NoParams:
+    """Hyperparameters of a method that has none."""
+
+
+class Method:
+    """Base class of every method. Subclasses set ``name`` and ``Params`` and implement ``fit``.
+
+    ``presets`` maps a preset name to hyperparameter values that replace the paper defaults under
+    that preset (for example a probe schedule scaled down for ``quick``); ``--set`` wins over both.
+    """
+
+    name: ClassVar[str]
+    Params: ClassVar[type] = NoParams
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, params=None):
+        self.params = params if params is not None else self.Params()
+
+    def fit(self, run: Run) -> nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def display_name(cls, params: dict) -> str:
+        """Name shown in tables (e.g. MW-Net(noise)); ``params`` is the spec's parameter dict."""
+        return cls.name
+
+    @classmethod
+    def resolve_params(cls, preset: str, overrides: dict[str, str] | None = None):
+        """The Params instance for ``preset`` with ``--set`` overrides (strings) applied."""
+        params = cls.Params(**cls.presets.get(preset, {}))
+        known = {f.name: f for f in dataclasses.fields(params)}
+        changes = {}
+        for key, text in (overrides or {}).items():
+            if key not in known:
+                choices = ", ".join(known) or "none"
+                raise BenchError(f"method {cls.name!r} has no setting {key!r}; its settings: {choices}")
+            changes[key] = parse_value(text, getattr(params, key))
+        try:
+            return dataclasses.replace(params, **changes)
+        except (TypeError, ValueError) as exc:
+            raise BenchError(f"bad setting for {cls.name}: {exc}") from None
+
+    @classmethod
+    def params_from_spec(cls, spec: RunSpec):
+        fields_ = {f.name for f in dataclasses.fields(cls.Params)}
+        return cls.Params(**{k: (tuple(v) if isinstance(v, list) else v)
+                             for k, v in spec.params if k in fields_})
+
+
+def params_items(params) -> tuple[tuple[str, Any], ...]:
+    """A Params instance as the sorted (name, value) pairs a RunSpec stores."""
+    return tuple(sorted(dataclasses.asdict(params).items()))
+
+
+@dataclass
+class Run:
+    """What the harness hands a method: the biased data, the spec, the device and a few services."""
+
+    spec: RunSpec
+    data: Any                      # bench.data.BiasedData
+    device: torch.device
+    params: Any = None             # the method's Params instance
+    cache_dir: Path | None = None  # where methods may cache reusable artefacts (probe curves)
+    progress: Any = None           # callable(epoch, total, metrics) for a progress display
+    history: list[dict] = field(default_factory=list)
+    records: dict[str, np.ndarray] = field(default_factory=dict)
+    generator: torch.Generator = field(init=False)
+
+    def __post_init__(self):
+        self.generator = torch.Generator().manual_seed(self.spec.seed)
+        self._test_loader = None
+
+    # --- building blocks -----------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    def model(self, num_classes: int | None = None) -> nn.Module:
+        """A fresh backbone for this spec, on the run's device."""
+        in_channels = self.data.x_train.shape[-1]
+        model = build_model(self.spec.model, num_classes or self.num_classes, in_channels, self.spec.init)
+        return model.to(self.device)
+
+    def loader(self, split: str = "train", *, batch_size: int | None = None, shuffle: bool = True,
+               indices: np.ndarray | None = None, drop_last: bool = False, labels: np.ndarray | None = None):
+        """Batches of (x, y, idx) for ``train`` (observed labels), ``meta`` or ``test``.
+
+        ``indices`` restricts the training pool (e.g. the samples a selection method keeps); the
+        yielded ``idx`` are then positions in ``indices``. ``labels`` replaces the labels.
+        """
+        from bench.data import Loader
+
+        ds = self.data.dataset
+        if split == "train":
+            x, y, size = self.data.x_train, self.data.train_y, self.spec.batch_size
+        elif split == "meta":
+            x, y, size = self.data.x_meta, self.data.y_meta, self.spec.meta_batch_size
+        elif split == "test":
+            x, y, size = self.data.x_test, self.data.y_test, 1000
+        else:
+            raise ValueError(f"unknown split {split!r}")
+        if labels is not None:
+            y = labels
+        if indices is not None:
+            x, y = x[indices], y[indices]
+        augment = ds.augment and split != "test"
+        return Loader(x, y, batch_size=batch_size or size, device=self.device, mean=ds.mean, std=ds.std,
+                      augment=augment, shuffle=shuffle and split != "test", drop_last=drop_last,
+                      generator=self.generator)
+
+    def sgd(self, params, lr: float | None = None) -> torch.optim.SGD:
+        """The protocol's optimiser (SGD with momentum, Nesterov and weight decay)."""
+        s = self.spec
+        return torch.optim.SGD(params, lr=s.lr if lr is None else lr, momentum=s.momentum,
+                               nesterov=s.nesterov and s.momentum > 0, weight_decay=s.weight_decay)
+
+    def lr_at(self, epoch: int) -> float:
+        s = self.spec
+        return lr_at(epoch, lr=s.lr, warmup_epochs=s.warmup_epochs, milestones=s.milestones, lr_decay=s.lr_decay)
+
+    @property
+    def first_drop(self) -> int:
+        """The first learning-rate milestone (where DRW, AUM and CurveNet switch)."""
+        return min(self.spec.milestones) if self.spec.milestones else self.spec.epochs
+
+    # --- evaluation and reporting ----------------------------------------------------------
+    def evaluate(self, model: nn.Module) -> dict:
+        """Test accuracy overall, per class and per shot group (PROTOCOL.md §3; no augmentation)."""
+        if self._test_loader is None:
+            self._test_loader = self.loader("test")
+        pred, target = predict(model, self._test_loader)
+        return accuracy_report(pred, target, self.num_classes, self.data.train_counts)
+
+    def log(self, epoch: int, model: nn.Module | None = None, *, stage: str = "train", **metrics) -> None:
+        """Record one epoch of ``stage``; with ``model`` it is evaluated on the test set too.
+
+        Raises :class:`bench.train.Diverged` when a metric is NaN or infinite.
+        """
+        metrics = {k: (float(v) if isinstance(v, (torch.Tensor, np.floating)) else v) for k, v in metrics.items()}
+        check_finite(epoch, **metrics)
+        row = {"stage": stage, "epoch": epoch, **metrics}
+        if model is not None:
+            report = self.evaluate(model)
+            row.update(test_acc=report["acc"], many=report["many"], medium=report["medium"], few=report["few"])
+        self.history.append(row)
+        if self.progress is not None:
+            self.progress(row)
+
+    def record(self, name: str, values) -> None:
+        """Store a per-sample value (one entry per training-pool sample, or a 2-D array of rows)."""
+        if isinstance(values, torch.Tensor):
+            values = values.detach().cpu().numpy()
+        values = np.asarray(values)
+        if values.shape[0] != len(self.data.train_y):
+            raise ValueError(f"record {name!r}: expected {len(self.data.train_y)} rows, got {values.shape[0]}")
+        self.records[name] = values
