@@ -7,13 +7,25 @@ on stderr, ``bench: error: ...``, and exit code 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
 import sys
 from pathlib import Path
 
+from bench.data.bias import NOISE_TYPES
+from bench.data.cli import default_meta_per_class, parse_noise
 from bench.errors import BenchError
-from bench.spec import (DEFAULT_META_PER_CLASS, GRID_PRESET, GRIDS, NOISE_TYPES, PRESETS, Cell, RunSpec,
-                        apply_protocol_overrides, get_grid, parse_sets, scale_schedule)
+from bench.spec import (
+    GRID_PRESET,
+    GRIDS,
+    PRESETS,
+    Cell,
+    RunSpec,
+    apply_protocol_overrides,
+    get_grid,
+    parse_sets,
+    scale_schedule,
+)
 from bench.store import DEFAULT_STORE
 
 
@@ -39,21 +51,6 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-def parse_noise(text: str) -> tuple[str, float]:
-    """``none`` or ``TYPE:RATE`` (e.g. ``flip2:0.4``)."""
-    text = text.strip()
-    if text == "none":
-        return "none", 0.0
-    kind, sep, rate = text.partition(":")
-    if not sep:
-        raise BenchError(f"malformed noise {text!r}; expected TYPE:RATE (types: {', '.join(NOISE_TYPES)}) or none")
-    try:
-        value = float(rate)
-    except ValueError:
-        raise BenchError(f"malformed noise rate in {text!r}") from None
-    return kind, value
-
-
 def _check_dataset(name: str) -> None:
     from bench.data import DATASET_NAMES
     if name not in DATASET_NAMES and not name.startswith("npz:"):
@@ -66,7 +63,7 @@ def build_specs(args) -> list[RunSpec]:
 
     if args.grid and (args.imbalance or args.noise):
         raise BenchError("give either --grid or --imbalance/--noise, not both")
-    cells_from_grid = get_grid(args.grid) if args.grid else None
+    cells_from_grid = get_grid(args.grid) if args.grid else getattr(args, "cells", None)
     preset_name = args.preset or (GRID_PRESET[args.grid] if args.grid else "quick")
     if preset_name not in PRESETS:
         raise BenchError(f"unknown preset {preset_name!r}; choose from {', '.join(PRESETS)}")
@@ -86,7 +83,7 @@ def build_specs(args) -> list[RunSpec]:
 
     if cells_from_grid is not None:
         if args.dataset and any(c.dataset != args.dataset for c in cells_from_grid):
-            raise BenchError(f"grid {args.grid!r} is defined on {cells_from_grid[0].dataset}, not {args.dataset}")
+            raise BenchError(f"the grid is defined on {cells_from_grid[0].dataset}, not {args.dataset}")
         cells = cells_from_grid
     else:
         dataset = args.dataset or preset["dataset"]
@@ -97,9 +94,9 @@ def build_specs(args) -> list[RunSpec]:
     for dataset in {c.dataset for c in cells}:
         _check_dataset(dataset)
 
-    method_names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    method_names = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
     if not method_names:
-        raise BenchError("--methods needs at least one method name")
+        raise BenchError("--methods needs at least one method name (see `python -m bench list`)")
     method_classes = {name: methods.get(name) for name in method_names}
     for name in method_sets:
         if name not in method_classes:
@@ -115,7 +112,7 @@ def build_specs(args) -> list[RunSpec]:
     protocol = {k: v for k, v in preset.items() if k != "dataset"}
     specs = []
     for name, cell, seed in itertools.product(method_names, cells, seeds):
-        meta = args.meta_per_class if args.meta_per_class is not None else DEFAULT_META_PER_CLASS.get(cell.dataset, 10)
+        meta = args.meta_per_class if args.meta_per_class is not None else default_meta_per_class(cell.dataset)
         specs.append(RunSpec(method=name, dataset=cell.dataset, imbalance=cell.imbalance,
                              noise_type=cell.noise_type, noise_rate=cell.noise_rate, meta_per_class=meta,
                              seed=seed, data_seed=seed if args.data_seed is None else args.data_seed,
@@ -130,7 +127,7 @@ def cmd_run(args) -> int:
     from bench.store import Store
     from bench.summary import render, results_table
 
-    specs = build_specs(args)
+    specs = build_specs(args) if not getattr(args, "paper", None) else paper_specs(args)
     device = execute.resolve_device(args.device)
     for spec in specs:  # fail on missing data or an impossible bias before touching the store
         execute.load_data(spec, args.data_dir)
@@ -141,13 +138,41 @@ def cmd_run(args) -> int:
     print(f"{len(specs)} runs requested: {counts['done']} trained, {counts['skipped']} already in the store, "
           f"{counts['failed']} failed (store: {args.store})", file=sys.stderr)
     runs = store.runs("done", keys=sorted({s.key() for s in specs}))
-    print(render(results_table(runs, args.metric), title=f"test accuracy (%), {args.metric} epoch, mean ± std over seeds"))
+    title = f"test accuracy (%), {args.metric} epoch, mean ± std over seeds"
+    print(render(results_table(runs, args.metric), title=title))
     return 1 if counts["failed"] else 0
+
+
+def paper_specs(args) -> list[RunSpec]:
+    """The runs a paper table needs (``bench run --paper N`` / ``bench runs-for --paper N``).
+
+    ``bench.tables.paper_requests(N)`` lists them as requests, each a dict with ``methods`` (a
+    comma-separated string), ``cells`` (list of Cell), and optionally ``set`` (list of key=value),
+    ``preset`` and ``model``; the user's own --seeds, --epochs, --set and --preset apply on top.
+    """
+    from bench import tables
+
+    specs = []
+    for request in tables.paper_requests(args.paper):
+        ns = argparse.Namespace(**vars(args))
+        ns.methods = request["methods"]
+        ns.cells, ns.grid, ns.imbalance, ns.noise = request["cells"], None, None, None
+        ns.set = list(request.get("set", [])) + list(args.set or [])
+        ns.preset = args.preset or request.get("preset", "paper")
+        ns.model = args.model or request.get("model")
+        if "meta_per_class" in request:  # Table 7 varies the meta-set size per row
+            ns.meta_per_class = request["meta_per_class"]
+        specs.extend(build_specs(ns))
+    return specs
 
 
 def cmd_table(args) -> int:
     from bench.store import Store
     from bench.summary import render, results_table
+
+    if args.paper:
+        from bench import tables
+        return tables.main(args)
 
     store = Store(args.store, create=False)
     runs = store.runs("done")
@@ -196,7 +221,8 @@ def make_parser() -> ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     run = sub.add_parser("run", help="train and evaluate methods on grid cells; results go to the store")
-    run.add_argument("--methods", required=True, help="comma-separated method names (see `bench list`)")
+    run.add_argument("--methods", help="comma-separated method names (see `bench list`)")
+    run.add_argument("--paper", help="run exactly the runs that the paper's table N needs (1, 2, 3, 6-10)")
     run.add_argument("--dataset", help="fmnist-mini (quick default), fashion-mnist, cifar10, cifar100 or npz:PATH")
     run.add_argument("--data-dir", help="where datasets live (else $BENCH_DATA_DIR, else ~/.cache/reweight-bench/data)")
     run.add_argument("--grid", help=f"a named grid: {', '.join(GRIDS)}")
@@ -220,7 +246,10 @@ def make_parser() -> ArgumentParser:
 
     table = sub.add_parser("table", help="print stored results: method x cell, mean ± std over seeds")
     table.add_argument("--store", default=DEFAULT_STORE)
-    table.add_argument("--format", choices=("md", "csv", "json"), default="md")
+    table.add_argument("--paper", help="the CurveNet paper's table N (1, 2, 3, 6, 7, 8, 9, 10 or all), "
+                                       "side by side with the published numbers")
+    table.add_argument("--write", action="store_true", help="with --paper: write tables/*.md")
+    table.add_argument("--format", choices=("md", "csv", "json", "latex"), default="md")
     table.add_argument("--metric", choices=("last", "best"), default="last",
                        help="last-epoch or best-epoch (best-on-test, as the papers report) accuracy")
     table.add_argument("--group", choices=("all", "many", "medium", "few"), default="all",
@@ -229,6 +258,24 @@ def make_parser() -> ArgumentParser:
 
     lst = sub.add_parser("list", help="methods, datasets, models, grids, presets")
     lst.set_defaults(func=cmd_list)
+
+    runs_for = sub.add_parser("runs-for", help="run exactly the runs a paper table needs (= run --paper N)",
+                              parents=[], add_help=True)
+    for action in run._actions:
+        if action.dest not in ("help", "methods", "paper"):
+            runs_for._add_action(action)
+    runs_for.add_argument("--paper", required=True, help="table number (1, 2, 3, 6-10)")
+    runs_for.set_defaults(func=cmd_run, methods=None)
+
+    for name, module, text in (("plot", "plots", "figures from the store: loss curves (Fig. 1), weights (Fig. 5)"),
+                               ("timing", "timing", "ms per training iteration, CE vs MW-Net vs CurveNet SL=0..3")):
+        p = sub.add_parser(name, help=text)
+        try:
+            mod = importlib.import_module(f"bench.{module}")
+        except ImportError:
+            continue
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.main)
 
     data = sub.add_parser("data", help="print the realised bias of a dataset (meta split, imbalance, noise)")
     try:

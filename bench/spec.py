@@ -26,10 +26,8 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 
+from bench.data.bias import BiasSpec
 from bench.errors import BenchError
-
-NOISE_TYPES = ("none", "uniform", "flip", "flip2", "uniform_freq")
-DEFAULT_META_PER_CLASS = {"cifar10": 100, "cifar100": 10, "fashion-mnist": 100, "fmnist-mini": 20}
 
 
 @dataclass(frozen=True)
@@ -42,24 +40,13 @@ class Cell:
     noise_rate: float
 
     def __post_init__(self):
-        check_cell_values(self.imbalance, self.noise_type, self.noise_rate)
+        BiasSpec(imbalance=self.imbalance, noise_type=self.noise_type, noise_rate=self.noise_rate).validate()
         if self.noise_rate == 0:  # 'flip2:0' and 'none' are the same data: one key for both
             object.__setattr__(self, "noise_type", "none")
 
     def label(self) -> str:
         noise = "clean" if self.noise_type == "none" else f"{self.noise_type}:{self.noise_rate:g}"
         return f"{self.dataset} imb{self.imbalance:g} {noise}"
-
-
-def check_cell_values(imbalance: float, noise_type: str, noise_rate: float) -> None:
-    if not (isinstance(imbalance, (int, float)) and math.isfinite(imbalance) and imbalance >= 1):
-        raise BenchError(f"imbalance must be a finite number >= 1, got {imbalance!r}")
-    if noise_type not in NOISE_TYPES:
-        raise BenchError(f"unknown noise type {noise_type!r}; choose from {', '.join(NOISE_TYPES)}")
-    if not (0 <= noise_rate < 1):
-        raise BenchError(f"noise rate must lie in [0, 1), got {noise_rate!r}")
-    if noise_type == "none" and noise_rate != 0:
-        raise BenchError("noise type 'none' takes no rate")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,149 @@
+"""``python -m bench data``: load a dataset, bias it, print what was realised.
+
+The lead's ``bench/__main__.py`` calls :func:`add_arguments` on its ``data`` sub-parser and
+:func:`main` with the parsed namespace; it catches :class:`~bench.errors.BenchError` and exits 2.
+``python -m bench.data.cli`` runs this piece on its own with the same behaviour.
+The harness reuses :func:`parse_noise` and :data:`DEFAULT_META_PER_CLASS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from bench.data.bias import NOISE_TYPES, BiasSpec, make_biased
+from bench.data.datasets import DATASET_NAMES, load_dataset
+from bench.errors import BenchError, DataError
+
+# Meta samples per class when --meta-per-class is not given: CurveNet / MW-Net(noise) use 1,000
+# in total (PROTOCOL.md §1): 100 per class on CIFAR-10, 10 on CIFAR-100. fmnist-mini keeps 20
+# (n_max 980, see datasets.py); fashion-mnist follows CIFAR-10; your own npz data gets none.
+DEFAULT_META_PER_CLASS = {"fmnist-mini": 20, "fashion-mnist": 100, "cifar10": 100,
+                          "cifar100": 10, "npz": 0}
+
+
+def default_meta_per_class(dataset: str) -> int:
+    """The default m for a dataset name (``npz:PATH`` -> the ``npz`` entry)."""
+    key = "npz" if dataset.startswith("npz:") else dataset
+    if key not in DEFAULT_META_PER_CLASS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASET_NAMES)}, "
+                        "or npz:PATH for your own arrays")
+    return DEFAULT_META_PER_CLASS[key]
+
+
+def parse_noise(text: str) -> tuple[str, float]:
+    """``"none"`` or ``"TYPE:RATE"`` (e.g. ``"flip2:0.4"``) -> ``(type, rate)``; DataError if bad."""
+    kinds = ", ".join(NOISE_TYPES)
+    text = str(text).strip()
+    kind, sep, rate_text = text.partition(":")
+    if not sep:
+        if kind == "none":
+            return "none", 0.0
+        raise DataError(f"--noise expects TYPE:RATE (e.g. flip2:0.4) or none, got {text!r}; "
+                        f"types: {kinds}")
+    if kind not in NOISE_TYPES:
+        raise DataError(f"unknown noise type {kind!r} in --noise {text!r}; choose one of {kinds}")
+    try:
+        rate = float(rate_text)
+    except ValueError:
+        raise DataError(f"--noise {text!r}: the rate {rate_text!r} is not a number") from None
+    if not (math.isfinite(rate) and 0 <= rate < 1):
+        raise DataError(f"--noise {text!r}: the rate must lie in [0, 1)")
+    if kind == "none" and rate != 0:
+        raise DataError(f"--noise {text!r}: noise type 'none' takes rate 0")
+    return kind, rate
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="fmnist-mini",
+                        help=f"{', '.join(DATASET_NAMES)}, or npz:PATH (default fmnist-mini, "
+                             "embedded)")
+    parser.add_argument("--data-dir", default=None,
+                        help="data directory (default $BENCH_DATA_DIR, else "
+                             "~/.cache/reweight-bench/data)")
+    parser.add_argument("--download", action="store_true",
+                        help="download missing CIFAR / Fashion-MNIST files (needs a connection)")
+    parser.add_argument("--imbalance", type=float, default=1.0,
+                        help="n_max / n_min, class 0 the head (default 1: balanced)")
+    parser.add_argument("--noise", default="none",
+                        help=f"TYPE:RATE or none; types: {', '.join(NOISE_TYPES)} (default none)")
+    parser.add_argument("--meta-per-class", type=int, default=None,
+                        help="clean meta samples per class (default: "
+                             + ", ".join(f"{k} {v}" for k, v in DEFAULT_META_PER_CLASS.items())
+                             + ")")
+    parser.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def spec_from_args(args: argparse.Namespace) -> BiasSpec:
+    noise_type, noise_rate = parse_noise(args.noise)
+    meta = args.meta_per_class
+    if meta is None:
+        meta = default_meta_per_class(args.dataset)
+    spec = BiasSpec(imbalance=args.imbalance, noise_type=noise_type, noise_rate=noise_rate,
+                    meta_per_class=meta, seed=args.seed)
+    spec.validate()
+    return spec
+
+
+def main(args: argparse.Namespace) -> int:
+    """Print the realised bias (a table, or one JSON object with ``--json``); 0 on success."""
+    spec = spec_from_args(args)  # check the cheap things before loading anything
+    data = make_biased(load_dataset(args.dataset, args.data_dir, args.download), spec)
+    summary = data.summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(format_summary(summary))
+    return 0
+
+
+def format_summary(s: dict) -> str:
+    spec = s["spec"]
+    noise = "none" if spec["noise_type"] == "none" else f"{spec['noise_type']} {spec['noise_rate']:g}"
+    lines = [
+        f"dataset {s['dataset']}: {len(s['classes'])} classes, train {s['num_train']}, "
+        f"meta {s['num_meta']}, test {s['num_test']} (data seed {spec['seed']})",
+        f"imbalance {spec['imbalance']:g} (realised {s['imbalance_realised']:.2f}), noise {noise} "
+        f"(realised {s['noise_rate_realised']:.4f}, expected {s['noise_rate_expected']:.4f}), "
+        f"meta {spec['meta_per_class']} per class",
+        "",
+    ]
+    width = max(5, *(len(c) for c in s["classes"]))
+    head = f"{'class':>5}  {'name':<{width}}  {'train':>6}  {'noisy':>6}  {'observed':>8}  " \
+           f"{'meta':>5}  {'test':>5}"
+    lines += [head, "-" * len(head)]
+    cols = ("train_per_class", "noisy_per_class", "observed_per_class", "meta_per_class",
+            "test_per_class")
+    for i, name in enumerate(s["classes"]):
+        tr, no, ob, me, te = (s[c][i] for c in cols)
+        lines.append(f"{i:>5}  {name:<{width}}  {tr:>6}  {no:>6}  {ob:>8}  {me:>5}  {te:>5}")
+    tr, no, ob, me, te = (sum(s[c]) for c in cols)
+    lines += ["-" * len(head),
+              f"{'':>5}  {'total':<{width}}  {tr:>6}  {no:>6}  {ob:>8}  {me:>5}  {te:>5}"]
+    K = len(s["classes"])
+    if spec["noise_type"] != "none" and K <= 20:
+        lines += ["", "label transitions over the training pool (row clean, column observed):"]
+        w = max(len(str(v)) for row in s["transition"] for v in row) + 1
+        lines.append("     " + "".join(f"{j:>{w}}" for j in range(K)))
+        lines += [f"{i:>4} " + "".join(f"{v:>{w}}" for v in row)
+                  for i, row in enumerate(s["transition"])]
+    return "\n".join(lines)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point: errors as one line on stderr, exit code 2."""
+    parser = argparse.ArgumentParser(prog="python -m bench.data.cli", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return main(args)
+    except BenchError as e:
+        print("bench: error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(run())

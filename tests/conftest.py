@@ -1,0 +1,53 @@
+"""Shared fixtures: where the real datasets are (read-only), decoded once per session."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_path() -> Path:
+    """``$BENCH_SHARED_DATA``, else ``<repo>/../shared/data`` (see shared/data/README.md)."""
+    return Path(os.environ.get("BENCH_SHARED_DATA") or REPO.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_path()
+    if not path.is_dir():
+        pytest.skip(f"shared data not found at {path} (set BENCH_SHARED_DATA)")
+    return path
+
+
+def _shared_file(shared_data: Path, relative: str) -> Path:
+    path = shared_data / relative
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg_file(shared_data) -> Path:
+    """The JPEG-encoded CIFAR-10 (labels are exact; read them without decoding)."""
+    return _shared_file(shared_data, "cifar10-jpeg/cifar10_jpeg.npz")
+
+
+@pytest.fixture(scope="session")
+def cifar100_labels_file(shared_data) -> Path:
+    return _shared_file(shared_data, "cifar100-labels/cifar100_labels.npz")
+
+
+@pytest.fixture(scope="session")
+def cifar10_npz(cifar10_jpeg_file, tmp_path_factory) -> Path:
+    """CIFAR-10 decoded from JPEG into a plain npz (x_train, y_train, ...), once per session."""
+    tool = cifar10_jpeg_file.parents[2] / "tools" / "cifar10_jpeg_decode.py"
+    if not tool.is_file():
+        pytest.skip(f"{tool} not found")
+    out = tmp_path_factory.mktemp("cifar10") / "cifar10_from_jpeg.npz"
+    subprocess.run([sys.executable, str(tool), str(cifar10_jpeg_file), str(out)], check=True,
+                   capture_output=True)
+    return out

@@ -1,0 +1,124 @@
+"""The command line end to end: bad arguments, a real CE run, idempotent reruns, killed runs."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = ["--epochs", "2", "--quiet"]
+
+
+def bench(*args, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+BAD_RUN_ARGS = [
+    (["--methods", "nope"], "unknown method"),
+    (["--methods", "ce", "--dataset", "mnist"], "unknown dataset"),
+    (["--methods", "ce", "--imbalance", "0.5"], "imbalance"),
+    (["--methods", "ce", "--noise", "flip2:1.5"], "rate must lie in [0, 1)"),
+    (["--methods", "ce", "--noise", "pairflip:0.2"], "noise type"),
+    (["--methods", "ce", "--noise", "flip2"], "noise"),
+    (["--methods", "ce", "--grid", "cifar1000"], "unknown grid"),
+    (["--methods", "ce", "--preset", "huge"], "unknown preset"),
+    (["--methods", "ce", "--model", "vgg"], "unknown model"),
+    (["--methods", "ce", "--set", "lr"], "malformed --set"),
+    (["--methods", "ce", "--set", "ce.gamma=2"], "no setting"),
+    (["--methods", "ce", "--set", "focal.gamma=2"], "not in --methods"),
+    (["--methods", "ce", "--set", "frobnicate=2"], "unknown setting"),
+    (["--methods", "ce", "--epochs", "0"], "epochs"),
+    (["--methods", "ce", "--seeds", "-1"], "non-negative"),
+    (["--methods", "ce", "--meta-per-class", "5000"], "meta"),
+    (["--methods", "ce", "--device", "tpu"], "unknown device"),
+    (["--methods", "ce", "--dataset", "cifar10", "--data-dir", "/nonexistent-dir"], "cifar"),
+    (["--methods", "ce", "--grid", "quick", "--imbalance", "3"], "either --grid"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_RUN_ARGS, ids=[" ".join(a) for a, _ in BAD_RUN_ARGS])
+def test_bad_run_arguments_give_one_line_and_exit_2_and_write_nothing(args, message, tmp_path, capsys):
+    store = tmp_path / "store.sqlite"
+    code = main(["run", *QUICK, *args, "--store", str(store)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("bench: error:")
+    assert message.lower() in err.lower()
+    assert not store.exists()
+
+
+def test_bad_store_files_exit_2(tmp_path, capsys):
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"not a database" * 100)
+    assert main(["table", "--store", str(junk)]) == 2
+    assert main(["table", "--store", str(tmp_path / "missing.sqlite")]) == 2
+    assert main(["run", "--methods", "ce", "--store", str(tmp_path), *QUICK]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(e.startswith("bench: error:") for e in errors)
+
+
+def test_argparse_errors_are_one_line_too():
+    result = bench("run", "--methods", "ce", "--epochs", "two")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_ce_run_prints_a_table_and_a_rerun_trains_nothing(tmp_path):
+    store = tmp_path / "store.sqlite"
+    first = bench("run", "--methods", "ce", "--store", str(store), *QUICK)
+    assert first.returncode == 0, first.stderr
+    assert "| ce" in first.stdout and "fmnist-mini imb10 flip2:0.4" in first.stdout
+    assert "1 trained" in first.stderr
+    second = bench("run", "--methods", "ce", "--store", str(store), *QUICK)
+    assert second.returncode == 0
+    assert "0 trained, 1 already in the store" in second.stderr
+    assert second.stdout == first.stdout
+    table = bench("table", "--store", str(store), "--format", "csv")
+    assert table.returncode == 0 and "ce" in table.stdout
+
+
+def test_a_run_killed_mid_way_is_never_done_and_the_rerun_completes_it(tmp_path):
+    store = tmp_path / "store.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--methods", "ce", "--store", str(store),
+                             "--epochs", "30", "--quiet"], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    status = None
+    while time.time() < deadline and status != "running":
+        time.sleep(0.2)
+        if store.exists():
+            try:
+                row = sqlite3.connect(store).execute("SELECT status FROM runs").fetchone()
+                status = row[0] if row else None
+            except sqlite3.OperationalError:
+                pass
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert status == "running"
+    rows = sqlite3.connect(store).execute("SELECT status FROM runs").fetchall()
+    assert rows == [("running",)]
+    rerun = bench("run", "--methods", "ce", "--store", str(store), "--epochs", "2", "--quiet")
+    assert rerun.returncode == 0  # a different spec (2 epochs): the killed one stays not-done
+    rerun = bench("run", "--methods", "ce", "--store", str(store), "--epochs", "30", "--quiet")
+    assert rerun.returncode == 0 and "1 trained" in rerun.stderr
+    statuses = sorted(sqlite3.connect(store).execute("SELECT status FROM runs").fetchall())
+    assert statuses == [("done",), ("done",)]
+
+
+def test_list_names_every_registered_method():
+    import methods
+    result = bench("list")
+    assert result.returncode == 0
+    for name in methods.names():
+        assert name in result.stdout

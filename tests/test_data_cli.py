@@ -1,0 +1,103 @@
+"""The data CLI piece: argument parsing, output, one-line errors with exit code 2."""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.data.bias import imbalance_profile
+from bench.data.cli import DEFAULT_META_PER_CLASS, add_arguments, main, parse_noise
+from bench.errors import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse(*argv):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_json_offline_fmnist_mini(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("BENCH_DATA_DIR", str(tmp_path / "nothing-here"))
+    args = parse("--dataset", "fmnist-mini", "--imbalance", "10", "--noise", "flip2:0.4",
+                 "--json")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) == 1
+    s = json.loads(out)
+    assert s["dataset"] == "fmnist-mini"
+    assert s["train_per_class"] == imbalance_profile(980, 10, 10)
+    assert s["meta_per_class"] == [20] * 10 and s["test_per_class"] == [200] * 10
+    assert s["spec"]["noise_type"] == "flip2" and s["spec"]["noise_rate"] == 0.4
+    assert abs(s["noise_rate_realised"] - 0.4) < 0.05
+    assert not (tmp_path / "nothing-here").exists()  # the embedded default touches no data dir
+
+
+def test_table_output(capsys):
+    assert main(parse("--imbalance", "50", "--noise", "uniform:0.2", "--seed", "3")) == 0
+    out = capsys.readouterr().out
+    assert "T-shirt/top" in out and "Ankle boot" in out and "total" in out
+    assert "imbalance 50 (realised 51.58)" in out  # 980 / 19: the tail of fmnist-mini at 50
+    assert "row clean, column observed" in out
+
+
+def test_defaults():
+    args = parse()
+    assert (args.dataset, args.imbalance, args.noise, args.meta_per_class, args.seed,
+            args.json, args.download, args.data_dir) == ("fmnist-mini", 1.0, "none", None, 0,
+                                                         False, False, None)
+    assert DEFAULT_META_PER_CLASS == {"fmnist-mini": 20, "fashion-mnist": 100, "cifar10": 100,
+                                      "cifar100": 10, "npz": 0}
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("none", ("none", 0.0)), ("flip2:0.4", ("flip2", 0.4)), ("uniform:0", ("uniform", 0.0)),
+    ("uniform_freq:0.6", ("uniform_freq", 0.6)), ("none:0", ("none", 0.0)),
+])
+def test_parse_noise(text, expected):
+    assert parse_noise(text) == expected
+
+
+@pytest.mark.parametrize("text", ["uniform:1.2", "uniform:1", "flip:-0.1", "flip2", "gauss:0.2",
+                                  "flip2:abc", "flip:nan", "none:0.3", ""])
+def test_parse_noise_rejects(text):
+    with pytest.raises(DataError) as e:
+        parse_noise(text)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (("--dataset", "imagenet"), "unknown dataset"),
+    (("--imbalance", "0.5"), "imbalance"),
+    (("--noise", "flip2:1.5"), r"\[0, 1\)"),
+    (("--meta-per-class", "5000"), "more than class"),
+])
+def test_main_bad_input(argv, match):
+    with pytest.raises(DataError, match=match):
+        main(parse(*argv))
+
+
+def _run(*argv):
+    return subprocess.run([sys.executable, "-m", *argv], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_standalone_module_exit_code_2():
+    r = _run("bench.data.cli", "--dataset", "nope")
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bench: error: unknown dataset 'nope'")
+
+
+@pytest.mark.skipif(not (REPO / "bench" / "__main__.py").exists(),
+                    reason="bench/__main__.py not wired yet")
+@pytest.mark.parametrize("argv", [("--dataset", "nope"), ("--noise", "uniform:1.2")])
+def test_python_m_bench_data_exit_code_2(argv):
+    r = _run("bench", "data", *argv)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bench: error:")

@@ -1,0 +1,149 @@
+"""The device-resident loader: epochs, determinism, normalisation, crops and flips."""
+
+import numpy as np
+import pytest
+import torch
+
+from bench.data import Loader, load_dataset
+from bench.data.datasets import CIFAR_MEAN, CIFAR_STD
+from bench.errors import DataError
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def make_loader(x, y, device="cpu", seed=0, **kwargs):
+    c = x.shape[-1]
+    options = dict(batch_size=10, device=device, mean=(0.5,) * c, std=(0.25,) * c,
+                   augment=False, generator=torch.Generator().manual_seed(seed))
+    options.update(kwargs)
+    return Loader(x, y, **options)
+
+
+def random_images(n, h=32, w=32, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, h, w, c), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+def denormalise(xb, mean, std) -> np.ndarray:
+    """(B, C, H, W) normalised float -> (B, H, W, C) uint8."""
+    m = torch.tensor(mean).view(1, -1, 1, 1)
+    s = torch.tensor(std).view(1, -1, 1, 1)
+    x = ((xb.cpu() * s + m) * 255).round()
+    assert (x - ((xb.cpu() * s + m) * 255)).abs().max() < 1e-3  # exact pixels came out
+    return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_epoch_visits_every_sample_once(device):
+    x, y = random_images(103, 8, 8, 1)
+    loader = make_loader(x, y, device)
+    assert len(loader) == 11 and loader.num_samples == 103
+    batches = list(loader)
+    sizes = [len(b[2]) for b in batches]
+    assert sizes == [10] * 10 + [3]
+    idx = torch.cat([b[2] for b in batches]).cpu()
+    assert sorted(idx.tolist()) == list(range(103)) and idx.tolist() != list(range(103))
+    for xb, yb, ib in batches:
+        assert xb.dtype == torch.float32 and yb.dtype == torch.int64 and ib.dtype == torch.int64
+        assert xb.device.type == device and xb.shape[1:] == (1, 8, 8)
+        assert torch.equal(yb.cpu(), torch.as_tensor(y)[ib.cpu()])
+        expected = (torch.as_tensor(x)[ib.cpu()].permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+        assert torch.allclose(xb.cpu(), expected, atol=1e-6)
+    second = torch.cat([b[2] for b in loader]).cpu()
+    assert sorted(second.tolist()) == list(range(103)) and not torch.equal(idx, second)
+
+
+def test_drop_last_and_no_shuffle():
+    x, y = random_images(103, 4, 4, 3)
+    loader = make_loader(x, y, drop_last=True)
+    assert len(loader) == 10 and [len(b[2]) for b in loader] == [10] * 10
+    ordered = make_loader(x, y, shuffle=False)
+    assert torch.cat([b[2] for b in ordered]).tolist() == list(range(103))
+
+
+def test_same_generator_seed_same_batches():
+    x, y = random_images(64)
+    runs = []
+    for seed in (5, 5, 6):
+        loader = make_loader(x, y, seed=seed, augment=True, mean=CIFAR_MEAN, std=CIFAR_STD)
+        runs.append([b for _ in range(2) for b in loader])
+    for (xa, ya, ia), (xb, yb, ib) in zip(runs[0], runs[1]):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(ia, ib)
+    assert not all(torch.equal(a[2], c[2]) for a, c in zip(runs[0], runs[2]))
+
+
+def test_cycle_reshuffles_and_refuses_empty():
+    x, y = random_images(25, 4, 4, 1)
+    loader = make_loader(x, y)
+    it = loader.cycle()
+    epochs = [torch.cat([next(it)[2] for _ in range(3)]) for _ in range(3)]
+    assert all(sorted(e.tolist()) == list(range(25)) for e in epochs)
+    assert not torch.equal(epochs[0], epochs[1])
+    empty = make_loader(x[:0], y[:0])
+    assert len(empty) == 0 and list(empty) == []
+    with pytest.raises(DataError, match="meta-per-class"):
+        next(empty.cycle())
+
+
+def test_accepts_tensors_and_rejects_bad_input():
+    x, y = random_images(12, 4, 4, 1)
+    a = [b[0] for b in make_loader(torch.as_tensor(x), torch.as_tensor(y))]
+    b = [b[0] for b in make_loader(x, y)]
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    with pytest.raises(ValueError):
+        make_loader(x.astype(np.float32), y)
+    with pytest.raises(DataError, match="batch size"):
+        make_loader(x, y, batch_size=0)
+    with pytest.raises(ValueError):
+        make_loader(x, y[:5])
+
+
+def crop_candidates(img: np.ndarray) -> np.ndarray:
+    """All 9 x 9 reflect-padded 32 x 32 crops of an (H, W, C) image, unflipped and flipped."""
+    padded = np.pad(img, ((4, 4), (4, 4), (0, 0)), mode="reflect")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, img.shape[:2], axis=(0, 1))
+    windows = windows.transpose(0, 1, 3, 4, 2)  # (9, 9, H, W, C)
+    return np.stack([windows, windows[:, :, :, ::-1]])  # (2, 9, 9, H, W, C): flip after crop
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_crops_and_flips_are_reflect_padded_crops(device):
+    x, y = random_images(384, seed=1)
+    loader = make_loader(x, y, device, batch_size=128, augment=True, mean=CIFAR_MEAN,
+                         std=CIFAR_STD)
+    flips, offsets = [], []
+    for xb, _, ib in loader:
+        out = denormalise(xb, CIFAR_MEAN, CIFAR_STD)
+        for img, i in zip(out, ib.cpu().tolist()):
+            match = np.argwhere(np.all(crop_candidates(x[i]) == img, axis=(3, 4, 5)))
+            assert len(match) == 1, "each output is exactly one crop (random images)"
+            flip, dy, dx = match[0]
+            flips.append(flip)
+            offsets += [dy, dx]
+    assert 0.4 < np.mean(flips) < 0.6
+    assert set(offsets) == set(range(9))  # offsets 0..8: all crops, including the borders
+    assert 3.5 < np.mean(offsets) < 4.5
+
+
+def test_augmentation_on_cifar_images_and_none_at_test_time(cifar10_npz):
+    with np.load(cifar10_npz) as z:
+        x, y = z["x_test"][:128], z["y_test"][:128]
+    aug = make_loader(x, y, batch_size=64, augment=True, mean=CIFAR_MEAN, std=CIFAR_STD)
+    for xb, _, ib in aug:
+        out = denormalise(xb, CIFAR_MEAN, CIFAR_STD)
+        for img, i in zip(out, ib.tolist()):
+            assert np.all(crop_candidates(x[i]) == img, axis=(3, 4, 5)).any()
+    plain = make_loader(x, y, batch_size=64, augment=False, shuffle=False, mean=CIFAR_MEAN,
+                        std=CIFAR_STD)
+    out = np.concatenate([denormalise(b[0], CIFAR_MEAN, CIFAR_STD) for b in plain])
+    assert np.array_equal(out, x)
+
+
+def test_fmnist_mini_batches():
+    ds = load_dataset("fmnist-mini")
+    loader = Loader(ds.x_test, ds.y_test, batch_size=256, device="cpu", mean=ds.mean,
+                    std=ds.std, augment=ds.augment, shuffle=False)
+    xb, yb, ib = next(iter(loader))
+    assert xb.shape == (256, 1, 28, 28) and torch.equal(yb, torch.as_tensor(ds.y_test[:256]))
+    assert np.array_equal(denormalise(xb, ds.mean, ds.std), ds.x_test[:256])
+    assert abs(float(torch.cat([b[0] for b in loader]).mean())) < 0.05
