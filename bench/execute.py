@@ -112,17 +112,28 @@ def summarize(run, model) -> dict:
     return metrics
 
 
+def checkpoint_path(spec: RunSpec, cache_dir: Path | None) -> Path | None:
+    return None if cache_dir is None else Path(cache_dir) / "checkpoints" / f"{spec.key()}.pt"
+
+
 def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
-            cache_dir: Path | None = DEFAULT_CACHE_DIR, progress=None) -> RunResult:
-    """Train and evaluate one run. Diverged runs and exceptions come back as ``failed``."""
+            cache_dir: Path | None = DEFAULT_CACHE_DIR, progress=None, checkpoint_every_s: float = 60.0) -> RunResult:
+    """Train and evaluate one run. Diverged runs and exceptions come back as ``failed``.
+
+    With a ``cache_dir`` the run checkpoints itself (see ``Run.epochs``) and a rerun after a kill
+    resumes from the last checkpoint; the caller removes the checkpoint once the result is stored.
+    """
     from methods.base import Run
 
     method_cls = methods.get(spec.method)
     params = method_cls.params_from_spec(spec)
     data = load_data(spec, data_dir)
     env = environment(device)
-    run = Run(spec=spec, data=data, device=device, params=params, cache_dir=cache_dir, progress=progress)
     torch.manual_seed(spec.seed)
+    run = Run(spec=spec, data=data, device=device, params=params, cache_dir=cache_dir, progress=progress,
+              checkpoint_path=checkpoint_path(spec, cache_dir), checkpoint_every_s=checkpoint_every_s)
+    if run.checkpoint_found:
+        print(f"[{spec.key()}] resuming from its checkpoint", file=sys.stderr)
     try:
         model = method_cls(params).fit(run)
         metrics = summarize(run, model)
@@ -146,13 +157,17 @@ def display_name(spec: RunSpec) -> str:
     return methods.get(spec.method).display_name(spec.method_params)
 
 
-def commit(store: Store, result: RunResult) -> None:
+def commit(store: Store, result: RunResult, cache_dir: Path | None = None) -> None:
+    """Write the result in one transaction, then drop the run's checkpoint."""
     key = result.spec.key()
     if result.status == "done":
         store.finish(key, metrics=result.metrics, history=result.history, env=result.env,
                      samples=result.samples, values=result.values, arrays=result.arrays)
     else:
         store.fail(key, result.error or "unknown error", history=result.history, env=result.env)
+    path = checkpoint_path(result.spec, cache_dir)
+    if path is not None:
+        path.unlink(missing_ok=True)
 
 
 def pending(store: Store, specs: list[RunSpec], retry_failed: bool = False) -> list[RunSpec]:
@@ -170,7 +185,7 @@ def pending(store: Store, specs: list[RunSpec], retry_failed: bool = False) -> l
 
 def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device, data_dir: str | None = None,
              cache_dir: Path | None = DEFAULT_CACHE_DIR, retry_failed: bool = False,
-             show_progress: bool = True) -> dict[str, int]:
+             show_progress: bool = True, checkpoint_every_s: float = 60.0) -> dict[str, int]:
     """Run every spec not yet done, in order, in this process; returns counts by outcome."""
     from tqdm.auto import tqdm
 
@@ -191,9 +206,10 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device, data_d
 
         store.start(spec.key(), spec.to_dict(), display_name(spec))
         started = time.time()
-        result = execute(spec, device=device, data_dir=data_dir, cache_dir=cache_dir, progress=progress)
+        result = execute(spec, device=device, data_dir=data_dir, cache_dir=cache_dir, progress=progress,
+                         checkpoint_every_s=checkpoint_every_s)
         epoch_bar.close()
-        commit(store, result)
+        commit(store, result, cache_dir)
         counts[result.status] += 1
         outcome = (f"acc {result.metrics['acc_last']:.2f} (best {result.metrics.get('acc_best', float('nan')):.2f})"
                    if result.status == "done" else f"FAILED: {result.error}")

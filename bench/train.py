@@ -101,13 +101,14 @@ def train_classifier(run, model: nn.Module, loss_fn: LossFn, *, epochs: int | No
 
     ``loss_fn(logits, y, idx, epoch)`` returns the scalar batch loss; ``idx`` are the batch's
     positions in the training pool (for per-sample state). Each epoch is logged (and evaluated)
-    through ``run.log``.
+    through ``run.log`` and checkpointed through ``run.epochs``. A ``loss_fn`` that keeps state of
+    its own across epochs must be made resumable by the caller (pass it in ``run.epochs`` state).
     """
     optimizer = optimizer or run.sgd(model.parameters())
     loader = loader or run.loader("train")
     epochs = run.spec.epochs if epochs is None else epochs
     model.train()
-    for epoch in range(epochs):
+    for epoch in run.epochs(epochs, stage=stage, state={"model": model, "optimizer": optimizer}):
         lr = run.lr_at(epoch)
         set_lr(optimizer, lr)
         if on_epoch_start is not None:

@@ -9,7 +9,11 @@ never read the store: they report through ``run.log`` (per-epoch history) and ``
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -88,7 +92,9 @@ class Run:
     device: torch.device
     params: Any = None             # the method's Params instance
     cache_dir: Path | None = None  # where methods may cache reusable artefacts (probe curves)
-    progress: Any = None           # callable(epoch, total, metrics) for a progress display
+    progress: Any = None           # callable(row) for a progress display
+    checkpoint_path: Path | None = None  # where run.epochs keeps its resumable state (None: off)
+    checkpoint_every_s: float = 60.0     # write at most this often (0: after every epoch)
     history: list[dict] = field(default_factory=list)
     records: dict[str, np.ndarray] = field(default_factory=dict)
     generator: torch.Generator = field(init=False)
@@ -96,6 +102,62 @@ class Run:
     def __post_init__(self):
         self.generator = torch.Generator().manual_seed(self.spec.seed)
         self._test_loader = None
+        self._checkpoint = _load_checkpoint(self.checkpoint_path)
+        self._stages: dict[str, dict] = dict(self._checkpoint.get("stages", {})) if self._checkpoint else {}
+        self._last_save = time.monotonic()
+        self.resumed_from: tuple[str, int] | None = None
+        self._entered: set[str] = set()
+
+    # --- resumable epochs ---------------------------------------------------------------
+    def epochs(self, count: int, *, stage: str = "train", state: dict[str, Any] | None = None) -> Iterator[int]:
+        """Epochs ``0 .. count-1`` of ``stage``, resumable from a checkpoint.
+
+        ``state`` names everything the loop mutates: modules, optimisers, stateful iterators
+        (anything with ``state_dict``/``load_state_dict``) and tensors (restored in place). After
+        each epoch the state, the RNGs (torch's global one and ``run.generator``) and the history
+        are checkpointed (atomically: temp file + rename). When the run is started again after a
+        kill, a finished stage restores its final state and yields nothing; the interrupted stage
+        restores its last epoch's state and continues with the next epoch, so the run ends as an
+        uninterrupted one would (bit for bit on CPU).
+        """
+        state = state or {}
+        if stage in self._entered:
+            raise ValueError(f"run.epochs: stage {stage!r} entered twice; give each loop its own stage name")
+        self._entered.add(stage)
+        saved = self._stages.get(stage)
+        start = 0
+        if saved is not None:
+            _restore(state, saved["state"])
+            start = saved["epoch"] + 1
+            if stage == self._checkpoint.get("current"):  # where the killed run stopped
+                _set_rng(self._checkpoint["rng"], self.generator)
+                self.history = list(self._checkpoint["history"])
+                self.resumed_from = (stage, saved["epoch"])
+        for epoch in range(start, count):
+            yield epoch
+            self._stages[stage] = {"epoch": epoch, "state": _snapshot(state)}
+            self._save(stage, force=epoch == count - 1)
+
+    def _save(self, stage: str, force: bool = False) -> None:
+        if self.checkpoint_path is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_save < self.checkpoint_every_s:
+            return
+        payload = {"key": self.spec.key(), "current": stage, "stages": self._stages, "history": self.history,
+                   "rng": _get_rng(self.generator)}
+        path = Path(self.checkpoint_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        self._checkpoint = payload
+        self._last_save = now
+
+    @property
+    def checkpoint_found(self) -> bool:
+        """Whether this run starts from the checkpoint of an earlier, killed attempt."""
+        return self._checkpoint is not None
 
     # --- building blocks -----------------------------------------------------------------
     @property
@@ -169,7 +231,12 @@ class Run:
         if model is not None:
             report = self.evaluate(model)
             row.update(test_acc=report["acc"], many=report["many"], medium=report["medium"], few=report["few"])
-        self.history.append(row)
+        # a resumed run replays the code between stages: a row logged again replaces the old one
+        same = [i for i, h in enumerate(self.history) if (h["stage"], h["epoch"]) == (stage, epoch)]
+        if same:
+            self.history[same[0]] = row
+        else:
+            self.history.append(row)
         if self.progress is not None:
             self.progress(row)
 
@@ -181,3 +248,60 @@ class Run:
         if values.shape[0] != len(self.data.train_y):
             raise ValueError(f"record {name!r}: expected {len(self.data.train_y)} rows, got {values.shape[0]}")
         self.records[name] = values
+
+
+# ------------------------------------------------------------------------ checkpoint helpers
+
+def _load_checkpoint(path: Path | None) -> dict | None:
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # a checkpoint we cannot read is only a lost shortcut: start over
+        return None
+
+
+def _snapshot(state: dict[str, Any]) -> dict[str, Any]:
+    """Deep copies of each object's state (later stages may go on mutating the objects)."""
+    out = {}
+    for name, obj in state.items():
+        if isinstance(obj, torch.Tensor):
+            out[name] = obj.detach().cpu().clone()
+        elif hasattr(obj, "state_dict"):
+            out[name] = copy.deepcopy(_to_cpu(obj.state_dict()))
+        else:
+            raise TypeError(f"checkpoint state {name!r}: {type(obj).__name__} has no state_dict")
+    return out
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _restore(state: dict[str, Any], saved: dict[str, Any]) -> None:
+    for name, obj in state.items():
+        if isinstance(obj, torch.Tensor):
+            with torch.no_grad():
+                obj.copy_(saved[name])
+        else:
+            obj.load_state_dict(saved[name])
+
+
+def _get_rng(generator: torch.Generator) -> dict:
+    rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _set_rng(rng: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["generator"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])

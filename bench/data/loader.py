@@ -89,27 +89,35 @@ class Loader:
         g = self.generator
         return fn(*args, generator=g, device=g.device, **kwargs).to(self.device)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        n, bs = self.num_samples, self.batch_size
+    def order(self) -> torch.Tensor:
+        """One epoch's sample order: a permutation from the generator, or 0..N-1 unshuffled."""
         if self.shuffle:
-            order = self._draw(torch.randperm, n)
-        else:
-            order = torch.arange(n, device=self.device)
-        for b in range(len(self)):
-            idx = order[b * bs:(b + 1) * bs]
-            xb = self.x.index_select(0, idx)
-            if self.augment:
-                xb = self.crop_flip(xb)
-            yield self.normalise(xb), self.y.index_select(0, idx), idx
+            return self._draw(torch.randperm, self.num_samples)
+        return torch.arange(self.num_samples, device=self.device)
 
-    def cycle(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Endless batches over epochs (e.g. the meta set), a fresh permutation each pass."""
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The (augmented, normalised) batch of the samples at positions ``idx``."""
+        xb = self.x.index_select(0, idx)
+        if self.augment:
+            xb = self.crop_flip(xb)
+        return self.normalise(xb), self.y.index_select(0, idx), idx
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        order, bs = self.order(), self.batch_size
+        for b in range(len(self)):
+            yield self.batch(order[b * bs:(b + 1) * bs])
+
+    def cycle(self) -> Cycle:
+        """Endless batches over epochs (e.g. the meta set), a fresh permutation each pass.
+
+        The returned :class:`Cycle` has ``state_dict``/``load_state_dict`` so a checkpoint can
+        resume it mid-pass, batch for batch.
+        """
         if len(self) == 0:
             raise DataError(f"cannot cycle over {self.num_samples} samples with batch size "
                             f"{self.batch_size} (drop_last={self.drop_last}); a meta-learning "
                             "method needs a non-empty meta set (--meta-per-class > 0)")
-        while True:
-            yield from self
+        return Cycle(self)
 
     def normalise(self, xb: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) -> float32 ``(x / 255 - mean) / std`` (ToTensor + Normalize)."""
@@ -127,3 +135,31 @@ class Loader:
         cols = _reflect(cols + offsets[:, 1:] - PAD, W)  # (B, W)
         out = xb.gather(2, rows[:, None, :, None].expand(B, C, H, W))
         return out.gather(3, cols[:, None, None, :].expand(B, C, H, W))
+
+
+class Cycle:
+    """Endless iterator over a loader's epochs whose position can be saved and restored."""
+
+    def __init__(self, loader: Loader):
+        self.loader = loader
+        self._order: torch.Tensor | None = None
+        self._batch = 0
+
+    def __iter__(self) -> Cycle:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._order is None or self._batch >= len(self.loader):
+            self._order, self._batch = self.loader.order(), 0
+        bs = self.loader.batch_size
+        idx = self._order[self._batch * bs:(self._batch + 1) * bs]
+        self._batch += 1
+        return self.loader.batch(idx)
+
+    def state_dict(self) -> dict:
+        return {"order": None if self._order is None else self._order.cpu(), "batch": self._batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        order = state["order"]
+        self._order = None if order is None else order.to(self.loader.device)
+        self._batch = state["batch"]

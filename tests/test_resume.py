@@ -1,0 +1,98 @@
+"""Per-epoch checkpoints: a run resumed after a kill ends exactly as an uninterrupted one."""
+
+import numpy as np
+import torch
+
+from bench.execute import load_data
+from bench.spec import RunSpec
+from methods.base import Run
+
+
+def _spec():
+    return RunSpec(method="ce", epochs=4, warmup_epochs=1, milestones=(2, 3))
+
+
+class Killed(Exception):
+    pass
+
+
+def _train(run, kill_after=None, stages=("a", "b")):
+    """A two-stage loop touching every kind of state: model, optimiser, meta cycle, a tensor."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(784, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    meta = run.loader("meta", batch_size=7).cycle()
+    counter = torch.zeros(len(run.data.train_y))
+    done = 0
+    for stage in stages:
+        if stage == "b":  # between stages: consume the global RNG, as a fresh model init would
+            torch.nn.init.normal_(model.weight, std=0.01)
+        for epoch in run.epochs(3, stage=stage, state={"model": model, "opt": opt, "meta": meta, "c": counter}):
+            if kill_after is not None and done == kill_after:  # killed during this epoch
+                raise Killed
+            for i, (x, y, idx) in enumerate(run.loader("train", batch_size=256)):
+                if i >= 3:
+                    break
+                xm, ym, _ = next(meta)
+                loss = torch.nn.functional.cross_entropy(model(x.flatten(1)), y) + 0.01 * model(xm.flatten(1)).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                counter[idx] += torch.rand(len(idx))
+            run.log(epoch, stage=stage, loss=float(loss.detach()))
+            done += 1
+    return model, counter
+
+
+def test_resume_from_any_epoch_is_bit_for_bit(tmp_path):
+    data = load_data(_spec())
+    reference_model, reference_counter = _train(Run(spec=_spec(), data=data, device=torch.device("cpu")))
+    for kill_after in range(1, 6):  # after 1..5 finished epochs, across the stage boundary
+        path = tmp_path / f"ck{kill_after}.pt"
+        run = Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path, checkpoint_every_s=0)
+        try:
+            _train(run, kill_after=kill_after)
+        except Killed:
+            pass
+        assert path.exists()
+        resumed = Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path,
+                      checkpoint_every_s=0)
+        assert resumed.checkpoint_found
+        model, counter = _train(resumed)
+        assert torch.equal(model.weight, reference_model.weight), kill_after
+        assert torch.equal(counter, reference_counter)
+        assert [(h["stage"], h["epoch"]) for h in resumed.history] == [(s, e) for s in "ab" for e in range(3)]
+
+
+def test_a_stage_name_used_twice_is_an_error():
+    import pytest
+    run = Run(spec=_spec(), data=load_data(_spec()), device=torch.device("cpu"))
+    list(run.epochs(1, stage="x"))
+    with pytest.raises(ValueError, match="twice"):
+        list(run.epochs(1, stage="x"))
+
+
+def test_execute_resumes_a_killed_ce_run_to_the_same_result(tmp_path, monkeypatch):
+    from bench import execute as ex
+
+    spec = _spec()
+    reference = ex.execute(spec, device=torch.device("cpu"), cache_dir=None)
+    calls = {"n": 0}
+    original = Run.log
+
+    def log_then_die(self, epoch, *args, **kwargs):
+        original(self, epoch, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "log", log_then_die)
+    try:
+        ex.execute(spec, device=torch.device("cpu"), cache_dir=tmp_path, checkpoint_every_s=0)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(Run, "log", original)
+    assert ex.checkpoint_path(spec, tmp_path).exists()
+    resumed = ex.execute(spec, device=torch.device("cpu"), cache_dir=tmp_path, checkpoint_every_s=0)
+    assert resumed.metrics == reference.metrics
+    assert np.allclose([h["loss"] for h in resumed.history], [h["loss"] for h in reference.history], rtol=0, atol=0)
