@@ -1,0 +1,136 @@
+"""O2U-Net (Huang et al., ICCV 2019): detect noisy labels from losses under a cyclical lr.
+
+Three stages (paper §3; PROTOCOL.md §7; notes/baselines.md §6). No official code exists; the
+only public implementation, hjimce/O2U-Net @ef89d99 ``main.py``, is cited for its details.
+
+1. Pre-train on the noisy pool: the grid protocol up to the first lr drop (epochs
+   0 .. first_drop-1 with the protocol's warm-up; 80 epochs on the paper preset).
+2. Cyclical training, continuing from the stage-1 weights with a fresh protocol SGD: within each
+   cycle of c = 10 epochs the lr falls linearly from r1 = 0.01 to r2 = 0.001,
+   lr = (1 - t) r1 + t r2, t = ((e mod c) + 1) / c (paper eq. 1; ``main.py`` L187-188), at batch
+   16 (L171). Every epoch each sample's CE from its training forward pass is recorded
+   (:func:`methods.curves.train_and_record`), centred by subtracting that epoch's mean over all
+   samples (L210) and averaged over the epochs (L211 accumulates the sum: same ranking).
+3. Drop the ``round(k N)`` samples with the highest mean centred loss, k = the nominal noise rate
+   (``drop_rate = "nominal" | "realised" | "0.35"``), and retrain a fresh network on the rest
+   with the full protocol (``retrain = "scratch"``), or from the stage-1 weights as the public
+   code does (``retrain = "pretrained"``, L133-136: it reloads the stage-1 checkpoint).
+
+Per-sample records: ``kept`` (bool), ``score`` = ``o2u_loss`` = the mean centred stage-2 loss
+(higher = more likely mislabelled).
+
+Choices and deviations:
+- Number of cycles: PROTOCOL.md §7 fixes the cycle (10 epochs, 0.01 -> 0.001, batch 16) but not
+  how many. Default 5 cycles (50 epochs; notes/baselines.md proposes 5-10): at batch 16 that is
+  already about twice the iterations of the 200-epoch batch-128 classifier run. The public code
+  runs 249 epochs (about 25 cycles): ``--set o2u.cycles=25``.
+- Stage 1 and 3 use the grid protocol (SGD lr 0.1, Nesterov, wd 5e-4, warm-up, x0.1 at the
+  milestones), not the public code's lr 0.01 -> 0.005 -> 0.001 at 25 % / 50 % of 250 epochs
+  without Nesterov. Stage 2 uses the protocol's momentum, Nesterov and weight decay (the code:
+  momentum 0.9, wd 5e-4, no Nesterov).
+- Augmentation: the protocol's, in all stages (the code's default ``--transforms false`` has
+  none; its author recommends ``true``, issue #1).
+- Drop count: ``round(k N)``; the code keeps ``int((1 - k) N)``, i.e. drops ``N - int((1-k)N)``
+  (the same up to one sample from floating-point rounding).
+- The cycle starts at epoch 0 (the code's loop starts at 1, so its first cycle is one epoch short).
+- Quick preset: 2 cycles of 5 epochs (lr 0.0082, 0.0064, 0.0046, 0.0028, 0.001), batch 16.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.errors import BenchError
+from bench.train import train_classifier
+from methods import register
+from methods.base import Method
+from methods.curves import check_rate_option, linear_cycle_schedule, protocol_schedule, resolve_rate, train_and_record
+
+
+def o2u_scores(loss_curves: torch.Tensor) -> torch.Tensor:
+    """Mean over epochs of the per-epoch centred losses: ``mean_e (l[e, i] - mean_j l[e, j])``."""
+    return (loss_curves - loss_curves.mean(dim=1, keepdim=True)).mean(dim=0)
+
+
+def drop_highest(scores, rate: float) -> np.ndarray:
+    """Boolean ``kept`` mask that removes the ``round(rate * N)`` highest scores (ties by index)."""
+    scores = np.asarray(scores, dtype=float)
+    n_drop = int(round(rate * len(scores)))
+    kept = np.ones(len(scores), dtype=bool)
+    if n_drop > 0:
+        order = np.argsort(-scores, kind="stable")
+        kept[order[:n_drop]] = False
+    return kept
+
+
+@dataclass
+class O2UParams:
+    drop_rate: str = "nominal"   # k: "nominal", "realised" or a number in [0, 1)
+    cycle_length: int = 10       # c, epochs per cycle
+    cycles: int = 5              # number of cycles in stage 2
+    lr_high: float = 0.01        # r1
+    lr_low: float = 0.001        # r2
+    cycle_batch_size: int = 16
+    stage1_epochs: int = 0       # 0 = up to the protocol's first lr drop
+    retrain: str = "scratch"     # "scratch" or "pretrained" (the public code)
+
+    def __post_init__(self):
+        check_rate_option(self.drop_rate, "o2u.drop_rate")
+        for name in ("cycle_length", "cycles", "cycle_batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise BenchError(f"o2u.{name} must be an integer >= 1, got {v!r}")
+        if isinstance(self.stage1_epochs, bool) or not isinstance(self.stage1_epochs, int) \
+                or self.stage1_epochs < 0:
+            raise BenchError(f"o2u.stage1_epochs must be an integer >= 0, got {self.stage1_epochs!r}")
+        if not (0 < self.lr_low <= self.lr_high):
+            raise BenchError(f"o2u needs 0 < lr_low <= lr_high, got {self.lr_low} and {self.lr_high}")
+        if self.retrain not in ("scratch", "pretrained"):
+            raise BenchError(f"o2u.retrain must be 'scratch' or 'pretrained', got {self.retrain!r}")
+
+
+@register
+class O2U(Method):
+    """Pre-train, record centred losses under a cyclical lr, drop the highest, retrain."""
+
+    name = "o2u"
+
+    Params = O2UParams
+
+    presets = {"quick": {"cycle_length": 5, "cycles": 2}}
+
+    @classmethod
+    def display_name(cls, params: dict) -> str:
+        return "O2U-Net"
+
+    def fit(self, run):
+        p = self.params
+        rate = resolve_rate(run, p.drop_rate)
+        # stage 1: the protocol up to the first lr drop
+        stage1 = p.stage1_epochs or run.first_drop
+        model = run.model()
+        train_and_record(run, model, protocol_schedule(run, stage1), quantity=None, log_stage="pretrain")
+        pretrained = copy.deepcopy(model.state_dict()) if p.retrain == "pretrained" else None
+        # stage 2: cyclical lr, record each sample's training loss every epoch
+        schedule = linear_cycle_schedule(p.lr_high, p.lr_low, cycle=p.cycle_length, cycles=p.cycles,
+                                         batch_size=p.cycle_batch_size)
+        curves = train_and_record(run, model, schedule, "loss", optimizer=run.sgd(model.parameters(), lr=p.lr_high),
+                                  log_stage="cyclic")
+        scores = o2u_scores(curves.values).cpu().numpy()
+        kept = drop_highest(scores, rate)
+        run.record("kept", kept)
+        run.record("score", scores)
+        run.record("o2u_loss", scores)
+        # stage 3: retrain on the kept samples with the full protocol
+        final = run.model()
+        if pretrained is not None:
+            final.load_state_dict(pretrained)
+        del model, curves
+        loader = run.loader("train", indices=np.flatnonzero(kept))
+        return train_classifier(run, final, lambda logits, y, idx, epoch: F.cross_entropy(logits, y),
+                                loader=loader, stage="retrain")

@@ -1,0 +1,228 @@
+"""Co-teaching, O2U-Net and AUM: the selection rules on hand-built tensors, the cross update, and
+one short real training per method on fmnist-mini (imbalance 50: 2,740 samples, 2 epochs)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import methods
+from bench.errors import BenchError
+from bench.spec import RunSpec
+from methods.aum import AUMParams, aum_from_margins, aum_threshold, combine_runs, threshold_sets
+from methods.base import Run, params_items
+from methods.coteaching import (
+    CoTeaching,
+    CoTeachingParams,
+    coteaching_losses,
+    coteaching_step,
+    num_remember,
+    remember_rate,
+)
+from methods.curves import linear_cycle_schedule, margin
+from methods.o2u import O2U, O2UParams, drop_highest, o2u_scores
+
+# ----------------------------------------------------------------------------- Co-teaching
+
+
+def test_remember_rate_is_papers_schedule():
+    # R(T) = 1 - min(T / T_k * tau, tau), T counted from 0 (Han et al. 2018, Algorithm 1)
+    assert [remember_rate(t, 0.4, 10) for t in (0, 1, 5, 10, 11, 150)] == pytest.approx(
+        [1.0, 0.96, 0.8, 0.6, 0.6, 0.6])
+    assert remember_rate(5, 0.4, 10, exponent=2) == pytest.approx(1 - 0.25 * 0.4)
+    assert remember_rate(3, 0.0, 10) == 1.0
+
+
+def test_num_remember_is_floor_of_rate_times_batch():
+    assert num_remember(0.6, 128) == 76          # int(76.8)
+    assert num_remember(1 - 0.29, 100) == 71     # floor despite 0.71 * 100 = 70.99999999999999
+    assert num_remember(0.6, 1) == 1             # never an empty batch
+    assert num_remember(1.0, 16) == 16
+
+
+def test_coteaching_keeps_exactly_R_of_the_batch_and_updates_the_peer():
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    # network 1 finds samples 0, 1, 2 easy; network 2 finds samples 3, 4, 5 easy
+    l1 = torch.tensor([[4.0, 0.0], [0.0, 4.0], [3.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 0.0]], requires_grad=True)
+    l2 = torch.tensor([[0.0, 2.0], [2.0, 0.0], [0.0, 1.0], [0.0, 4.0], [4.0, 0.0], [0.0, 3.0]], requires_grad=True)
+    keep = num_remember(0.5, 6)
+    loss1, loss2, by1, by2, ce1, ce2 = coteaching_losses(l1, l2, y, keep)
+    assert len(by1) == len(by2) == keep == 3
+    assert set(by1.tolist()) == {0, 1, 2} and set(by2.tolist()) == {3, 4, 5}
+    # network 1's loss is its own CE over the samples network 2 kept, the plain mean (one division)
+    assert loss1.item() == pytest.approx(F.cross_entropy(l1[[3, 4, 5]], y[[3, 4, 5]]).item())
+    assert loss2.item() == pytest.approx(F.cross_entropy(l2[[0, 1, 2]], y[[0, 1, 2]]).item())
+    g1, = torch.autograd.grad(loss1, l1, retain_graph=True)
+    assert (g1[:3] == 0).all() and (g1[3:].abs().sum(1) > 0).all()  # only the peer's choice moves net 1
+    assert torch.autograd.grad(loss1, l2, allow_unused=True)[0] is None
+    g2, = torch.autograd.grad(loss2, l2)
+    assert (g2[3:] == 0).all() and (g2[:3].abs().sum(1) > 0).all()
+
+
+def test_coteaching_step_moves_each_network_on_its_peers_samples():
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 5), torch.randint(0, 3, (10,))
+    net1, net2 = nn.Linear(5, 3), nn.Linear(5, 3)
+    ref1 = copy.deepcopy(net1)
+    opt1 = torch.optim.SGD(net1.parameters(), lr=0.1)
+    opt2 = torch.optim.SGD(net2.parameters(), lr=0.1)
+    with torch.no_grad():
+        chosen_by_2 = torch.argsort(F.cross_entropy(net2(x), y, reduction="none"))[:7]
+    coteaching_step(net1, net2, opt1, opt2, x, y, keep=7)
+    # the same update done by hand: plain SGD on network 1's mean CE over network 2's choice
+    ref_opt = torch.optim.SGD(ref1.parameters(), lr=0.1)
+    F.cross_entropy(ref1(x[chosen_by_2]), y[chosen_by_2]).backward()
+    ref_opt.step()
+    for a, b in zip(net1.parameters(), ref1.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_coteaching_params_validate():
+    with pytest.raises(BenchError):
+        CoTeachingParams(tau="lots")
+    with pytest.raises(BenchError):
+        CoTeachingParams(t_k=0)
+    assert CoTeaching.resolve_params("quick").t_k == 1 and CoTeaching.resolve_params("paper").t_k == 10
+
+
+# -------------------------------------------------------------------------------- O2U-Net
+
+
+def test_o2u_score_is_mean_of_per_epoch_centred_losses():
+    losses = torch.tensor([[1.0, 2.0, 3.0, 6.0],    # epoch mean 3
+                           [0.5, 0.5, 4.5, 2.5]])   # epoch mean 2
+    expected = torch.tensor([((1 - 3) + (0.5 - 2)) / 2, ((2 - 3) + (0.5 - 2)) / 2,
+                             ((3 - 3) + (4.5 - 2)) / 2, ((6 - 3) + (2.5 - 2)) / 2])
+    assert torch.allclose(o2u_scores(losses), expected)
+
+
+@pytest.mark.parametrize("rate,n_drop", [(0.4, 400), (0.2, 200), (0.0, 0), (0.1234, 123)])
+def test_o2u_drops_exactly_the_requested_fraction_of_highest_scores(rate, n_drop):
+    scores = np.random.default_rng(0).permutation(1000).astype(float)
+    kept = drop_highest(scores, rate)
+    assert (~kept).sum() == n_drop
+    if n_drop:
+        assert scores[~kept].min() > scores[kept].max()  # the removed are exactly the top scores
+
+
+def test_o2u_params_validate():
+    with pytest.raises(BenchError):
+        O2UParams(retrain="continue")
+    with pytest.raises(BenchError):
+        O2UParams(cycles=0)
+    quick = O2U.resolve_params("quick")
+    assert (quick.cycle_length, quick.cycles, quick.cycle_batch_size) == (5, 2, 16)
+    assert (O2UParams().cycle_length, O2UParams().lr_high, O2UParams().lr_low) == (10, 0.01, 0.001)
+
+
+# ------------------------------------------------------------------------------------ AUM
+
+
+def test_aum_on_hand_built_logit_sequences():
+    # 3 epochs x 2 samples x 3 classes (the last class plays the threshold class), labels [0, 2]
+    logits = torch.tensor([
+        [[3.0, 1.0, 0.0], [1.0, 2.0, 0.5]],   # margins 2, 0.5 - 2 = -1.5
+        [[1.0, 2.0, 0.0], [0.0, 0.0, 1.0]],   # margins -1, 1
+        [[4.0, 0.0, 1.0], [2.0, 0.0, 2.0]],   # margins 3, 0
+    ])
+    y = torch.tensor([0, 2])
+    margins = torch.stack([margin(logits[e], y) for e in range(3)]).numpy()
+    assert margins.tolist() == [[2.0, -1.5], [-1.0, 1.0], [3.0, 0.0]]
+    assert aum_from_margins(margins).tolist() == pytest.approx([4 / 3, -0.5 / 3])
+    assert aum_from_margins(margins, skip_epochs=1).tolist() == pytest.approx([1.0, 0.5])
+
+
+def test_aum_threshold_is_99th_percentile_of_threshold_samples():
+    aum = np.concatenate([np.arange(101.0), [98.9, 99.1, -5.0]])  # 101 threshold samples 0..100
+    thr_idx = np.arange(101)
+    thr = aum_threshold(aum, thr_idx)
+    assert thr == pytest.approx(99.0) == pytest.approx(np.percentile(np.arange(101.0), 99))
+    # the code's rule: flagged when more than 1 % of threshold samples have a larger AUM
+    for a in (98.9, 99.1, -5.0):
+        assert (a < thr) == (np.mean(np.arange(101.0) > a) > 0.01)
+
+
+def test_threshold_sets_are_disjoint_and_sized():
+    a, b = threshold_sets(1100, 10, np.random.default_rng(0))
+    assert len(a) == len(b) == 1100 // 11 and not set(a) & set(b)
+    a, b = threshold_sets(1100, 10, np.random.default_rng(0), "code")
+    assert len(a) == len(b) == 110
+
+
+def test_two_runs_score_every_sample_and_remove_only_if_flagged_in_both():
+    sets = [np.array([0, 1]), np.array([2, 3])]
+    aum1 = np.array([9, 9, 0.0, 5.0, -1.0, 2.0, -1.0, 3.0])   # threshold 1.0 (samples 0, 1 excluded)
+    aum2 = np.array([0.0, 3.0, 9, 9, -1.0, -1.0, 2.0, 3.0])   # threshold 2.0 (samples 2, 3 excluded)
+    removed, score, mean_aum, count = combine_runs([aum1, aum2], [1.0, 2.0], sets)
+    assert (count >= 1).all() and count.tolist() == [1, 1, 1, 1, 2, 2, 2, 2]
+    # 0: run 2 only, 0 < 2 -> removed; 1: 3 >= 2 kept; 2: run 1 only, 0 < 1 removed; 3: 5 kept;
+    # 4: flagged in both -> removed; 5: flagged in run 2 only -> kept; 6: run 1 only -> kept; 7 kept
+    assert removed.tolist() == [True, False, True, False, True, False, False, False]
+    assert ((score > 0) == removed).all()
+    assert score[4] == pytest.approx(min(1 - (-1), 2 - (-1))) and mean_aum[7] == 3.0
+
+
+def test_aum_params_validate():
+    with pytest.raises(BenchError):
+        AUMParams(threshold_count="half")
+    with pytest.raises(BenchError):
+        AUMParams(percentile=0)
+
+
+# --------------------------------------------------------------------- short real trainings
+
+
+def _run(method, **param_overrides):
+    cls = methods.get(method)
+    params = cls.resolve_params("quick", {k: str(v) for k, v in param_overrides.items()})
+    spec = RunSpec(method=method, imbalance=50, noise_type="flip2", noise_rate=0.4, epochs=2,
+                   warmup_epochs=0, milestones=(1,), params=params_items(params))
+    from bench.execute import load_data
+    run = Run(spec=spec, data=load_data(spec), device=torch.device("cpu"), params=params)
+    torch.manual_seed(0)
+    model = cls(params).fit(run)
+    return run, model
+
+
+def test_coteaching_trains_and_records_selection():
+    run, model = _run("coteaching", t_k=1)
+    n = len(run.data.train_y)
+    rows = run.history
+    assert [r["remember_rate"] for r in rows] == pytest.approx([1.0, 0.6])
+    # the last epoch kept floor(0.6 B) of every batch of 128 and of the final short batch
+    full, rest = divmod(n, 128)
+    assert rows[-1]["kept"] == full * num_remember(0.6, 128) + (num_remember(0.6, rest) if rest else 0)
+    assert run.records["kept"].sum() == rows[-1]["kept"]
+    assert np.isfinite(run.records["score"]).all() and run.records["score"].shape == (n,)
+    assert "test_acc_net2" in rows[-1] and rows[-1]["test_acc"] > 20
+
+
+def test_o2u_trains_and_drops_the_nominal_fraction():
+    run, model = _run("o2u", cycle_length=2, cycles=1, cycle_batch_size=64)
+    n = len(run.data.train_y)
+    kept, score = run.records["kept"], run.records["score"]
+    assert (~kept).sum() == round(0.4 * n)
+    assert score[~kept].min() >= score[kept].max()
+    stages = [(r["stage"], r.get("lr"), r.get("batch_size")) for r in run.history]
+    cyc = linear_cycle_schedule(0.01, 0.001, cycle=2, cycles=1)
+    assert stages == [("pretrain", 0.1, 128), ("cyclic", cyc.lr(0), 64), ("cyclic", cyc.lr(1), 64),
+                      ("retrain", 0.1, None), ("retrain", pytest.approx(0.01), None)]
+
+
+def test_aum_scores_every_sample_across_two_runs_and_retrains():
+    run, model = _run("aum")
+    n, k = len(run.data.train_y), run.num_classes
+    which = run.records["threshold_set"]
+    assert (which == 1).sum() == (which == 2).sum() == n // (k + 1)
+    assert np.isfinite(run.records["aum"]).all()  # every sample scored at least once
+    assert np.isnan(run.records["aum_run1"][which == 1]).all()
+    assert np.isnan(run.records["aum_run2"][which == 2]).all()
+    assert ((run.records["score"] > 0) == ~run.records["kept"]).all()
+    assert [r["stage"] for r in run.history] == ["aum1", "aum1_threshold", "aum2", "aum2_threshold",
+                                                 "retrain", "retrain"]
+    assert model.fc.out_features == k  # the retrained classifier has no threshold class
