@@ -123,18 +123,27 @@ def build_specs(args) -> list[RunSpec]:
 # ------------------------------------------------------------------------------ commands
 
 def cmd_run(args) -> int:
-    from bench import execute
+    from bench import execute, executors
     from bench.store import Store
     from bench.summary import render, results_table
 
     specs = build_specs(args) if not getattr(args, "paper", None) else paper_specs(args)
-    device = execute.resolve_device(args.device)
+    executor = executors.from_args(args)  # checks --jobs, --executor ... (and that Ray is installed)
+    # on Ray the runs pick their device on the cluster; here, it must exist on this machine
+    device = execute.resolve_device(args.device) if executor.local else args.device
     for spec in specs:  # fail on missing data or an impossible bias before touching the store
         execute.load_data(spec, args.data_dir)
-    store = Store(args.store)
-    counts = execute.run_grid(specs, store, device=device, data_dir=args.data_dir,
-                              cache_dir=Path(args.cache_dir), retry_failed=args.retry_failed,
-                              show_progress=not args.quiet)
+    store = Store(args.store, create=False) if Path(args.store).exists() else None
+    try:
+        if store is None or execute.pending(store, specs, args.retry_failed):
+            executor.open()  # starts or reaches Ray: a bad --address fails before the store is created
+        store = store or Store(args.store)
+        counts = execute.run_grid(specs, store, device=device, data_dir=args.data_dir,
+                                  cache_dir=Path(args.cache_dir), retry_failed=args.retry_failed,
+                                  show_progress=not args.quiet, executor=executor,
+                                  max_retries=args.max_retries, checkpoint_every_s=args.checkpoint_every)
+    finally:
+        executor.close()
     print(f"{len(specs)} runs requested: {counts['done']} trained, {counts['skipped']} already in the store, "
           f"{counts['failed']} failed (store: {args.store})", file=sys.stderr)
     runs = store.runs("done", keys=sorted({s.key() for s in specs}))
@@ -242,6 +251,17 @@ def make_parser() -> ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
     run.add_argument("--metric", choices=("last", "best"), default="last", help="accuracy shown at the end")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--jobs", type=int, help="runs at once: local worker processes (default 1: in this "
+                                              "process); with --executor ray, tasks in flight")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="local (this machine) or ray (a Ray cluster; pip install .[ray])")
+    run.add_argument("--address", help="with --executor ray: the cluster to join (host:port or auto; "
+                                       "default: start a local Ray instance)")
+    run.add_argument("--gpus-per-run", type=float, help="with --executor ray: GPUs each run asks for (e.g. 0.25)")
+    run.add_argument("--max-retries", type=int, default=2,
+                     help="times a run whose worker died (killed, out of memory) is tried again (default 2)")
+    run.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
+                     help="checkpoint a run at most this often, at epoch ends (default 60; 0: every epoch)")
     run.set_defaults(func=cmd_run)
 
     table = sub.add_parser("table", help="print stored results: method x cell, mean ± std over seeds")

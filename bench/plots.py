@@ -1,0 +1,270 @@
+"""Figures from the store (never from training): the CurveNet paper's Fig. 1 and Fig. 5.
+
+``python -m bench plot curves  --run KEY | --cell DATASET:IMB:NOISE [--method curvenet] [--seed S]``
+    Fig. 1: mean ± std over samples of the per-epoch probe loss, clean vs noisy samples, for one
+    head class (most training samples) and one tail class (fewest), among the classes that hold
+    both clean and noisy samples (``--classes`` picks others). Samples are grouped by their
+    *observed* label (the label the network trained on and the curve is normalised by). Uses the
+    raw probe loss if the run stored it (array ``probe_loss``), else the normalised curve CurveNet
+    reads (array ``curve``); the title says which.
+``python -m bench plot weights --run KEY | --cell ...``
+    Fig. 5: the final per-sample weights (per-sample value ``weight``, recorded by MW-Net and
+    CurveNet) of clean vs noisy samples, for every class (box plots, grouped by observed label).
+
+Both write a PNG (``--out``, default ``figures/<fig>_<key>.png``) and print its path. Cells are
+written ``DATASET:IMBALANCE:NOISE`` with NOISE = ``none`` or ``TYPE:RATE``, e.g.
+``fmnist-mini:10:flip2:0.4`` (the quick preset's default cell) or ``cifar10:20:flip2:0.4``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import BenchError
+
+# names of the per-sample arrays, in order of preference: raw probe losses, then normalised curves
+RAW_CURVE_ARRAYS = ("probe_loss", "probe_losses", "loss_curve")
+NORMALISED_CURVE_ARRAYS = ("curve", "curves")
+FIGURES = ("curves", "weights")
+
+
+def add_arguments(parser) -> None:
+    from bench.store import DEFAULT_STORE
+
+    parser.add_argument("figure", choices=FIGURES, help="curves = paper Fig. 1, weights = paper Fig. 5")
+    parser.add_argument("--run", help="the run's key (or a unique prefix of it)")
+    parser.add_argument("--cell", help="DATASET:IMBALANCE:NOISE, e.g. fmnist-mini:10:flip2:0.4 (with --method)")
+    parser.add_argument("--method", default="curvenet", help="method of the run to plot (default curvenet)")
+    parser.add_argument("--preset", help="only runs of this preset (quick or paper)")
+    parser.add_argument("--seed", type=int, help="training seed (default: the lowest stored)")
+    parser.add_argument("--store", default=DEFAULT_STORE)
+    parser.add_argument("--out", help="PNG path (default figures/<figure>_<key>.png)")
+    parser.add_argument("--classes", help="curves: the two classes to show, HEAD,TAIL (default: most and "
+                                          "fewest training samples)")
+
+
+def parse_cell(text: str):
+    """``DATASET:IMBALANCE:NOISE`` -> bench.spec.Cell (NOISE = none or TYPE:RATE)."""
+    from bench.spec import Cell
+
+    parts = text.strip().split(":")
+    try:
+        if len(parts) == 3 and parts[2] == "none":
+            return Cell(parts[0], float(parts[1]), "none", 0.0)
+        if len(parts) == 4:
+            return Cell(parts[0], float(parts[1]), parts[2], float(parts[3]))
+    except ValueError:
+        pass
+    raise BenchError(f"malformed --cell {text!r}; expected DATASET:IMBALANCE:NOISE, e.g. fmnist-mini:10:flip2:0.4 "
+                     "or cifar10:50:none")
+
+
+def select_run(store, *, run: str | None = None, cell=None, method: str = "curvenet", preset: str | None = None,
+               seed: int | None = None) -> pd.Series:
+    """The one stored (done) run to plot: by key prefix, or by method + cell (+ preset, seed)."""
+    if run:
+        key = store.resolve_key(run)
+        rows = store.runs(None, keys=[key])
+        if rows.loc[0, "status"] != "done":
+            raise BenchError(f"run {key} is {rows.loc[0, 'status']}, not done")
+        return rows.iloc[0]
+    runs = store.runs("done")
+    if runs.empty:
+        raise BenchError(f"no finished runs in {store.path}")
+    m = runs["method"] == method
+    if cell is not None:
+        m &= (runs["dataset"] == cell.dataset) & np.isclose(runs["imbalance"], cell.imbalance) & \
+             np.isclose(runs["noise_rate"], cell.noise_rate)
+        if cell.noise_rate > 0:
+            m &= runs["noise_type"] == cell.noise_type
+    if preset:
+        m &= runs["preset"] == preset
+    if seed is not None:
+        m &= runs["seed"] == seed
+    found = runs[m]
+    if found.empty:
+        where = f" on {cell.label()}" if cell is not None else ""
+        raise BenchError(f"no finished {method} run{where} in {store.path} (train one with `python -m bench run "
+                         f"--methods {method}`)")
+    configs = {json.dumps({k: v for k, v in json.loads(s).items() if k not in ("seed", "data_seed")}, sort_keys=True)
+               for s in found["spec_json"]}
+    if len(configs) > 1:
+        keys = ", ".join(k[:12] for k in found["key"])
+        raise BenchError(f"{len(found)} runs of {len(configs)} different configurations match; pick one with "
+                         f"--run KEY ({keys})")
+    return found.sort_values(["seed", "started"]).iloc[0]
+
+
+def _train_counts(run: pd.Series, samples: pd.DataFrame) -> np.ndarray:
+    counts = run.get("train_counts") if hasattr(run, "get") else None
+    if isinstance(counts, (list, np.ndarray)) and len(counts):
+        return np.asarray(counts)
+    k = int(max(samples["clean_label"].max(), samples["observed_label"].max())) + 1
+    return np.bincount(samples["clean_label"], minlength=k)
+
+
+def load_curves(store, key: str, n_samples: int) -> tuple[np.ndarray, str]:
+    """(N, T) per-sample curves of the run and which kind they are ("raw probe loss" or
+    "normalised curve")."""
+    for names, kind in ((RAW_CURVE_ARRAYS, "raw probe loss"), (NORMALISED_CURVE_ARRAYS, "normalised curve")):
+        for name in names:
+            try:
+                arr = np.asarray(store.array(key, name), dtype=float)
+            except KeyError:
+                continue
+            if arr.ndim != 2:
+                continue
+            if arr.shape[0] != n_samples and arr.shape[1] == n_samples:
+                arr = arr.T
+            if arr.shape[0] == n_samples:
+                return arr, f"{kind} (array '{name}')"
+    names = ", ".join(RAW_CURVE_ARRAYS + NORMALISED_CURVE_ARRAYS)
+    raise BenchError(f"run {key} stored no per-sample loss curves (arrays {names}); "
+                     "plot a CurveNet run")
+
+
+def _title(run: pd.Series) -> str:
+    noise = "clean" if run["noise_type"] == "none" else f"{run['noise_type']} {run['noise_rate']:g}"
+    return (f"{run['display_name']} — {run['dataset']}, imbalance {run['imbalance']:g}, {noise} "
+            f"({run['preset']} preset, {run['model']}, seed {run['seed']}, run {run['key'][:12]})")
+
+
+def head_and_tail(samples: pd.DataFrame, counts: np.ndarray) -> tuple[int, int]:
+    """The classes with the most and the fewest training samples among those whose observed label
+    holds both clean and noisy samples (all classes when none does, e.g. without noise)."""
+    obs, noisy = samples["observed_label"].to_numpy(), samples["is_noisy"].to_numpy()
+    both = [c for c in range(len(counts)) if (noisy[obs == c]).any() and (~noisy[obs == c]).any()]
+    pool = both if len(both) >= 2 else list(range(len(counts)))
+    return max(pool, key=lambda c: counts[c]), min(pool, key=lambda c: counts[c])
+
+
+def curve_groups(samples: pd.DataFrame, curves: np.ndarray, cls: int) -> dict[str, np.ndarray]:
+    """Per-epoch mean and std of the curves of clean and of noisy samples whose observed label is
+    ``cls``; counts too."""
+    out = {}
+    for name, noisy in (("clean", False), ("noisy", True)):
+        mask = (samples["observed_label"].to_numpy() == cls) & (samples["is_noisy"].to_numpy() == noisy)
+        sel = curves[mask]
+        out[name] = {"n": int(mask.sum()), "mean": sel.mean(0) if len(sel) else None,
+                     "std": sel.std(0) if len(sel) else None}
+    return out
+
+
+def plot_curves(store, run: pd.Series, out: Path, classes: tuple[int, int] | None = None) -> Path:
+    """Fig. 1: clean vs noisy probe-loss curves (mean ± std) of a head and a tail class."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = run["key"]
+    samples = store.samples(key)
+    curves, kind = load_curves(store, key, len(samples))
+    counts = _train_counts(run, samples)
+    head, tail = classes if classes else head_and_tail(samples, counts)
+    offset = 0
+    if kind.startswith("normalised"):  # the stored window starts at probe epoch S = drop_first
+        offset = int(json.loads(run["spec_json"]).get("params", {}).get("drop_first", 0))
+    epochs = offset + np.arange(curves.shape[1])
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, cls, role in zip(axes, (head, tail), ("head", "tail")):
+        groups = curve_groups(samples, curves, cls)
+        for name, color in (("clean", "tab:blue"), ("noisy", "tab:red")):
+            g = groups[name]
+            if g["n"] == 0:
+                continue
+            ax.plot(epochs, g["mean"], color=color, label=f"{name} (n={g['n']})")
+            ax.fill_between(epochs, g["mean"] - g["std"], g["mean"] + g["std"], color=color, alpha=0.2)
+        if groups["noisy"]["n"] == 0:
+            ax.text(0.5, 0.95, "no noisy samples with this label", transform=ax.transAxes, ha="center", va="top")
+        ax.set_title(f"{role} class {cls} ({int(counts[cls])} training samples with that clean label)")
+        ax.set_xlabel("probe epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(kind.split(" (")[0])
+    fig.suptitle(f"Fig. 1: {kind}, mean ± std over samples, by observed label\n{_title(run)}", fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def weight_groups(samples: pd.DataFrame) -> list[dict]:
+    """Per observed class: the weights of its clean and of its noisy samples."""
+    if "weight" not in samples.columns or samples["weight"].isna().all():
+        raise BenchError("the run stored no per-sample 'weight' (MW-Net and CurveNet record it)")
+    out = []
+    obs, noisy, w = samples["observed_label"].to_numpy(), samples["is_noisy"].to_numpy(), samples["weight"].to_numpy()
+    for cls in range(int(obs.max()) + 1):
+        m = obs == cls
+        out.append({"class": cls, "clean": w[m & ~noisy], "noisy": w[m & noisy]})
+    return out
+
+
+def plot_weights(store, run: pd.Series, out: Path) -> Path:
+    """Fig. 5: weights of clean vs noisy samples for every class (box plots)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = run["key"]
+    samples = store.samples(key)
+    groups = weight_groups(samples)
+    k = len(groups)
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * k + 3), 4.8))
+    for offset, name, color in ((-0.2, "clean", "tab:blue"), (0.2, "noisy", "tab:red")):
+        data = [g[name] for g in groups]
+        pos = [g["class"] + offset for g, d in zip(groups, data) if len(d)]
+        data = [d for d in data if len(d)]
+        if not data:
+            continue
+        bp = ax.boxplot(data, positions=pos, widths=0.35, patch_artist=True, showfliers=False,
+                        medianprops={"color": "black"})
+        for patch in bp["boxes"]:
+            patch.set_facecolor(color)
+            patch.set_alpha(0.5)
+        ax.plot([], [], color=color, lw=8, alpha=0.5, label=f"{name} (n={sum(len(g[name]) for g in groups)})")
+    ax.set_xticks(range(k))
+    ax.set_xticklabels([f"{g['class']}\n{len(g['clean'])} / {len(g['noisy'])}" for g in groups])
+    ax.set_xlabel("observed class (clean / noisy training samples with that label)")
+    ax.set_ylabel("final sample weight")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    ax.set_title(f"Fig. 5: weights of clean vs noisy samples per class (box: quartiles, whiskers 1.5 IQR)\n"
+                 f"{_title(run)}", fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(args) -> int:
+    from bench.store import Store
+
+    if args.run and args.cell:
+        raise BenchError("give either --run or --cell, not both")
+    store = Store(args.store, create=False)
+    cell = parse_cell(args.cell) if args.cell else None
+    run = select_run(store, run=args.run, cell=cell, method=args.method, preset=args.preset, seed=args.seed)
+    out = Path(args.out) if args.out else Path("figures") / f"{args.figure}_{run['key'][:12]}.png"
+    if args.figure == "curves":
+        classes = None
+        if args.classes:
+            try:
+                head, tail = (int(t) for t in args.classes.split(","))
+            except ValueError:
+                raise BenchError(f"--classes must be HEAD,TAIL (two class indices), got {args.classes!r}") from None
+            classes = (head, tail)
+        path = plot_curves(store, run, out, classes)
+    else:
+        path = plot_weights(store, run, out)
+    print(path)
+    print(f"run {run['key']} ({run['display_name']}, {run['dataset']}, seed {run['seed']})", file=sys.stderr)
+    store.close()
+    return 0

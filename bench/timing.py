@@ -1,0 +1,294 @@
+"""Table 8 timing: ms per training iteration of CE, MW-Net and CurveNet at SL = 0, 1, 2, 3.
+
+``python -m bench timing [--device cpu|cuda|auto] [--model resnet32|small_cnn|wrn16_8] [--batch-size 128]
+[--repeats R] [--warmup W] [--steps ce,mwnet,curvenet_sl0,...] [--json]``
+
+Every step is built from the code training runs, in one process on one device:
+
+``ce``            the grid protocol's step (``bench.train.train_classifier``'s inner loop: forward,
+                  mean CE, ``zero_grad``, backward, SGD step).
+``mwnet``         :class:`methods.meta.MetaStep` with MW-Net(noise)'s weighting net and optimiser
+                  (``methods.mwnet.WeightNet``, ``MWNetParams().weight_optimizer``; plain-SGD
+                  look-ahead, unnormalised weights), as ``MWNet.fit`` builds it.
+``curvenet_slK``  :class:`methods.meta.MetaStep` with ``methods.curvenet.CurveNet`` (P = 64) on
+                  synthetic curves of the paper's length (294), Adam 1e-3 / 1e-4, the full
+                  look-ahead and ``skip_layers = K``, as ``CurveNetMethod.fit`` builds it for an
+                  epoch before the first lr drop (when the meta step runs).
+
+The classifier optimiser is the protocol's SGD (lr 0.1, momentum 0.9, Nesterov, weight decay
+5e-4). Data: random uint8 images (32x32x3 for resnet32 / wrn16_8, 28x28x1 for small_cnn) and
+random labels over 10 classes, fed through the real device loader (``bench.data.Loader``, with
+the per-sample crop/flip augmentation for the 3-channel models, as for CIFAR), so each iteration
+also pays the loader's cost, as in training. Train and meta batches are both ``--batch-size``.
+
+Measurements (per step kind, after ``--warmup`` iterations; the median of ``--repeats``):
+
+``ms_per_iter``  the whole iteration, synchronised before and after (``torch.cuda.synchronize``
+                 on CUDA): next train and meta batch, and the step.
+``meta_ms``      the paper's "meta time" (CurveNet code, notes/curvenet_mwnet.md §4): from the
+                 end of the meta forward (the look-ahead classifier on the meta batch) to the end
+                 of the weighting-net optimiser step, synchronised at both ends, i.e. the meta
+                 backward (here: the first-order backward of the meta loss, the forward-mode JVP
+                 and the backward through the weighting net; methods/meta.py) + the optimiser
+                 step. 0 for CE. On CUDA it is measured on separate iterations (its extra sync
+                 would perturb ms_per_iter); on CPU the same iterations give both.
+
+The paper's times (239.94 / 222.45 / 65.44 / 41.98 ms for SL = 0..3, ``tables/reference``) are
+meta times on the authors' GPU: compare ratios (to SL = 0, to CE), not milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+STEPS = ("ce", "mwnet", "curvenet_sl0", "curvenet_sl1", "curvenet_sl2", "curvenet_sl3")
+PAPER_META_MS = {"curvenet_sl0": 239.94, "curvenet_sl1": 222.45, "curvenet_sl2": 65.44, "curvenet_sl3": 41.98}
+MODEL_INPUT = {"resnet32": (32, 3), "wrn16_8": (32, 3), "small_cnn": (28, 1)}
+NUM_CLASSES = 10
+CURVE_LENGTH = 294  # the paper preset's CurveNet input (300-epoch probe minus S = 5 and the last epoch)
+CIFAR_MEAN = tuple(v / 255 for v in (125.3, 123.0, 113.9))
+CIFAR_STD = tuple(v / 255 for v in (63.0, 62.1, 66.7))
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--model", default="resnet32", choices=sorted(MODEL_INPUT),
+                        help="backbone (default resnet32, 32x32x3; small_cnn uses 28x28x1)")
+    parser.add_argument("--batch-size", type=int, default=128, help="train and meta batch size (default 128)")
+    parser.add_argument("--repeats", type=int, help="timed iterations per step, median reported "
+                                                    "(default 3 on CPU, 20 on CUDA)")
+    parser.add_argument("--warmup", type=int, help="untimed iterations first (default 1 on CPU, 5 on CUDA)")
+    parser.add_argument("--steps", default=",".join(STEPS), help=f"which steps (default all: {','.join(STEPS)})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object keyed by step")
+
+
+# ------------------------------------------------------------------------------ building steps
+
+class Timer:
+    """Wall-clock ms with device synchronisation (CUDA) at both ends of every interval."""
+
+    def __init__(self, device):
+        import torch
+
+        self.sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+    def now(self) -> float:
+        self.sync()
+        return time.perf_counter()
+
+
+class MetaClock:
+    """Measures the paper's meta time inside :class:`methods.meta.MetaStep` without changing it:
+    the first look-ahead forward of an iteration (``MetaStep._top_call`` on the meta batch) marks
+    the start once it returns, the weighting-net optimiser's ``step`` the end."""
+
+    def __init__(self, meta_step, weight_opt, timer: Timer):
+        self.timer = timer
+        self.enabled = False
+        self.start = None
+        self.times: list[float] = []
+        self.calls = 0
+        original_top, original_step = meta_step._top_call, weight_opt.step
+
+        def top_call(*args, **kwargs):
+            out = original_top(*args, **kwargs)
+            if self.enabled and self.start is None:
+                self.start = self.timer.now()
+            return out
+
+        def opt_step(*args, **kwargs):
+            out = original_step(*args, **kwargs)
+            if self.enabled and self.start is not None:
+                self.times.append(1000.0 * (self.timer.now() - self.start))
+                self.calls += 1
+            self.start = None
+            return out
+
+        meta_step._top_call = top_call
+        weight_opt.step = opt_step
+
+
+def _loaders(model_name: str, batch: int, device, generator):
+    import numpy as np
+
+    from bench.data import Loader
+
+    size, channels = MODEL_INPUT[model_name]
+    rng = np.random.default_rng(0)
+    mean, std = (CIFAR_MEAN, CIFAR_STD) if channels == 3 else ((0.286,), (0.353,))
+    out = []
+    for _ in range(2):  # train, meta
+        x = rng.integers(0, 256, size=(4 * batch, size, size, channels), dtype=np.uint8)
+        y = rng.integers(0, NUM_CLASSES, size=4 * batch)
+        out.append(Loader(x, y, batch_size=batch, device=device, mean=mean, std=std, augment=channels == 3,
+                          shuffle=True, drop_last=True, generator=generator).cycle())
+    return out
+
+
+def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, device="cpu", seed: int = 0):
+    """``(step, clock)``: ``step()`` runs one training iteration of ``name`` (next batches
+    included); ``clock`` is the :class:`MetaClock` of a meta step (None for CE)."""
+    import torch
+    import torch.nn.functional as F
+
+    from bench.models import build_model
+    from bench.spec import PRESETS
+    from methods.meta import MetaStep
+
+    if name not in STEPS:
+        raise ValueError(f"unknown step {name!r}; choose from {', '.join(STEPS)}")
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    size, channels = MODEL_INPUT[model_name]
+    model = build_model(model_name, NUM_CLASSES, channels, "kaiming").to(device).train()
+    p = PRESETS["paper"]
+    optimizer = torch.optim.SGD(model.parameters(), lr=p["lr"], momentum=p["momentum"], nesterov=p["nesterov"],
+                                weight_decay=p["weight_decay"])
+    train, meta = _loaders(model_name, batch, device, generator)
+
+    if name == "ce":
+        def step():
+            x, y, _ = next(train)
+            loss = F.cross_entropy(model(x), y)  # methods/ce.py's loss in train_classifier's loop
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return step, None
+
+    if name == "mwnet":
+        from methods.mwnet import MWNetParams, WeightNet
+
+        mp = MWNetParams()  # variant noise: Adam 1e-3 / 1e-4, unnormalised, plain-SGD look-ahead
+        weight_net = WeightNet(mp.hidden).to(device)
+        weight_opt = mp.weight_optimizer(weight_net.parameters())
+        meta_step = MetaStep(model, optimizer, weight_net, weight_opt, lookahead=mp.lookahead,
+                             skip_layers=mp.skip_layers, normalize=mp.normalize, second_order=mp.second_order)
+    else:
+        from methods.curvenet import CurveNet, CurveNetParams
+
+        cp = CurveNetParams()
+        skip = int(name[-1])
+        curves = torch.randn(4 * batch, cp.input_dim, generator=generator).to(device)
+        weight_net = CurveNet(cp.input_dim, NUM_CLASSES, cp.embed_dim).to(device)
+        weight_opt = torch.optim.Adam(weight_net.parameters(), lr=cp.meta_lr, weight_decay=cp.meta_weight_decay)
+        meta_step = MetaStep(model, optimizer, weight_net, weight_opt, lambda loss, y, idx: weight_net(curves[idx], y),
+                             lookahead=cp.lookahead, skip_layers=skip, normalize=False, second_order=cp.second_order)
+    clock = MetaClock(meta_step, weight_opt, Timer(device))
+
+    def step():
+        x, y, idx = next(train)
+        xm, ym, _ = next(meta)
+        meta_step(x, y, idx, xm, ym)
+    step.meta_step = meta_step
+    return step, clock
+
+
+def measure(name: str, *, model_name: str, batch: int, device, repeats: int, warmup: int, seed: int = 0) -> dict:
+    """Median ms per iteration and median meta ms of step ``name`` (module docstring)."""
+    import torch
+
+    device = torch.device(device)
+    step, clock = build_step(name, model_name=model_name, batch=batch, device=device, seed=seed)
+    timer = Timer(device)
+    for _ in range(warmup):
+        step()
+    separate = device.type == "cuda"
+    iter_ms = []
+    if clock is not None:
+        clock.enabled = not separate
+    for _ in range(repeats):
+        t0 = timer.now()
+        step()
+        iter_ms.append(1000.0 * (timer.now() - t0))
+    if clock is not None and separate:
+        clock.enabled = True
+        for _ in range(repeats):
+            step()
+    meta = clock.times if clock is not None else [0.0] * repeats
+    if clock is not None and clock.calls != repeats:
+        raise RuntimeError(f"{name}: the meta-time hooks fired {clock.calls} times in {repeats} iterations "
+                           "(methods/meta.py changed? see bench.timing.MetaClock)")
+    return {"ms_per_iter": statistics.median(iter_ms), "meta_ms": statistics.median(meta),
+            "ms_per_iter_all": [round(v, 3) for v in iter_ms], "meta_ms_all": [round(v, 3) for v in meta]}
+
+
+def run_all(steps, *, model_name: str = "resnet32", batch: int = 128, device="cpu", repeats: int = 3,
+            warmup: int = 1, seed: int = 0, progress=None) -> dict:
+    """Measure every step in ``steps`` and add the ratios (to CE, to CurveNet SL = 0)."""
+    import torch
+
+    device = torch.device(device)
+    out = {}
+    for name in steps:
+        if progress:
+            progress(name)
+        out[name] = measure(name, model_name=model_name, batch=batch, device=device, repeats=repeats,
+                            warmup=warmup, seed=seed)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    for key, r in out.items():
+        r["ratio_to_ce"] = r["ms_per_iter"] / out["ce"]["ms_per_iter"] if "ce" in out else None
+        if key.startswith("curvenet") and "curvenet_sl0" in out:
+            base = out["curvenet_sl0"]
+            r["ratio_to_sl0"] = r["ms_per_iter"] / base["ms_per_iter"]
+            r["meta_ratio_to_sl0"] = r["meta_ms"] / base["meta_ms"] if base["meta_ms"] else None
+        if key in PAPER_META_MS:
+            r["paper_meta_ms"] = PAPER_META_MS[key]
+            r["paper_meta_ratio_to_sl0"] = PAPER_META_MS[key] / PAPER_META_MS["curvenet_sl0"]
+        r.update(device=str(device), device_name=name, model=model_name, batch_size=batch, repeats=repeats,
+                 warmup=warmup, torch=torch.__version__, threads=torch.get_num_threads(),
+                 data="random uint8 images through bench.data.Loader"
+                 + (" (crop/flip)" if MODEL_INPUT[model_name][1] == 3 else ""))
+    return out
+
+
+def render(results: dict) -> str:
+    """The Table 8 layout: our ms per iteration and meta ms, with ratios, next to the paper's."""
+    from tabulate import tabulate
+
+    def f(v, digits=2):
+        return "—" if v is None else f"{v:.{digits}f}"
+
+    labels = {"ce": "CE", "mwnet": "MW-Net(noise)", **{f"curvenet_sl{k}": f"CurveNet SL={k}" for k in range(4)}}
+    rows = []
+    for key, r in results.items():
+        rows.append([labels[key], f(r["ms_per_iter"], 1), f(r.get("ratio_to_ce")), f(r.get("ratio_to_sl0")),
+                     f(r["meta_ms"], 1) if key != "ce" else "—", f(r.get("meta_ratio_to_sl0")),
+                     f(r.get("paper_meta_ms")), f(r.get("paper_meta_ratio_to_sl0"))])
+    r0 = next(iter(results.values()))
+    head = (f"Table 8 timing: {r0['model']}, batch {r0['batch_size']}, {r0['device']} ({r0['device_name']}, "
+            f"torch {r0['torch']}, {r0['threads']} threads), median of {r0['repeats']} iterations after "
+            f"{r0['warmup']} warm-up; data: {r0['data']}")
+    table = tabulate(rows, headers=["step", "ms/iter", "× CE", "× SL=0", "meta ms", "meta × SL=0", "paper meta ms",
+                                    "paper × SL=0"], tablefmt="github", disable_numparse=True)
+    note = ("ms/iter = whole iteration (batches + step); meta ms = meta backward + weighting-net optimiser step "
+            "(the paper's 'meta time'). Paper: meta time of ResNet-32 on the authors' GPU (not named in our "
+            "sources); compare ratios, not milliseconds.")
+    return f"{head}\n\n{table}\n\n{note}"
+
+
+def main(args) -> int:
+    from bench.errors import BenchError
+    from bench.execute import resolve_device
+
+    device = resolve_device(args.device)
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    bad = [s for s in steps if s not in STEPS]
+    if bad or not steps:
+        raise BenchError(f"unknown step {bad[0] if bad else ''!r}; choose from {', '.join(STEPS)}")
+    if args.batch_size < 1:
+        raise BenchError(f"--batch-size must be at least 1, got {args.batch_size}")
+    cuda = device.type == "cuda"
+    repeats = args.repeats if args.repeats is not None else (20 if cuda else 3)
+    warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
+    if repeats < 1 or warmup < 0:
+        raise BenchError("--repeats must be >= 1 and --warmup >= 0")
+    progress = None if args.json else (lambda name: print(f"timing {name} ...", file=sys.stderr, flush=True))
+    results = run_all(steps, model_name=args.model, batch=args.batch_size, device=device, repeats=repeats,
+                      warmup=warmup, seed=args.seed, progress=progress)
+    print(json.dumps(results, indent=1) if args.json else render(results))
+    return 0

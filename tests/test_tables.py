@@ -1,0 +1,340 @@
+"""Paper tables from the store: aggregation, missing cells, provenance, published numbers."""
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import tables
+from bench.errors import BenchError
+from bench.spec import GRIDS, Cell
+from bench.store import Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+import fake_store  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    s = fake_store.build(tmp_path_factory.mktemp("tables") / "fake.sqlite")
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return tables.load_reference()
+
+
+def entry(built, row, column):
+    return [e for e in built.entries if e.row == row and e.column == column][0]
+
+
+# ------------------------------------------------------------------ reference data
+
+def test_reference_csvs_have_the_required_columns_and_sources():
+    required = {"paper", "table", "dataset", "imbalance", "noise_type", "noise_rate", "method", "value", "source"}
+    files = sorted((ROOT / "tables" / "reference").glob("*.csv"))
+    assert {f.name for f in files} >= {"curvenet_aaai2022.csv", "mwnet_neurips2019.csv", "ldam_drw_neurips2019.csv"}
+    for f in files:
+        rows = list(csv.DictReader(f.open()))
+        assert rows and required <= set(rows[0])
+        for r in rows:
+            assert r["source"].strip() and float(r["value"]) > 0
+
+
+def test_reference_holds_protocol_section_6(ref):
+    t1 = ref[(ref["paper"] == "curvenet_aaai2022") & (ref["table"] == "1")]
+    assert len(t1) == 20
+    assert tables.published(ref, "1", "CurveNet", dataset="cifar10", metric="MA")["value"] == 75.70
+    assert tables.published(ref, "1", "HAR", dataset="cifar100", metric="MA")["value"] == 42.88
+    assert tables.published(ref, "2", "CurveNet", cell=Cell("cifar10", 200, "none", 0))["value"] == 65.91
+    assert tables.published(ref, "2", "MW-Net(noise)", cell=Cell("cifar10", 1, "flip2", 0.4))["value"] == 88.25
+    assert tables.published(ref, "3", "MW-Net(imb)", cell=Cell("cifar100", 20, "uniform", 0.6))["value"] == 22.35
+    assert tables.published(ref, "3", "CurveNet", cell=Cell("cifar100", 10, "uniform", 0.4))["value"] == 43.97
+    assert [tables.published(ref, "8", "CurveNet", metric="meta_ms", setting=f"SL={k}")["value"]
+            for k in range(4)] == [239.94, 222.45, 65.44, 41.98]
+    assert tables.published(ref, "LT (ResNet-32)", "MW-Net(imb)", cell=Cell("cifar100", 100, "none", 0),
+                            paper="mwnet_neurips2019")["value"] == 42.09
+    assert tables.published(ref, "2", "LDAM-DRW", cell=Cell("cifar10", 100, "none", 0),
+                            paper="ldam_drw_neurips2019")["value"] == 77.03
+    # tables whose numbers are not transcribed hold none
+    assert ref[(ref["paper"] == "curvenet_aaai2022") & ref["table"].isin(["6", "7", "9", "10"])].empty
+
+
+# ------------------------------------------------------------------ aggregation
+
+def test_mean_std_and_seed_count(store, ref):
+    built = tables.build(2, store.runs("done"), ref, "last")
+    e = entry(built, "MW-Net(imb)", "imb 50, clean")
+    assert e.ours.status == "ok" and e.ours.n == 3
+    assert e.ours.mean == pytest.approx(12.0) and e.ours.std == pytest.approx(1.0)  # 11, 12, 13; ddof=1
+    assert e.diff == pytest.approx(12.0 - 77.55)
+    assert len(e.ours.keys) == 3
+    e = entry(built, "CurveNet", "imb 1, flip2 0.4")  # 14, 16 -> the SL=2 run (19.5) is another config
+    assert (e.ours.n, e.ours.mean) == (2, pytest.approx(15.0)) and e.ours.std == pytest.approx(np.sqrt(2))
+    assert tables.ours_text(e.ours) == "15.00 ± 1.41 (n=2)"
+    e = entry(built, "MW-Net(noise)", "imb 100, clean")
+    assert tables.ours_text(e.ours) == "17.00 (n=1)"
+
+
+def test_best_metric_reads_acc_best(store, ref):
+    built = tables.build(2, store.runs("done"), ref, "best")
+    assert entry(built, "MW-Net(imb)", "imb 50, clean").ours.mean == pytest.approx(17.0)  # 16, 17, 18
+    text = tables.render(built, "md")
+    assert "Metric: **best**" in text
+
+
+def test_missing_failed_and_other_preset_runs_are_missing_and_counted(store, ref):
+    built = tables.build(2, store.runs("done"), ref, "last")
+    assert entry(built, "MW-Net(noise)", "imb 200, clean").ours.status == "missing"  # failed run
+    assert entry(built, "CurveNet", "imb 200, clean").ours.status == "missing"  # quick-preset run only
+    c = tables.counts(built)
+    assert c == {"entries": 18, "with_runs": 4, "missing_entries": 14}
+    text = tables.render(built, "md")
+    assert "**Missing:** 14 of 18 cells" in text
+    assert text.count("| missing") + text.count("missing  ") >= 14
+
+
+def test_nonstandard_protocol_is_used_but_marked(store, ref):
+    built = tables.build(2, store.runs("done"), ref, "last")
+    e = entry(built, "MW-Net(imb)", "imb 1, flip2 0.2")
+    assert e.ours.status == "ok" and "epochs=3" in e.ours.nonstandard
+    assert tables.ours_text(e.ours) == "10.50 (n=1)†"
+    assert "† protocol differs" in tables.render(built, "md")
+
+
+def test_two_nonstandard_configs_are_ambiguous(tmp_path, ref):
+    s = Store(tmp_path / "s.sqlite")
+    for epochs, acc in ((3, 20.0), (4, 30.0)):
+        fake_store.add_run(s, fake_store.paper_spec("mwnet", "cifar10", 50, "none", 0, 0, {"variant": "imb"},
+                                                    epochs=epochs), "MW-Net(imb)", acc)
+    built = tables.build(2, s.runs("done"), ref)
+    e = entry(built, "MW-Net(imb)", "imb 50, clean")
+    assert e.ours.status == "ambiguous" and "epochs" in e.ours.detail and e.diff is None
+    # a standard-protocol run resolves it
+    fake_store.add_run(s, fake_store.paper_spec("mwnet", "cifar10", 50, "none", 0, 0, {"variant": "imb"}),
+                       "MW-Net(imb)", 40.0)
+    e = entry(tables.build(2, s.runs("done"), ref), "MW-Net(imb)", "imb 50, clean")
+    assert (e.ours.status, e.ours.mean, e.ours.nonstandard) == ("ok", 40.0, "")
+
+
+def test_no_published_number_is_ever_printed_as_ours(store, ref):
+    published = {f"{v:.2f}" for v in ref["value"]}
+    for n in tables.ALL_TABLES:
+        built = tables.build(n, store.runs("done"), ref, "last")
+        for e in built.entries:
+            text = tables.ours_text(e.ours)
+            numbers = set(re.findall(r"\d+\.\d\d", text))
+            assert not numbers & published, (n, e.row, e.column, text)
+            if e.ours.status != "ok":
+                assert not numbers, text
+        for rec in tables.long_records(built):
+            if rec["status"] != "ok":
+                assert rec["ours_mean"] is None and rec["n_seeds"] == 0
+
+
+def test_empty_store_prints_only_published_numbers_and_missing(ref):
+    built = tables.build(3, pd.DataFrame(), ref, "last")
+    assert all(e.ours.status == "missing" for e in built.entries)
+    df = tables.layout(built)
+    ours_cols = [c for c in df.columns if c.endswith("ours")]
+    assert len(ours_cols) == 6 and (df[ours_cols] == "missing").all().all()
+    assert df["imb 10, uniform 0.2: paper"].tolist() == ["49.71", "51.12", "51.93"]
+    assert (df[[c for c in df.columns if c.endswith("Δ")]] == "").all().all()
+
+
+# ------------------------------------------------------------------ Table 1 (MA over a grid)
+
+def _grid_store(path, cells, seeds_per_cell, acc=lambda i, s: 10.0 + i + s):
+    s = Store(path)
+    for i, cell in enumerate(cells):
+        for seed in seeds_per_cell(i):
+            fake_store.add_run(s, fake_store.paper_spec("ce", cell.dataset, cell.imbalance, cell.noise_type,
+                                                        cell.noise_rate, seed), "CE", acc(i, seed))
+    return s
+
+
+def test_ma_needs_every_cell_and_is_averaged_per_seed(tmp_path, ref):
+    cells = GRIDS["cifar100"]
+    # seeds 0 and 1 everywhere, seed 2 in all cells but the last
+    s = _grid_store(tmp_path / "a.sqlite", cells, lambda i: (0, 1) if i == len(cells) - 1 else (0, 1, 2))
+    built = tables.build(1, s.runs("done"), ref)
+    e = entry(built, "CE", "CIFAR-100")
+    per_seed = [np.mean([10.0 + i + seed for i in range(len(cells))]) for seed in (0, 1)]
+    assert e.ours.status == "ok" and e.ours.n == 2
+    assert e.ours.mean == pytest.approx(np.mean(per_seed)) and e.ours.std == pytest.approx(np.std(per_seed, ddof=1))
+    assert e.diff == pytest.approx(e.ours.mean - 46.76)
+    assert len(e.ours.keys) == 2 * len(cells)  # the MA's runs: seed 2 is left out (it misses a cell)
+    assert entry(built, "CE", "CIFAR-10").ours.status == "missing"
+
+
+def test_ma_is_not_printed_for_an_incomplete_grid(tmp_path, ref):
+    cells = GRIDS["cifar100"]
+    s = _grid_store(tmp_path / "b.sqlite", cells[:-1], lambda i: (0,))
+    built = tables.build(1, s.runs("done"), ref)
+    e = entry(built, "CE", "CIFAR-100")
+    assert e.ours.status == "incomplete" and e.diff is None and e.ours.detail.startswith("11/12")
+    row = tables.layout(built).set_index("method").loc["CE"]
+    assert row["CIFAR-100: ours"] == "incomplete" and row["CIFAR-100: cells"] == "11/12 cells"
+    partial_mean = f"{np.mean([10.0 + i for i in range(11)]):.2f}"
+    assert partial_mean not in tables.render(built, "md").split("## Table 1 detail")[0]
+    # seeds that never cover the whole grid together give no MA either
+    s2 = _grid_store(tmp_path / "c.sqlite", cells, lambda i: (0,) if i % 2 else (1,))
+    e2 = entry(tables.build(1, s2.runs("done"), ref), "CE", "CIFAR-100")
+    assert e2.ours.status == "incomplete" and "no seed covers" in e2.ours.detail
+
+
+def test_table1_har_is_not_run_with_published_numbers(ref):
+    built = tables.build(1, pd.DataFrame(), ref)
+    row = tables.layout(built).set_index("method").loc["HAR"]
+    assert row["CIFAR-10: ours"] == "not run" and row["CIFAR-10: paper"] == "73.50"
+    assert row["CIFAR-100: paper"] == "42.88"
+    c = tables.counts(built)
+    assert c["cells"] == 9 * 30 and c["missing_cells"] == 9 * 30  # HAR's cells are not counted
+
+
+# ------------------------------------------------------------------ other tables, formats
+
+def test_ablation_tables_say_not_transcribed(store, ref):
+    for n in ("6", "7", "9", "10"):
+        built = tables.build(n, store.runs("done"), ref)
+        assert all(e.paper_text == "not transcribed" and e.paper is None for e in built.entries)
+        assert "not transcribed" in tables.render(built, "md")
+
+
+def test_table8_rows_select_skip_layers_and_show_published_times(tmp_path, ref):
+    s = Store(tmp_path / "t8.sqlite")
+    cell = tables.ABLATION_CELL
+    for sl, acc in ((0, 11.0), (2, 13.0)):
+        fake_store.add_run(s, fake_store.paper_spec("curvenet", "cifar10", cell.imbalance, cell.noise_type,
+                                                    cell.noise_rate, 0, {**fake_store.CURVENET_PARAMS,
+                                                                         "skip_layers": sl}), "CurveNet", acc)
+    built = tables.build(8, s.runs("done"), ref)
+    df = tables.layout(built).set_index("setting")
+    assert df.loc["SL=0", "ours"] == "11.00 (n=1)" and df.loc["SL=2", "ours"] == "13.00 (n=1)"
+    assert df.loc["SL=1", "ours"] == "missing" and df.loc["SL=3", "paper"] == "81.53"
+    assert df.loc["SL=2", "paper meta ms"] == "65.44" and df.loc["SL=3", "paper ratio to SL=0"] == "0.17"
+
+
+def test_formats_csv_json_latex(store, ref):
+    built = tables.build(2, store.runs("done"), ref)
+    rows = list(csv.DictReader(tables.render(built, "csv").splitlines()))
+    assert len(rows) == 18
+    r = [r for r in rows if r["row"] == "MW-Net(imb)" and r["column"] == "imb 50, clean"][0]
+    assert (float(r["ours_mean"]), int(r["n_seeds"]), float(r["published"])) == (12.0, 3, 77.55)
+    assert len(r["run_keys"].split()) == 3 and "curvenet_aaai2022.csv" in r["published_source"]
+    data = json.loads(tables.render(built, "json"))
+    assert data["counts"]["missing_entries"] == 14
+    latex = tables.render(built, "latex")
+    assert "\\toprule" in latex and "77.55" in latex
+
+
+def test_markdown_lists_the_runs_behind_every_cell(store, ref):
+    built = tables.build(2, store.runs("done"), ref)
+    text = tables.render(built, "md")
+    for e in built.entries:
+        for key in e.ours.keys:
+            assert key[:12] in text
+
+
+def test_paper_requests():
+    reqs = tables.paper_requests(2)
+    cells = GRIDS["table2"]
+    assert all(r["cells"] == cells and r["preset"] == "paper" for r in reqs)
+    sets = sorted((r["methods"], tuple(r["set"])) for r in reqs)
+    assert sets == [("curvenet", ()), ("mwnet", ("mwnet.variant=imb",)), ("mwnet", ("mwnet.variant=noise",))]
+    r1 = tables.paper_requests(1)
+    plain = [r for r in r1 if not r["set"]][0]
+    assert set(plain["methods"].split(",")) == {"ce", "cb", "focal", "ldam_drw", "coteaching", "o2u", "curvenet"}
+    assert plain["cells"] == GRIDS["cifar10"] + GRIDS["cifar100"]
+    r8 = tables.paper_requests(8)
+    assert sorted(tuple(r["set"]) for r in r8) == [(), ("curvenet.skip_layers=1",), ("curvenet.skip_layers=2",),
+                                                    ("curvenet.skip_layers=3",)]
+    assert all(r["cells"] == [tables.ABLATION_CELL] for r in r8)
+    r7 = tables.paper_requests(7)
+    assert sorted(r.get("meta_per_class") for r in r7) == [0, 10, 20, 50, 80, 100]
+    assert {r["model"] for r in tables.paper_requests(6)} == {"resnet32", "wrn16_8"}
+    with pytest.raises(BenchError):
+        tables.paper_requests(4)
+
+
+def test_curvenet_defaults_match_the_method():
+    curvenet = pytest.importorskip("methods.curvenet")
+    import dataclasses
+
+    cls = [v for v in vars(curvenet).values() if isinstance(v, type) and getattr(v, "name", None) == "curvenet"][0]
+    fields = {f.name: f.default for f in dataclasses.fields(cls.Params)}
+    for name, value in tables.CURVENET_DEFAULTS.items():
+        assert name in fields and fields[name] == value, name
+
+
+def test_cli_table_paper_2(tmp_path, store):
+    out = subprocess.run([sys.executable, "-m", "bench", "table", "--paper", "2", "--store", str(store.path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "12.00 ± 1.00 (n=3)" in out.stdout and "77.55" in out.stdout and "missing" in out.stdout
+    assert "Metric: **last**" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "bench", "table", "--paper", "5", "--store", str(store.path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "no paper table" in bad.stderr
+
+
+def test_cli_write_all(tmp_path, store):
+    out = subprocess.run([sys.executable, "-m", "bench", "table", "--paper", "all", "--write", "--store",
+                          str(store.path)], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "BENCH_REFERENCE_DIR":
+                              str(ROOT / "tables" / "reference")})
+    assert out.returncode == 0, out.stderr
+    written = sorted(p.name for p in (tmp_path / "tables").glob("*.md"))
+    assert written == sorted([f"table{n}.md" for n in tables.PAPER_TABLES] + ["anchors.md"])
+
+
+def test_runs_for_paper_specs_fill_exactly_their_table(tmp_path, ref):
+    """Round trip: the specs `bench runs-for --paper N` trains, stored with fake metrics, fill every
+    cell of table N (standard protocol, no ambiguity) and nothing else is needed."""
+    from bench.cli import make_parser, paper_specs
+    from bench.execute import display_name
+
+    s = Store(tmp_path / "rt.sqlite")
+    for n in tables.ALL_TABLES:
+        specs = paper_specs(make_parser().parse_args(["runs-for", "--paper", n, "--seeds", "0,1"]))
+        assert len({sp.key() for sp in specs}) == len(specs)
+        for i, sp in enumerate(specs):
+            if s.status(sp.key()) is None:
+                fake_store.add_run(s, sp, display_name(sp), 10.0 + (i % 7) + sp.seed)
+        built = tables.build(n, s.runs("done"), ref)
+        for e in built.entries:
+            if e.ours.status == "not run":
+                continue
+            assert e.ours.status == "ok" and e.ours.n == 2 and not e.ours.nonstandard, (n, e.row, e.column)
+        used = {k for e in built.entries for k in e.ours.keys}
+        assert used == {sp.key() for sp in specs}, n
+
+
+def test_tables_and_plots_never_import_torch():
+    code = ("import sys, bench.tables, bench.plots, bench.store; "
+            "bench.tables.paper_requests('all'); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_runs_differing_only_in_data_seed_count_as_one_seed(tmp_path, ref):
+    s = Store(tmp_path / "ds.sqlite")
+    for data_seed, acc in ((0, 20.0), (5, 30.0)):
+        sp = fake_store.paper_spec("mwnet", "cifar10", 50, "none", 0, 0, {"variant": "imb"}).replace(
+            data_seed=data_seed)
+        fake_store.add_run(s, sp, "MW-Net(imb)", acc)
+    fake_store.add_run(s, fake_store.paper_spec("mwnet", "cifar10", 50, "none", 0, 1, {"variant": "imb"}),
+                       "MW-Net(imb)", 35.0)
+    e = entry(tables.build(2, s.runs("done"), ref), "MW-Net(imb)", "imb 50, clean")
+    assert (e.ours.n, e.ours.mean, len(e.ours.keys)) == (2, pytest.approx(30.0), 3)  # seed 0: 25, seed 1: 35

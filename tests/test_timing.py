@@ -1,0 +1,84 @@
+"""Table 8 timing (bench/timing.py): the steps are the training code's, the meta-time hooks fire
+once per iteration, the JSON and table layouts."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import timing
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_steps_use_the_methods_meta_step_configurations():
+    from methods.curvenet import CurveNet
+    from methods.meta import MetaStep
+    from methods.mwnet import WeightNet
+
+    step, clock = timing.build_step("ce", batch=8)
+    assert clock is None
+    step, _ = timing.build_step("mwnet", batch=8)
+    ms = step.meta_step
+    assert isinstance(ms, MetaStep) and isinstance(ms.weight_net, WeightNet)
+    assert (ms.lookahead, ms.skip_layers, ms.normalize) == ("sgd", 0, False)
+    for k in range(4):
+        step, _ = timing.build_step(f"curvenet_sl{k}", batch=8)
+        ms = step.meta_step
+        assert isinstance(ms.weight_net, CurveNet) and (ms.lookahead, ms.skip_layers) == ("full", k)
+    with pytest.raises(ValueError):
+        timing.build_step("curvenet_sl4")
+
+
+def test_meta_time_is_measured_once_per_iteration_and_inside_the_iteration():
+    r = timing.measure("curvenet_sl2", model_name="small_cnn", batch=8, device="cpu", repeats=3, warmup=1)
+    assert len(r["meta_ms_all"]) == 3 and len(r["ms_per_iter_all"]) == 3
+    assert 0 < r["meta_ms"] < r["ms_per_iter"]
+    ce = timing.measure("ce", model_name="small_cnn", batch=8, device="cpu", repeats=2, warmup=0)
+    assert ce["meta_ms"] == 0.0 and ce["ms_per_iter"] > 0
+
+
+def test_meta_clock_brackets_the_weighting_net_update():
+    """The clock starts after the meta forward and stops after the weighting net's optimiser step:
+    the weighting net's parameters change inside the interval, the classifier's after it."""
+    import torch
+
+    step, clock = timing.build_step("mwnet", batch=8)
+    ms = step.meta_step
+    seen = {}
+    original = clock.timer.now
+
+    def now():
+        seen.setdefault("marks", []).append((ms.weight_net.net[0].weight.detach().clone(),
+                                             ms.model.fc.weight.detach().clone()))
+        return original()
+
+    clock.timer.now = now
+    clock.enabled = True
+    before_w, before_fc = ms.weight_net.net[0].weight.detach().clone(), ms.model.fc.weight.detach().clone()
+    step()
+    (w0, fc0), (w1, fc1) = seen["marks"]
+    assert torch.equal(w0, before_w) and not torch.equal(w1, before_w)  # V updated inside
+    assert torch.equal(fc0, before_fc) and torch.equal(fc1, before_fc)  # classifier not yet
+    assert not torch.equal(ms.model.fc.weight, before_fc)  # ... but after the iteration
+    assert clock.calls == 1
+
+
+def test_cli_json_and_table():
+    cmd = [sys.executable, "-m", "bench", "timing", "--device", "cpu", "--model", "small_cnn", "--batch-size", "8",
+           "--repeats", "1", "--warmup", "0"]
+    out = subprocess.run(cmd + ["--json"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert list(data) == list(timing.STEPS)
+    for key, r in data.items():
+        assert r["ms_per_iter"] > 0 and r["meta_ms"] >= 0
+        assert (r["meta_ms"] == 0) == (key == "ce")
+    assert data["curvenet_sl0"]["ratio_to_sl0"] == 1.0 and data["curvenet_sl3"]["paper_meta_ms"] == 41.98
+    text = timing.render(data)
+    for v in ("239.94", "222.45", "65.44", "41.98", "CurveNet SL=3", "× CE"):
+        assert v in text
+    bad = subprocess.run(cmd + ["--steps", "ce,foo"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "unknown step" in bad.stderr
