@@ -15,6 +15,10 @@ class CE(Method):
 
     name = "ce"
 
+    @classmethod
+    def display_name(cls, params: dict) -> str:
+        return "CE"
+
     def fit(self, run):
         model = run.model()
         return train_classifier(run, model, lambda logits, y, idx, epoch: F.cross_entropy(logits, y))
