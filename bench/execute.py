@@ -1,8 +1,9 @@
 """Where runs execute. One run = one pure function of its spec: ``execute(spec) -> RunResult``.
 
-The driver (:func:`run_grid`) is the only writer of the store: it marks a run ``running``, calls
-:func:`execute` and commits the result (or the failure) in one transaction. Runs already ``done``
-are skipped; ``failed`` ones are retried only when asked.
+The driver (:func:`run_grid`) is the only writer of the store: it marks a run ``running``, has
+:func:`execute` run it (here, in worker processes or on Ray: see :mod:`bench.executors`) and
+commits the result (or the failure) in one transaction. Runs already ``done`` are skipped;
+``failed`` ones are retried only when asked.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -158,16 +160,25 @@ def display_name(spec: RunSpec) -> str:
 
 
 def commit(store: Store, result: RunResult, cache_dir: Path | None = None) -> None:
-    """Write the result in one transaction, then drop the run's checkpoint."""
+    """Write the result in one transaction, then drop the run's checkpoint (and any temp file a
+    killed attempt left half-written)."""
     key = result.spec.key()
     if result.status == "done":
         store.finish(key, metrics=result.metrics, history=result.history, env=result.env,
                      samples=result.samples, values=result.values, arrays=result.arrays)
     else:
         store.fail(key, result.error or "unknown error", history=result.history, env=result.env)
-    path = checkpoint_path(result.spec, cache_dir)
-    if path is not None:
-        path.unlink(missing_ok=True)
+    drop_checkpoint(result.spec, cache_dir)
+
+
+def drop_checkpoint(spec: RunSpec, cache_dir: Path | None) -> None:
+    path = checkpoint_path(spec, cache_dir)
+    if path is None:
+        return
+    path.unlink(missing_ok=True)
+    if path.parent.is_dir():
+        for tmp in path.parent.glob(path.name + ".tmp*"):
+            tmp.unlink(missing_ok=True)
 
 
 def pending(store: Store, specs: list[RunSpec], retry_failed: bool = False) -> list[RunSpec]:
@@ -183,37 +194,111 @@ def pending(store: Store, specs: list[RunSpec], retry_failed: bool = False) -> l
     return todo
 
 
-def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device, data_dir: str | None = None,
+def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, data_dir: str | None = None,
              cache_dir: Path | None = DEFAULT_CACHE_DIR, retry_failed: bool = False,
-             show_progress: bool = True, checkpoint_every_s: float = 60.0) -> dict[str, int]:
-    """Run every spec not yet done, in order, in this process; returns counts by outcome."""
+             show_progress: bool = True, checkpoint_every_s: float = 60.0, executor=None,
+             max_retries: int = 2) -> dict[str, int]:
+    """Run every spec not yet done on ``executor`` (default: in this process, one at a time);
+    returns counts by outcome.
+
+    This process is the only writer of the store: it marks each run ``running`` when it hands it
+    to the executor and commits the result when it comes back. A run whose process died (killed,
+    segfault, out of memory) is handed out again, up to ``max_retries`` times, then recorded as
+    failed with the reason. A user error inside a run stops the grid once the runs in flight have
+    been committed. Checkpoints of runs already done (left by a kill between commit and clean-up)
+    are removed.
+    """
     from tqdm.auto import tqdm
 
+    from bench.executors import SerialExecutor
+
+    executor = executor or SerialExecutor()
     todo = pending(store, specs, retry_failed)
+    for spec in specs:
+        if store.status(spec.key()) == "done":
+            drop_checkpoint(spec, cache_dir)
     counts = {"skipped": len({s.key() for s in specs}) - len(todo), "done": 0, "failed": 0}
     disable = not show_progress or None  # None: tqdm shows bars only on a terminal
-    grid_bar = tqdm(todo, desc="grid", unit="run", disable=disable, position=0)
-    for spec in grid_bar:
-        label = f"{display_name(spec)} {spec.cell.label()} seed {spec.seed}"
-        grid_bar.set_postfix_str(label)
-        epoch_bar = tqdm(desc="  epochs", unit="ep", leave=False, disable=disable, position=1)
+    grid_bar = tqdm(total=len(todo), desc="grid", unit="run", disable=disable, position=0)
+    bars: dict[str, Any] = {}
+    slots: dict[str, int] = {}  # progress-bar line of each run in flight
+    labels = {s.key(): f"{display_name(s)} {s.cell.label()} seed {s.seed}" for s in todo}
+    started: dict[str, float] = {}
+    crashes: dict[str, int] = {}
 
-        def progress(row, bar=epoch_bar):
-            bar.set_description(f"  {row['stage']}")
-            bar.update(1)
-            shown = {k: row[k] for k in ("loss", "test_acc") if isinstance(row.get(k), float)}
-            bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()})
+    def progress(spec, row):
+        bar = bars.get(spec.key())
+        if bar is None:
+            return
+        bar.set_description(f"  {row['stage']}")
+        bar.update(1)
+        shown = {k: row[k] for k in ("loss", "test_acc") if isinstance(row.get(k), float)}
+        bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()})
 
-        store.start(spec.key(), spec.to_dict(), display_name(spec))
-        started = time.time()
-        result = execute(spec, device=device, data_dir=data_dir, cache_dir=cache_dir, progress=progress,
-                         checkpoint_every_s=checkpoint_every_s)
-        epoch_bar.close()
+    def dispatch(spec):
+        key = spec.key()
+        store.start(key, spec.to_dict(), display_name(spec))
+        started.setdefault(key, time.time())
+        slot = min(set(range(1, len(slots) + 2)) - set(slots.values()))
+        slots[key] = slot
+        bars[key] = tqdm(desc="  epochs", unit="ep", leave=False, disable=disable, position=slot)
+        executor.submit(spec)
+
+    def close_bar(key):
+        slots.pop(key, None)
+        bar = bars.pop(key, None)
+        if bar is not None:
+            bar.close()
+
+    def finish(spec, result):
+        key = spec.key()
+        close_bar(key)
         commit(store, result, cache_dir)
         counts[result.status] += 1
+        grid_bar.update(1)
         outcome = (f"acc {result.metrics['acc_last']:.2f} (best {result.metrics.get('acc_best', float('nan')):.2f})"
                    if result.status == "done" else f"FAILED: {result.error}")
-        tqdm.write(f"[{spec.key()}] {label}: {outcome} in {time.time() - started:.0f}s", file=sys.stderr)
+        tqdm.write(f"[{key}] {labels[key]}: {outcome} in {time.time() - started[key]:.0f}s", file=sys.stderr)
+
+    queue = list(todo)
+    in_flight: set[str] = set()
+    user_error: str | None = None
+    try:
+        if queue:
+            executor.start(device=device, data_dir=data_dir, cache_dir=cache_dir,
+                           checkpoint_every_s=checkpoint_every_s, on_progress=progress)
+        while in_flight or (queue and user_error is None):
+            while queue and user_error is None and len(in_flight) < executor.capacity:
+                spec = queue.pop(0)
+                dispatch(spec)
+                in_flight.add(spec.key())
+            for spec, kind, payload in executor.wait():
+                key = spec.key()
+                in_flight.discard(key)
+                if kind == "done":
+                    finish(spec, payload)
+                elif kind == "crashed":
+                    crashes[key] = crashes.get(key, 0) + 1
+                    close_bar(key)
+                    if crashes[key] <= max_retries:
+                        tqdm.write(f"[{key}] {labels[key]}: {payload}; retrying "
+                                   f"({crashes[key]}/{max_retries})", file=sys.stderr)
+                        queue.append(spec)
+                    else:
+                        tries = crashes[key]
+                        error = (f"{payload}; gave up after {tries} attempt{'s' * (tries > 1)} "
+                                 f"(--max-retries {max_retries})")
+                        finish(spec, RunResult(spec, "failed", error=error))
+                else:  # a user error: let the runs in flight finish, then stop
+                    user_error = user_error or payload
+    except BaseException:
+        executor.abort()
+        raise
+    finally:
+        for bar in bars.values():
+            bar.close()
+        grid_bar.close()
+    executor.close()
+    if user_error is not None:
+        raise BenchError(user_error)
     return counts
-
-

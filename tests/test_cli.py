@@ -42,6 +42,17 @@ BAD_RUN_ARGS = [
     (["--methods", "ce", "--device", "tpu"], "unknown device"),
     (["--methods", "ce", "--dataset", "cifar10", "--data-dir", "/nonexistent-dir"], "cifar"),
     (["--methods", "ce", "--grid", "quick", "--imbalance", "3"], "either --grid"),
+    # scaling out: bad executor settings fail before anything starts or is written
+    (["--methods", "ce", "--jobs", "0"], "--jobs must be at least 1"),
+    (["--methods", "ce", "--jobs", "two"], "invalid int"),
+    (["--methods", "ce", "--executor", "nope"], "invalid choice"),
+    (["--methods", "ce", "--gpus-per-run", "-1"], "--gpus-per-run must be non-negative"),
+    (["--methods", "ce", "--executor", "ray", "--gpus-per-run", "1.5"], "whole number"),
+    (["--methods", "ce", "--gpus-per-run", "0.5"], "--gpus-per-run is for --executor ray"),
+    (["--methods", "ce", "--address", "127.0.0.1:6379"], "--address is for --executor ray"),
+    (["--methods", "ce", "--executor", "ray", "--device", "cuda"], "needs --gpus-per-run"),
+    (["--methods", "ce", "--max-retries", "-1"], "--max-retries must be non-negative"),
+    (["--methods", "ce", "--checkpoint-every", "-5"], "--checkpoint-every must be non-negative"),
 ]
 
 
@@ -66,6 +77,56 @@ def test_bad_store_files_exit_2(tmp_path, capsys):
     assert len(errors) == 3 and all(e.startswith("bench: error:") for e in errors)
 
 
+def _foreign_sqlite(path):
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE notes (text TEXT)")
+    con.commit()
+    con.close()
+
+
+def _unwritable_dir(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.access(locked, os.W_OK):  # root: mode bits do not stop writes
+        pytest.skip("running as root: a 0o500 directory is writable (see the /proc/self case)")
+    return locked
+
+
+# (command, arguments given tmp_path, expected message); the path under test is the last --store
+BAD_PATHS = [
+    ("run", lambda t: ["--methods", "ce", "--dataset", "cifar10", "--data-dir", str(t / "empty")], "no usable files"),
+    ("run", lambda t: ["--methods", "ce", "--store", "/proc/self/bench.sqlite"], "not writable"),
+    ("run", lambda t: ["--methods", "ce", "--store", str(_unwritable_dir(t) / "s.sqlite")], "not writable"),
+    ("run", lambda t: ["--methods", "ce", "--store", str(t / "foreign.sqlite")], "another program"),
+    ("run", lambda t: ["--methods", "ce", "--store", str(t / "junk.sqlite")], "not a readable"),
+    ("table", lambda t: ["--store", str(t / "foreign.sqlite")], "another program"),
+    ("table", lambda t: ["--store", str(t / "junk.sqlite")], "not a readable"),
+    ("table", lambda t: ["--store", str(t / "missing.sqlite")], "no results store"),
+    ("table", lambda t: ["--store", str(t / "empty")], "directory"),
+]
+
+
+@pytest.mark.parametrize("command,make_args,message", BAD_PATHS,
+                         ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(BAD_PATHS)])
+def test_bad_paths_give_one_line_and_exit_2_and_write_nothing(command, make_args, message, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    _foreign_sqlite(tmp_path / "foreign.sqlite")
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database" * 100)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    args = make_args(tmp_path)
+    if command == "run":
+        args = [*args, *QUICK] + ([] if "--store" in args else ["--store", str(tmp_path / "new.sqlite")])
+    code = main([command, *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("bench: error:")
+    assert message.lower() in err.lower()
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # no store created, no existing file touched
+    assert not any((tmp_path / "empty").iterdir())
+
+
 def test_argparse_errors_are_one_line_too():
     result = bench("run", "--methods", "ce", "--epochs", "two")
     assert result.returncode == 2
@@ -76,7 +137,7 @@ def test_ce_run_prints_a_table_and_a_rerun_trains_nothing(tmp_path):
     store = tmp_path / "store.sqlite"
     first = bench("run", "--methods", "ce", "--store", str(store), *QUICK)
     assert first.returncode == 0, first.stderr
-    assert "| ce" in first.stdout and "fmnist-mini imb10 flip2:0.4" in first.stdout
+    assert "| CE" in first.stdout and "fmnist-mini imb10 flip2:0.4" in first.stdout
     assert "1 trained" in first.stderr
     second = bench("run", "--methods", "ce", "--store", str(store), *QUICK)
     assert second.returncode == 0

@@ -1,0 +1,191 @@
+"""Executors: worker processes (--jobs N), Ray (--executor ray), retries of dead workers,
+diverged runs. The driver is the only writer of the store in every case."""
+
+import functools
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import executors
+from bench.cli import build_specs, main, make_parser
+from bench.execute import checkpoint_path, execute, run_grid
+from bench.store import Store
+
+TINY = ["--methods", "ce", "--epochs", "1", "--imbalance", "100", "--noise", "none"]
+
+
+def specs_for(*args):
+    return build_specs(make_parser().parse_args(["run", *args]))
+
+
+def rows(store_path):
+    con = sqlite3.connect(store_path)
+    out = {r[0]: r[1:] for r in con.execute("SELECT key, status, attempts, error, metrics_json FROM runs")}
+    con.close()
+    return out
+
+
+def crashy_task(spec, *, marker_dir, **kwargs):
+    """A task whose process dies: seed 0 on its first attempt only, seed 1 on every attempt."""
+    marker = Path(marker_dir) / f"{spec.key()}.tried"
+    if spec.seed == 1 or (spec.seed == 0 and not marker.exists()):
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return execute(spec, **kwargs)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def test_worker_threads_share_the_cores_and_respect_omp_num_threads():
+    assert executors.worker_threads(1, cores=8, env={}) == 8
+    assert executors.worker_threads(3, cores=8, env={}) == 2
+    assert executors.worker_threads(16, cores=8, env={}) == 1
+    assert executors.worker_threads(2, cores=8, env={"OMP_NUM_THREADS": "1"}) == 1
+    assert executors.worker_threads(2, cores=8, env={"OMP_NUM_THREADS": "junk"}) == 4
+
+
+def test_workers_share_the_gpus_round_robin():
+    cuda = torch.device("cuda")
+    assert [executors.worker_device(s, cuda, device_count=2).index for s in range(5)] == [0, 1, 0, 1, 0]
+    assert executors.worker_device(3, torch.device("cuda", 1), device_count=2).index == 1
+    assert executors.worker_device(3, torch.device("cpu"), device_count=2).type == "cpu"
+
+
+def test_exit_codes_are_described():
+    assert "SIGKILL" in executors.describe_exit(-9) and "out of memory" in executors.describe_exit(-9)
+    assert "SIGSEGV" in executors.describe_exit(-11)
+    assert "code 3" in executors.describe_exit(3)
+
+
+def test_without_ray_the_ray_executor_is_a_one_line_error_naming_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    store = tmp_path / "s.sqlite"
+    assert main(["run", *TINY, "--quiet", "--executor", "ray", "--store", str(store)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install .[ray]" in err
+    assert not store.exists()
+
+
+# ------------------------------------------------------------------------ diverged runs
+
+def test_a_diverged_run_is_failed_the_grid_goes_on_and_only_retry_failed_reruns_it(tmp_path, capsys):
+    store_path, cache = tmp_path / "s.sqlite", tmp_path / "cache"
+    diverging = specs_for(*TINY, "--set", "lr=1e30")
+    fine = specs_for(*TINY)
+    counts = run_grid(diverging + fine, Store(store_path), device=torch.device("cpu"), cache_dir=cache,
+                      show_progress=False, checkpoint_every_s=0)
+    assert counts == {"skipped": 0, "done": 1, "failed": 1}
+    got = rows(store_path)
+    assert got[diverging[0].key()][0] == "failed" and "diverged at epoch 0" in got[diverging[0].key()][2]
+    assert got[fine[0].key()][0] == "done"
+    assert not list(cache.glob("checkpoints/*"))  # failed or done: no checkpoint left
+
+    args = ["run", *TINY, "--set", "lr=1e30", "--store", str(store_path), "--cache-dir", str(cache), "--quiet"]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "0 trained, 1 already in the store, 0 failed" in capsys.readouterr().err
+    assert rows(store_path)[diverging[0].key()][:2] == ("failed", 1)
+    assert main([*args, "--retry-failed"]) == 1  # tried again, diverges again
+    assert "1 failed" in capsys.readouterr().err
+    status, attempts, error, _ = rows(store_path)[diverging[0].key()]
+    assert (status, attempts) == ("failed", 2) and error.startswith("diverged at epoch 0")
+
+
+# ------------------------------------------------------------------ local worker pool
+
+def test_a_dead_worker_is_pinned_to_its_run_retried_then_failed_and_spares_its_siblings(tmp_path):
+    store_path, cache = tmp_path / "s.sqlite", tmp_path / "cache"
+    specs = specs_for(*TINY, "--seeds", "0,1,2")
+    task = functools.partial(crashy_task, marker_dir=str(tmp_path))
+    counts = run_grid(specs, Store(store_path), device=torch.device("cpu"), cache_dir=cache, show_progress=False,
+                      executor=executors.LocalExecutor(2, task=task), max_retries=1, checkpoint_every_s=0)
+    assert counts == {"skipped": 0, "done": 2, "failed": 1}
+    got = {s.seed: rows(store_path)[s.key()] for s in specs}
+    assert got[0][:2] == ("done", 2)  # died once, retried, done
+    assert got[2][:2] == ("done", 1)  # ran beside the dying workers, untouched
+    status, attempts, error, _ = got[1]
+    assert (status, attempts) == ("failed", 2)
+    assert "killed by SIGKILL" in error and "gave up after 2 attempts" in error
+    # a worker's result equals the same run trained in this process
+    reference = execute(specs[2], device=torch.device("cpu"), cache_dir=None)
+    assert json.loads(got[2][3])["per_class_last"] == reference.metrics["per_class_last"]
+    assert not any(checkpoint_path(s, cache).exists() for s in specs)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_stops_the_workers_at_once_and_the_store_stays_consistent(tmp_path):
+    store_path = tmp_path / "s.sqlite"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", *TINY, "--imbalance", "50", "--epochs", "5",
+                             "--seeds", "0,1", "--jobs", "2", "--store", str(store_path), "--cache-dir",
+                             str(tmp_path / "cache"), "--quiet"], env=env, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal's job
+    children = []
+    deadline = time.time() + 60
+    while time.time() < deadline and len(children) < 3 and proc.poll() is None:  # 2 workers + resource tracker
+        time.sleep(0.2)
+        try:
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        except OSError:
+            pass
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted" in err
+    time.sleep(1.0)
+    assert len(children) == 3 and not [c for c in children if Path(f"/proc/{c}/cmdline").exists()
+                                       and Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert {r[0] for r in rows(store_path).values()} <= {"running", "done"}
+
+
+# ------------------------------------------------------------------------------ Ray
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One real local Ray instance (2 CPUs) for this module's Ray tests; skipped without Ray."""
+    ray = pytest.importorskip("ray")
+    executors.init_ray(num_cpus=2)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # crashy_task runs on Ray workers
+    yield ray
+    ray.shutdown()
+
+
+def test_a_grid_runs_on_ray_and_the_driver_writes_the_store(local_ray, tmp_path, capsys):
+    store_path, cache = tmp_path / "s.sqlite", tmp_path / "cache"
+    args = ["run", *TINY, "--imbalance", "50,100", "--executor", "ray", "--store", str(store_path),
+            "--cache-dir", str(cache), "--checkpoint-every", "0", "--quiet"]
+    assert main(args) == 0
+    assert "2 trained" in capsys.readouterr().err
+    got = rows(store_path)
+    assert len(got) == 2 and all(r[:2] == ("done", 1) for r in got.values())
+    store = Store(store_path, create=False)
+    for key in got:
+        assert len(store.history(key)) == 1 and len(store.samples(key)) > 0
+        assert json.loads(store.conn.execute("SELECT env_json FROM runs WHERE key = ?", (key,)).fetchone()[0])[
+            "threads"] == 1
+    assert not list(cache.glob("checkpoints/*"))
+    assert main(args) == 0
+    assert "0 trained, 2 already in the store" in capsys.readouterr().err
+    assert local_ray.is_initialized()  # a Ray session the CLI did not start is left running
+
+
+def test_a_ray_task_whose_worker_dies_is_retried_then_recorded_failed(local_ray, tmp_path):
+    store_path, cache = tmp_path / "s.sqlite", tmp_path / "cache"
+    specs = specs_for(*TINY, "--seeds", "0,1")
+    task = functools.partial(crashy_task, marker_dir=str(tmp_path))
+    counts = run_grid(specs, Store(store_path), device="auto", cache_dir=cache, show_progress=False,
+                      executor=executors.RayExecutor(task=task), max_retries=1, checkpoint_every_s=0)
+    assert counts == {"skipped": 0, "done": 1, "failed": 1}
+    got = {s.seed: rows(store_path)[s.key()] for s in specs}
+    assert got[0][:2] == ("done", 2)
+    status, attempts, error, _ = got[1]
+    assert (status, attempts) == ("failed", 2)
+    assert "Ray" in error and "gave up after 2 attempts" in error
