@@ -144,7 +144,7 @@ def test_ce_run_prints_a_table_and_a_rerun_trains_nothing(tmp_path):
     assert "0 trained, 1 already in the store" in second.stderr
     assert second.stdout == first.stdout
     table = bench("table", "--store", str(store), "--format", "csv")
-    assert table.returncode == 0 and "ce" in table.stdout
+    assert table.returncode == 0 and "CE" in table.stdout
 
 
 def test_a_run_killed_mid_way_is_never_done_and_the_rerun_completes_it(tmp_path):

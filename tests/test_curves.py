@@ -87,11 +87,11 @@ def test_step_and_protocol_schedules_follow_lr_at():
     s = step_schedule(0.1, 200, milestones=(80, 100), lr_decay=0.1, warmup_epochs=5, batch_size=128)
     assert s.lrs == tuple(lr_at(e, lr=0.1, warmup_epochs=5, milestones=(80, 100), lr_decay=0.1) for e in range(200))
     assert s.lr(0) == pytest.approx(0.02) and s.lr(79) == 0.1 and s.lr(80) == pytest.approx(0.01)
-    spec = RunSpec(method="ce")  # quick: 20 epochs, warm-up 1, drops at 8 and 10
+    spec = RunSpec(method="ce")  # quick: 20 epochs, warm-up 2, drops at 8 and 10
     run = SimpleNamespace(spec=spec, lr_at=lambda e: lr_at(e, lr=spec.lr, warmup_epochs=spec.warmup_epochs,
                                                            milestones=spec.milestones, lr_decay=spec.lr_decay))
     first = protocol_schedule(run, 8)
-    assert len(first) == 8 and first.lrs == (0.1,) * 8 and first.batch_sizes == (128,) * 8
+    assert len(first) == 8 and first.lrs == (0.05,) + (0.1,) * 7 and first.batch_sizes == (128,) * 8
     assert len(protocol_schedule(run)) == 20
 
 

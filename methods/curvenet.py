@@ -1,0 +1,359 @@
+"""CurveNet (Jiang et al., AAAI 2022): sample weights from each sample's loss curve, meta-learned.
+
+Two stages (PROTOCOL.md §5; notes/curvenet_mwnet.md §2.4-§4, the official CurveNet-V1 code):
+
+**Probe** (``recognition_cycle.py``): plain mean CE on the whole noisy, imbalanced training pool,
+SGD momentum 0.9, Nesterov, weight decay 5e-4; lr 0.1 at batch 128 for 120 epochs, then a square
+wave 0.01 / 0.001, 15 epochs each, six periods, at batch 16: 300 epochs. One loss per sample per
+epoch, from the training forward pass (train mode, augmented, before the batch's step), recorded
+by :func:`methods.curves.train_and_record` under :func:`methods.curves.curvenet_probe_schedule`.
+The raw curves are cached under ``run.cache_dir`` keyed by a hash of everything the probe depends
+on (dataset, bias spec with data seed and meta size, model, init, optimiser, probe schedule,
+training seed), written atomically, so the allocate stage, figures and ablations reuse them.
+
+**Curve input** (``recognition_curve.py`` L454-477): at every epoch subtract the mean loss of
+the training samples with the same *observed* label (``curve.std_norm=true`` also divides by
+that class's std, as the paper's text says), then keep epochs S .. T-2 (``drop_first`` = S = 5,
+``drop_last`` = 1: the code drops the last epoch too): 294 values in the paper preset.
+
+**CurveNet** (``net/curvenet.py``), P = ``embed_dim`` (hiddim, 64):
+Linear(D, 2P), ReLU, Linear(2P, 2P), ReLU, Linear(2P, P), ReLU; + 2 x Embedding(K, P)(observed
+label) (the code adds the embedding twice); Linear(P, 2P), ReLU, Linear(2P, P), ReLU, Linear(P, 1);
+output sigmoid(z) + 0.02 in [0.02, 1.02]. Init: Xavier normal on the six linear weights, Xavier
+uniform on the embedding, zero biases, except the last bias = 4.5 (initial weight about 1.009)
+and the first linear of the second half (``linear1``), whose bias keeps PyTorch's default as in
+the code. Weights are not normalised; both losses are sum(w l)/B.
+
+**Allocate** (``recognition_curve.py`` L247-333): a fresh classifier with the grid protocol
+(§3). While ``epoch < first lr drop`` every iteration runs :class:`methods.meta.MetaStep` with
+CurveNet as the weighting net, a *full* look-ahead (current lr, the real optimiser's momentum
+buffers, Nesterov, weight decay; ``higher``'s DifferentiableSGD) and CurveNet trained by Adam,
+lr 1e-3, weight decay 1e-4, on the next clean meta batch (augmented, cycled). Each sample's
+weight is the one recomputed after CurveNet's update in its last meta iteration; from the first
+drop on CurveNet stops and every sample keeps that last weight (``alpha = 0``: L309-312, L480-483).
+
+Options (the paper's ablations): ``skip_layers`` SLMO 0-3 (eq. 10, Table 8); ``embed_dim`` P
+(Table 9); ``drop_first`` S (Table 10); the meta-set size is the spec's ``meta_per_class``
+(Table 7) and ``meta_set=pseudo`` replaces the clean meta set by the ``pseudo_per_class`` = 10
+training samples of each observed class with the lowest mean probe loss over the curve window,
+with their observed labels (Table 7); ``drw=true`` (Table 6, "+DRW") multiplies each sample's
+weight by the class-balanced DRW weight of its observed label (methods/drw.py, beta 0.9999) once
+DRW is on: from epoch first_drop + 1, as the code's ``epoch > step[0]`` (L210-220).
+
+Recorded per training sample: ``weight`` (each sample's last assigned weight), ``curve`` (the
+normalised curve input, (N, D)), ``probe_loss_mean`` (mean raw probe loss over the window).
+
+Deviations from the official code (each an explicit choice):
+- Data and the classifier protocol follow PROTOCOL.md (flip2 noise as the paper says; the code
+  can only make frequency-weighted uniform noise). The model init is the spec's ``init``
+  (``--set init=curvenet`` gives the code's N(0, 0.02) convs, in both stages).
+- The weighting-net gradient is computed exactly by a forward-mode JVP instead of ``higher``'s
+  second-order backward (methods/meta.py; ``curvenet.second_order=autograd`` gives the latter).
+- DRW's class counts are the observed-label counts (the code mixes clean and noisy counts, notes
+  §6.2 h).
+- With ``meta_per_class = 0`` and a clean meta set there is nothing to meta-learn on: CurveNet is
+  never updated and every sample keeps its initial weight (about 1.009), which is CE (the code
+  would crash on an empty meta loader).
+- The probe's randomness (model init, batch order, augmentation) comes from its own seed derived
+  from the training seed, so a cached probe and a fresh one leave the allocate stage identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench.errors import BenchError
+from bench.train import set_lr
+from methods import register
+from methods.base import Method
+from methods.curves import Schedule, centre, curvenet_probe_schedule, train_and_record
+from methods.meta import MetaStep, check_options
+
+try:  # DRW piece of the loss-baselines issue (Table 6 "+DRW")
+    from methods.drw import DRW
+except ImportError:  # pragma: no cover - the option then raises a BenchError
+    DRW = None
+
+PROBE_CACHE_VERSION = "curvenet-probe-v1"
+META_SETS = ("clean", "pseudo")
+
+
+class CurveNet(nn.Module):
+    """The weighting network of ``net/curvenet.py``: curve (B, D) and observed label (B,) -> w (B,)."""
+
+    def __init__(self, input_dim: int, num_classes: int, embed_dim: int = 64, *, out_bias: float = 0.02,
+                 embed_times: int = 2, last_bias: float = 4.5):
+        super().__init__()
+        P = embed_dim
+        self.before = nn.Sequential(nn.Linear(input_dim, 2 * P), nn.ReLU(), nn.Linear(2 * P, 2 * P), nn.ReLU(),
+                                    nn.Linear(2 * P, P))
+        self.embed = nn.Embedding(num_classes, P)
+        self.after = nn.Sequential(nn.Linear(P, 2 * P), nn.ReLU(), nn.Linear(2 * P, P), nn.ReLU(), nn.Linear(P, 1))
+        self.out_bias = out_bias
+        self.embed_times = embed_times
+        for layer in (*self.before[::2], *self.after[::2]):
+            nn.init.xavier_normal_(layer.weight)
+        nn.init.xavier_uniform_(self.embed.weight)
+        for layer in (*self.before[::2], self.after[2]):
+            nn.init.zeros_(layer.bias)
+        nn.init.constant_(self.after[4].bias, last_bias)  # sigmoid(4.5) + 0.02 = 1.009
+
+    def forward(self, curve: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.before(curve)) + self.embed_times * self.embed(y)
+        return torch.sigmoid(self.after(h).squeeze(1)) + self.out_bias
+
+
+def curve_input(values: torch.Tensor, labels, drop_first: int, drop_last: int = 1, *,
+                std_norm: bool = False) -> torch.Tensor:
+    """CurveNet's input (N, T - S - drop_last) from raw probe losses ``values`` (T, N).
+
+    Per epoch, subtract the mean over the samples with the same observed label (and divide by the
+    class's std with ``std_norm``), then keep epochs ``drop_first .. T - drop_last - 1``.
+    """
+    T = values.shape[0]
+    if drop_first < 0 or drop_last < 0 or T - drop_first - drop_last < 1:
+        raise BenchError(f"curve window [{drop_first}, {T - drop_last}) of a {T}-epoch probe is empty")
+    normalised = centre(values, by=labels, scale=std_norm)
+    return normalised[drop_first:T - drop_last].T.contiguous()
+
+
+@dataclass
+class CurveNetParams:
+    # probe stage (PROTOCOL.md §5): base_epochs at probe_lr/probe_batch_size, then the square wave
+    probe_lr: float = 0.1
+    probe_epochs: int = 120
+    probe_batch_size: int = 128
+    cycle_high: float = 0.01
+    cycle_low: float = 0.001
+    half_period: int = 15
+    periods: int = 6
+    cycle_batch_size: int = 16
+    # curve input
+    drop_first: int = 5
+    drop_last: int = 1
+    std_norm: bool = False
+    # CurveNet and its optimiser
+    embed_dim: int = 64
+    meta_lr: float = 1e-3
+    meta_weight_decay: float = 1e-4
+    lookahead: str = "full"
+    skip_layers: int = 0
+    second_order: str = "jvp"
+    # ablations
+    meta_set: str = "clean"
+    pseudo_per_class: int = 10
+    drw: bool = False
+
+    def __post_init__(self):
+        def positive_int(name, minimum=1):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                raise BenchError(f"curvenet.{name} must be an integer >= {minimum}, got {v!r}")
+
+        for name in ("probe_batch_size", "cycle_batch_size", "embed_dim", "pseudo_per_class"):
+            positive_int(name)
+        for name in ("probe_epochs", "half_period", "periods", "drop_first", "drop_last"):
+            positive_int(name, 0)
+        for name in ("probe_lr", "cycle_high", "cycle_low", "meta_lr", "meta_weight_decay"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+                raise BenchError(f"curvenet.{name} must be a number >= 0, got {v!r}")
+        check_options(self.lookahead, self.skip_layers, self.second_order)
+        if self.meta_set not in META_SETS:
+            raise BenchError(f"curvenet.meta_set must be one of {', '.join(META_SETS)}, got {self.meta_set!r}")
+        if self.drw and DRW is None:
+            raise BenchError("curvenet.drw needs methods/drw.py, which is not installed")
+        if self.input_dim < 1:
+            raise BenchError(f"the curve window is empty: a {self.probe_total}-epoch probe minus "
+                             f"drop_first={self.drop_first} and drop_last={self.drop_last}")
+
+    def schedule(self) -> Schedule:
+        return curvenet_probe_schedule(self.probe_lr, self.probe_epochs, self.probe_batch_size,
+                                       high=self.cycle_high, low=self.cycle_low, half_period=self.half_period,
+                                       periods=self.periods, cycle_batch_size=self.cycle_batch_size)
+
+    @property
+    def probe_total(self) -> int:
+        return self.probe_epochs + 2 * self.half_period * self.periods
+
+    @property
+    def input_dim(self) -> int:
+        return self.probe_total - self.drop_first - self.drop_last
+
+
+# --------------------------------------------------------------------------------- probe stage
+
+
+def probe_key(run, schedule: Schedule) -> str:
+    """Hash of everything the probe's curves depend on (not the allocate-stage options)."""
+    s = run.spec
+    blob = dict(version=PROBE_CACHE_VERSION, dataset=s.dataset, imbalance=s.imbalance, noise_type=s.noise_type,
+                noise_rate=s.noise_rate, meta_per_class=s.meta_per_class, data_seed=s.data_seed, model=s.model,
+                init=s.init, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay,
+                schedule=schedule.key(), seed=s.seed, num_train=int(len(run.data.train_y)))
+    text = json.dumps(blob, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _probe_seed(seed: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"curvenet-probe:{seed}".encode()).digest()[:6], "little")
+
+
+def probe_curves(run, schedule: Schedule) -> torch.Tensor:
+    """Raw probe losses (T, N) on the run's device: from the cache when present, else trained.
+
+    The probe runs under its own seed (global RNG forked, the run's loader generator swapped), so
+    it is a function of the spec and the allocate stage sees the same RNG state either way.
+    """
+    n = len(run.data.train_y)
+    path = None
+    if run.cache_dir is not None:
+        path = Path(run.cache_dir) / "curvenet_probe" / f"{probe_key(run, schedule)}.npz"
+        if path.is_file():
+            try:
+                with np.load(path) as f:
+                    values, labels = f["values"], f["labels"]
+                if values.shape == (len(schedule), n) and np.array_equal(labels, run.data.train_y):
+                    return torch.as_tensor(values, device=run.device)
+            except (OSError, KeyError, ValueError):
+                pass  # unreadable or stale: train again and overwrite
+    devices = [run.device] if run.device.type == "cuda" else []
+    saved_generator = run.generator
+    with torch.random.fork_rng(devices=devices):
+        seed = _probe_seed(run.spec.seed)
+        torch.manual_seed(seed)
+        run.generator = torch.Generator().manual_seed(seed)
+        try:
+            model = run.model()
+            every = max(1, len(schedule) // 10)
+            curves = train_and_record(run, model, schedule, "loss", log_stage="probe", evaluate_every=every)
+        finally:
+            run.generator = saved_generator
+    values = curves.values.float()
+    if path is not None:
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(tmp, values=values.cpu().numpy(), labels=np.asarray(run.data.train_y))
+            os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
+        except OSError as exc:
+            warnings.warn(f"could not cache the CurveNet probe curves at {path}: {exc}", stacklevel=2)
+            tmp.unlink(missing_ok=True)
+    return values
+
+
+def pseudo_meta_indices(probe_mean: np.ndarray, labels: np.ndarray, per_class: int) -> np.ndarray:
+    """The ``per_class`` training samples of each observed class with the lowest mean probe loss."""
+    picked = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        order = np.argsort(probe_mean[members], kind="stable")
+        picked.append(members[order[:per_class]])
+    return np.sort(np.concatenate(picked))
+
+
+# ------------------------------------------------------------------------------ allocate stage
+
+
+@register
+class CurveNetMethod(Method):
+    """CurveNet: meta-learned weights from probe-stage loss curves, frozen at the first lr drop."""
+
+    name = "curvenet"
+    Params = CurveNetParams
+    # quick: the paper's 300-epoch probe scaled by 1/10, like the 200 -> 20 epoch protocol:
+    # 12 epochs at lr 0.1 / batch 128 (120/10), then 3 periods of 3 + 3 epochs at 0.01 / 0.001
+    # (the code's 6 periods of 15 + 15 would scale to 1.5-epoch halves): 30 epochs in all. The
+    # square wave runs at batch 32 = 128 / 4 instead of the code's 128 / 8 = 16 (CPU time: about
+    # 1.6x faster per epoch here). S = 1 (5/300 of 30 = 0.5, rounded up); the last epoch is
+    # dropped as in the code: 28 curve values. The allocate stage is the quick protocol itself
+    # (20 epochs, CurveNet until the first drop at epoch 8 = 80/200).
+    presets = {"quick": dict(probe_epochs=12, half_period=3, periods=3, cycle_batch_size=32, drop_first=1)}
+
+    @classmethod
+    def display_name(cls, params: dict) -> str:
+        extras = []
+        if params.get("skip_layers", 0):
+            extras.append(f"SL={params['skip_layers']}")
+        if params.get("meta_set", "clean") == "pseudo":
+            extras.append("pseudo-meta")
+        if params.get("drw", False):
+            extras.append("+DRW")
+        return "CurveNet" + (f"({', '.join(extras)})" if extras else "")
+
+    def fit(self, run):
+        p = self.params
+        device = run.device
+        raw = probe_curves(run, p.schedule())
+        labels = torch.as_tensor(np.asarray(run.data.train_y), device=device, dtype=torch.long)
+        curves = curve_input(raw, labels, p.drop_first, p.drop_last, std_norm=p.std_norm)
+        window_mean = raw[p.drop_first:raw.shape[0] - p.drop_last].mean(0)
+        run.record("curve", curves)
+        run.record("probe_loss_mean", window_mean)
+
+        cnet = CurveNet(curves.shape[1], run.num_classes, p.embed_dim).to(device)
+        copt = torch.optim.Adam(cnet.parameters(), lr=p.meta_lr, weight_decay=p.meta_weight_decay)
+        model = run.model()
+        optimizer = run.sgd(model.parameters())
+        step = MetaStep(model, optimizer, cnet, copt, lambda loss, y, idx: cnet(curves[idx], y),
+                        lookahead=p.lookahead, skip_layers=p.skip_layers, normalize=False,
+                        second_order=p.second_order)
+        meta_loader = self._meta_loader(run, window_mean)
+        with torch.no_grad():  # never-visited samples (none when every epoch sees all) keep the init
+            last = cnet(curves, labels)
+        drw = DRW.from_run(run, switch_epoch=run.first_drop + 1, reduction="batch") if p.drw else None
+        train = run.loader("train")
+        model.train()
+        state = {"model": model, "optimizer": optimizer, "curvenet": cnet, "curvenet_opt": copt, "weights": last}
+        for epoch in run.epochs(run.spec.epochs, stage="allocate", state=state):  # resumable after a kill
+            lr = run.lr_at(epoch)
+            set_lr(optimizer, lr)
+            learning = meta_loader is not None and epoch < run.first_drop
+            # a fresh meta iterator each epoch, as recognition_curve.py's train() builds it
+            meta = meta_loader.cycle() if learning else None
+            total = torch.zeros(3, device=device)
+            seen = steps = 0
+            for x, y, idx in train:
+                if learning:
+                    xm, ym, _ = next(meta)
+                    out = step(x, y, idx, xm, ym)
+                    last[idx] = out["weights"]
+                    total += torch.stack([out["loss"] * len(y), out["meta_loss"], out["weights"].sum()])
+                    steps += 1
+                else:
+                    w = last[idx]
+                    if drw is not None:
+                        w = w * drw.sample_weights(y, epoch)
+                    loss = (w * F.cross_entropy(model(x), y, reduction="none")).sum() / len(y)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += torch.stack([loss.detach() * len(y), torch.zeros_like(loss), w.sum()])
+                seen += len(y)
+            loss_sum, meta_sum, weight_sum = total.tolist()
+            metrics = dict(lr=lr, loss=loss_sum / max(seen, 1), mean_weight=weight_sum / max(seen, 1))
+            if learning:
+                metrics["meta_loss"] = meta_sum / max(steps, 1)
+            run.log(epoch, model, stage="allocate", **metrics)
+        run.record("weight", last)
+        return model
+
+    def _meta_loader(self, run, probe_mean: torch.Tensor):
+        """The loader of the meta set (clean, or the pseudo-meta set), or None without meta data."""
+        p = self.params
+        if p.meta_set == "pseudo":
+            idx = pseudo_meta_indices(probe_mean.cpu().numpy(), np.asarray(run.data.train_y), p.pseudo_per_class)
+            return run.loader("train", indices=idx, batch_size=run.spec.meta_batch_size)
+        if len(run.data.y_meta) == 0:
+            return None
+        return run.loader("meta")

@@ -1,0 +1,228 @@
+"""CurveNet (methods/curvenet.py): the network and its init, the curve input, the probe cache, the
+pseudo-meta set, and the allocate schedule (meta-learning until the first drop, then frozen
+weights), on tiny inputs plus one short real run."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import methods.curvenet as cn
+from bench.errors import BenchError
+from bench.spec import RunSpec
+from methods.base import Run, params_items
+from methods.curvenet import (
+    CurveNet,
+    CurveNetMethod,
+    CurveNetParams,
+    curve_input,
+    probe_curves,
+    probe_key,
+    pseudo_meta_indices,
+)
+from methods.curves import Curves
+
+
+def test_network_shape_init_and_output_range():
+    torch.manual_seed(0)
+    net = CurveNet(294, 10, 64)
+    dims = [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, nn.Linear)]
+    assert dims == [(294, 128), (128, 128), (128, 64), (64, 128), (128, 64), (64, 1)]
+    assert net.embed.weight.shape == (10, 64)
+    assert net.after[4].bias.item() == 4.5
+    for layer in (*net.before[::2], net.after[2]):
+        assert torch.count_nonzero(layer.bias) == 0
+    assert torch.count_nonzero(net.after[0].bias) > 0  # linear1 keeps PyTorch's default bias
+    curves, y = torch.randn(64, 294) * 0.1, torch.randint(0, 10, (64,))
+    w = net(curves, y)
+    assert w.shape == (64,) and bool(((w >= 0.02) & (w <= 1.02)).all())
+    assert abs(w.mean().item() - (torch.sigmoid(torch.tensor(4.5)).item() + 0.02)) < 0.05  # starts near 1
+    # hand computation: relu(before(curve)) + 2 * embedding(observed label), then the second half
+    h = F.relu(net.before(curves)) + 2 * net.embed.weight[y]
+    assert torch.allclose(w, torch.sigmoid(net.after(h).squeeze(1)) + 0.02)
+    # the label embedding is used: same curve, another label, another weight
+    assert not torch.allclose(net(curves, y), net(curves, (y + 1) % 10))
+    assert CurveNet(100, 3, 32).embed.weight.shape == (3, 32)  # embed_dim P (Table 9)
+
+
+def test_curve_input_drops_epochs_and_centres_per_observed_class():
+    T, N = 12, 9
+    torch.manual_seed(1)
+    raw = torch.rand(T, N) * 3
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    x = curve_input(raw, labels, drop_first=3, drop_last=1)
+    assert x.shape == (N, T - 3 - 1)
+    for c in range(3):
+        members = labels == c
+        # per-class mean zero at every kept epoch
+        assert torch.allclose(x[members].mean(0), torch.zeros(T - 4), atol=1e-6)
+        # kept values are epochs 3..T-2 minus the class mean of that epoch
+        expected = raw[3:T - 1, members] - raw[3:T - 1, members].mean(1, keepdim=True)
+        assert torch.allclose(x[members], expected.T, atol=1e-6)
+    scaled = curve_input(raw, labels, drop_first=3, drop_last=1, std_norm=True)
+    assert torch.allclose(scaled[labels == 2].std(0, unbiased=False), torch.ones(T - 4), atol=1e-5)
+    with pytest.raises(BenchError):
+        curve_input(raw, labels, drop_first=11, drop_last=1)
+
+
+def test_paper_and_quick_presets():
+    paper = CurveNetParams()
+    sched = paper.schedule()
+    assert len(sched) == 300 and paper.input_dim == 294
+    assert sched.lrs[:120] == (0.1,) * 120 and sched.batch_sizes[119:121] == (128, 16)
+    assert sched.lrs[120:150] == (0.01,) * 15 + (0.001,) * 15 and sched.lrs[-1] == 0.001
+    quick = CurveNetMethod.resolve_params("quick")
+    qs = quick.schedule()
+    assert len(qs) == 30 and quick.input_dim == 28
+    assert qs.lrs == (0.1,) * 12 + ((0.01,) * 3 + (0.001,) * 3) * 3
+    assert (quick.lookahead, quick.meta_lr, quick.meta_weight_decay, quick.skip_layers) == ("full", 1e-3, 1e-4, 0)
+    for bad in (dict(skip_layers=4), dict(meta_set="noisy"), dict(drop_first=300), dict(embed_dim=0)):
+        with pytest.raises(BenchError):
+            CurveNetParams(**bad)
+    assert CurveNetMethod.display_name({}) == "CurveNet"
+    assert CurveNetMethod.display_name({"skip_layers": 3, "drw": True}) == "CurveNet(SL=3, +DRW)"
+
+
+def test_pseudo_meta_set_is_the_lowest_probe_loss_per_class():
+    probe_mean = np.array([5.0, 1.0, 3.0, 0.5, 9.0, 2.0, 0.1, 7.0])
+    labels = np.array([0, 0, 0, 1, 1, 1, 1, 0])
+    assert pseudo_meta_indices(probe_mean, labels, 2).tolist() == [1, 2, 3, 6]
+
+
+# ---------------------------------------------------------------- runs on the embedded data
+
+def make_run(params, cache_dir=None, checkpoint_path=None, **spec_kw):
+    from bench.data import BiasSpec, load_dataset, make_biased
+
+    spec = RunSpec(method="curvenet", params=params_items(params), **spec_kw)
+    data = make_biased(load_dataset(spec.dataset), BiasSpec(spec.imbalance, spec.noise_type, spec.noise_rate,
+                                                            spec.meta_per_class, spec.data_seed))
+    return Run(spec=spec, data=data, device=torch.device("cpu"), params=params, cache_dir=cache_dir,
+               checkpoint_path=checkpoint_path, checkpoint_every_s=0.0)
+
+
+TINY = dict(probe_epochs=2, half_period=1, periods=1, cycle_batch_size=256, probe_batch_size=256,
+            drop_first=1, drop_last=1)
+
+
+def test_probe_cache_is_keyed_atomic_and_leaves_the_rng_alone(tmp_path, monkeypatch):
+    params = CurveNetParams(**TINY)
+    run = make_run(params, cache_dir=tmp_path)
+    n = len(run.data.train_y)
+    calls = []
+
+    def fake_train(run_, model, schedule, quantity="loss", **kw):
+        calls.append(len(schedule))
+        torch.rand(5)  # consumes the (forked) global RNG, as a real probe does
+        next(iter(run_.loader("train")))  # and the probe's loader generator
+        values = torch.arange(len(schedule) * n, dtype=torch.float32).view(len(schedule), n)
+        return Curves(values, "loss", torch.as_tensor(run_.data.train_y), None, schedule)
+
+    monkeypatch.setattr(cn, "train_and_record", fake_train)
+    torch.manual_seed(0)
+    first = probe_curves(run, params.schedule())
+    after_fresh = (torch.rand(3), torch.rand(3, generator=run.generator))
+    torch.manual_seed(0)
+    run2 = make_run(params, cache_dir=tmp_path)
+    second = probe_curves(run2, params.schedule())
+    after_cached = (torch.rand(3), torch.rand(3, generator=run2.generator))
+    assert calls == [4] and torch.equal(first, second)
+    assert all(torch.equal(a, b) for a, b in zip(after_fresh, after_cached))
+    files = list((tmp_path / "curvenet_probe").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".npz" and not files[0].name.startswith(".")
+    # the key covers the seed and the schedule but not allocate-stage options
+    assert probe_key(make_run(params, seed=1), params.schedule()) != probe_key(run, params.schedule())
+    other = CurveNetParams(**{**TINY, "half_period": 2})
+    assert probe_key(run, other.schedule()) != probe_key(run, params.schedule())
+    assert probe_key(make_run(CurveNetParams(**TINY, skip_layers=3)), params.schedule()) == probe_key(
+        run, params.schedule())
+
+
+def test_allocate_meta_learns_until_the_first_drop_then_weights_stay_fixed(monkeypatch):
+    params = CurveNetParams(**TINY)
+    run = make_run(params, epochs=2, warmup_epochs=0, milestones=(1,))
+    n = len(run.data.train_y)
+    torch.manual_seed(0)
+    raw = torch.rand(4, n)
+    monkeypatch.setattr(cn, "probe_curves", lambda run_, schedule: raw.clone())
+    nets, snapshots, last_assigned, calls, initial = [], [], {}, [], {}
+
+    class SpyNet(CurveNet):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            nets.append(self)
+            initial.update({k: v.clone() for k, v in self.state_dict().items()})
+
+    real_call = cn.MetaStep.__call__
+
+    def spy_call(self, x, y, idx, xm, ym, lr=None, **kw):
+        out = real_call(self, x, y, idx, xm, ym, lr, **kw)
+        calls.append(len(y))
+        for i, w in zip(idx.tolist(), out["weights"].tolist()):
+            last_assigned[i] = w
+        return out
+
+    monkeypatch.setattr(cn, "CurveNet", SpyNet)
+    monkeypatch.setattr(cn.MetaStep, "__call__", spy_call)
+    run.progress = lambda row: snapshots.append({k: v.clone() for k, v in nets[0].state_dict().items()})
+    CurveNetMethod(params).fit(run)
+    # meta steps only in epoch 0 (< first drop = 1): one per batch, covering every sample once
+    assert sum(calls) == n and len(last_assigned) == n
+    assert [("meta_loss" in h) for h in run.history] == [True, False]
+    # CurveNet is updated before the first drop and not after it
+    assert not all(torch.equal(initial[k], snapshots[0][k]) for k in initial)
+    for k in snapshots[0]:
+        assert torch.equal(snapshots[0][k], snapshots[1][k])
+    # each sample keeps its last assigned weight
+    w = run.records["weight"]
+    assert np.allclose(w, [last_assigned[i] for i in range(n)])
+    assert run.history[1]["mean_weight"] == pytest.approx(float(np.mean(w)), rel=1e-5)
+    curves = run.records["curve"]
+    assert curves.shape == (n, 2)
+    assert np.allclose(run.records["probe_loss_mean"], raw[1:3].mean(0).numpy())
+
+
+def test_short_real_run_with_probe_and_pseudo_meta(tmp_path):
+    params = CurveNetParams(**TINY, meta_set="pseudo", skip_layers=3)
+    run = make_run(params, cache_dir=tmp_path, epochs=2, warmup_epochs=0, milestones=(1,))
+    torch.manual_seed(0)
+    CurveNetMethod(params).fit(run)
+    stages = [h["stage"] for h in run.history]
+    assert stages == ["probe"] * 4 + ["allocate"] * 2
+    n = len(run.data.train_y)
+    assert run.records["weight"].shape == (n,) and run.records["curve"].shape == (n, 2)
+    assert np.all((run.records["weight"] >= 0.02) & (run.records["weight"] <= 1.02))
+    assert np.isfinite(run.history[4]["meta_loss"])
+
+
+def test_killed_run_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """A kill during the second allocate epoch (both meta-learning) resumes from the checkpoint and ends
+    as the uninterrupted run: classifier, CurveNet, its optimiser and the per-sample weights are
+    all in the checkpointed state, and the meta iterator restarts each epoch."""
+    params = CurveNetParams(**TINY, skip_layers=3)  # SLMO: the cheap meta step
+    spec = dict(epochs=2, warmup_epochs=0, milestones=(2,), imbalance=50.0, batch_size=512)  # both meta-learn
+    raw = torch.rand(4, len(make_run(params, **spec).data.train_y), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(cn, "probe_curves", lambda run_, schedule: raw.clone())
+
+    def fit(checkpoint=None, kill_at=None):
+        run = make_run(params, checkpoint_path=checkpoint, **spec)
+        if kill_at is not None:
+            def progress(row):
+                if row["stage"] == "allocate" and row["epoch"] == kill_at:
+                    raise KeyboardInterrupt
+            run.progress = progress
+        torch.manual_seed(0)
+        model = CurveNetMethod(params).fit(run)
+        return run, model
+
+    ref_run, ref_model = fit()
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "ckpt.pt", kill_at=1)  # epoch 1 logged, not yet checkpointed
+    run, model = fit(tmp_path / "ckpt.pt")
+    assert run.resumed_from == ("allocate", 0)
+    assert np.array_equal(run.records["weight"], ref_run.records["weight"])
+    for p, q in zip(model.state_dict().values(), ref_model.state_dict().values()):
+        assert torch.equal(p, q)
+    assert [h["test_acc"] for h in run.history if h["stage"] == "allocate"] == [
+        h["test_acc"] for h in ref_run.history if h["stage"] == "allocate"]

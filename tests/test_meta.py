@@ -1,0 +1,254 @@
+"""The shared bilevel step (methods/meta.py): the weighting-net gradient against finite
+differences of an independent reference (a deep copy of the classifier stepped by
+``torch.optim.SGD``), SLMO's restricted problem, and the real step. Everything in float64 on a
+tiny model, so the whole file runs in a few seconds."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench.errors import BenchError
+from bench.models import build_model
+from methods.meta import MetaStep, TopOfNetwork, meta_step
+
+B, BM, K = 6, 5, 3
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def setup(seed=0, momentum_state=True, model_name="small_cnn", size=8):
+    torch.manual_seed(seed)
+    model = build_model(model_name, K, 1).double().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    x, y = torch.randn(B, 1, size, size), torch.randint(0, K, (B,))
+    xm, ym = torch.randn(BM, 1, size, size), torch.randint(0, K, (BM,))
+    if momentum_state:  # a few real steps: momentum buffers and running statistics are non-trivial
+        for _ in range(2):
+            opt.zero_grad()
+            F.cross_entropy(model(torch.randn(B, 1, size, size)), torch.randint(0, K, (B,))).backward()
+            opt.step()
+    vnet = nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1), nn.Sigmoid()).double()  # 13 params
+    return model, opt, vnet, (x, y, torch.arange(B)), (xm, ym)
+
+
+def reference_meta_loss(model, opt, vnet, batch, meta, lookahead, skip_layers, normalize):
+    """Independent reference: freeze blocks[:SL] of a deep copy as CurveNet's ``froze`` does
+    (requires_grad False, eval mode), take the virtual step with plain tensor arithmetic (sgd) or
+    a real torch.optim.SGD carrying the original momentum buffers (full), then the meta CE."""
+    x, y, _ = batch
+    m = copy.deepcopy(model)
+    for _, block in m.blocks()[:skip_layers]:
+        block.eval()
+        block.requires_grad_(False)
+    trainable = [p for p in m.parameters() if p.requires_grad]
+    losses = F.cross_entropy(m(x), y, reduction="none")
+    w = vnet(losses.detach()[:, None]).squeeze(1)
+    a = w / w.sum() if normalize else w / len(w)
+    grads = torch.autograd.grad((a * losses).sum(), trainable)
+    lr = opt.param_groups[0]["lr"]
+    with torch.no_grad():
+        if lookahead == "sgd":
+            for p, g in zip(trainable, grads):
+                p -= lr * g
+        else:
+            g0 = opt.param_groups[0]
+            virt = torch.optim.SGD(trainable, lr=lr, momentum=g0["momentum"], nesterov=g0["nesterov"],
+                                   weight_decay=g0["weight_decay"])
+            originals = dict(zip(m.parameters(), model.parameters()))
+            for p, g in zip(trainable, grads):
+                buf = opt.state.get(originals[p], {}).get("momentum_buffer")
+                if buf is not None:
+                    virt.state[p]["momentum_buffer"] = buf.clone()
+                p.grad = g
+            virt.step()
+        return F.cross_entropy(m(meta[0]), meta[1])
+
+
+def flat(tensors):
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def analytic_grad(model, opt, vnet, batch, meta, **kw):
+    step = MetaStep(model, opt, vnet, None, **kw)
+    out = step(*batch, *meta, update_classifier=False)
+    return flat([p.grad for p in vnet.parameters()]), out
+
+
+def fd_grad(model, opt, vnet, batch, meta, eps=1e-6, **kw):
+    params = list(vnet.parameters())
+    base = flat(params).detach().clone()
+    grad = torch.zeros_like(base)
+
+    def set_flat(vec):
+        with torch.no_grad():
+            i = 0
+            for p in params:
+                p.copy_(vec[i:i + p.numel()].view_as(p))
+                i += p.numel()
+
+    for i in range(len(base)):
+        vals = []
+        for sign in (1, -1):
+            vec = base.clone()
+            vec[i] += sign * eps
+            set_flat(vec)
+            vals.append(reference_meta_loss(model, opt, vnet, batch, meta, **kw))
+        grad[i] = (vals[0] - vals[1]) / (2 * eps)
+    set_flat(base)
+    return grad
+
+
+@pytest.mark.parametrize("lookahead,skip_layers", [("sgd", 0), ("full", 0), ("sgd", 3), ("full", 2)])
+def test_weight_net_gradient_matches_finite_differences(lookahead, skip_layers):
+    model, opt, vnet, batch, meta = setup(seed=skip_layers)
+    kw = dict(lookahead=lookahead, skip_layers=skip_layers, normalize=False)
+    before = copy.deepcopy(model.state_dict())
+    g, out = analytic_grad(model, opt, vnet, batch, meta, **kw)
+    # the model (parameters and running statistics) is untouched by the look-ahead and meta forward
+    # when SL > 0; with SL = 0 the shared forward is the real one and updates the running stats once
+    for name, t in model.state_dict().items():
+        if skip_layers or "running" not in name and "num_batches" not in name:
+            assert torch.equal(t, before[name]), name
+    model.load_state_dict(before)
+    ref = reference_meta_loss(model, opt, vnet, batch, meta, **kw)
+    assert out["meta_loss"].item() == pytest.approx(ref.item(), rel=1e-12)
+    g_fd = fd_grad(model, opt, vnet, batch, meta, **kw)
+    assert g.norm() > 1e-8
+    assert (g - g_fd).norm() / g_fd.norm() < 1e-3
+
+
+def test_normalised_weights_gradient_and_fresh_optimiser():
+    # MW-Net(imb): weights divided by their sum; a fresh optimiser has no momentum buffers yet
+    # (torch's SGD then takes buf = d, so the Nesterov slope is still 1 + momentum)
+    model, opt, vnet, batch, meta = setup(seed=7, momentum_state=False)
+    kw = dict(lookahead="full", skip_layers=1, normalize=True)
+    g, _ = analytic_grad(model, opt, vnet, batch, meta, **kw)
+    g_fd = fd_grad(model, opt, vnet, batch, meta, **kw)
+    assert (g - g_fd).norm() / g_fd.norm() < 1e-3
+
+
+@pytest.mark.parametrize("skip_layers", [0, 1, 2, 3])
+@pytest.mark.parametrize("lookahead", ["sgd", "full"])
+def test_jvp_and_create_graph_paths_agree(skip_layers, lookahead):
+    results = []
+    for second_order in ("jvp", "autograd"):
+        model, opt, vnet, batch, meta = setup(seed=3)
+        g, out = analytic_grad(model, opt, vnet, batch, meta, lookahead=lookahead,
+                               skip_layers=skip_layers, second_order=second_order)
+        results.append((g, out["meta_loss"]))
+    (g1, m1), (g2, m2) = results
+    assert torch.allclose(g1, g2, rtol=1e-9, atol=1e-14)
+    assert m1 == m2
+
+
+def test_skip_layers_zero_is_the_full_unrestricted_step():
+    model, opt, vnet, batch, meta = setup(seed=4)
+    step = MetaStep(model, opt, vnet, None, lookahead="full", skip_layers=0)
+    assert step.bottom == []
+    assert step.names == [n for n, _ in model.named_parameters()]
+    x = batch[0]
+    assert torch.equal(TopOfNetwork(model, 0)(x), model(x))
+    # the meta loss equals that of an unfrozen deep copy stepped by torch.optim.SGD
+    ref = reference_meta_loss(model, opt, vnet, batch, meta, "full", 0, False)
+    assert step.meta_loss_at(*batch, *meta).item() == pytest.approx(ref.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("skip_layers", [1, 2, 3])
+def test_slmo_freezes_only_the_bottom_of_the_lookahead(skip_layers):
+    model, opt, vnet, batch, meta = setup(seed=5)
+    step = MetaStep(model, opt, vnet, None, lookahead="full", skip_layers=skip_layers)
+    frozen = {n for n, _ in model.named_parameters()
+              if n.split(".")[0] in [b for b, _ in model.blocks()[:skip_layers]]}
+    assert frozen and not frozen & set(step.names)
+    assert set(step.names) | frozen == {n for n, _ in model.named_parameters()}
+    # the look-ahead moves exactly the top's parameters
+    grads = [torch.ones_like(p) for p in step.params]
+    virtual = step.lookahead_params(grads)
+    assert set(virtual) == set(step.names)
+    # the frozen BatchNorms use running statistics: changing them changes the meta loss,
+    # while the top's running statistics (batch statistics in train mode) do not matter
+    m0 = step.meta_loss_at(*batch, *meta).item()
+    bottom_bn = next(m for _, blk in model.blocks()[:skip_layers] for m in blk.modules()
+                     if isinstance(m, nn.BatchNorm2d))
+    with torch.no_grad():
+        bottom_bn.running_var.mul_(2.0)
+    assert step.meta_loss_at(*batch, *meta).item() != pytest.approx(m0, rel=1e-9)
+    with torch.no_grad():
+        bottom_bn.running_var.div_(2.0)
+        model.fc.weight.add_(0.0)
+        top_bn = [m for m in step.top.modules() if isinstance(m, nn.BatchNorm2d)][0]
+        top_bn.running_mean.add_(5.0)
+    assert step.meta_loss_at(*batch, *meta).item() == pytest.approx(m0, rel=1e-12)
+
+
+@pytest.mark.parametrize("skip_layers", [0, 3])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_real_step_uses_recomputed_weights_and_never_freezes(skip_layers, normalize):
+    model, opt, vnet, batch, meta = setup(seed=6)
+    x, y, idx = batch
+    ref_model, ref_opt = copy.deepcopy(model), None
+    ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    ref_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    wopt = torch.optim.SGD(vnet.parameters(), lr=0.5)
+    out = meta_step(model, vnet, batch, meta, opt, wopt, lookahead="full", skip_layers=skip_layers,
+                    normalize=normalize)
+    # reference: the updated weighting net on the real forward's losses, then one SGD step
+    losses = F.cross_entropy(ref_model(x), y, reduction="none")
+    with torch.no_grad():
+        w = vnet(losses.detach()[:, None]).squeeze(1)
+    a = w / w.sum() if normalize else w / len(w)
+    ref_opt.zero_grad()
+    (a * losses).sum().backward()
+    ref_opt.step()
+    assert torch.allclose(out["weights"], w, rtol=1e-12)
+    for (n, p), q in zip(model.named_parameters(), ref_model.parameters()):
+        assert torch.allclose(p, q, rtol=1e-10, atol=1e-12), n
+        assert p.requires_grad
+    for (n, b), c in zip(model.named_buffers(), ref_model.buffers()):
+        assert torch.allclose(b.double(), c.double(), rtol=1e-10), n  # running stats updated once
+
+
+def test_bad_options_raise_bench_errors():
+    model, opt, vnet, _, _ = setup(momentum_state=False)
+    with pytest.raises(BenchError):
+        MetaStep(model, opt, vnet, None, skip_layers=4)
+    with pytest.raises(BenchError):
+        MetaStep(model, opt, vnet, None, lookahead="adam")
+    with pytest.raises(BenchError):
+        MetaStep(model, torch.optim.Adam(model.parameters()), vnet, None, lookahead="full")
+
+
+def test_forward_mode_jvp_equals_reverse_over_reverse_fallback():
+    model, opt, vnet, batch, meta = setup(seed=8)
+    for skip_layers in (0, 2):
+        step = MetaStep(model, opt, vnet, None, skip_layers=skip_layers)
+        h = step.bottom_features(batch[0])
+        tangents = [torch.randn_like(p) for p in step.params]
+        c_fwd = step._jvp_losses(h, batch[1], tangents)
+        c_rev = step._jvp_losses_reverse(h, batch[1], tangents)
+        assert torch.allclose(c_fwd, c_rev, rtol=1e-9, atol=1e-13)
+
+
+@pytest.mark.parametrize("name,size,channels", [("small_cnn", 12, 1), ("resnet32", 8, 3), ("wrn16_8", 8, 3)])
+def test_split_into_frozen_bottom_and_top_reproduces_every_backbone(name, size, channels):
+    torch.manual_seed(0)
+    model = build_model(name, K, channels).double().eval()  # eval: bottom and top agree on BN mode
+    x = torch.randn(2, channels, size, size)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    expected = model(x)
+    for skip_layers in range(4):
+        step = MetaStep(model, opt, nn.Linear(1, 1), None, skip_layers=skip_layers)
+        with torch.no_grad():
+            out = step.top(step.bottom_features(x))
+        assert torch.allclose(out, expected, rtol=1e-12, atol=1e-12)
+        bottom_names = {b for b, _ in model.blocks()[:skip_layers]}
+        assert {n.split(".")[0] for n in step.names}.isdisjoint(bottom_names)

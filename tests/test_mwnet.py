@@ -1,0 +1,95 @@
+"""MW-Net (methods/mwnet.py): the weighting net, the two official variants, the reweighting rule
+(samples whose gradient agrees with the clean meta gradient are up-weighted), and one short run."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from bench.errors import BenchError
+from bench.models import build_model
+from bench.spec import RunSpec
+from methods import get
+from methods.base import Run, params_items
+from methods.meta import MetaStep
+from methods.mwnet import MWNet, MWNetParams, WeightNet
+
+
+def test_weight_net_is_1_100_1_sigmoid():
+    net = WeightNet()
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(1, 100), (100, 1)]
+    assert isinstance(net.net[1], nn.ReLU) and isinstance(net.net[3], nn.Sigmoid)
+    w = net(torch.linspace(0, 20, 50))
+    assert w.shape == (50,) and bool(((w > 0) & (w < 1)).all())
+
+
+def test_variants_are_the_official_configurations():
+    vnet = WeightNet()
+    noise = MWNetParams()
+    opt = noise.weight_optimizer(vnet.parameters())
+    assert isinstance(opt, torch.optim.Adam) and not noise.normalize
+    assert opt.defaults["lr"] == 1e-3 and opt.defaults["weight_decay"] == 1e-4
+    imb = MWNetParams(variant="imb")
+    opt = imb.weight_optimizer(vnet.parameters())
+    assert isinstance(opt, torch.optim.SGD) and imb.normalize
+    assert (opt.defaults["lr"], opt.defaults["momentum"], opt.defaults["nesterov"],
+            opt.defaults["weight_decay"]) == (1e-5, 0.9, True, 5e-4)
+    assert MWNetParams(variant="imb", meta_lr=0.01).weight_optimizer(vnet.parameters()).defaults["lr"] == 0.01
+    assert MWNet.display_name({"variant": "noise"}) == "MW-Net(noise)"
+    assert MWNet.display_name({"variant": "imb"}) == "MW-Net(imb)"
+    assert get("mwnet") is MWNet
+    assert MWNet.resolve_params("quick", {"variant": "imb"}).variant == "imb"
+
+
+@pytest.mark.parametrize("bad", [dict(variant="lt"), dict(skip_layers=4), dict(lookahead="adam"),
+                                 dict(hidden=0), dict(meta_lr=-1.0)])
+def test_bad_settings_raise_bench_errors(bad):
+    with pytest.raises(BenchError):
+        MWNetParams(**bad)
+
+
+def test_meta_gradient_upweights_samples_that_agree_with_clean_data():
+    """The rule that makes MW-Net (and L2RW) work: d meta / d w_i = -lr <grad meta(theta'),
+    grad l_i(theta)>. With free per-sample weights, correctly labelled copies of the meta batch
+    get a negative derivative (raising their weight lowers the meta loss), wrong-label copies a
+    positive one."""
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 4, 1).double().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 1, 8, 8, dtype=torch.float64)
+    y = torch.arange(8) % 4
+    wrong = (y + 1 + torch.arange(8) % 3) % 4
+    free = nn.Parameter(torch.ones(16, dtype=torch.float64))
+    holder = nn.Module()
+    holder.free = free
+    step = MetaStep(model, opt, holder, None, lambda loss, yy, idx: free[idx], lookahead="sgd")
+    # train batch: the meta batch with its labels and again with wrong labels (same BN statistics)
+    step(torch.cat([x, x]), torch.cat([y, wrong]), torch.arange(16), x, y, update_classifier=False)
+    grad = free.grad
+    assert grad[:8].mean() < 0 < grad[8:].mean()
+    assert (grad[:8] < 0).sum() >= 6 and (grad[8:] > 0).sum() >= 6
+
+
+def make_run(method_cls, params, **spec_kw):
+    from bench.data import BiasSpec, load_dataset, make_biased
+
+    spec = RunSpec(method=method_cls.name, params=params_items(params), **spec_kw)
+    data = make_biased(load_dataset(spec.dataset), BiasSpec(spec.imbalance, spec.noise_type, spec.noise_rate,
+                                                            spec.meta_per_class, spec.data_seed))
+    return Run(spec=spec, data=data, device=torch.device("cpu"), params=params)
+
+
+def test_short_real_run_records_final_weights():
+    params = MWNetParams()
+    run = make_run(MWNet, params, epochs=1, warmup_epochs=0, milestones=())
+    torch.manual_seed(0)
+    model = MWNet(params).fit(run)
+    (row,) = run.history
+    assert np.isfinite(row["meta_loss"]) and 0 < row["mean_weight"] < 1 and "test_acc" in row
+    w = run.records["weight"]
+    assert w.shape == (len(run.data.train_y),) and np.all((w > 0) & (w < 1))
+    # the recorded weight is V applied to each sample's final (eval-mode, unaugmented) loss
+    from methods.mwnet import final_losses
+    assert model.training
+    assert np.isfinite(final_losses(run, model).numpy()).all()
