@@ -75,6 +75,7 @@ wrapper.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -84,6 +85,10 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from bench.errors import BenchError
+
+# torch's forward-mode AD loads its batch-norm decompositions with torch.jit.script on first use,
+# which warns (a torch internal, not ours) in every run; silence exactly that message.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
 LOOKAHEADS = ("sgd", "full")
 SECOND_ORDER = ("jvp", "autograd")
