@@ -114,8 +114,14 @@ def test_a_dead_worker_is_pinned_to_its_run_retried_then_failed_and_spares_its_s
     status, attempts, error, _ = got[1]
     assert (status, attempts) == ("failed", 2)
     assert "killed by SIGKILL" in error and "gave up after 2 attempts" in error
-    # a worker's result equals the same run trained in this process
-    reference = execute(specs[2], device=torch.device("cpu"), cache_dir=None)
+    # a worker's result equals the same run trained in this process with the worker's thread count
+    # (torch's CPU reductions depend on it)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(executors.worker_threads(2))
+    try:
+        reference = execute(specs[2], device=torch.device("cpu"), cache_dir=None)
+    finally:
+        torch.set_num_threads(threads)
     assert json.loads(got[2][3])["per_class_last"] == reference.metrics["per_class_last"]
     assert not any(checkpoint_path(s, cache).exists() for s in specs)
 
@@ -124,7 +130,7 @@ def test_a_dead_worker_is_pinned_to_its_run_retried_then_failed_and_spares_its_s
 def test_ctrl_c_stops_the_workers_at_once_and_the_store_stays_consistent(tmp_path):
     store_path = tmp_path / "s.sqlite"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", *TINY, "--imbalance", "50", "--epochs", "5",
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", *TINY, "--imbalance", "50", "--epochs", "60",
                              "--seeds", "0,1", "--jobs", "2", "--store", str(store_path), "--cache-dir",
                              str(tmp_path / "cache"), "--quiet"], env=env, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # its own process group, as a terminal's job
