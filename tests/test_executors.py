@@ -133,7 +133,9 @@ def test_ctrl_c_stops_the_workers_at_once_and_the_store_stays_consistent(tmp_pat
     proc = subprocess.Popen([sys.executable, "-m", "bench", "run", *TINY, "--imbalance", "50", "--epochs", "60",
                              "--seeds", "0,1", "--jobs", "2", "--store", str(store_path), "--cache-dir",
                              str(tmp_path / "cache"), "--quiet"], env=env, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, as a terminal's job
+                            start_new_session=True,  # its own process group, as a terminal's job
+                            # a shell's background job inherits SIGINT ignored; a terminal's job does not
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     children = []
     deadline = time.time() + 60
     while time.time() < deadline and len(children) < 3 and proc.poll() is None:  # 2 workers + resource tracker
