@@ -171,11 +171,14 @@ class Run:
         return model.to(self.device)
 
     def loader(self, split: str = "train", *, batch_size: int | None = None, shuffle: bool = True,
-               indices: np.ndarray | None = None, drop_last: bool = False, labels: np.ndarray | None = None):
+               indices: np.ndarray | None = None, drop_last: bool = False, labels: np.ndarray | None = None,
+               augment: bool = True):
         """Batches of (x, y, idx) for ``train`` (observed labels), ``meta`` or ``test``.
 
         ``indices`` restricts the training pool (e.g. the samples a selection method keeps); the
         yielded ``idx`` are then positions in ``indices``. ``labels`` replaces the labels.
+        ``augment=False`` turns the dataset's training augmentation off (an evaluation pass over
+        training samples); the test split is never augmented.
         """
         from bench.data import Loader
 
@@ -192,7 +195,7 @@ class Run:
             y = labels
         if indices is not None:
             x, y = x[indices], y[indices]
-        augment = ds.augment and split != "test"
+        augment = augment and ds.augment and split != "test"
         return Loader(x, y, batch_size=batch_size or size, device=self.device, mean=ds.mean, std=ds.std,
                       augment=augment, shuffle=shuffle and split != "test", drop_last=drop_last,
                       generator=self.generator)

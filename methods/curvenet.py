@@ -77,12 +77,8 @@ from bench.train import set_lr
 from methods import register
 from methods.base import Method
 from methods.curves import Schedule, centre, curvenet_probe_schedule, train_and_record
+from methods.drw import DRW  # Table 6 "+DRW"
 from methods.meta import MetaStep, check_options
-
-try:  # DRW piece of the loss-baselines issue (Table 6 "+DRW")
-    from methods.drw import DRW
-except ImportError:  # pragma: no cover - the option then raises a BenchError
-    DRW = None
 
 PROBE_CACHE_VERSION = "curvenet-probe-v1"
 META_SETS = ("clean", "pseudo")
@@ -171,8 +167,6 @@ class CurveNetParams:
         check_options(self.lookahead, self.skip_layers, self.second_order)
         if self.meta_set not in META_SETS:
             raise BenchError(f"curvenet.meta_set must be one of {', '.join(META_SETS)}, got {self.meta_set!r}")
-        if self.drw and DRW is None:
-            raise BenchError("curvenet.drw needs methods/drw.py, which is not installed")
         if self.input_dim < 1:
             raise BenchError(f"the curve window is empty: a {self.probe_total}-epoch probe minus "
                              f"drop_first={self.drop_first} and drop_last={self.drop_last}")

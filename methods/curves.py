@@ -378,13 +378,8 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
 @torch.no_grad()
 def _eval_pass(run, model, fn, recorder, epoch, y_all, indices, batch_size: int = 1000) -> None:
     """The extra pass a method may ask for: eval mode, no augmentation, every (kept) sample."""
-    from bench.data.loader import Loader
-
-    ds = run.data.dataset
-    x, y = run.data.x_train, y_all
     pool = np.arange(len(y_all)) if indices is None else indices
-    loader = Loader(x[pool], y[pool], batch_size=batch_size, device=run.device, mean=ds.mean, std=ds.std,
-                    augment=False, shuffle=False)
+    loader = run.loader("train", batch_size=batch_size, shuffle=False, augment=False, indices=pool, labels=y_all)
     pool_t = torch.as_tensor(pool, device=run.device)
     was_training = model.training
     model.eval()

@@ -113,11 +113,7 @@ class MWNetParams:
 def final_losses(run, model: nn.Module, batch_size: int = 1000) -> torch.Tensor:
     """Per-sample CE of the trained model on the whole training pool (observed labels): eval mode,
     no augmentation, in pool order."""
-    from bench.data import Loader
-
-    ds = run.data.dataset
-    loader = Loader(run.data.x_train, run.data.train_y, batch_size=batch_size, device=run.device,
-                    mean=ds.mean, std=ds.std, augment=False, shuffle=False)
+    loader = run.loader("train", batch_size=batch_size, shuffle=False, augment=False)
     was_training = model.training
     model.eval()
     out = torch.cat([F.cross_entropy(model(x), y, reduction="none") for x, y, _ in loader])
