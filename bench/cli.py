@@ -12,6 +12,7 @@ import itertools
 import sys
 from pathlib import Path
 
+from bench.cpu import keep_freed_memory
 from bench.data.bias import NOISE_TYPES
 from bench.data.cli import default_meta_per_class, parse_noise
 from bench.errors import BenchError
@@ -74,6 +75,8 @@ def build_specs(args) -> list[RunSpec]:
         preset.update(scale_schedule(PRESETS[preset_name], args.epochs))
     if args.model:
         preset["model"] = args.model
+    if getattr(args, "precision", None):
+        preset["precision"] = args.precision
     preset = apply_protocol_overrides(preset, protocol_sets)
     if preset["epochs"] < 1:
         raise BenchError(f"epochs must be at least 1, got {preset['epochs']}")
@@ -141,7 +144,8 @@ def cmd_run(args) -> int:
         counts = execute.run_grid(specs, store, device=device, data_dir=args.data_dir,
                                   cache_dir=Path(args.cache_dir), retry_failed=args.retry_failed,
                                   show_progress=not args.quiet, executor=executor,
-                                  max_retries=args.max_retries, checkpoint_every_s=args.checkpoint_every)
+                                  max_retries=args.max_retries, checkpoint_every_s=args.checkpoint_every,
+                                  graph=args.graph)
     finally:
         executor.close()
     print(f"{len(specs)} runs requested: {counts['done']} trained, {counts['skipped']} already in the store, "
@@ -246,6 +250,10 @@ def make_parser() -> ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a protocol field (lr=0.05) or a method setting (focal.gamma=2); repeatable")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    run.add_argument("--precision", choices=("fp32", "bf16"),
+                     help="fp32 (default, the papers') or bf16 autocast; part of each run's key")
+    run.add_argument("--no-graph", dest="graph", action="store_false",
+                     help="on CUDA, run training steps eagerly instead of replaying them as CUDA graphs")
     run.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default ./{DEFAULT_STORE})")
     run.add_argument("--cache-dir", default=".bench_cache", help="cache of reusable artefacts (probe curves)")
     run.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
@@ -308,6 +316,7 @@ def make_parser() -> ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_memory()  # CPU steps: no page faults on every activation (bench/cpu.py)
     try:
         args = make_parser().parse_args(argv)
         return args.func(args)

@@ -119,11 +119,14 @@ def checkpoint_path(spec: RunSpec, cache_dir: Path | None) -> Path | None:
 
 
 def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
-            cache_dir: Path | None = DEFAULT_CACHE_DIR, progress=None, checkpoint_every_s: float = 60.0) -> RunResult:
+            cache_dir: Path | None = DEFAULT_CACHE_DIR, progress=None, checkpoint_every_s: float = 60.0,
+            graph: bool = True) -> RunResult:
     """Train and evaluate one run. Diverged runs and exceptions come back as ``failed``.
 
     With a ``cache_dir`` the run checkpoints itself (see ``Run.epochs``) and a rerun after a kill
     resumes from the last checkpoint; the caller removes the checkpoint once the result is stored.
+    ``graph`` captures training steps as CUDA graphs on CUDA (bench/capture.py); how the steps
+    ran is kept in the result's ``env["steps"]``.
     """
     from methods.base import Run
 
@@ -133,13 +136,15 @@ def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
     env = environment(device)
     torch.manual_seed(spec.seed)
     run = Run(spec=spec, data=data, device=device, params=params, cache_dir=cache_dir, progress=progress,
-              checkpoint_path=checkpoint_path(spec, cache_dir), checkpoint_every_s=checkpoint_every_s)
+              checkpoint_path=checkpoint_path(spec, cache_dir), checkpoint_every_s=checkpoint_every_s,
+              graph=graph)
     if run.checkpoint_found:
         print(f"[{spec.key()}] resuming from its checkpoint", file=sys.stderr)
     try:
         model = method_cls(params).fit(run)
         metrics = summarize(run, model)
     except Diverged as exc:
+        env["steps"] = run.step_mode
         return RunResult(spec, "failed", history=run.history, env=env, error=str(exc))
     except (KeyboardInterrupt, BenchError):
         raise
@@ -147,6 +152,7 @@ def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
         tb = traceback.format_exc(limit=6)
         print(tb, file=sys.stderr)
         return RunResult(spec, "failed", history=run.history, env=env, error=f"{type(exc).__name__}: {exc}")
+    env.update(steps=run.step_mode, channels_last=run.channels_last)
     samples = {"dataset_index": data.train_index, "clean_label": data.train_clean_y,
                "observed_label": data.train_y, "is_noisy": data.is_noisy}
     values = {k: v for k, v in run.records.items() if np.ndim(v) == 1}
@@ -197,7 +203,7 @@ def pending(store: Store, specs: list[RunSpec], retry_failed: bool = False) -> l
 def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, data_dir: str | None = None,
              cache_dir: Path | None = DEFAULT_CACHE_DIR, retry_failed: bool = False,
              show_progress: bool = True, checkpoint_every_s: float = 60.0, executor=None,
-             max_retries: int = 2) -> dict[str, int]:
+             max_retries: int = 2, graph: bool = True) -> dict[str, int]:
     """Run every spec not yet done on ``executor`` (default: in this process, one at a time);
     returns counts by outcome.
 
@@ -266,7 +272,7 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
     try:
         if queue:
             executor.start(device=device, data_dir=data_dir, cache_dir=cache_dir,
-                           checkpoint_every_s=checkpoint_every_s, on_progress=progress)
+                           checkpoint_every_s=checkpoint_every_s, on_progress=progress, graph=graph)
         while in_flight or (queue and user_error is None):
             while queue and user_error is None and len(in_flight) < executor.capacity:
                 spec = queue.pop(0)

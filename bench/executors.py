@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from bench.cpu import keep_freed_memory
 from bench.errors import BenchError
 
 Event = tuple[Any, str, Any]  # (spec, kind, payload)
@@ -108,7 +109,7 @@ class Executor:
         """Connect or prepare (may fail with a BenchError); called before the store is opened."""
 
     def start(self, *, device, data_dir, cache_dir, checkpoint_every_s: float,
-              on_progress: Callable[[Any, dict], None] | None = None) -> None:
+              on_progress: Callable[[Any, dict], None] | None = None, graph: bool = True) -> None:
         raise NotImplementedError
 
     def submit(self, spec) -> None:
@@ -134,10 +135,11 @@ class SerialExecutor(Executor):
         self.task = task or default_task
         self._queue: list = []
 
-    def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None):
+    def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None, graph=True):
         from bench.execute import resolve_device
         self.kwargs = {"device": resolve_device(device) if isinstance(device, str) else device,
-                       "data_dir": data_dir, "cache_dir": cache_dir, "checkpoint_every_s": checkpoint_every_s}
+                       "data_dir": data_dir, "cache_dir": cache_dir, "checkpoint_every_s": checkpoint_every_s,
+                       "graph": graph}
         self.on_progress = on_progress
 
     def submit(self, spec):
@@ -181,6 +183,7 @@ def _worker_main(conn, parent_pid: int, threads: int, task: Callable, kwargs: di
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     torch.set_num_threads(threads)
+    keep_freed_memory()
     while True:
         try:
             spec = conn.recv()
@@ -219,13 +222,14 @@ class LocalExecutor(Executor):
         self._workers: list[_Worker | None] = [None] * jobs
         self._ctx = None
 
-    def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None):
+    def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None, graph=True):
         import multiprocessing
 
         from bench.execute import resolve_device
         self._ctx = multiprocessing.get_context("spawn")
         self.device = resolve_device(device) if isinstance(device, str) else device
-        self.kwargs = {"data_dir": data_dir, "cache_dir": cache_dir, "checkpoint_every_s": checkpoint_every_s}
+        self.kwargs = {"data_dir": data_dir, "cache_dir": cache_dir, "checkpoint_every_s": checkpoint_every_s,
+                       "graph": graph}
         self.threads = worker_threads(self.capacity)
         self.on_progress = on_progress
 
@@ -335,6 +339,7 @@ def _ray_task(spec, device_name: str, task: Callable, kwargs: dict):
 
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
+    keep_freed_memory()
     if device_name != "cpu" and ray.get_gpu_ids():
         device = torch.device("cuda", 0)  # Ray sets CUDA_VISIBLE_DEVICES to the GPU it assigned
     elif device_name in ("cpu", "auto"):
@@ -411,14 +416,15 @@ class RayExecutor(Executor):
         self._remote = ray.remote(_ray_task).options(num_cpus=1, num_gpus=self.gpus_per_run, max_retries=0,
                                                      retry_exceptions=False)
 
-    def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None):
+    def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None, graph=True):
         if self._remote is None:
             self.open()
         self.device_name = device if isinstance(device, str) else str(device)
         # workers may run elsewhere (another cwd, another node): absolute paths
         self.kwargs = {"data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
                        "cache_dir": None if cache_dir is None else Path(cache_dir).resolve(),
-                       "checkpoint_every_s": checkpoint_every_s}
+                       "checkpoint_every_s": checkpoint_every_s,
+                       "graph": graph}
 
     def submit(self, spec):
         ref = self._remote.remote(spec, self.device_name, self.task, self.kwargs)

@@ -22,9 +22,15 @@ BLOCK_NAMES = ("stem", "layer1", "layer2", "layer3", "fc")
 
 
 class Backbone(nn.Module):
-    """Common frame: subclasses set stem, layer1..3, head (pre-pool extras) and fc."""
+    """Common frame: subclasses set stem, layer1..3, head (pre-pool extras) and fc.
+
+    ``linearizable``: everything between leaf modules is linear (sums, shortcuts, pooling; the
+    ReLUs are modules), so ``methods.jvp`` may push tangents through the saved activations.
+    A subclass that adds a functional non-linearity between modules must set it to False.
+    """
 
     head: nn.Module
+    linearizable = True
 
     def blocks(self) -> list[tuple[str, nn.Module]]:
         return [(name, getattr(self, name)) for name in BLOCK_NAMES]
@@ -59,11 +65,12 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = _ShortcutA(planes) if stride != 1 or in_planes != planes else nn.Identity()
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()  # modules, not F.relu: see Backbone.linearizable
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.relu2(out + self.shortcut(x))
 
 
 class ResNetCifar(Backbone):
@@ -96,11 +103,12 @@ class WideBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.shortcut = (nn.Conv2d(in_planes, planes, 1, stride, bias=False)
                          if stride != 1 or in_planes != planes else None)
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()  # modules, not F.relu: see Backbone.linearizable
 
     def forward(self, x):
-        o = F.relu(self.bn1(x))
+        o = self.relu1(self.bn1(x))
         y = self.conv1(o)
-        y = self.conv2(F.relu(self.bn2(y)))
+        y = self.conv2(self.relu2(self.bn2(y)))
         return y + (self.shortcut(o) if self.shortcut is not None else x)
 
 

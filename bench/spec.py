@@ -78,6 +78,11 @@ class RunSpec:
     milestones: tuple[int, ...] = (8, 10)
     lr_decay: float = 0.1
     params: tuple[tuple[str, object], ...] = field(default=())  # the method's hyperparameters
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast, bench/capture.py); part of the key if not fp32
+
+    def __post_init__(self):
+        from bench.capture import check_precision
+        check_precision(self.precision)
 
     @property
     def cell(self) -> Cell:
@@ -91,6 +96,8 @@ class RunSpec:
         d = dataclasses.asdict(self)
         d["milestones"] = list(self.milestones)
         d["params"] = {k: _jsonable(v) for k, v in self.params}
+        if d["precision"] == "fp32":  # the default is left out: keys of runs stored before it existed hold
+            del d["precision"]
         return d
 
     @classmethod

@@ -1,9 +1,13 @@
 """Table 8 timing: ms per training iteration of CE, MW-Net and CurveNet at SL = 0, 1, 2, 3.
 
 ``python -m bench timing [--device cpu|cuda|auto] [--model resnet32|small_cnn|wrn16_8] [--batch-size 128]
-[--repeats R] [--warmup W] [--steps ce,mwnet,curvenet_sl0,...] [--json]``
+[--repeats R] [--warmup W] [--steps ce,mwnet,curvenet_sl0,...] [--precision fp32|bf16] [--no-graph] [--json]``
 
-Every step is built from the code training runs, in one process on one device:
+Every step is built from the code training runs, in one process on one device, and called
+through :class:`bench.capture.StepGraph` on the loader's batch plans as the methods call it:
+eagerly, and on CUDA (unless ``--no-graph``) also captured as a CUDA graph, the two reported side
+by side (``ms_per_iter`` and ``graph_ms_per_iter``, each with its ratios to CE and to SL = 0).
+On CUDA the model and batches are channels_last, as in training. The steps:
 
 ``ce``            the grid protocol's step (``bench.train.train_classifier``'s inner loop: forward,
                   mean CE, ``zero_grad``, backward, SGD step).
@@ -64,6 +68,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", default=",".join(STEPS), help=f"which steps (default all: {','.join(STEPS)})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object keyed by step")
+    parser.add_argument("--no-graph", dest="graph", action="store_false",
+                        help="on CUDA, skip the captured (CUDA graph) column")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="forward passes in fp32 (default) or under bf16 autocast")
 
 
 # ------------------------------------------------------------------------------ building steps
@@ -83,8 +91,8 @@ class Timer:
 
 class MetaClock:
     """Measures the paper's meta time inside :class:`methods.meta.MetaStep` without changing it:
-    the first look-ahead forward of an iteration (``MetaStep._top_call`` on the meta batch) marks
-    the start once it returns, the weighting-net optimiser's ``step`` the end."""
+    the end of the meta forward (the look-ahead classifier on the meta batch; MetaStep's
+    ``after_meta_forward`` hook) marks the start, the weighting-net optimiser's ``step`` the end."""
 
     def __init__(self, meta_step, weight_opt, timer: Timer):
         self.timer = timer
@@ -92,13 +100,11 @@ class MetaClock:
         self.start = None
         self.times: list[float] = []
         self.calls = 0
-        original_top, original_step = meta_step._top_call, weight_opt.step
+        original_step = weight_opt.step
 
-        def top_call(*args, **kwargs):
-            out = original_top(*args, **kwargs)
-            if self.enabled and self.start is None:
+        def meta_forward_done():
+            if self.enabled:
                 self.start = self.timer.now()
-            return out
 
         def opt_step(*args, **kwargs):
             out = original_step(*args, **kwargs)
@@ -108,7 +114,7 @@ class MetaClock:
             self.start = None
             return out
 
-        meta_step._top_call = top_call
+        meta_step.after_meta_forward = meta_forward_done
         weight_opt.step = opt_step
 
 
@@ -125,16 +131,21 @@ def _loaders(model_name: str, batch: int, device, generator):
         x = rng.integers(0, 256, size=(4 * batch, size, size, channels), dtype=np.uint8)
         y = rng.integers(0, NUM_CLASSES, size=4 * batch)
         out.append(Loader(x, y, batch_size=batch, device=device, mean=mean, std=std, augment=channels == 3,
-                          shuffle=True, drop_last=True, generator=generator).cycle())
+                          shuffle=True, drop_last=True, generator=generator,
+                          channels_last=device.type == "cuda").cycle())
     return out
 
 
-def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, device="cpu", seed: int = 0):
-    """``(step, clock)``: ``step()`` runs one training iteration of ``name`` (next batches
-    included); ``clock`` is the :class:`MetaClock` of a meta step (None for CE)."""
+def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, device="cpu", seed: int = 0,
+               graph: bool = False, precision: str = "fp32"):
+    """``(step, clock)``: ``step()`` runs one training iteration of ``name`` (next batch plans
+    included), through :class:`bench.capture.StepGraph` as training does (captured on CUDA when
+    ``graph``); ``clock`` is the :class:`MetaClock` of an eager meta step (None for CE and for
+    captured steps, whose Python hooks do not run on replay)."""
     import torch
     import torch.nn.functional as F
 
+    from bench.capture import StepGraph, autocast
     from bench.models import build_model
     from bench.spec import PRESETS
     from methods.meta import MetaStep
@@ -146,18 +157,27 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
     generator = torch.Generator().manual_seed(seed)
     size, channels = MODEL_INPUT[model_name]
     model = build_model(model_name, NUM_CLASSES, channels, "kaiming").to(device).train()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
     p = PRESETS["paper"]
     optimizer = torch.optim.SGD(model.parameters(), lr=p["lr"], momentum=p["momentum"], nesterov=p["nesterov"],
                                 weight_decay=p["weight_decay"])
     train, meta = _loaders(model_name, batch, device, generator)
 
     if name == "ce":
-        def step():
-            x, y, _ = next(train)
-            loss = F.cross_entropy(model(x), y)  # methods/ce.py's loss in train_classifier's loop
+        def ce_step(idx, offsets, flip):
+            x, y, _ = train.loader.assemble(idx, offsets, flip)
+            with autocast(device, precision):
+                loss = F.cross_entropy(model(x), y)  # methods/ce.py's loss in train_classifier's step
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            return loss.detach()
+        graphed = StepGraph(ce_step, name=name, device=device, enabled=graph, optimizers=[optimizer])
+
+        def step():
+            graphed(*train.next_plan())
+        step.graphed = graphed
         return step, None
 
     if name == "mwnet":
@@ -167,7 +187,8 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
         weight_net = WeightNet(mp.hidden).to(device)
         weight_opt = mp.weight_optimizer(weight_net.parameters())
         meta_step = MetaStep(model, optimizer, weight_net, weight_opt, lookahead=mp.lookahead,
-                             skip_layers=mp.skip_layers, normalize=mp.normalize, second_order=mp.second_order)
+                             skip_layers=mp.skip_layers, normalize=mp.normalize, second_order=mp.second_order,
+                             precision=precision)
     else:
         from methods.curvenet import CurveNet, CurveNetParams
 
@@ -177,25 +198,34 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
         weight_net = CurveNet(cp.input_dim, NUM_CLASSES, cp.embed_dim).to(device)
         weight_opt = torch.optim.Adam(weight_net.parameters(), lr=cp.meta_lr, weight_decay=cp.meta_weight_decay)
         meta_step = MetaStep(model, optimizer, weight_net, weight_opt, lambda loss, y, idx: weight_net(curves[idx], y),
-                             lookahead=cp.lookahead, skip_layers=skip, normalize=False, second_order=cp.second_order)
-    clock = MetaClock(meta_step, weight_opt, Timer(device))
+                             lookahead=cp.lookahead, skip_layers=skip, normalize=False, second_order=cp.second_order,
+                             precision=precision)
+    clock = None if graph and device.type == "cuda" else MetaClock(meta_step, weight_opt, Timer(device))
+
+    def one_step(idx, offsets, flip, m_idx, m_offsets, m_flip):  # as methods/mwnet.py's one_step
+        x, y, idx = train.loader.assemble(idx, offsets, flip)
+        xm, ym, _ = meta.loader.assemble(m_idx, m_offsets, m_flip)
+        out = meta_step(x, y, idx, xm, ym)
+        return torch.stack([out["loss"], out["meta_loss"]])
+    graphed = StepGraph(one_step, name=name, device=device, enabled=graph, optimizers=[optimizer, weight_opt])
 
     def step():
-        x, y, idx = next(train)
-        xm, ym, _ = next(meta)
-        meta_step(x, y, idx, xm, ym)
+        graphed(*train.next_plan(), *meta.next_plan())
     step.meta_step = meta_step
+    step.graphed = graphed
     return step, clock
 
 
-def measure(name: str, *, model_name: str, batch: int, device, repeats: int, warmup: int, seed: int = 0) -> dict:
+def measure(name: str, *, model_name: str, batch: int, device, repeats: int, warmup: int, seed: int = 0,
+            graph: bool = False, precision: str = "fp32") -> dict:
     """Median ms per iteration and median meta ms of step ``name`` (module docstring)."""
     import torch
 
     device = torch.device(device)
-    step, clock = build_step(name, model_name=model_name, batch=batch, device=device, seed=seed)
+    step, clock = build_step(name, model_name=model_name, batch=batch, device=device, seed=seed, graph=graph,
+                             precision=precision)
     timer = Timer(device)
-    for _ in range(warmup):
+    for _ in range(warmup + (3 if graph else 0)):  # captured: 2 eager warm-up calls + the capture
         step()
     separate = device.type == "cuda"
     iter_ms = []
@@ -213,65 +243,97 @@ def measure(name: str, *, model_name: str, batch: int, device, repeats: int, war
     if clock is not None and clock.calls != repeats:
         raise RuntimeError(f"{name}: the meta-time hooks fired {clock.calls} times in {repeats} iterations "
                            "(methods/meta.py changed? see bench.timing.MetaClock)")
-    return {"ms_per_iter": statistics.median(iter_ms), "meta_ms": statistics.median(meta),
-            "ms_per_iter_all": [round(v, 3) for v in iter_ms], "meta_ms_all": [round(v, 3) for v in meta]}
+    out = {"ms_per_iter": statistics.median(iter_ms), "ms_per_iter_all": [round(v, 3) for v in iter_ms],
+           "mode": step.graphed.mode}
+    if clock is not None or name == "ce":
+        out.update(meta_ms=statistics.median(meta), meta_ms_all=[round(v, 3) for v in meta])
+    return out
 
 
 def run_all(steps, *, model_name: str = "resnet32", batch: int = 128, device="cpu", repeats: int = 3,
-            warmup: int = 1, seed: int = 0, progress=None) -> dict:
-    """Measure every step in ``steps`` and add the ratios (to CE, to CurveNet SL = 0)."""
+            warmup: int = 1, seed: int = 0, progress=None, graph: bool | None = None,
+            precision: str = "fp32") -> dict:
+    """Measure every step in ``steps``, eager and (on CUDA unless ``graph=False``) captured, and add
+    the ratios (to CE, to CurveNet SL = 0) within each mode."""
     import torch
 
     device = torch.device(device)
+    graph = device.type == "cuda" if graph is None else graph and device.type == "cuda"
     out = {}
     for name in steps:
         if progress:
             progress(name)
-        out[name] = measure(name, model_name=model_name, batch=batch, device=device, repeats=repeats,
-                            warmup=warmup, seed=seed)
+        r = measure(name, model_name=model_name, batch=batch, device=device, repeats=repeats, warmup=warmup,
+                    seed=seed, precision=precision)
+        if graph:
+            c = measure(name, model_name=model_name, batch=batch, device=device, repeats=repeats, warmup=warmup,
+                        seed=seed, graph=True, precision=precision)
+            r.update(graph_ms_per_iter=c["ms_per_iter"] if c["mode"] == "captured" else None,
+                     graph_ms_per_iter_all=c["ms_per_iter_all"], graph_mode=c["mode"])
+        out[name] = r
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     for key, r in out.items():
-        r["ratio_to_ce"] = r["ms_per_iter"] / out["ce"]["ms_per_iter"] if "ce" in out else None
+        for prefix in ("", "graph_"):
+            ms = r.get(f"{prefix}ms_per_iter")
+            ce = out.get("ce", {}).get(f"{prefix}ms_per_iter")
+            r[f"{prefix}ratio_to_ce"] = ms / ce if ms is not None and ce else None
+            if key.startswith("curvenet") and "curvenet_sl0" in out:
+                base = out["curvenet_sl0"].get(f"{prefix}ms_per_iter")
+                r[f"{prefix}ratio_to_sl0"] = ms / base if ms is not None and base else None
         if key.startswith("curvenet") and "curvenet_sl0" in out:
-            base = out["curvenet_sl0"]
-            r["ratio_to_sl0"] = r["ms_per_iter"] / base["ms_per_iter"]
-            r["meta_ratio_to_sl0"] = r["meta_ms"] / base["meta_ms"] if base["meta_ms"] else None
+            base = out["curvenet_sl0"].get("meta_ms")
+            r["meta_ratio_to_sl0"] = r["meta_ms"] / base if base else None
         if key in PAPER_META_MS:
             r["paper_meta_ms"] = PAPER_META_MS[key]
             r["paper_meta_ratio_to_sl0"] = PAPER_META_MS[key] / PAPER_META_MS["curvenet_sl0"]
         r.update(device=str(device), device_name=name, model=model_name, batch_size=batch, repeats=repeats,
-                 warmup=warmup, torch=torch.__version__, threads=torch.get_num_threads(),
+                 warmup=warmup, torch=torch.__version__, threads=torch.get_num_threads(), precision=precision,
+                 channels_last=device.type == "cuda",
                  data="random uint8 images through bench.data.Loader"
                  + (" (crop/flip)" if MODEL_INPUT[model_name][1] == 3 else ""))
     return out
 
 
 def render(results: dict) -> str:
-    """The Table 8 layout: our ms per iteration and meta ms, with ratios, next to the paper's."""
+    """The Table 8 layout: our ms per iteration (eager, and captured where measured) and meta ms,
+    with ratios, next to the paper's."""
     from tabulate import tabulate
 
     def f(v, digits=2):
         return "—" if v is None else f"{v:.{digits}f}"
 
     labels = {"ce": "CE", "mwnet": "MW-Net(noise)", **{f"curvenet_sl{k}": f"CurveNet SL={k}" for k in range(4)}}
+    captured = any("graph_mode" in r for r in results.values())
     rows = []
     for key, r in results.items():
-        rows.append([labels[key], f(r["ms_per_iter"], 1), f(r.get("ratio_to_ce")), f(r.get("ratio_to_sl0")),
-                     f(r["meta_ms"], 1) if key != "ce" else "—", f(r.get("meta_ratio_to_sl0")),
-                     f(r.get("paper_meta_ms")), f(r.get("paper_meta_ratio_to_sl0"))])
+        row = [labels[key], f(r["ms_per_iter"], 1), f(r.get("ratio_to_ce")), f(r.get("ratio_to_sl0"))]
+        if captured:
+            row += [f(r.get("graph_ms_per_iter"), 2) if r.get("graph_mode") == "captured" else r.get("graph_mode", "—"),
+                    f(r.get("graph_ratio_to_ce")), f(r.get("graph_ratio_to_sl0"))]
+        row += [f(r.get("meta_ms"), 1) if key != "ce" else "—", f(r.get("meta_ratio_to_sl0")),
+                f(r.get("paper_meta_ms")), f(r.get("paper_meta_ratio_to_sl0"))]
+        rows.append(row)
     r0 = next(iter(results.values()))
     head = (f"Table 8 timing: {r0['model']}, batch {r0['batch_size']}, {r0['device']} ({r0['device_name']}, "
-            f"torch {r0['torch']}, {r0['threads']} threads), median of {r0['repeats']} iterations after "
+            f"torch {r0['torch']}, {r0['threads']} threads), {r0['precision']}"
+            f"{', channels_last' if r0.get('channels_last') else ''}, median of {r0['repeats']} iterations after "
             f"{r0['warmup']} warm-up; data: {r0['data']}")
-    table = tabulate(rows, headers=["step", "ms/iter", "× CE", "× SL=0", "meta ms", "meta × SL=0", "paper meta ms",
-                                    "paper × SL=0"], tablefmt="github", disable_numparse=True)
-    note = ("ms/iter = whole iteration (batches + step); meta ms = meta backward + weighting-net optimiser step "
+    headers = ["step", "eager ms/iter", "× CE", "× SL=0"]
+    if captured:
+        headers += ["captured ms/iter", "× CE", "× SL=0"]
+    headers += ["meta ms", "meta × SL=0", "paper meta ms", "paper × SL=0"]
+    table = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    note = ("ms/iter = whole iteration (batch plans + step); captured = the same step replayed as a CUDA graph "
+            "(bench/capture.py); meta ms = meta backward + weighting-net optimiser step of the eager step "
             "(the paper's 'meta time'). Paper: meta time of ResNet-32 on the authors' GPU (not named in our "
             "sources); compare ratios, not milliseconds.")
+    if not captured:
+        note += " Captured steps: CUDA only (not measured on this device)."
     return f"{head}\n\n{table}\n\n{note}"
 
 
 def main(args) -> int:
+    from bench.cpu import keep_freed_memory
     from bench.errors import BenchError
     from bench.execute import resolve_device
 
@@ -288,7 +350,8 @@ def main(args) -> int:
     if repeats < 1 or warmup < 0:
         raise BenchError("--repeats must be >= 1 and --warmup >= 0")
     progress = None if args.json else (lambda name: print(f"timing {name} ...", file=sys.stderr, flush=True))
+    keep_freed_memory()
     results = run_all(steps, model_name=args.model, batch=args.batch_size, device=device, repeats=repeats,
-                      warmup=warmup, seed=args.seed, progress=progress)
+                      warmup=warmup, seed=args.seed, progress=progress, graph=args.graph, precision=args.precision)
     print(json.dumps(results, indent=1) if args.json else render(results))
     return 0

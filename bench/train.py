@@ -41,8 +41,13 @@ def lr_at(epoch: int, *, lr: float, warmup_epochs: int, milestones: Iterable[int
 
 
 def set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
+    """Set every group's lr; a tensor lr (a captured step's, bench/capture.py) is filled in place,
+    so the CUDA graph that reads it sees the new value."""
     for group in optimizer.param_groups:
-        group["lr"] = value
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value
 
 
 def shot_groups(train_counts: np.ndarray) -> dict[str, np.ndarray]:
@@ -96,31 +101,44 @@ def check_finite(epoch: int, **metrics) -> None:
 
 def train_classifier(run, model: nn.Module, loss_fn: LossFn, *, epochs: int | None = None,
                      optimizer: torch.optim.Optimizer | None = None, loader=None, stage: str = "train",
-                     on_epoch_start: Callable[[int], None] | None = None) -> nn.Module:
+                     on_epoch_start: Callable[[int], None] | None = None,
+                     same_loss_every_epoch: bool = False) -> nn.Module:
     """The plain supervised loop of the grid protocol, with a method's loss.
 
     ``loss_fn(logits, y, idx, epoch)`` returns the scalar batch loss; ``idx`` are the batch's
     positions in the training pool (for per-sample state). Each epoch is logged (and evaluated)
     through ``run.log`` and checkpointed through ``run.epochs``. A ``loss_fn`` that keeps state of
     its own across epochs must be made resumable by the caller (pass it in ``run.epochs`` state).
+    On CUDA the step is captured as a CUDA graph (bench/capture.py) and captured again each epoch,
+    since the loss may read ``epoch`` (DRW); ``same_loss_every_epoch=True`` keeps one capture.
     """
     optimizer = optimizer or run.sgd(model.parameters())
     loader = loader or run.loader("train")
     epochs = run.spec.epochs if epochs is None else epochs
     model.train()
+    epoch_of_step = [0]
+
+    def step(idx, offsets, flip):  # one SGD step on one batch plan (captured on CUDA)
+        x, y, idx = loader.assemble(idx, offsets, flip)
+        with run.autocast():
+            loss = loss_fn(model(x), y, idx, epoch_of_step[0])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    graphed = run.step_graph(step, name=f"{run.spec.method} {stage} step", optimizers=[optimizer])
     for epoch in run.epochs(epochs, stage=stage, state={"model": model, "optimizer": optimizer}):
         lr = run.lr_at(epoch)
         set_lr(optimizer, lr)
         if on_epoch_start is not None:
             on_epoch_start(epoch)
+        epoch_of_step[0] = epoch
         total = torch.zeros((), device=run.device)
         seen = 0
-        for x, y, idx in loader:
-            loss = loss_fn(model(x), y, idx, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(y)
-            seen += len(y)
+        for plan in loader.plans():
+            # the loss may change with the epoch (DRW): a new epoch captures the step again
+            total += graphed(*plan, key=None if same_loss_every_epoch else epoch) * len(plan.idx)
+            seen += len(plan.idx)
         run.log(epoch, model, stage=stage, lr=lr, loss=float(total) / max(seen, 1))
     return model

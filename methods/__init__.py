@@ -1,7 +1,7 @@
 """The methods registry (timm-style): ``register``, ``get(name)``, ``names()``.
 
 A method is one module in this package holding a :class:`methods.base.Method` subclass decorated
-with ``@register``. Every module here except the shared pieces (``base``, ``meta``, ``curves``,
+with ``@register``. Every module here except the shared pieces (``base``, ``meta``, ``jvp``, ``curves``,
 ``losses``) is imported on first use, so adding a method is adding a file.
 """
 
@@ -13,7 +13,7 @@ import pkgutil
 from bench.errors import BenchError
 
 _REGISTRY: dict[str, type] = {}
-_SHARED_MODULES = {"base", "meta", "curves", "losses", "drw"}
+_SHARED_MODULES = {"base", "meta", "jvp", "curves", "losses", "drw"}
 _discovered = False
 
 

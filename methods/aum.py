@@ -170,4 +170,4 @@ class AUM(Method):
         final = run.model()
         loader = run.loader("train", indices=np.flatnonzero(kept))
         return train_classifier(run, final, lambda logits, y, idx, epoch: F.cross_entropy(logits, y),
-                                loader=loader, stage="retrain")
+                                loader=loader, stage="retrain", same_loss_every_epoch=True)

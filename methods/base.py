@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from bench.capture import StepGraph, autocast
 from bench.errors import BenchError
 from bench.models import build_model
 from bench.spec import RunSpec, parse_value
@@ -95,6 +96,7 @@ class Run:
     progress: Any = None           # callable(row) for a progress display
     checkpoint_path: Path | None = None  # where run.epochs keeps its resumable state (None: off)
     checkpoint_every_s: float = 60.0     # write at most this often (0: after every epoch)
+    graph: bool = True             # capture training steps as CUDA graphs on CUDA (bench/capture.py)
     history: list[dict] = field(default_factory=list)
     records: dict[str, np.ndarray] = field(default_factory=dict)
     generator: torch.Generator = field(init=False)
@@ -107,6 +109,7 @@ class Run:
         self._last_save = time.monotonic()
         self.resumed_from: tuple[str, int] | None = None
         self._entered: set[str] = set()
+        self.steps: list[StepGraph] = []
 
     # --- resumable epochs ---------------------------------------------------------------
     def epochs(self, count: int, *, stage: str = "train", state: dict[str, Any] | None = None) -> Iterator[int]:
@@ -159,6 +162,29 @@ class Run:
         """Whether this run starts from the checkpoint of an earlier, killed attempt."""
         return self._checkpoint is not None
 
+    # --- speed (bench/capture.py) ---------------------------------------------------------
+    @property
+    def channels_last(self) -> bool:
+        """Models and batches in channels_last memory format: on CUDA only."""
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        """The context for forward passes at the spec's precision (bf16 autocast or nothing)."""
+        return autocast(self.device, self.spec.precision)
+
+    def step_graph(self, fn, *, name: str, optimizers=(), warmup: int = 2) -> StepGraph:
+        """``fn`` (a step on batch plans) captured as a CUDA graph on CUDA unless ``--no-graph``."""
+        step = StepGraph(fn, name=name, device=self.device, enabled=self.graph, optimizers=optimizers,
+                         warmup=warmup)
+        self.steps.append(step)
+        return step
+
+    @property
+    def step_mode(self) -> str:
+        """How this run's steps ran: captured, eager, or eager after a failed capture (for env)."""
+        modes = sorted({s.mode for s in self.steps})
+        return ", ".join(modes) if modes else "eager"
+
     # --- building blocks -----------------------------------------------------------------
     @property
     def num_classes(self) -> int:
@@ -168,7 +194,8 @@ class Run:
         """A fresh backbone for this spec, on the run's device."""
         in_channels = self.data.x_train.shape[-1]
         model = build_model(self.spec.model, num_classes or self.num_classes, in_channels, self.spec.init)
-        return model.to(self.device)
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def loader(self, split: str = "train", *, batch_size: int | None = None, shuffle: bool = True,
                indices: np.ndarray | None = None, drop_last: bool = False, labels: np.ndarray | None = None,
@@ -198,7 +225,7 @@ class Run:
         augment = augment and ds.augment and split != "test"
         return Loader(x, y, batch_size=batch_size or size, device=self.device, mean=ds.mean, std=ds.std,
                       augment=augment, shuffle=shuffle and split != "test", drop_last=drop_last,
-                      generator=self.generator)
+                      generator=self.generator, channels_last=self.channels_last)
 
     def sgd(self, params, lr: float | None = None) -> torch.optim.SGD:
         """The protocol's optimiser (SGD with momentum, Nesterov and weight decay)."""

@@ -21,4 +21,5 @@ class CE(Method):
 
     def fit(self, run):
         model = run.model()
-        return train_classifier(run, model, lambda logits, y, idx, epoch: F.cross_entropy(logits, y))
+        return train_classifier(run, model, lambda logits, y, idx, epoch: F.cross_entropy(logits, y),
+                                same_loss_every_epoch=True)

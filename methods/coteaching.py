@@ -132,6 +132,19 @@ class CoTeaching(Method):
         model2.train()
         state = {"model1": model1, "model2": model2, "opt1": opt1, "opt2": opt2, "kept": kept,
                  "last_ce1": last_ce1, "last_ce2": last_ce2}
+        rate = 1.0
+
+        def step(idx, offsets, flip):  # one mini-batch on a batch plan (captured on CUDA)
+            x, y, idx = loader.assemble(idx, offsets, flip)
+            with run.autocast():
+                loss1, loss2, _, chosen_by_2, ce1, ce2 = coteaching_step(model1, model2, opt1, opt2, x, y,
+                                                                         num_remember(rate, len(y)))
+            kept[idx[chosen_by_2]] = True
+            last_ce1[idx] = ce1.float()
+            last_ce2[idx] = ce2.float()
+            return torch.stack([loss1.detach(), loss2.detach()]).float() * len(y)
+
+        graphed = run.step_graph(step, name="Co-teaching step", optimizers=[opt1, opt2])
         for epoch in run.epochs(run.spec.epochs, stage="train", state=state):
             lr = run.lr_at(epoch)
             set_lr(opt1, lr)
@@ -141,15 +154,12 @@ class CoTeaching(Method):
             total1 = torch.zeros((), device=run.device)
             total2 = torch.zeros((), device=run.device)
             seen = 0
-            for x, y, idx in loader:
-                keep = num_remember(rate, len(y))
-                loss1, loss2, _, chosen_by_2, ce1, ce2 = coteaching_step(model1, model2, opt1, opt2, x, y, keep)
-                kept[idx[chosen_by_2]] = True
-                last_ce1[idx] = ce1
-                last_ce2[idx] = ce2
-                total1 += loss1.detach() * len(y)
-                total2 += loss2.detach() * len(y)
-                seen += len(y)
+            for plan in loader.plans():
+                # the number kept changes with the epoch's remember rate: captured again per epoch
+                total1_2 = graphed(*plan, key=epoch)
+                total1 += total1_2[0]
+                total2 += total1_2[1]
+                seen += len(plan.idx)
             # label precision of the samples that updated network 1 (analysis only, uses is_noisy)
             n_kept = kept.sum()
             kept_clean = (kept & ~is_noisy).sum().float() / n_kept.clamp_min(1)

@@ -301,39 +301,54 @@ class CurveNetMethod(Method):
         optimizer = run.sgd(model.parameters())
         step = MetaStep(model, optimizer, cnet, copt, lambda loss, y, idx: cnet(curves[idx], y),
                         lookahead=p.lookahead, skip_layers=p.skip_layers, normalize=False,
-                        second_order=p.second_order)
+                        second_order=p.second_order, precision=run.spec.precision)
         meta_loader = self._meta_loader(run, window_mean)
         with torch.no_grad():  # never-visited samples (none when every epoch sees all) keep the init
             last = cnet(curves, labels)
         drw = DRW.from_run(run, switch_epoch=run.first_drop + 1, reduction="batch") if p.drw else None
         train = run.loader("train")
+        epoch_now = [0]
+
+        def meta_step(idx, offsets, flip, m_idx, m_offsets, m_flip):  # eqs. 3-5 with CurveNet's weights
+            x, y, idx = train.assemble(idx, offsets, flip)
+            xm, ym, _ = meta_loader.assemble(m_idx, m_offsets, m_flip)
+            out = step(x, y, idx, xm, ym)
+            last[idx] = out["weights"]
+            return torch.stack([out["loss"] * len(y), out["meta_loss"], out["weights"].sum()])
+
+        def fixed_step(idx, offsets, flip):  # after the first drop: the weights frozen (notes §3)
+            x, y, idx = train.assemble(idx, offsets, flip)
+            w = last[idx]
+            if drw is not None:
+                w = w * drw.sample_weights(y, epoch_now[0])
+            with run.autocast():
+                losses = F.cross_entropy(model(x), y, reduction="none")
+            loss = (w * losses.float()).sum() / len(y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return torch.stack([loss.detach() * len(y), torch.zeros_like(loss), w.sum()])
+
+        graphed_meta = run.step_graph(meta_step, name="CurveNet meta step", optimizers=[optimizer, copt])
+        graphed_fixed = run.step_graph(fixed_step, name="CurveNet fixed-weight step", optimizers=[optimizer])
         model.train()
         state = {"model": model, "optimizer": optimizer, "curvenet": cnet, "curvenet_opt": copt, "weights": last}
         for epoch in run.epochs(run.spec.epochs, stage="allocate", state=state):  # resumable after a kill
             lr = run.lr_at(epoch)
             set_lr(optimizer, lr)
+            epoch_now[0] = epoch
             learning = meta_loader is not None and epoch < run.first_drop
             # a fresh meta iterator each epoch, as recognition_curve.py's train() builds it
             meta = meta_loader.cycle() if learning else None
             total = torch.zeros(3, device=device)
             seen = steps = 0
-            for x, y, idx in train:
+            for plan in train.plans():
                 if learning:
-                    xm, ym, _ = next(meta)
-                    out = step(x, y, idx, xm, ym)
-                    last[idx] = out["weights"]
-                    total += torch.stack([out["loss"] * len(y), out["meta_loss"], out["weights"].sum()])
+                    total += graphed_meta(*plan, *meta.next_plan())
                     steps += 1
-                else:
-                    w = last[idx]
-                    if drw is not None:
-                        w = w * drw.sample_weights(y, epoch)
-                    loss = (w * F.cross_entropy(model(x), y, reduction="none")).sum() / len(y)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    total += torch.stack([loss.detach() * len(y), torch.zeros_like(loss), w.sum()])
-                seen += len(y)
+                else:  # DRW's class weights change with the epoch: captured again per epoch
+                    total += graphed_fixed(*plan, key=epoch)
+                seen += len(plan.idx)
             loss_sum, meta_sum, weight_sum = total.tolist()
             metrics = dict(lr=lr, loss=loss_sum / max(seen, 1), mean_weight=weight_sum / max(seen, 1))
             if learning:

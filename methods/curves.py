@@ -345,25 +345,36 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
     state = {"model": model, "optimizer": optimizer}
     if recorder is not None:
         state["curves"] = recorder.values
+    graphed = None
     for epoch in run.epochs(epochs, stage=log_stage, state=state):  # resumable after a kill
         lr, bs = schedule.lr(epoch), schedule.batch_size(epoch)
         set_lr(optimizer, lr)
         if bs not in loaders:
             loaders[bs] = run.loader("train", batch_size=bs, indices=indices, labels=labels)
-        total = torch.zeros((), device=device)
-        seen = 0
-        for x, y, idx in loaders[bs]:
+        loader = loaders[bs]
+
+        def step(idx, offsets, flip, loader=loader, epoch=epoch):  # captured on CUDA (bench/capture.py)
+            x, y, idx = loader.assemble(idx, offsets, flip)
             pool_idx = idx if pool_of is None else pool_of[idx]
-            logits = model(x)
+            with run.autocast():
+                logits = model(x)
+                loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y, pool_idx, epoch)
             if recorder is not None and record == "train":
                 with torch.no_grad():
-                    recorder.add(epoch, pool_idx, fn(logits.detach(), y))
-            loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y, pool_idx, epoch)
+                    recorder.add(epoch, pool_idx, fn(logits.detach().float(), y))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.detach() * len(y)
-            seen += len(y)
+            return loss.detach()
+
+        if graphed is None:
+            graphed = run.step_graph(step, name=f"{log_stage} step", optimizers=[optimizer])
+        graphed.fn = step  # the epoch's step (its row of the recorder, its loader): captured again
+        total = torch.zeros((), device=device)
+        seen = 0
+        for plan in loader.plans():
+            total += graphed(*plan, key=epoch) * len(plan.idx)
+            seen += len(plan.idx)
         if recorder is not None and record == "eval":
             _eval_pass(run, model, fn, recorder, epoch, y_all, indices)
         last = epoch == epochs - 1

@@ -56,4 +56,5 @@ class Focal(Method):
         gamma = float(self.params.gamma)
         model = run.model()
         return train_classifier(run, model, lambda logits, y, idx, epoch:
-                                softmax_focal_per_sample(logits, y, gamma).mean())
+                                softmax_focal_per_sample(logits, y, gamma).mean(),
+                                same_loss_every_epoch=True)

@@ -75,6 +75,7 @@ wrapper.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 
@@ -84,7 +85,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from bench.capture import autocast, check_precision
 from bench.errors import BenchError
+from methods.jvp import Linearization, NotLinearizable, ce_tangent, is_linearizable
 
 # torch's forward-mode AD loads its batch-norm decompositions with torch.jit.script on first use,
 # which warns (a torch internal, not ours) in every run; silence exactly that message.
@@ -155,13 +158,17 @@ class MetaStep:
     skip_layers  SLMO depth 0..3 (CurveNet eq. 10).
     normalize    weights normalised by their sum (MW-Net long-tail code) instead of divided by B.
     second_order "jvp" (default, exact and cheaper) or "autograd" (create_graph reference).
+    precision    "fp32" or "bf16": the classifier's forward passes (training, look-ahead, meta,
+                 forward-mode JVP, real) under bf16 autocast (bench/capture.py); the weighting
+                 net, the losses it reads and every optimiser stay float32.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, weight_net: nn.Module,
                  weight_opt: torch.optim.Optimizer | None, weight_fn: WeightFn | None = None, *,
                  lookahead: str = "sgd", skip_layers: int = 0, normalize: bool = False,
-                 second_order: str = "jvp"):
+                 second_order: str = "jvp", precision: str = "fp32"):
         check_options(lookahead, skip_layers, second_order)
+        check_precision(precision)
         if lookahead == "full" and not isinstance(optimizer, torch.optim.SGD):
             raise BenchError("lookahead='full' reproduces torch.optim.SGD's step; the classifier "
                              f"optimiser is {type(optimizer).__name__}")
@@ -174,6 +181,7 @@ class MetaStep:
         self.skip_layers = skip_layers
         self.normalize = normalize
         self.second_order = second_order
+        self.precision = precision
         self.bottom = [module for _, module in model.blocks()[:skip_layers]]
         self.top = TopOfNetwork(model, skip_layers)
         self.names = [name for name, p in self.top.named_parameters() if p.requires_grad]
@@ -188,6 +196,16 @@ class MetaStep:
         if any(g.get("maximize", False) for g in self.groups):
             raise BenchError("the meta step does not support maximize=True optimisers")
         self.weight_params = [p for p in weight_net.parameters() if p.requires_grad]
+        # how c = J t is computed: pushed through the saved activations (methods/jvp.py) where
+        # the backbone allows it, else torch's forward-mode AD; both exact (tests/test_meta.py)
+        self.after_meta_forward: Callable[[], None] | None = None  # bench.timing's clock hook
+        self.jvp = "forward_ad"
+        if second_order == "jvp" and is_linearizable(model):
+            try:
+                self.linearization = Linearization(self.top, self.names)
+                self.jvp = "linearized"
+            except NotLinearizable:
+                pass
 
     @property
     def groups(self) -> list[dict]:
@@ -212,7 +230,7 @@ class MetaStep:
         if not self.bottom:
             return x
         modes = [m.training for m in self.bottom]
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             for m in self.bottom:
                 m.eval()
             try:
@@ -223,8 +241,16 @@ class MetaStep:
                     m.train(mode)
         return x
 
+    def _autocast(self):
+        return autocast(next(iter(self.params)).device, self.precision) if self.params else contextlib.nullcontext()
+
     def _top_call(self, params: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.top, {**params, **self._buffers()}, (h,))
+        with self._autocast():
+            return self._full(functional_call(self.top, {**params, **self._buffers()}, (h,)))
+
+    def _full(self, logits: torch.Tensor) -> torch.Tensor:
+        """bf16 autocast's logits back to float32 for the losses; fp32 logits unchanged (any dtype)."""
+        return logits.float() if self.precision == "bf16" else logits
 
     def _step_rules(self, lr: float | None):
         """Per parameter: (lr, slope k of D in g, decay, momentum, dampening, nesterov, buffer)."""
@@ -268,12 +294,16 @@ class MetaStep:
         model = self.model
         shared = self.skip_layers == 0
         # 1. training forward for the look-ahead (with SL = 0 it is also the real forward)
+        record = (self.linearization.record() if self.jvp == "linearized" and self.second_order == "jvp"
+                  else contextlib.nullcontext())
         if shared:
-            logits = model(x)
+            with self._autocast(), record:
+                logits = self._full(model(x))
             h, h_meta = x, x_meta
         else:  # one no_grad pass of the frozen bottom over both batches (eval-mode BN: per sample)
             h, h_meta = self.bottom_features(torch.cat([x, x_meta])).split([len(x), len(x_meta)])
-            logits = functional_call(self.top, {**dict(zip(self.names, self.params)), **self._buffers()}, (h,))
+            with record:
+                logits = self._top_call(dict(zip(self.names, self.params)), h)
         losses = F.cross_entropy(logits, y, reduction="none")
         w = self.weight_fn(losses.detach(), y, idx)
         a = self.coefficients(w)
@@ -284,15 +314,18 @@ class MetaStep:
             grads = torch.autograd.grad((a * losses).sum(), self.params, create_graph=True)
             virtual = self.lookahead_params(grads, rules=rules)
             meta_loss = F.cross_entropy(self._top_call(virtual, h_meta), y_meta)
+            self._meta_forward_done()
             phi_grads = torch.autograd.grad(meta_loss, self.weight_params, retain_graph=shared, allow_unused=True)
         else:
             grads = torch.autograd.grad(losses, self.params, grad_outputs=a.detach(), retain_graph=shared)
             with torch.no_grad():
                 virtual = {n: t.requires_grad_() for n, t in self.lookahead_params(grads, rules=rules).items()}
             meta_loss = F.cross_entropy(self._top_call(virtual, h_meta), y_meta)
+            self._meta_forward_done()
             v = torch.autograd.grad(meta_loss, list(virtual.values()))
             tangents = [rule[0] * rule[1] * vi for rule, vi in zip(rules, v)]
-            c = self._jvp_losses(h, y, tangents)
+            c = (self._jvp_linearized(logits, h, y, tangents) if self.jvp == "linearized"
+                 else self._jvp_losses(h, y, tangents))
             phi_grads = torch.autograd.grad(a, self.weight_params, grad_outputs=-c, allow_unused=True)
         for p, g in zip(self.weight_params, phi_grads):
             p.grad = None if g is None else g.detach()
@@ -303,7 +336,8 @@ class MetaStep:
         if not update_classifier:
             return dict(meta_loss=meta_loss.detach(), loss=None, weights=w.detach(), losses=losses.detach())
         if not shared:
-            logits = model(x)
+            with self._autocast():
+                logits = self._full(model(x))
             losses = F.cross_entropy(logits, y, reduction="none")
         with torch.no_grad():
             w_new = self.weight_fn(losses.detach(), y, idx)
@@ -313,6 +347,16 @@ class MetaStep:
         loss.backward()
         self.optimizer.step()
         return dict(meta_loss=meta_loss.detach(), loss=loss.detach(), weights=w_new, losses=losses.detach())
+
+    def _meta_forward_done(self) -> None:
+        if self.after_meta_forward is not None:
+            self.after_meta_forward()
+
+    def _jvp_linearized(self, logits, h, y, tangents) -> torch.Tensor:
+        """c = J t through the training forward's saved activations (methods/jvp.py)."""
+        with self._autocast():
+            dlogits = self.linearization.jvp(h, list(tangents))
+        return ce_tangent(logits, y, dlogits).to(logits.dtype)
 
     def _jvp_losses(self, h: torch.Tensor, y: torch.Tensor, tangents) -> torch.Tensor:
         """d/de l_i(theta + e t) at e = 0 for the per-sample training losses (forward mode).

@@ -139,8 +139,16 @@ class MWNet(Method):
         vnet = WeightNet(p.hidden).to(run.device)
         vopt = p.weight_optimizer(vnet.parameters())
         step = MetaStep(model, optimizer, vnet, vopt, lookahead=p.lookahead, skip_layers=p.skip_layers,
-                        normalize=p.normalize, second_order=p.second_order)
+                        normalize=p.normalize, second_order=p.second_order, precision=run.spec.precision)
         train, meta_loader = run.loader("train"), run.loader("meta")
+
+        def one_step(idx, offsets, flip, m_idx, m_offsets, m_flip):  # captured on CUDA (bench/capture.py)
+            x, y, idx = train.assemble(idx, offsets, flip)
+            xm, ym, _ = meta_loader.assemble(m_idx, m_offsets, m_flip)
+            out = step(x, y, idx, xm, ym)
+            return torch.stack([out["loss"] * len(y), out["meta_loss"], out["weights"].sum()])
+
+        graphed = run.step_graph(one_step, name="MW-Net meta step", optimizers=[optimizer, vopt])
         model.train()
         state = {"model": model, "optimizer": optimizer, "weight_net": vnet, "weight_opt": vopt}
         for epoch in run.epochs(run.spec.epochs, stage="train", state=state):  # resumable after a kill
@@ -149,11 +157,9 @@ class MWNet(Method):
             meta = meta_loader.cycle()  # a fresh meta iterator each epoch, as MW-Net.py's train()
             total = torch.zeros(3, device=run.device)  # weighted loss * B, meta loss, weight sum
             seen = steps = 0
-            for x, y, idx in train:
-                xm, ym, _ = next(meta)
-                out = step(x, y, idx, xm, ym)
-                total += torch.stack([out["loss"] * len(y), out["meta_loss"], out["weights"].sum()])
-                seen += len(y)
+            for plan in train.plans():
+                total += graphed(*plan, *meta.next_plan())
+                seen += len(plan.idx)
                 steps += 1
             loss, meta_loss, weight_sum = total.tolist()
             run.log(epoch, model, lr=lr, loss=loss / max(seen, 1), meta_loss=meta_loss / max(steps, 1),

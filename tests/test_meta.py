@@ -252,3 +252,47 @@ def test_split_into_frozen_bottom_and_top_reproduces_every_backbone(name, size, 
         assert torch.allclose(out, expected, rtol=1e-12, atol=1e-12)
         bottom_names = {b for b, _ in model.blocks()[:skip_layers]}
         assert {n.split(".")[0] for n in step.names}.isdisjoint(bottom_names)
+
+
+@pytest.mark.parametrize("name,size,channels", [("small_cnn", 12, 1), ("resnet32", 8, 3), ("wrn16_8", 8, 3)])
+@pytest.mark.parametrize("skip_layers", [0, 1, 2, 3])
+def test_linearized_jvp_equals_forward_mode_ad(name, size, channels, skip_layers):
+    """methods/jvp.py (tangents through the saved activations, train-mode BN) against torch's
+    forward-mode AD, on every backbone and SLMO depth, to float64 precision."""
+    torch.manual_seed(skip_layers)
+    model = build_model(name, K, channels).double().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step = MetaStep(model, opt, nn.Linear(1, 1), None, skip_layers=skip_layers, lookahead="full")
+    assert step.jvp == "linearized"
+    x, y = torch.randn(4, channels, size, size), torch.randint(0, K, (4,))
+    tangents = [torch.randn_like(p) for p in step.params]
+    h = step.bottom_features(x)
+    with step.linearization.record():
+        logits = step._top_call(dict(zip(step.names, step.params)), h)
+    c_lin = step._jvp_linearized(logits, h, y, tangents)
+    c_fwd = step._jvp_losses(h, y, tangents)
+    assert torch.allclose(c_lin, c_fwd, rtol=1e-9, atol=1e-11), (c_lin - c_fwd).abs().max()
+
+
+def test_linearized_and_forward_mode_meta_steps_agree():
+    """Whole steps with either JVP give the same weighting-net gradient and classifier update."""
+    results = []
+    for jvp in ("linearized", "forward_ad"):
+        model, opt, vnet, batch, meta = setup(seed=5)
+        step = MetaStep(model, opt, vnet, None, skip_layers=0)
+        step.jvp = jvp
+        step(*batch, *meta)
+        results.append(([p.grad.clone() for p in vnet.parameters()], [p.detach().clone() for p in model.parameters()]))
+    for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_a_backbone_with_functional_nonlinearity_falls_back_to_forward_mode():
+    class Opaque(nn.Module):
+        def forward(self, x):
+            return torch.tanh(x)  # not a module with a tangent rule
+
+    model = build_model("small_cnn", K, 1).double()
+    model.layer3.append(Opaque())
+    step = MetaStep(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.Linear(1, 1), None)
+    assert step.jvp == "forward_ad"

@@ -20,6 +20,8 @@ def test_any_changed_field_changes_the_key():
         value = getattr(base, f.name)
         if f.name == "params":
             changed = (("gamma", 2.0), ("loss", "softmax"))
+        elif f.name == "precision":
+            changed = "bf16"
         elif isinstance(value, bool):
             changed = not value
         elif isinstance(value, (int, float)):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,6 +39,14 @@ def _reflect(k: torch.Tensor, n: int) -> torch.Tensor:
     return torch.where(k > n - 1, 2 * (n - 1) - k, k)
 
 
+class Plan(NamedTuple):
+    """The random part of one batch: sample positions, crop offsets (B, 2), flips (B,)."""
+
+    idx: torch.Tensor
+    offsets: torch.Tensor
+    flip: torch.Tensor
+
+
 class Loader:
     """Yields ``(x float32 (B, C, H, W) normalised, y int64 (B,), idx int64 (B,))`` on device.
 
@@ -47,7 +56,7 @@ class Loader:
 
     def __init__(self, x, y, *, batch_size: int, device, mean, std, augment: bool,
                  shuffle: bool = True, drop_last: bool = False,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, channels_last: bool = False):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise DataError(f"batch size must be a positive integer, got {batch_size!r}")
         self.device = torch.device(device)
@@ -76,6 +85,8 @@ class Loader:
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.channels_last = bool(channels_last)
+        self._zeros: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def num_samples(self) -> int:
@@ -95,17 +106,48 @@ class Loader:
             return self._draw(torch.randperm, self.num_samples)
         return torch.arange(self.num_samples, device=self.device)
 
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The (augmented, normalised) batch of the samples at positions ``idx``."""
+    def plan(self, idx: torch.Tensor) -> Plan:
+        """Everything random about the batch of positions ``idx``, drawn now: the crop offsets
+        (B, 2) and flips (B,) (zeros and False without augmentation). Tensors of fixed shapes, so a
+        captured step (bench/capture.py) can take them as inputs and :meth:`assemble` the batch
+        inside the graph."""
+        B = idx.shape[0]
+        if self.augment:
+            offsets = self._draw(torch.randint, 0, 2 * PAD + 1, (B, 2))
+            flip = self._draw(torch.rand, B) < 0.5
+        else:
+            offsets, flip = self._no_augment(B)
+        return Plan(idx, offsets, flip)
+
+    def _no_augment(self, B: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cached = self._zeros.get(B)
+        if cached is None:
+            cached = self._zeros[B] = (torch.zeros(B, 2, dtype=torch.int64, device=self.device),
+                                       torch.zeros(B, dtype=torch.bool, device=self.device))
+        return cached
+
+    def assemble(self, idx: torch.Tensor, offsets: torch.Tensor, flip: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch of a :class:`Plan`: gather, crop/flip, normalise (tensor ops only, no host
+        synchronisation, so it can run inside a CUDA graph)."""
         xb = self.x.index_select(0, idx)
         if self.augment:
-            xb = self.crop_flip(xb)
+            xb = self.crop_flip(xb, offsets, flip)
         return self.normalise(xb), self.y.index_select(0, idx), idx
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The (augmented, normalised) batch of the samples at positions ``idx``."""
+        return self.assemble(*self.plan(idx))
+
+    def plans(self) -> Iterator[Plan]:
+        """One epoch of batch plans (what :meth:`__iter__` assembles)."""
         order, bs = self.order(), self.batch_size
         for b in range(len(self)):
-            yield self.batch(order[b * bs:(b + 1) * bs])
+            yield self.plan(order[b * bs:(b + 1) * bs])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for plan in self.plans():
+            yield self.assemble(*plan)
 
     def cycle(self) -> Cycle:
         """Endless batches over epochs (e.g. the meta set), a fresh permutation each pass.
@@ -121,13 +163,13 @@ class Loader:
 
     def normalise(self, xb: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) -> float32 ``(x / 255 - mean) / std`` (ToTensor + Normalize)."""
-        return xb.float().div_(255.0).sub_(self._mean).div_(self._std)
+        out = xb.float().div_(255.0).sub_(self._mean).div_(self._std)
+        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
-    def crop_flip(self, xb: torch.Tensor) -> torch.Tensor:
-        """Per-sample reflect-pad-4 random crop and horizontal flip, batched (uint8 in and out)."""
+    def crop_flip(self, xb: torch.Tensor, offsets: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        """Per-sample reflect-pad-4 crop at ``offsets`` (B, 2) in 0..8 and horizontal flip where
+        ``flip`` (B,), batched (uint8 in and out)."""
         B, C, H, W = xb.shape
-        offsets = self._draw(torch.randint, 0, 2 * PAD + 1, (B, 2))
-        flip = self._draw(torch.rand, B) < 0.5
         rows = torch.arange(H, device=self.device)
         cols = torch.arange(W, device=self.device).expand(B, W)
         cols = torch.where(flip[:, None], W - 1 - cols, cols)
@@ -148,13 +190,17 @@ class Cycle:
     def __iter__(self) -> Cycle:
         return self
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def next_plan(self) -> Plan:
+        """The next batch's :class:`Plan` (``next(cycle)`` assembles it)."""
         if self._order is None or self._batch >= len(self.loader):
             self._order, self._batch = self.loader.order(), 0
         bs = self.loader.batch_size
         idx = self._order[self._batch * bs:(self._batch + 1) * bs]
         self._batch += 1
-        return self.loader.batch(idx)
+        return self.loader.plan(idx)
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.loader.assemble(*self.next_plan())
 
     def state_dict(self) -> dict:
         return {"order": None if self._order is None else self._order.cpu(), "batch": self._batch}

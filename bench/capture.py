@@ -1,0 +1,217 @@
+"""Captured training steps (CUDA graphs) and mixed precision: the suite's GPU speed layer.
+
+A training step here is a function of a few device tensors of fixed shapes (the batch *plans* of
+``bench.data.Loader``: sample positions, crop offsets, flips) that assembles its batches, runs
+forward and backward and steps the optimisers, all with tensor ops and no host synchronisation.
+:class:`StepGraph` runs such a function
+
+* eagerly, on CPU, with ``--no-graph``, or where capture failed;
+* on CUDA, as a CUDA graph: the first ``warmup`` calls run eagerly on a side stream (they are
+  real training steps; they also create the optimiser state and the lazy CUDA handles), the next
+  call captures the step into a ``torch.cuda.CUDAGraph`` and every later call copies its inputs
+  into the graph's static input tensors and replays it. One launch per step instead of hundreds,
+  which is what makes ResNet-32 at batch 128 (and CurveNet's probe at batch 16) fast.
+
+A call whose inputs have other shapes than the captured ones (an epoch's last, short batch) runs
+eagerly; a call with another ``key`` (a loss that changes with the epoch, e.g. DRW) captures the
+step again. If capture itself fails (an op that synchronises, an unsupported kernel) the step
+prints one line, ``bench: CUDA graph capture of <name> failed (<reason>); running it eagerly``,
+and stays eager; the run's results do not depend on it.
+
+What capture needs from the optimisers (done by :func:`prepare_optimizer`, before the first step
+so that every step of a run uses the same update kernels): ``torch.optim.SGD`` runs ``fused`` with
+the learning rate as a 0-dim tensor on the device, which ``bench.train.set_lr`` fills in place,
+so the schedule changes the lr without capturing again; Adam/AdamW run ``capturable`` (their step
+counters on the device). Other optimisers are left alone and make capture fail (eager fallback).
+
+Precision (``--precision``): ``fp32`` (default; the papers' numbers) or ``bf16``, i.e. forward
+passes under ``torch.autocast(dtype=bfloat16)`` with master weights, gradients and optimiser
+state in float32 (no loss scaling is needed for bf16). It is part of the run's spec and key.
+Autocast's weight cache is off (``cache_enabled=False``), as graph capture requires.
+
+Memory format: on CUDA, models and batches are ``channels_last`` (cuDNN's fast layout for
+convolutions, most of all with bf16). On CPU they stay contiguous: channels_last made the small
+CNN's backward slower there (measured in session 2, see the README's speed section).
+
+Results: a captured step computes what the eager step computes, up to float rounding (kernel
+choice can differ); tests/test_capture.py checks parameters after several steps against the eager
+step (on CUDA where present) and that the plan/assemble path equals the plain loader path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+
+from bench.errors import BenchError
+
+PRECISIONS = ("fp32", "bf16")
+
+# capturable Adam warns on every eager step (warm-up, short batches); that is expected here
+warnings.filterwarnings("ignore", message=".*capturable=True.*running without", category=UserWarning)
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise BenchError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """The forward-pass context of ``precision``: bf16 autocast, or nothing for fp32."""
+    if check_precision(precision) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, cache_enabled=False)
+
+
+def prepare_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) -> bool:
+    """Make ``optimizer.step()`` capturable on ``device`` (module docstring); False if it cannot be.
+
+    Idempotent. Numerically the same update rule (torch's fused/capturable kernels of the same
+    optimiser), so a run does not change meaning when its steps are captured.
+    """
+    device = torch.device(device)
+    if isinstance(optimizer, torch.optim.SGD):
+        for group in optimizer.param_groups:
+            lr = group["lr"]
+            if not (isinstance(lr, torch.Tensor) and lr.device == device):
+                group["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=device)
+            group["fused"], group["foreach"] = True, False
+        return True
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        for group in optimizer.param_groups:
+            group["capturable"] = True
+            for p in group["params"]:
+                step = optimizer.state.get(p, {}).get("step")
+                if isinstance(step, torch.Tensor) and step.device != p.device:
+                    optimizer.state[p]["step"] = step.to(p.device, torch.float32)
+        return True
+    return False
+
+
+Backend = Callable[["StepGraph", Sequence[torch.Tensor]], object]
+
+
+class StepGraph:
+    """``step(*inputs, key=None)`` = ``fn(*inputs)``, replayed as a CUDA graph where possible.
+
+    Parameters
+    ----------
+    fn          the step: tensors in, a tensor / tuple / dict of tensors (or None) out. It must not
+                synchronise with the host (no ``.item()``, no data-dependent Python branches).
+    name        for the fallback message.
+    device      where the step runs; capture only on CUDA.
+    enabled     capture at all (False: always eager; ``--no-graph``).
+    optimizers  the optimisers ``fn`` steps; prepared by :func:`prepare_optimizer` on first use.
+    warmup      eager calls before each capture (at least 1).
+
+    The outputs of a replayed step are the graph's static tensors: read or copy them before the
+    next call. ``mode`` is ``"eager"``, ``"captured"`` or ``"eager (capture failed: ...)"``.
+    """
+
+    def __init__(self, fn: Callable, *, name: str, device, enabled: bool = True,
+                 optimizers: Sequence[torch.optim.Optimizer] = (), warmup: int = 2):
+        self.fn = fn
+        self.name = name
+        self.device = torch.device(device)
+        self.enabled = bool(enabled) and self.device.type == "cuda"
+        self.optimizers = list(optimizers)
+        self.warmup = max(1, int(warmup))
+        self.failure: str | None = None
+        self.captures = 0       # how many graphs were captured (a new key captures again)
+        self.replays = 0
+        self._prepared = False
+        self._key = None
+        self._calls = 0         # eager calls since the key last changed
+        self._graph = None
+        self._static_in: list[torch.Tensor] = []
+        self._static_out = None
+
+    @property
+    def mode(self) -> str:
+        if self.failure is not None:
+            return f"eager (capture failed: {self.failure})"
+        return "captured" if self.enabled else "eager"
+
+    def __call__(self, *inputs: torch.Tensor, key=None):
+        if not self.enabled:
+            return self.fn(*inputs)
+        if not self._prepared:
+            self._prepare()
+        if key != self._key:
+            self._key, self._calls, self._graph, self._static_out = key, 0, None, None
+        if self._graph is not None:
+            if not self._matches(inputs):
+                return self.fn(*inputs)  # e.g. the epoch's last, short batch
+            for static, new in zip(self._static_in, inputs):
+                static.copy_(new)
+            self._replay()
+            return self._static_out
+        if self._calls < self.warmup or not self._capturable(inputs):
+            self._calls += 1
+            return self._warm(inputs)
+        return self._capture(inputs)
+
+    # ------------------------------------------------------------------------ internals
+    def _prepare(self) -> None:
+        self._prepared = True
+        for opt in self.optimizers:
+            if not prepare_optimizer(opt, self.device):
+                self._fail(f"{type(opt).__name__} cannot be captured")
+                return
+
+    @staticmethod
+    def _capturable(inputs) -> bool:
+        return all(isinstance(t, torch.Tensor) for t in inputs)
+
+    def _matches(self, inputs) -> bool:
+        return len(inputs) == len(self._static_in) and all(
+            t.shape == s.shape and t.dtype == s.dtype and t.device == s.device
+            for t, s in zip(inputs, self._static_in))
+
+    def _warm(self, inputs):
+        """An eager step on a side stream (graph capture wants its warm-up off the main stream)."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            out = self.fn(*inputs)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        return out
+
+    def _record(self, static_in: list[torch.Tensor]):
+        """Capture ``fn`` on the static inputs: ``(replay, static outputs)``. Nothing runs yet."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.fn(*static_in)
+        return graph.replay, static_out
+
+    def _capture(self, inputs):
+        static_in = [t.clone() for t in inputs]
+        try:
+            replay, static_out = self._record(static_in)
+        except Exception as exc:  # noqa: BLE001 - any capture error means: run eagerly
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            self._fail(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+            return self.fn(*inputs)
+        self._graph, self._static_in, self._static_out = replay, static_in, static_out
+        self.captures += 1
+        self._replay()  # capturing records the step; replaying it does this call's step
+        return self._static_out
+
+    def _replay(self) -> None:
+        self._graph()
+        self.replays += 1
+
+    def _fail(self, reason: str) -> None:
+        self.enabled = False
+        self.failure = reason
+        self._graph = self._static_out = None
+        self._static_in = []
+        print(f"bench: CUDA graph capture of {self.name} failed ({reason}); running it eagerly",
+              file=sys.stderr, flush=True)

@@ -1,0 +1,194 @@
+"""The meta step's Jacobian-vector product, re-using the training forward's activations.
+
+``methods.meta.MetaStep`` needs ``c_i = <grad_theta l_i(theta), t>`` for every sample i of the
+training batch (the exact rewriting of the look-ahead's second-order term, see meta.py). Torch's
+forward-mode AD computes it by running the network again with dual tensors: the primal forward
+a second time plus the tangents, about 4 forwards' worth of work on the quick CPU model. But the
+primal values at ``theta`` are exactly those of the training forward that the step has just run,
+so the tangents can be pushed through the network using the saved activations (a "linearised"
+forward, as ``torch.func.linearize`` does in general):
+
+    Conv2d / Linear   dy = W * dx + dW * x (+ db)       (two convolutions; one where dx = 0)
+    BatchNorm2d       train mode, batch statistics, x_hat = (x - mean) r, r = 1/sqrt(var + eps):
+                      dy = (g r) dx + x_hat (dg - g r mean(x_hat dx)) + (db - g r mean(dx))
+                      eval mode (running statistics): dy = (g r) dx + dg x_hat + db
+    ReLU              dy = dx * [y > 0]
+    linear glue       identity, option-A shortcut (subsample, zero-pad), residual sums,
+                      average pooling, flatten: the module's own forward applied to dx
+    CE loss           dl_i = <softmax(z_i) - onehot(y_i), dz_i>
+
+How: a global forward hook records each leaf module's input and output during the training
+forward (:meth:`Linearization.record`); :meth:`Linearization.jvp` then calls the network's own
+forward on the input tangent with each leaf's ``forward`` swapped for its tangent rule above, so
+the containers' wiring (residual blocks, shortcuts, pooling) is reused as written. This is exact
+only when everything between leaf modules is linear; that holds for the suite's backbones
+(``bench.models``: ReLUs are modules there), which declare it with ``linearizable = True``. Any
+other network, or a leaf without a rule, raises :class:`NotLinearizable` and the caller falls
+back to forward-mode AD. tests/test_meta.py checks both against each other on every backbone
+and SLMO depth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench.models import _ShortcutA
+
+LINEAR_LEAVES = (nn.Identity, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AvgPool2d, _ShortcutA)
+
+
+class NotLinearizable(RuntimeError):
+    """The network has a leaf (or glue) without a tangent rule here."""
+
+
+def is_linearizable(model: nn.Module) -> bool:
+    return bool(getattr(model, "linearizable", False)) and all(
+        _rule_kind(m) is not None for m in model.modules() if not list(m.children()))
+
+
+def _rule_kind(module: nn.Module) -> str | None:
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        return "affine"
+    if isinstance(module, nn.BatchNorm2d):
+        return "bn"
+    if isinstance(module, nn.ReLU):
+        return "relu"
+    if isinstance(module, LINEAR_LEAVES):
+        return "linear"
+    return None
+
+
+class Linearization:
+    """Tangents of ``net``'s outputs at the recorded activations (module docstring).
+
+    ``net`` is the part of the model whose parameters get tangents (``MetaStep.top``);
+    ``names`` its trainable parameter names, in the order of the tangents passed to :meth:`jvp`.
+    """
+
+    def __init__(self, net: nn.Module, names: list[str]):
+        self.net = net
+        self.leaves: dict[int, nn.Module] = {}
+        self.param_index: dict[int, dict[str, int]] = {}
+        position = {name: i for i, name in enumerate(names)}
+        for qualified, module in net.named_modules():
+            if list(module.children()):
+                continue
+            if _rule_kind(module) is None:
+                raise NotLinearizable(f"no tangent rule for {type(module).__name__} ({qualified})")
+            self.leaves[id(module)] = module
+            prefix = f"{qualified}." if qualified else ""
+            self.param_index[id(module)] = {p: position[prefix + p] for p, _ in module.named_parameters(recurse=False)
+                                            if prefix + p in position}
+        self.saved: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    @contextlib.contextmanager
+    def record(self):
+        """Save every leaf's (input, output) of the forwards run inside the block."""
+        self.saved = {}
+
+        def hook(module, args, output):
+            if id(module) in self.leaves:
+                self.saved.setdefault(id(module), []).append((args[0], output))
+
+        handle = nn.modules.module.register_module_forward_hook(hook)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+    def jvp(self, h: torch.Tensor, tangents: list[torch.Tensor]) -> torch.Tensor:
+        """The tangent of ``net(h)`` for parameter tangents ``tangents`` (no tangent on ``h``),
+        at the activations recorded by the last :meth:`record` block; consumes them."""
+        zero = torch.zeros_like(h)
+        queues = {k: list(v) for k, v in self.saved.items()}
+        originals = {}
+        try:
+            for key, module in self.leaves.items():
+                originals[key] = module.__dict__.get("forward")
+                module.forward = self._rule(module, queues.get(key, []), tangents, zero)
+            with torch.no_grad():
+                return self.net(zero)
+        finally:
+            for key, module in self.leaves.items():
+                if originals.get(key) is None:
+                    module.__dict__.pop("forward", None)
+                else:
+                    module.forward = originals[key]
+            self.saved = {}
+
+    def _rule(self, module: nn.Module, queue: list, tangents: list[torch.Tensor], zero: torch.Tensor):
+        kind = _rule_kind(module)
+        index = self.param_index[id(module)]
+
+        def param_tangent(name):
+            i = index.get(name)
+            return None if i is None else tangents[i]
+
+        def pop():
+            if not queue:
+                raise NotLinearizable(f"{type(module).__name__} was not recorded in the training forward")
+            return queue.pop(0)
+
+        if kind == "linear":
+            forward = type(module).forward
+            return lambda dx: forward(module, dx)
+        if kind == "relu":
+            def relu(dx):
+                _, y = pop()
+                return torch.ops.aten.threshold_backward(dx, y, 0)  # dx where y > 0, else 0 (one kernel)
+            return relu
+        if kind == "affine":
+            def affine(dx):
+                x, _ = pop()
+                dw, db = param_tangent("weight"), param_tangent("bias")
+                out = None if dx is zero else _affine(module, dx, module.weight, None)
+                if dw is not None:
+                    term = _affine(module, x, dw, None)
+                    out = term if out is None else out + term
+                if db is not None:
+                    shape = (1, -1) + (1,) * (x.dim() - 2)
+                    out = (db.view(shape).expand_as(out) if out is None else out + db.view(shape))
+                return torch.zeros_like(_affine(module, x, module.weight, None)) if out is None else out
+            return affine
+
+        def batch_norm(dx):
+            x, _ = pop()
+            if x.dtype in (torch.bfloat16, torch.float16):  # bf16 autocast: statistics in float32
+                x = x.float()
+                dx = dx if dx is zero else dx.float()
+            dims = [0] + list(range(2, x.dim()))
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            if module.training or module.running_mean is None:  # x_hat and r from batch statistics
+                x_hat, _, r = torch.native_batch_norm(x, None, None, None, None, True, 0.0, module.eps)
+            else:
+                r = torch.rsqrt(module.running_var + module.eps)
+                x_hat = (x - module.running_mean.view(shape)) * r.view(shape)
+            g = module.weight if module.affine else torch.ones_like(r)
+            a = g * r
+            dg, dbeta = param_tangent("weight"), param_tangent("bias")
+            b = torch.zeros_like(r) if dg is None else dg
+            c = torch.zeros_like(r) if dbeta is None else dbeta
+            if dx is not zero and (module.training or module.running_mean is None):
+                b = b - a * (x_hat * dx).mean(dims)
+                c = c - a * dx.mean(dims)
+            out = torch.addcmul(c.view(shape), b.view(shape), x_hat)
+            return out if dx is zero else out.addcmul_(a.view(shape), dx)
+        return batch_norm
+
+
+def _affine(module, x, weight, bias):
+    if isinstance(module, nn.Linear):
+        return F.linear(x, weight, bias)
+    return module._conv_forward(x, weight, bias)
+
+
+def ce_tangent(logits: torch.Tensor, y: torch.Tensor, dlogits: torch.Tensor) -> torch.Tensor:
+    """d CE(z_i, y_i) = <softmax(z_i) - onehot(y_i), dz_i> for each sample i (at least float32)."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    p = torch.softmax(logits.detach().to(dtype), dim=1)
+    dz = dlogits.to(dtype)
+    return (p * dz).sum(1) - dz.gather(1, y.view(-1, 1)).squeeze(1)
