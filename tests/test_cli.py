@@ -183,3 +183,25 @@ def test_list_names_every_registered_method():
     assert result.returncode == 0
     for name in methods.names():
         assert name in result.stdout
+
+
+def test_precision_and_graph_options_reach_the_run(tmp_path):
+    """``--precision bf16`` makes a different run (its key) and ``--no-graph`` is accepted; the store
+    records how the steps ran (eager on CPU) and the memory format."""
+    import json
+
+    from bench.store import Store
+
+    store = tmp_path / "store.sqlite"
+    fp32 = bench("run", "--methods", "ce", "--store", str(store), *QUICK)
+    bf16 = bench("run", "--methods", "ce", "--store", str(store), "--precision", "bf16", "--no-graph", *QUICK)
+    assert fp32.returncode == 0 and bf16.returncode == 0, bf16.stderr
+    assert "1 trained" in bf16.stderr  # not the fp32 run again
+    runs = Store(store, create=False).runs("done")
+    assert len(runs) == 2
+    specs = [json.loads(text) for text in runs["spec_json"]]
+    assert sorted(s.get("precision", "fp32") for s in specs) == ["bf16", "fp32"]
+    envs = [json.loads(text) for text in runs["env_json"]]
+    assert all(e["steps"] == "eager" and e["channels_last"] is False for e in envs)
+    bad = bench("run", "--methods", "ce", "--store", str(store), "--precision", "fp16", *QUICK)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
