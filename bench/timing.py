@@ -1,13 +1,16 @@
 """Table 8 timing: ms per training iteration of CE, MW-Net and CurveNet at SL = 0, 1, 2, 3.
 
 ``python -m bench timing [--device cpu|cuda|auto] [--model resnet32|small_cnn|wrn16_8] [--batch-size 128]
-[--repeats R] [--warmup W] [--steps ce,mwnet,curvenet_sl0,...] [--precision fp32|bf16] [--no-graph] [--json]``
+[--repeats R] [--warmup W] [--steps ce,mwnet,curvenet_sl0,...] [--precision fp32|bf16] [--no-graph]
+[--pack N] [--json]``
 
 Every step is built from the code training runs, in one process on one device, and called
 through :class:`bench.capture.StepGraph` on the loader's batch plans as the methods call it:
 eagerly, and on CUDA (unless ``--no-graph``) also captured as a CUDA graph, the two reported side
 by side (``ms_per_iter`` and ``graph_ms_per_iter``, each with its ratios to CE and to SL = 0).
-On CUDA the model and batches are channels_last, as in training. The steps:
+On CUDA the model and batches are channels_last, as in training. ``--pack N`` measures instead
+the cost of packing N runs on one device (``bench run --jobs N``): ms per iteration of each step
+alone, and in each of N processes running at once (:func:`packing`). The steps:
 
 ``ce``            the grid protocol's step (``bench.train.train_classifier``'s inner loop: forward,
                   mean CE, ``zero_grad``, backward, SGD step).
@@ -72,6 +75,9 @@ def add_arguments(parser) -> None:
                         help="on CUDA, skip the captured (CUDA graph) column")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="forward passes in fp32 (default) or under bf16 autocast")
+    parser.add_argument("--pack", type=int, metavar="N",
+                        help="instead: ms per iteration alone and with N processes at once on the device "
+                             "(--jobs N packing; the ratio is the epoch-time cost of packing)")
 
 
 # ------------------------------------------------------------------------------ building steps
@@ -332,6 +338,62 @@ def render(results: dict) -> str:
     return f"{head}\n\n{table}\n\n{note}"
 
 
+# ------------------------------------------------------------------------------ packing
+
+
+def _packed_worker(name, kwargs, threads, iters, warmup, barrier, queue):
+    """One of the packed processes: build the step, warm up, wait for the others, time ``iters``."""
+    import torch
+
+    from bench.cpu import keep_freed_memory
+
+    keep_freed_memory()
+    torch.set_num_threads(threads)
+    step, _ = build_step(name, **kwargs)
+    device = torch.device(kwargs["device"])
+    timer = Timer(device)
+    for _ in range(warmup + (3 if kwargs.get("graph") else 0)):
+        step()
+    barrier.wait()
+    t0 = timer.now()
+    for _ in range(iters):
+        step()
+    queue.put(1000.0 * (timer.now() - t0) / iters)
+
+
+def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters: int = 50, warmup: int = 5,
+            graph: bool = True, precision: str = "fp32", seed: int = 0) -> dict:
+    """ms per iteration of ``name`` in one process alone and in each of ``jobs`` processes running
+    at once on the same device (``bench run --jobs N``'s packing), and their ratio: the time an
+    epoch takes packed over the time it takes alone. On CPU each process gets cores / N threads,
+    as ``--jobs`` gives them; alone it gets all the cores."""
+    import multiprocessing
+    import os
+
+    import torch
+
+    device = torch.device(device)
+    ctx = multiprocessing.get_context("spawn")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    kwargs = dict(model_name=model_name, batch=batch, device=str(device), seed=seed,
+                  graph=graph and device.type == "cuda", precision=precision)
+    out = {}
+    for label, n in (("alone", 1), ("packed", jobs)):
+        barrier, queue = ctx.Barrier(n), ctx.Queue()
+        threads = max(1, cores // n) if device.type == "cpu" else 1
+        procs = [ctx.Process(target=_packed_worker, args=(name, kwargs, threads, iters, warmup, barrier, queue))
+                 for _ in range(n)]
+        for proc in procs:
+            proc.start()
+        times = [queue.get(timeout=1800) for _ in procs]
+        for proc in procs:
+            proc.join()
+        out[f"{label}_ms_per_iter"] = statistics.mean(times)
+    out.update(jobs=jobs, ratio=out["packed_ms_per_iter"] / out["alone_ms_per_iter"], iters=iters,
+               device=str(device), model=model_name, batch_size=batch, graph=kwargs["graph"], precision=precision)
+    return out
+
+
 def main(args) -> int:
     from bench.cpu import keep_freed_memory
     from bench.errors import BenchError
@@ -351,6 +413,27 @@ def main(args) -> int:
         raise BenchError("--repeats must be >= 1 and --warmup >= 0")
     progress = None if args.json else (lambda name: print(f"timing {name} ...", file=sys.stderr, flush=True))
     keep_freed_memory()
+    if args.pack is not None:
+        if args.pack < 2:
+            raise BenchError(f"--pack needs at least 2 runs, got {args.pack}")
+        rows = {}
+        for name in steps:
+            if progress:
+                progress(f"{name}, alone and {args.pack} packed")
+            rows[name] = packing(name, args.pack, model_name=args.model, batch=args.batch_size, device=device,
+                                 iters=max(repeats, 10), warmup=warmup, graph=args.graph,
+                                 precision=args.precision, seed=args.seed)
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        else:
+            from tabulate import tabulate
+            print(tabulate([[k, f"{r['alone_ms_per_iter']:.2f}", f"{r['packed_ms_per_iter']:.2f}", f"{r['ratio']:.2f}"]
+                            for k, r in rows.items()],
+                           headers=["step", "alone ms/iter", f"{args.pack} packed, ms/iter each", "epoch time ratio"],
+                           tablefmt="github", disable_numparse=True))
+            print(f"\n{args.model}, batch {args.batch_size}, {device}; packed = {args.pack} processes at once on "
+                  "the same device (bench run --jobs N); issue 8's target on an H100: ratio <= 2 for 4 runs.")
+        return 0
     results = run_all(steps, model_name=args.model, batch=args.batch_size, device=device, repeats=repeats,
                       warmup=warmup, seed=args.seed, progress=progress, graph=args.graph, precision=args.precision)
     print(json.dumps(results, indent=1) if args.json else render(results))

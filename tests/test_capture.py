@@ -320,3 +320,36 @@ def test_captured_steps_match_eager_on_cuda(kind):
         results.append({k: v.detach().float().cpu() for k, v in model.state_dict().items()})
     for name in results[0]:
         torch.testing.assert_close(results[1][name], results[0][name], rtol=1e-3, atol=1e-4, msg=name)
+
+
+# ------------------------------------------------------------------------ every method's step plumbing
+
+@pytest.mark.parametrize("name", __import__("methods").names())
+def test_every_method_trains_the_same_through_replayed_steps(name, monkeypatch):
+    """Each method's training loops, with their steps run by the stand-in graph (warm-up, capture,
+    replays into static outputs, new keys, short batches): the same results as eager, bit for bit
+    on CPU. Catches a loop that reads a step's output after the next call, or a step whose
+    per-epoch constants are not in its key."""
+    from test_resume_methods import quick_spec  # tests/ is on sys.path (pytest rootdir-less layout)
+
+    from bench import execute as ex
+    from methods.base import Run
+
+    spec = quick_spec(name)
+    eager = ex.execute(spec, device=torch.device("cpu"), cache_dir=None)
+    assert eager.status == "done", eager.error
+    made = []
+
+    def replayed(self, fn, *, name, optimizers=(), warmup=2):
+        step = ReplayOnCPU(fn, name=name, optimizers=optimizers, warmup=1)
+        self.steps.append(step)
+        made.append(step)
+        return step
+
+    monkeypatch.setattr(Run, "step_graph", replayed)
+    graphed = ex.execute(spec, device=torch.device("cpu"), cache_dir=None)
+    assert graphed.status == "done", graphed.error
+    assert made and sum(s.replays for s in made) > 0, "no step was replayed"
+    assert graphed.metrics == eager.metrics
+    for record, values in eager.values.items():
+        np.testing.assert_array_equal(graphed.values[record], values, err_msg=record)

@@ -82,3 +82,16 @@ def test_cli_json_and_table():
         assert v in text
     bad = subprocess.run(cmd + ["--steps", "ce,foo"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "unknown step" in bad.stderr
+
+
+def test_packing_reports_alone_and_packed_times_and_their_ratio():
+    r = timing.packing("ce", 2, model_name="small_cnn", batch=8, device="cpu", iters=3, warmup=1)
+    assert r["jobs"] == 2 and r["alone_ms_per_iter"] > 0 and r["packed_ms_per_iter"] > 0
+    assert r["ratio"] == r["packed_ms_per_iter"] / r["alone_ms_per_iter"]
+
+
+def test_bad_pack_is_a_one_line_error():
+    result = subprocess.run([sys.executable, "-m", "bench", "timing", "--pack", "1", "--device", "cpu"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "bench: error: --pack needs at least 2 runs, got 1"]
