@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from bench.errors import BenchError
 from bench.train import train_classifier
 from methods import register
-from methods.base import Method
+from methods.base import Method, check_int
 from methods.curves import protocol_schedule, train_and_record
 
 
@@ -114,9 +114,7 @@ class AUMParams:
         if self.runs != 2:
             raise BenchError(f"aum.runs must be 2 (two disjoint threshold sets), got {self.runs!r}")
         for name in ("skip_epochs", "aum_epochs", "aum_batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise BenchError(f"aum.{name} must be an integer >= 0, got {v!r}")
+            check_int(getattr(self, name), f"aum.{name}", 0)
 
 
 @register

@@ -29,6 +29,12 @@ from bench.spec import RunSpec, parse_value
 from bench.train import accuracy_report, check_finite, lr_at, predict
 
 
+def check_int(value, what: str, minimum: int = 0) -> None:
+    """BenchError unless ``value`` is an integer (not a bool) >= ``minimum``, for Params checks."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise BenchError(f"{what} must be an integer >= {minimum}, got {value!r}")
+
+
 @dataclass
 class NoParams:
     """Hyperparameters of a method that has none."""

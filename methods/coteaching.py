@@ -46,7 +46,7 @@ import torch
 from bench.errors import BenchError
 from bench.train import set_lr
 from methods import register
-from methods.base import Method
+from methods.base import Method, check_int
 from methods.curves import check_rate_option, per_sample_ce, resolve_rate
 
 
@@ -97,8 +97,7 @@ class CoTeachingParams:
 
     def __post_init__(self):
         check_rate_option(self.tau, "coteaching.tau")
-        if isinstance(self.t_k, bool) or not isinstance(self.t_k, int) or self.t_k < 1:
-            raise BenchError(f"coteaching.t_k must be an integer >= 1, got {self.t_k!r}")
+        check_int(self.t_k, "coteaching.t_k", 1)
         if not (self.exponent > 0 and math.isfinite(self.exponent)):
             raise BenchError(f"coteaching.exponent must be a positive number, got {self.exponent!r}")
 

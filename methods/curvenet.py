@@ -75,7 +75,7 @@ import torch.nn.functional as F
 from bench.errors import BenchError
 from bench.train import set_lr
 from methods import register
-from methods.base import Method
+from methods.base import Method, check_int
 from methods.curves import Schedule, centre, curvenet_probe_schedule, train_and_record
 from methods.drw import DRW  # Table 6 "+DRW"
 from methods.meta import MetaStep, check_options
@@ -152,9 +152,7 @@ class CurveNetParams:
 
     def __post_init__(self):
         def positive_int(name, minimum=1):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                raise BenchError(f"curvenet.{name} must be an integer >= {minimum}, got {v!r}")
+            check_int(getattr(self, name), f"curvenet.{name}", minimum)
 
         for name in ("probe_batch_size", "cycle_batch_size", "embed_dim", "pseudo_per_class"):
             positive_int(name)

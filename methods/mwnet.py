@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from bench.errors import BenchError
 from bench.train import set_lr
 from methods import register
-from methods.base import Method
+from methods.base import Method, check_int
 from methods.meta import MetaStep, check_options
 
 VARIANTS = {
@@ -87,8 +87,7 @@ class MWNetParams:
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise BenchError(f"unknown MW-Net variant {self.variant!r}; choose from {', '.join(VARIANTS)}")
-        if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 1:
-            raise BenchError(f"mwnet.hidden must be a positive integer, got {self.hidden!r}")
+        check_int(self.hidden, "mwnet.hidden", 1)
         check_options(self.lookahead, self.skip_layers, self.second_order)
         for name in ("meta_lr", "meta_weight_decay"):
             value = getattr(self, name)

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from bench.errors import BenchError
 from bench.train import train_classifier
 from methods import register
-from methods.base import Method
+from methods.base import Method, check_int
 from methods.curves import check_rate_option, linear_cycle_schedule, protocol_schedule, resolve_rate, train_and_record
 
 
@@ -82,12 +82,8 @@ class O2UParams:
     def __post_init__(self):
         check_rate_option(self.drop_rate, "o2u.drop_rate")
         for name in ("cycle_length", "cycles", "cycle_batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise BenchError(f"o2u.{name} must be an integer >= 1, got {v!r}")
-        if isinstance(self.stage1_epochs, bool) or not isinstance(self.stage1_epochs, int) \
-                or self.stage1_epochs < 0:
-            raise BenchError(f"o2u.stage1_epochs must be an integer >= 0, got {self.stage1_epochs!r}")
+            check_int(getattr(self, name), f"o2u.{name}", 1)
+        check_int(self.stage1_epochs, "o2u.stage1_epochs", 0)
         if not (0 < self.lr_low <= self.lr_high):
             raise BenchError(f"o2u needs 0 < lr_low <= lr_high, got {self.lr_low} and {self.lr_high}")
         if self.retrain not in ("scratch", "pretrained"):
