@@ -3,9 +3,9 @@
 glibc's malloc serves allocations above 128 KiB-32 MiB (its dynamic mmap threshold) with fresh
 ``mmap`` pages and returns freed heap tops to the kernel; PyTorch's CPU allocator does not cache,
 so every activation of every training step is a new page-faulting allocation. On the 2-core VM
-this suite is developed on, that page-fault work made the small CNN's CE step 1.5x slower and the
-meta step 2x slower (session 2: CE 32 -> 21 ms, MW-Net 157 -> 75 ms per step, batch 128;
-``python -m bench timing --model small_cnn --device cpu``). :func:`keep_freed_memory` raises the
+this suite is developed on, that made the small CNN's steps (batch 128) 10-25% slower and noisier
+(session 2, two runs each of ``bench.timing.build_step``: CE 24.9-26.6 -> 21.3-21.8 ms, MW-Net
+79.6-92.2 -> 75.0-76.3 ms; CurveNet SL=3 48.5 either way). :func:`keep_freed_memory` raises the
 mmap threshold to glibc's maximum (32 MiB) and turns trimming off, so freed blocks are reused:
 the same effect as ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` in the environment, but
 set from inside the process. The cost is a process that keeps its peak heap (a few hundred MB for
