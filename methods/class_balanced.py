@@ -129,7 +129,7 @@ class ClassBalanced(Method):
         def loss_fn(logits, y, idx, epoch):
             return reduce_weighted(cb_per_sample(logits, y, p.loss, p.gamma), y, weights, p.reduction)
 
-        model = train_classifier(run, model, loss_fn, optimizer=optimizer)
+        model = train_classifier(run, model, loss_fn, optimizer=optimizer, same_loss_every_epoch=True)
         y_train = torch.as_tensor(run.data.train_y, device=run.device, dtype=torch.long)
         run.record("weight", weights[y_train])
         return model
