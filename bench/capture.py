@@ -157,6 +157,13 @@ class StepGraph:
             return self._warm(inputs)
         return self._capture(inputs)
 
+    def release(self) -> None:
+        """Free the captured graph and its static tensors (the loop is over); a later call captures
+        again. ``mode`` keeps saying how the step ran."""
+        self._graph = self._static_out = None
+        self._static_in = []
+        self._key, self._calls = None, 0
+
     # ------------------------------------------------------------------------ internals
     def _prepare(self) -> None:
         self._prepared = True

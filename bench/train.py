@@ -141,4 +141,5 @@ def train_classifier(run, model: nn.Module, loss_fn: LossFn, *, epochs: int | No
             total += graphed(*plan, key=None if same_loss_every_epoch else epoch) * len(plan.idx)
             seen += len(plan.idx)
         run.log(epoch, model, stage=stage, lr=lr, loss=float(total) / max(seen, 1))
+    graphed.release()
     return model

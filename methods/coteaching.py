@@ -166,6 +166,7 @@ class CoTeaching(Method):
             run.log(epoch, model1, stage="train", lr=lr, loss=float(total1) / max(seen, 1),
                     loss2=float(total2) / max(seen, 1), remember_rate=rate, kept=int(n_kept),
                     kept_clean=float(kept_clean), **extra)
+        graphed.release()
         run.record("kept", kept)
         run.record("score", last_ce2)
         run.record("loss_net1", last_ce1)

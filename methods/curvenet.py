@@ -338,6 +338,8 @@ class CurveNetMethod(Method):
             learning = meta_loader is not None and epoch < run.first_drop
             # a fresh meta iterator each epoch, as recognition_curve.py's train() builds it
             meta = meta_loader.cycle() if learning else None
+            if not learning:
+                graphed_meta.release()  # the weights are frozen from here on
             total = torch.zeros(3, device=device)
             seen = steps = 0
             for plan in train.plans():
@@ -352,6 +354,7 @@ class CurveNetMethod(Method):
             if learning:
                 metrics["meta_loss"] = meta_sum / max(steps, 1)
             run.log(epoch, model, stage="allocate", **metrics)
+        graphed_fixed.release()
         run.record("weight", last)
         return model
 

@@ -381,6 +381,8 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
         evaluate = evaluate_every > 0 and ((epoch + 1) % evaluate_every == 0 or last)
         run.log(epoch, model if evaluate else None, stage=log_stage, lr=lr, batch_size=bs,
                 loss=float(total) / max(seen, 1))
+    if graphed is not None:
+        graphed.release()
     values = recorder.values if recorder is not None else torch.empty(0, n, device=device)
     return Curves(values=values, quantity=qname, labels=torch.as_tensor(y_all, device=device, dtype=torch.long),
                   indices=indices, schedule=schedule)

@@ -163,6 +163,7 @@ class MWNet(Method):
             loss, meta_loss, weight_sum = total.tolist()
             run.log(epoch, model, lr=lr, loss=loss / max(seen, 1), meta_loss=meta_loss / max(steps, 1),
                     mean_weight=weight_sum / max(seen, 1))
+        graphed.release()
         with torch.no_grad():
             run.record("weight", vnet(final_losses(run, model)))
         return model

@@ -353,3 +353,13 @@ def test_every_method_trains_the_same_through_replayed_steps(name, monkeypatch):
     assert graphed.metrics == eager.metrics
     for record, values in eager.values.items():
         np.testing.assert_array_equal(graphed.values[record], values, err_msg=record)
+
+
+def test_release_frees_the_graph_and_keeps_the_mode():
+    graphed = ReplayOnCPU(lambda a: a + 1, name="toy", warmup=1)
+    for _ in range(3):
+        graphed(torch.zeros(2))
+    assert graphed._graph is not None and graphed.mode == "captured"
+    graphed.release()
+    assert graphed._graph is None and graphed._static_in == [] and graphed.mode == "captured"
+    assert graphed(torch.zeros(2)).tolist() == [1.0, 1.0] and graphed.captures == 1  # warm-up again
