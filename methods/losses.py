@@ -100,6 +100,12 @@ def softmax_focal_per_sample(logits: torch.Tensor, target: torch.Tensor, gamma: 
     return one_minus_pt.pow(gamma) * ce
 
 
+def one_hot(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Boolean (B, C) one-hot of ``target`` shaped like ``logits``. Unlike ``F.one_hot`` it does not
+    read the labels' range back to the host, so it can run inside a captured CUDA graph."""
+    return torch.zeros(logits.shape, dtype=torch.bool, device=logits.device).scatter_(1, target.view(-1, 1), True)
+
+
 def sigmoid_focal_per_sample(logits: torch.Tensor, target: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
     """Per-sample one-vs-all sigmoid loss summed over classes; focal when gamma > 0.
 
@@ -109,7 +115,7 @@ def sigmoid_focal_per_sample(logits: torch.Tensor, target: torch.Tensor, gamma: 
     is exp(gamma * log sigmoid(-t z)) with t = +1/-1 (the official log1p(exp(-z)) form overflows
     for very negative logits; ``logsigmoid`` does not).
     """
-    onehot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
+    onehot = one_hot(target, logits).to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none")
     if gamma != 0:
         sign = 2.0 * onehot - 1.0
@@ -124,7 +130,7 @@ def ldam_per_sample(logits: torch.Tensor, target: torch.Tensor, margins: torch.T
     s (official ``LDAMLoss``, ``losses.py:35-45``, with a bool mask instead of the deprecated
     uint8 one and no CUDA-only tensor types).
     """
-    onehot = F.one_hot(target, logits.shape[1]).to(torch.bool)
+    onehot = one_hot(target, logits)
     shifted = torch.where(onehot, logits - margins[target].unsqueeze(1).to(logits.dtype), logits)
     return F.cross_entropy(s * shifted, target, reduction="none")
 

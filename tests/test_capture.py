@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from bench.capture import PRECISIONS, StepGraph, autocast, prepare_optimizer
 from bench.data import Loader
@@ -60,6 +62,54 @@ class ReplayOnCPU(StepGraph):
             new = self.fn(*static_in)
             for dst, src in zip(_tensors(out), _tensors(new)):
                 dst.copy_(src)
+        return replay, out
+
+
+class _OpRecorder(TorchDispatchMode):
+    """Records every aten call (function, arguments, outputs) made while it is active; refuses the
+    calls that synchronise with the host, which CUDA graph capture refuses too."""
+
+    SYNCING = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+               torch.ops.aten.is_nonzero.default, torch.ops.aten.equal.default}
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.SYNCING:
+            raise RuntimeError(f"{func} synchronises with the host (not capturable)")
+        out = func(*args, **kwargs)
+        self.ops.append((func, args, kwargs, out))
+        return out
+
+
+class EmulatedGraph(ReplayOnCPU):
+    """A closer stand-in for a CUDA graph: capture records the step's aten calls (below autograd,
+    backward and optimiser kernels included), and replay re-runs *those calls* on the same tensor
+    objects, writing each result into the tensor the capture produced: no Python of the step runs
+    on replay, so a value the step read from Python at capture time stays baked in, as on a GPU."""
+
+    _prepare = StepGraph._prepare  # fused SGD with a tensor lr, capturable Adam: as on CUDA
+
+    def _record(self, static_in):
+        recorder = _OpRecorder()
+        with recorder:
+            out = self.fn(*static_in)  # "capture" also does this call's step ...
+        first = [True]
+
+        @torch.no_grad()
+        def replay():
+            if first[0]:  # ... so the replay right after capture does nothing
+                first[0] = False
+                return
+            for func, args, kwargs, recorded in recorder.ops:
+                new = func(*args, **kwargs)
+                for dst, src in zip(tree_flatten(recorded)[0], tree_flatten(new)[0]):
+                    if isinstance(dst, torch.Tensor) and dst is not src:
+                        assert dst.shape == src.shape, f"{func}: shape changed on replay"
+                        dst.copy_(src)
         return replay, out
 
 
@@ -326,30 +376,42 @@ def test_captured_steps_match_eager_on_cuda(kind):
 
 @pytest.mark.parametrize("name", __import__("methods").names())
 def test_every_method_trains_the_same_through_replayed_steps(name, monkeypatch):
-    """Each method's training loops, with their steps run by the stand-in graph (warm-up, capture,
-    replays into static outputs, new keys, short batches): the same results as eager, bit for bit
-    on CPU. Catches a loop that reads a step's output after the next call, or a step whose
-    per-epoch constants are not in its key."""
+    """Each method's training loops, with their steps replayed by :class:`EmulatedGraph` (warm-up,
+    capture of the aten calls, replays that run no Python, new keys, short batches): the same
+    results as eager, bit for bit on CPU. Catches a step that synchronises with the host, a loop
+    that reads a step's output after the next call, and a value read from Python at capture time
+    that changes later without a new key (e.g. an lr that is not a tensor filled in place)."""
+    import importlib
+
     from test_resume_methods import quick_spec  # tests/ is on sys.path (pytest rootdir-less layout)
 
     from bench import execute as ex
     from methods.base import Run
 
+    # capturable Adam is a CUDA feature; its tensor-only code path runs on CPU as well
+    monkeypatch.setattr(importlib.import_module("torch.optim.adam"), "_get_capturable_supported_devices",
+                        lambda *a, **k: ["cpu"])
     spec = quick_spec(name)
-    eager = ex.execute(spec, device=torch.device("cpu"), cache_dir=None)
-    assert eager.status == "done", eager.error
     made = []
 
-    def replayed(self, fn, *, name, optimizers=(), warmup=2):
-        step = ReplayOnCPU(fn, name=name, optimizers=optimizers, warmup=1)
-        self.steps.append(step)
-        made.append(step)
-        return step
+    def stepper(kind, eager_calls):
+        def step_graph(self, fn, *, name, optimizers=(), **_):
+            step = kind(fn, name=name, optimizers=optimizers, warmup=eager_calls)
+            self.steps.append(step)
+            made.append(step)
+            return step
+        return step_graph
 
-    monkeypatch.setattr(Run, "step_graph", replayed)
+    # reference: the same prepared optimisers, every call eager (never captured)
+    monkeypatch.setattr(Run, "step_graph", stepper(EmulatedGraph, 10**9))
+    eager = ex.execute(spec, device=torch.device("cpu"), cache_dir=None)
+    assert eager.status == "done", eager.error
+    made.clear()
+    monkeypatch.setattr(Run, "step_graph", stepper(EmulatedGraph, 1))
     graphed = ex.execute(spec, device=torch.device("cpu"), cache_dir=None)
     assert graphed.status == "done", graphed.error
     assert made and sum(s.replays for s in made) > 0, "no step was replayed"
+    assert all(s.failure is None for s in made), [s.failure for s in made]  # nothing synchronised
     assert graphed.metrics == eager.metrics
     for record, values in eager.values.items():
         np.testing.assert_array_equal(graphed.values[record], values, err_msg=record)
