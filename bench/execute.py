@@ -144,7 +144,6 @@ def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
         model = method_cls(params).fit(run)
         metrics = summarize(run, model)
     except Diverged as exc:
-        env["steps"] = run.step_mode
         return RunResult(spec, "failed", history=run.history, env=env, error=str(exc))
     except (KeyboardInterrupt, BenchError):
         raise
@@ -152,7 +151,8 @@ def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
         tb = traceback.format_exc(limit=6)
         print(tb, file=sys.stderr)
         return RunResult(spec, "failed", history=run.history, env=env, error=f"{type(exc).__name__}: {exc}")
-    env.update(steps=run.step_mode, channels_last=run.channels_last)
+    finally:  # every outcome's env (the RunResult holds this dict) says how the steps ran
+        env.update(steps=run.step_mode, channels_last=run.channels_last)
     samples = {"dataset_index": data.train_index, "clean_label": data.train_clean_y,
                "observed_label": data.train_y, "is_noisy": data.is_noisy}
     values = {k: v for k, v in run.records.items() if np.ndim(v) == 1}

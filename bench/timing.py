@@ -222,6 +222,11 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
     return step, clock
 
 
+def _capture_calls(step) -> int:
+    """Calls before a step replays: its StepGraph's eager warm-up calls and the capture (0 if eager)."""
+    return step.graphed.warmup + 1 if step.graphed.enabled else 0
+
+
 def measure(name: str, *, model_name: str, batch: int, device, repeats: int, warmup: int, seed: int = 0,
             graph: bool = False, precision: str = "fp32") -> dict:
     """Median ms per iteration and median meta ms of step ``name`` (module docstring)."""
@@ -231,7 +236,7 @@ def measure(name: str, *, model_name: str, batch: int, device, repeats: int, war
     step, clock = build_step(name, model_name=model_name, batch=batch, device=device, seed=seed, graph=graph,
                              precision=precision)
     timer = Timer(device)
-    for _ in range(warmup + (3 if graph else 0)):  # captured: 2 eager warm-up calls + the capture
+    for _ in range(warmup + _capture_calls(step)):
         step()
     separate = device.type == "cuda"
     iter_ms = []
@@ -352,7 +357,7 @@ def _packed_worker(name, kwargs, threads, iters, warmup, barrier, queue):
     step, _ = build_step(name, **kwargs)
     device = torch.device(kwargs["device"])
     timer = Timer(device)
-    for _ in range(warmup + (3 if kwargs.get("graph") else 0)):
+    for _ in range(warmup + _capture_calls(step)):
         step()
     barrier.wait()
     t0 = timer.now()
@@ -368,13 +373,14 @@ def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters:
     epoch takes packed over the time it takes alone. On CPU each process gets cores / N threads,
     as ``--jobs`` gives them; alone it gets all the cores."""
     import multiprocessing
-    import os
 
     import torch
 
+    from bench.executors import available_cores
+
     device = torch.device(device)
     ctx = multiprocessing.get_context("spawn")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     kwargs = dict(model_name=model_name, batch=batch, device=str(device), seed=seed,
                   graph=graph and device.type == "cuda", precision=precision)
     out = {}

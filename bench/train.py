@@ -116,12 +116,11 @@ def train_classifier(run, model: nn.Module, loss_fn: LossFn, *, epochs: int | No
     loader = loader or run.loader("train")
     epochs = run.spec.epochs if epochs is None else epochs
     model.train()
-    epoch_of_step = [0]
 
-    def step(idx, offsets, flip):  # one SGD step on one batch plan (captured on CUDA)
+    def step(idx, offsets, flip):  # one SGD step on one batch plan (captured on CUDA); reads the loop's epoch
         x, y, idx = loader.assemble(idx, offsets, flip)
         with run.autocast():
-            loss = loss_fn(model(x), y, idx, epoch_of_step[0])
+            loss = loss_fn(model(x), y, idx, epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -133,7 +132,6 @@ def train_classifier(run, model: nn.Module, loss_fn: LossFn, *, epochs: int | No
         set_lr(optimizer, lr)
         if on_epoch_start is not None:
             on_epoch_start(epoch)
-        epoch_of_step[0] = epoch
         total = torch.zeros((), device=run.device)
         seen = 0
         for plan in loader.plans():

@@ -131,9 +131,8 @@ class CoTeaching(Method):
         model2.train()
         state = {"model1": model1, "model2": model2, "opt1": opt1, "opt2": opt2, "kept": kept,
                  "last_ce1": last_ce1, "last_ce2": last_ce2}
-        rate = 1.0
 
-        def step(idx, offsets, flip):  # one mini-batch on a batch plan (captured on CUDA)
+        def step(idx, offsets, flip):  # one mini-batch on a batch plan (captured on CUDA); reads the epoch's rate
             x, y, idx = loader.assemble(idx, offsets, flip)
             with run.autocast():
                 loss1, loss2, _, chosen_by_2, ce1, ce2 = coteaching_step(model1, model2, opt1, opt2, x, y,
@@ -150,21 +149,19 @@ class CoTeaching(Method):
             set_lr(opt2, lr)
             rate = remember_rate(epoch, tau, p.t_k, p.exponent)
             kept.zero_()
-            total1 = torch.zeros((), device=run.device)
-            total2 = torch.zeros((), device=run.device)
+            totals = torch.zeros(2, device=run.device)  # loss of network 1, of network 2 (x batch size)
             seen = 0
             for plan in loader.plans():
-                # the number kept changes with the epoch's remember rate: captured again per epoch
-                total1_2 = graphed(*plan, key=epoch)
-                total1 += total1_2[0]
-                total2 += total1_2[1]
+                # the number kept follows the remember rate: a new rate captures the step again
+                totals += graphed(*plan, key=rate)
                 seen += len(plan.idx)
+            total1, total2 = totals.tolist()
             # label precision of the samples that updated network 1 (analysis only, uses is_noisy)
             n_kept = kept.sum()
             kept_clean = (kept & ~is_noisy).sum().float() / n_kept.clamp_min(1)
             extra = {"test_acc_net2": run.evaluate(model2)["acc"]} if epoch == run.spec.epochs - 1 else {}
-            run.log(epoch, model1, stage="train", lr=lr, loss=float(total1) / max(seen, 1),
-                    loss2=float(total2) / max(seen, 1), remember_rate=rate, kept=int(n_kept),
+            run.log(epoch, model1, stage="train", lr=lr, loss=total1 / max(seen, 1),
+                    loss2=total2 / max(seen, 1), remember_rate=rate, kept=int(n_kept),
                     kept_clean=float(kept_clean), **extra)
         graphed.release()
         run.record("kept", kept)

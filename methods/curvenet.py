@@ -305,7 +305,6 @@ class CurveNetMethod(Method):
             last = cnet(curves, labels)
         drw = DRW.from_run(run, switch_epoch=run.first_drop + 1, reduction="batch") if p.drw else None
         train = run.loader("train")
-        epoch_now = [0]
 
         def meta_step(idx, offsets, flip, m_idx, m_offsets, m_flip):  # eqs. 3-5 with CurveNet's weights
             x, y, idx = train.assemble(idx, offsets, flip)
@@ -318,7 +317,7 @@ class CurveNetMethod(Method):
             x, y, idx = train.assemble(idx, offsets, flip)
             w = last[idx]
             if drw is not None:
-                w = w * drw.sample_weights(y, epoch_now[0])
+                w = w * drw.sample_weights(y, epoch)  # the allocate loop's current epoch
             with run.autocast():
                 losses = F.cross_entropy(model(x), y, reduction="none")
             loss = (w * losses.float()).sum() / len(y)
@@ -334,7 +333,6 @@ class CurveNetMethod(Method):
         for epoch in run.epochs(run.spec.epochs, stage="allocate", state=state):  # resumable after a kill
             lr = run.lr_at(epoch)
             set_lr(optimizer, lr)
-            epoch_now[0] = epoch
             learning = meta_loader is not None and epoch < run.first_drop
             # a fresh meta iterator each epoch, as recognition_curve.py's train() builds it
             meta = meta_loader.cycle() if learning else None

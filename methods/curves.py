@@ -345,34 +345,32 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
     state = {"model": model, "optimizer": optimizer}
     if recorder is not None:
         state["curves"] = recorder.values
-    graphed = None
+
+    def step(idx, offsets, flip):  # one step on a batch plan (captured on CUDA, bench/capture.py)
+        x, y, idx = loader.assemble(idx, offsets, flip)
+        pool_idx = idx if pool_of is None else pool_of[idx]
+        with run.autocast():
+            logits = model(x)
+            loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y, pool_idx, epoch)
+        if recorder is not None and record == "train":
+            with torch.no_grad():
+                recorder.add(epoch, pool_idx, fn(logits.detach().float(), y))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    graphed = run.step_graph(step, name=f"{log_stage} step", optimizers=[optimizer])
     for epoch in run.epochs(epochs, stage=log_stage, state=state):  # resumable after a kill
         lr, bs = schedule.lr(epoch), schedule.batch_size(epoch)
         set_lr(optimizer, lr)
         if bs not in loaders:
             loaders[bs] = run.loader("train", batch_size=bs, indices=indices, labels=labels)
         loader = loaders[bs]
-
-        def step(idx, offsets, flip, loader=loader, epoch=epoch):  # captured on CUDA (bench/capture.py)
-            x, y, idx = loader.assemble(idx, offsets, flip)
-            pool_idx = idx if pool_of is None else pool_of[idx]
-            with run.autocast():
-                logits = model(x)
-                loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y, pool_idx, epoch)
-            if recorder is not None and record == "train":
-                with torch.no_grad():
-                    recorder.add(epoch, pool_idx, fn(logits.detach().float(), y))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            return loss.detach()
-
-        if graphed is None:
-            graphed = run.step_graph(step, name=f"{log_stage} step", optimizers=[optimizer])
-        graphed.fn = step  # the epoch's step (its row of the recorder, its loader): captured again
         total = torch.zeros((), device=device)
         seen = 0
         for plan in loader.plans():
+            # the step reads this epoch's loader and recorder row: a new epoch captures it again
             total += graphed(*plan, key=epoch) * len(plan.idx)
             seen += len(plan.idx)
         if recorder is not None and record == "eval":
@@ -381,8 +379,7 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
         evaluate = evaluate_every > 0 and ((epoch + 1) % evaluate_every == 0 or last)
         run.log(epoch, model if evaluate else None, stage=log_stage, lr=lr, batch_size=bs,
                 loss=float(total) / max(seen, 1))
-    if graphed is not None:
-        graphed.release()
+    graphed.release()
     values = recorder.values if recorder is not None else torch.empty(0, n, device=device)
     return Curves(values=values, quantity=qname, labels=torch.as_tensor(y_all, device=device, dtype=torch.long),
                   indices=indices, schedule=schedule)

@@ -294,8 +294,7 @@ class MetaStep:
         model = self.model
         shared = self.skip_layers == 0
         # 1. training forward for the look-ahead (with SL = 0 it is also the real forward)
-        record = (self.linearization.record() if self.jvp == "linearized" and self.second_order == "jvp"
-                  else contextlib.nullcontext())
+        record = self.linearization.record() if self.jvp == "linearized" else contextlib.nullcontext()
         if shared:
             with self._autocast(), record:
                 logits = self._full(model(x))
