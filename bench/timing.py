@@ -32,6 +32,9 @@ Measurements (per step kind, after ``--warmup`` iterations; the median of ``--re
 
 ``ms_per_iter``  the whole iteration, synchronised before and after (``torch.cuda.synchronize``
                  on CUDA): next train and meta batch, and the step.
+``phase_ms``     per phase of the eager iteration (``batch``, then ``methods.meta.PHASES``; CE: ``batch``,
+                 ``real_forward``, ``real_backward``), the median ms: where the time goes. On CPU from the
+                 timed iterations; on CUDA every mark synchronises, so from separate iterations.
 ``meta_ms``      the paper's "meta time" (CurveNet code, notes/curvenet_mwnet.md §4): from the
                  end of the meta forward (the look-ahead classifier on the meta batch) to the end
                  of the weighting-net optimiser step, synchronised at both ends, i.e. the meta
@@ -95,33 +98,39 @@ class Timer:
         return time.perf_counter()
 
 
-class MetaClock:
-    """Measures the paper's meta time inside :class:`methods.meta.MetaStep` without changing it:
-    the end of the meta forward (the look-ahead classifier on the meta batch; MetaStep's
-    ``after_meta_forward`` hook) marks the start, the weighting-net optimiser's ``step`` the end."""
+class PhaseClock:
+    """Where an eager iteration's time goes, without changing the step: ms from the iteration's
+    start (:meth:`start`) or the previous phase's end to each phase's end. The meta steps report
+    their phases through :attr:`methods.meta.MetaStep.on_phase` (``methods.meta.PHASES``), the CE
+    step its forward and backward as ``real_forward`` and ``real_backward``; both report the
+    batch assembly as ``batch``. The paper's meta time is the sum of ``META_TIME_PHASES``."""
 
-    def __init__(self, meta_step, weight_opt, timer: Timer):
+    def __init__(self, timer: Timer):
         self.timer = timer
         self.enabled = False
-        self.start = None
-        self.times: list[float] = []
-        self.calls = 0
-        original_step = weight_opt.step
+        self.last = None
+        self.iterations: list[dict[str, float]] = []
 
-        def meta_forward_done():
-            if self.enabled:
-                self.start = self.timer.now()
+    def start(self) -> None:
+        if self.enabled:
+            self.iterations.append({})
+            self.last = self.timer.now()
 
-        def opt_step(*args, **kwargs):
-            out = original_step(*args, **kwargs)
-            if self.enabled and self.start is not None:
-                self.times.append(1000.0 * (self.timer.now() - self.start))
-                self.calls += 1
-            self.start = None
-            return out
+    def __call__(self, phase: str) -> None:
+        if self.enabled and self.last is not None:
+            now = self.timer.now()
+            self.iterations[-1][phase] = self.iterations[-1].get(phase, 0.0) + 1000.0 * (now - self.last)
+            self.last = now
 
-        meta_step.after_meta_forward = meta_forward_done
-        weight_opt.step = opt_step
+    def meta_ms(self) -> list[float]:
+        from methods.meta import META_TIME_PHASES
+
+        return [sum(it.get(p, 0.0) for p in META_TIME_PHASES) for it in self.iterations]
+
+    def phase_ms(self) -> dict[str, float]:
+        """The median over iterations of each phase's ms."""
+        phases = dict.fromkeys(p for it in self.iterations for p in it)
+        return {p: statistics.median(it.get(p, 0.0) for it in self.iterations) for p in phases}
 
 
 def _loaders(model_name: str, batch: int, device, generator):
@@ -146,8 +155,8 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
                graph: bool = False, precision: str = "fp32"):
     """``(step, clock)``: ``step()`` runs one training iteration of ``name`` (next batch plans
     included), through :class:`bench.capture.StepGraph` as training does (captured on CUDA when
-    ``graph``); ``clock`` is the :class:`MetaClock` of an eager meta step (None for CE and for
-    captured steps, whose Python hooks do not run on replay)."""
+    ``graph``); ``clock`` is its :class:`PhaseClock` (None for captured steps, whose Python hooks
+    do not run on replay)."""
     import torch
     import torch.nn.functional as F
 
@@ -169,22 +178,30 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
     optimizer = torch.optim.SGD(model.parameters(), lr=p["lr"], momentum=p["momentum"], nesterov=p["nesterov"],
                                 weight_decay=p["weight_decay"])
     train, meta = _loaders(model_name, batch, device, generator)
+    captured = graph and device.type == "cuda"
+    clock = None if captured else PhaseClock(Timer(device))
+    mark = clock or (lambda phase: None)
 
     if name == "ce":
         def ce_step(idx, offsets, flip):
             x, y, _ = train.loader.assemble(idx, offsets, flip)
+            mark("batch")
             with autocast(device, precision):
                 loss = F.cross_entropy(model(x), y)  # methods/ce.py's loss in train_classifier's step
+            mark("real_forward")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            mark("real_backward")
             return loss.detach()
         graphed = StepGraph(ce_step, name=name, device=device, enabled=graph, optimizers=[optimizer])
 
         def step():
+            if clock:
+                clock.start()
             graphed(*train.next_plan())
         step.graphed = graphed
-        return step, None
+        return step, clock
 
     if name == "mwnet":
         from methods.mwnet import MWNetParams, WeightNet
@@ -206,16 +223,19 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
         meta_step = MetaStep(model, optimizer, weight_net, weight_opt, lambda loss, y, idx: weight_net(curves[idx], y),
                              lookahead=cp.lookahead, skip_layers=skip, normalize=False, second_order=cp.second_order,
                              precision=precision)
-    clock = None if graph and device.type == "cuda" else MetaClock(meta_step, weight_opt, Timer(device))
+    meta_step.on_phase = clock
 
     def one_step(idx, offsets, flip, m_idx, m_offsets, m_flip):  # as methods/mwnet.py's one_step
         x, y, idx = train.loader.assemble(idx, offsets, flip)
         xm, ym, _ = meta.loader.assemble(m_idx, m_offsets, m_flip)
+        mark("batch")
         out = meta_step(x, y, idx, xm, ym)
         return torch.stack([out["loss"], out["meta_loss"]])
     graphed = StepGraph(one_step, name=name, device=device, enabled=graph, optimizers=[optimizer, weight_opt])
 
     def step():
+        if clock:
+            clock.start()
         graphed(*train.next_plan(), *meta.next_plan())
     step.meta_step = meta_step
     step.graphed = graphed
@@ -250,14 +270,16 @@ def measure(name: str, *, model_name: str, batch: int, device, repeats: int, war
         clock.enabled = True
         for _ in range(repeats):
             step()
-    meta = clock.times if clock is not None else [0.0] * repeats
-    if clock is not None and clock.calls != repeats:
-        raise RuntimeError(f"{name}: the meta-time hooks fired {clock.calls} times in {repeats} iterations "
-                           "(methods/meta.py changed? see bench.timing.MetaClock)")
+    if clock is not None and (len(clock.iterations) != repeats
+                              or any("real_backward" not in it for it in clock.iterations)):
+        raise RuntimeError(f"{name}: the phase hooks did not mark {repeats} whole iterations "
+                           "(methods/meta.py changed? see bench.timing.PhaseClock)")
     out = {"ms_per_iter": statistics.median(iter_ms), "ms_per_iter_all": [round(v, 3) for v in iter_ms],
            "mode": step.graphed.mode}
-    if clock is not None or name == "ce":
-        out.update(meta_ms=statistics.median(meta), meta_ms_all=[round(v, 3) for v in meta])
+    if clock is not None:
+        meta = clock.meta_ms()
+        out.update(meta_ms=statistics.median(meta), meta_ms_all=[round(v, 3) for v in meta],
+                   phase_ms={p: round(v, 3) for p, v in clock.phase_ms().items()})
     return out
 
 
@@ -340,7 +362,41 @@ def render(results: dict) -> str:
             "sources); compare ratios, not milliseconds.")
     if not captured:
         note += " Captured steps: CUDA only (not measured on this device)."
-    return f"{head}\n\n{table}\n\n{note}"
+    return f"{head}\n\n{table}\n\n{note}\n\n{render_phases(results, labels)}"
+
+
+PHASE_LABELS = {"batch": "batch", "lookahead_forward": "look-ahead fwd", "lookahead_backward": "look-ahead bwd",
+                "meta_forward": "meta fwd", "meta_backward": "meta bwd", "jvp": "JVP", "weight_update": "V update",
+                "real_forward": "real fwd", "real_backward": "real bwd+step"}
+
+
+def render_phases(results: dict, labels: dict) -> str:
+    """Where the eager iteration's time goes (``phase_ms``), phase by phase, in ms, and what the
+    forward and backward passes alone cost in CE iterations: a floor under the meta / CE ratio
+    that no overhead reduction can go below."""
+    from tabulate import tabulate
+
+    ce = sum(results.get("ce", {}).get("phase_ms", {}).values())
+    rows = []
+    for key, r in results.items():
+        phases = r.get("phase_ms")
+        if not phases:
+            continue
+        rows.append([labels[key]] + [f"{phases[p]:.1f}" if p in phases else "—" for p in PHASE_LABELS]
+                    + [f"{sum(phases.values()):.1f}"])
+    table = tabulate(rows, headers=["step", *PHASE_LABELS.values(), "sum"], tablefmt="github", disable_numparse=True)
+    note = ("Phases of the eager iteration (median ms; methods.meta.PHASES, marked by MetaStep.on_phase; on CUDA "
+            "each mark synchronises, on iterations apart from the timed ones). batch = drawing and assembling the "
+            "train and meta batches; CE's forward and backward+step are in the real columns. Meta time = meta bwd "
+            "+ JVP + V update.")
+    passes = ("lookahead_forward", "lookahead_backward", "meta_forward", "meta_backward", "real_forward",
+              "real_backward")
+    if ce:
+        note += (" The forward and backward passes alone (look-ahead, meta, real: all but batch, JVP and V update) "
+                 "cost, in CE iterations: " + ", ".join(
+                     f"{labels[k]} {sum(r['phase_ms'].get(p, 0.0) for p in passes) / ce:.2f}"
+                     for k, r in results.items() if k != "ce" and r.get("phase_ms")) + ".")
+    return f"{table}\n\n{note}"
 
 
 # ------------------------------------------------------------------------------ packing

@@ -12,6 +12,8 @@ forward, as ``torch.func.linearize`` does in general):
     BatchNorm2d       train mode, batch statistics, x_hat = (x - mean) r, r = 1/sqrt(var + eps):
                       dy = (g r) dx + x_hat (dg - g r mean(x_hat dx)) + (db - g r mean(dx))
                       eval mode (running statistics): dy = (g r) dx + dg x_hat + db
+                      (computed without materialising x_hat: mean(x_hat dx) = r (mean(x dx) -
+                      mean(x) mean(dx)) and x_hat B + C = x (r B) + (C - mean r B))
     ReLU              dy = dx * [y > 0]
     linear glue       identity, option-A shortcut (subsample, zero-pad), residual sums,
                       average pooling, flatten: the module's own forward applied to dx
@@ -92,8 +94,9 @@ class Linearization:
         self.saved = {}
 
         def hook(module, args, output):
-            if id(module) in self.leaves:
-                self.saved.setdefault(id(module), []).append((args[0], output))
+            if id(module) in self.leaves:  # a BatchNorm keeps its batch statistics, not its output
+                kept = _saved_statistics(output) if isinstance(module, nn.BatchNorm2d) else output
+                self.saved.setdefault(id(module), []).append((args[0], kept))
 
         handle = nn.modules.module.register_module_forward_hook(hook)
         try:
@@ -157,28 +160,42 @@ class Linearization:
             return affine
 
         def batch_norm(dx):
-            x, _ = pop()
+            x, statistics = pop()
             if x.dtype in (torch.bfloat16, torch.float16):  # bf16 autocast: statistics in float32
                 x = x.float()
                 dx = dx if dx is zero else dx.float()
             dims = [0] + list(range(2, x.dim()))
             shape = (1, -1) + (1,) * (x.dim() - 2)
-            if module.training or module.running_mean is None:  # x_hat and r from batch statistics
-                x_hat, _, r = torch.native_batch_norm(x, None, None, None, None, True, 0.0, module.eps)
+            batch_stats = module.training or module.running_mean is None
+            if batch_stats:  # those of the training forward (saved, else computed again)
+                mean, r = statistics or torch.native_batch_norm(x, None, None, None, None, True, 0.0, module.eps)[1:]
+                mean, r = mean.to(x.dtype), r.to(x.dtype)
             else:
-                r = torch.rsqrt(module.running_var + module.eps)
-                x_hat = (x - module.running_mean.view(shape)) * r.view(shape)
+                mean, r = module.running_mean, torch.rsqrt(module.running_var + module.eps)
             g = module.weight if module.affine else torch.ones_like(r)
             a = g * r
             dg, dbeta = param_tangent("weight"), param_tangent("bias")
             b = torch.zeros_like(r) if dg is None else dg
             c = torch.zeros_like(r) if dbeta is None else dbeta
-            if dx is not zero and (module.training or module.running_mean is None):
-                b = b - a * (x_hat * dx).mean(dims)
-                c = c - a * dx.mean(dims)
-            out = torch.addcmul(c.view(shape), b.view(shape), x_hat)
+            if dx is not zero and batch_stats:  # mean(x_hat dx) = r (mean(x dx) - mean mean(dx))
+                dx_mean = dx.mean(dims)
+                b = b - a * r * ((x * dx).mean(dims) - mean * dx_mean)
+                c = c - a * dx_mean
+            # x_hat b + c with x_hat = (x - mean) r, never materialised: x (r b) + (c - mean r b)
+            scale = r * b
+            out = torch.addcmul((c - mean * scale).view(shape), x, scale.view(shape))
             return out if dx is zero else out.addcmul_(a.view(shape), dx)
         return batch_norm
+
+
+def _saved_statistics(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The batch mean and 1/sqrt(var + eps) a train-mode BatchNorm normalised with, as torch's
+    native kernel saved them on the output's autograd node (CPU; CUDA without cuDNN), else None
+    (the rule then computes them again: torch.var_mean is several times slower on CPU)."""
+    node = y.grad_fn
+    if type(node).__name__ != "NativeBatchNormBackward0" or not node._saved_training:
+        return None
+    return node._saved_result1, node._saved_result2
 
 
 def _affine(module, x, weight, bias):

@@ -70,7 +70,8 @@ batch's detached per-sample CE, labels and training-pool indices to raw weights 
 on ``weight_net``'s parameters; the default is MW-Net's ``weight_net(loss[:, None])``.
 ``weight_opt=None`` leaves ``d meta / d phi`` in ``weight_net``'s ``.grad`` without stepping.
 ``meta_step(model, weight_net, batch, meta_batch, optimizer, weight_opt, ...)`` is a one-call
-wrapper.
+wrapper. ``MetaStep.on_phase``, when set, is called with each phase's name (``PHASES``) as the
+phase ends: bench.timing's clock, which reports where an iteration's time goes.
 """
 
 from __future__ import annotations
@@ -94,6 +95,13 @@ from methods.jvp import Linearization, NotLinearizable, ce_tangent, is_lineariza
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
 LOOKAHEADS = ("sgd", "full")
+# The step's phases, in order, as reported to ``MetaStep.on_phase`` (bench.timing's breakdown):
+# "jvp" only with second_order="jvp"; "real_*" only with update_classifier=True; "real_forward"
+# is a separate forward only with SL > 0 (with SL = 0 it is the weights' recomputation alone).
+# The paper's "meta time" (notes/curvenet_mwnet.md §4) is meta_backward + jvp + weight_update.
+PHASES = ("lookahead_forward", "lookahead_backward", "meta_forward", "meta_backward", "jvp", "weight_update",
+          "real_forward", "real_backward")
+META_TIME_PHASES = ("meta_backward", "jvp", "weight_update")
 SECOND_ORDER = ("jvp", "autograd")
 MAX_SKIP_LAYERS = 3
 
@@ -198,7 +206,7 @@ class MetaStep:
         self.weight_params = [p for p in weight_net.parameters() if p.requires_grad]
         # how c = J t is computed: pushed through the saved activations (methods/jvp.py) where
         # the backbone allows it, else torch's forward-mode AD; both exact (tests/test_meta.py)
-        self.after_meta_forward: Callable[[], None] | None = None  # bench.timing's clock hook
+        self.on_phase: Callable[[str], None] | None = None  # bench.timing's clock: called at the end of each of PHASES
         self.jvp = "forward_ad"
         if second_order == "jvp" and is_linearizable(model):
             try:
@@ -307,29 +315,36 @@ class MetaStep:
         w = self.weight_fn(losses.detach(), y, idx)
         a = self.coefficients(w)
         rules = self._step_rules(lr)
+        self._phase_done("lookahead_forward")
 
         # 2. look-ahead, meta loss and d meta / d phi
         if self.second_order == "autograd":
             grads = torch.autograd.grad((a * losses).sum(), self.params, create_graph=True)
             virtual = self.lookahead_params(grads, rules=rules)
+            self._phase_done("lookahead_backward")
             meta_loss = F.cross_entropy(self._top_call(virtual, h_meta), y_meta)
-            self._meta_forward_done()
+            self._phase_done("meta_forward")
             phi_grads = torch.autograd.grad(meta_loss, self.weight_params, retain_graph=shared, allow_unused=True)
+            self._phase_done("meta_backward")
         else:
             grads = torch.autograd.grad(losses, self.params, grad_outputs=a.detach(), retain_graph=shared)
             with torch.no_grad():
                 virtual = {n: t.requires_grad_() for n, t in self.lookahead_params(grads, rules=rules).items()}
+            self._phase_done("lookahead_backward")
             meta_loss = F.cross_entropy(self._top_call(virtual, h_meta), y_meta)
-            self._meta_forward_done()
+            self._phase_done("meta_forward")
             v = torch.autograd.grad(meta_loss, list(virtual.values()))
             tangents = [rule[0] * rule[1] * vi for rule, vi in zip(rules, v)]
+            self._phase_done("meta_backward")
             c = (self._jvp_linearized(logits, h, y, tangents) if self.jvp == "linearized"
                  else self._jvp_losses(h, y, tangents))
+            self._phase_done("jvp")
             phi_grads = torch.autograd.grad(a, self.weight_params, grad_outputs=-c, allow_unused=True)
         for p, g in zip(self.weight_params, phi_grads):
             p.grad = None if g is None else g.detach()
         if self.weight_opt is not None:
             self.weight_opt.step()
+        self._phase_done("weight_update")
 
         # 3. real step with the recomputed weights
         if not update_classifier:
@@ -341,15 +356,17 @@ class MetaStep:
         with torch.no_grad():
             w_new = self.weight_fn(losses.detach(), y, idx)
             a_new = self.coefficients(w_new)
+        self._phase_done("real_forward")
         loss = (a_new * losses).sum()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        self._phase_done("real_backward")
         return dict(meta_loss=meta_loss.detach(), loss=loss.detach(), weights=w_new, losses=losses.detach())
 
-    def _meta_forward_done(self) -> None:
-        if self.after_meta_forward is not None:
-            self.after_meta_forward()
+    def _phase_done(self, phase: str) -> None:
+        if self.on_phase is not None:
+            self.on_phase(phase)
 
     def _jvp_linearized(self, logits, h, y, tangents) -> torch.Tensor:
         """c = J t through the training forward's saved activations (methods/jvp.py)."""

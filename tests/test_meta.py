@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import methods.jvp as jvp_module
 from bench.errors import BenchError
 from bench.models import build_model
 from methods.meta import MetaStep, TopOfNetwork, meta_step
@@ -256,9 +257,16 @@ def test_split_into_frozen_bottom_and_top_reproduces_every_backbone(name, size, 
 
 @pytest.mark.parametrize("name,size,channels", [("small_cnn", 12, 1), ("resnet32", 8, 3), ("wrn16_8", 8, 3)])
 @pytest.mark.parametrize("skip_layers", [0, 1, 2, 3])
-def test_linearized_jvp_equals_forward_mode_ad(name, size, channels, skip_layers):
+@pytest.mark.parametrize("saved_statistics", [True, False], ids=["bn-stats-saved", "bn-stats-recomputed"])
+def test_linearized_jvp_equals_forward_mode_ad(name, size, channels, skip_layers, saved_statistics, monkeypatch):
     """methods/jvp.py (tangents through the saved activations, train-mode BN) against torch's
-    forward-mode AD, on every backbone and SLMO depth, to float64 precision."""
+    forward-mode AD, on every backbone and SLMO depth, to float64 precision; the BatchNorm rule
+    with the batch statistics read from the forward's autograd node (CPU) and computed again
+    (what it does where that node is not torch's native one, e.g. cuDNN)."""
+    read = jvp_module._saved_statistics
+    kept = []
+    monkeypatch.setattr(jvp_module, "_saved_statistics",
+                        lambda y: kept.append(read(y) if saved_statistics else None) or kept[-1])
     torch.manual_seed(skip_layers)
     model = build_model(name, K, channels).double().train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -272,6 +280,7 @@ def test_linearized_jvp_equals_forward_mode_ad(name, size, channels, skip_layers
     c_lin = step._jvp_linearized(logits, h, y, tangents)
     c_fwd = step._jvp_losses(h, y, tangents)
     assert torch.allclose(c_lin, c_fwd, rtol=1e-9, atol=1e-11), (c_lin - c_fwd).abs().max()
+    assert kept and all((k is not None) == saved_statistics for k in kept)
 
 
 def test_linearized_and_forward_mode_meta_steps_agree():

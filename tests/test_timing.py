@@ -1,5 +1,5 @@
-"""Table 8 timing (bench/timing.py): the steps are the training code's, the meta-time hooks fire
-once per iteration, the JSON and table layouts."""
+"""Table 8 timing (bench/timing.py): the steps are the training code's, the phase hooks fire once
+per phase and iteration, the JSON and table layouts."""
 
 import json
 import subprocess
@@ -19,7 +19,9 @@ def test_steps_use_the_methods_meta_step_configurations():
     from methods.mwnet import WeightNet
 
     step, clock = timing.build_step("ce", batch=8)
-    assert clock is None
+    clock.enabled = True
+    step()
+    assert list(clock.iterations[0]) == ["batch", "real_forward", "real_backward"] and clock.meta_ms() == [0.0]
     step, _ = timing.build_step("mwnet", batch=8)
     ms = step.meta_step
     assert isinstance(ms, MetaStep) and isinstance(ms.weight_net, WeightNet)
@@ -36,34 +38,37 @@ def test_meta_time_is_measured_once_per_iteration_and_inside_the_iteration():
     r = timing.measure("curvenet_sl2", model_name="small_cnn", batch=8, device="cpu", repeats=3, warmup=1)
     assert len(r["meta_ms_all"]) == 3 and len(r["ms_per_iter_all"]) == 3
     assert 0 < r["meta_ms"] < r["ms_per_iter"]
+    assert 0 < sum(r["phase_ms"].values()) <= sum(r["ms_per_iter_all"])
     ce = timing.measure("ce", model_name="small_cnn", batch=8, device="cpu", repeats=2, warmup=0)
     assert ce["meta_ms"] == 0.0 and ce["ms_per_iter"] > 0
 
 
-def test_meta_clock_brackets_the_weighting_net_update():
-    """The clock starts after the meta forward and stops after the weighting net's optimiser step:
-    the weighting net's parameters change inside the interval, the classifier's after it."""
+def test_phases_are_marked_in_order_and_bracket_the_updates():
+    """Every phase of methods.meta.PHASES is marked once per iteration, in order, after the batch;
+    the weighting net changes inside "weight_update", the classifier only inside "real_backward";
+    the meta time is the sum of the meta phases."""
     import torch
+
+    from methods.meta import META_TIME_PHASES, PHASES
 
     step, clock = timing.build_step("mwnet", batch=8)
     ms = step.meta_step
-    seen = {}
-    original = clock.timer.now
+    marks = []
 
-    def now():
-        seen.setdefault("marks", []).append((ms.weight_net.net[0].weight.detach().clone(),
-                                             ms.model.fc.weight.detach().clone()))
-        return original()
+    def on_phase(phase):
+        marks.append((phase, ms.weight_net.net[0].weight.detach().clone(), ms.model.fc.weight.detach().clone()))
+        clock(phase)
 
-    clock.timer.now = now
+    ms.on_phase = on_phase
     clock.enabled = True
     before_w, before_fc = ms.weight_net.net[0].weight.detach().clone(), ms.model.fc.weight.detach().clone()
     step()
-    (w0, fc0), (w1, fc1) = seen["marks"]
-    assert torch.equal(w0, before_w) and not torch.equal(w1, before_w)  # V updated inside
-    assert torch.equal(fc0, before_fc) and torch.equal(fc1, before_fc)  # classifier not yet
-    assert not torch.equal(ms.model.fc.weight, before_fc)  # ... but after the iteration
-    assert clock.calls == 1
+    assert [m[0] for m in marks] == list(PHASES)
+    assert list(clock.iterations[0]) == ["batch", *PHASES]
+    changed_w = [phase for phase, w, _ in marks if not torch.equal(w, before_w)]
+    changed_fc = [phase for phase, _, fc in marks if not torch.equal(fc, before_fc)]
+    assert changed_w[0] == "weight_update" and changed_fc == ["real_backward"]
+    assert clock.meta_ms() == [sum(clock.iterations[0][p] for p in META_TIME_PHASES)]
 
 
 def test_cli_json_and_table():
@@ -78,7 +83,7 @@ def test_cli_json_and_table():
         assert (r["meta_ms"] == 0) == (key == "ce")
     assert data["curvenet_sl0"]["ratio_to_sl0"] == 1.0 and data["curvenet_sl3"]["paper_meta_ms"] == 41.98
     text = timing.render(data)
-    for v in ("239.94", "222.45", "65.44", "41.98", "CurveNet SL=3", "× CE"):
+    for v in ("239.94", "222.45", "65.44", "41.98", "CurveNet SL=3", "× CE", "look-ahead bwd", "in CE iterations"):
         assert v in text
     bad = subprocess.run(cmd + ["--steps", "ce,foo"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "unknown step" in bad.stderr
