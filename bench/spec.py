@@ -52,6 +52,11 @@ class Cell:
         return f"{self.dataset} imb{self.imbalance:g} {noise}"
 
 
+# Fields added after runs were first stored: left out of a spec's dict (and so of its key) at their
+# default, so that earlier keys still hold. Readers of stored specs fill them back in.
+OMITTED_WHEN_DEFAULT = {"precision": "fp32"}
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything that determines one run. Frozen; build variants with :meth:`replace`."""
@@ -96,8 +101,9 @@ class RunSpec:
         d = dataclasses.asdict(self)
         d["milestones"] = list(self.milestones)
         d["params"] = {k: _jsonable(v) for k, v in self.params}
-        if d["precision"] == "fp32":  # the default is left out: keys of runs stored before it existed hold
-            del d["precision"]
+        for name, default in OMITTED_WHEN_DEFAULT.items():  # keys of runs stored before it existed hold
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod

@@ -1,6 +1,9 @@
 """Stored results as a method x cell table: mean ± std over seeds, with the seed count.
 
-Reads only what the store returns (a DataFrame of runs); knows nothing of torch or methods.
+Reads only what the store returns (a DataFrame of runs); knows nothing of torch or methods. Runs
+are averaged together only when they differ in nothing but their seeds: a method run with other
+settings on the same cell (``--epochs 3``, ``--precision bf16``, ``--set focal.gamma=2``) gets a
+row of its own, labelled with the settings that set it apart.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ import json
 
 import numpy as np
 import pandas as pd
+
+from bench.spec import OMITTED_WHEN_DEFAULT
 
 METRICS = {"last": "acc_last", "best": "acc_best"}
 GROUPS = ("all", "many", "medium", "few")
@@ -28,14 +33,57 @@ def cell_label(row) -> str:
     return f"{row['dataset']} imb{row['imbalance']:g} {noise}"
 
 
+CELL_FIELDS = ("dataset", "imbalance", "noise_type", "noise_rate", "preset", "model")
+SEED_FIELDS = ("seed", "data_seed")
+
+
+def settings(spec: dict) -> dict:
+    """A stored run's settings other than its seeds and cell, flat (method hyperparameters as
+    ``method.name``) and with the fields omitted at their default filled in (``precision``)."""
+    flat = {**OMITTED_WHEN_DEFAULT, **{k: v for k, v in spec.items()
+                                       if k not in CELL_FIELDS + SEED_FIELDS + ("method", "params")}}
+    flat.update({f"{spec['method']}.{k}": v for k, v in spec.get("params", {}).items()})
+    return flat
+
+
+def _shown(value) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def row_labels(runs: pd.DataFrame) -> list[str]:
+    """Each run's row: its method's display name, and where runs under that name on the same cell
+    differ in other settings (``--epochs``, ``--set``, ``--precision`` ...) the settings that set
+    it apart, e.g. ``CE [precision=bf16]``: runs that differ in more than their seeds are never
+    averaged together."""
+    specs = [json.loads(s) for s in runs["spec_json"]]
+    flat = [settings(s) for s in specs]
+    group_of = [(name, *(s[f] for f in CELL_FIELDS)) for name, s in zip(runs["display_name"], specs)]
+    variants: dict[tuple, list[dict]] = {}
+    for group, f in zip(group_of, flat):
+        variants.setdefault(group, [])
+        if f not in variants[group]:
+            variants[group].append(f)
+    labels = []
+    for name, group, f in zip(runs["display_name"], group_of, flat):
+        others = variants[group]
+        differing = sorted({k for v in others for k in v if any(o.get(k) != v.get(k) for o in others)})
+        shown = " ".join(f"{k}={_shown(f[k])}" for k in differing if k in f)
+        labels.append(f"{name} [{shown}]" if shown else name)
+    return labels
+
+
 def aggregate(runs: pd.DataFrame, column: str) -> pd.DataFrame:
-    """One row per (method, cell, preset, model): mean, sample std (ddof=1) and count of seeds.
+    """One row per (method and settings, cell, preset, model): mean, sample std (ddof=1) and count
+    of seeds; ``label`` names the method and, where needed, its settings (:func:`row_labels`).
 
     Runs without a value (e.g. no few-shot class in the cell) are left out of the count.
     """
-    keys = ["display_name", "dataset", "imbalance", "noise_type", "noise_rate", "preset", "model"]
+    keys = ["label", "dataset", "imbalance", "noise_type", "noise_rate", "preset", "model"]
     if runs.empty or column not in runs.columns:
         return pd.DataFrame(columns=keys + ["mean", "std", "n"])
+    runs = runs.assign(label=row_labels(runs))
     values = runs[keys + [column]].dropna(subset=[column])
     grouped = values.groupby(keys, sort=True)[column]
     out = grouped.agg(mean="mean", std=lambda s: float(np.std(s, ddof=1)) if len(s) > 1 else float("nan"),
@@ -63,7 +111,7 @@ def results_table(runs: pd.DataFrame, metric: str = "last", group: str = "all") 
         agg["cell"] = agg["cell"] + " [" + agg["preset"] + "/" + agg["model"] + "]"
     agg["text"] = [format_cell(m, s, n) for m, s, n in zip(agg["mean"], agg["std"], agg["n"])]
     cells = list(dict.fromkeys(agg.sort_values(["dataset", "imbalance", "noise_type", "noise_rate"])["cell"]))
-    table = agg.pivot(index="display_name", columns="cell", values="text").reindex(columns=cells)
+    table = agg.pivot(index="label", columns="cell", values="text").reindex(columns=cells)
     table.index.name = "method"
     return table.fillna("—")
 

@@ -46,7 +46,7 @@ import pandas as pd
 
 from bench.data.cli import default_meta_per_class
 from bench.errors import BenchError
-from bench.spec import GRIDS, PRESETS, Cell
+from bench.spec import GRIDS, OMITTED_WHEN_DEFAULT, PRESETS, Cell
 
 PAPER_TABLES = ("1", "2", "3", "6", "7", "8", "9", "10")
 ALL_TABLES = PAPER_TABLES + ("anchors",)
@@ -382,11 +382,12 @@ def _standard_protocol(preset: str) -> dict:
     for k in ("dataset", "imbalance", "noise_type", "noise_rate", "model"):
         p.pop(k, None)
     p["milestones"] = list(p["milestones"])
-    return p
+    return {**p, **OMITTED_WHEN_DEFAULT}  # fp32: a bf16 configuration is marked, and loses to fp32
 
 
 def _protocol_diff(spec: dict, preset: str) -> str:
     std = _standard_protocol(preset)
+    spec = {**OMITTED_WHEN_DEFAULT, **spec}
     diffs = []
     for k, v in std.items():
         got = spec.get(k)
