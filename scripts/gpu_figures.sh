@@ -5,7 +5,8 @@
 #                                    (targets: CE <= 3 ms, MW-Net <= 20 ms, CurveNet SL=3 <= 10 ms)
 #   probe_b16.md                     the CE-style step at batch 16 (CurveNet's probe phase)
 #   pack4.md                         4 processes at once on the GPU vs alone (target: ratio <= 2)
-#   equivalence.txt                  captured == eager after 8 steps (tests/test_capture.py)
+#   equivalence.txt                  captured == eager after 8 steps (tests/test_capture.py); the
+#                                    linearised JVP == forward-mode AD on CUDA (tests/test_meta.py)
 #   benchmarks.txt / benchmarks.json pytest-benchmark, eager/captured x fp32/bf16
 # Usage: bash scripts/gpu_figures.sh [DIR]
 set -euo pipefail
@@ -18,7 +19,7 @@ python -m bench timing --device cuda > "$out/timing_fp32.md"
 python -m bench timing --device cuda --precision bf16 > "$out/timing_bf16.md"
 python -m bench timing --device cuda --batch-size 16 --steps ce > "$out/probe_b16.md"
 python -m bench timing --device cuda --pack 4 --steps ce,mwnet,curvenet_sl3 > "$out/pack4.md"
-python -m pytest -q -p no:cacheprovider tests/test_capture.py -k cuda > "$out/equivalence.txt" 2>&1 || true
+python -m pytest -q -p no:cacheprovider tests/test_capture.py tests/test_meta.py -k cuda > "$out/equivalence.txt" 2>&1 || true
 python -m pytest -q -p no:cacheprovider tests/benchmarks -k cuda --benchmark-enable --benchmark-only \
     --benchmark-json "$out/benchmarks.json" > "$out/benchmarks.txt" 2>&1 || true
 tail -n 3 "$out"/*.md "$out/equivalence.txt"

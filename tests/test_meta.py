@@ -283,6 +283,28 @@ def test_linearized_jvp_equals_forward_mode_ad(name, size, channels, skip_layers
     assert kept and all((k is not None) == saved_statistics for k in kept)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only")
+@pytest.mark.parametrize("name,size,channels", [("small_cnn", 28, 1), ("resnet32", 32, 3)])
+@pytest.mark.parametrize("skip_layers", [0, 3])
+def test_linearized_jvp_equals_forward_mode_ad_on_cuda(name, size, channels, skip_layers):
+    """The same on CUDA as training runs there: float32, channels_last, cuDNN where torch picks
+    it (its BatchNorm node is not the native one, so the rule computes the statistics again)."""
+    torch.manual_seed(skip_layers)
+    model = build_model(name, K, channels).cuda().to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step = MetaStep(model, opt, nn.Linear(1, 1).cuda(), None, skip_layers=skip_layers, lookahead="full")
+    assert step.jvp == "linearized"
+    x = torch.randn(32, channels, size, size, device="cuda").contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, K, (32,), device="cuda")
+    tangents = [1e-2 * torch.randn_like(p) for p in step.params]
+    h = step.bottom_features(x)
+    with step.linearization.record():
+        logits = step._top_call(dict(zip(step.names, step.params)), h)
+    c_lin = step._jvp_linearized(logits, h, y, tangents)
+    c_fwd = step._jvp_losses(h, y, tangents)
+    assert torch.allclose(c_lin, c_fwd, rtol=1e-3, atol=1e-5), (c_lin - c_fwd).abs().max()
+
+
 def test_linearized_and_forward_mode_meta_steps_agree():
     """Whole steps with either JVP give the same weighting-net gradient and classifier update."""
     results = []
