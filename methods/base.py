@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -33,6 +34,12 @@ def check_int(value, what: str, minimum: int = 0) -> None:
     """BenchError unless ``value`` is an integer (not a bool) >= ``minimum``, for Params checks."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise BenchError(f"{what} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_number(value, what: str) -> None:
+    """BenchError unless ``value`` is a finite number (not a bool) >= 0, for Params checks."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise BenchError(f"{what} must be a number >= 0, got {value!r}")
 
 
 @dataclass

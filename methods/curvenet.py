@@ -75,7 +75,7 @@ import torch.nn.functional as F
 from bench.errors import BenchError
 from bench.train import set_lr
 from methods import register
-from methods.base import Method, check_int
+from methods.base import Method, check_int, check_number
 from methods.curves import Schedule, centre, curvenet_probe_schedule, train_and_record
 from methods.drw import DRW  # Table 6 "+DRW"
 from methods.meta import MetaStep, check_options
@@ -151,17 +151,12 @@ class CurveNetParams:
     drw: bool = False
 
     def __post_init__(self):
-        def positive_int(name, minimum=1):
-            check_int(getattr(self, name), f"curvenet.{name}", minimum)
-
         for name in ("probe_batch_size", "cycle_batch_size", "embed_dim", "pseudo_per_class"):
-            positive_int(name)
+            check_int(getattr(self, name), f"curvenet.{name}", 1)
         for name in ("probe_epochs", "half_period", "periods", "drop_first", "drop_last"):
-            positive_int(name, 0)
+            check_int(getattr(self, name), f"curvenet.{name}", 0)
         for name in ("probe_lr", "cycle_high", "cycle_low", "meta_lr", "meta_weight_decay"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
-                raise BenchError(f"curvenet.{name} must be a number >= 0, got {v!r}")
+            check_number(getattr(self, name), f"curvenet.{name}")
         check_options(self.lookahead, self.skip_layers, self.second_order)
         if self.meta_set not in META_SETS:
             raise BenchError(f"curvenet.meta_set must be one of {', '.join(META_SETS)}, got {self.meta_set!r}")

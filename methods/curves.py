@@ -67,6 +67,7 @@ import torch.nn.functional as F
 
 from bench.errors import BenchError
 from bench.train import lr_at, set_lr
+from methods.base import check_int
 
 # ----------------------------------------------------------------------------- quantities
 
@@ -132,13 +133,8 @@ class Schedule:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _check_epochs(epochs: int, what: str = "epochs") -> None:
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise BenchError(f"{what} must be an integer >= 0, got {epochs!r}")
-
-
 def constant_schedule(lr: float, epochs: int, batch_size: int) -> Schedule:
-    _check_epochs(epochs)
+    check_int(epochs, "epochs", 0)
     return Schedule((lr,) * epochs, (batch_size,) * epochs)
 
 
@@ -146,7 +142,7 @@ def step_schedule(lr: float, epochs: int, *, milestones: Sequence[int] = (), lr_
                   warmup_epochs: int = 0, batch_size: int = 128) -> Schedule:
     """The grid protocol's shape (``bench.train.lr_at``): linear warm-up, then x ``lr_decay`` at
     each milestone."""
-    _check_epochs(epochs)
+    check_int(epochs, "epochs", 0)
     lrs = tuple(lr_at(e, lr=lr, warmup_epochs=warmup_epochs, milestones=milestones, lr_decay=lr_decay)
                 for e in range(epochs))
     return Schedule(lrs, (batch_size,) * epochs)
@@ -159,7 +155,7 @@ def protocol_schedule(run, epochs: int | None = None, batch_size: int | None = N
     drop" (O2U-Net stage 1 and AUM's scoring runs, PROTOCOL.md §7).
     """
     epochs = run.spec.epochs if epochs is None else epochs
-    _check_epochs(epochs)
+    check_int(epochs, "epochs", 0)
     size = batch_size or run.spec.batch_size
     return Schedule(tuple(run.lr_at(e) for e in range(epochs)), (size,) * epochs)
 
@@ -168,8 +164,8 @@ def square_wave_schedule(high: float = 0.01, low: float = 0.001, *, half_period:
                          periods: int = 6, batch_size: int = 16) -> Schedule:
     """``half_period`` epochs at ``high``, then ``half_period`` at ``low``, ``periods`` times
     (CurveNet probe ``adjust_lr``: ``lr_ratio`` toggles whenever epoch % 15 == 0)."""
-    _check_epochs(half_period, "half_period")
-    _check_epochs(periods, "periods")
+    check_int(half_period, "half_period", 0)
+    check_int(periods, "periods", 0)
     lrs = ((high,) * half_period + (low,) * half_period) * periods
     return Schedule(lrs, (batch_size,) * len(lrs))
 
@@ -180,7 +176,7 @@ def linear_cycle_schedule(high: float = 0.01, low: float = 0.001, *, cycle: int 
     ``(1 - t) * high + t * low`` with ``t = ((e mod c) + 1) / c`` (0.0091 ... 0.001 for c = 10)."""
     if isinstance(cycle, bool) or not isinstance(cycle, int) or cycle < 1:
         raise BenchError(f"cycle length must be an integer >= 1, got {cycle!r}")
-    _check_epochs(cycles, "cycles")
+    check_int(cycles, "cycles", 0)
     lrs = []
     for e in range(cycle * cycles):
         t = ((e % cycle) + 1) / cycle

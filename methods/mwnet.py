@@ -44,7 +44,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -52,7 +51,7 @@ import torch.nn.functional as F
 from bench.errors import BenchError
 from bench.train import set_lr
 from methods import register
-from methods.base import Method, check_int
+from methods.base import Method, check_int, check_number
 from methods.meta import MetaStep, check_options
 
 VARIANTS = {
@@ -90,10 +89,8 @@ class MWNetParams:
         check_int(self.hidden, "mwnet.hidden", 1)
         check_options(self.lookahead, self.skip_layers, self.second_order)
         for name in ("meta_lr", "meta_weight_decay"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not np.isfinite(value) or value < 0):
-                raise BenchError(f"mwnet.{name} must be a number >= 0, got {value!r}")
+            if getattr(self, name) is not None:  # None: the variant's value
+                check_number(getattr(self, name), f"mwnet.{name}")
 
     def weight_optimizer(self, params) -> torch.optim.Optimizer:
         kind, lr, wd, _ = VARIANTS[self.variant]
