@@ -224,14 +224,8 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
                              lookahead=cp.lookahead, skip_layers=skip, normalize=False, second_order=cp.second_order,
                              precision=precision)
     meta_step.on_phase = clock
-
-    def one_step(idx, offsets, flip, m_idx, m_offsets, m_flip):  # as methods/mwnet.py's one_step
-        x, y, idx = train.loader.assemble(idx, offsets, flip)
-        xm, ym, _ = meta.loader.assemble(m_idx, m_offsets, m_flip)
-        mark("batch")
-        out = meta_step(x, y, idx, xm, ym)
-        return torch.stack([out["loss"], out["meta_loss"]])
-    graphed = StepGraph(one_step, name=name, device=device, enabled=graph, optimizers=[optimizer, weight_opt])
+    graphed = StepGraph(meta_step.on_plans(train.loader, meta.loader), name=name, device=device, enabled=graph,
+                        optimizers=[optimizer, weight_opt])
 
     def step():
         if clock:

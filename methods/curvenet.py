@@ -301,13 +301,6 @@ class CurveNetMethod(Method):
         drw = DRW.from_run(run, switch_epoch=run.first_drop + 1, reduction="batch") if p.drw else None
         train = run.loader("train")
 
-        def meta_step(idx, offsets, flip, m_idx, m_offsets, m_flip):  # eqs. 3-5 with CurveNet's weights
-            x, y, idx = train.assemble(idx, offsets, flip)
-            xm, ym, _ = meta_loader.assemble(m_idx, m_offsets, m_flip)
-            out = step(x, y, idx, xm, ym)
-            last[idx] = out["weights"]
-            return torch.stack([out["loss"] * len(y), out["meta_loss"], out["weights"].sum()])
-
         def fixed_step(idx, offsets, flip):  # after the first drop: the weights frozen (notes §3)
             x, y, idx = train.assemble(idx, offsets, flip)
             w = last[idx]
@@ -321,7 +314,8 @@ class CurveNetMethod(Method):
             optimizer.step()
             return torch.stack([loss.detach() * len(y), torch.zeros_like(loss), w.sum()])
 
-        graphed_meta = run.step_graph(meta_step, name="CurveNet meta step", optimizers=[optimizer, copt])
+        graphed_meta = run.step_graph(step.on_plans(train, meta_loader, weights_into=last),  # eqs. 3-5
+                                      name="CurveNet meta step", optimizers=[optimizer, copt])
         graphed_fixed = run.step_graph(fixed_step, name="CurveNet fixed-weight step", optimizers=[optimizer])
         model.train()
         state = {"model": model, "optimizer": optimizer, "curvenet": cnet, "curvenet_opt": copt, "weights": last}

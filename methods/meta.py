@@ -96,10 +96,11 @@ warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", ca
 
 LOOKAHEADS = ("sgd", "full")
 # The step's phases, in order, as reported to ``MetaStep.on_phase`` (bench.timing's breakdown):
-# "jvp" only with second_order="jvp"; "real_*" only with update_classifier=True; "real_forward"
+# "batch" (assembling the train and meta batches) only through ``MetaStep.on_plans``; "jvp" only
+# with second_order="jvp"; "real_*" only with update_classifier=True; "real_forward"
 # is a separate forward only with SL > 0 (with SL = 0 it is the weights' recomputation alone).
 # The paper's "meta time" (notes/curvenet_mwnet.md §4) is meta_backward + jvp + weight_update.
-PHASES = ("lookahead_forward", "lookahead_backward", "meta_forward", "meta_backward", "jvp", "weight_update",
+PHASES = ("batch", "lookahead_forward", "lookahead_backward", "meta_forward", "meta_backward", "jvp", "weight_update",
           "real_forward", "real_backward")
 META_TIME_PHASES = ("meta_backward", "jvp", "weight_update")
 SECOND_ORDER = ("jvp", "autograd")
@@ -363,6 +364,21 @@ class MetaStep:
         self.optimizer.step()
         self._phase_done("real_backward")
         return dict(meta_loss=meta_loss.detach(), loss=loss.detach(), weights=w_new, losses=losses.detach())
+
+    def on_plans(self, train, meta_loader, weights_into: torch.Tensor | None = None) -> Callable:
+        """This step as a function of a train and a meta batch plan (``bench.data.Plan``), as MW-Net
+        and CurveNet capture it (bench/capture.py) and bench.timing times it: assemble both batches,
+        step, return (weighted loss x B, meta loss, sum of the weights) for the epoch's sums.
+        ``weights_into`` (one entry per training-pool sample) receives the recomputed weights."""
+        def step(idx, offsets, flip, m_idx, m_offsets, m_flip):
+            x, y, idx = train.assemble(idx, offsets, flip)
+            xm, ym, _ = meta_loader.assemble(m_idx, m_offsets, m_flip)
+            self._phase_done("batch")
+            out = self(x, y, idx, xm, ym)
+            if weights_into is not None:
+                weights_into[idx] = out["weights"]
+            return torch.stack([out["loss"] * len(y), out["meta_loss"], out["weights"].sum()])
+        return step
 
     def _phase_done(self, phase: str) -> None:
         if self.on_phase is not None:

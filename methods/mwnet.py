@@ -138,13 +138,8 @@ class MWNet(Method):
                         normalize=p.normalize, second_order=p.second_order, precision=run.spec.precision)
         train, meta_loader = run.loader("train"), run.loader("meta")
 
-        def one_step(idx, offsets, flip, m_idx, m_offsets, m_flip):  # captured on CUDA (bench/capture.py)
-            x, y, idx = train.assemble(idx, offsets, flip)
-            xm, ym, _ = meta_loader.assemble(m_idx, m_offsets, m_flip)
-            out = step(x, y, idx, xm, ym)
-            return torch.stack([out["loss"] * len(y), out["meta_loss"], out["weights"].sum()])
-
-        graphed = run.step_graph(one_step, name="MW-Net meta step", optimizers=[optimizer, vopt])
+        graphed = run.step_graph(step.on_plans(train, meta_loader), name="MW-Net meta step",
+                                 optimizers=[optimizer, vopt])
         model.train()
         state = {"model": model, "optimizer": optimizer, "weight_net": vnet, "weight_opt": vopt}
         for epoch in run.epochs(run.spec.epochs, stage="train", state=state):  # resumable after a kill
