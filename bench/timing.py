@@ -195,13 +195,7 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
             mark("real_backward")
             return loss.detach()
         graphed = StepGraph(ce_step, name=name, device=device, enabled=graph, optimizers=[optimizer])
-
-        def step():
-            if clock:
-                clock.start()
-            graphed(*train.next_plan())
-        step.graphed = graphed
-        return step, clock
+        return _iteration(graphed, clock, lambda: train.next_plan()), clock
 
     if name == "mwnet":
         from methods.mwnet import MWNetParams, WeightNet
@@ -226,14 +220,19 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
     meta_step.on_phase = clock
     graphed = StepGraph(meta_step.on_plans(train.loader, meta.loader), name=name, device=device, enabled=graph,
                         optimizers=[optimizer, weight_opt])
+    step = _iteration(graphed, clock, lambda: (*train.next_plan(), *meta.next_plan()))
+    step.meta_step = meta_step
+    return step, clock
 
+
+def _iteration(graphed, clock, next_plans):
+    """``step()``: one timed iteration, the next batch plans and the (captured or eager) step."""
     def step():
         if clock:
             clock.start()
-        graphed(*train.next_plan(), *meta.next_plan())
-    step.meta_step = meta_step
+        graphed(*next_plans())
     step.graphed = graphed
-    return step, clock
+    return step
 
 
 def _capture_calls(step) -> int:
