@@ -55,6 +55,9 @@ class Cell:
 # Fields added after runs were first stored: left out of a spec's dict (and so of its key) at their
 # default, so that earlier keys still hold. Readers of stored specs fill them back in.
 OMITTED_WHEN_DEFAULT = {"precision": "fp32"}
+# The fields that only draw another sample of the same experiment: runs differing in nothing else
+# are averaged together in tables.
+SEED_FIELDS = ("seed", "data_seed")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from bench.spec import OMITTED_WHEN_DEFAULT
+from bench.spec import OMITTED_WHEN_DEFAULT, SEED_FIELDS
 
 METRICS = {"last": "acc_last", "best": "acc_best"}
 GROUPS = ("all", "many", "medium", "few")
@@ -34,7 +34,6 @@ def cell_label(row) -> str:
 
 
 CELL_FIELDS = ("dataset", "imbalance", "noise_type", "noise_rate", "preset", "model")
-SEED_FIELDS = ("seed", "data_seed")
 
 
 def settings(spec: dict) -> dict:
@@ -65,11 +64,11 @@ def row_labels(runs: pd.DataFrame) -> list[str]:
         variants.setdefault(group, [])
         if f not in variants[group]:
             variants[group].append(f)
+    differing = {group: sorted({k for v in vs for k in v if any(o.get(k) != v.get(k) for o in vs)})
+                 for group, vs in variants.items()}
     labels = []
     for name, group, f in zip(runs["display_name"], group_of, flat):
-        others = variants[group]
-        differing = sorted({k for v in others for k in v if any(o.get(k) != v.get(k) for o in others)})
-        shown = " ".join(f"{k}={_shown(f[k])}" for k in differing if k in f)
+        shown = " ".join(f"{k}={_shown(f[k])}" for k in differing[group] if k in f)
         labels.append(f"{name} [{shown}]" if shown else name)
     return labels
 

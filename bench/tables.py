@@ -46,7 +46,7 @@ import pandas as pd
 
 from bench.data.cli import default_meta_per_class
 from bench.errors import BenchError
-from bench.spec import GRIDS, OMITTED_WHEN_DEFAULT, PRESETS, Cell
+from bench.spec import GRIDS, OMITTED_WHEN_DEFAULT, PRESETS, SEED_FIELDS, Cell
 
 PAPER_TABLES = ("1", "2", "3", "6", "7", "8", "9", "10")
 ALL_TABLES = PAPER_TABLES + ("anchors",)
@@ -344,8 +344,6 @@ def _merge(requests: list[dict], req: dict) -> None:
 
 # ------------------------------------------------------------------------------ aggregation
 
-IGNORED_FOR_CONFIG = ("seed", "data_seed")
-
 
 @dataclass
 class CellResult:
@@ -372,7 +370,7 @@ def _runs_frame(runs: pd.DataFrame) -> pd.DataFrame:
     runs["spec"] = specs
     runs["params"] = [s.get("params", {}) for s in specs]
     runs["meta_per_class"] = [s.get("meta_per_class") for s in specs]
-    runs["config"] = [json.dumps({k: v for k, v in s.items() if k not in IGNORED_FOR_CONFIG}, sort_keys=True)
+    runs["config"] = [json.dumps({k: v for k, v in s.items() if k not in SEED_FIELDS}, sort_keys=True)
                       for s in specs]
     return runs
 
