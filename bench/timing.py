@@ -449,8 +449,7 @@ def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters:
     return out
 
 
-def main(args) -> int:
-    from bench.cpu import keep_freed_memory
+def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed_memory
     from bench.errors import BenchError
     from bench.execute import resolve_device
 
@@ -467,7 +466,6 @@ def main(args) -> int:
     if repeats < 1 or warmup < 0:
         raise BenchError("--repeats must be >= 1 and --warmup >= 0")
     progress = None if args.json else (lambda name: print(f"timing {name} ...", file=sys.stderr, flush=True))
-    keep_freed_memory()
     if args.pack is not None:
         if args.pack < 2:
             raise BenchError(f"--pack needs at least 2 runs, got {args.pack}")
