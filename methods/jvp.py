@@ -188,12 +188,22 @@ class Linearization:
         return batch_norm
 
 
+# Autograd nodes of train-mode BatchNorm whose saved result1 / result2 are the batch mean and
+# 1 / sqrt(var + eps): torch's native kernel (CPU; CUDA without cuDNN), cuDNN and MIOpen (torch's
+# decompositions, torch/_decomp/decompositions.py, compute ``cudnn_batch_norm`` with
+# ``native_batch_norm`` and hand ``cudnn_`` / ``miopen_batch_norm_backward``'s save_var to
+# ``native_batch_norm_backward`` as its save_invstd), and ``_batch_norm_with_update`` (batch
+# statistics always; its node has no ``training`` flag).
+_STATISTICS_NODES = ("NativeBatchNormBackward0", "CudnnBatchNormBackward0", "MiopenBatchNormBackward0",
+                     "BatchNormWithUpdateBackward0")
+
+
 def _saved_statistics(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The batch mean and 1/sqrt(var + eps) a train-mode BatchNorm normalised with, as torch's
-    native kernel saved them on the output's autograd node (CPU; CUDA without cuDNN), else None
-    (the rule then computes them again with ``native_batch_norm``, about 1 ms a layer on CPU)."""
+    """The batch mean and 1/sqrt(var + eps) a train-mode BatchNorm normalised with, as its kernel
+    saved them on the output's autograd node (:data:`_STATISTICS_NODES`), else None (the rule
+    then computes them again with ``native_batch_norm``, about 1 ms a layer on CPU)."""
     node = y.grad_fn
-    if type(node).__name__ != "NativeBatchNormBackward0" or not node._saved_training:
+    if type(node).__name__ not in _STATISTICS_NODES or not getattr(node, "_saved_training", True):
         return None
     return node._saved_result1, node._saved_result2
 

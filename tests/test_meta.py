@@ -4,6 +4,7 @@ differences of an independent reference (a deep copy of the classifier stepped b
 tiny model, so the whole file runs in a few seconds."""
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -270,8 +271,8 @@ def both_jvps(step, x, y, tangents):
 def test_linearized_jvp_equals_forward_mode_ad(name, size, channels, skip_layers, saved_statistics, monkeypatch):
     """methods/jvp.py (tangents through the saved activations, train-mode BN) against torch's
     forward-mode AD, on every backbone and SLMO depth, to float64 precision; the BatchNorm rule
-    with the batch statistics read from the forward's autograd node (CPU) and computed again
-    (what it does where that node is not torch's native one, e.g. cuDNN)."""
+    with the batch statistics read from the forward's autograd node and computed again (what it
+    does where the node is none it knows)."""
     read = jvp_module._saved_statistics
     kept = []
     monkeypatch.setattr(jvp_module, "_saved_statistics",
@@ -291,9 +292,12 @@ def test_linearized_jvp_equals_forward_mode_ad(name, size, channels, skip_layers
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only")
 @pytest.mark.parametrize("name,size,channels", [("small_cnn", 28, 1), ("resnet32", 32, 3)])
 @pytest.mark.parametrize("skip_layers", [0, 3])
-def test_linearized_jvp_equals_forward_mode_ad_on_cuda(name, size, channels, skip_layers):
+def test_linearized_jvp_equals_forward_mode_ad_on_cuda(name, size, channels, skip_layers, monkeypatch):
     """The same on CUDA as training runs there: float32, channels_last, cuDNN where torch picks
-    it (its BatchNorm node is not the native one, so the rule computes the statistics again)."""
+    it; the BatchNorm rule reads the statistics cuDNN (or the native kernel) saved."""
+    read = jvp_module._saved_statistics
+    kept = []
+    monkeypatch.setattr(jvp_module, "_saved_statistics", lambda y: kept.append(read(y)) or kept[-1])
     torch.manual_seed(skip_layers)
     model = build_model(name, K, channels).cuda().to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -304,6 +308,26 @@ def test_linearized_jvp_equals_forward_mode_ad_on_cuda(name, size, channels, ski
     tangents = [1e-2 * torch.randn_like(p) for p in step.params]
     c_lin, c_fwd = both_jvps(step, x, y, tangents)
     assert torch.allclose(c_lin, c_fwd, rtol=1e-3, atol=1e-5), (c_lin - c_fwd).abs().max()
+    assert kept and all(k is not None for k in kept)  # no BatchNorm computed its statistics twice
+
+
+@pytest.mark.parametrize("node_name", jvp_module._STATISTICS_NODES)
+def test_batch_statistics_are_read_from_every_known_batch_norm_node(node_name):
+    """Native, cuDNN and MIOpen nodes save (mean, 1/sqrt(var + eps)) as result1 / result2; the
+    rule reads them in training mode, and nothing from eval-mode or unknown nodes."""
+    mean, invstd = torch.randn(3), torch.rand(3)
+
+    def output_of(name, **saved):
+        node = type(name, (), dict(_saved_result1=mean, _saved_result2=invstd, **saved))()
+        return SimpleNamespace(grad_fn=node)
+
+    assert jvp_module._saved_statistics(output_of(node_name, _saved_training=True)) == (mean, invstd)
+    if node_name != "BatchNormWithUpdateBackward0":  # that op always uses batch statistics
+        assert jvp_module._saved_statistics(output_of(node_name, _saved_training=False)) is None
+    assert jvp_module._saved_statistics(output_of("AddBackward0", _saved_training=True)) is None
+    for name in jvp_module._STATISTICS_NODES:  # torch's own nodes of these names save both tensors
+        node_class = getattr(torch._C._functions, name)
+        assert {"_saved_result1", "_saved_result2"} <= set(dir(node_class)), name
 
 
 def test_linearized_and_forward_mode_meta_steps_agree():
