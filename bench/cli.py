@@ -23,6 +23,7 @@ from bench.spec import (
     Cell,
     RunSpec,
     apply_protocol_overrides,
+    check_protocol,
     get_grid,
     parse_sets,
     scale_schedule,
@@ -78,11 +79,12 @@ def build_specs(args) -> list[RunSpec]:
     if getattr(args, "precision", None):
         preset["precision"] = args.precision
     preset = apply_protocol_overrides(preset, protocol_sets)
-    if preset["epochs"] < 1:
-        raise BenchError(f"epochs must be at least 1, got {preset['epochs']}")
-    from bench.models import MODELS
-    if preset["model"] not in MODELS:
-        raise BenchError(f"unknown model {preset['model']!r}; choose from {', '.join(sorted(MODELS))}")
+    check_protocol(preset)
+    meta_per_class = preset.pop("meta_per_class", None)  # --set meta_per_class=N = --meta-per-class N
+    if args.meta_per_class is not None:
+        if meta_per_class is not None and meta_per_class != args.meta_per_class:
+            raise BenchError(f"--meta-per-class {args.meta_per_class} and --set meta_per_class={meta_per_class} disagree")
+        meta_per_class = args.meta_per_class
 
     if cells_from_grid is not None:
         if args.dataset and any(c.dataset != args.dataset for c in cells_from_grid):
@@ -110,12 +112,12 @@ def build_specs(args) -> list[RunSpec]:
     seeds = _seeds(args.seeds)
     if args.data_seed is not None and args.data_seed < 0:
         raise BenchError(f"--data-seed must be non-negative, got {args.data_seed}")
-    if args.meta_per_class is not None and args.meta_per_class < 0:
-        raise BenchError(f"--meta-per-class must be non-negative, got {args.meta_per_class}")
+    if meta_per_class is not None and meta_per_class < 0:
+        raise BenchError(f"--meta-per-class must be non-negative, got {meta_per_class}")
     protocol = {k: v for k, v in preset.items() if k != "dataset"}
     specs = []
     for name, cell, seed in itertools.product(method_names, cells, seeds):
-        meta = args.meta_per_class if args.meta_per_class is not None else default_meta_per_class(cell.dataset)
+        meta = meta_per_class if meta_per_class is not None else default_meta_per_class(cell.dataset)
         specs.append(RunSpec(method=name, dataset=cell.dataset, imbalance=cell.imbalance,
                              noise_type=cell.noise_type, noise_rate=cell.noise_rate, meta_per_class=meta,
                              seed=seed, data_seed=seed if args.data_seed is None else args.data_seed,
@@ -148,12 +150,20 @@ def cmd_run(args) -> int:
                                   graph=args.graph)
     finally:
         executor.close()
+    earlier = counts["failed_earlier"]
     print(f"{len(specs)} runs requested: {counts['done']} trained, {counts['skipped']} already in the store, "
-          f"{counts['failed']} failed (store: {args.store})", file=sys.stderr)
+          f"{counts['failed']} failed" + (f", {earlier} failed earlier and not retried" if earlier else "")
+          + f" (store: {args.store})", file=sys.stderr)
+    if earlier:
+        failed = store.runs("failed", keys=sorted({s.key() for s in specs}))
+        for key, error in zip(failed["key"], failed["error"]):
+            reason = str(error).strip().splitlines()[-1] if isinstance(error, str) and error.strip() else "no reason stored"
+            print(f"  failed earlier: run {key}: {reason}", file=sys.stderr)
+        print("add --retry-failed to run them again", file=sys.stderr)
     runs = store.runs("done", keys=sorted({s.key() for s in specs}))
     title = f"test accuracy (%), {args.metric} epoch, mean ± std over seeds"
     print(render(results_table(runs, args.metric), title=title))
-    return 1 if counts["failed"] else 0
+    return 1 if counts["failed"] or earlier else 0
 
 
 def paper_specs(args) -> list[RunSpec]:
@@ -255,7 +265,7 @@ def make_parser() -> ArgumentParser:
     run.add_argument("--no-graph", dest="graph", action="store_false",
                      help="on CUDA, run training steps eagerly instead of replaying them as CUDA graphs")
     run.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default ./{DEFAULT_STORE})")
-    run.add_argument("--cache-dir", default=".bench_cache", help="cache of reusable artefacts (probe curves)")
+    run.add_argument("--cache-dir", default=".bench_cache", help="cache of reusable artefacts: CurveNet probe curves and run checkpoints")
     run.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
     run.add_argument("--metric", choices=("last", "best"), default="last", help="accuracy shown at the end")
     run.add_argument("--quiet", action="store_true", help="no progress bars")

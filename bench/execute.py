@@ -205,7 +205,8 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
              show_progress: bool = True, checkpoint_every_s: float = 60.0, executor=None,
              max_retries: int = 2, graph: bool = True) -> dict[str, int]:
     """Run every spec not yet done on ``executor`` (default: in this process, one at a time);
-    returns counts by outcome.
+    returns counts by outcome: ``done`` and ``failed`` now, ``skipped`` (done before) and
+    ``failed_earlier`` (recorded as failed and not retried: ``retry_failed`` runs them again).
 
     This process is the only writer of the store: it marks each run ``running`` when it hands it
     to the executor and commits the result when it comes back. A run whose process died (killed,
@@ -223,7 +224,10 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
     for spec in specs:
         if store.status(spec.key()) == "done":
             drop_checkpoint(spec, cache_dir)
-    counts = {"skipped": len({s.key() for s in specs}) - len(todo), "done": 0, "failed": 0}
+    keys = {s.key() for s in specs}
+    failed_earlier = 0 if retry_failed else sum(store.status(k) == "failed" for k in keys)
+    counts = {"skipped": len(keys) - len(todo) - failed_earlier, "failed_earlier": failed_earlier,
+              "done": 0, "failed": 0}
     disable = not show_progress or None  # None: tqdm shows bars only on a terminal
     grid_bar = tqdm(total=len(todo), desc="grid", unit="run", disable=disable, position=0)
     bars: dict[str, Any] = {}

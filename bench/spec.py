@@ -249,10 +249,43 @@ def parse_sets(items: list[str]) -> tuple[dict[str, str], dict[str, dict[str, st
 
 
 def apply_protocol_overrides(base: dict, overrides: dict[str, str]) -> dict:
+    """``base`` with ``--set`` protocol overrides parsed to the field's type (the preset's value,
+    else :class:`RunSpec`'s default, e.g. for ``meta_per_class`` and ``precision``)."""
+    defaults = {f.name: f.default for f in fields(RunSpec)}
     out = dict(base)
     for key, text in overrides.items():
         if key not in PROTOCOL_FIELDS:
             raise BenchError(f"unknown setting {key!r}; protocol settings are {', '.join(PROTOCOL_FIELDS)}"
                              " (method settings take the method name: focal.gamma=2)")
-        out[key] = parse_value(text, base[key])
+        out[key] = parse_value(text, base.get(key, defaults[key]))
     return out
+
+
+def check_protocol(protocol: dict) -> None:
+    """BenchError (one line) for a protocol value no run can train with, before any run starts."""
+    from bench.capture import check_precision
+    from bench.models import INIT_SCHEMES, MODELS
+
+    def need(ok: bool, what: str, key: str) -> None:
+        if not ok:
+            raise BenchError(f"{key} must be {what}, got {protocol[key]!r}")
+
+    for key in ("epochs", "batch_size", "meta_batch_size"):
+        need(protocol[key] >= 1, "at least 1", key)
+    need(protocol["lr"] > 0, "positive", "lr")
+    need(0 <= protocol["momentum"] < 1, "in [0, 1)", "momentum")
+    need(protocol["weight_decay"] >= 0, "non-negative", "weight_decay")
+    need(protocol["warmup_epochs"] >= 0, "non-negative", "warmup_epochs")
+    need(protocol["lr_decay"] > 0, "positive", "lr_decay")
+    milestones = protocol["milestones"]
+    need(all(m >= 1 for m in milestones) and list(milestones) == sorted(set(milestones)),
+         "increasing positive epochs, e.g. 80,100", "milestones")
+    need(not protocol["nesterov"] or protocol["momentum"] > 0, "false when momentum is 0 (Nesterov needs "
+         "momentum)", "nesterov")
+    if "meta_per_class" in protocol:
+        need(protocol["meta_per_class"] >= 0, "non-negative", "meta_per_class")
+    if protocol["model"] not in MODELS:
+        raise BenchError(f"unknown model {protocol['model']!r}; choose from {', '.join(sorted(MODELS))}")
+    if protocol["init"] not in INIT_SCHEMES:
+        raise BenchError(f"unknown init {protocol['init']!r}; choose from {', '.join(INIT_SCHEMES)}")
+    check_precision(protocol.get("precision", "fp32"))

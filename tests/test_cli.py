@@ -37,6 +37,19 @@ BAD_RUN_ARGS = [
     (["--methods", "ce", "--set", "focal.gamma=2"], "not in --methods"),
     (["--methods", "ce", "--set", "frobnicate=2"], "unknown setting"),
     (["--methods", "ce", "--epochs", "0"], "epochs"),
+    # protocol values no run can train with are refused before any run starts
+    (["--methods", "ce", "--set", "lr=-1"], "lr must be positive"),
+    (["--methods", "ce", "--set", "weight_decay=-1"], "weight_decay must be non-negative"),
+    (["--methods", "ce", "--set", "momentum=5"], "momentum must be in [0, 1)"),
+    (["--methods", "ce", "--set", "warmup_epochs=-2"], "warmup_epochs must be non-negative"),
+    (["--methods", "ce", "--set", "milestones=5,3"], "milestones must be increasing"),
+    (["--methods", "ce", "--set", "batch_size=0"], "batch_size must be at least 1"),
+    (["--methods", "ce", "--set", "lr_decay=0"], "lr_decay must be positive"),
+    (["--methods", "ce", "--set", "momentum=0"], "nesterov must be false"),
+    (["--methods", "ce", "--set", "init=xavier"], "unknown init"),
+    (["--methods", "ce", "--set", "meta_per_class=-1"], "meta_per_class must be non-negative"),
+    (["--methods", "ce", "--set", "precision=fp16"], "unknown precision"),
+    (["--methods", "ce", "--set", "meta_per_class=3", "--meta-per-class", "4"], "disagree"),
     (["--methods", "ce", "--seeds", "-1"], "non-negative"),
     (["--methods", "ce", "--meta-per-class", "5000"], "meta"),
     (["--methods", "ce", "--device", "tpu"], "unknown device"),
@@ -65,6 +78,25 @@ def test_bad_run_arguments_give_one_line_and_exit_2_and_write_nothing(args, mess
     assert len(err.splitlines()) == 1 and err.startswith("bench: error:")
     assert message.lower() in err.lower()
     assert not store.exists()
+
+
+def test_set_reaches_every_protocol_field_it_names():
+    """``--set`` takes every field its error message lists; meta_per_class and precision (not in
+    the presets) mean the same as their own flags."""
+    from bench.cli import build_specs, make_parser
+    from bench.spec import PROTOCOL_FIELDS
+
+    def specs(*args):
+        return build_specs(make_parser().parse_args(["run", "--methods", "ce", *args]))
+
+    assert specs("--set", "meta_per_class=7") == specs("--meta-per-class", "7")
+    assert specs("--set", "precision=bf16") == specs("--precision", "bf16")
+    assert specs("--set", "precision=bf16")[0].precision == "bf16"
+    (spec,) = specs()
+    for field in PROTOCOL_FIELDS:  # each field, set to its current value, parses and leaves the run as is
+        value = getattr(spec, field)
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        assert specs("--set", f"{field}={text}") == [spec], field
 
 
 def test_bad_store_files_exit_2(tmp_path, capsys):

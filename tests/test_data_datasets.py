@@ -170,6 +170,18 @@ def test_fashion_mnist_missing_names_files_checksums_and_remedy(tmp_path):
     for name, md5 in datasets.FASHION_MD5.items():
         assert name in msg and md5 in msg
     assert "--download" in msg and str(tmp_path) in msg
+    assert_suggested_command_downloads(msg, "fashion-mnist", tmp_path)
+
+
+def assert_suggested_command_downloads(msg: str, name: str, data_dir) -> None:
+    """The remedy is a command of this CLI that fetches ``name`` into ``data_dir`` (``bench run``
+    has no --download; ``bench data`` has)."""
+    from bench.cli import make_parser
+
+    command = msg.split("`")[1].split()
+    assert command[:3] == ["python", "-m", "bench"]
+    args = make_parser().parse_args(command[3:])
+    assert (args.command, args.dataset, args.data_dir, args.download) == ("data", name, str(data_dir), True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +256,7 @@ def test_cifar_missing_names_files_checksums_and_remedy(tmp_path):
             load_dataset(name, tmp_path)
         msg = one_line(e)
         assert src.archive in msg and src.folder in msg and "--download" in msg
+        assert_suggested_command_downloads(msg, name, tmp_path)
         assert all(f in msg and md5 in msg for f, md5 in src.md5.items())
 
 

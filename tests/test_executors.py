@@ -82,7 +82,7 @@ def test_a_diverged_run_is_failed_the_grid_goes_on_and_only_retry_failed_reruns_
     fine = specs_for(*TINY)
     counts = run_grid(diverging + fine, Store(store_path), device=torch.device("cpu"), cache_dir=cache,
                       show_progress=False, checkpoint_every_s=0)
-    assert counts == {"skipped": 0, "done": 1, "failed": 1}
+    assert counts == {"skipped": 0, "failed_earlier": 0, "done": 1, "failed": 1}
     got = rows(store_path)
     assert got[diverging[0].key()][0] == "failed" and "diverged at epoch 0" in got[diverging[0].key()][2]
     assert got[fine[0].key()][0] == "done"
@@ -90,8 +90,10 @@ def test_a_diverged_run_is_failed_the_grid_goes_on_and_only_retry_failed_reruns_
 
     args = ["run", *TINY, "--set", "lr=1e30", "--store", str(store_path), "--cache-dir", str(cache), "--quiet"]
     capsys.readouterr()
-    assert main(args) == 0
-    assert "0 trained, 1 already in the store, 0 failed" in capsys.readouterr().err
+    assert main(args) == 1  # a failed run is not a success the second time either
+    err = capsys.readouterr().err
+    assert "0 trained, 0 already in the store, 0 failed, 1 failed earlier and not retried" in err
+    assert f"run {diverging[0].key()}: diverged at epoch 0" in err and "--retry-failed" in err
     assert rows(store_path)[diverging[0].key()][:2] == ("failed", 1)
     assert main([*args, "--retry-failed"]) == 1  # tried again, diverges again
     assert "1 failed" in capsys.readouterr().err
@@ -107,7 +109,7 @@ def test_a_dead_worker_is_pinned_to_its_run_retried_then_failed_and_spares_its_s
     task = functools.partial(crashy_task, marker_dir=str(tmp_path))
     counts = run_grid(specs, Store(store_path), device=torch.device("cpu"), cache_dir=cache, show_progress=False,
                       executor=executors.LocalExecutor(2, task=task), max_retries=1, checkpoint_every_s=0)
-    assert counts == {"skipped": 0, "done": 2, "failed": 1}
+    assert counts == {"skipped": 0, "failed_earlier": 0, "done": 2, "failed": 1}
     got = {s.seed: rows(store_path)[s.key()] for s in specs}
     assert got[0][:2] == ("done", 2)  # died once, retried, done
     assert got[2][:2] == ("done", 1)  # ran beside the dying workers, untouched
@@ -191,7 +193,7 @@ def test_a_ray_task_whose_worker_dies_is_retried_then_recorded_failed(local_ray,
     task = functools.partial(crashy_task, marker_dir=str(tmp_path))
     counts = run_grid(specs, Store(store_path), device="auto", cache_dir=cache, show_progress=False,
                       executor=executors.RayExecutor(task=task), max_retries=1, checkpoint_every_s=0)
-    assert counts == {"skipped": 0, "done": 1, "failed": 1}
+    assert counts == {"skipped": 0, "failed_earlier": 0, "done": 1, "failed": 1}
     got = {s.seed: rows(store_path)[s.key()] for s in specs}
     assert got[0][:2] == ("done", 2)
     status, attempts, error, _ = got[1]

@@ -273,8 +273,9 @@ def load_fashion_mnist(data_dir: Path, download: bool = False) -> Dataset:
         expected = ", ".join(f"{n}[.gz] (md5 of the uncompressed file {FASHION_MD5[n]})"
                              for n in missing)
         raise DataError(
-            f"fashion-mnist: missing files in {data_dir / 'fashion-mnist'}: {expected}; run with "
-            f"--download when online (from {FASHION_URL}), copy the original idx files there "
+            f"fashion-mnist: missing files in {data_dir / 'fashion-mnist'}: {expected}; when online, "
+            f"fetch them with `python -m bench data --dataset fashion-mnist --data-dir {data_dir} --download` (from "
+            f"{FASHION_URL}), copy the original idx files there "
             "(gzipped or not), or point --data-dir / BENCH_DATA_DIR at a folder that has them")
     arrays = {n: _read_idx(p, n) for n, p in paths.items()}
     return Dataset(
@@ -381,9 +382,10 @@ def _missing_cifar(src: CifarSource, data_dir: Path, detail: str = "") -> DataEr
     files = ", ".join(f"{n} (md5 {src.md5[n]})" for n in src.members)
     return DataError(
         f"{src.title}: no usable files in {data_dir}{detail}; expected {src.archive} "
-        f"(md5 {src.md5[src.archive]}) or the folder {src.folder}/ with {files}; run with "
-        f"--download when online (from {src.url}), copy them there, or point --data-dir / "
-        "BENCH_DATA_DIR at a folder that has them")
+        f"(md5 {src.md5[src.archive]}) or the folder {src.folder}/ with {files}; when online, fetch "
+        f"them with `python -m bench data --dataset {src.title.lower().replace('-', '')} --data-dir {data_dir} "
+        f"--download` (from {src.url}), copy them there, or point --data-dir / BENCH_DATA_DIR at a "
+        "folder that has them")
 
 
 def _read_member(raw: bytes | None, name: str, src: CifarSource, where: str) -> dict:
