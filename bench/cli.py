@@ -83,7 +83,8 @@ def build_specs(args) -> list[RunSpec]:
     meta_per_class = preset.pop("meta_per_class", None)  # --set meta_per_class=N = --meta-per-class N
     if args.meta_per_class is not None:
         if meta_per_class is not None and meta_per_class != args.meta_per_class:
-            raise BenchError(f"--meta-per-class {args.meta_per_class} and --set meta_per_class={meta_per_class} disagree")
+            raise BenchError(f"--meta-per-class {args.meta_per_class} and --set meta_per_class={meta_per_class} "
+                             "disagree")
         meta_per_class = args.meta_per_class
 
     if cells_from_grid is not None:
@@ -157,7 +158,8 @@ def cmd_run(args) -> int:
     if earlier:
         failed = store.runs("failed", keys=sorted({s.key() for s in specs}))
         for key, error in zip(failed["key"], failed["error"]):
-            reason = str(error).strip().splitlines()[-1] if isinstance(error, str) and error.strip() else "no reason stored"
+            text = error.strip() if isinstance(error, str) else ""
+            reason = text.splitlines()[-1] if text else "no reason stored"
             print(f"  failed earlier: run {key}: {reason}", file=sys.stderr)
         print("add --retry-failed to run them again", file=sys.stderr)
     runs = store.runs("done", keys=sorted({s.key() for s in specs}))
@@ -265,7 +267,8 @@ def make_parser() -> ArgumentParser:
     run.add_argument("--no-graph", dest="graph", action="store_false",
                      help="on CUDA, run training steps eagerly instead of replaying them as CUDA graphs")
     run.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default ./{DEFAULT_STORE})")
-    run.add_argument("--cache-dir", default=".bench_cache", help="cache of reusable artefacts: CurveNet probe curves and run checkpoints")
+    run.add_argument("--cache-dir", default=".bench_cache",
+                     help="cache of reusable artefacts: CurveNet probe curves and run checkpoints")
     run.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
     run.add_argument("--metric", choices=("last", "best"), default="last", help="accuracy shown at the end")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
