@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -360,6 +361,22 @@ def _package_dirs() -> list[str]:
     return [str(Path(bench.__file__).resolve().parent), str(Path(methods.__file__).resolve().parent)]
 
 
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """BenchError unless something listens at a ``HOST:PORT`` (or ``ray://HOST:PORT``) address.
+
+    ``ray.init`` retries an unreachable address without end, so ``bench run`` would hang there;
+    "auto" and addresses without a port are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise BenchError(f"cannot reach Ray at {address}: {reason}; is a cluster running there "
+                         "(`ray start --head` prints its address)?") from None
+
+
 def init_ray(address: str | None = None, *, num_cpus: int | None = None, ship_code: bool = True) -> None:
     """Join the Ray cluster at ``address``, or start a new local instance with ``num_cpus`` CPUs.
 
@@ -370,6 +387,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, ship_co
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
     if ship_code:
         kwargs["runtime_env"] = {"py_modules": _package_dirs(), "excludes": ["__pycache__", "*.pyc"]}
+    if address:
+        check_reachable(address)
     try:
         if address:
             ray.init(address=address, **kwargs)

@@ -16,6 +16,7 @@ import torch
 
 from bench import executors
 from bench.cli import build_specs, main, make_parser
+from bench.errors import BenchError
 from bench.execute import checkpoint_path, execute, run_grid
 from bench.store import Store
 
@@ -72,6 +73,36 @@ def test_without_ray_the_ray_executor_is_a_one_line_error_naming_the_extra(tmp_p
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install .[ray]" in err
     assert not store.exists()
+
+
+def test_an_unreachable_ray_address_is_an_error_not_a_hang():
+    """ray.init retries an address nobody listens at for ever; bench checks it first."""
+    import socket
+
+    from bench.executors import check_reachable
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    try:
+        check_reachable(f"127.0.0.1:{port}")
+        check_reachable(f"ray://127.0.0.1:{port}")
+    finally:
+        listener.close()
+    for address in (f"127.0.0.1:{port}", "ray://127.0.0.1:1"):
+        with pytest.raises(BenchError, match=f"cannot reach Ray at {address}: .*ray start --head"):
+            check_reachable(address)
+    check_reachable("auto")  # left to Ray
+
+
+def test_a_silent_ray_address_times_out(monkeypatch):
+    from bench.executors import check_reachable
+
+    def silent(address, timeout):
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(executors.socket, "create_connection", silent)
+    with pytest.raises(BenchError, match="cannot reach Ray at 10.1.2.3:6379: no answer within 0.5 s"):
+        check_reachable("10.1.2.3:6379", timeout_s=0.5)
 
 
 # ------------------------------------------------------------------------ diverged runs
