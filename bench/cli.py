@@ -30,6 +30,10 @@ from bench.spec import (
 )
 from bench.store import DEFAULT_STORE
 
+# the shot groups of ``bench table --group``: bench.train.shot_groups (MANY_SHOT_ABOVE, FEW_SHOT_BELOW),
+# written out here so that the parser needs no torch
+GROUP_RULE = {"all": "any number of", "many": "more than 100", "medium": "20 to 100", "few": "fewer than 20"}
+
 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, via main()
@@ -139,7 +143,7 @@ def cmd_run(args) -> int:
     device = execute.resolve_device(args.device) if executor.local else args.device
     for spec in specs:  # fail on missing data or an impossible bias before touching the store
         execute.load_data(spec, args.data_dir)
-    store = Store(args.store, create=False) if Path(args.store).exists() else None
+    store = Store(args.store) if Path(args.store).exists() else None  # an empty file becomes a store
     try:
         if store is None or execute.pending(store, specs, args.retry_failed):
             executor.open()  # starts or reaches Ray: a bad --address fails before the store is created
@@ -199,12 +203,18 @@ def cmd_table(args) -> int:
         from bench import tables
         return tables.main(args)
 
+    if args.write:
+        raise BenchError("--write writes the paper tables: give --paper N (or --paper all)")
     store = Store(args.store, create=False)
     runs = store.runs("done")
-    title = "" if args.format != "md" else (
-        f"test accuracy (%), {args.metric} epoch" + ("" if args.group == "all" else f", {args.group}-shot classes")
-        + ", mean ± std over seeds")
-    print(render(results_table(runs, args.metric, args.group), args.format, title))
+    group = "" if args.group == "all" else f"{args.group}-shot classes"
+    title = f"test accuracy (%), {args.metric} epoch" + (f", {group}" if group else "") + ", mean ± std over seeds"
+    empty = ("no finished runs in the store" if runs.empty else
+             f"no {group} ({GROUP_RULE[args.group]} training samples) in the cells of the {len(runs)} finished run(s)")
+    table = results_table(runs, args.metric, args.group)
+    if table.empty and args.format in ("csv", "json"):
+        print(f"bench: {empty}", file=sys.stderr)
+    print(render(table, args.format, title, empty=empty))
     failed = store.runs("failed")
     if len(failed) and args.format == "md":
         print(f"\n{len(failed)} failed run(s): `python -m bench run ... --retry-failed` retries them", file=sys.stderr)
@@ -294,7 +304,8 @@ def make_parser() -> ArgumentParser:
     table.add_argument("--metric", choices=("last", "best"), default="last",
                        help="last-epoch or best-epoch (best-on-test, as the papers report) accuracy")
     table.add_argument("--group", choices=("all", "many", "medium", "few"), default="all",
-                       help="all classes, or one shot group (>100, 20-100, <20 training samples)")
+                       help="all classes, or one shot group ("
+                       + ", ".join(rule for g, rule in GROUP_RULE.items() if g != "all") + " training samples)")
     table.set_defaults(func=cmd_table)
 
     lst = sub.add_parser("list", help="methods, datasets, models, grids, presets")

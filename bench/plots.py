@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.summary import cell_label
 
 # names of the per-sample arrays, in order of preference: raw probe losses, then normalised curves
 RAW_CURVE_ARRAYS = ("probe_loss", "probe_losses", "loss_curve")
@@ -88,9 +89,16 @@ def select_run(store, *, run: str | None = None, cell=None, method: str = "curve
         m &= runs["seed"] == seed
     found = runs[m]
     if found.empty:
-        where = f" on {cell.label()}" if cell is not None else ""
-        raise BenchError(f"no finished {method} run{where} in {store.path} (train one with `python -m bench run "
-                         f"--methods {method}`)")
+        where = "".join([f" on {cell.label()}" if cell is not None else "", f" with preset {preset}" if preset else "",
+                         f" with seed {seed}" if seed is not None else ""])
+        stored = sorted(set(runs["method"]))
+        if method not in stored:
+            hint = f"its finished runs are of {', '.join(stored)}"
+        else:
+            mine = sorted({f"{cell_label(r)}, preset {r['preset']}, seed {r['seed']}"
+                           for _, r in runs[runs["method"] == method].iterrows()})
+            hint = f"its {method} runs: {'; '.join(mine)}; or train one with `python -m bench run --methods {method}`"
+        raise BenchError(f"no finished {method} run{where} in {store.path} ({hint})")
     configs = {json.dumps({k: v for k, v in json.loads(s).items() if k not in ("seed", "data_seed")}, sort_keys=True)
                for s in found["spec_json"]}
     if len(configs) > 1:
@@ -166,6 +174,8 @@ def plot_curves(store, run: pd.Series, out: Path, classes: tuple[int, int] | Non
     curves, kind = load_curves(store, key, len(samples))
     counts = _train_counts(run, samples)
     head, tail = classes if classes else head_and_tail(samples, counts)
+    if not (0 <= head < len(counts) and 0 <= tail < len(counts)):
+        raise BenchError(f"--classes {head},{tail}: class indices lie in 0..{len(counts) - 1} for {run['dataset']}")
     offset = 0
     if kind.startswith("normalised"):  # the stored window starts at probe epoch S = drop_first
         offset = int(json.loads(run["spec_json"]).get("params", {}).get("drop_first", 0))

@@ -105,11 +105,11 @@ class Store:
         try:
             self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             self.conn.execute("PRAGMA foreign_keys = ON")
-            self._check_and_init()
+            self._check_and_init(create)
         except sqlite3.DatabaseError as exc:
             raise BenchError(f"{self.path} is not a readable reweight-bench store ({exc})") from None
 
-    def _check_and_init(self) -> None:
+    def _check_and_init(self, create: bool) -> None:
         app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if app_id != APPLICATION_ID and tables:
@@ -118,6 +118,8 @@ class Store:
         if app_id == APPLICATION_ID and version > SCHEMA_VERSION:
             raise BenchError(f"{self.path} was written by a newer reweight-bench (schema {version})")
         if not tables:
+            if not create:  # an empty file (or an empty SQLite database): nothing to read, nothing written
+                raise BenchError(f"{self.path} is empty, not a reweight-bench store (run `python -m bench run` first)")
             if not os.access(self.path, os.W_OK):
                 raise BenchError(f"store {self.path} is not writable")
             self.conn.execute("PRAGMA journal_mode = WAL")

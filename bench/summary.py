@@ -115,13 +115,27 @@ def results_table(runs: pd.DataFrame, metric: str = "last", group: str = "all") 
     return table.fillna("—")
 
 
-def render(table: pd.DataFrame, fmt: str = "md", title: str = "") -> str:
-    if table.empty:
-        return "no finished runs in the store"
-    if fmt == "csv":
-        return table.to_csv()
-    if fmt == "json":
-        return json.dumps({"title": title, "rows": table.reset_index().to_dict(orient="records")}, indent=1)
+def text_table(df: pd.DataFrame, fmt: str = "md") -> str:
+    """``df`` as a GitHub Markdown or a LaTeX (booktabs) table, every cell as written."""
     from tabulate import tabulate
-    text = tabulate(table.reset_index(), headers="keys", tablefmt="github", showindex=False)
-    return f"{title}\n\n{text}" if title else text
+    tablefmt = {"md": "github", "latex": "latex_booktabs"}[fmt]
+    text = tabulate(df, headers="keys", tablefmt=tablefmt, showindex=False, disable_numparse=True)
+    if fmt == "latex":
+        for char, tex in (("±", r"\ensuremath{\pm}"), ("Δ", r"\ensuremath{\Delta}"), ("†", r"\ensuremath{^\dagger}"),
+                          ("—", "---"), ("×", r"\ensuremath{\times}")):
+            text = text.replace(char, tex)
+    return text
+
+
+def render(table: pd.DataFrame, fmt: str = "md", title: str = "", empty: str = "no finished runs in the store") -> str:
+    """The table as Markdown (with ``title``), LaTeX, CSV or JSON. An empty table is ``empty`` in
+    Markdown and LaTeX, and a document with no rows in CSV and JSON (what their readers expect)."""
+    if fmt == "csv":
+        return table.to_csv().rstrip("\n") if not table.empty else "method"  # print() ends the line
+    if fmt == "json":
+        rows = [] if table.empty else table.reset_index().to_dict(orient="records")
+        return json.dumps({"title": title, "rows": rows}, indent=1)
+    if table.empty:
+        return empty
+    text = text_table(table.reset_index(), fmt)
+    return f"{title}\n\n{text}" if title and fmt == "md" else text

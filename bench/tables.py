@@ -47,6 +47,7 @@ import pandas as pd
 from bench.data.cli import default_meta_per_class
 from bench.errors import BenchError
 from bench.spec import GRIDS, OMITTED_WHEN_DEFAULT, PRESETS, SEED_FIELDS, Cell
+from bench.summary import text_table
 
 PAPER_TABLES = ("1", "2", "3", "6", "7", "8", "9", "10")
 ALL_TABLES = PAPER_TABLES + ("anchors",)
@@ -667,17 +668,6 @@ def long_records(built: Built) -> list[dict]:
     return out
 
 
-def _md_table(df: pd.DataFrame, fmt: str) -> str:
-    from tabulate import tabulate
-    tablefmt = {"md": "github", "latex": "latex_booktabs"}[fmt]
-    text = tabulate(df, headers="keys", tablefmt=tablefmt, showindex=False, disable_numparse=True)
-    if fmt == "latex":
-        for char, tex in (("±", r"\ensuremath{\pm}"), ("Δ", r"\ensuremath{\Delta}"), ("†", r"\ensuremath{^\dagger}"),
-                          ("—", "---"), ("×", r"\ensuremath{\times}")):
-            text = text.replace(char, tex)
-    return text
-
-
 def render(built: Built, fmt: str = "md", store_path: str = "") -> str:
     """The table as Markdown, LaTeX, CSV (long form) or JSON."""
     t = built.table
@@ -701,7 +691,7 @@ def render(built: Built, fmt: str = "md", store_path: str = "") -> str:
                    + (" The published numbers come from the CurveNet paper; the official codes print the "
                       "best epoch's accuracy." if t.number != "anchors" else "")))
     lines.append("")
-    lines.append(_md_table(layout(built), fmt))
+    lines.append(text_table(layout(built), fmt))
     lines.append("")
     if "cells" in c:
         lines.append(p(f"**Missing:** {c['missing_cells']} of {c['cells']} (method, cell) pairs have no usable runs; "
@@ -727,7 +717,7 @@ def render(built: Built, fmt: str = "md", store_path: str = "") -> str:
             lines.append("")
             lines.append(h(f"Table {t.number} detail: {label}, per cell (ours only; the paper prints MA only)"))
             lines.append("")
-            lines.append(_md_table(detail_layout(built, label), fmt))
+            lines.append(text_table(detail_layout(built, label), fmt))
     lines.append("")
     lines.append(h(f"Sources of the numbers in Table {t.number}"))
     lines.append("")

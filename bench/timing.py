@@ -485,7 +485,8 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
                            headers=["step", "alone ms/iter", f"{args.pack} packed, ms/iter each", "epoch time ratio"],
                            tablefmt="github", disable_numparse=True))
             print(f"\n{args.model}, batch {args.batch_size}, {device}; packed = {args.pack} processes at once on "
-                  "the same device (bench run --jobs N); issue 8's target on an H100: ratio <= 2 for 4 runs.")
+                  "the same device (bench run --jobs N); a ratio below N means packing N runs beats running them one "
+                  "after another (the suite's H100 target: at most 2 for 4 runs).")
         return 0
     results = run_all(steps, model_name=args.model, batch=args.batch_size, device=device, repeats=repeats,
                       warmup=warmup, seed=args.seed, progress=progress, graph=args.graph, precision=args.precision)

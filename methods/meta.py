@@ -31,7 +31,7 @@ How the weighting-net gradient is computed
 ------------------------------------------
 Two implementations of the same quantity, selected by ``second_order``:
 
-``"autograd"``  the textbook route (the issue's and DESIGN.md's description): ``g =
+``"autograd"``  the textbook route (DESIGN.md's description): ``g =
     torch.autograd.grad(L_tr, theta, create_graph=True)``, ``theta' = theta - lr D(g)`` as
     tensors with a graph, the meta forward through ``torch.func.functional_call`` on ``theta'``,
     and ``d meta / d phi`` by a second-order backward.

@@ -72,6 +72,11 @@ def test_run_selection_errors(store, tmp_path):
     with pytest.raises(BenchError, match="no per-sample"):  # a run without curves
         run = plots.select_run(store, cell=Cell("cifar10", 20, "flip2", 0.4))
         plots.load_curves(store, run["key"], 0)
+    with pytest.raises(BenchError, match="finished runs are of curvenet"):  # a typo in --method
+        plots.select_run(store, method="curvenett")
+    with pytest.raises(BenchError, match="with preset papr in .*its curvenet runs: .*fmnist-mini imb8 flip2:0.25, "
+                                         "preset quick, seed 0"):  # the filter that excluded them is named
+        plots.select_run(store, cell=Cell("fmnist-mini", 8, "flip2", 0.25), preset="papr")
     with pytest.raises(BenchError):
         plots.parse_cell("cifar10:20")
     assert plots.parse_cell("cifar10:50:none") == Cell("cifar10", 50, "none", 0)
@@ -88,3 +93,10 @@ def test_cli_plot(store, tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench", "plot", "curves", "--cell", "nope", "--store",
                         str(store.path)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 2 and "malformed --cell" in r.stderr
+
+
+def test_classes_out_of_range_are_an_error(store, tmp_path):
+    run = plots.select_run(store, cell=Cell("fmnist-mini", 8, "flip2", 0.25))
+    with pytest.raises(BenchError, match="class indices lie in 0..3"):
+        plots.plot_curves(store, run, tmp_path / "c.png", (0, 42))
+    assert not (tmp_path / "c.png").exists()

@@ -77,6 +77,11 @@ def test_foreign_and_corrupt_files_are_refused(tmp_path):
         Store(junk)
     with pytest.raises(BenchError, match="no results store"):
         Store(tmp_path / "missing.sqlite", create=False)
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    with pytest.raises(BenchError, match="is empty, not a reweight-bench store"):
+        Store(empty, create=False)  # a reader (bench table) writes nothing into it
+    assert empty.stat().st_size == 0
     with pytest.raises(BenchError, match="directory"):
         Store(tmp_path)
 

@@ -56,3 +56,47 @@ def test_paper_tables_mark_bf16_and_prefer_fp32():
                    milestones=(80, 100))
     assert tables._protocol_diff(spec.to_dict(), "paper") == ""
     assert tables._protocol_diff(spec.replace(precision="bf16").to_dict(), "paper") == "precision=bf16"
+
+
+def test_bench_table_formats_and_empty_results(tmp_path, capsys):
+    """``bench table``: LaTeX without --paper, an empty shot group named as such (not an empty
+    store), CSV and JSON documents with no rows for machine readers, --write only with --paper."""
+    import csv
+    import sys
+    from pathlib import Path
+
+    from bench.cli import main
+    from bench.store import Store
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+    import fake_store
+
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    fake_store.add_run(store, RunSpec(method="ce", seed=0), "CE", 61.0)  # metrics without any few-shot group
+    store.close()
+
+    def table(*args):
+        code = main(["table", "--store", str(path), *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = table("--format", "latex")
+    assert code == 0 and "\\toprule" in out and "61.00 (n=1)" in out and "|" not in out
+    code, out, _ = table("--group", "few")
+    assert code == 0 and "no few-shot classes (fewer than 20 training samples)" in out and "1 finished" in out
+    code, out, err = table("--group", "few", "--format", "json")
+    assert code == 0 and json.loads(out)["rows"] == [] and "no few-shot classes" in err
+    code, out, _ = table("--group", "few", "--format", "csv")
+    assert code == 0 and list(csv.reader(out.splitlines())) == [["method"]]
+    code, _, err = table("--write")
+    assert code == 2 and "give --paper" in err
+
+
+def test_shot_group_help_matches_the_training_metrics():
+    from bench.cli import GROUP_RULE
+    from bench.train import FEW_SHOT_BELOW, MANY_SHOT_ABOVE
+
+    assert GROUP_RULE["many"] == f"more than {MANY_SHOT_ABOVE}"
+    assert GROUP_RULE["medium"] == f"{FEW_SHOT_BELOW} to {MANY_SHOT_ABOVE}"
+    assert GROUP_RULE["few"] == f"fewer than {FEW_SHOT_BELOW}"
