@@ -13,8 +13,8 @@ Presets
 ``quick``  The default, a user's first run: the embedded fmnist-mini, the small CNN, the same
            protocol scaled to 20 epochs (lr x0.1 at epochs 8 and 10, i.e. the paper's 80/200 and
            100/200), on a noisy and imbalanced cell (imbalance 10, flip2 0.4). The warm-up is 2
-           epochs (lr 0.05, 0.1): 5/200 scaled would round to one epoch, and a one-epoch linear
-           warm-up runs at the full lr, i.e. no warm-up at all. That broke LDAM-DRW's cosine head
+           epochs (lr 0.05, 0.1): 5/200 scaled rounds to none (and a one-epoch linear warm-up would
+           run at the full lr, i.e. no warm-up either). That broke LDAM-DRW's cosine head
            (s = 30) on the rarest class (0% test accuracy in 2 of 3 seeds, see methods/ldam_drw.py).
 
 ``--epochs N`` rescales the warm-up and milestones by N / (preset epochs) unless they are set

@@ -33,7 +33,10 @@ def lr_at(epoch: int, *, lr: float, warmup_epochs: int, milestones: Iterable[int
     """The grid protocol's learning rate for ``epoch`` (0-based), PROTOCOL.md §3.
 
     Linear warm-up over the first ``warmup_epochs`` (0.02, 0.04, ..., 0.1 for lr 0.1 and 5 epochs,
-    as in the LDAM-DRW / CurveNet code), then ``lr * lr_decay**k`` after the k-th milestone.
+    as in the LDAM-DRW code and CurveNet's allocate stage), then ``lr * lr_decay**k`` after the k-th
+    milestone. The protocol applies it to every method; CurveNet's own baseline script
+    (``recognition_base``) has no warm-up (notes/baselines.md §0, curvenet_mwnet.md §3.2), so the
+    suite's CE-style baselines differ from the runs behind the paper's Table 1 in that.
     """
     if epoch < warmup_epochs:
         return lr * (epoch + 1) / warmup_epochs

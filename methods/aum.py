@@ -28,8 +28,8 @@ the sample's mean AUM over its scoring runs; ``aum_run1``/``aum_run2`` (NaN wher
 threshold sample of that run); ``threshold_set`` (0 none, 1 or 2).
 
 Choices and deviations:
-- Threshold count N // (K+1) as the paper and PROTOCOL.md §7 say; the code uses N // K
-  (``threshold_count = "code"``).
+- Threshold count N // (K+1) as PROTOCOL.md §7 fixes it (the paper's N / (c+1), marked
+  unverified in notes/baselines.md §7); the code uses N // K (``threshold_count = "code"``).
 - Epochs recorded: every epoch from the first (PROTOCOL.md §7); the code skips epoch 0 ("due to
   the variability of random initialization", ``runner.py`` ``train_epoch``): ``skip_epochs=1``.
 - Scoring runs: the protocol's SGD (wd 5e-4, batch 128, warm-up, until the first drop) instead of
@@ -148,8 +148,10 @@ class AUM(Method):
             del model, curves
             aums.append(aum)
             thresholds.append(aum_threshold(aum, thr_idx, p.percentile))
+            real = np.ones(n, dtype=bool)
+            real[thr_idx] = False  # the fraction flagged among the samples scored against their own label
             run.log(0, stage=f"aum{r}_threshold", threshold=thresholds[-1],
-                    flagged=float(np.mean(aum < thresholds[-1])))
+                    flagged=float(np.mean(aum[real] < thresholds[-1])))
         removed, score, mean_aum, _ = combine_runs(aums, thresholds, sets)
         kept = ~removed
         which = np.zeros(n, dtype=np.int64)

@@ -30,7 +30,9 @@ Deviations from the official code (all as PROTOCOL.md §7 asks):
   with a loop from epoch 1 starts at tau/9 and reaches tau at epoch 9, and for c != 1 ramps to
   tau^c; we use the paper's (T/T_k)^c form.
 - ``num_remember`` = floor(R * B) as ``int(...)`` in the code, but at least 1 (a last batch of a
-  few samples never becomes empty). The official code drops no short batch either.
+  few samples never becomes empty). Deviation: the official train loader drops the short last
+  batch (``drop_last=True``, 390 batches on CIFAR; notes/baselines.md §5); every sample is
+  trained on here, as in every other method.
 - The official code evaluates with dropout left on (a bug of its 9-layer CNN); not applicable.
 - Quick preset: T_k = 1 (the paper's T_k/epochs = 10/200 scaled to 20 epochs).
 """

@@ -1,13 +1,13 @@
 """LDAM-DRW baseline (Cao, Wei, Gaidon, Arechiga, Ma, "Learning Imbalanced Datasets with
 Label-Distribution-Aware Margin Loss", NeurIPS 2019).
 
-- LDAM loss (eq. 13): L = -log( e^{s(z_y - m_y)} / (e^{s(z_y - m_y)} + sum_{j != y} e^{s z_j}) ),
-  margins m_c = C / n_c^{1/4} (eq. 12) with C set so that the rarest class gets ``max_m`` = 0.5,
-  logit scale s = 30 (official ``losses.py:23-45``, ``cifar_train.py:213``).
+- LDAM loss: L = -log( e^{s(z_y - m_y)} / (e^{s(z_y - m_y)} + sum_{j != y} e^{s z_j}) ),
+  margins m_c = C / n_c^{1/4} with C set so that the rarest class gets ``max_m`` = 0.5, logit
+  scale s = 30 (official ``losses.py:23-45``, ``cifar_train.py:213``).
 - Cosine classifier: the backbone's ``fc`` is replaced by :class:`NormedLinear`, z_j = cos(f, W_j)
   on the pooled features, no bias (official ``models/resnet_cifar.py:37-46``; ``use_norm=True``
   whenever the loss is LDAM, ``cifar_train.py:106``). Logits lie in [-1, 1], hence s.
-- DRW (§3.2, Algorithm 1): unweighted until the first learning-rate drop, then each sample's
+- DRW (Algorithm 1): unweighted until the first learning-rate drop, then each sample's
   loss is weighted by the class-balanced weight of its label, beta = 0.9999, normalised to sum
   to K, as torch's ``F.cross_entropy(weight=w)`` (sum w l / sum w): :class:`methods.drw.DRW`.
 Counts n_c (margins and DRW weights) are the observed-label counts of the training pool after the
@@ -21,8 +21,8 @@ Deviations from the official code:
 - Schedule: the grid protocol (weight decay 5e-4 instead of 2e-4, Nesterov, x0.1 at 80 and 100
   instead of x0.01 at 160 and 180). The paper preset's 5-epoch warm-up (0.02, ..., 0.1) is LDAM's.
 - Warm-up: the protocol's per-epoch linear warm-up, as LDAM's code. The quick preset's warm-up is
-  2 epochs because a 1-epoch one (5/200 scaled to 20 epochs, rounded) runs epoch 0 at the full
-  lr, and with s = 30 the first full-lr steps push the rarest class's weight column to the far
+  2 epochs because 5/200 scaled to 20 epochs rounds to none, and a 1-epoch one runs epoch 0 at
+  the full lr too, and with s = 30 the first full-lr steps push the rarest class's weight column to the far
   side of the (non-negative, post-ReLU) feature cone and inflate its norm to about 22 (2 to 8 for
   the others), which freezes its direction (the step on a normalised column scales as
   1 / norm^2): that class ended at 0% test accuracy in 2 of 3 seeds (fmnist-mini, imbalance 50,

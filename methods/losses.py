@@ -5,13 +5,13 @@ Public API (all functions take logits ``[B, K]`` and integer targets ``[B]`` on 
 ``class_balanced_weights(counts, beta=0.9999, *, device=None, dtype=float32) -> Tensor[K]``
     Cui et al. 2019, eq. 3 / §4: w_c = (1 - beta) / (1 - beta^n_c), normalised to sum to K.
 ``ldam_margins(counts, max_m=0.5, *, device=None, dtype=float32) -> Tensor[K]``
-    Cao et al. 2019, eq. 13: m_c = C / n_c^(1/4), C chosen so that max_c m_c = max_m.
+    Cao et al. 2019, the LDAM loss: m_c = C / n_c^(1/4), C chosen so that max_c m_c = max_m.
 ``softmax_focal_per_sample(logits, target, gamma=1.0) -> Tensor[B]``
     Lin et al. 2017, eq. 5 in softmax form: -(1 - p_t)^gamma log p_t.
 ``sigmoid_focal_per_sample(logits, target, gamma=1.0) -> Tensor[B]``
     One-vs-all sigmoid (focal when gamma > 0) loss summed over the K classes (CB official code).
 ``ldam_per_sample(logits, target, margins, s=30.0) -> Tensor[B]``
-    Cao et al. 2019, eq. 13: CE(s * (z - m_y e_y), y).
+    Cao et al. 2019, the LDAM loss: CE(s * (z - m_y e_y), y).
 ``reduce_weighted(per_sample, target, class_weights=None, reduction="batch") -> Tensor``
     Batch reduction with per-class weights: ``batch`` = sum_i w_{y_i} l_i / B (official CB code,
     TF SUM_BY_NONZERO_WEIGHTS) or ``weight`` = sum_i w_{y_i} l_i / sum_i w_{y_i} (torch
@@ -23,7 +23,8 @@ Counts are per-class training counts (use the *observed*, noisy-label counts,
 ``run.data.noisy_counts``: the only counts a method may legitimately know). A class with zero
 training samples is treated as a class with one sample (the official formulas divide by zero
 there: CB issue #17); it never occurs in a training batch, so only its weight's share of the
-normalisation is affected.
+normalisation is affected. LDAM's margins are scaled over the classes that have samples, so the
+rarest of those gets ``max_m`` as in the official code; an empty class gets ``max_m`` too.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 REDUCTIONS = ("batch", "weight")
 
 
-def _counts_array(counts) -> np.ndarray:
+def _counts_array(counts, *, at_least_one: bool = True) -> np.ndarray:
     if isinstance(counts, torch.Tensor):
         counts = counts.detach().cpu().numpy()
     arr = np.asarray(counts, dtype=np.float64).reshape(-1)
@@ -43,7 +44,7 @@ def _counts_array(counts) -> np.ndarray:
         raise ValueError("class counts are empty")
     if np.any(arr < 0) or not np.all(np.isfinite(arr)):
         raise ValueError(f"class counts must be finite and non-negative, got {arr.tolist()}")
-    return np.maximum(arr, 1.0)
+    return np.maximum(arr, 1.0) if at_least_one else arr
 
 
 def class_balanced_weights(counts, beta: float = 0.9999, *, device=None,
@@ -65,16 +66,17 @@ def class_balanced_weights(counts, beta: float = 0.9999, *, device=None,
 
 
 def ldam_margins(counts, max_m: float = 0.5, *, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """LDAM margins (Cao et al., NeurIPS 2019, eq. 13): m_c proportional to n_c^(-1/4), max = max_m.
+    """LDAM margins (Cao et al., NeurIPS 2019): m_c proportional to n_c^(-1/4), max = max_m.
 
     As the official code (``losses.py:23-33``): ``m = 1/sqrt(sqrt(n)); m *= max_m / max(m)``, so
     the rarest class gets exactly ``max_m``.
     """
     if not max_m > 0:
         raise ValueError(f"max_m must be positive, got {max_m}")
-    n = _counts_array(counts)
-    m = 1.0 / np.sqrt(np.sqrt(n))
-    m = m * (max_m / m.max())
+    raw = _counts_array(counts, at_least_one=False)
+    m = 1.0 / np.sqrt(np.sqrt(np.maximum(raw, 1.0)))
+    present = raw > 0  # the rarest class *with samples* gets max_m; empty ones are capped there too
+    m = np.minimum(m * (max_m / (m[present].max() if present.any() else m.max())), max_m)
     return torch.as_tensor(m, dtype=dtype, device=device)
 
 
@@ -124,7 +126,7 @@ def sigmoid_focal_per_sample(logits: torch.Tensor, target: torch.Tensor, gamma: 
 
 
 def ldam_per_sample(logits: torch.Tensor, target: torch.Tensor, margins: torch.Tensor, s: float = 30.0) -> torch.Tensor:
-    """Per-sample LDAM loss (Cao et al., NeurIPS 2019, eq. 13): CE(s * (z - m_y e_y), y).
+    """Per-sample LDAM loss (Cao et al., NeurIPS 2019): CE(s * (z - m_y e_y), y).
 
     Only the labelled class's logit is lowered by its class margin, then everything is scaled by
     s (official ``LDAMLoss``, ``losses.py:35-45``, with a bool mask instead of the deprecated

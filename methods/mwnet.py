@@ -28,6 +28,13 @@ Deviations from the official code (all deliberate, PROTOCOL.md §3-§4):
   detached loss, as the noisy-label code and PROTOCOL.md §4 do.
 - The long-tail code's virtual-step lr lags the classifier's by one epoch at the decays (notes
   §6.2 g); here the look-ahead always uses the current lr.
+- Meta batches: both variants cycle through the meta set, reshuffled every pass, as the noisy-label
+  code does; the long-tail code draws every meta batch afresh (``next(iter(...))``, L175), i.e.
+  with replacement across iterations (notes §3.4).
+- Meta-set size: the run's ``meta_per_class`` for both variants (the grid's per-dataset default,
+  100 per class on CIFAR-10 and 10 on CIFAR-100, as CurveNet gives every meta method), where the
+  long-tail code's default is 10 per class on both datasets (notes §1.3; the long-tail anchor
+  table in bench/tables.py asks for 10).
 - The weighting-net gradient is computed exactly but by a forward-mode JVP instead of a
   second-order backward (methods/meta.py; ``mwnet.second_order=autograd`` gives the latter).
 

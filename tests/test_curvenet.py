@@ -133,6 +133,8 @@ def test_probe_cache_is_keyed_atomic_and_leaves_the_rng_alone(tmp_path, monkeypa
     assert len(files) == 1 and files[0].suffix == ".npz" and not files[0].name.startswith(".")
     # the key covers the seed and the schedule but not allocate-stage options
     assert probe_key(make_run(params, seed=1), params.schedule()) != probe_key(run, params.schedule())
+    # a bf16 probe (trained under autocast) is not an fp32 one
+    assert probe_key(make_run(params, precision="bf16"), params.schedule()) != probe_key(run, params.schedule())
     other = CurveNetParams(**{**TINY, "half_period": 2})
     assert probe_key(run, other.schedule()) != probe_key(run, params.schedule())
     assert probe_key(make_run(CurveNetParams(**TINY, skip_layers=3)), params.schedule()) == probe_key(

@@ -155,6 +155,9 @@ def test_ldam_margins_by_hand():
     assert m[2].item() == pytest.approx(0.5) and m.max().item() == pytest.approx(0.5)
     assert m[0] < m[1] < m[2]
     assert m[0].item() == pytest.approx(0.5 * 100 ** -0.25, rel=1e-6)  # (n_rare/n_head)^(1/4)
+    # a class without any (observed) sample does not take the rarest real class's margin
+    with_empty = ldam_margins([1000, 100, 10, 0], 0.5)
+    assert torch.allclose(with_empty[:3], m) and with_empty[3].item() == pytest.approx(0.5)
 
 
 def test_ldam_loss_by_hand():
