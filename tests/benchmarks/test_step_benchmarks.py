@@ -7,8 +7,9 @@ graph (bench/capture.py), fp32 and bf16.
 
     pytest tests/benchmarks --benchmark-enable --benchmark-only
 
-prints the mean/median per step; divide by the CE row of the same group for the ratios (the
-issue's CPU targets: MW-Net <= 3.0x CE, CurveNet SL=3 <= 1.5x CE). In the default test run
+prints the mean/median per step, each followed in parentheses by its ratio to the fastest row of
+the group, the CE step (the suite's CPU targets: MW-Net <= 3.0x CE, CurveNet SL=3 <= 1.5x CE).
+30 rounds per step on CPU: with 5, one stall on a shared machine moved a mean ratio by 0.3. In the default test run
 (``--benchmark-disable`` in pyproject) each step executes once, as a smoke test.
 ``python -m bench timing`` gives the same steps with the paper's meta-time split and ratios.
 """
@@ -33,7 +34,7 @@ def test_train_step(benchmark, name):
     step()  # momentum buffers and the first-call overheads out of the way
     benchmark.group = "one training iteration: small_cnn, batch 128, CPU"
     benchmark.extra_info["step"] = name
-    benchmark.pedantic(step, rounds=5, warmup_rounds=1)
+    benchmark.pedantic(step, rounds=30, warmup_rounds=3)
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA only")
