@@ -10,6 +10,7 @@ import argparse
 import importlib
 import itertools
 import sys
+import textwrap
 from pathlib import Path
 
 from bench.cpu import keep_freed_memory
@@ -226,13 +227,17 @@ def cmd_list(args) -> int:
     from bench.data import DATASET_NAMES
     from bench.models import MODELS
 
-    print("methods:")
+    print("methods (and their --set NAME.KEY=VALUE settings, paper defaults; quick preset changes):")
     for name in methods.names():
         cls = methods.get(name)
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         variants = getattr(cls, "variants", None)
         shown = f"{name} ({', '.join(variants)})" if variants else name
         print(f"  {shown:28s} {doc}")
+        settings = ", ".join(f"{k}={_shown_value(v)}" for k, v in cls.settings("paper").items())
+        quick = ", ".join(f"{k}={_shown_value(v)}" for k, v in cls.presets.get("quick", {}).items())
+        text = (settings or "no settings") + (f"; quick: {quick}" if quick else "")
+        print(textwrap.fill(text, width=100, initial_indent=" " * 4, subsequent_indent=" " * 6))
     print("datasets:\n  " + ", ".join(DATASET_NAMES) + ", npz:PATH")
     print("models:\n  " + ", ".join(sorted(MODELS)))
     print("grids:")
@@ -242,6 +247,10 @@ def cmd_list(args) -> int:
     print("presets:\n  " + ", ".join(PRESETS))
     print("noise types:\n  " + ", ".join(NOISE_TYPES))
     return 0
+
+
+def _shown_value(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 def cmd_data(args) -> int:

@@ -105,15 +105,23 @@ def check_finite(epoch: int, **metrics) -> None:
 def train_classifier(run, model: nn.Module, loss_fn: LossFn, *, epochs: int | None = None,
                      optimizer: torch.optim.Optimizer | None = None, loader=None, stage: str = "train",
                      on_epoch_start: Callable[[int], None] | None = None,
-                     same_loss_every_epoch: bool = False) -> nn.Module:
+                     same_loss_every_epoch: bool = False, state: dict | None = None) -> nn.Module:
     """The plain supervised loop of the grid protocol, with a method's loss.
 
     ``loss_fn(logits, y, idx, epoch)`` returns the scalar batch loss; ``idx`` are the batch's
     positions in the training pool (for per-sample state). Each epoch is logged (and evaluated)
     through ``run.log`` and checkpointed through ``run.epochs``. A ``loss_fn`` that keeps state of
-    its own across epochs must be made resumable by the caller (pass it in ``run.epochs`` state).
+    its own across epochs (a per-sample tensor it updates, a module) passes it in ``state`` (name
+    -> object, as :meth:`methods.base.Run.epochs` takes it), so a resumed run restores it too.
+
     On CUDA the step is captured as a CUDA graph (bench/capture.py) and captured again each epoch,
     since the loss may read ``epoch`` (DRW); ``same_loss_every_epoch=True`` keeps one capture.
+    What that asks of ``loss_fn`` (checked on CPU for every method by tests/test_capture.py):
+    tensor ops only, no host synchronisation (no ``.item()``, ``.tolist()``, ``torch.nonzero``,
+    Python ``if`` on a tensor), and no output whose shape depends on the data (boolean-mask
+    indexing); Python numbers
+    it reads are frozen into the graph at capture, so anything that changes between steps must be
+    a device tensor updated in place. A weight of 0 instead of dropping a sample keeps shapes fixed.
     """
     optimizer = optimizer or run.sgd(model.parameters())
     loader = loader or run.loader("train")
@@ -130,7 +138,7 @@ def train_classifier(run, model: nn.Module, loss_fn: LossFn, *, epochs: int | No
         return loss.detach()
 
     graphed = run.step_graph(step, name=f"{run.spec.method} {stage} step", optimizers=[optimizer])
-    for epoch in run.epochs(epochs, stage=stage, state={"model": model, "optimizer": optimizer}):
+    for epoch in run.epochs(epochs, stage=stage, state={"model": model, "optimizer": optimizer, **(state or {})}):
         lr = run.lr_at(epoch)
         set_lr(optimizer, lr)
         if on_epoch_start is not None:

@@ -1,8 +1,10 @@
 """The methods registry (timm-style): ``register``, ``get(name)``, ``names()``.
 
 A method is one module in this package holding a :class:`methods.base.Method` subclass decorated
-with ``@register``. Every module here except the shared pieces (``base``, ``meta``, ``jvp``, ``curves``,
-``losses``) is imported on first use, so adding a method is adding a file.
+with ``@register``. Every module here except the shared pieces (``_SHARED_MODULES``: ``base``,
+``meta``, ``jvp``, ``curves``, ``losses``, ``drw``) is imported on first use, so adding a method
+is adding a file (README, "Adding a method"). A module that fails to import is a one-line error
+naming it, for every command, since the registry cannot be trusted without it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,12 @@ def _discover() -> None:
         return
     for info in pkgutil.iter_modules(__path__):
         if info.name not in _SHARED_MODULES and not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}")
+            try:
+                importlib.import_module(f"{__name__}.{info.name}")
+            except Exception as exc:  # noqa: BLE001 - a syntax error, a missing import ...
+                where = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
+                raise BenchError(f"methods/{info.name}.py cannot be imported{where}: {type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
     _discovered = True
 
 

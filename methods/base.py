@@ -14,6 +14,7 @@ import dataclasses
 import math
 import os
 import time
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,19 +72,40 @@ class Method:
 
     @classmethod
     def resolve_params(cls, preset: str, overrides: dict[str, str] | None = None):
-        """The Params instance for ``preset`` with ``--set`` overrides (strings) applied."""
-        params = cls.Params(**cls.presets.get(preset, {}))
-        known = {f.name: f for f in dataclasses.fields(params)}
+        """The Params instance for ``preset`` with ``--set`` overrides (strings) applied; each
+        string is read as its field's annotated type (``float`` reads ``0.5`` even where the
+        default is written ``1``)."""
+        known = {f.name: f for f in dataclasses.fields(cls.Params)}
+        preset_values = cls.presets.get(preset, {})
+        unknown = sorted(set(preset_values) - set(known))
+        if unknown:  # a method file's own mistake, named as such
+            raise BenchError(f"method {cls.name!r}: preset {preset!r} sets unknown settings {', '.join(unknown)}")
+        try:
+            params = cls.Params(**preset_values)
+        except (TypeError, ValueError) as exc:
+            raise BenchError(f"method {cls.name!r}: preset {preset!r}: {exc}") from None
+        hints = typing.get_type_hints(cls.Params)
         changes = {}
         for key, text in (overrides or {}).items():
             if key not in known:
                 choices = ", ".join(known) or "none"
                 raise BenchError(f"method {cls.name!r} has no setting {key!r}; its settings: {choices}")
-            changes[key] = parse_value(text, getattr(params, key))
+            current = getattr(params, key)
+            if hints.get(key) is float and isinstance(current, int) and not isinstance(current, bool):
+                current = float(current)
+            try:
+                changes[key] = parse_value(text, current)
+            except BenchError as exc:
+                raise BenchError(f"{cls.name}.{key}: {exc}") from None
         try:
             return dataclasses.replace(params, **changes)
         except (TypeError, ValueError) as exc:
             raise BenchError(f"bad setting for {cls.name}: {exc}") from None
+
+    @classmethod
+    def settings(cls, preset: str = "paper") -> dict[str, Any]:
+        """The method's ``--set`` settings and their values under ``preset`` (``bench list``)."""
+        return dataclasses.asdict(cls.resolve_params(preset))
 
     @classmethod
     def params_from_spec(cls, spec: RunSpec):
@@ -93,8 +115,14 @@ class Method:
 
 
 def params_items(params) -> tuple[tuple[str, Any], ...]:
-    """A Params instance as the sorted (name, value) pairs a RunSpec stores."""
-    return tuple(sorted(dataclasses.asdict(params).items()))
+    """A Params instance as the sorted (name, value) pairs a RunSpec stores (and hashes into the
+    run's key). Fields that the Params class lists in ``OMITTED_WHEN_DEFAULT`` (a ``ClassVar``:
+    settings added after runs were stored) are left out at their default, so that those runs'
+    keys still hold; :meth:`Method.params_from_spec` fills them back in."""
+    omitted = getattr(type(params), "OMITTED_WHEN_DEFAULT", ())
+    defaults = {f.name: f.default for f in dataclasses.fields(params)}
+    return tuple(sorted((k, v) for k, v in dataclasses.asdict(params).items()
+                        if not (k in omitted and v == defaults[k])))
 
 
 @dataclass

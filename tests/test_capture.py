@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from bench.capture import PRECISIONS, StepGraph, autocast, prepare_optimizer
 from bench.data import Loader
@@ -80,8 +80,10 @@ class _OpRecorder(TorchDispatchMode):
         kwargs = kwargs or {}
         if func in self.SYNCING:
             raise RuntimeError(f"{func} synchronises with the host (not capturable)")
+        layouts = [_layout(t) for t in tree_flatten((args, kwargs))[0]]  # before a view op changes them
         out = func(*args, **kwargs)
-        self.ops.append((func, args, kwargs, out))
+        shapes = [t.shape if isinstance(t, torch.Tensor) else None for t in tree_flatten(out)[0]]
+        self.ops.append((func, args, kwargs, layouts, out, shapes))
         return out
 
 
@@ -104,13 +106,32 @@ class EmulatedGraph(ReplayOnCPU):
             if first[0]:  # ... so the replay right after capture does nothing
                 first[0] = False
                 return
-            for func, args, kwargs, recorded in recorder.ops:
+            for func, args, kwargs, layouts, recorded, shapes in recorder.ops:
+                if torch.Tag.inplace_view in func.tags:
+                    continue  # metadata only (squeeze_, t_ ...): a CUDA graph has no kernel to replay
+                args, kwargs = _as_captured(args, kwargs, layouts)
                 new = func(*args, **kwargs)
-                for dst, src in zip(tree_flatten(recorded)[0], tree_flatten(new)[0]):
+                for dst, src, shape in zip(tree_flatten(recorded)[0], tree_flatten(new)[0], shapes):
                     if isinstance(dst, torch.Tensor) and dst is not src:
-                        assert dst.shape == src.shape, f"{func}: shape changed on replay"
-                        dst.copy_(src)
+                        # against the shape at capture: a later in-place view op (squeeze_) may have
+                        # changed the recorded tensor's own shape since, as it does on a GPU
+                        assert src.shape == shape, f"{func}: output shape {tuple(shape)} at capture, " \
+                            f"{tuple(src.shape)} on replay (a data-dependent shape cannot be captured)"
+                        dst.copy_(src.view(dst.shape) if dst.shape != shape else src)
         return replay, out
+
+
+def _layout(t):
+    return (t.shape, t.stride(), t.storage_offset()) if isinstance(t, torch.Tensor) else None
+
+
+def _as_captured(args, kwargs, layouts):
+    """The op's tensor arguments with the shape and strides they had at capture (a kernel in a CUDA
+    graph keeps those; a later ``squeeze_`` changed only the Python tensor's metadata)."""
+    flat, spec = tree_flatten((args, kwargs))
+    flat = [t.as_strided(*layout) if layout is not None and _layout(t) != layout else t
+            for t, layout in zip(flat, layouts)]
+    return tree_unflatten(flat, spec)
 
 
 def _tensors(out):
@@ -415,6 +436,31 @@ def test_every_method_trains_the_same_through_replayed_steps(name, monkeypatch):
     assert graphed.metrics == eager.metrics
     for record, values in eager.values.items():
         np.testing.assert_array_equal(graphed.values[record], values, err_msg=record)
+
+
+def test_the_emulated_graph_allows_in_place_view_ops_and_refuses_data_dependent_shapes():
+    """The CPU stand-in judges a replayed op's output by its shape at capture, not by the recorded
+    tensor's shape now: a later ``squeeze_`` (torch.quantile ends with one) is fine, as on a GPU;
+    an output whose shape follows the data is not."""
+    def quantile_step(x):
+        return torch.quantile(x, 0.9, dim=0, keepdim=True)
+
+    graph = EmulatedGraph(quantile_step, name="quantile", warmup=1)
+    x = torch.randn(8, 3)
+    for _ in range(3):
+        graph(x)
+    x2 = torch.randn(8, 3)
+    out = graph(x2)
+    assert graph.replays and torch.allclose(out, torch.quantile(x2, 0.9, dim=0, keepdim=True))
+
+    def unique_step(x):
+        return torch.unique(x.round())
+
+    graph = EmulatedGraph(unique_step, name="unique", warmup=1)
+    graph(torch.zeros(4))
+    graph(torch.zeros(4))  # captured on one distinct value
+    with pytest.raises(AssertionError, match="data-dependent shape"):
+        graph(torch.arange(4.0))
 
 
 def test_release_frees_the_graph_and_keeps_the_mode():

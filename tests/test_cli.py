@@ -215,6 +215,8 @@ def test_list_names_every_registered_method():
     assert result.returncode == 0
     for name in methods.names():
         assert name in result.stdout
+    # each method's --set settings with their paper defaults, and what the quick preset changes
+    assert "gamma=1.0" in result.stdout and "tau=nominal, t_k=10, exponent=1.0; quick: t_k=1" in result.stdout
 
 
 def test_precision_and_graph_options_reach_the_run(tmp_path):

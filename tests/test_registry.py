@@ -35,3 +35,59 @@ def test_every_registered_method_has_params_with_defaults():
 def test_unknown_method_setting_is_an_error():
     with pytest.raises(BenchError, match="no setting"):
         methods.get("ce").resolve_params("quick", {"gamma": "2"})
+
+
+def _toy_method(presets=None, omitted=()):
+    """A method class (not registered) with two settings, one written with an int default."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    @dataclass
+    class ToyParams:
+        quantile: float = 1
+        min_keep: int = 0
+        OMITTED_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = omitted
+
+    class Toy(Method):
+        name = "toy"
+        Params = ToyParams
+
+    Toy.presets = presets or {}
+    return Toy
+
+
+def test_settings_are_read_as_their_annotated_type_and_errors_name_them():
+    toy = _toy_method()
+    assert toy.resolve_params("quick", {"quantile": "0.5"}).quantile == 0.5  # float field, int default
+    with pytest.raises(BenchError, match=r"^toy\.quantile: cannot read 'abc' as float$"):
+        toy.resolve_params("quick", {"quantile": "abc"})
+    with pytest.raises(BenchError, match=r"toy\.min_keep: cannot read '0\.5' as int"):
+        toy.resolve_params("quick", {"min_keep": "0.5"})
+
+
+def test_a_preset_with_an_unknown_setting_is_a_one_line_error():
+    with pytest.raises(BenchError, match="preset 'quick' sets unknown settings quantlie"):
+        _toy_method(presets={"quick": {"quantlie": 0.5}}).resolve_params("quick")
+
+
+def test_a_setting_added_later_keeps_earlier_keys_at_its_default():
+    """A Params class lists settings added after runs were stored in OMITTED_WHEN_DEFAULT: at their
+    default they stay out of the spec (so out of the key); set, they enter it; reading fills them in."""
+    from bench.spec import RunSpec
+    from methods.base import params_items
+
+    old, new = _toy_method(), _toy_method(omitted=("min_keep",))
+    assert params_items(new.Params()) == (("quantile", 1),)
+    assert params_items(old.Params()) == (("min_keep", 0), ("quantile", 1))  # not listed: always stored
+    assert params_items(new.Params(min_keep=3)) == (("min_keep", 3), ("quantile", 1))
+    spec = RunSpec(method="toy", params=params_items(new.Params()))
+    assert new.params_from_spec(spec) == new.Params()
+
+
+def test_a_method_file_that_cannot_be_imported_is_named(monkeypatch, tmp_path):
+    broken = tmp_path / "broken_method.py"
+    broken.write_text("def fit(:\n")
+    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(tmp_path)])
+    monkeypatch.setattr(methods, "_discovered", False)
+    with pytest.raises(BenchError, match=r"methods/broken_method\.py cannot be imported \(line 1\): SyntaxError"):
+        methods.names()
