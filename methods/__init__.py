@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import warnings
 
 from bench.errors import BenchError
 
 _REGISTRY: dict[str, type] = {}
 _SHARED_MODULES = {"base", "meta", "jvp", "curves", "losses", "drw"}
 _discovered = False
+_SILENT: set[str] = set()  # modules already warned about
 
 
 def register(cls: type) -> type:
@@ -34,12 +36,17 @@ def _discover() -> None:
         return
     for info in pkgutil.iter_modules(__path__):
         if info.name not in _SHARED_MODULES and not info.name.startswith("_"):
+            module = f"{__name__}.{info.name}"
             try:
                 importlib.import_module(f"{__name__}.{info.name}")
             except Exception as exc:  # noqa: BLE001 - a syntax error, a missing import ...
                 where = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
                 raise BenchError(f"methods/{info.name}.py cannot be imported{where}: {type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            if module not in _SILENT and not any(cls.__module__ == module for cls in _REGISTRY.values()):
+                warnings.warn(f"methods/{info.name}.py registers no method (a Method subclass without "
+                              "@register?); shared code belongs in _SHARED_MODULES", stacklevel=2)
+                _SILENT.add(module)
     _discovered = True
 
 

@@ -91,3 +91,13 @@ def test_a_method_file_that_cannot_be_imported_is_named(monkeypatch, tmp_path):
     monkeypatch.setattr(methods, "_discovered", False)
     with pytest.raises(BenchError, match=r"methods/broken_method\.py cannot be imported \(line 1\): SyntaxError"):
         methods.names()
+
+
+def test_a_method_file_that_registers_nothing_is_warned_about(monkeypatch, tmp_path):
+    (tmp_path / "forgot_register.py").write_text(
+        "from methods.base import Method\n\nclass Forgot(Method):\n    name = 'forgot'\n")
+    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(tmp_path)])
+    monkeypatch.setattr(methods, "_discovered", False)
+    with pytest.warns(UserWarning, match=r"methods/forgot_register\.py registers no method"):
+        methods.names()
+    assert "forgot" not in methods.names()
