@@ -8,8 +8,9 @@ forward and backward and steps the optimisers, all with tensor ops and no host s
 * eagerly, on CPU, with ``--no-graph``, or where capture failed;
 * on CUDA, as a CUDA graph: the first ``warmup`` calls run eagerly on a side stream (they are
   real training steps; they also create the optimiser state and the lazy CUDA handles), the next
-  call captures the step into a ``torch.cuda.CUDAGraph`` and every later call copies its inputs
-  into the graph's static input tensors and replays it. One launch per step instead of hundreds,
+  call with the first call's input shapes (not a short last batch) captures the step into a
+  ``torch.cuda.CUDAGraph`` on the step's own device and every later call copies its inputs into
+  the graph's static input tensors and replays it. One launch per step instead of hundreds,
   which is what makes ResNet-32 at batch 128 (and CurveNet's probe at batch 16) fast.
 
 A call whose inputs have other shapes than the captured ones (an epoch's last, short batch) runs
@@ -79,7 +80,7 @@ def prepare_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) ->
     if isinstance(optimizer, torch.optim.SGD):
         for group in optimizer.param_groups:
             lr = group["lr"]
-            if not (isinstance(lr, torch.Tensor) and lr.device == device):
+            if not (isinstance(lr, torch.Tensor) and _same_device(lr.device, device)):
                 group["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=device)
             group["fused"], group["foreach"] = True, False
         return True
@@ -92,6 +93,16 @@ def prepare_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) ->
                     optimizer.state[p]["step"] = step.to(p.device, torch.float32)
         return True
     return False
+
+
+def _shapes(inputs) -> list:
+    return [(t.shape, t.dtype, t.device) if isinstance(t, torch.Tensor) else type(t) for t in inputs]
+
+
+def _same_device(actual: torch.device, wanted: torch.device) -> bool:
+    """``actual`` (a tensor's device, always indexed on CUDA) is ``wanted`` ("cuda" = any index:
+    the current device, where a tensor made for "cuda" lands). ``cuda:0 != cuda`` for torch."""
+    return actual.type == wanted.type and (wanted.index is None or actual.index == wanted.index)
 
 
 Backend = Callable[["StepGraph", Sequence[torch.Tensor]], object]
@@ -128,6 +139,8 @@ class StepGraph:
         self._prepared = False
         self._key = None
         self._calls = 0         # eager calls since the key last changed
+        self._shapes = None     # the inputs' shapes at the key's first call: the ones to capture
+        self._stream = None     # the side stream of the warm-up calls (one: the allocator caches per stream)
         self._graph = None
         self._static_in: list[torch.Tensor] = []
         self._static_out = None
@@ -141,10 +154,18 @@ class StepGraph:
     def __call__(self, *inputs: torch.Tensor, key=None):
         if not self.enabled:
             return self.fn(*inputs)
+        # graphs capture on the current device's stream: make it this step's (cuda:1 in a worker)
+        with torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+            return self._call(inputs, key)
+
+    def _call(self, inputs, key):
         if not self._prepared:
             self._prepare()
         if key != self._key:
             self._key, self._calls, self._graph, self._static_out = key, 0, None, None
+            self._shapes = None
+        if self._shapes is None:
+            self._shapes = _shapes(inputs)
         if self._graph is not None:
             if not self._matches(inputs):
                 return self.fn(*inputs)  # e.g. the epoch's last, short batch
@@ -152,8 +173,8 @@ class StepGraph:
                 static.copy_(new)
             self._replay()
             return self._static_out
-        if self._calls < self.warmup or not self._capturable(inputs):
-            self._calls += 1
+        if self._calls < self.warmup or not self._capturable(inputs) or _shapes(inputs) != self._shapes:
+            self._calls += 1  # warm-up, or a short batch at capture time: captured on a full one
             return self._warm(inputs)
         return self._capture(inputs)
 
@@ -162,7 +183,7 @@ class StepGraph:
         again. ``mode`` keeps saying how the step ran."""
         self._graph = self._static_out = None
         self._static_in = []
-        self._key, self._calls = None, 0
+        self._key, self._calls, self._shapes = None, 0, None
 
     # ------------------------------------------------------------------------ internals
     def _prepare(self) -> None:
@@ -183,7 +204,9 @@ class StepGraph:
 
     def _warm(self, inputs):
         """An eager step on a side stream (graph capture wants its warm-up off the main stream)."""
-        stream = torch.cuda.Stream(self.device)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        stream = self._stream
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             out = self.fn(*inputs)

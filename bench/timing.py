@@ -355,6 +355,10 @@ def render(results: dict) -> str:
             "sources); compare ratios, not milliseconds.")
     if not captured:
         note += " Captured steps: CUDA only (not measured on this device)."
+    else:
+        note += (" Eager runs torch's default (foreach) SGD, as `bench run --no-graph` does; captured runs fused "
+                 "SGD with the lr as a device tensor, so part of the gap is that kernel. fp32 means torch's "
+                 "defaults: cuDNN convolutions in TF32 (torch.backends.cudnn.allow_tf32), matmuls in fp32.")
     return f"{head}\n\n{table}\n\n{note}\n\n{render_phases(results, labels)}"
 
 
@@ -395,24 +399,63 @@ def render_phases(results: dict, labels: dict) -> str:
 # ------------------------------------------------------------------------------ packing
 
 
+PACK_TIMEOUT_S = 1800.0  # for one whole packed measurement (start, warm-up, timed iterations)
+
+
 def _packed_worker(name, kwargs, threads, iters, warmup, barrier, queue):
-    """One of the packed processes: build the step, warm up, wait for the others, time ``iters``."""
-    import torch
+    """One of the packed processes: build the step, warm up, wait for the others, time ``iters``.
+    Puts ``("ok", ms per iteration)``, or ``("error", reason)`` after breaking the barrier so that
+    the others stop waiting."""
+    try:
+        import torch
 
-    from bench.cpu import keep_freed_memory
+        from bench.cpu import keep_freed_memory
 
-    keep_freed_memory()
-    torch.set_num_threads(threads)
-    step, _ = build_step(name, **kwargs)
-    device = torch.device(kwargs["device"])
-    timer = Timer(device)
-    for _ in range(warmup + _capture_calls(step)):
-        step()
-    barrier.wait()
-    t0 = timer.now()
-    for _ in range(iters):
-        step()
-    queue.put(1000.0 * (timer.now() - t0) / iters)
+        keep_freed_memory()
+        torch.set_num_threads(threads)
+        step, _ = build_step(name, **kwargs)
+        device = torch.device(kwargs["device"])
+        timer = Timer(device)
+        for _ in range(warmup + _capture_calls(step)):
+            step()
+        barrier.wait(timeout=PACK_TIMEOUT_S)
+        t0 = timer.now()
+        for _ in range(iters):
+            step()
+        queue.put(("ok", 1000.0 * (timer.now() - t0) / iters))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        barrier.abort()
+        queue.put(("error", f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"))
+
+
+def _packed_results(name: str, procs, queue) -> list[float]:
+    """Each packed process's ms per iteration; a BenchError (all of them stopped) as soon as one
+    fails or dies (killed, out of memory) or the measurement outlasts PACK_TIMEOUT_S."""
+    import queue as queues
+
+    from bench.errors import BenchError
+
+    times, deadline = [], time.monotonic() + PACK_TIMEOUT_S
+    try:
+        while len(times) < len(procs):
+            try:
+                kind, value = queue.get(timeout=2.0)
+            except queues.Empty:
+                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise BenchError(f"a packed {name} process died (exit code {dead[0]})") from None
+                if time.monotonic() > deadline:
+                    raise BenchError(f"packed {name} processes took over {PACK_TIMEOUT_S:g} s") from None
+                continue
+            if kind == "error":
+                raise BenchError(f"a packed {name} process failed: {value}")
+            times.append(value)
+    finally:
+        for proc in procs:
+            if len(times) < len(procs) and proc.is_alive():
+                proc.terminate()
+            proc.join()
+    return times
 
 
 def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters: int = 50, warmup: int = 5,
@@ -440,9 +483,7 @@ def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters:
                  for _ in range(n)]
         for proc in procs:
             proc.start()
-        times = [queue.get(timeout=1800) for _ in procs]
-        for proc in procs:
-            proc.join()
+        times = _packed_results(name, procs, queue)
         out[f"{label}_ms_per_iter"] = statistics.mean(times)
     out.update(jobs=jobs, ratio=out["packed_ms_per_iter"] / out["alone_ms_per_iter"], iters=iters,
                device=str(device), model=model_name, batch_size=batch, graph=kwargs["graph"], precision=precision)

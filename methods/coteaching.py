@@ -139,7 +139,8 @@ class CoTeaching(Method):
             with run.autocast():
                 loss1, loss2, _, chosen_by_2, ce1, ce2 = coteaching_step(model1, model2, opt1, opt2, x, y,
                                                                          num_remember(rate, len(y)))
-            kept[idx[chosen_by_2]] = True
+            # not ``kept[...] = True``: on CUDA that copies a CPU scalar to the device, which capture refuses
+            kept.index_fill_(0, idx[chosen_by_2], True)
             last_ce1[idx] = ce1.float()
             last_ce2[idx] = ce2.float()
             return torch.stack([loss1.detach(), loss2.detach()]).float() * len(y)

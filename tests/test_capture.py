@@ -261,6 +261,35 @@ def test_other_shapes_run_eagerly_and_a_new_key_captures_again():
     assert graphed.captures == 2 and graphed.replays == replays + 2
 
 
+def test_a_short_batch_at_capture_time_is_not_what_gets_captured():
+    """A cycled meta loader can hand the capturing call its short last batch; the step then waits
+    for a batch of the first call's shapes, or every later full batch would run eagerly."""
+    graphed = ReplayOnCPU(lambda a: a + 1, name="toy", warmup=1)
+    graphed(torch.zeros(4))
+    assert graphed(torch.zeros(2)).shape == (2,) and graphed.captures == 0  # eager, not captured
+    graphed(torch.zeros(4))
+    assert graphed.captures == 1 and graphed._static_in[0].shape == (4,)
+    graphed(torch.zeros(4))
+    assert graphed.replays == 2
+
+
+def test_the_lr_tensor_is_made_once_for_cuda_and_cuda_0():
+    """torch.device("cuda:0") != torch.device("cuda"): a second prepare must not make a new lr
+    tensor (a live graph would keep reading the old one), whichever spelling each call uses."""
+    from bench.capture import _same_device
+
+    assert _same_device(torch.device("cuda", 0), torch.device("cuda"))
+    assert _same_device(torch.device("cuda", 1), torch.device("cuda", 1))
+    assert not _same_device(torch.device("cuda", 1), torch.device("cuda", 0))
+    assert not _same_device(torch.device("cpu"), torch.device("cuda"))
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    prepare_optimizer(opt, torch.device("cpu"))
+    lr = opt.param_groups[0]["lr"]
+    prepare_optimizer(opt, "cpu")
+    assert opt.param_groups[0]["lr"] is lr
+
+
+
 def test_failed_capture_falls_back_to_eager_with_one_line(capsys):
     model_a, opt_a, loader_a = _tiny_setup()
     model_b, loader_b = copy.deepcopy(model_a), copy.deepcopy(loader_a)

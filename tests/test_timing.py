@@ -100,3 +100,21 @@ def test_bad_pack_is_a_one_line_error():
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         "bench: error: --pack needs at least 2 runs, got 1"]
+
+
+def test_a_failing_packed_process_is_an_error_not_a_hang():
+    """A packed process that raises stops the measurement at once (it breaks the barrier the others
+    wait at); one that dies without a word (killed, out of memory) too."""
+    import multiprocessing
+    import os
+
+    from bench.errors import BenchError
+
+    with pytest.raises(BenchError, match="a packed nope process failed: ValueError: unknown step 'nope'"):
+        timing.packing("nope", 2, model_name="small_cnn", batch=8, device="cpu", iters=1, warmup=0)
+    ctx = multiprocessing.get_context("spawn")
+    dying = ctx.Process(target=os._exit, args=(3,))
+    dying.start()
+    with pytest.raises(BenchError, match=r"a packed ce process died \(exit code 3\)"):
+        timing._packed_results("ce", [dying], ctx.Queue())
+    assert not dying.is_alive()
