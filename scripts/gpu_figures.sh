@@ -8,18 +8,32 @@
 #   equivalence.txt                  captured == eager after 8 steps (tests/test_capture.py); the
 #                                    linearised JVP == forward-mode AD on CUDA (tests/test_meta.py)
 #   benchmarks.txt / benchmarks.json pytest-benchmark, eager/captured x fp32/bf16
-# Usage: bash scripts/gpu_figures.sh [DIR]
+# Usage: bash scripts/gpu_figures.sh [DIR] [PART ...]
+#   PART: timing, probe, pack, equivalence, benchmarks (default: all, in that order). Each part
+#   is a separate command on a lent GPU machine that limits one command to 10 minutes, e.g.
+#   `bash scripts/gpu_figures.sh out equivalence timing` then `... out probe pack benchmarks`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu_figures}
+shift || true
+parts=${*:-timing probe pack equivalence benchmarks}
 mkdir -p "$out"
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device here')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" || true
-python -m bench timing --device cuda > "$out/timing_fp32.md"
-python -m bench timing --device cuda --precision bf16 > "$out/timing_bf16.md"
-python -m bench timing --device cuda --batch-size 16 --steps ce > "$out/probe_b16.md"
-python -m bench timing --device cuda --pack 4 --steps ce,mwnet,curvenet_sl3 > "$out/pack4.md"
-python -m pytest -q -p no:cacheprovider tests/test_capture.py tests/test_meta.py -k cuda > "$out/equivalence.txt" 2>&1 || true
-python -m pytest -q -p no:cacheprovider tests/benchmarks -k cuda --benchmark-enable --benchmark-only \
-    --benchmark-json "$out/benchmarks.json" > "$out/benchmarks.txt" 2>&1 || true
-tail -n 3 "$out"/*.md "$out/equivalence.txt"
+for part in $parts; do
+  case $part in
+    timing)
+      python -m bench timing --device cuda > "$out/timing_fp32.md"
+      python -m bench timing --device cuda --precision bf16 > "$out/timing_bf16.md" ;;
+    probe) python -m bench timing --device cuda --batch-size 16 --steps ce > "$out/probe_b16.md" ;;
+    pack) python -m bench timing --device cuda --pack 4 --steps ce,mwnet,curvenet_sl3 > "$out/pack4.md" ;;
+    equivalence)
+      python -m pytest -q -p no:cacheprovider tests/test_capture.py tests/test_meta.py -k cuda \
+          > "$out/equivalence.txt" 2>&1 || true ;;
+    benchmarks)
+      python -m pytest -q -p no:cacheprovider tests/benchmarks -k cuda --benchmark-enable --benchmark-only \
+          --benchmark-json "$out/benchmarks.json" > "$out/benchmarks.txt" 2>&1 || true ;;
+    *) echo "unknown part $part (timing, probe, pack, equivalence, benchmarks)" >&2; exit 2 ;;
+  esac
+done
+tail -n 3 "$out"/*.md "$out"/*.txt 2>/dev/null || true
