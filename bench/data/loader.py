@@ -98,7 +98,12 @@ class Loader:
 
     def _draw(self, fn, *args, **kwargs) -> torch.Tensor:
         g = self.generator
-        return fn(*args, generator=g, device=g.device, **kwargs).to(self.device)
+        drawn = fn(*args, generator=g, device=g.device, **kwargs)
+        if drawn.device.type == "cpu" and self.device.type == "cuda":
+            # from pinned memory the copy is queued like a kernel; from pageable memory CUDA would
+            # wait for the GPU to finish its queue first, every step (the same numbers either way)
+            return drawn.pin_memory().to(self.device, non_blocking=True)
+        return drawn.to(self.device)
 
     def order(self) -> torch.Tensor:
         """One epoch's sample order: a permutation from the generator, or 0..N-1 unshuffled."""
