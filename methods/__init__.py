@@ -38,7 +38,7 @@ def _discover() -> None:
         if info.name not in _SHARED_MODULES and not info.name.startswith("_"):
             module = f"{__name__}.{info.name}"
             try:
-                importlib.import_module(f"{__name__}.{info.name}")
+                importlib.import_module(module)
             except Exception as exc:  # noqa: BLE001 - a syntax error, a missing import ...
                 where = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
                 raise BenchError(f"methods/{info.name}.py cannot be imported{where}: {type(exc).__name__}: "

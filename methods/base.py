@@ -84,7 +84,10 @@ class Method:
             params = cls.Params(**preset_values)
         except (TypeError, ValueError) as exc:
             raise BenchError(f"method {cls.name!r}: preset {preset!r}: {exc}") from None
-        hints = typing.get_type_hints(cls.Params)
+        try:
+            hints = typing.get_type_hints(cls.Params)
+        except (NameError, TypeError):  # an annotation that does not resolve: read by the value's type
+            hints = {}
         changes = {}
         for key, text in (overrides or {}).items():
             if key not in known:
