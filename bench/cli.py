@@ -157,17 +157,18 @@ def cmd_run(args) -> int:
     finally:
         executor.close()
     earlier = counts["failed_earlier"]
+    keys = sorted({s.key() for s in specs})
     print(f"{len(specs)} runs requested: {counts['done']} trained, {counts['skipped']} already in the store, "
           f"{counts['failed']} failed" + (f", {earlier} failed earlier and not retried" if earlier else "")
           + f" (store: {args.store})", file=sys.stderr)
     if earlier:
-        failed = store.runs("failed", keys=sorted({s.key() for s in specs}))
+        failed = store.runs("failed", keys=keys)
         for key, error in zip(failed["key"], failed["error"]):
             text = error.strip() if isinstance(error, str) else ""
             reason = text.splitlines()[-1] if text else "no reason stored"
             print(f"  failed earlier: run {key}: {reason}", file=sys.stderr)
         print("add --retry-failed to run them again", file=sys.stderr)
-    runs = store.runs("done", keys=sorted({s.key() for s in specs}))
+    runs = store.runs("done", keys=keys)
     title = f"test accuracy (%), {args.metric} epoch, mean ± std over seeds"
     print(render(results_table(runs, args.metric), title=title))
     return 1 if counts["failed"] or earlier else 0

@@ -119,9 +119,9 @@ def train_classifier(run, model: nn.Module, loss_fn: LossFn, *, epochs: int | No
     What that asks of ``loss_fn`` (checked on CPU for every method by tests/test_capture.py):
     tensor ops only, no host synchronisation (no ``.item()``, ``.tolist()``, ``torch.nonzero``,
     Python ``if`` on a tensor), and no output whose shape depends on the data (boolean-mask
-    indexing); Python numbers
-    it reads are frozen into the graph at capture, so anything that changes between steps must be
-    a device tensor updated in place. A weight of 0 instead of dropping a sample keeps shapes fixed.
+    indexing); Python numbers it reads are frozen into the graph at capture, so anything that
+    changes between steps must be a device tensor updated in place. A weight of 0 instead of
+    dropping a sample keeps shapes fixed.
     """
     optimizer = optimizer or run.sgd(model.parameters())
     loader = loader or run.loader("train")

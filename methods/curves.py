@@ -174,8 +174,7 @@ def linear_cycle_schedule(high: float = 0.01, low: float = 0.001, *, cycle: int 
                           batch_size: int = 16) -> Schedule:
     """O2U-Net's cyclical lr (Huang et al. 2019, eq. 1): epoch e of a cycle of length c runs at
     ``(1 - t) * high + t * low`` with ``t = ((e mod c) + 1) / c`` (0.0091 ... 0.001 for c = 10)."""
-    if isinstance(cycle, bool) or not isinstance(cycle, int) or cycle < 1:
-        raise BenchError(f"cycle length must be an integer >= 1, got {cycle!r}")
+    check_int(cycle, "cycle length", 1)
     check_int(cycles, "cycles", 0)
     lrs = []
     for e in range(cycle * cycles):

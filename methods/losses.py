@@ -36,7 +36,8 @@ import torch.nn.functional as F
 REDUCTIONS = ("batch", "weight")
 
 
-def _counts_array(counts, *, at_least_one: bool = True) -> np.ndarray:
+def _counts_array(counts) -> np.ndarray:
+    """The per-class counts as a float64 vector, checked (finite, non-negative, not empty)."""
     if isinstance(counts, torch.Tensor):
         counts = counts.detach().cpu().numpy()
     arr = np.asarray(counts, dtype=np.float64).reshape(-1)
@@ -44,7 +45,7 @@ def _counts_array(counts, *, at_least_one: bool = True) -> np.ndarray:
         raise ValueError("class counts are empty")
     if np.any(arr < 0) or not np.all(np.isfinite(arr)):
         raise ValueError(f"class counts must be finite and non-negative, got {arr.tolist()}")
-    return np.maximum(arr, 1.0) if at_least_one else arr
+    return arr
 
 
 def class_balanced_weights(counts, beta: float = 0.9999, *, device=None,
@@ -58,7 +59,7 @@ def class_balanced_weights(counts, beta: float = 0.9999, *, device=None,
     """
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"beta must lie in [0, 1), got {beta}")
-    n = _counts_array(counts)
+    n = np.maximum(_counts_array(counts), 1.0)  # an empty class as one sample (module docstring)
     effective = 1.0 - np.power(beta, n)  # (1 - beta) cancels in the normalisation but keep the formula
     w = (1.0 - beta) / effective
     w = w / w.sum() * len(n)
@@ -73,7 +74,7 @@ def ldam_margins(counts, max_m: float = 0.5, *, device=None, dtype: torch.dtype 
     """
     if not max_m > 0:
         raise ValueError(f"max_m must be positive, got {max_m}")
-    raw = _counts_array(counts, at_least_one=False)
+    raw = _counts_array(counts)
     m = 1.0 / np.sqrt(np.sqrt(np.maximum(raw, 1.0)))
     present = raw > 0  # the rarest class *with samples* gets max_m; empty ones are capped there too
     m = np.minimum(m * (max_m / (m[present].max() if present.any() else m.max())), max_m)
