@@ -1,9 +1,11 @@
-"""Co-teaching, O2U-Net and AUM: the selection rules on hand-built tensors, the cross update, and
-one short real training per method on fmnist-mini (imbalance 50: 2,740 samples, 2 epochs)."""
+"""Co-teaching, O2U-Net and AUM: the selection rules on hand-built tensors, the cross update, each
+method's whole fit replayed by hand on a tiny full-batch run, and one short real training per
+method on fmnist-mini (imbalance 50: 2,740 samples, 2 epochs)."""
 
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,9 +14,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import methods
+import methods.aum as aum_module
+import methods.o2u as o2u_module
 from bench.errors import BenchError
 from bench.spec import RunSpec
-from methods.aum import AUMParams, aum_from_margins, aum_threshold, combine_runs, threshold_sets
+from methods.aum import AUM, AUMParams, aum_from_margins, aum_threshold, combine_runs, threshold_sets
 from methods.base import Run, params_items
 from methods.coteaching import (
     CoTeaching,
@@ -68,18 +72,21 @@ def test_coteaching_step_moves_each_network_on_its_peers_samples():
     torch.manual_seed(0)
     x, y = torch.randn(10, 5), torch.randint(0, 3, (10,))
     net1, net2 = nn.Linear(5, 3), nn.Linear(5, 3)
-    ref1 = copy.deepcopy(net1)
+    ref1, ref2 = copy.deepcopy(net1), copy.deepcopy(net2)
     opt1 = torch.optim.SGD(net1.parameters(), lr=0.1)
     opt2 = torch.optim.SGD(net2.parameters(), lr=0.1)
     with torch.no_grad():
+        chosen_by_1 = torch.argsort(F.cross_entropy(net1(x), y, reduction="none"))[:7]
         chosen_by_2 = torch.argsort(F.cross_entropy(net2(x), y, reduction="none"))[:7]
+    assert set(chosen_by_1.tolist()) != set(chosen_by_2.tolist())  # the peers disagree: the test can tell
     coteaching_step(net1, net2, opt1, opt2, x, y, keep=7)
-    # the same update done by hand: plain SGD on network 1's mean CE over network 2's choice
-    ref_opt = torch.optim.SGD(ref1.parameters(), lr=0.1)
-    F.cross_entropy(ref1(x[chosen_by_2]), y[chosen_by_2]).backward()
-    ref_opt.step()
-    for a, b in zip(net1.parameters(), ref1.parameters()):
-        assert torch.allclose(a, b, atol=1e-6)
+    # the same updates done by hand: plain SGD on each network's mean CE over its peer's choice
+    for ref, chosen, net in ((ref1, chosen_by_2, net1), (ref2, chosen_by_1, net2)):
+        ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+        F.cross_entropy(ref(x[chosen]), y[chosen]).backward()
+        ref_opt.step()
+        for a, b in zip(net.parameters(), ref.parameters()):
+            assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_coteaching_params_validate():
@@ -88,6 +95,8 @@ def test_coteaching_params_validate():
     with pytest.raises(BenchError):
         CoTeachingParams(t_k=0)
     assert CoTeaching.resolve_params("quick").t_k == 1 and CoTeaching.resolve_params("paper").t_k == 10
+    defaults = CoTeachingParams()  # PROTOCOL.md §7: c = 1, tau = the nominal noise rate
+    assert (defaults.exponent, defaults.tau) == (1.0, "nominal")
 
 
 # -------------------------------------------------------------------------------- O2U-Net
@@ -101,7 +110,7 @@ def test_o2u_score_is_mean_of_per_epoch_centred_losses():
     assert torch.allclose(o2u_scores(losses), expected)
 
 
-@pytest.mark.parametrize("rate,n_drop", [(0.4, 400), (0.2, 200), (0.0, 0), (0.1234, 123)])
+@pytest.mark.parametrize("rate,n_drop", [(0.4, 400), (0.2, 200), (0.0, 0), (0.1234, 123), (0.4567, 457)])
 def test_o2u_drops_exactly_the_requested_fraction_of_highest_scores(rate, n_drop):
     scores = np.random.default_rng(0).permutation(1000).astype(float)
     kept = drop_highest(scores, rate)
@@ -172,6 +181,167 @@ def test_aum_params_validate():
         AUMParams(threshold_count="half")
     with pytest.raises(BenchError):
         AUMParams(percentile=0)
+    defaults = AUMParams()  # PROTOCOL.md §7: N // (K+1) threshold samples, 99th percentile, every epoch
+    assert (defaults.threshold_count, defaults.percentile, defaults.skip_epochs) == ("paper", 99.0, 0)
+
+
+# ------------------------------------------------ whole fits replayed by hand on a tiny run
+# A synthetic run (8x8 one-channel images, no augmentation, linear models) trained full-batch:
+# with one batch per epoch the shuffling cannot change an update, so each method's fit can be
+# replayed step by step with plain torch and every selection checked against that replay.
+
+
+def _tiny_full_batch_run(n, k=3, epochs=3, milestones=(2,), seed=0):
+    g = np.random.default_rng(seed)
+    x = g.integers(0, 256, size=(n, 8, 8, 1), dtype=np.uint8)
+    y = g.integers(0, k, size=n)
+    data = SimpleNamespace(dataset=SimpleNamespace(mean=(0.5,), std=(0.25,), augment=False),
+                           x_train=x, train_y=y, is_noisy=np.zeros(n, dtype=bool), num_classes=k)
+    spec = RunSpec(method="ce", batch_size=n, epochs=epochs, milestones=milestones, warmup_epochs=0)
+    run = Run(spec=spec, data=data, device=torch.device("cpu"))
+    initial = []  # a copy of every network the method builds, in order, as built
+
+    def model(num_classes=None):
+        torch.manual_seed(len(initial))
+        net = nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes or k))
+        initial.append(copy.deepcopy(net))
+        return net
+
+    run.model = model
+    run.evaluate = lambda net: {"acc": 0.0, "many": 0.0, "medium": 0.0, "few": 0.0}
+    inputs = (torch.as_tensor(x).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.25
+    return run, initial, inputs
+
+
+def _protocol_sgd(net):  # the spec's optimiser, written out
+    return torch.optim.SGD(net.parameters(), lr=0.0, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+def _sgd_step(opt, lr, loss):
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def _hand_ce(logits, y):
+    return torch.logsumexp(logits, 1) - logits[torch.arange(len(y)), y]
+
+
+def _hand_margin(logits, y):
+    """Assigned logit minus the largest *other* logit, from the two largest logits."""
+    top2 = logits.topk(2, dim=1)
+    other = torch.where(top2.indices[:, 0] == y, top2.values[:, 1], top2.values[:, 0])
+    return logits[torch.arange(len(y)), y] - other
+
+
+def _retrain_spy(monkeypatch, module):
+    """Replace the method's final retraining by a recorder of what it would train on."""
+    seen = {}
+
+    def train_classifier(run, model, loss_fn, *, loader, **kwargs):
+        seen.update(model=model, loader=loader)
+        return model
+
+    monkeypatch.setattr(module, "train_classifier", train_classifier)
+    return seen
+
+
+def test_coteaching_fit_replayed_by_hand():
+    n = 60
+    run, initial, x = _tiny_full_batch_run(n, epochs=3, milestones=(2,))
+    returned = CoTeaching(CoTeachingParams(tau="0.5", t_k=2)).fit(run)
+    y = torch.as_tensor(run.data.train_y)
+    f, g = initial[0], initial[1]  # network 1, network 2 (independent initialisations)
+    opt_f, opt_g = _protocol_sgd(f), _protocol_sgd(g)
+    for epoch, lr in enumerate((0.1, 0.1, 0.01)):
+        rate = 1 - min(epoch / 2 * 0.5, 0.5)  # R(T) = 1 - min(T / T_k * tau, tau)
+        keep = int(rate * n)
+        ce_f, ce_g = _hand_ce(f(x), y), _hand_ce(g(x), y)
+        by_f, by_g = ce_f.detach().argsort()[:keep], ce_g.detach().argsort()[:keep]
+        _sgd_step(opt_f, lr, ce_f[by_g].mean())  # f learns from g's small-loss samples
+        _sgd_step(opt_g, lr, ce_g[by_f].mean())  # and g from f's
+    rows = run.history
+    assert [r["remember_rate"] for r in rows] == pytest.approx([1.0, 0.75, 0.5])
+    assert [r["kept"] for r in rows] == [60, 45, 30]
+    expected_kept = np.zeros(n, dtype=bool)
+    expected_kept[by_g.numpy()] = True  # last epoch: the samples that updated network 1, chosen by 2
+    assert set(by_f.tolist()) != set(by_g.tolist())  # the two choices differ: the check can tell
+    assert (run.records["kept"] == expected_kept).all()
+    np.testing.assert_allclose(run.records["score"], ce_g.detach().numpy(), atol=1e-5)  # network 2's CE
+    np.testing.assert_allclose(run.records["loss_net1"], ce_f.detach().numpy(), atol=1e-5)
+    for a, b in zip(returned.parameters(), f.parameters()):  # network 1 is returned
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("retrain", ["scratch", "pretrained"])
+def test_o2u_fit_replayed_by_hand(monkeypatch, retrain):
+    n = 60
+    run, initial, x = _tiny_full_batch_run(n, epochs=3, milestones=(2,))
+    seen = _retrain_spy(monkeypatch, o2u_module)
+    O2U(O2UParams(drop_rate="0.25", cycle_length=2, cycles=2, cycle_batch_size=n, retrain=retrain)).fit(run)
+    y = torch.as_tensor(run.data.train_y)
+    net = initial[0]
+    opt = _protocol_sgd(net)
+    for lr in (0.1, 0.1):  # stage 1: the protocol up to the first drop (epoch 2)
+        _sgd_step(opt, lr, _hand_ce(net(x), y).mean())
+    stage1 = copy.deepcopy(net.state_dict())
+    opt = _protocol_sgd(net)  # stage 2: the same network, a fresh optimiser, the cyclical lr
+    losses = []
+    for e in range(4):
+        t = (e % 2 + 1) / 2
+        ce = _hand_ce(net(x), y)
+        losses.append(ce.detach())
+        _sgd_step(opt, (1 - t) * 0.01 + t * 0.001, ce.mean())
+    losses = torch.stack(losses).numpy()
+    score = (losses - losses.mean(axis=1, keepdims=True)).mean(axis=0)  # centred per epoch, averaged
+    removed = np.zeros(n, dtype=bool)
+    removed[np.argsort(score)[-15:]] = True  # the round(0.25 * 60) highest
+    np.testing.assert_allclose(run.records["score"], score, atol=1e-5)
+    assert (run.records["kept"] == ~removed).all()
+    loader, final = seen["loader"], seen["model"]
+    assert torch.equal(loader.y, y[torch.as_tensor(~removed)])  # retrained on the kept samples only
+    start = stage1 if retrain == "pretrained" else initial[1].state_dict()  # else a fresh network
+    assert len(initial) == 2
+    for name, value in final.state_dict().items():
+        assert torch.allclose(value, start[name], atol=1e-5), name
+
+
+def test_aum_fit_replayed_by_hand(monkeypatch):
+    n, k = 400, 3
+    run, initial, x = _tiny_full_batch_run(n, k, epochs=4, milestones=(3,))
+    seen = _retrain_spy(monkeypatch, aum_module)
+    AUM(AUMParams()).fit(run)
+    which = run.records["threshold_set"]
+    assert (which == 1).sum() == (which == 2).sum() == n // (k + 1)
+    y = np.asarray(run.data.train_y)
+    removed = np.ones(n, dtype=bool)
+    thresholds = []
+    for r in (1, 2):
+        labels = y.copy()
+        labels[which == r] = k  # run r's threshold samples move to the extra class
+        labels = torch.as_tensor(labels)
+        net = initial[r - 1]
+        assert net[1].out_features == k + 1
+        opt = _protocol_sgd(net)
+        margins = []
+        for lr in (0.1, 0.1, 0.1):  # every epoch up to the first drop (epoch 3)
+            logits = net(x)
+            margins.append(_hand_margin(logits.detach(), labels))
+            _sgd_step(opt, lr, F.cross_entropy(logits, labels))
+        aum = torch.stack(margins).mean(0).numpy()
+        thresholds.append(np.percentile(aum[which == r], 99))
+        np.testing.assert_allclose(run.records[f"aum_run{r}"][which != r], aum[which != r], atol=1e-5)
+        # removed only when below the threshold in every run where the sample was scored
+        removed &= (aum < thresholds[-1]) | (which == r)
+    logged = [row["threshold"] for row in run.history if row["stage"].endswith("_threshold")]
+    assert logged == pytest.approx(thresholds, abs=1e-5)
+    assert 0 < removed.sum() < n  # a real selection, both ways
+    assert (run.records["kept"] == ~removed).all()
+    loader, final = seen["loader"], seen["model"]
+    assert torch.equal(loader.y, torch.as_tensor(y[~removed]))  # observed labels, kept samples only
+    assert final[1].out_features == k  # the retrained classifier has no threshold class
 
 
 # --------------------------------------------------------------------- short real trainings
