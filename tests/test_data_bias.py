@@ -272,6 +272,62 @@ def test_summary_is_json_and_consistent(cifar100_labels):
                          "meta_per_class": 10, "seed": 2}
 
 
+def reference_bias(y, K, m, imbalance, C, seed):
+    """The documented procedure written out by hand (module docstring of bench/data/bias.py,
+    PROTOCOL.md §1): per class in label order the first m of a shuffle go to the meta set, each class
+    keeps the *first* n_i of the rest, and only then is the noise drawn, one uniform per pool sample
+    in file order from the second spawned stream, inverted through the row's cumulative sum."""
+    split_ss, noise_ss = np.random.SeedSequence(seed).spawn(2)
+    rng = np.random.default_rng(split_ss)
+    meta, pools = [], []
+    for c in range(K):
+        perm = rng.permutation([i for i in range(len(y)) if y[i] == c])
+        meta += list(perm[:m])
+        pools.append(list(perm[m:]))
+    n_max = min(len(p) for p in pools)
+    keep = [int(n_max * (1.0 / imbalance) ** (i / (K - 1.0))) for i in range(K)]
+    train = sorted(i for p, n in zip(pools, keep) for i in p[:n])
+    u = np.random.default_rng(noise_ss).random(len(train))
+    observed = []
+    for k, i in enumerate(train):
+        row = np.asarray(C[y[i]], dtype=float)
+        cdf = np.cumsum(row) / row.sum()
+        observed.append(next(j for j in range(K) if u[k] < cdf[j]))
+    return sorted(meta), train, observed
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_split_imbalance_then_noise_follow_the_documented_streams(seed):
+    """Kills re-orderings that keep every distribution but change which samples a seed picks: meta
+    taken from the end of the shuffle, the pool's tail kept, noise drawn before the imbalance, one
+    stream for split and noise, per-class noise draws. Results are promised byte-identical."""
+    K, m, imb, p = 5, 4, 4.0, 0.5
+    ds = synthetic(K, 40, seed=seed)
+    C = p / K * np.ones((K, K)) + (1 - p) * np.eye(K)  # MW-Net uniform, written out
+    meta, train, observed = reference_bias(ds.y_train.tolist(), K, m, imb, C, seed)
+    d = make_biased(ds, BiasSpec(imbalance=imb, noise_type="uniform", noise_rate=p,
+                                 meta_per_class=m, seed=seed))
+    assert d.meta_index.tolist() == meta
+    assert d.train_index.tolist() == train
+    assert d.train_y.tolist() == observed
+    assert d.is_noisy.any() and not d.is_noisy.all()  # the check above saw real flips
+
+
+def test_summary_of_unequal_pools_and_noisy_counts_by_clean_class():
+    # imbalance 1 keeps the data's natural imbalance: realised = largest / smallest class, not
+    # first / last (45 / 25 here, while the last class holds 35)
+    ds = labels_dataset(np.repeat(np.arange(3), [50, 30, 40]), 3)
+    s = make_biased(ds, BiasSpec(meta_per_class=5)).summary()
+    assert s["train_per_class"] == [45, 25, 35] and math.isclose(s["imbalance_realised"], 45 / 25)
+    # noisy_per_class counts corrupted samples by their clean class (row sums off the diagonal)
+    d = make_biased(synthetic(10, 100), BiasSpec(noise_type="flip", noise_rate=0.4, seed=4))
+    s = d.summary()
+    T = np.array(s["transition"])
+    assert s["noisy_per_class"] == (T.sum(axis=1) - np.diag(T)).tolist()
+    by_clean = [int((d.is_noisy & (d.train_clean_y == c)).sum()) for c in range(10)]
+    assert s["noisy_per_class"] == by_clean and by_clean != (T.sum(axis=0) - np.diag(T)).tolist()
+
+
 # ---------------------------------------------------------------------------------------------
 # validation
 

@@ -248,6 +248,7 @@ def test_cifar_torchvision_layout(tmp_path, monkeypatch, name, n, archive):
     assert ds.num_classes == (10 if name == "cifar10" else 100) and ds.classes[3] == "c3"
     assert ds.augment and ds.mean == datasets.CIFAR_MEAN and ds.std == datasets.CIFAR_STD
     assert np.allclose(np.array(ds.mean) * 255, (125.3, 123.0, 113.9))
+    assert np.allclose(np.array(ds.std) * 255, (63.0, 62.1, 66.7))  # PROTOCOL.md §1
 
 
 def test_cifar_missing_names_files_checksums_and_remedy(tmp_path):

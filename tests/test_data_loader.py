@@ -147,3 +147,37 @@ def test_fmnist_mini_batches():
     assert xb.shape == (256, 1, 28, 28) and torch.equal(yb, torch.as_tensor(ds.y_test[:256]))
     assert np.array_equal(denormalise(xb, ds.mean, ds.std), ds.x_test[:256])
     assert abs(float(torch.cat([b[0] for b in loader]).mean())) < 0.05
+
+
+def test_a_plan_is_reflect_pad_crop_at_dy_dx_then_flip():
+    """A given plan (offsets (dy, dx), flip) is exactly torchvision's RandomCrop(padding 4,
+    reflect) at that offset followed by the flip: a captured step replays plans, so the meaning of
+    each field matters, not only the distribution of the outputs."""
+    x, y = random_images(4, 9, 11, 2, seed=3)  # H != W, dy != dx: swaps show
+    loader = make_loader(x, y, augment=True, mean=(0.0, 0.0), std=(1 / 255, 1 / 255))
+    offsets = torch.tensor([[0, 8], [7, 2], [3, 5], [8, 0]])
+    flip = torch.tensor([False, True, True, False])
+    idx = torch.tensor([2, 0, 3, 1])
+    xb, yb, ib = loader.assemble(idx, offsets, flip)
+    assert torch.equal(ib, idx) and yb.tolist() == y[[2, 0, 3, 1]].tolist()
+    for k, i in enumerate(idx.tolist()):
+        dy, dx = offsets[k].tolist()
+        padded = np.pad(x[i], ((4, 4), (4, 4), (0, 0)), mode="reflect")
+        crop = padded[dy:dy + 9, dx:dx + 11]
+        expected = crop[:, ::-1] if flip[k] else crop
+        assert np.array_equal(xb[k].round().to(torch.uint8).permute(1, 2, 0).numpy(), expected), k
+
+
+def test_cycle_respects_drop_last_and_resumes_mid_pass():
+    x, y = random_images(25, 5, 5, 1)
+    short = make_loader(x, y, drop_last=True).cycle()  # 2 full batches a pass, never the 5 left over
+    passes = [[next(short)[2] for _ in range(2)] for _ in range(3)]
+    assert all(len(b) == 10 for p in passes for b in p)
+    assert all(len(set(torch.cat(p).tolist())) == 20 for p in passes)
+    a = make_loader(x, y, batch_size=5, seed=4).cycle()
+    [next(a) for _ in range(2)]
+    state = a.state_dict()
+    rest = [next(a)[2] for _ in range(3)]
+    b = make_loader(x, y, batch_size=5, seed=9).cycle()  # another generator: the order comes from state
+    b.load_state_dict(state)
+    assert all(torch.equal(u, next(b)[2]) for u in rest)

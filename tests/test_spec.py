@@ -50,6 +50,21 @@ def test_key_is_the_hash_of_the_canonical_json():
     assert json.loads(blob)["params"] == {"a": 0.5, "b": [1, 2]}
 
 
+
+def test_default_precision_stays_out_of_the_key():
+    """Keys of runs stored before ``precision`` existed must still match: at fp32 the key is the
+    hash of the spec's fields without it (the dict written out by hand here)."""
+    import hashlib
+    import json
+    fields = dict(method="ce", dataset="fmnist-mini", imbalance=10.0, noise_type="flip2", noise_rate=0.4,
+                  meta_per_class=20, seed=0, data_seed=0, preset="quick", model="small_cnn", init="kaiming",
+                  epochs=20, batch_size=128, meta_batch_size=128, lr=0.1, momentum=0.9, nesterov=True,
+                  weight_decay=5e-4, warmup_epochs=2, milestones=[8, 10], lr_decay=0.1, params={})
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    assert RunSpec("ce").key() == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    bf16 = json.dumps({**fields, "precision": "bf16"}, sort_keys=True, separators=(",", ":"))
+    assert RunSpec("ce", precision="bf16").key() == hashlib.sha256(bf16.encode()).hexdigest()[:16]
+
 def test_zero_noise_cells_of_any_type_are_the_same_cell():
     assert Cell("cifar10", 50.0, "flip2", 0.0) == Cell("cifar10", 50.0, "none", 0.0)
 
@@ -80,6 +95,8 @@ def test_paper_preset_is_the_protocol():
 def test_epochs_override_scales_the_schedule():
     assert scale_schedule(PRESETS["paper"], 100) == {"epochs": 100, "milestones": (40, 50), "warmup_epochs": 2}
     assert scale_schedule(PRESETS["quick"], 20)["milestones"] == (8, 10)
+    # rounded, not truncated: 5 * 140 / 200 = 3.5 -> 4, 80 * 0.7 = 56, 100 * 0.7 = 70
+    assert scale_schedule(PRESETS["paper"], 140) == {"epochs": 140, "milestones": (56, 70), "warmup_epochs": 4}
     with pytest.raises(BenchError):
         scale_schedule(PRESETS["quick"], 0)
 

@@ -100,3 +100,50 @@ def test_shot_group_help_matches_the_training_metrics():
     assert GROUP_RULE["many"] == f"more than {MANY_SHOT_ABOVE}"
     assert GROUP_RULE["medium"] == f"{FEW_SHOT_BELOW} to {MANY_SHOT_ABOVE}"
     assert GROUP_RULE["few"] == f"fewer than {FEW_SHOT_BELOW}"
+
+
+def test_table_reads_the_asked_metric_and_group_and_averages_with_the_mean():
+    """Three seeds: the mean (not the median) and the sample std (ddof 1) of the asked column;
+    ``--metric best`` reads acc_best, ``--group few`` few_last; a run without a value is left out of
+    the count; cells are ordered by imbalance as a number (imb5 before imb10)."""
+    import statistics
+
+    ce = RunSpec("ce")
+    runs = frame((ce, "CE", 60.0), (ce.replace(seed=1), "CE", 61.0), (ce.replace(seed=2), "CE", 65.0),
+                 (ce.replace(imbalance=5.0), "CE", 30.0))
+    runs["acc_best"] = [70.0, 72.0, 71.0, 35.0]
+    runs["few_last"] = [10.0, float("nan"), 30.0, 5.0]
+    cell10, cell5 = "fmnist-mini imb10 flip2:0.4", "fmnist-mini imb5 flip2:0.4"
+
+    def shown(values):
+        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
+
+    last = results_table(runs)
+    assert list(last.columns) == [cell5, cell10]
+    assert last.loc["CE", cell10] == shown([60.0, 61.0, 65.0]) == "62.00 ± 2.65 (n=3)"
+    assert results_table(runs, metric="best").loc["CE", cell10] == shown([70.0, 72.0, 71.0])
+    assert results_table(runs, metric="best").loc["CE", cell5] == "35.00 (n=1)"
+    assert results_table(runs, group="few").loc["CE", cell10] == shown([10.0, 30.0])
+
+
+def test_summarize_takes_best_epoch_of_the_final_stage_with_its_groups():
+    """bench/execute.py summarize: last = the returned model's evaluation; best = the final stage's
+    evaluation with the highest test accuracy, and that same epoch's many/medium/few figures."""
+    from types import SimpleNamespace
+
+    from bench.execute import summarize
+
+    def ev(stage, epoch, acc, many, medium, few):
+        return dict(stage=stage, epoch=epoch, test_acc=acc, many=many, medium=medium, few=few)
+
+    history = [ev("probe", 0, 95.0, 99.0, 98.0, 97.0),  # an earlier stage never counts
+               ev("train", 0, 50.0, 60.0, 50.0, 40.0), {"stage": "train", "epoch": 1, "loss": 1.0},
+               ev("train", 2, 70.0, 80.0, 66.0, 55.0), ev("train", 3, 65.0, 90.0, 60.0, 45.0)]
+    last = dict(acc=65.0, many=90.0, medium=60.0, few=45.0, per_class=[1.0, 2.0])
+    run = SimpleNamespace(evaluate=lambda model: last, history=history,
+                          data=SimpleNamespace(train_counts=[500, 50, 5]))
+    m = summarize(run, None)
+    assert (m["acc_last"], m["many_last"], m["medium_last"], m["few_last"]) == (65.0, 90.0, 60.0, 45.0)
+    assert (m["acc_best"], m["many_best"], m["medium_best"], m["few_best"], m["best_epoch"]) == \
+        (70.0, 80.0, 66.0, 55.0, 2)
+    assert m["train_counts"] == [500, 50, 5] and m["per_class_last"] == [1.0, 2.0]

@@ -33,6 +33,17 @@ def test_accuracy_report_by_hand():
     assert balanced["medium"] is None and balanced["few"] is None
 
 
+
+def test_shot_group_accuracy_is_the_mean_of_its_classes_accuracies():
+    # classes 0 and 1 are both many-shot, with 4 and 1 test samples: the group's figure is the mean
+    # of the two class accuracies (100 and 0 -> 50), not the pooled accuracy of its 5 samples (80)
+    target = np.array([0, 0, 0, 0, 1, 2])
+    pred = np.array([0, 0, 0, 0, 0, 2])
+    report = accuracy_report(pred, target, 3, train_counts=[300, 200, 50])
+    assert report["per_class"] == [100.0, 0.0, 100.0]
+    assert report["many"] == pytest.approx((100.0 + 0.0) / 2) and report["medium"] == 100.0
+    assert report["few"] is None
+
 def test_nan_loss_is_divergence():
     check_finite(3, loss=1.0)
     with pytest.raises(Diverged, match="epoch 3"):
