@@ -1,10 +1,13 @@
-"""Focal, Class-Balanced and LDAM-DRW: formulas pinned to hand-computed values, DRW's switch, and
-one short real training per method (fmnist-mini, and a slice of the JPEG-decoded CIFAR-10)."""
+"""CE, Focal, Class-Balanced and LDAM-DRW: formulas pinned to hand-computed values, DRW's switch, the
+loss each method's ``fit`` hands to training (its settings, the observed counts, the switch epoch),
+and one short real training per method (fmnist-mini, and a slice of the JPEG-decoded CIFAR-10)."""
 
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -234,11 +237,237 @@ def test_registered_with_protocol_defaults():
     assert methods.get("focal") is Focal and methods.get("cb") is ClassBalanced and methods.get("ldam_drw") is LDAMDRW
     assert FocalParams().gamma == 1.0
     p = ClassBalancedParams()
-    assert (p.beta, p.loss, p.reduction) == (0.9999, "softmax", "batch")
+    assert (p.beta, p.loss, p.gamma, p.reduction, p.sigmoid_init) == (0.9999, "softmax", 1.0, "batch", True)
     q = LDAMDRWParams()
-    assert (q.max_m, q.s, q.drw, q.beta, q.drw_epoch) == (0.5, 30.0, True, 0.9999, -1)
+    assert (q.max_m, q.s, q.drw, q.beta, q.drw_epoch, q.reduction) == (0.5, 30.0, True, 0.9999, -1, "weight")
     assert ClassBalanced.resolve_params("quick", {"loss": "focal"}).loss == "focal"
     assert LDAMDRW.display_name({"drw": False}) == "LDAM"
+
+
+# ------------------------------------------------------- fit wiring (loss_fn captured, no training)
+#
+# Each method's ``fit`` builds its loss from its Params and the run's *observed* counts, then hands it
+# to ``train_classifier``. These tests replace ``train_classifier`` by a recorder and check the loss
+# function it receives against independent computations, on a fake run whose observed (noisy) label
+# counts differ from the clean ones, so that using the wrong counts, the wrong epoch or a default
+# instead of a setting changes the numbers.
+
+_CLEAN_Y = np.array([0] * 60 + [1] * 30 + [2] * 10)
+_NOISY_Y = _CLEAN_Y.copy()
+_NOISY_Y[:10] = 2  # 10 head samples observed as the tail class: observed counts 50 / 30 / 20, clean 60 / 30 / 10
+_LOGITS = torch.tensor([[1.0, 0.2, -0.5], [0.3, 0.1, 1.5], [-0.2, 0.4, 0.0], [0.9, -1.0, 0.6], [0.1, 0.7, -0.3]])
+_Y = torch.tensor([0, 1, 2, 2, 1])
+
+
+class _TinyNet(torch.nn.Module):
+    def __init__(self, k: int = 3, d: int = 4):
+        super().__init__()
+        self.fc = torch.nn.Linear(d, k)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class _FakeRun:
+    """What the loss methods' ``fit`` reads from a Run."""
+
+    def __init__(self, epochs: int = 10, first_drop: int = 4):
+        k = 3
+        self.data = SimpleNamespace(train_y=_NOISY_Y, noisy_counts=np.bincount(_NOISY_Y, minlength=k),
+                                    train_counts=np.bincount(_CLEAN_Y, minlength=k), num_classes=k)
+        self.device, self.num_classes, self.first_drop = torch.device("cpu"), k, first_drop
+        self.spec = SimpleNamespace(epochs=epochs)
+        self.records = {}
+
+    def model(self):
+        torch.manual_seed(0)
+        return _TinyNet(self.num_classes)
+
+    def sgd(self, params):
+        return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+    def record(self, name, values):
+        self.records[name] = values
+
+
+def _fit_capture(monkeypatch, method_cls, params, run=None):
+    """``method_cls(params).fit(run)`` with the module's ``train_classifier`` replaced by a recorder."""
+    seen = {}
+
+    def recorder(run_, model, loss_fn, **kwargs):
+        seen.update(model=model, loss_fn=loss_fn, **kwargs)
+        return model
+
+    monkeypatch.setattr(sys.modules[method_cls.__module__], "train_classifier", recorder)
+    run = run or _FakeRun()
+    method_cls(params).fit(run)
+    seen["run"] = run
+    return seen
+
+
+def _ce_by_hand(row, t):
+    return -math.log(_softmax_p(row, t))
+
+
+def _cb_by_hand(counts, beta):
+    raw = [(1 - beta) / (1 - beta ** n) for n in counts]
+    return [len(counts) * r / sum(raw) for r in raw]
+
+
+def test_ce_fit_loss_is_plain_mean_cross_entropy(monkeypatch):
+    from methods.ce import CE
+
+    seen = _fit_capture(monkeypatch, CE, None)
+    got = seen["loss_fn"](_LOGITS, _Y, None, 0).item()
+    expected = sum(_ce_by_hand(r, t) for r, t in zip(_LOGITS.tolist(), _Y.tolist())) / len(_Y)
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 2.0, 0.5])
+def test_focal_fit_loss_is_batch_mean_focal_with_its_gamma(monkeypatch, gamma):
+    seen = _fit_capture(monkeypatch, Focal, FocalParams(gamma=gamma))
+    got = seen["loss_fn"](_LOGITS, _Y, None, 0).item()
+    ps = [_softmax_p(r, t) for r, t in zip(_LOGITS.tolist(), _Y.tolist())]
+    per = [-((1 - p) ** gamma) * math.log(p) for p in ps]
+    assert got == pytest.approx(sum(per) / len(per), rel=1e-5)
+
+
+@pytest.mark.parametrize("reduction", ["batch", "weight"])
+@pytest.mark.parametrize("beta", [0.9999, 0.95])
+def test_cb_fit_weights_from_observed_counts_beta_and_reduction(monkeypatch, beta, reduction):
+    seen = _fit_capture(monkeypatch, ClassBalanced, ClassBalancedParams(beta=beta, reduction=reduction))
+    w = _cb_by_hand([50, 30, 20], beta)  # the observed counts, not the clean 60 / 30 / 10
+    wy = [w[t] for t in _Y.tolist()]
+    ce = [_ce_by_hand(r, t) for r, t in zip(_LOGITS.tolist(), _Y.tolist())]
+    total = sum(a * b for a, b in zip(wy, ce))
+    expected = total / len(ce) if reduction == "batch" else total / sum(wy)
+    assert seen["loss_fn"](_LOGITS, _Y, None, 0).item() == pytest.approx(expected, rel=1e-5)
+    assert seen["loss_fn"](_LOGITS, _Y, None, 150).item() == pytest.approx(expected, rel=1e-5)  # from epoch 0 on
+    assert np.allclose(seen["run"].records["weight"].numpy(), np.array(w)[_NOISY_Y], rtol=1e-6)
+    assert seen["optimizer"] is None  # softmax: the protocol's optimiser, no bias special case
+
+
+def test_cb_per_sample_variants_by_hand():
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    z, t, gamma = [0.8, -0.4, 0.3], 1, 2.0
+    logits, y = torch.tensor([z]), torch.tensor([t])
+    pts = [sig(v) if j == t else 1 - sig(v) for j, v in enumerate(z)]  # one-vs-all p_t per class
+    p = _softmax_p(z, t)
+    expected = {
+        "softmax": -math.log(p),
+        "softmax_focal": -((1 - p) ** gamma) * math.log(p),
+        "sigmoid": sum(-math.log(q) for q in pts),  # no modulator whatever gamma is
+        "focal": sum(-((1 - q) ** gamma) * math.log(q) for q in pts),
+    }
+    for loss, value in expected.items():
+        assert cb_per_sample(logits, y, loss, gamma).item() == pytest.approx(value, rel=1e-5), loss
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "focal"])
+def test_cb_sigmoid_fit_bias_init_and_no_bias_decay(monkeypatch, loss):
+    seen = _fit_capture(monkeypatch, ClassBalanced, ClassBalancedParams(loss=loss))
+    model, opt = seen["model"], seen["optimizer"]
+    assert torch.allclose(model.fc.bias, torch.full((3,), -math.log(2.0)))  # -log(K - 1): p = 1/K at init
+    bias_groups = [g for g in opt.param_groups if any(q is model.fc.bias for q in g["params"])]
+    other = [g for g in opt.param_groups if not any(q is model.fc.bias for q in g["params"])]
+    assert len(bias_groups) == 1 and bias_groups[0]["weight_decay"] == 0.0 and len(bias_groups[0]["params"]) == 1
+    assert len(other) == 1 and other[0]["weight_decay"] == 5e-4
+    assert {id(q) for q in other[0]["params"]} == {id(model.fc.weight)}
+    off = _fit_capture(monkeypatch, ClassBalanced, ClassBalancedParams(loss=loss, sigmoid_init=False))
+    assert off["optimizer"] is None and not torch.allclose(off["model"].fc.bias, torch.full((3,), -math.log(2.0)))
+
+
+def _ldam_by_hand(counts, max_m=0.5, s=30.0, class_weights=None, reduction="weight"):
+    margins = [max_m * (min(counts) / n) ** 0.25 for n in counts]  # m_c = C n_c^(-1/4), max = max_m
+    per, ws = [], []
+    for row, t in zip(_LOGITS.tolist(), _Y.tolist()):
+        z = [s * (v - (margins[t] if j == t else 0.0)) for j, v in enumerate(row)]
+        per.append(-z[t] + math.log(sum(math.exp(v) for v in z)))
+        ws.append(1.0 if class_weights is None else class_weights[t])
+    total = sum(w * v for w, v in zip(ws, per))
+    return total / (sum(ws) if reduction == "weight" else len(per))
+
+
+def test_ldam_drw_fit_loss_by_hand_before_and_after_the_switch(monkeypatch):
+    seen = _fit_capture(monkeypatch, LDAMDRW, LDAMDRWParams(), _FakeRun(epochs=10, first_drop=4))
+    loss_fn, counts = seen["loss_fn"], [50, 30, 20]  # observed counts, for margins and weights alike
+    assert isinstance(seen["model"].fc, NormedLinear)
+    plain = _ldam_by_hand(counts)
+    weighted = _ldam_by_hand(counts, class_weights=_cb_by_hand(counts, 0.9999))
+    assert plain != pytest.approx(weighted, rel=1e-3)
+    for epoch in (0, 3):
+        assert loss_fn(_LOGITS, _Y, None, epoch).item() == pytest.approx(plain, rel=1e-5), epoch
+    for epoch in (4, 9):  # DRW from the first lr drop on (epoch >= 4)
+        assert loss_fn(_LOGITS, _Y, None, epoch).item() == pytest.approx(weighted, rel=1e-5), epoch
+    assert np.allclose(seen["run"].records["weight"].numpy(), np.array(_cb_by_hand(counts, 0.9999))[_NOISY_Y])
+
+
+def test_ldam_drw_fit_settings_reach_the_loss(monkeypatch):
+    counts = [50, 30, 20]
+
+    def loss_at(params, epoch):
+        seen = _fit_capture(monkeypatch, LDAMDRW, params, _FakeRun(epochs=10, first_drop=4))
+        return seen["loss_fn"](_LOGITS, _Y, None, epoch).item()
+
+    cb = _cb_by_hand(counts, 0.99)
+    assert loss_at(LDAMDRWParams(max_m=0.3, s=10.0), 0) == pytest.approx(_ldam_by_hand(counts, 0.3, 10.0), rel=1e-5)
+    assert loss_at(LDAMDRWParams(beta=0.99, reduction="batch"), 4) == pytest.approx(
+        _ldam_by_hand(counts, class_weights=cb, reduction="batch"), rel=1e-5)
+    assert loss_at(LDAMDRWParams(beta=0.99), 4) == pytest.approx(_ldam_by_hand(counts, class_weights=cb), rel=1e-5)
+    # drw_epoch overrides the first drop, 0 included; drw=False never reweights
+    assert loss_at(LDAMDRWParams(drw_epoch=0), 0) == pytest.approx(
+        _ldam_by_hand(counts, class_weights=_cb_by_hand(counts, 0.9999)), rel=1e-5)
+    assert loss_at(LDAMDRWParams(drw_epoch=6), 5) == pytest.approx(_ldam_by_hand(counts), rel=1e-5)
+    assert loss_at(LDAMDRWParams(drw=False), 9) == pytest.approx(_ldam_by_hand(counts), rel=1e-5)
+
+
+# ------------------------------------------------------------- formula details the above miss
+
+def test_focal_near_one_keeps_its_tiny_modulator():
+    """(1 - p_t) is floored only at the smallest normal float: a confident sample (1 - p_t ~ 6e-6)
+    keeps its exact (1 - p_t)^gamma factor (float64: float32's log_softmax is itself ~1% off here)."""
+    logits, y = torch.tensor([[12.0, 0.0]], dtype=torch.float64), torch.tensor([0])
+    q = 1 / (1 + math.exp(12.0))  # 1 - p_t
+    for gamma in (0.5, 1.0, 2.0):
+        got = softmax_focal_per_sample(logits, y, gamma).item()
+        assert got == pytest.approx(q ** gamma * -math.log1p(-q), rel=1e-9), gamma
+
+
+@pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0])
+def test_focal_gradient_matches_the_direct_formula(gamma):
+    """The gradient flows through the modulator (1 - p_t)^gamma too, as in the paper and the LDAM-DRW
+    code (p = exp(-CE), not detached)."""
+    logits = torch.tensor([[1.0, 0.2, -0.5], [0.3, 0.1, 1.5]], dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    a = logits.clone().requires_grad_(True)
+    softmax_focal_per_sample(a, y, gamma).sum().backward()
+    b = logits.clone().requires_grad_(True)
+    p = torch.softmax(b, dim=1)[torch.arange(2), y]
+    (-((1 - p) ** gamma) * torch.log(p)).sum().backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-10)
+
+
+def test_normed_linear_normalises_its_weight_columns():
+    torch.manual_seed(0)
+    layer = NormedLinear(5, 3)
+    with torch.no_grad():
+        layer.weight.mul_(torch.tensor([1.0, 3.0, 0.2]))  # training changes the columns' norms
+    x = torch.randn(4, 5)
+    cos = torch.stack([F.cosine_similarity(x, layer.weight[:, j].expand_as(x), dim=1) for j in range(3)], 1)
+    assert torch.allclose(layer(x), cos, atol=1e-6)
+
+
+def test_drw_uses_its_beta_and_from_run_maps_minus_one_to_the_first_drop():
+    counts = [500, 50, 5]
+    cb = torch.tensor(_cb_by_hand(counts, 0.9), dtype=torch.float32)
+    assert torch.allclose(DRW(counts, 0, beta=0.9).weights, cb, rtol=1e-6)
+    assert torch.allclose(drw_weights(0, 0, counts, beta=0.9), cb, rtol=1e-6)
+
+    class _Run:
+        data, device, first_drop = SimpleNamespace(noisy_counts=np.array(counts)), torch.device("cpu"), 8
+
+    assert DRW.from_run(_Run(), switch_epoch=-1).switch_epoch == 8
+    assert torch.allclose(DRW.from_run(_Run(), beta=0.9).weights, cb, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------ real training
