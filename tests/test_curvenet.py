@@ -2,6 +2,8 @@
 pseudo-meta set, and the allocate schedule (meta-learning until the first drop, then frozen
 weights), on tiny inputs plus one short real run."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -228,3 +230,58 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, monkeypatch):
         assert torch.equal(p, q)
     assert [h["test_acc"] for h in run.history if h["stage"] == "allocate"] == [
         h["test_acc"] for h in ref_run.history if h["stage"] == "allocate"]
+
+
+def test_allocate_wires_curvenet_into_the_bilevel_step(monkeypatch):
+    """What the allocate stage hands the bilevel step (stubbed, so this is fast): one MetaStep
+    with the *full* look-ahead (higher's DifferentiableSGD), the SLMO depth, unnormalised
+    weights and CurveNet under Adam lr 1e-3, weight decay 1e-4 (recognition_curve.py L145-149);
+    the look-ahead at the epoch's scheduled lr; weights w_i = CurveNet(curve_i, observed label_i),
+    the curves centred per *observed* class (L454-466); the next meta batch of a cycle every
+    iteration; and the weights each step returns kept per sample."""
+    params = CurveNetParams(**TINY, skip_layers=2)
+    run = make_run(params, epochs=1, warmup_epochs=2, milestones=())
+    n = len(run.data.train_y)
+    raw = torch.rand(4, n, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(cn, "probe_curves", lambda run_, schedule: raw.clone())
+    calls = []
+
+    def fake_step(self, x, y, idx, x_meta, y_meta, lr=None, **kw):
+        with torch.no_grad():
+            w = self.weight_fn(torch.zeros(len(y)), y, idx)
+        calls.append(dict(step=self, lr=self.optimizer.param_groups[0]["lr"], lr_arg=lr, y=y.clone(),
+                          idx=idx.clone(), w=w, y_meta=y_meta.clone()))
+        zero = torch.zeros(())
+        return dict(meta_loss=zero, loss=zero, weights=0.25 + idx / (4 * n), losses=torch.zeros(len(y)))
+
+    monkeypatch.setattr(cn.MetaStep, "__call__", fake_step)
+    torch.manual_seed(0)
+    CurveNetMethod(params).fit(run)
+    step = calls[0]["step"]
+    assert all(c["step"] is step for c in calls)
+    assert (step.lookahead, step.skip_layers, step.normalize) == ("full", 2, False)
+    assert isinstance(step.weight_opt, torch.optim.Adam) and isinstance(step.weight_net, CurveNet)
+    assert (step.weight_opt.defaults["lr"], step.weight_opt.defaults["weight_decay"]) == (1e-3, 1e-4)
+    assert all(c["lr"] == pytest.approx(0.05) and c["lr_arg"] is None for c in calls)
+    # the curve input: epochs 1..2 minus the mean of the samples with the same observed label
+    observed = np.asarray(run.data.train_y)
+    assert (observed != np.asarray(run.data.train_clean_y)).mean() > 0.1  # noisy: the choice matters
+    expected = np.empty((n, 2))
+    window = raw[1:3].numpy()
+    for c in np.unique(observed):
+        members = observed == c
+        expected[members] = (window[:, members] - window[:, members].mean(1, keepdims=True)).T
+    assert np.allclose(run.records["curve"], expected, atol=1e-6)
+    # the weighting function reads each sample's curve and its observed label
+    curves = torch.as_tensor(run.records["curve"])
+    for c in calls[:2]:
+        assert torch.equal(c["y"], torch.as_tensor(observed)[c["idx"]])
+        assert torch.allclose(c["w"], step.weight_net(curves[c["idx"]], c["y"]))
+    # every iteration the next meta batch: one pass is a partition of the meta set
+    y_meta = np.asarray(run.data.y_meta)
+    per_pass = math.ceil(len(y_meta) / run.spec.meta_batch_size)
+    assert per_pass >= 2 and len(calls) > per_pass
+    first_pass = torch.cat([c["y_meta"] for c in calls[:per_pass]]).numpy()
+    assert np.array_equal(np.bincount(first_pass, minlength=10), np.bincount(y_meta, minlength=10))
+    # each sample keeps the weight of its last meta step
+    assert np.allclose(run.records["weight"], 0.25 + np.arange(n) / (4 * n))

@@ -27,10 +27,11 @@ def float64():
     torch.set_default_dtype(old)
 
 
-def setup(seed=0, momentum_state=True, model_name="small_cnn", size=8):
+def setup(seed=0, momentum_state=True, model_name="small_cnn", size=8, make_opt=None):
     torch.manual_seed(seed)
     model = build_model(model_name, K, 1).double().train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt = (make_opt(model) if make_opt is not None else
+           torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4))
     x, y = torch.randn(B, 1, size, size), torch.randint(0, K, (B,))
     xm, ym = torch.randn(BM, 1, size, size), torch.randint(0, K, (BM,))
     if momentum_state:  # a few real steps: momentum buffers and running statistics are non-trivial
@@ -352,3 +353,131 @@ def test_a_backbone_with_functional_nonlinearity_falls_back_to_forward_mode():
     model.layer3.append(Opaque())
     step = MetaStep(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.Linear(1, 1), None)
     assert step.jvp == "forward_ad"
+
+
+# ------------------------------------------------------------ every SGD setting, every param group
+
+
+def torch_sgd_meta_loss(model, opt, vnet, batch, meta, lookahead, skip_layers=0, normalize=False, lr=None):
+    """A second independent reference covering every ``torch.optim.SGD`` setting: the look-ahead
+    of a deep copy is a real SGD loaded with the classifier optimiser's own state dict (each
+    group's *current* lr, momentum, dampening, Nesterov flag, weight decay and momentum buffers);
+    "sgd" is ``p -= group lr * g``. ``lr`` replaces every group's lr (the explicit argument)."""
+    x, y, _ = batch
+    m = copy.deepcopy(model)
+    for _, block in m.blocks()[:skip_layers]:
+        block.eval()
+        block.requires_grad_(False)
+    losses = F.cross_entropy(m(x), y, reduction="none")
+    w = vnet(losses.detach()[:, None]).squeeze(1)
+    a = w / w.sum() if normalize else w / len(w)
+    trainable = [p for p in m.parameters() if p.requires_grad]
+    grads = torch.autograd.grad((a * losses).sum(), trainable)
+    copy_of = dict(zip(model.parameters(), m.parameters()))
+    virt = torch.optim.SGD([{"params": [copy_of[p] for p in g["params"]]} for g in opt.param_groups], lr=1.0)
+    virt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    with torch.no_grad():
+        for p, g in zip(trainable, grads):
+            p.grad = g
+        for group in virt.param_groups:
+            group["lr"] = group["lr"] if lr is None else lr
+            if lookahead == "sgd":
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p -= group["lr"] * p.grad
+        if lookahead == "full":
+            virt.step()  # frozen parameters have no grad: skipped, buffers untouched
+        return F.cross_entropy(m(meta[0]), meta[1])
+
+
+def fd_grad_of(loss_fn, vnet, eps=1e-6):
+    """Central differences of ``loss_fn()`` in the weighting net's parameters."""
+    params = list(vnet.parameters())
+    grads = []
+    for p in params:
+        g = torch.zeros_like(p).reshape(-1)
+        for i in range(p.numel()):
+            vals = []
+            for sign in (1, -1):
+                with torch.no_grad():
+                    p.view(-1)[i] += sign * eps
+                vals.append(loss_fn())
+                with torch.no_grad():
+                    p.view(-1)[i] -= sign * eps
+            g[i] = (vals[0] - vals[1]) / (2 * eps)
+        grads.append(g)
+    return torch.cat(grads)
+
+
+def two_group_sgd(model):
+    """The classifier layer in its own param group with its own lr."""
+    fc = [p for n, p in model.named_parameters() if n.startswith("fc.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("fc.")]
+    assert fc and rest
+    return torch.optim.SGD([{"params": rest}, {"params": fc, "lr": 0.3}], lr=0.1, momentum=0.9, nesterov=True,
+                           weight_decay=5e-4)
+
+
+@pytest.mark.parametrize("lookahead,skip_layers", [("sgd", 0), ("full", 2)])
+def test_lookahead_steps_at_each_groups_current_lr(lookahead, skip_layers):
+    """MW-Net.py L210 / higher's DifferentiableSGD: the virtual step uses the lr the classifier
+    optimiser holds *now* (set_lr changes it every epoch: warm-up, decays), per param group, not
+    the lr it was built with; an explicit ``lr`` replaces it."""
+    model, opt, vnet, batch, meta = setup(seed=9, make_opt=two_group_sgd)
+    step = MetaStep(model, opt, vnet, None, lookahead=lookahead, skip_layers=skip_layers)
+    for group, lr in zip(opt.param_groups, (0.04, 0.015)):  # as set_lr does between epochs
+        group["lr"] = lr
+    kw = dict(lookahead=lookahead, skip_layers=skip_layers)
+    before = copy.deepcopy(model.state_dict())
+    g, out = analytic_grad(model, opt, vnet, batch, meta, **kw)
+    model.load_state_dict(before)
+    ref = torch_sgd_meta_loss(model, opt, vnet, batch, meta, **kw)
+    assert out["meta_loss"].item() == pytest.approx(ref.item(), rel=1e-12)
+    # the look-ahead at the construction-time lrs (0.1, 0.3) is measurably another point
+    current = [group["lr"] for group in opt.param_groups]
+    for group, lr in zip(opt.param_groups, (0.1, 0.3)):
+        group["lr"] = lr
+    stale = torch_sgd_meta_loss(model, opt, vnet, batch, meta, **kw).item()
+    for group, lr in zip(opt.param_groups, current):
+        group["lr"] = lr
+    assert stale != pytest.approx(ref.item(), rel=1e-6)
+    g_fd = fd_grad_of(lambda: torch_sgd_meta_loss(model, opt, vnet, batch, meta, **kw), vnet)
+    assert (g - g_fd).norm() / g_fd.norm() < 1e-4
+    explicit = step.meta_loss_at(*batch, *meta, lr=0.07).item()
+    ref_explicit = torch_sgd_meta_loss(model, opt, vnet, batch, meta, lr=0.07, **kw).item()
+    assert explicit == pytest.approx(ref_explicit, rel=1e-12)
+
+
+@pytest.mark.parametrize("momentum_state", [False, True], ids=["fresh-optimiser", "with-buffers"])
+def test_heavy_ball_lookahead_with_dampening_matches_torch_sgd(momentum_state):
+    """lookahead="full" with heavy-ball momentum (nesterov=False, as MW-Net.py's classifier) and
+    dampening: torch's SGD takes buf = d on its first step and buf = mu buf + (1 - dampening) d
+    after, so the slope of the step in the gradient is 1, then 1 - dampening (not 1 + momentum)."""
+    def heavy_ball(model):
+        return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, dampening=0.3, weight_decay=5e-4)
+
+    model, opt, vnet, batch, meta = setup(seed=10, momentum_state=momentum_state, make_opt=heavy_ball)
+    assert bool(opt.state) == momentum_state
+    before = copy.deepcopy(model.state_dict())
+    g, out = analytic_grad(model, opt, vnet, batch, meta, lookahead="full")
+    model.load_state_dict(before)
+    ref = torch_sgd_meta_loss(model, opt, vnet, batch, meta, "full")
+    assert out["meta_loss"].item() == pytest.approx(ref.item(), rel=1e-12)
+    g_fd = fd_grad_of(lambda: torch_sgd_meta_loss(model, opt, vnet, batch, meta, "full"), vnet)
+    assert g.norm() > 1e-8
+    assert (g - g_fd).norm() / g_fd.norm() < 1e-4
+
+
+@pytest.mark.parametrize("skip_layers", [0, 2])
+def test_linearized_jvp_with_eval_mode_batch_norm_equals_forward_mode_ad(skip_layers):
+    """The eval-mode BatchNorm rule (running statistics: dy = g r dx + dg x_hat + db, no batch
+    terms), used when the step runs on a model in eval mode, against forward-mode AD."""
+    model, opt, vnet, batch, meta = setup(seed=12)  # two real steps: running stats differ from batch stats
+    model.eval()
+    step = MetaStep(model, opt, vnet, None, lookahead="full", skip_layers=skip_layers)
+    assert step.jvp == "linearized"
+    bns = [m for m in step.top.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(not m.training and m.num_batches_tracked.item() == 2 for m in bns)
+    tangents = [torch.randn_like(p) for p in step.params]
+    c_lin, c_fwd = both_jvps(step, batch[0], batch[1], tangents)
+    assert torch.allclose(c_lin, c_fwd, rtol=1e-9, atol=1e-11), (c_lin - c_fwd).abs().max()

@@ -1,6 +1,8 @@
 """MW-Net (methods/mwnet.py): the weighting net, the two official variants, the reweighting rule
 (samples whose gradient agrees with the clean meta gradient are up-weighted), and one short run."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -93,3 +95,37 @@ def test_short_real_run_records_final_weights():
     from methods.mwnet import final_losses
     assert model.training
     assert np.isfinite(final_losses(run, model).numpy()).all()
+
+
+def test_fit_steps_at_the_scheduled_lr_on_the_next_meta_batch(monkeypatch):
+    """What MWNet.fit hands the bilevel step (the step itself is stubbed, so this is fast): one
+    MetaStep built with the variant's settings (imb: weights normalised by their sum, SGD 1e-5
+    on V), the look-ahead reading the epoch's scheduled lr off the optimiser (MW-Net.py L210:
+    the current lr, here in warm-up), and every iteration the *next* meta batch of a cycle
+    over the meta set (MW-Net.py L214-218), not one batch reused."""
+    params = MWNetParams(variant="imb")
+    run = make_run(MWNet, params, epochs=1, warmup_epochs=2, milestones=())
+    assert run.lr_at(0) == pytest.approx(0.05) != run.spec.lr
+    calls = []
+
+    def fake_step(self, x, y, idx, x_meta, y_meta, lr=None, **kw):
+        calls.append(dict(step=self, lr=self.optimizer.param_groups[0]["lr"], lr_arg=lr, y_meta=y_meta.clone()))
+        zero = torch.zeros(())
+        return dict(meta_loss=zero, loss=zero, weights=torch.full((len(y),), 0.5), losses=torch.zeros(len(y)))
+
+    monkeypatch.setattr(MetaStep, "__call__", fake_step)
+    torch.manual_seed(0)
+    MWNet(params).fit(run)
+    step = calls[0]["step"]
+    assert all(c["step"] is step for c in calls)
+    assert (step.normalize, step.lookahead, step.skip_layers) == (True, "sgd", 0)
+    assert isinstance(step.weight_opt, torch.optim.SGD) and step.weight_opt.defaults["lr"] == 1e-5
+    assert all(c["lr"] == pytest.approx(0.05) and c["lr_arg"] is None for c in calls)
+    # the meta batches of one pass are a partition of the meta set; the next pass starts again
+    y_meta = np.asarray(run.data.y_meta)
+    per_pass = math.ceil(len(y_meta) / run.spec.meta_batch_size)
+    assert per_pass >= 2 and len(calls) > per_pass
+    first_pass = torch.cat([c["y_meta"] for c in calls[:per_pass]]).numpy()
+    assert np.array_equal(np.bincount(first_pass, minlength=10), np.bincount(y_meta, minlength=10))
+    assert len(calls[per_pass]["y_meta"]) == run.spec.meta_batch_size
+    assert run.history[0]["mean_weight"] == pytest.approx(0.5)
