@@ -233,7 +233,9 @@ class Store:
             query += " WHERE " + " AND ".join(clauses)
         df = pd.read_sql_query(query + " ORDER BY started", self.conn, params=args)
         if len(df) and df["metrics_json"].notna().any():
-            metrics = pd.DataFrame([json.loads(m) if m else {} for m in df["metrics_json"]], index=df.index)
+            # runs not yet done have no metrics: SQL NULL, which pandas reads as NaN when others have some
+            metrics = pd.DataFrame([json.loads(m) if isinstance(m, str) and m else {} for m in df["metrics_json"]],
+                                   index=df.index)
             df = pd.concat([df, metrics.drop(columns=[c for c in metrics.columns if c in df.columns])], axis=1)
         return df
 

@@ -547,7 +547,9 @@ def build(number, runs: pd.DataFrame, ref: pd.DataFrame, metric: str = "last", h
         base = published(ref, "8", "CurveNet", metric="meta_ms", setting="SL=0")
         for row in t.rows:
             pub = published(ref, "8", "CurveNet", metric="meta_ms", setting=row.ref_setting)
-            ours_ms = _stored_meta_ms(history, [e for e in built.entries if e.row == row.label][0].ours.keys)
+            ours = [e for e in built.entries if e.row == row.label][0].ours
+            # an ambiguous cell's keys span several configurations: no one figure to show
+            ours_ms = _stored_meta_ms(history, ours.keys) if ours.status == "ok" else None
             built.timing[row.label] = {"paper_ms": pub, "paper_ratio": pub["value"] / base["value"] if pub else None,
                                        "ours_ms": ours_ms}
     return built

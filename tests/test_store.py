@@ -93,3 +93,17 @@ def test_store_reopens_and_keeps_data(tmp_path):
     _finish(store, key)
     store.close()
     assert Store(path).status(key) == "done"
+
+
+def test_runs_of_every_status_mix_done_and_unfinished(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    done = _start(store, seed=0)
+    _finish(store, done, acc=70.0)
+    running = _start(store, seed=1)
+    failed = _start(store, seed=2)
+    store.fail(failed, "diverged")
+    every = store.runs(None).set_index("key")
+    assert set(every.index) == {done, running, failed}
+    assert every.loc[done, "acc_last"] == 70.0 and every.loc[done, "status"] == "done"
+    assert np.isnan(every.loc[running, "acc_last"]) and every.loc[failed, "status"] == "failed"
+    assert store.runs("running")["key"].tolist() == [running]

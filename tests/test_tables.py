@@ -225,6 +225,30 @@ def test_table8_rows_select_skip_layers_and_show_published_times(tmp_path, ref):
     assert df.loc["SL=2", "paper meta ms"] == "65.44" and df.loc["SL=3", "paper ratio to SL=0"] == "0.17"
 
 
+def test_table8_stored_meta_ms_only_for_a_cell_with_one_configuration(tmp_path, ref):
+    s = Store(tmp_path / "t8ms.sqlite")
+    cell = tables.ABLATION_CELL
+
+    def spec(sl, seed, **protocol):
+        return fake_store.paper_spec("curvenet", "cifar10", cell.imbalance, cell.noise_type, cell.noise_rate, seed,
+                                     {**fake_store.CURVENET_PARAMS, "skip_layers": sl}, **protocol)
+
+    def hist(ms):
+        return [{"stage": "allocate", "epoch": e, "meta_ms": m} for e, m in enumerate(ms)]
+
+    # SL=0: one configuration, two seeds: medians 20 and 40 -> 30.00
+    fake_store.add_run(s, spec(0, 0), "CurveNet", 11.0, history=hist([10.0, 20.0, 90.0]))
+    fake_store.add_run(s, spec(0, 1), "CurveNet", 12.0, history=hist([40.0]))
+    # SL=3: two short configurations (neither is the standard protocol) -> ambiguous, no figure
+    fake_store.add_run(s, spec(3, 0, epochs=3, milestones=(1, 2)), "CurveNet", 13.0, history=hist([5.0]))
+    fake_store.add_run(s, spec(3, 0, epochs=4, milestones=(1, 2)), "CurveNet", 14.0, history=hist([7.0]))
+    built = tables.build(8, s.runs("done"), ref, history=s.history)
+    df = tables.layout(built).set_index("setting")
+    assert df.loc["SL=0", "ours meta ms (stored)"] == "30.00"
+    assert df.loc["SL=3", "ours"] == "ambiguous" and df.loc["SL=3", "ours meta ms (stored)"] == "—"
+    assert df.loc["SL=1", "ours meta ms (stored)"] == "—"  # no runs
+
+
 def test_formats_csv_json_latex(store, ref):
     built = tables.build(2, store.runs("done"), ref)
     rows = list(csv.DictReader(tables.render(built, "csv").splitlines()))
