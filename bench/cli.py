@@ -291,7 +291,7 @@ def make_parser() -> ArgumentParser:
                      help="cache of reusable artefacts: CurveNet probe curves and run checkpoints")
     run.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
     run.add_argument("--metric", choices=("last", "best"), default="last", help="accuracy shown at the end")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", action="store_true", help="no progress bars (off a terminal: no progress lines)")
     run.add_argument("--jobs", type=int, help="runs at once: local worker processes (default 1: in this "
                                               "process); with --executor ray, tasks in flight")
     run.add_argument("--executor", choices=("local", "ray"), default="local",

@@ -28,6 +28,7 @@ from bench.store import Store
 from bench.train import Diverged
 
 DEFAULT_CACHE_DIR = Path(".bench_cache")
+PLAIN_PROGRESS_EVERY_S = 30.0  # off a terminal: at most one progress line per run this often
 
 
 @dataclass
@@ -229,6 +230,10 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
     counts = {"skipped": len(keys) - len(todo) - failed_earlier, "failed_earlier": failed_earlier,
               "done": 0, "failed": 0}
     disable = not show_progress or None  # None: tqdm shows bars only on a terminal
+    # off a terminal (a log file, CI, a batch job) the bars are off: plain lines instead, one when a
+    # run starts and then at most one per run every PLAIN_PROGRESS_EVERY_S seconds
+    plain = show_progress and not sys.stderr.isatty()
+    last_line: dict[str, float] = {}
     grid_bar = tqdm(total=len(todo), desc="grid", unit="run", disable=disable, position=0)
     bars: dict[str, Any] = {}
     slots: dict[str, int] = {}  # progress-bar line of each run in flight
@@ -237,13 +242,19 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
     crashes: dict[str, int] = {}
 
     def progress(spec, row):
-        bar = bars.get(spec.key())
+        key = spec.key()
+        bar = bars.get(key)
         if bar is None:
             return
         bar.set_description(f"  {row['stage']}")
         bar.update(1)
         shown = {k: row[k] for k in ("loss", "test_acc") if isinstance(row.get(k), float)}
         bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()})
+        if plain and time.time() - last_line.get(key, 0.0) >= PLAIN_PROGRESS_EVERY_S:
+            last_line[key] = time.time()
+            values = "".join(f", {k} {v:.3g}" for k, v in shown.items())
+            print(f"[{key}] {labels[key]}: {row['stage']} epoch {row['epoch'] + 1} done{values} "
+                  f"({time.time() - started[key]:.0f}s)", file=sys.stderr, flush=True)
 
     def dispatch(spec):
         key = spec.key()
@@ -252,6 +263,9 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
         slot = min(set(range(1, len(slots) + 2)) - set(slots.values()))
         slots[key] = slot
         bars[key] = tqdm(desc="  epochs", unit="ep", leave=False, disable=disable, position=slot)
+        if plain:
+            last_line[key] = time.time()
+            print(f"[{key}] {labels[key]}: started", file=sys.stderr, flush=True)
         executor.submit(spec)
 
     def close_bar(key):

@@ -230,3 +230,25 @@ def test_a_ray_task_whose_worker_dies_is_retried_then_recorded_failed(local_ray,
     status, attempts, error, _ = got[1]
     assert (status, attempts) == ("failed", 2)
     assert "Ray" in error and "gave up after 2 attempts" in error
+
+
+# ------------------------------------------------------------------ progress off a terminal
+
+def test_off_a_terminal_progress_is_plain_lines_at_most_one_per_interval(tmp_path, capsys, monkeypatch):
+    from bench import execute as execute_module
+
+    spec = specs_for(*TINY, "--epochs", "2")[0]
+    monkeypatch.setattr(execute_module, "PLAIN_PROGRESS_EVERY_S", 0.0)
+    run_grid([spec], Store(tmp_path / "s.sqlite"), device=torch.device("cpu"), cache_dir=tmp_path / "cache",
+             show_progress=True, checkpoint_every_s=0)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(f"[{spec.key()}]")]
+    assert lines[0].endswith(": started")
+    assert [ln.split(": ")[-1].split(" done")[0] for ln in lines[1:3]] == [f"train epoch {e}" for e in (1, 2)]
+    assert "loss" in lines[1] and "test_acc" in lines[1] and "acc " in lines[-1]
+
+    monkeypatch.setattr(execute_module, "PLAIN_PROGRESS_EVERY_S", 3600.0)  # a new run: only start and end
+    other = specs_for(*TINY, "--seeds", "1")[0]
+    run_grid([other], Store(tmp_path / "s.sqlite"), device=torch.device("cpu"), cache_dir=tmp_path / "cache",
+             show_progress=True, checkpoint_every_s=0)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(f"[{other.key()}]")]
+    assert len(lines) == 2 and lines[0].endswith(": started") and "acc " in lines[1]
