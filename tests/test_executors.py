@@ -8,16 +8,19 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+import methods
 from bench import executors
 from bench.cli import build_specs, main, make_parser
 from bench.errors import BenchError
-from bench.execute import checkpoint_path, execute, run_grid
+from bench.execute import RunResult, checkpoint_path, execute, pending, run_grid
 from bench.store import Store
 
 TINY = ["--methods", "ce", "--epochs", "1", "--imbalance", "100", "--noise", "none"]
@@ -43,6 +46,32 @@ def crashy_task(spec, *, marker_dir, **kwargs):
     return execute(spec, **kwargs)
 
 
+def scripted_task(spec, **kwargs):
+    """A task that trains nothing: seed 1 hits a user error, 2 a method's bug (an exception the run
+    does not catch), 3 blocks (until it is stopped); any other seed is done at once."""
+    if spec.seed == 1:
+        raise BenchError(f"seed {spec.seed}: a user error")
+    if spec.seed == 2:
+        raise RuntimeError("a method's bug")
+    if spec.seed == 3:
+        threading.Event().wait(120)
+    return RunResult(spec, "done", metrics={"acc_last": 50.0}, history=[{"stage": "train", "epoch": 0}],
+                     samples={"dataset_index": [3], "clean_label": [0], "observed_label": [0], "is_noisy": [0]})
+
+
+class RecordingExecutor(executors.LocalExecutor):
+    """The worker pool, keeping how each of its worker processes ended."""
+
+    def __init__(self, jobs):
+        super().__init__(jobs, task=scripted_task)
+        self.exits = []
+
+    def _reap(self, worker):
+        code = super()._reap(worker)
+        self.exits.append(code)
+        return code
+
+
 # ----------------------------------------------------------------------------- helpers
 
 def test_worker_threads_share_the_cores_and_respect_omp_num_threads():
@@ -51,6 +80,22 @@ def test_worker_threads_share_the_cores_and_respect_omp_num_threads():
     assert executors.worker_threads(16, cores=8, env={}) == 1
     assert executors.worker_threads(2, cores=8, env={"OMP_NUM_THREADS": "1"}) == 1
     assert executors.worker_threads(2, cores=8, env={"OMP_NUM_THREADS": "junk"}) == 4
+
+
+def test_from_args_picks_the_executor_and_workers_share_the_cores(monkeypatch):
+    def executor(*args):
+        return executors.from_args(make_parser().parse_args(["run", "--methods", "ce", *args]))
+
+    assert type(executor()) is executors.SerialExecutor
+    assert type(executor("--max-retries", "0")) is executors.SerialExecutor  # no retries is allowed
+    pool = executor("--jobs", "4")
+    assert type(pool) is executors.LocalExecutor and pool.capacity == 4
+    with pytest.raises(BenchError, match="--jobs must be at least 1, got 0"):
+        executors.LocalExecutor(0)
+    monkeypatch.setattr(executors, "available_cores", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    pool.start(device="cpu", data_dir=None, cache_dir=None, checkpoint_every_s=0)  # spawns nothing yet
+    assert pool.threads == 2  # each of the 4 workers gets its share of the 8 cores
 
 
 def test_workers_share_the_gpus_round_robin():
@@ -132,7 +177,120 @@ def test_a_diverged_run_is_failed_the_grid_goes_on_and_only_retry_failed_reruns_
     assert (status, attempts) == ("failed", 2) and error.startswith("diverged at epoch 0")
 
 
+# ----------------------------------- the driver: what runs, user errors, a method's bug
+
+def test_pending_skips_done_and_failed_runs_and_the_grid_counts_them(tmp_path):
+    store, cache = Store(tmp_path / "s.sqlite"), tmp_path / "cache"
+    done, failed, new = specs_for(*TINY, "--seeds", "4,5,6")
+    for spec in (done, failed):
+        store.start(spec.key(), spec.to_dict(), "CE")
+    store.finish(done.key(), metrics={"acc_last": 1.0}, history=[], env={})
+    store.fail(failed.key(), "diverged")
+    stale = checkpoint_path(done, cache)  # a kill between the commit and the clean-up left these
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"checkpoint")
+    stale.with_name(stale.name + ".tmp123").write_bytes(b"half-written")
+    grid = [done, failed, new, new]
+    assert pending(store, grid) == [new]  # each run once
+    assert pending(store, grid, retry_failed=True) == [failed, new]
+    counts = run_grid(grid, store, device=torch.device("cpu"), cache_dir=cache, show_progress=False,
+                      executor=executors.SerialExecutor(task=scripted_task))
+    assert counts == {"skipped": 1, "failed_earlier": 1, "done": 1, "failed": 0}
+    assert not any(stale.parent.iterdir())  # the done run's checkpoint and temp file are gone
+    assert store.conn.execute("SELECT attempts FROM runs WHERE key = ?", (new.key(),)).fetchone()[0] == 1
+    counts = run_grid(grid, store, device=torch.device("cpu"), cache_dir=cache, show_progress=False,
+                      retry_failed=True, executor=executors.SerialExecutor(task=scripted_task))
+    assert counts == {"skipped": 2, "failed_earlier": 0, "done": 1, "failed": 0}
+    assert store.status(failed.key()) == "done"
+
+
+def test_a_user_error_stops_the_grid_once_the_run_in_flight_is_committed(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    specs = specs_for(*TINY, "--seeds", "0,1,4")
+    with pytest.raises(BenchError, match="seed 1: a user error"):
+        run_grid(specs, store, device=torch.device("cpu"), cache_dir=tmp_path, show_progress=False,
+                 executor=executors.SerialExecutor(task=scripted_task))
+    assert [store.status(s.key()) for s in specs] == ["done", "running", None]  # not retried, nothing after it
+
+
+def test_each_run_has_its_own_checkpoint(tmp_path):
+    specs = specs_for(*TINY, "--imbalance", "50,100", "--noise", "none,flip2:0.2", "--seeds", "0,1")
+    assert len({checkpoint_path(s, tmp_path) for s in specs}) == len(specs) == 8
+
+
+def test_a_methods_bug_is_a_failed_run_with_its_history_and_a_user_error_is_raised(monkeypatch):
+    (spec,) = specs_for(*TINY)
+
+    def buggy_fit(self, run):
+        run.log(0, stage="train", loss=1.0)
+        raise ZeroDivisionError("a method's bug")
+
+    monkeypatch.setattr(methods.get("ce"), "fit", buggy_fit)
+    result = execute(spec, device=torch.device("cpu"), cache_dir=None)
+    assert (result.status, result.error) == ("failed", "ZeroDivisionError: a method's bug")
+    assert result.history == [{"stage": "train", "epoch": 0, "loss": 1.0}]
+
+    def user_error_fit(self, run):
+        raise BenchError("a user error")
+
+    monkeypatch.setattr(methods.get("ce"), "fit", user_error_fit)
+    with pytest.raises(BenchError, match="a user error"):
+        execute(spec, device=torch.device("cpu"), cache_dir=None)
+
+
+def test_execute_keeps_per_sample_records_as_values_and_larger_ones_as_arrays(monkeypatch):
+    (spec,) = specs_for(*TINY)
+
+    def recording_fit(self, run):
+        n = len(run.data.train_y)
+        run.record("weight", np.arange(n) / n)
+        run.record("curve", np.ones((n, 2)))
+        return run.model()  # untrained: only what is kept matters here
+
+    monkeypatch.setattr(methods.get("ce"), "fit", recording_fit)
+    result = execute(spec, device=torch.device("cpu"), cache_dir=None)
+    n = len(result.samples["is_noisy"])
+    assert result.status == "done" and set(result.values) == {"weight"} and set(result.arrays) == {"curve"}
+    assert result.values["weight"].tolist() == (np.arange(n) / n).tolist() and result.arrays["curve"].shape == (n, 2)
+
+
 # ------------------------------------------------------------------ local worker pool
+
+def test_a_worker_survives_a_methods_bug_goes_on_with_the_next_run_and_stops_cleanly(tmp_path):
+    store, pool = Store(tmp_path / "s.sqlite"), RecordingExecutor(1)
+    specs = specs_for(*TINY, "--seeds", "2,0,1,4")
+    try:
+        with pytest.raises(BenchError, match="seed 1: a user error"):
+            run_grid(specs, store, device=torch.device("cpu"), cache_dir=tmp_path, show_progress=False,
+                     executor=pool)
+        exits = list(pool.exits)
+    finally:
+        pool.abort()
+    failed = store.conn.execute("SELECT status, attempts, error FROM runs WHERE key = ?", (specs[0].key(),))
+    assert failed.fetchone() == ("failed", 1, "RuntimeError: a method's bug")  # not a crash, not retried
+    assert [store.status(s.key()) for s in specs] == ["failed", "done", "running", None]
+    assert exits == [0]  # one worker for all three runs, told to stop when the grid ended
+
+
+def test_an_interrupted_grid_stops_its_workers_at_once(tmp_path):
+    class InterruptedStore(Store):
+        def start(self, key, spec, display_name):
+            if spec["seed"] == 5:
+                raise KeyboardInterrupt  # Ctrl-C while the run of seed 3 trains in a worker
+            super().start(key, spec, display_name)
+
+    store, pool = InterruptedStore(tmp_path / "s.sqlite"), RecordingExecutor(2)
+    specs = specs_for(*TINY, "--seeds", "3,5")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_grid(specs, store, device=torch.device("cpu"), cache_dir=tmp_path, show_progress=False,
+                     executor=pool)
+        exits = list(pool.exits)
+    finally:
+        pool.abort()
+    assert exits == [-signal.SIGTERM]  # terminated, not left training (nor killed after a grace period)
+    assert store.status(specs[0].key()) == "running"
+
 
 def test_a_dead_worker_is_pinned_to_its_run_retried_then_failed_and_spares_its_siblings(tmp_path):
     store_path, cache = tmp_path / "s.sqlite", tmp_path / "cache"

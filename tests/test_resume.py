@@ -64,6 +64,21 @@ def test_resume_from_any_epoch_is_bit_for_bit(tmp_path):
         assert [(h["stage"], h["epoch"]) for h in resumed.history] == [(s, e) for s in "ab" for e in range(3)]
 
 
+def test_the_end_of_a_stage_is_checkpointed_however_long_between_checkpoints(tmp_path):
+    data = load_data(_spec())
+    reference_model, reference_counter = _train(Run(spec=_spec(), data=data, device=torch.device("cpu")))
+    path = tmp_path / "ck.pt"
+    run = Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path, checkpoint_every_s=1e9)
+    try:
+        _train(run, kill_after=4)  # killed in stage b's second epoch; no time-based checkpoint came due
+    except Killed:
+        pass
+    resumed = Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path, checkpoint_every_s=1e9)
+    model, counter = _train(resumed)
+    assert resumed.resumed_from == ("a", 2)  # stage a, saved as it ended; stage b trained again
+    assert torch.equal(model.weight, reference_model.weight) and torch.equal(counter, reference_counter)
+
+
 def test_a_stage_name_used_twice_is_an_error():
     import pytest
     run = Run(spec=_spec(), data=load_data(_spec()), device=torch.device("cpu"))

@@ -1,8 +1,10 @@
 import sqlite3
+import types
 
 import numpy as np
 import pytest
 
+from bench import store as store_module
 from bench.errors import BenchError
 from bench.spec import RunSpec
 from bench.store import Store
@@ -33,6 +35,7 @@ def test_finish_writes_everything_and_reads_back(tmp_path):
     samples = store.samples(key)
     assert samples["is_noisy"].tolist() == [False, True] and samples["weight"].tolist() == [0.9, 0.1]
     assert samples["dataset_index"].tolist() == [5, 7]
+    assert samples["clean_label"].tolist() == [0, 1] and samples["observed_label"].tolist() == [0, 0]
     assert store.array(key, "curve").shape == (2, 3)
     assert store.history(key)["test_acc"].tolist() == [80.0]
 
@@ -107,3 +110,82 @@ def test_runs_of_every_status_mix_done_and_unfinished(tmp_path):
     assert every.loc[done, "acc_last"] == 70.0 and every.loc[done, "status"] == "done"
     assert np.isnan(every.loc[running, "acc_last"]) and every.loc[failed, "status"] == "failed"
     assert store.runs("running")["key"].tolist() == [running]
+
+
+def test_finishing_a_run_that_was_never_started_is_a_key_error(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    with pytest.raises(KeyError, match="never started"):
+        _finish(store, "0123456789ab")
+    assert store.conn.execute("SELECT COUNT(*) FROM epochs").fetchone()[0] == 0
+
+
+def test_an_interrupt_inside_finish_is_rolled_back_too(tmp_path):
+    class Interrupting(dict):
+        def __getitem__(self, name):
+            if name == "is_noisy":
+                raise KeyboardInterrupt  # Ctrl-C half-way through the transaction
+            return super().__getitem__(name)
+
+    store = Store(tmp_path / "s.sqlite")
+    key = _start(store)
+    with pytest.raises(KeyboardInterrupt):
+        store.finish(key, metrics={"acc_last": 1.0}, env={}, history=[{"stage": "train", "epoch": 0}],
+                     samples=Interrupting(dataset_index=[1], clean_label=[1], observed_label=[1]))
+    assert store.status(key) == "running" and store.history(key).empty
+    _finish(store, key)  # no transaction left open: the next one starts
+    assert store.status(key) == "done"
+
+
+def test_a_rerun_is_running_again_with_its_own_start_and_no_stale_end_or_error(tmp_path, monkeypatch):
+    clock = iter([100.0, 130.0, 200.0, 250.0, 300.0, 320.0])
+    monkeypatch.setattr(store_module, "time", types.SimpleNamespace(time=lambda: next(clock)))
+    store = Store(tmp_path / "s.sqlite")
+    key = _start(store)  # at 100
+
+    def row():
+        return store.conn.execute("SELECT status, attempts, started, ended, wall_s, error FROM runs").fetchone()
+
+    store.fail(key, "diverged", history=[{"stage": "train", "epoch": 0}, {"stage": "train", "epoch": 1}])  # at 130
+    assert row() == ("failed", 1, 100.0, 130.0, 30.0, "diverged")
+    _start(store)  # the rerun, at 200
+    assert row() == ("running", 2, 200.0, None, None, None)
+    store.fail(key, "diverged again", history=[{"stage": "train", "epoch": 0}])  # at 250
+    assert row() == ("failed", 2, 200.0, 250.0, 50.0, "diverged again")
+    assert store.history(key)["epoch"].tolist() == [0]  # the earlier attempt's epochs are replaced
+    _start(store)  # at 300
+    _finish(store, key)  # at 320
+    assert row() == ("done", 3, 300.0, 320.0, 20.0, None)
+
+
+def test_finishing_a_run_touches_no_other_run(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    first, second, third = _start(store, seed=0), _start(store, seed=1), _start(store, seed=2)
+    _finish(store, first, acc=70.0)
+    store.finish(second, metrics={"acc_last": 60.0}, env={},
+                 history=[{"stage": "a", "epoch": 0, "loss": 3.0}, {"stage": "a", "epoch": 1, "loss": 2.0},
+                          {"stage": "b", "epoch": 0, "loss": 1.0}],
+                 samples={"dataset_index": [9, 8, 7], "clean_label": [2, 2, 2], "observed_label": [2, 2, 1],
+                          "is_noisy": [False, False, True]},
+                 values={"weight": np.array([0.5, 0.25, np.nan])}, arrays={"curve": np.zeros((3, 3))})
+    assert store.status(third) == "running"
+    assert store.status(first) == "done" and store.runs().set_index("key").loc[first, "acc_last"] == 70.0
+    assert len(store.history(first)) == 1 and store.samples(first)["weight"].tolist() == [0.9, 0.1]
+    assert store.array(first, "curve").tolist() == np.ones((2, 3)).tolist()
+    assert store.array(second, "curve").tolist() == np.zeros((3, 3)).tolist()
+    history = store.history(second)  # in the order logged
+    assert list(zip(history["stage"], history["epoch"], history["loss"])) == [("a", 0, 3.0), ("a", 1, 2.0),
+                                                                            ("b", 0, 1.0)]
+    weights = store.samples(second)["weight"].tolist()
+    assert weights[:2] == [0.5, 0.25] and np.isnan(weights[2])  # NaN is stored as NULL
+    assert set(store.runs(None, keys=[second, third])["key"]) == {second, third}
+    assert store.runs("done", keys=[second])["key"].tolist() == [second]
+
+
+def test_resolve_key_finds_exactly_one_run(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    keys = [_start(store, seed=s) for s in range(20)]
+    assert store.resolve_key(keys[0][:8]) == keys[0]
+    with pytest.raises(BenchError, match="no run with a key starting 'zzz'"):
+        store.resolve_key("zzz")
+    with pytest.raises(BenchError, match="20 runs with a key starting ''"):
+        store.resolve_key("")
