@@ -265,7 +265,8 @@ class Store:
 
     def resolve_key(self, prefix: str) -> str:
         """The full key of the one run whose key starts with ``prefix``."""
-        rows = self.conn.execute("SELECT key FROM runs WHERE key LIKE ?", (prefix + "%",)).fetchall()
+        # a plain prefix comparison: with LIKE, a typed "_" or "%" would match any character
+        rows = self.conn.execute("SELECT key FROM runs WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)).fetchall()
         if len(rows) != 1:
             found = "no run" if not rows else f"{len(rows)} runs"
             raise BenchError(f"{found} with a key starting {prefix!r} in {self.path}")

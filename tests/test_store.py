@@ -189,3 +189,8 @@ def test_resolve_key_finds_exactly_one_run(tmp_path):
         store.resolve_key("zzz")
     with pytest.raises(BenchError, match="20 runs with a key starting ''"):
         store.resolve_key("")
+    wildcard = "_" + keys[0][1:8]  # an underscore is a character, not a wildcard
+    with pytest.raises(BenchError, match="no run with a key starting"):
+        store.resolve_key(wildcard)
+    with pytest.raises(BenchError, match="no run"):
+        store.resolve_key(keys[0][:4] + "%")
