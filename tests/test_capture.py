@@ -500,3 +500,63 @@ def test_release_frees_the_graph_and_keeps_the_mode():
     graphed.release()
     assert graphed._graph is None and graphed._static_in == [] and graphed.mode == "captured"
     assert graphed(torch.zeros(2)).tolist() == [1.0, 1.0] and graphed.captures == 1  # warm-up again
+
+
+# ------------------------------------------------------------------------ kernels, autocast cache, keys, shapes, dtypes
+
+def test_prepared_optimisers_use_the_capturable_kernels():
+    sgd = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9)
+    assert prepare_optimizer(sgd, torch.device("cpu"))
+    group = sgd.param_groups[0]
+    assert (group["fused"], group["foreach"]) == (True, False)
+    assert group["lr"].dtype == torch.float32 and group["lr"].item() == pytest.approx(0.1)
+    p = torch.nn.Parameter(torch.zeros(2, device="meta"))  # another device than the optimiser state's
+    adam = torch.optim.Adam([p], lr=1e-3)
+    adam.state[p]["step"] = torch.tensor(3.0)  # e.g. a state loaded on the CPU for a model on the GPU
+    assert prepare_optimizer(adam, torch.device("cpu"))
+    assert adam.param_groups[0]["capturable"] is True and adam.state[p]["step"].device == p.device
+
+
+def test_bf16_autocast_casts_the_weights_again_at_every_use():
+    """Autocast's weight cache is off: an in-place update between two forward passes is seen (a
+    captured graph, and a meta step's look-ahead, change weights inside one autocast region)."""
+    layer = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    with autocast(torch.device("cpu"), "bf16"):
+        before = layer(x)
+        with torch.no_grad():
+            layer.weight.add_(1.0)
+        after = layer(x)
+    assert not torch.equal(before, after)
+
+
+def test_warmup_is_at_least_one_eager_call():
+    graphed = ReplayOnCPU(lambda a: a + 1, name="toy", warmup=0)
+    assert graphed.warmup == 1
+    graphed(torch.zeros(2))
+    assert graphed.captures == 0 and graphed.fn_calls == 1
+
+
+def test_a_new_key_captures_on_its_own_shapes_and_release_forgets_them():
+    graphed = ReplayOnCPU(lambda a: a + 1, name="toy", warmup=1)
+    for _ in range(2):
+        graphed(torch.zeros(4), key=0)
+    for _ in range(2):
+        graphed(torch.zeros(3), key=1)  # another key, other shapes
+    assert graphed.captures == 2 and graphed._static_in[0].shape == (3,)
+    graphed.release()
+    for _ in range(2):
+        graphed(torch.zeros(5), key=1)  # the same key as before the release, other shapes
+    assert graphed.captures == 3 and graphed._static_in[0].shape == (5,)
+
+
+def test_inputs_of_another_dtype_or_not_tensors_run_eagerly():
+    graphed = ReplayOnCPU(lambda a: a * 2, name="toy", warmup=1)
+    for _ in range(2):
+        graphed(torch.ones(3))
+    out = graphed(torch.ones(3, dtype=torch.int64))
+    assert out.dtype == torch.int64 and graphed.replays == 1  # not copied into the float input
+    graphed = ReplayOnCPU(lambda a, n: a * n, name="toy", warmup=1)
+    for _ in range(3):
+        assert graphed(torch.ones(2), 3).tolist() == [3.0, 3.0]
+    assert graphed.captures == 0  # a Python number would be baked into the graph

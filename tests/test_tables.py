@@ -189,8 +189,10 @@ def test_ma_is_not_printed_for_an_incomplete_grid(tmp_path, ref):
     assert partial_mean not in tables.render(built, "md").split("## Table 1 detail")[0]
     # seeds that never cover the whole grid together give no MA either
     s2 = _grid_store(tmp_path / "c.sqlite", cells, lambda i: (0,) if i % 2 else (1,))
-    e2 = entry(tables.build(1, s2.runs("done"), ref), "CE", "CIFAR-100")
+    built2 = tables.build(1, s2.runs("done"), ref)
+    e2 = entry(built2, "CE", "CIFAR-100")
     assert e2.ours.status == "incomplete" and "no seed covers" in e2.ours.detail
+    assert tables.layout(built2).set_index("method").loc["CE", "CIFAR-100: cells"] == "12/12 cells"
 
 
 def test_table1_har_is_not_run_with_published_numbers(ref):
@@ -362,3 +364,140 @@ def test_runs_differing_only_in_data_seed_count_as_one_seed(tmp_path, ref):
                        "MW-Net(imb)", 35.0)
     e = entry(tables.build(2, s.runs("done"), ref), "MW-Net(imb)", "imb 50, clean")
     assert (e.ours.n, e.ours.mean, len(e.ours.keys)) == (2, pytest.approx(30.0), 3)  # seed 0: 25, seed 1: 35
+
+
+# ------------------------------------------------------------------ selection, aggregation and rendering in detail
+
+def test_two_standard_configurations_are_ambiguous_and_their_runs_are_listed_apart(tmp_path, ref):
+    """Two configurations of the standard protocol (here: another meta lr) are as ambiguous as two
+    short ones: no number, the one difference named, the keys listed as ambiguous, not as a
+    cell's runs, and the cell counted as missing."""
+    s = Store(tmp_path / "amb.sqlite")
+    keys = [fake_store.add_run(s, fake_store.paper_spec("mwnet", "cifar10", 50, "none", 0, 0, params), "MW-Net(imb)",
+                               acc) for params, acc in (({"variant": "imb"}, 20.0),
+                                                        ({"variant": "imb", "meta_lr": 1e-4}, 30.0))]
+    built = tables.build(2, s.runs("done"), ref)
+    e = entry(built, "MW-Net(imb)", "imb 50, clean")
+    assert e.ours.status == "ambiguous" and sorted(e.ours.keys) == sorted(keys)
+    assert e.ours.detail == "2 configurations match; differences: params.meta_lr: null vs 0.0001"
+    assert tables.counts(built) == {"entries": 18, "with_runs": 0, "missing_entries": 18}
+    text = tables.render(built, "md")
+    assert f"ambiguous: MW-Net(imb) / imb 50, clean: {e.ours.detail} (keys {keys[0][:12]}, {keys[1][:12]})" in text
+    assert "- ours: no stored runs" in text
+
+
+def test_ours_is_the_mean_over_seeds_and_runs_without_the_metric_are_left_out(tmp_path, ref):
+    s = Store(tmp_path / "m.sqlite")
+
+    def spec(seed, imbalance=50):
+        return fake_store.paper_spec("mwnet", "cifar10", imbalance, "none", 0, seed, {"variant": "imb"})
+
+    for seed, acc in ((0, 10.0), (1, 11.0), (2, 15.0)):  # mean 12, median 11
+        fake_store.add_run(s, spec(seed), "MW-Net(imb)", acc)
+    no_metric = fake_store.add_run(s, spec(3), "MW-Net(imb)", float("nan"))  # acc_last stored as NaN
+    only_nan = fake_store.add_run(s, spec(0, imbalance=100), "MW-Net(imb)", float("nan"))
+    built = tables.build(2, s.runs("done"), ref)
+    e = entry(built, "MW-Net(imb)", "imb 50, clean")
+    assert (e.ours.status, e.ours.n, e.ours.mean) == ("ok", 3, pytest.approx(12.0)) and no_metric not in e.ours.keys
+    e = entry(built, "MW-Net(imb)", "imb 100, clean")
+    assert (e.ours.status, e.ours.keys, e.ours.detail) == ("missing", [], "no stored acc_last")
+    assert only_nan not in tables.render(built, "md")
+
+
+def test_a_row_counts_only_its_display_name_and_preset_and_anchors_show_both_papers(tmp_path, ref):
+    s = Store(tmp_path / "ldam.sqlite")
+    # LDAM without DRW names itself "LDAM": not the LDAM-DRW row
+    fake_store.add_run(s, fake_store.paper_spec("ldam_drw", "cifar10", 100, "none", 0, 0, {"drw": False},
+                                                meta_per_class=10), "LDAM", 15.0)
+    # the paper protocol on the right model, but run under another preset
+    fake_store.add_run(s, fake_store.paper_spec("ce", "cifar10", 100, "none", 0, 0, meta_per_class=10).replace(
+        preset="quick"), "CE", 16.0)
+    built = tables.build("anchors", s.runs("done"), ref)
+    assert entry(built, "LDAM-DRW", "CIFAR-10 imb 100").ours.status == "missing"
+    assert entry(built, "CE", "CIFAR-10 imb 100").ours.status == "missing"
+    df = tables.layout(built).set_index("method")
+    assert df.loc["LDAM-DRW", "CIFAR-10 imb 100: paper"] == "77.03"  # LDAM-DRW paper, Table 2
+    assert df.loc["CE", "CIFAR-10 imb 100: paper"] == "70.36"        # MW-Net paper
+    assert df.loc["LDAM-DRW", "CIFAR-10 imb 200: paper"] == "—"
+
+
+def test_duplicate_published_values_are_an_error(ref):
+    dup = pd.concat([ref, ref[(ref["table"] == "1") & (ref["method"] == "CE")].iloc[[0]]], ignore_index=True)
+    with pytest.raises(BenchError, match="hold 2 values"):
+        tables.published(dup, "1", "CE", dataset="cifar10", metric="MA")
+
+
+def test_ma_is_the_mean_over_cells_per_seed_and_table1_counts_pairs(tmp_path, ref):
+    cells = GRIDS["cifar100"]
+    s = _grid_store(tmp_path / "sq.sqlite", cells, lambda i: (0,), acc=lambda i, seed: 10.0 + i * i / 10)
+    # the last cell: two short configurations only -> ambiguous, so no MA
+    for epochs in (3, 4):
+        c = cells[-1]
+        fake_store.add_run(s, fake_store.paper_spec("focal", c.dataset, c.imbalance, c.noise_type, c.noise_rate, 0,
+                                                    epochs=epochs), "Focal", 12.0)
+    for c in cells[:-1]:
+        fake_store.add_run(s, fake_store.paper_spec("focal", c.dataset, c.imbalance, c.noise_type, c.noise_rate, 0),
+                           "Focal", 12.0)
+    built = tables.build(1, s.runs("done"), ref)
+    e = entry(built, "CE", "CIFAR-100")
+    assert e.ours.mean == pytest.approx(np.mean([10.0 + i * i / 10 for i in range(len(cells))]))
+    assert entry(built, "Focal", "CIFAR-100").ours.status == "incomplete"
+    text = tables.render(built, "md")
+    assert "**Missing:** 247 of 270 (method, cell) pairs have no usable runs; 17 of 18 MA entries" in text
+    assert "- ours: 23 cells from stored runs" in text  # 12 CE + 11 Focal cells: not the ambiguous one
+    records = tables.long_records(built)
+    ce = [r for r in records if r["row"] == "CE" and r["column"] == "CIFAR-100"][0]
+    assert ce["metric"] == "MA of acc_last" and ce["n_seeds"] == 1 and ce["ours_std"] is None
+    assert "NaN" not in tables.render(built, "json")
+
+
+def test_table8_stored_meta_ms_is_the_mean_over_runs_of_their_median(tmp_path, ref):
+    s = Store(tmp_path / "t8mean.sqlite")
+    cell = tables.ABLATION_CELL
+
+    def spec(sl, seed):
+        return fake_store.paper_spec("curvenet", "cifar10", cell.imbalance, cell.noise_type, cell.noise_rate, seed,
+                                     {**fake_store.CURVENET_PARAMS, "skip_layers": sl})
+
+    # SL=0, three seeds: medians 10, 20, 60 -> 30 (their median would be 20); the older column name counts
+    for seed, name, ms in ((0, "meta_ms", [10.0]), (1, "meta_ms", [20.0]), (2, "meta_time_ms", [60.0])):
+        fake_store.add_run(s, spec(0, seed), "CurveNet", 11.0,
+                           history=[{"stage": "allocate", "epoch": e, name: m} for e, m in enumerate(ms)])
+    # SL=1: a run that logged both names: meta_ms is the one read
+    fake_store.add_run(s, spec(1, 0), "CurveNet", 11.0,
+                       history=[{"stage": "allocate", "epoch": 0, "meta_ms": 8.0, "meta_time_ms": 100.0}])
+    built = tables.build(8, s.runs("done"), ref, history=s.history)
+    df = tables.layout(built).set_index("setting")
+    assert df.loc["SL=0", "ours meta ms (stored)"] == "30.00" and df.loc["SL=1", "ours meta ms (stored)"] == "8.00"
+    text = tables.render(built, "md")
+    assert "- paper meta ms: tables/reference/curvenet_aaai2022.csv (" in text
+
+
+def test_render_not_available_line_latex_comments_and_the_csv_std(store, ref):
+    built = tables.build(2, store.runs("done"), ref)
+    text = tables.render(built, "md")
+    assert "Not available: MW-Net(imb) / imb 100, clean (missing); MW-Net(imb) / imb 200, clean (missing);" in text
+    assert "Not available" not in tables.render(tables.build(2, pd.DataFrame(), ref), "md")  # all missing: no list
+    latex = tables.render(built, "latex")
+    prose = [line for line in latex.splitlines() if line and not line.startswith(("\\", "%"))
+             and "&" not in line]
+    assert prose == [] and "% **Missing:** 14 of 18 cells" in latex
+    rows = list(csv.DictReader(tables.render(built, "csv").splitlines()))
+    r = [r for r in rows if r["row"] == "CurveNet" and r["column"] == "imb 1, flip2 0.4"][0]
+    assert r["ours_std"] == "1.4142"
+
+
+def test_main_joins_csv_and_json_of_several_tables_and_writes_latex_as_tex(store, tmp_path, monkeypatch, capsys):
+    from argparse import Namespace
+
+    def main(fmt, write=False):
+        assert tables.main(Namespace(paper="2,3", format=fmt, metric="last", group="all", store=str(store.path),
+                                     write=write)) == 0
+        return capsys.readouterr().out
+
+    rows = list(csv.DictReader(main("csv").splitlines()))
+    assert len(rows) == 18 + 18 and {r["table"] for r in rows} == {"2", "3"}
+    assert [d["table"] for d in json.loads(main("json"))] == ["2", "3"]
+    monkeypatch.chdir(tmp_path)
+    main("latex", write=True)
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["table2.tex", "table3.tex"]

@@ -118,3 +118,187 @@ def test_a_failing_packed_process_is_an_error_not_a_hang():
     with pytest.raises(BenchError, match=r"a packed ce process died \(exit code 3\)"):
         timing._packed_results("ce", [dying], ctx.Queue())
     assert not dying.is_alive()
+
+
+# ------------------------------------------------------------------ measure, ratios, layout and CLI without timing
+# (fake steps on a hand-driven clock: every number below is exact, nothing is timed)
+
+class _HandClock:
+    """The time that timing.Timer reads, moved by the fake steps by hand (seconds)."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def timer(self, device=None):
+        return type("FakeTimer", (), {"now": lambda _: self.t})()
+
+
+def _fake_build_step(hand, durations, phases=("batch", "meta_backward", "real_backward")):
+    """A stand-in for timing.build_step: each call of the step takes the next entry of
+    ``durations`` (ms per phase) and marks the phases as the real steps do."""
+    calls = iter(durations)
+
+    def build_step(name, *, device, graph=False, **_):
+        captured = graph and device.type == "cuda"
+        clock = None if captured else timing.PhaseClock(hand.timer())
+
+        def step():
+            if clock:
+                clock.start()
+            for phase, ms in zip(phases, next(calls)):
+                hand.t += ms / 1000.0
+                if clock:
+                    clock(phase)
+        step.graphed = type("Graphed", (), {"warmup": 2, "enabled": captured,
+                                            "mode": "captured" if captured else "eager"})()
+        return step, clock
+    return build_step, calls
+
+
+def test_measure_reports_medians_of_the_timed_iterations(monkeypatch):
+    hand = _HandClock()
+    monkeypatch.setattr(timing, "Timer", hand.timer)
+    warm = [(100.0, 100.0, 100.0)]
+    timed = [(1.0, 2.0, 3.0), (1.0, 1.0, 1.0), (5.0, 10.0, 15.0)]  # 6, 3, 30 ms; meta 2, 1, 10 ms
+    build, calls = _fake_build_step(hand, warm + timed)
+    monkeypatch.setattr(timing, "build_step", build)
+    r = timing.measure("curvenet_sl0", model_name="small_cnn", batch=8, device="cpu", repeats=3, warmup=1)
+    assert list(calls) == []  # warm-up + timed iterations, no more
+    assert r["ms_per_iter"] == pytest.approx(6.0) and r["ms_per_iter_all"] == [6.0, 3.0, 30.0]
+    assert r["meta_ms"] == pytest.approx(2.0) and r["meta_ms_all"] == [2.0, 1.0, 10.0]
+    assert r["phase_ms"] == {"batch": 1.0, "meta_backward": 2.0, "real_backward": 3.0} and r["mode"] == "eager"
+    # on CUDA the phases come from separate iterations (their marks synchronise) ...
+    build, calls = _fake_build_step(hand, warm + timed + [(1.0, 7.0, 1.0)] * 3)
+    monkeypatch.setattr(timing, "build_step", build)
+    r = timing.measure("curvenet_sl0", model_name="small_cnn", batch=8, device="cuda", repeats=3, warmup=1)
+    assert list(calls) == [] and r["ms_per_iter_all"] == [6.0, 3.0, 30.0] and r["meta_ms_all"] == [7.0] * 3
+    # ... and a captured step warms up, is captured, then timed; it has no phases
+    build, calls = _fake_build_step(hand, warm * 4 + timed)
+    monkeypatch.setattr(timing, "build_step", build)
+    r = timing.measure("curvenet_sl0", model_name="small_cnn", batch=8, device="cuda", repeats=3, warmup=1,
+                       graph=True)
+    assert list(calls) == [] and r["ms_per_iter_all"] == [6.0, 3.0, 30.0] and "meta_ms" not in r
+    # a step whose hooks do not mark whole iterations is an error, not a silent meta time of 0
+    build, _ = _fake_build_step(hand, warm + timed, phases=("batch", "meta_backward"))
+    monkeypatch.setattr(timing, "build_step", build)
+    with pytest.raises(RuntimeError, match="did not mark 3 whole iterations"):
+        timing.measure("curvenet_sl0", model_name="small_cnn", batch=8, device="cpu", repeats=3, warmup=1)
+
+
+def _fake_measure(calls):
+    ms = {"ce": 10.0, "curvenet_sl0": 40.0, "curvenet_sl1": 20.0}
+    meta = {"ce": 0.0, "curvenet_sl0": 8.0, "curvenet_sl1": 2.0}
+    phases = {"ce": {"batch": 1.0, "real_forward": 2.0, "real_backward": 3.0},
+              "curvenet_sl0": {"batch": 3.0, "lookahead_forward": 2.0, "lookahead_backward": 2.0, "meta_forward": 1.0,
+                               "meta_backward": 2.0, "jvp": 1.0, "weight_update": 1.0, "real_forward": 2.0,
+                               "real_backward": 3.0}}
+    phases["curvenet_sl1"] = phases["curvenet_sl0"]
+
+    def measure(name, *, device, graph=False, **_):
+        calls.append((name, graph))
+        mode = ("captured" if name != "curvenet_sl1" else "eager (capture failed: X)") if graph else "eager"
+        return {"ms_per_iter": ms[name] / (2 if graph else 1), "ms_per_iter_all": [ms[name]], "mode": mode,
+                "meta_ms": meta[name], "phase_ms": phases[name]}
+    return measure
+
+
+def test_run_all_ratios_and_the_captured_column(monkeypatch):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(timing, "measure", _fake_measure(calls))
+    steps = ["ce", "curvenet_sl0", "curvenet_sl1"]
+    cpu = timing.run_all(steps, device="cpu", graph=True)  # no capture off CUDA, whatever asked
+    assert calls == [(s, False) for s in steps] and not any("graph_mode" in r for r in cpu.values())
+    sl1 = cpu["curvenet_sl1"]
+    assert (sl1["ratio_to_ce"], sl1["ratio_to_sl0"], sl1["meta_ratio_to_sl0"]) == (2.0, 0.5, 0.25)
+    assert sl1["paper_meta_ratio_to_sl0"] == 222.45 / 239.94 and "ratio_to_sl0" not in cpu["ce"]
+    text = timing.render(cpu)
+    assert "Captured steps: CUDA only" in text and "captured ms/iter" not in text
+    assert "CurveNet SL=0 2.00, CurveNet SL=1 2.00." in text  # (2+2+1+2+2+3) / CE's 6 ms
+
+    calls.clear()
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    cuda = timing.run_all(steps, device="cuda")
+    assert calls == [(s, g) for s in steps for g in (False, True)]
+    assert cuda["ce"]["graph_ms_per_iter"] == 5.0 and cuda["curvenet_sl0"]["graph_ratio_to_ce"] == 4.0
+    assert cuda["curvenet_sl1"]["graph_ms_per_iter"] is None and cuda["curvenet_sl1"]["graph_ratio_to_sl0"] is None
+    text = timing.render(cuda)
+    assert "Captured steps: CUDA only" not in text and "captured ms/iter" in text
+    assert "| eager (capture failed: X) |" in text
+
+
+def test_cli_defaults_per_device_and_packing_iterations(monkeypatch, capsys):
+    import argparse
+
+    import torch
+
+    from bench import execute
+
+    seen = []
+    monkeypatch.setattr(execute, "resolve_device", lambda name: torch.device(name))
+    monkeypatch.setattr(timing, "run_all", lambda steps, **kw: seen.append(kw) or {})
+    monkeypatch.setattr(timing, "packing", lambda name, jobs, **kw: seen.append(kw) or {"jobs": jobs})
+    parser = argparse.ArgumentParser()
+    timing.add_arguments(parser)
+
+    def main(*argv):
+        seen.clear()
+        assert timing.main(parser.parse_args(["--json", *argv])) == 0
+        capsys.readouterr()
+        return [(kw.get("repeats", kw.get("iters")), kw["warmup"]) for kw in seen]
+
+    assert main("--device", "cpu") == [(3, 1)] and main("--device", "cuda") == [(20, 5)]
+    assert main("--device", "cpu", "--repeats", "4", "--warmup", "0") == [(4, 0)]
+    assert main("--device", "cpu", "--pack", "2", "--steps", "ce") == [(10, 1)]  # at least 10 iterations
+    assert main("--device", "cpu", "--pack", "2", "--steps", "ce", "--repeats", "12") == [(12, 1)]
+
+
+def test_packing_gives_each_of_n_processes_cores_over_n_threads(monkeypatch):
+    import multiprocessing
+    import queue
+
+    from bench import executors
+
+    threads = []
+
+    class Process:
+        exitcode = 0
+
+        def __init__(self, target, args):
+            self.args = args
+
+        def start(self):  # reports at once: 24 ms per iteration over its threads
+            threads.append(self.args[2])
+            self.args[-1].put(("ok", 24.0 / self.args[2]))
+
+        def is_alive(self):
+            return False
+
+        def join(self):
+            pass
+
+    ctx = type("Ctx", (), {"Barrier": lambda self, n: None, "Queue": lambda self: queue.Queue(),
+                           "Process": lambda self, target, args: Process(target, args)})()
+    monkeypatch.setattr(multiprocessing, "get_context", lambda kind: ctx)
+    monkeypatch.setattr(executors, "available_cores", lambda: 4)
+    r = timing.packing("ce", 2, model_name="small_cnn", batch=8, device="cpu")
+    assert threads == [4, 2, 2]
+    assert (r["alone_ms_per_iter"], r["packed_ms_per_iter"], r["ratio"]) == (6.0, 12.0, 2.0)
+
+
+def test_steps_are_built_with_the_protocols_optimisers_and_stay_eager_off_cuda():
+    from bench.spec import PRESETS
+    from methods.curvenet import CurveNetParams
+
+    step, clock = timing.build_step("ce", batch=8, graph=True)  # off CUDA: eager, so phases are marked
+    assert clock is not None and not step.graphed.enabled
+    sgd = step.graphed.optimizers[0].defaults
+    p = PRESETS["paper"]
+    assert (sgd["lr"], sgd["momentum"], sgd["nesterov"], sgd["weight_decay"]) == (
+        p["lr"], p["momentum"], p["nesterov"], p["weight_decay"])
+    step, _ = timing.build_step("curvenet_sl1", batch=8, precision="bf16")
+    ms, cp = step.meta_step, CurveNetParams()
+    assert step.graphed.optimizers == [ms.optimizer, ms.weight_opt] and ms.precision == "bf16"
+    assert (ms.weight_opt.defaults["lr"], ms.weight_opt.defaults["weight_decay"]) == (cp.meta_lr,
+                                                                                      cp.meta_weight_decay)
