@@ -241,6 +241,10 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
     started: dict[str, float] = {}
     crashes: dict[str, int] = {}
 
+    def say(key, text):
+        """One line about a run, between the progress bars (or alone, off a terminal)."""
+        tqdm.write(f"[{key}] {labels[key]}: {text}", file=sys.stderr)
+
     def progress(spec, row):
         key = spec.key()
         bar = bars.get(key)
@@ -250,11 +254,11 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
         bar.update(1)
         shown = {k: row[k] for k in ("loss", "test_acc") if isinstance(row.get(k), float)}
         bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()})
-        if plain and time.time() - last_line.get(key, 0.0) >= PLAIN_PROGRESS_EVERY_S:
-            last_line[key] = time.time()
+        now = time.time()
+        if plain and now - last_line.get(key, 0.0) >= PLAIN_PROGRESS_EVERY_S:
+            last_line[key] = now
             values = "".join(f", {k} {v:.3g}" for k, v in shown.items())
-            print(f"[{key}] {labels[key]}: {row['stage']} epoch {row['epoch'] + 1} done{values} "
-                  f"({time.time() - started[key]:.0f}s)", file=sys.stderr, flush=True)
+            say(key, f"{row['stage']} epoch {row['epoch'] + 1} done{values} ({now - started[key]:.0f}s)")
 
     def dispatch(spec):
         key = spec.key()
@@ -265,7 +269,7 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
         bars[key] = tqdm(desc="  epochs", unit="ep", leave=False, disable=disable, position=slot)
         if plain:
             last_line[key] = time.time()
-            print(f"[{key}] {labels[key]}: started", file=sys.stderr, flush=True)
+            say(key, "started")
         executor.submit(spec)
 
     def close_bar(key):
@@ -282,7 +286,7 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
         grid_bar.update(1)
         outcome = (f"acc {result.metrics['acc_last']:.2f} (best {result.metrics.get('acc_best', float('nan')):.2f})"
                    if result.status == "done" else f"FAILED: {result.error}")
-        tqdm.write(f"[{key}] {labels[key]}: {outcome} in {time.time() - started[key]:.0f}s", file=sys.stderr)
+        say(key, f"{outcome} in {time.time() - started[key]:.0f}s")
 
     queue = list(todo)
     in_flight: set[str] = set()
@@ -305,8 +309,7 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
                     crashes[key] = crashes.get(key, 0) + 1
                     close_bar(key)
                     if crashes[key] <= max_retries:
-                        tqdm.write(f"[{key}] {labels[key]}: {payload}; retrying "
-                                   f"({crashes[key]}/{max_retries})", file=sys.stderr)
+                        say(key, f"{payload}; retrying ({crashes[key]}/{max_retries})")
                         queue.append(spec)
                     else:
                         tries = crashes[key]

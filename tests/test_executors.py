@@ -392,21 +392,28 @@ def test_a_ray_task_whose_worker_dies_is_retried_then_recorded_failed(local_ray,
 
 # ------------------------------------------------------------------ progress off a terminal
 
+def logging_task(spec, *, progress=None, **kwargs):
+    """Two epochs reported as a run reports them, then done; nothing is trained."""
+    for epoch in (0, 1):
+        progress({"stage": "train", "epoch": epoch, "loss": 1.5 - epoch, "test_acc": 40.0 + epoch})
+    return scripted_task(spec)
+
+
 def test_off_a_terminal_progress_is_plain_lines_at_most_one_per_interval(tmp_path, capsys, monkeypatch):
     from bench import execute as execute_module
 
-    spec = specs_for(*TINY, "--epochs", "2")[0]
+    def lines_of(spec):
+        run_grid([spec], Store(tmp_path / "s.sqlite"), device=torch.device("cpu"), cache_dir=tmp_path / "cache",
+                 show_progress=True, executor=executors.SerialExecutor(task=logging_task))
+        return [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(f"[{spec.key()}]")]
+
     monkeypatch.setattr(execute_module, "PLAIN_PROGRESS_EVERY_S", 0.0)
-    run_grid([spec], Store(tmp_path / "s.sqlite"), device=torch.device("cpu"), cache_dir=tmp_path / "cache",
-             show_progress=True, checkpoint_every_s=0)
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(f"[{spec.key()}]")]
+    spec = specs_for(*TINY)[0]
+    lines = lines_of(spec)
     assert lines[0].endswith(": started")
     assert [ln.split(": ")[-1].split(" done")[0] for ln in lines[1:3]] == [f"train epoch {e}" for e in (1, 2)]
-    assert "loss" in lines[1] and "test_acc" in lines[1] and "acc " in lines[-1]
+    assert "loss 0.5, test_acc 41" in lines[2] and "acc 50.00" in lines[3] and len(lines) == 4
 
     monkeypatch.setattr(execute_module, "PLAIN_PROGRESS_EVERY_S", 3600.0)  # a new run: only start and end
-    other = specs_for(*TINY, "--seeds", "1")[0]
-    run_grid([other], Store(tmp_path / "s.sqlite"), device=torch.device("cpu"), cache_dir=tmp_path / "cache",
-             show_progress=True, checkpoint_every_s=0)
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(f"[{other.key()}]")]
-    assert len(lines) == 2 and lines[0].endswith(": started") and "acc " in lines[1]
+    lines = lines_of(specs_for(*TINY, "--seeds", "4")[0])
+    assert len(lines) == 2 and lines[0].endswith(": started") and "acc 50.00" in lines[1]
