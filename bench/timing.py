@@ -28,7 +28,9 @@ random labels over 10 classes, fed through the real device loader (``bench.data.
 the per-sample crop/flip augmentation for the 3-channel models, as for CIFAR), so each iteration
 also pays the loader's cost, as in training. Train and meta batches are both ``--batch-size``.
 
-Measurements (per step kind, after ``--warmup`` iterations; the median of ``--repeats``):
+Measurements: every step is built, warmed up (``--warmup`` iterations, and on CUDA captured), then
+all are timed in turns, ``--repeats`` rounds of one iteration each (:class:`RoundRobin`): a stall
+of the machine then hits every step of its round alike. Per step, the median over rounds of:
 
 ``ms_per_iter``  the whole iteration, synchronised before and after (``torch.cuda.synchronize``
                  on CUDA): next train and meta batch, and the step.
@@ -42,6 +44,11 @@ Measurements (per step kind, after ``--warmup`` iterations; the median of ``--re
                  and the backward through the weighting net; methods/meta.py) + the optimiser
                  step. 0 for CE. On CUDA it is measured on separate iterations (its extra sync
                  would perturb ms_per_iter); on CPU the same iterations give both.
+
+The ratios (``ratio_to_ce``, ``ratio_to_sl0``, ``meta_ratio_to_sl0`` and their ``graph_`` twins)
+are medians over rounds of the two steps' times in the same round (:func:`paired_ratio`): on a
+shared 2-core machine they repeat to 0.01-0.03 where ratios of steps timed one after the other
+(as pytest-benchmark times its tests) moved by 0.3-0.8.
 
 The paper's times (239.94 / 222.45 / 65.44 / 41.98 ms for SL = 0..3, ``tables/reference``) are
 meta times on the authors' GPU: compare ratios (to SL = 0, to CE), not milliseconds.
@@ -240,81 +247,124 @@ def _capture_calls(step) -> int:
     return step.graphed.warmup + 1 if step.graphed.enabled else 0
 
 
-def measure(name: str, *, model_name: str, batch: int, device, repeats: int, warmup: int, seed: int = 0,
-            graph: bool = False, precision: str = "fp32") -> dict:
-    """Median ms per iteration and median meta ms of step ``name`` (module docstring)."""
+class RoundRobin:
+    """Several steps timed in turns: each :meth:`round` calls every step once, in order, and
+    records its ms. A stall of the machine (another process, a page-fault storm) then lands on
+    every step of the round alike, and the per-round ratios (:meth:`ratio`) stay put where the
+    ratio of two steps timed one after the other moved by 0.3 (on this 2-core VM the CE step
+    alone ran at 29-30 ms with stretches at 41-49 ms)."""
+
+    def __init__(self, steps: dict, timer: Timer):
+        self.steps = steps
+        self.timer = timer
+        self.ms: dict = {key: [] for key in steps}
+
+    def round(self) -> None:
+        for key, step in self.steps.items():
+            t0 = self.timer.now()
+            step()
+            self.ms[key].append(1000.0 * (self.timer.now() - t0))
+
+    def median(self, key) -> float:
+        return statistics.median(self.ms[key])
+
+    def ratio(self, key, base) -> float:
+        """The median over rounds of ``key``'s ms over ``base``'s in the same round."""
+        return statistics.median(a / b for a, b in zip(self.ms[key], self.ms[base], strict=True))
+
+
+def paired_ratio(values: list[float], bases: list[float]) -> float | None:
+    """The median of ``values[i] / bases[i]`` (two steps measured in the same rounds), else None."""
+    pairs = [a / b for a, b in zip(values, bases, strict=True) if b] if len(values) == len(bases) else []
+    return statistics.median(pairs) if pairs else None
+
+
+def measure_steps(names, *, model_name: str, batch: int, device, repeats: int, warmup: int, seed: int = 0,
+                  graph: bool = False, precision: str = "fp32") -> dict:
+    """Per step in ``names``: the median ms per iteration and the median meta ms (module
+    docstring), the steps built side by side and timed in turns (:class:`RoundRobin`), each
+    after its own warm-up (and capture)."""
     import torch
 
     device = torch.device(device)
-    step, clock = build_step(name, model_name=model_name, batch=batch, device=device, seed=seed, graph=graph,
-                             precision=precision)
+    built = {name: build_step(name, model_name=model_name, batch=batch, device=device, seed=seed, graph=graph,
+                              precision=precision) for name in names}
     timer = Timer(device)
-    for _ in range(warmup + _capture_calls(step)):
-        step()
-    separate = device.type == "cuda"
-    iter_ms = []
-    if clock is not None:
-        clock.enabled = not separate
-    for _ in range(repeats):
-        t0 = timer.now()
-        step()
-        iter_ms.append(1000.0 * (timer.now() - t0))
-    if clock is not None and separate:
-        clock.enabled = True
-        for _ in range(repeats):
+    for step, _ in built.values():
+        for _ in range(warmup + _capture_calls(step)):
             step()
-    if clock is not None and (len(clock.iterations) != repeats
-                              or any("real_backward" not in it for it in clock.iterations)):
-        raise RuntimeError(f"{name}: the phase hooks did not mark {repeats} whole iterations "
-                           "(methods/meta.py changed? see bench.timing.PhaseClock)")
-    out = {"ms_per_iter": statistics.median(iter_ms), "ms_per_iter_all": [round(v, 3) for v in iter_ms],
-           "mode": step.graphed.mode}
-    if clock is not None:
-        meta = clock.meta_ms()
-        out.update(meta_ms=statistics.median(meta), meta_ms_all=[round(v, 3) for v in meta],
-                   phase_ms={p: round(v, 3) for p, v in clock.phase_ms().items()})
+    separate = device.type == "cuda"
+    clocks = {name: clock for name, (_, clock) in built.items() if clock is not None}
+    for clock in clocks.values():
+        clock.enabled = not separate
+    turns = RoundRobin({name: step for name, (step, _) in built.items()}, timer)
+    for _ in range(repeats):
+        turns.round()
+    if separate and clocks:  # the phase marks synchronise: their own rounds, apart from the timed ones
+        for clock in clocks.values():
+            clock.enabled = True
+        phase_turns = RoundRobin({name: built[name][0] for name in clocks}, timer)
+        for _ in range(repeats):
+            phase_turns.round()
+    out = {}
+    for name, (step, clock) in built.items():
+        if clock is not None and (len(clock.iterations) != repeats
+                                  or any("real_backward" not in it for it in clock.iterations)):
+            raise RuntimeError(f"{name}: the phase hooks did not mark {repeats} whole iterations "
+                               "(methods/meta.py changed? see bench.timing.PhaseClock)")
+        r = {"ms_per_iter": turns.median(name), "ms_per_iter_all": [round(v, 3) for v in turns.ms[name]],
+             "mode": step.graphed.mode}
+        if clock is not None:
+            meta = clock.meta_ms()
+            r.update(meta_ms=statistics.median(meta), meta_ms_all=[round(v, 3) for v in meta],
+                     phase_ms={p: round(v, 3) for p, v in clock.phase_ms().items()})
+        out[name] = r
     return out
+
+
+def measure(name: str, **kwargs) -> dict:
+    """:func:`measure_steps` for one step."""
+    return measure_steps([name], **kwargs)[name]
 
 
 def run_all(steps, *, model_name: str = "resnet32", batch: int = 128, device="cpu", repeats: int = 3,
             warmup: int = 1, seed: int = 0, progress=None, graph: bool | None = None,
             precision: str = "fp32") -> dict:
-    """Measure every step in ``steps``, eager and (on CUDA unless ``graph=False``) captured, and add
-    the ratios (to CE, to CurveNet SL = 0) within each mode."""
+    """Measure every step in ``steps`` in turns (:func:`measure_steps`), eager and (on CUDA unless
+    ``graph=False``) captured, and add the ratios (to CE, to CurveNet SL = 0) within each mode:
+    each the median over rounds of the two steps' times in the same round."""
     import torch
 
     device = torch.device(device)
     graph = device.type == "cuda" if graph is None else graph and device.type == "cuda"
-    out = {}
-    for name in steps:
+    kwargs = dict(model_name=model_name, batch=batch, device=device, repeats=repeats, warmup=warmup, seed=seed,
+                  precision=precision)
+    if progress:
+        progress(", ".join(steps) + " in turns" + (", eager" if graph else ""))
+    out = measure_steps(steps, **kwargs)
+    if graph:
         if progress:
-            progress(name)
-        r = measure(name, model_name=model_name, batch=batch, device=device, repeats=repeats, warmup=warmup,
-                    seed=seed, precision=precision)
-        if graph:
-            c = measure(name, model_name=model_name, batch=batch, device=device, repeats=repeats, warmup=warmup,
-                        seed=seed, graph=True, precision=precision)
-            r.update(graph_ms_per_iter=c["ms_per_iter"] if c["mode"] == "captured" else None,
-                     graph_ms_per_iter_all=c["ms_per_iter_all"], graph_mode=c["mode"])
-        out[name] = r
+            progress(", ".join(steps) + " in turns, captured")
+        for name, c in measure_steps(steps, graph=True, **kwargs).items():
+            out[name].update(graph_ms_per_iter=c["ms_per_iter"] if c["mode"] == "captured" else None,
+                             graph_ms_per_iter_all=c["ms_per_iter_all"], graph_mode=c["mode"])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     for key, r in out.items():
         for prefix in ("", "graph_"):
-            ms = r.get(f"{prefix}ms_per_iter")
-            ce = out.get("ce", {}).get(f"{prefix}ms_per_iter")
-            r[f"{prefix}ratio_to_ce"] = ms / ce if ms is not None and ce else None
-            if key.startswith("curvenet") and "curvenet_sl0" in out:
-                base = out["curvenet_sl0"].get(f"{prefix}ms_per_iter")
-                r[f"{prefix}ratio_to_sl0"] = ms / base if ms is not None and base else None
+            for base, ratio in (("ce", "ratio_to_ce"), ("curvenet_sl0", "ratio_to_sl0")):
+                if base == "ce" or (key.startswith("curvenet") and base in out):
+                    b = out.get(base, {})
+                    both = r.get(f"{prefix}ms_per_iter") is not None and b.get(f"{prefix}ms_per_iter") is not None
+                    r[prefix + ratio] = (paired_ratio(r[f"{prefix}ms_per_iter_all"], b[f"{prefix}ms_per_iter_all"])
+                                         if both else None)
         if key.startswith("curvenet") and "curvenet_sl0" in out:
-            base = out["curvenet_sl0"].get("meta_ms")
-            r["meta_ratio_to_sl0"] = r["meta_ms"] / base if base else None
+            r["meta_ratio_to_sl0"] = paired_ratio(r["meta_ms_all"], out["curvenet_sl0"]["meta_ms_all"])
         if key in PAPER_META_MS:
             r["paper_meta_ms"] = PAPER_META_MS[key]
             r["paper_meta_ratio_to_sl0"] = PAPER_META_MS[key] / PAPER_META_MS["curvenet_sl0"]
         r.update(device=str(device), device_name=name, model=model_name, batch_size=batch, repeats=repeats,
                  warmup=warmup, torch=torch.__version__, threads=torch.get_num_threads(), precision=precision,
-                 channels_last=device.type == "cuda",
+                 channels_last=device.type == "cuda", interleaved=True,
                  data="random uint8 images through bench.data.Loader"
                  + (" (crop/flip)" if MODEL_INPUT[model_name][1] == 3 else ""))
     return out
@@ -342,14 +392,16 @@ def render(results: dict) -> str:
     r0 = next(iter(results.values()))
     head = (f"Table 8 timing: {r0['model']}, batch {r0['batch_size']}, {r0['device']} ({r0['device_name']}, "
             f"torch {r0['torch']}, {r0['threads']} threads), {r0['precision']}"
-            f"{', channels_last' if r0.get('channels_last') else ''}, median of {r0['repeats']} iterations after "
-            f"{r0['warmup']} warm-up; data: {r0['data']}")
+            f"{', channels_last' if r0.get('channels_last') else ''}, median of {r0['repeats']} rounds (the steps in "
+            f"turns) after {r0['warmup']} warm-up; data: {r0['data']}")
     headers = ["step", "eager ms/iter", "× CE", "× SL=0"]
     if captured:
         headers += ["captured ms/iter", "× CE", "× SL=0"]
     headers += ["meta ms", "meta × SL=0", "paper meta ms", "paper × SL=0"]
     table = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
-    note = ("ms/iter = whole iteration (batch plans + step); captured = the same step replayed as a CUDA graph "
+    note = ("ms/iter = whole iteration (batch plans + step); × CE, × SL=0 = the median over rounds of the two "
+            "steps' times in the same round (each round runs every step once, so a stall of the machine hits all "
+            "of them alike); captured = the same step replayed as a CUDA graph "
             "(bench/capture.py); meta ms = meta backward + weighting-net optimiser step of the eager step "
             "(the paper's 'meta time'). Paper: meta time of ResNet-32 on the authors' GPU (not named in our "
             "sources); compare ratios, not milliseconds.")

@@ -185,44 +185,104 @@ def test_measure_reports_medians_of_the_timed_iterations(monkeypatch):
         timing.measure("curvenet_sl0", model_name="small_cnn", batch=8, device="cpu", repeats=3, warmup=1)
 
 
-def _fake_measure(calls):
-    ms = {"ce": 10.0, "curvenet_sl0": 40.0, "curvenet_sl1": 20.0}
-    meta = {"ce": 0.0, "curvenet_sl0": 8.0, "curvenet_sl1": 2.0}
+def test_steps_are_timed_in_turns_after_each_ones_warm_up(monkeypatch):
+    """measure_steps warms every step up (and captures it) first, then times them round-robin: a
+    stall of the machine lands on one round of every step, and the paired ratio ignores it."""
+    hand = _HandClock()
+    monkeypatch.setattr(timing, "Timer", hand.timer)
+    order = []
+    # per round: CE 10 ms, SL=0 40 ms, except round 2 (CE stalled, 30) and round 3 (SL=0 stalled, 120)
+    durations = {"ce": [(100.0, 0.0, 0.0)] + [(1.0, 0.0, 9.0), (1.0, 0.0, 29.0), (1.0, 0.0, 29.0)],
+                 "curvenet_sl0": [(100.0, 0.0, 0.0)] + [(1.0, 4.0, 35.0), (1.0, 4.0, 35.0), (1.0, 4.0, 115.0)]}
+
+    def build_step(name, *, device, graph=False, **_):
+        step, clock = _fake_build_step(hand, durations[name])[0](name, device=device, graph=graph)
+
+        def logged():
+            order.append(name)
+            step()
+        logged.graphed = step.graphed
+        return logged, clock
+    monkeypatch.setattr(timing, "build_step", build_step)
+    r = timing.measure_steps(["ce", "curvenet_sl0"], model_name="small_cnn", batch=8, device="cpu", repeats=3,
+                             warmup=1)
+    assert order == ["ce", "curvenet_sl0"] + ["ce", "curvenet_sl0"] * 3
+    assert r["ce"]["ms_per_iter_all"] == [10.0, 30.0, 30.0]
+    assert r["curvenet_sl0"]["ms_per_iter_all"] == [40.0, 40.0, 120.0]
+    assert r["ce"]["phase_ms"] == {"batch": 1.0, "meta_backward": 0.0, "real_backward": 29.0}
+    assert r["curvenet_sl0"]["meta_ms_all"] == [4.0] * 3
+    ratio = timing.paired_ratio(r["curvenet_sl0"]["ms_per_iter_all"], r["ce"]["ms_per_iter_all"])
+    assert ratio == pytest.approx(4.0)  # rounds 1 and 3 say 4; the medians (40 / 30) would say 1.33
+    assert timing.paired_ratio([1.0], [2.0, 3.0]) is None and timing.paired_ratio([1.0], [0.0]) is None
+
+
+def test_round_robin_records_each_step_per_round():
+    hand = _HandClock()
+    seen = []
+
+    def step(name, durations):
+        times = iter(durations)
+
+        def run():
+            seen.append(name)
+            hand.t += next(times) / 1000.0
+        return run
+    turns = timing.RoundRobin({"a": step("a", [2.0, 6.0, 6.0]), "b": step("b", [6.0, 6.0, 18.0])}, hand.timer())
+    for _ in range(3):
+        turns.round()
+    assert seen == ["a", "b"] * 3
+    assert turns.ms == {"a": pytest.approx([2.0, 6.0, 6.0]), "b": pytest.approx([6.0, 6.0, 18.0])}
+    assert turns.median("b") == pytest.approx(6.0)
+    assert turns.ratio("b", "a") == pytest.approx(3.0)  # per round 3, 1, 3; the medians' ratio is 1
+
+
+def _fake_measure_steps(calls):
+    """Per round: CE 10 ms but 30 in rounds 2 and 3; SL=0 40, but 120 in round 3; SL=1 half SL=0."""
+    ms = {"ce": [10.0, 30.0, 30.0], "curvenet_sl0": [40.0, 40.0, 120.0], "curvenet_sl1": [20.0, 20.0, 60.0]}
+    meta = {"ce": [0.0] * 3, "curvenet_sl0": [8.0, 8.0, 16.0], "curvenet_sl1": [2.0, 2.0, 4.0]}
     phases = {"ce": {"batch": 1.0, "real_forward": 2.0, "real_backward": 3.0},
               "curvenet_sl0": {"batch": 3.0, "lookahead_forward": 2.0, "lookahead_backward": 2.0, "meta_forward": 1.0,
                                "meta_backward": 2.0, "jvp": 1.0, "weight_update": 1.0, "real_forward": 2.0,
                                "real_backward": 3.0}}
     phases["curvenet_sl1"] = phases["curvenet_sl0"]
 
-    def measure(name, *, device, graph=False, **_):
-        calls.append((name, graph))
-        mode = ("captured" if name != "curvenet_sl1" else "eager (capture failed: X)") if graph else "eager"
-        return {"ms_per_iter": ms[name] / (2 if graph else 1), "ms_per_iter_all": [ms[name]], "mode": mode,
-                "meta_ms": meta[name], "phase_ms": phases[name]}
-    return measure
+    def measure_steps(names, *, device, graph=False, **_):
+        calls.append((tuple(names), graph))
+        out = {}
+        for name in names:
+            mode = ("captured" if name != "curvenet_sl1" else "eager (capture failed: X)") if graph else "eager"
+            times = [v / (2 if graph else 1) for v in ms[name]]
+            out[name] = {"ms_per_iter": sorted(times)[1], "ms_per_iter_all": times, "mode": mode,
+                         "meta_ms": sorted(meta[name])[1], "meta_ms_all": meta[name], "phase_ms": phases[name]}
+        return out
+    return measure_steps
 
 
-def test_run_all_ratios_and_the_captured_column(monkeypatch):
+def test_run_all_paired_ratios_and_the_captured_column(monkeypatch):
     import torch
 
     calls = []
-    monkeypatch.setattr(timing, "measure", _fake_measure(calls))
+    monkeypatch.setattr(timing, "measure_steps", _fake_measure_steps(calls))
     steps = ["ce", "curvenet_sl0", "curvenet_sl1"]
     cpu = timing.run_all(steps, device="cpu", graph=True)  # no capture off CUDA, whatever asked
-    assert calls == [(s, False) for s in steps] and not any("graph_mode" in r for r in cpu.values())
-    sl1 = cpu["curvenet_sl1"]
+    assert calls == [(tuple(steps), False)] and not any("graph_mode" in r for r in cpu.values())
+    sl0, sl1 = cpu["curvenet_sl0"], cpu["curvenet_sl1"]
+    assert sl0["ratio_to_ce"] == 4.0  # per round 4, 1.33, 4: the median; the medians' ratio (40 / 30) is 1.33
     assert (sl1["ratio_to_ce"], sl1["ratio_to_sl0"], sl1["meta_ratio_to_sl0"]) == (2.0, 0.5, 0.25)
+    assert cpu["ce"]["ratio_to_ce"] == 1.0 and cpu["ce"]["graph_ratio_to_ce"] is None
     assert sl1["paper_meta_ratio_to_sl0"] == 222.45 / 239.94 and "ratio_to_sl0" not in cpu["ce"]
     text = timing.render(cpu)
     assert "Captured steps: CUDA only" in text and "captured ms/iter" not in text
+    assert "median of 3 rounds (the steps in turns)" in text and "in the same round" in text
     assert "CurveNet SL=0 2.00, CurveNet SL=1 2.00." in text  # (2+2+1+2+2+3) / CE's 6 ms
 
     calls.clear()
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
     cuda = timing.run_all(steps, device="cuda")
-    assert calls == [(s, g) for s in steps for g in (False, True)]
-    assert cuda["ce"]["graph_ms_per_iter"] == 5.0 and cuda["curvenet_sl0"]["graph_ratio_to_ce"] == 4.0
+    assert calls == [(tuple(steps), False), (tuple(steps), True)]
+    assert cuda["ce"]["graph_ms_per_iter"] == 15.0 and cuda["curvenet_sl0"]["graph_ratio_to_ce"] == 4.0
     assert cuda["curvenet_sl1"]["graph_ms_per_iter"] is None and cuda["curvenet_sl1"]["graph_ratio_to_sl0"] is None
+    assert cuda["curvenet_sl1"]["graph_ratio_to_ce"] is None and cuda["curvenet_sl1"]["ratio_to_ce"] == 2.0
     text = timing.render(cuda)
     assert "Captured steps: CUDA only" not in text and "captured ms/iter" in text
     assert "| eager (capture failed: X) |" in text
