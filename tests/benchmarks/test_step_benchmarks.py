@@ -10,10 +10,11 @@ graph (bench/capture.py), fp32 and bf16.
 prints the mean/median per step, each followed in parentheses by its ratio to the fastest row of
 the group, the CE step (the suite's CPU targets: MW-Net <= 3.0x CE, CurveNet SL=3 <= 1.5x CE).
 Those steps are timed one after the other, so a stall of a shared machine during one of them moves
-its ratio (by 0.3-0.8 on this 2-core VM). ``test_ratios_with_the_steps_in_turns`` times all six
-in turns instead (each round one iteration of every step, ``bench.timing.RoundRobin``) and prints,
-under the tables, each step's median ms and the median over rounds of its time over CE's in the
-same round: the ratios to quote. 30 rounds per step on CPU. In the default test run
+its ratio (MW-Net / CE: 2.57-3.71 over seven runs on this 2-core VM).
+``test_ratios_with_the_steps_in_turns`` times all six in turns instead (each round one iteration
+of every step, ``bench.timing.RoundRobin``) and prints, under the tables, each step's median ms
+and the median over rounds of its time over CE's in the same round: the ratios to quote (MW-Net /
+CE: 3.30-3.40 over six runs). 30 rounds per step on CPU. In the default test run
 (``--benchmark-disable`` in pyproject) each step executes once, as a smoke test.
 ``python -m bench timing`` gives the same steps with the paper's meta-time split and ratios.
 """
