@@ -243,7 +243,7 @@ def cmd_list(args) -> int:
     print("models:\n  " + ", ".join(sorted(MODELS)))
     print("grids:")
     for name, cells in GRIDS.items():
-        print(f"  {name:12s} {len(cells):3d} cells, preset {GRID_PRESET[name]}: "
+        print(f"  {name:12s} {len(cells):3d} cell{'' if len(cells) == 1 else 's'}, preset {GRID_PRESET[name]}: "
               + "; ".join(c.label() for c in cells[:4]) + (" ..." if len(cells) > 4 else ""))
     print("presets:\n  " + ", ".join(PRESETS))
     print("noise types:\n  " + ", ".join(NOISE_TYPES))

@@ -12,26 +12,28 @@
 #   PART: timing, probe, pack, equivalence, benchmarks (default: all, in that order). Each part
 #   is a separate command on a lent GPU machine that limits one command to 10 minutes, e.g.
 #   `bash scripts/gpu_figures.sh out equivalence timing` then `... out probe pack benchmarks`.
+# The interpreter is $PYTHON, else python3 (on the lent machines the one that holds torch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu_figures}
 shift || true
 parts=${*:-timing probe pack equivalence benchmarks}
 mkdir -p "$out"
-python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device here')"
+python=${PYTHON:-python3}
+"$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device here')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" || true
 for part in $parts; do
   case $part in
     timing)
-      python -m bench timing --device cuda > "$out/timing_fp32.md"
-      python -m bench timing --device cuda --precision bf16 > "$out/timing_bf16.md" ;;
-    probe) python -m bench timing --device cuda --batch-size 16 --steps ce > "$out/probe_b16.md" ;;
-    pack) python -m bench timing --device cuda --pack 4 --steps ce,mwnet,curvenet_sl3 > "$out/pack4.md" ;;
+      "$python" -m bench timing --device cuda > "$out/timing_fp32.md"
+      "$python" -m bench timing --device cuda --precision bf16 > "$out/timing_bf16.md" ;;
+    probe) "$python" -m bench timing --device cuda --batch-size 16 --steps ce > "$out/probe_b16.md" ;;
+    pack) "$python" -m bench timing --device cuda --pack 4 --steps ce,mwnet,curvenet_sl3 > "$out/pack4.md" ;;
     equivalence)
-      python -m pytest -q -p no:cacheprovider tests/test_capture.py tests/test_meta.py -k cuda \
+      "$python" -m pytest -q -p no:cacheprovider tests/test_capture.py tests/test_meta.py -k cuda \
           > "$out/equivalence.txt" 2>&1 || true ;;
     benchmarks)
-      python -m pytest -q -p no:cacheprovider tests/benchmarks -k cuda --benchmark-enable --benchmark-only \
+      "$python" -m pytest -q -p no:cacheprovider tests/benchmarks -k cuda --benchmark-enable --benchmark-only \
           --benchmark-json "$out/benchmarks.json" > "$out/benchmarks.txt" 2>&1 || true ;;
     *) echo "unknown part $part (timing, probe, pack, equivalence, benchmarks)" >&2; exit 2 ;;
   esac
