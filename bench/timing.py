@@ -268,14 +268,16 @@ class RoundRobin:
     def median(self, key) -> float:
         return statistics.median(self.ms[key])
 
-    def ratio(self, key, base) -> float:
+    def ratio(self, key, base) -> float | None:
         """The median over rounds of ``key``'s ms over ``base``'s in the same round."""
-        return statistics.median(a / b for a, b in zip(self.ms[key], self.ms[base], strict=True))
+        return paired_ratio(self.ms[key], self.ms[base])
 
 
 def paired_ratio(values: list[float], bases: list[float]) -> float | None:
     """The median of ``values[i] / bases[i]`` (two steps measured in the same rounds), else None."""
-    pairs = [a / b for a, b in zip(values, bases, strict=True) if b] if len(values) == len(bases) else []
+    if len(values) != len(bases):
+        return None
+    pairs = [a / b for a, b in zip(values, bases) if b]
     return statistics.median(pairs) if pairs else None
 
 
@@ -364,7 +366,7 @@ def run_all(steps, *, model_name: str = "resnet32", batch: int = 128, device="cp
             r["paper_meta_ratio_to_sl0"] = PAPER_META_MS[key] / PAPER_META_MS["curvenet_sl0"]
         r.update(device=str(device), device_name=name, model=model_name, batch_size=batch, repeats=repeats,
                  warmup=warmup, torch=torch.__version__, threads=torch.get_num_threads(), precision=precision,
-                 channels_last=device.type == "cuda", interleaved=True,
+                 channels_last=device.type == "cuda",
                  data="random uint8 images through bench.data.Loader"
                  + (" (crop/flip)" if MODEL_INPUT[model_name][1] == 3 else ""))
     return out
