@@ -48,7 +48,7 @@ of the machine then hits every step of its round alike. Per step, the median ove
 The ratios (``ratio_to_ce``, ``ratio_to_sl0``, ``meta_ratio_to_sl0`` and their ``graph_`` twins)
 are medians over rounds of the two steps' times in the same round (:func:`paired_ratio`): on a
 shared 2-core machine the MW-Net / CE ratio stayed within 3.30-3.40 over six runs, where timed one
-after the other (as pytest-benchmark times its tests) it ranged from 2.57 to 3.71 over seven.
+after the other (as pytest-benchmark times its tests) it ranged from 2.57 to 3.71 over six.
 
 The paper's times (239.94 / 222.45 / 65.44 / 41.98 ms for SL = 0..3, ``tables/reference``) are
 meta times on the authors' GPU: compare ratios (to SL = 0, to CE), not milliseconds.

@@ -10,7 +10,7 @@ graph (bench/capture.py), fp32 and bf16.
 prints the mean/median per step, each followed in parentheses by its ratio to the fastest row of
 the group, the CE step (the suite's CPU targets: MW-Net <= 3.0x CE, CurveNet SL=3 <= 1.5x CE).
 Those steps are timed one after the other, so a stall of a shared machine during one of them moves
-its ratio (MW-Net / CE: 2.57-3.71 over seven runs on this 2-core VM).
+its ratio (MW-Net / CE: 2.57-3.71 over six runs on this 2-core VM).
 ``test_ratios_with_the_steps_in_turns`` times all six in turns instead (each round one iteration
 of every step, ``bench.timing.RoundRobin``) and prints, under the tables, each step's median ms
 and the median over rounds of its time over CE's in the same round: the ratios to quote (MW-Net /
