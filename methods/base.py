@@ -148,7 +148,7 @@ class Run:
     def __post_init__(self):
         self.generator = torch.Generator().manual_seed(self.spec.seed)
         self._test_loader = None
-        self._checkpoint = _load_checkpoint(self.checkpoint_path)
+        self._checkpoint = _load_checkpoint(self.checkpoint_path, self.spec.key())
         self._stages: dict[str, dict] = dict(self._checkpoint.get("stages", {})) if self._checkpoint else {}
         self._last_save = time.monotonic()
         self.resumed_from: tuple[str, int] | None = None
@@ -326,13 +326,20 @@ class Run:
 
 # ------------------------------------------------------------------------ checkpoint helpers
 
-def _load_checkpoint(path: Path | None) -> dict | None:
+def _load_checkpoint(path: Path | None, key: str) -> dict | None:
+    """The checkpoint at ``path`` if it is this run's (its stored key is ``key``), else None.
+
+    A checkpoint we cannot read, or one written for another run (a file copied or renamed by
+    hand, a cache shared by mistake), is only a lost shortcut: the run starts over."""
     if path is None or not Path(path).exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # a checkpoint we cannot read is only a lost shortcut: start over
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
         return None
+    if not isinstance(payload, dict) or payload.get("key") != key:
+        return None
+    return payload
 
 
 def _snapshot(state: dict[str, Any]) -> dict[str, Any]:

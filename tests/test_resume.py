@@ -111,3 +111,19 @@ def test_execute_resumes_a_killed_ce_run_to_the_same_result(tmp_path, monkeypatc
     resumed = ex.execute(spec, device=torch.device("cpu"), cache_dir=tmp_path, checkpoint_every_s=0)
     assert resumed.metrics == reference.metrics
     assert np.allclose([h["loss"] for h in resumed.history], [h["loss"] for h in reference.history], rtol=0, atol=0)
+
+
+def test_a_checkpoint_of_another_run_or_a_corrupt_one_is_ignored(tmp_path):
+    data = load_data(_spec())
+    path = tmp_path / "ck.pt"
+    run = Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path, checkpoint_every_s=0)
+    try:
+        _train(run, kill_after=2)
+    except Killed:
+        pass
+    assert Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path).checkpoint_found
+    other = RunSpec(method="ce", epochs=5, warmup_epochs=1, milestones=(2, 3))  # another key, same file
+    stranger = Run(spec=other, data=data, device=torch.device("cpu"), checkpoint_path=path)
+    assert not stranger.checkpoint_found and stranger.resumed_from is None
+    path.write_bytes(b"not a checkpoint")
+    assert not Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path).checkpoint_found
