@@ -124,6 +124,9 @@ def test_a_checkpoint_of_another_run_or_a_corrupt_one_is_ignored(tmp_path):
     assert Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path).checkpoint_found
     other = RunSpec(method="ce", epochs=5, warmup_epochs=1, milestones=(2, 3))  # another key, same file
     stranger = Run(spec=other, data=data, device=torch.device("cpu"), checkpoint_path=path)
-    assert not stranger.checkpoint_found and stranger.resumed_from is None
+    assert not stranger.checkpoint_found
+    _train(stranger)  # trains every epoch itself instead of restoring the other run's state
+    assert stranger.resumed_from is None
+    assert [(h["stage"], h["epoch"]) for h in stranger.history] == [(s, e) for s in "ab" for e in range(3)]
     path.write_bytes(b"not a checkpoint")
     assert not Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path).checkpoint_found
