@@ -1,4 +1,4 @@
-"""The command line: ``python -m bench run|table|list|data``.
+"""The command line: ``python -m bench run|runs-for|table|list|plot|timing|data``.
 
 Every user error (unknown name, value out of range, missing data, unreadable store) is one line
 on stderr, ``bench: error: ...``, and exit code 2.
@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import itertools
+import os
 import sys
 import textwrap
 from pathlib import Path
 
-from bench.cpu import keep_freed_memory
+from bench.cpu import keep_freed_memory, warn_if_slow_bf16
 from bench.data.bias import NOISE_TYPES
 from bench.data.cli import default_meta_per_class, parse_noise
 from bench.errors import BenchError
@@ -27,6 +28,7 @@ from bench.spec import (
     check_protocol,
     get_grid,
     parse_sets,
+    parse_value,
     scale_schedule,
 )
 from bench.store import DEFAULT_STORE
@@ -64,6 +66,17 @@ def _check_dataset(name: str) -> None:
         raise BenchError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)} or npz:PATH")
 
 
+def _same_setting(option, text: str | None, key: str, kind):
+    """The value of ``--KEY`` or ``--set KEY=...`` (the same setting); BenchError if both are
+    given and disagree."""
+    if text is None:
+        return option
+    value = parse_value(text, kind())
+    if option is not None and option != value:
+        raise BenchError(f"--{key} {option} and --set {key}={text} disagree")
+    return value
+
+
 def build_specs(args) -> list[RunSpec]:
     """The RunSpecs that ``bench run`` asks for: methods x cells x seeds."""
     import methods
@@ -77,12 +90,15 @@ def build_specs(args) -> list[RunSpec]:
     preset = dict(PRESETS[preset_name])
     cell_defaults = {k: preset.pop(k) for k in ("imbalance", "noise_type", "noise_rate") if k in preset}
     protocol_sets, method_sets = parse_sets(args.set or [])
-    if args.epochs is not None:
-        preset.update(scale_schedule(PRESETS[preset_name], args.epochs))
+    epochs = _same_setting(args.epochs, protocol_sets.pop("epochs", None), "epochs", int)
+    if epochs is not None:  # --set epochs=N is --epochs N: the schedule scales with it
+        preset.update(scale_schedule(PRESETS[preset_name], epochs))
     if args.model:
         preset["model"] = args.model
-    if getattr(args, "precision", None):
-        preset["precision"] = args.precision
+    precision = _same_setting(getattr(args, "precision", None), protocol_sets.pop("precision", None),
+                              "precision", str)
+    if precision:
+        preset["precision"] = precision
     preset = apply_protocol_overrides(preset, protocol_sets)
     check_protocol(preset)
     meta_per_class = preset.pop("meta_per_class", None)  # --set meta_per_class=N = --meta-per-class N
@@ -128,6 +144,7 @@ def build_specs(args) -> list[RunSpec]:
                              noise_type=cell.noise_type, noise_rate=cell.noise_rate, meta_per_class=meta,
                              seed=seed, data_seed=seed if args.data_seed is None else args.data_seed,
                              preset=preset_name, params=params_items(params[name]), **protocol))
+        method_classes[name].check_spec(specs[-1])
     return specs
 
 
@@ -139,11 +156,15 @@ def cmd_run(args) -> int:
     from bench.summary import render, results_table
 
     specs = build_specs(args) if not getattr(args, "paper", None) else paper_specs(args)
+    specs = list({spec.key(): spec for spec in specs}.values())  # --seeds 0,0 asks for one run
     executor = executors.from_args(args)  # checks --jobs, --executor ... (and that Ray is installed)
     # on Ray the runs pick their device on the cluster; here, it must exist on this machine
     device = execute.resolve_device(args.device) if executor.local else args.device
+    if executor.local and any(spec.precision == "bf16" for spec in specs):
+        warn_if_slow_bf16(device, "bf16")
     for spec in specs:  # fail on missing data or an impossible bias before touching the store
         execute.load_data(spec, args.data_dir)
+    _check_cache_dir(Path(args.cache_dir))
     store = Store(args.store) if Path(args.store).exists() else None  # an empty file becomes a store
     try:
         if store is None or execute.pending(store, specs, args.retry_failed):
@@ -158,8 +179,9 @@ def cmd_run(args) -> int:
         executor.close()
     earlier = counts["failed_earlier"]
     keys = sorted({s.key() for s in specs})
-    print(f"{len(specs)} runs requested: {counts['done']} trained, {counts['skipped']} already in the store, "
-          f"{counts['failed']} failed" + (f", {earlier} failed earlier and not retried" if earlier else "")
+    print(f"{len(specs)} run{'s' * (len(specs) != 1)} requested: {counts['done']} trained, "
+          f"{counts['skipped']} already in the store, {counts['failed']} failed"
+          + (f", {earlier} failed earlier and not retried" if earlier else "")
           + f" (store: {args.store})", file=sys.stderr)
     if earlier:
         failed = store.runs("failed", keys=keys)
@@ -174,6 +196,18 @@ def cmd_run(args) -> int:
     return 1 if counts["failed"] or earlier else 0
 
 
+def _check_cache_dir(path: Path) -> None:
+    """BenchError unless checkpoints and probe curves can be written under ``path`` (checked
+    before anything trains; nothing is created here)."""
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BenchError(f"--cache-dir {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BenchError(f"--cache-dir {path}: {existing} is not writable")
+
+
 def paper_specs(args) -> list[RunSpec]:
     """The runs a paper table needs (``bench run --paper N`` / ``bench runs-for --paper N``).
 
@@ -183,6 +217,12 @@ def paper_specs(args) -> list[RunSpec]:
     """
     from bench import tables
 
+    chosen = [option for option, value in (("--methods", args.methods), ("--grid", args.grid),
+                                           ("--imbalance", args.imbalance), ("--noise", args.noise),
+                                           ("--dataset", args.dataset)) if value]
+    if chosen:
+        raise BenchError(f"--paper {args.paper} picks the table's own methods and cells; drop "
+                         f"{', '.join(chosen)} (or run them without --paper)")
     specs = []
     for request in tables.paper_requests(args.paper):
         ns = argparse.Namespace(**vars(args))
@@ -262,7 +302,9 @@ def cmd_data(args) -> int:
 # ------------------------------------------------------------------------------- parser
 
 def make_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m bench",
+                            description="reweight-bench: train sample-reweighting methods on noisy, "
+                                        "long-tailed data, and tabulate, plot and time them")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
     run = sub.add_parser("run", help="train and evaluate methods on grid cells; results go to the store")
@@ -278,7 +320,8 @@ def make_parser() -> ArgumentParser:
     run.add_argument("--data-seed", type=int, help="fix the data seed for all runs (default: the training seed)")
     run.add_argument("--preset", help=f"{' or '.join(PRESETS)} (default quick, or the grid's preset)")
     run.add_argument("--model", help="backbone override (resnet32, wrn16_8, small_cnn)")
-    run.add_argument("--epochs", type=int, help="override epochs; warm-up and milestones scale with it")
+    run.add_argument("--epochs", type=int, help="override epochs (= --set epochs=N); warm-up and milestones "
+                                              "scale with it, a method's own stages do not")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a protocol field (lr=0.05) or a method setting (focal.gamma=2); repeatable")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -291,7 +334,8 @@ def make_parser() -> ArgumentParser:
                      help="cache of reusable artefacts: CurveNet probe curves and run checkpoints")
     run.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
     run.add_argument("--metric", choices=("last", "best"), default="last", help="accuracy shown at the end")
-    run.add_argument("--quiet", action="store_true", help="no progress bars (off a terminal: no progress lines)")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress bars or progress lines; each run's result line stays")
     run.add_argument("--jobs", type=int, help="runs at once: local worker processes (default 1: in this "
                                               "process); with --executor ray, tasks in flight")
     run.add_argument("--executor", choices=("local", "ray"), default="local",
@@ -306,11 +350,12 @@ def make_parser() -> ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     table = sub.add_parser("table", help="print stored results: method x cell, mean ± std over seeds")
-    table.add_argument("--store", default=DEFAULT_STORE)
+    table.add_argument("--store", default=DEFAULT_STORE, help=f"results store to read (default ./{DEFAULT_STORE})")
     table.add_argument("--paper", help="the CurveNet paper's table N (1, 2, 3, 6, 7, 8, 9, 10 or all), "
                                        "side by side with the published numbers")
     table.add_argument("--write", action="store_true", help="with --paper: write tables/*.md")
-    table.add_argument("--format", choices=("md", "csv", "json", "latex"), default="md")
+    table.add_argument("--format", choices=("md", "csv", "json", "latex"), default="md",
+                       help="markdown (default), CSV, JSON or LaTeX")
     table.add_argument("--metric", choices=("last", "best"), default="last",
                        help="last-epoch or best-epoch (best-on-test, as the papers report) accuracy")
     table.add_argument("--group", choices=("all", "many", "medium", "few"), default="all",
@@ -353,10 +398,16 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # CPU steps: no page faults on every activation (bench/cpu.py)
     try:
         args = make_parser().parse_args(argv)
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at the interpreter's exit
+        return code
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("bench: interrupted; finished runs are in the store, the rest will run next time", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bench list | head`: the reader is gone; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+        return 141  # 128 + SIGPIPE, as a shell tool killed by it

@@ -257,7 +257,10 @@ def apply_protocol_overrides(base: dict, overrides: dict[str, str]) -> dict:
         if key not in PROTOCOL_FIELDS:
             raise BenchError(f"unknown setting {key!r}; protocol settings are {', '.join(PROTOCOL_FIELDS)}"
                              " (method settings take the method name: focal.gamma=2)")
-        out[key] = parse_value(text, base.get(key, defaults[key]))
+        try:
+            out[key] = parse_value(text, base.get(key, defaults[key]))
+        except BenchError as exc:
+            raise BenchError(f"--set {key}={text}: {exc}") from None
     return out
 
 
@@ -280,6 +283,9 @@ def check_protocol(protocol: dict) -> None:
     milestones = protocol["milestones"]
     need(all(m >= 1 for m in milestones) and list(milestones) == sorted(set(milestones)),
          "increasing positive epochs, e.g. 80,100", "milestones")
+    epochs = protocol["epochs"]
+    need(all(m <= epochs for m in milestones), f"at most the {epochs} epochs (--epochs scales them)", "milestones")
+    need(protocol["warmup_epochs"] <= epochs, f"at most the {epochs} epochs", "warmup_epochs")
     need(not protocol["nesterov"] or protocol["momentum"] > 0, "false when momentum is 0 (Nesterov needs "
          "momentum)", "nesterov")
     if "meta_per_class" in protocol:

@@ -22,6 +22,7 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -91,23 +92,55 @@ SPEC_COLUMNS = ("method", "dataset", "imbalance", "noise_type", "noise_rate", "s
 
 
 class Store:
-    """A reweight-bench results store at ``path`` (created on first use)."""
+    """A reweight-bench results store at ``path``.
+
+    The default (``create=True``) is a writer, as ``bench run``: the store is created on first
+    use, and a file or directory it cannot write to is a one-line error before anything runs.
+    ``create=False`` is a reader (``bench table``, ``bench plot``): the store must exist, and one
+    on a read-only file or share is opened read-only.
+    """
 
     def __init__(self, path: str | os.PathLike = DEFAULT_STORE, *, create: bool = True):
         self.path = Path(path)
+        parent = self.path.parent if str(self.path.parent) else Path(".")
+        if not parent.is_dir():
+            raise BenchError(f"cannot use the store {self.path}: {parent} is not a directory")
         if not self.path.exists() and not create:
             raise BenchError(f"no results store at {self.path} (run `python -m bench run` first, or pass --store)")
         if self.path.is_dir():
             raise BenchError(f"store path {self.path} is a directory, not a file")
-        parent = self.path.parent if str(self.path.parent) else Path(".")
         if not self.path.exists() and not os.access(parent, os.W_OK):
             raise BenchError(f"cannot create the store {self.path}: directory {parent} is not writable")
+        # SQLite's WAL journal writes two files beside the store (-wal, -shm): a writer needs both
+        # the file and its directory writable
+        writable = os.access(parent, os.W_OK) and (not self.path.exists() or os.access(self.path, os.W_OK))
+        if create and not writable:
+            where = self.path if self.path.exists() and not os.access(self.path, os.W_OK) else parent
+            raise BenchError(f"store {self.path} is not writable ({where} is read-only); "
+                             "copy it somewhere writable or pass another --store")
         try:
-            self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            self.conn = self._connect(read_only=not writable)
             self.conn.execute("PRAGMA foreign_keys = ON")
             self._check_and_init(create)
         except sqlite3.DatabaseError as exc:
             raise BenchError(f"{self.path} is not a readable reweight-bench store ({exc})") from None
+
+    def _connect(self, read_only: bool) -> sqlite3.Connection:
+        if not read_only:
+            return sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        # A store on a read-only file or share. Read-only WAL needs the -shm file: where SQLite
+        # cannot create it, read the file as immutable (nobody writes it: a writer needs the file
+        # and the directory writable); a read-only file is read as immutable at once, so that
+        # no -wal or -shm file is left beside it.
+        uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+        if os.access(self.path, os.W_OK):
+            conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return conn
+            except sqlite3.OperationalError:  # 'attempt to write a readonly database': no -shm
+                conn.close()
+        return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=60, isolation_level=None)
 
     def _check_and_init(self, create: bool) -> None:
         app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ import pandas as pd
 from bench.data.cli import default_meta_per_class
 from bench.errors import BenchError
 from bench.spec import GRIDS, OMITTED_WHEN_DEFAULT, PRESETS, SEED_FIELDS, Cell
+from bench.store import DEFAULT_STORE
 from bench.summary import text_table
 
 PAPER_TABLES = ("1", "2", "3", "6", "7", "8", "9", "10")
@@ -710,7 +712,8 @@ def render(built: Built, fmt: str = "md", store_path: str = "") -> str:
     nonstd = sorted({e.ours.nonstandard for e in built.entries if e.ours.nonstandard})
     if nonstd:
         lines.append(p("† protocol differs from the preset's standard one: " + " | ".join(nonstd)))
-    lines.append(p(f"To train what is missing: `python -m bench runs-for --paper {t.number}`."))
+    store_option = "" if store_path in ("", DEFAULT_STORE) else f" --store {shlex.quote(store_path)}"
+    lines.append(p(f"To train what is missing: `python -m bench runs-for --paper {t.number}{store_option}`."))
     for note in t.notes:
         lines.append("")
         lines.append(p(f"Note: {note}"))

@@ -545,10 +545,12 @@ def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters:
 
 
 def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed_memory
+    from bench.cpu import warn_if_slow_bf16
     from bench.errors import BenchError
     from bench.execute import resolve_device
 
     device = resolve_device(args.device)
+    warn_if_slow_bf16(device, args.precision)
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     bad = [s for s in steps if s not in STEPS]
     if bad or not steps:

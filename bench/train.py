@@ -23,8 +23,9 @@ FEW_SHOT_BELOW = 20
 class Diverged(BenchError):
     """The training loss became NaN or infinite; the run is recorded as failed, the grid goes on."""
 
-    def __init__(self, epoch: int, reason: str):
-        super().__init__(f"diverged at epoch {epoch}: {reason}")
+    def __init__(self, epoch: int, reason: str, stage: str = "train"):
+        # epochs count from 1 here, as the progress lines do (the history stores them from 0)
+        super().__init__(f"diverged at {stage} epoch {epoch + 1}: {reason}")
         self.epoch = epoch
         self.reason = reason
 
@@ -96,10 +97,10 @@ def predict(model: nn.Module, batches: Iterable) -> tuple[np.ndarray, np.ndarray
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
-def check_finite(epoch: int, **metrics) -> None:
+def check_finite(epoch: int, stage: str = "train", **metrics) -> None:
     for name, value in metrics.items():
         if isinstance(value, float) and not math.isfinite(value):
-            raise Diverged(epoch, f"{name} is {value}")
+            raise Diverged(epoch, f"{name} is {value}", stage)
 
 
 def train_classifier(run, model: nn.Module, loss_fn: LossFn, *, epochs: int | None = None,

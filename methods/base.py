@@ -71,6 +71,11 @@ class Method:
         return cls.name
 
     @classmethod
+    def check_spec(cls, spec: RunSpec) -> None:
+        """BenchError for a run this method cannot train (e.g. no meta set), raised by the CLI
+        before anything is written to the store. Most methods train on any spec."""
+
+    @classmethod
     def resolve_params(cls, preset: str, overrides: dict[str, str] | None = None):
         """The Params instance for ``preset`` with ``--set`` overrides (strings) applied; each
         string is read as its field's annotated type (``float`` reads ``0.5`` even where the
@@ -300,7 +305,7 @@ class Run:
         Raises :class:`bench.train.Diverged` when a metric is NaN or infinite.
         """
         metrics = {k: (float(v) if isinstance(v, (torch.Tensor, np.floating)) else v) for k, v in metrics.items()}
-        check_finite(epoch, **metrics)
+        check_finite(epoch, stage, **metrics)
         row = {"stage": stage, "epoch": epoch, **metrics}
         if model is not None:
             report = self.evaluate(model)

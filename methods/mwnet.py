@@ -135,6 +135,12 @@ class MWNet(Method):
     def display_name(cls, params: dict) -> str:
         return f"MW-Net({params.get('variant', 'noise')})"
 
+    @classmethod
+    def check_spec(cls, spec) -> None:
+        if spec.meta_per_class == 0:  # Algorithm 1's meta loss needs clean meta samples
+            raise BenchError(f"MW-Net needs a clean meta set: {spec.dataset} gets --meta-per-class 0 "
+                             "(give --meta-per-class N, N > 0)")
+
     def fit(self, run):
         p = self.params
         model = run.model()

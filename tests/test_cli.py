@@ -66,6 +66,15 @@ BAD_RUN_ARGS = [
     (["--methods", "ce", "--executor", "ray", "--device", "cuda"], "needs --gpus-per-run"),
     (["--methods", "ce", "--max-retries", "-1"], "--max-retries must be non-negative"),
     (["--methods", "ce", "--checkpoint-every", "-5"], "--checkpoint-every must be non-negative"),
+    # settings that conflict or do not fit the run (QUICK gives --epochs 2)
+    (["--methods", "ce", "--set", "epochs=3"], "--epochs 2 and --set epochs=3 disagree"),
+    (["--methods", "ce", "--precision", "bf16", "--set", "precision=fp32"], "disagree"),
+    (["--methods", "ce", "--set", "milestones=1,3"], "milestones must be at most the 2 epochs"),
+    (["--methods", "ce", "--set", "warmup_epochs=3"], "warmup_epochs must be at most the 2 epochs"),
+    (["--methods", "ce", "--set", "lr=abc"], "--set lr=abc: cannot read 'abc' as float"),
+    (["--methods", "mwnet", "--meta-per-class", "0"], "MW-Net needs a clean meta set"),
+    (["--methods", "ce", "--device", "cuda:99"], "--device cuda:99"),
+    (["--paper", "2", "--methods", "ce"], "--paper 2 picks the table's own methods and cells; drop --methods"),
 ]
 
 
@@ -136,6 +145,9 @@ BAD_PATHS = [
     ("table", lambda t: ["--store", str(t / "junk.sqlite")], "not a readable"),
     ("table", lambda t: ["--store", str(t / "missing.sqlite")], "no results store"),
     ("table", lambda t: ["--store", str(t / "empty")], "directory"),
+    ("table", lambda t: ["--store", str(t / "junk.sqlite" / "s.sqlite")], "junk.sqlite is not a directory"),
+    ("run", lambda t: ["--methods", "ce", "--store", str(t / "junk.sqlite" / "s.sqlite")], "is not a directory"),
+    ("run", lambda t: ["--methods", "ce", "--cache-dir", str(t / "junk.sqlite" / "cache")], "a file, not a directory"),
 ]
 
 
@@ -171,9 +183,9 @@ def test_ce_run_prints_a_table_and_a_rerun_trains_nothing(tmp_path):
     assert first.returncode == 0, first.stderr
     assert "| CE" in first.stdout and "fmnist-mini imb10 flip2:0.4" in first.stdout
     assert "1 trained" in first.stderr
-    second = bench("run", "--methods", "ce", "--store", str(store), *QUICK)
+    second = bench("run", "--methods", "ce", "--store", str(store), "--seeds", "0,0", *QUICK)
     assert second.returncode == 0
-    assert "0 trained, 1 already in the store" in second.stderr
+    assert "1 run requested: 0 trained, 1 already in the store" in second.stderr  # the same run asked twice
     assert second.stdout == first.stdout
     table = bench("table", "--store", str(store), "--format", "csv")
     assert table.returncode == 0 and "CE" in table.stdout
@@ -232,6 +244,9 @@ def test_precision_and_graph_options_reach_the_run(tmp_path):
     bf16 = bench("run", "--methods", "ce", "--store", str(store), "--precision", "bf16", "--no-graph", *one_epoch)
     assert fp32.returncode == 0 and bf16.returncode == 0, bf16.stderr
     assert "1 trained" in bf16.stderr  # not the fp32 run again
+    from bench.cpu import has_native_bf16
+    assert ("no native bf16" in bf16.stderr) == (not has_native_bf16())  # emulated bf16 is said to be slow
+    assert "no native bf16" not in fp32.stderr
     runs = Store(store, create=False).runs("done")
     assert len(runs) == 2
     specs = [json.loads(text) for text in runs["spec_json"]]
@@ -240,3 +255,57 @@ def test_precision_and_graph_options_reach_the_run(tmp_path):
     assert all(e["steps"] == "eager" and e["channels_last"] is False for e in envs)
     bad = bench("run", "--methods", "ce", "--store", str(store), "--precision", "fp16", *QUICK)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def _as_unprivileged() -> list[str]:
+    """A command prefix under which file modes apply (root, with setpriv: without the capabilities
+    that let root read and write anything)."""
+    if os.geteuid() != 0:
+        return []
+    import shutil
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root without setpriv: file modes do not apply")
+    drop = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}"]
+
+
+@pytest.mark.parametrize("read_only", ["directory", "file"])
+def test_a_read_only_store_is_read_by_table_and_refused_by_run(read_only, tmp_path):
+    """A colleague's results on a read-only share: ``bench table`` reads them and leaves no
+    -wal/-shm files; ``bench run`` says the store is not writable before training anything."""
+    sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+    import fake_store
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    fake_store.build(shared / "s.sqlite").close()
+    prefix = _as_unprivileged()
+    (shared / "s.sqlite").chmod(0o444)
+    if read_only == "directory":
+        shared.chmod(0o555)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def bench_as_user(*args):
+        return subprocess.run([*prefix, sys.executable, "-m", "bench", *args], capture_output=True, text=True,
+                              timeout=300, env=env, cwd=tmp_path)
+    try:
+        table = bench_as_user("table", "--store", str(shared / "s.sqlite"), "--format", "csv")
+        run = bench_as_user("run", "--methods", "ce", "--store", str(shared / "s.sqlite"), *QUICK)
+    finally:
+        shared.chmod(0o755)
+    assert table.returncode == 0, table.stderr
+    assert "MW-Net(imb)" in table.stdout and "12.00" in table.stdout  # fake_store: 11, 12, 13 -> 12.00
+    assert run.returncode == 2 and "bench: error: store" in run.stderr and "is not writable" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in shared.iterdir()) == ["s.sqlite"]  # no -wal, -shm, checkpoint left
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """``bench list | head -1``: the reader leaves early; no BrokenPipeError traceback."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=REPO)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141  # 128 + SIGPIPE, as a shell tool killed by it
+    assert err == ""

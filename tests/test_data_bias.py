@@ -355,11 +355,11 @@ def test_bad_spec(changes, match):
 
 def test_bad_spec_for_the_dataset():
     ds = synthetic(10, 30)
-    with pytest.raises(DataError, match="meta_per_class 31 is more than class .* holds"):
-        make_biased(ds, BiasSpec(meta_per_class=31))
-    with pytest.raises(DataError, match="gets 0 training samples.*below 20"):
+    for m in (31, 30):  # 30: the meta set would take a whole class
+        with pytest.raises(DataError, match=rf"meta_per_class {m} leaves class .* none to train on; choose 0\.\.29$"):
+            make_biased(ds, BiasSpec(meta_per_class=m))
+    make_biased(ds, BiasSpec(imbalance=1, meta_per_class=29))  # the largest m the message offers
+    with pytest.raises(DataError, match="gets 0 training samples.*n_max 20.*lower the imbalance"):
         make_biased(ds, BiasSpec(imbalance=40, meta_per_class=10))
-    with pytest.raises(DataError, match="gets 0 training samples"):
-        make_biased(ds, BiasSpec(meta_per_class=30))  # meta takes a whole class
     with pytest.raises(DataError, match="at least 3 classes"):
         make_biased(synthetic(2, 30), BiasSpec(noise_type="flip2", noise_rate=0.2))

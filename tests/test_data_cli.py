@@ -74,7 +74,8 @@ def test_parse_noise_rejects(text):
     (("--dataset", "imagenet"), "unknown dataset"),
     (("--imbalance", "0.5"), "imbalance"),
     (("--noise", "flip2:1.5"), r"\[0, 1\)"),
-    (("--meta-per-class", "5000"), "more than class"),
+    (("--meta-per-class", "5000"), "none to train on; choose 0..999"),
+    (("--meta-per-class", "1000"), "none to train on; choose 0..999"),  # fmnist-mini: 1,000 per class
 ])
 def test_main_bad_input(argv, match):
     with pytest.raises(DataError, match=match):

@@ -406,3 +406,15 @@ def test_npz_unreadable(tmp_path, damage):
     with pytest.raises(DataError) as e:
         load_dataset(f"npz:{path}")
     one_line(e)
+    if damage == "not a zip":  # a text file passed as npz: said so, not numpy's pickle message
+        assert "is not an .npz archive" in str(e.value)
+
+
+def test_npz_stray_label_is_named_when_the_classes_are_inferred(tmp_path):
+    arrays = good_arrays(np.random.default_rng(0))
+    arrays["y_train"] = arrays["y_train"].copy()
+    arrays["y_train"][5] = 42  # one stray label among 0..2: K inferred as 43
+    np.savez(tmp_path / "stray.npz", **arrays)
+    with pytest.raises(DataError, match=r"classes 3, 4, 5, 6, 7 \.\.\. have no training samples.*"
+                                        r"0\.\.42; is label 42 a stray\?"):
+        load_dataset(f"npz:{tmp_path / 'stray.npz'}")

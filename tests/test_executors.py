@@ -160,7 +160,7 @@ def test_a_diverged_run_is_failed_the_grid_goes_on_and_only_retry_failed_reruns_
                       show_progress=False, checkpoint_every_s=0)
     assert counts == {"skipped": 0, "failed_earlier": 0, "done": 1, "failed": 1}
     got = rows(store_path)
-    assert got[diverging[0].key()][0] == "failed" and "diverged at epoch 0" in got[diverging[0].key()][2]
+    assert got[diverging[0].key()][0] == "failed" and "diverged at train epoch 1" in got[diverging[0].key()][2]
     assert got[fine[0].key()][0] == "done"
     assert not list(cache.glob("checkpoints/*"))  # failed or done: no checkpoint left
 
@@ -169,12 +169,12 @@ def test_a_diverged_run_is_failed_the_grid_goes_on_and_only_retry_failed_reruns_
     assert main(args) == 1  # a failed run is not a success the second time either
     err = capsys.readouterr().err
     assert "0 trained, 0 already in the store, 0 failed, 1 failed earlier and not retried" in err
-    assert f"run {diverging[0].key()}: diverged at epoch 0" in err and "--retry-failed" in err
+    assert f"run {diverging[0].key()}: diverged at train epoch 1" in err and "--retry-failed" in err
     assert rows(store_path)[diverging[0].key()][:2] == ("failed", 1)
     assert main([*args, "--retry-failed"]) == 1  # tried again, diverges again
     assert "1 failed" in capsys.readouterr().err
     status, attempts, error, _ = rows(store_path)[diverging[0].key()]
-    assert (status, attempts) == ("failed", 2) and error.startswith("diverged at epoch 0")
+    assert (status, attempts) == ("failed", 2) and error.startswith("diverged at train epoch 1")
 
 
 # ----------------------------------- the driver: what runs, user errors, a method's bug

@@ -309,6 +309,8 @@ def test_cli_table_paper_2(tmp_path, store):
     assert out.returncode == 0, out.stderr
     assert "12.00 ± 1.00 (n=3)" in out.stdout and "77.55" in out.stdout and "missing" in out.stdout
     assert "Metric: **last**" in out.stdout
+    # the hint to train what is missing names the store the table was read from
+    assert f"To train what is missing: `python -m bench runs-for --paper 2 --store {store.path}`" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "bench", "table", "--paper", "5", "--store", str(store.path)],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "no paper table" in bad.stderr

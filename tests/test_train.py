@@ -46,8 +46,10 @@ def test_shot_group_accuracy_is_the_mean_of_its_classes_accuracies():
 
 def test_nan_loss_is_divergence():
     check_finite(3, loss=1.0)
-    with pytest.raises(Diverged, match="epoch 3"):
+    with pytest.raises(Diverged, match="^diverged at train epoch 4: loss is nan$"):  # counted from 1
         check_finite(3, loss=float("nan"))
+    with pytest.raises(Diverged, match="^diverged at probe epoch 1: loss is inf$"):
+        check_finite(0, "probe", loss=float("inf"))
 
 
 def test_resnet32_is_the_cifar_resnet():

@@ -255,10 +255,10 @@ def make_biased(dataset: Dataset, spec: BiasSpec) -> BiasedData:
     y = np.asarray(dataset.y_train, dtype=np.int64)
     sizes = np.bincount(y, minlength=K)
     m = int(spec.meta_per_class)
-    if m > sizes.min():
+    if m >= sizes.min():
         c = int(np.argmin(sizes))
-        raise DataError(f"meta_per_class {m} is more than class {c} ({dataset.classes[c]!r}) "
-                        f"holds ({sizes[c]} training samples); choose 0..{sizes.min()}")
+        raise DataError(f"meta_per_class {m} leaves class {c} ({dataset.classes[c]!r}, {sizes[c]} training "
+                        f"samples) none to train on; choose 0..{sizes.min() - 1}")
     split_ss, noise_ss = np.random.SeedSequence(spec.seed).spawn(2)
     rng = np.random.default_rng(split_ss)
     meta_parts, pools = [], []
@@ -274,8 +274,8 @@ def make_biased(dataset: Dataset, spec: BiasSpec) -> BiasedData:
         c = int(np.argmin(keep))
         n_max = min(len(p) for p in pools)
         raise DataError(f"class {c} ({dataset.classes[c]!r}) gets 0 training samples "
-                        f"(imbalance {spec.imbalance:g}, meta_per_class {m}, n_max {n_max}); "
-                        f"use an imbalance below {n_max} or fewer meta samples")
+                        f"(imbalance {spec.imbalance:g}, meta_per_class {m}, n_max {n_max}: the rarest class "
+                        "keeps n_max / imbalance, rounded down); lower the imbalance or take fewer meta samples")
     train_index = np.sort(np.concatenate([p[:n] for p, n in zip(pools, keep)])).astype(np.int64)
     meta_index = np.sort(np.concatenate(meta_parts)).astype(np.int64)
     clean = y[train_index]

@@ -454,15 +454,20 @@ def _read_cifar_archive(archive: Path, src: CifarSource) -> dict[str, dict]:
 # npz: bring your own data
 
 
-def _check_labels(y_train: np.ndarray, y_test: np.ndarray, num_classes: int, where: str) -> None:
+def _check_labels(y_train: np.ndarray, y_test: np.ndarray, num_classes: int, where: str,
+                  inferred: bool = False) -> None:
     for split, y in (("y_train", y_train), ("y_test", y_test)):
         if len(y) and (y.min() < 0 or y.max() >= num_classes):
             raise DataError(f"{where}: {split} has labels outside 0..{num_classes - 1} "
                             f"(min {y.min()}, max {y.max()})")
     present = np.bincount(y_train, minlength=num_classes)
     if (present == 0).any():
-        raise DataError(f"{where}: class {int(np.argmin(present))} has no training samples; "
-                        "every class needs at least one")
+        missing = np.flatnonzero(present == 0)
+        listed = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+        hint = (f" (without a classes array the classes are 0..max label = 0..{num_classes - 1}; "
+                f"is label {num_classes - 1} a stray?)" if inferred else "")
+        raise DataError(f"{where}: class{'es' * (len(missing) > 1)} {listed} {'have' if len(missing) > 1 else 'has'} "
+                        f"no training samples; every class needs at least one{hint}")
 
 
 def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -510,6 +515,9 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
         raise DataError(f"{name}: no such file {p} (looked in the working directory and the "
                         "data directory)")
     where = f"{name} ({p})"
+    with open(p, "rb") as f:
+        if f.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):  # every zip, and so every .npz, starts so
+            raise DataError(f"{where} is not an .npz archive (numpy.savez or savez_compressed writes one)")
     try:
         with np.load(p, allow_pickle=False) as z:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
@@ -552,7 +560,7 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
         classes = [str(i) for i in range(k)]
     if len(classes) < 2:
         raise DataError(f"{where}: need at least 2 classes, got {len(classes)}")
-    _check_labels(y_train, y_test, len(classes), where)
+    _check_labels(y_train, y_test, len(classes), where, inferred="classes" not in arrays)
     channels = xs["train"].shape[-1]
     if ("mean" in arrays) != ("std" in arrays):
         raise DataError(f"{where}: give both mean and std, or neither")
