@@ -747,7 +747,7 @@ def render(built: Built, fmt: str = "md", store_path: str = "") -> str:
             if e.ours.keys and e.ours.status == "ok":
                 runs_lines.append(f"- {e.row} / {e.column}: {' '.join(e.ours.keys)}")
     lines.append(p(f"- ours: {len(runs_lines)} cells from stored runs (run keys; "
-                   "`bench.store.Store(path).runs(keys=[...])` reads them back):" if runs_lines
+                   "`bench.store.Store(path, create=False).runs(keys=[...])` reads them back):" if runs_lines
                    else "- ours: no stored runs"))
     lines.extend(p(x) for x in runs_lines)
     return "\n".join(lines).rstrip() + "\n"
