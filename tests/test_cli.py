@@ -99,6 +99,8 @@ def test_set_reaches_every_protocol_field_it_names():
         return build_specs(make_parser().parse_args(["run", "--methods", "ce", *args]))
 
     assert specs("--set", "meta_per_class=7") == specs("--meta-per-class", "7")
+    assert specs("--set", "epochs=5") == specs("--epochs", "5")  # the schedule scales either way
+    assert specs("--set", "epochs=5")[0].milestones == (2,)  # quick's 8, 10 of 20 epochs, scaled
     assert specs("--set", "precision=bf16") == specs("--precision", "bf16")
     assert specs("--set", "precision=bf16")[0].precision == "bf16"
     (spec,) = specs()
