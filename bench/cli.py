@@ -268,17 +268,18 @@ def cmd_list(args) -> int:
     from bench.data import DATASET_NAMES
     from bench.models import MODELS
 
-    print("methods (and their --set NAME.KEY=VALUE settings, paper defaults; quick preset changes):")
-    for name in methods.names():
+    lines = ["methods (and their --set NAME.KEY=VALUE settings, paper defaults; quick preset changes):"]
+    for name in methods.names():  # all of it first: a broken method file is an error with no partial list
         cls = methods.get(name)
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         variants = getattr(cls, "variants", None)
         shown = f"{name} ({', '.join(variants)})" if variants else name
-        print(f"  {shown:28s} {doc}")
+        lines.append(f"  {shown:28s} {doc}")
         settings = ", ".join(f"{k}={_shown_value(v)}" for k, v in cls.settings("paper").items())
         quick = ", ".join(f"{k}={_shown_value(v)}" for k, v in cls.presets.get("quick", {}).items())
         text = (settings or "no settings") + (f"; quick: {quick}" if quick else "")
-        print(textwrap.fill(text, width=100, initial_indent=" " * 4, subsequent_indent=" " * 6))
+        lines.append(textwrap.fill(text, width=100, initial_indent=" " * 4, subsequent_indent=" " * 6))
+    print("\n".join(lines))
     print("datasets:\n  " + ", ".join(DATASET_NAMES) + ", npz:PATH")
     print("models:\n  " + ", ".join(sorted(MODELS)))
     print("grids:")

@@ -150,6 +150,9 @@ def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
         print(f"[{spec.key()}] resuming from its checkpoint", file=sys.stderr)
     try:
         model = method_cls(params).fit(run)
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"{method_cls.__name__}.fit returned {type(model).__name__}; "
+                            "it must return the trained model")
         metrics = summarize(run, model)
     except Diverged as exc:
         return RunResult(spec, "failed", history=run.history, env=env, error=str(exc))

@@ -40,13 +40,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("figure", choices=FIGURES, help="curves = paper Fig. 1, weights = paper Fig. 5")
     parser.add_argument("--run", help="the run's key (or a unique prefix of it)")
     parser.add_argument("--cell", help="DATASET:IMBALANCE:NOISE, e.g. fmnist-mini:10:flip2:0.4 (with --method)")
-    parser.add_argument("--method", default="curvenet", help="method of the run to plot (default curvenet)")
+    parser.add_argument("--method", help="with --cell: method of the run to plot (default curvenet)")
     parser.add_argument("--preset", help="only runs of this preset (quick or paper)")
     parser.add_argument("--seed", type=int, help="training seed (default: the lowest stored)")
-    parser.add_argument("--store", default=DEFAULT_STORE)
+    parser.add_argument("--store", default=DEFAULT_STORE, help=f"results store to read (default ./{DEFAULT_STORE})")
     parser.add_argument("--out", help="PNG path (default figures/<figure>_<key>.png)")
     parser.add_argument("--classes", help="curves: the two classes to show, HEAD,TAIL (default: most and "
-                                          "fewest training samples)")
+                                          "fewest training samples among the classes holding both clean "
+                                          "and noisy samples)")
 
 
 def parse_cell(text: str):
@@ -257,11 +258,15 @@ def plot_weights(store, run: pd.Series, out: Path) -> Path:
 def main(args) -> int:
     from bench.store import Store
 
-    if args.run and args.cell:
-        raise BenchError("give either --run or --cell, not both")
+    if args.run:  # one run, by key: an option that would pick another is a mistake, not ignored
+        chosen = [name for name, value in (("--cell", args.cell), ("--method", args.method),
+                                           ("--preset", args.preset), ("--seed", args.seed)) if value is not None]
+        if chosen:
+            raise BenchError(f"--run picks one run by its key; drop {', '.join(chosen)} (or pick by --cell)")
     store = Store(args.store, create=False)
     cell = parse_cell(args.cell) if args.cell else None
-    run = select_run(store, run=args.run, cell=cell, method=args.method, preset=args.preset, seed=args.seed)
+    run = select_run(store, run=args.run, cell=cell, method=args.method or "curvenet", preset=args.preset,
+                     seed=args.seed)
     out = Path(args.out) if args.out else Path("figures") / f"{args.figure}_{run['key'][:12]}.png"
     if args.figure == "curves":
         classes = None

@@ -273,12 +273,17 @@ class Store:
         return df
 
     def history(self, key: str) -> pd.DataFrame:
+        """Per-epoch rows of a run (``stage``, ``epoch`` from 0, its metrics); ``key`` may be a
+        unique prefix (tables and figure names show 12 characters)."""
+        key = self.resolve_key(key)
         rows = self.conn.execute(
             "SELECT stage, epoch, metrics_json FROM epochs WHERE run_key = ? ORDER BY rowid", (key,)).fetchall()
         return pd.DataFrame([{"stage": s, "epoch": e, **json.loads(m)} for s, e, m in rows])
 
     def samples(self, key: str) -> pd.DataFrame:
-        """Per-sample table of a run: labels, is_noisy, and one column per recorded value."""
+        """Per-sample table of a run: labels, is_noisy, and one column per recorded 1-D value
+        (2-D records such as CurveNet's curves: :meth:`array`); ``key`` may be a unique prefix."""
+        key = self.resolve_key(key)
         df = pd.read_sql_query(
             "SELECT sample_index, dataset_index, clean_label, observed_label, is_noisy FROM samples"
             " WHERE run_key = ? ORDER BY sample_index", self.conn, params=[key])
@@ -291,6 +296,8 @@ class Store:
         return df
 
     def array(self, key: str, name: str) -> np.ndarray:
+        """A recorded 2-D per-sample array (rows in ``samples`` order); ``key`` may be a unique prefix."""
+        key = self.resolve_key(key)
         row = self.conn.execute("SELECT data FROM arrays WHERE run_key = ? AND name = ?", (key, name)).fetchone()
         if row is None:
             raise KeyError(f"run {key} has no array {name!r}")

@@ -9,7 +9,9 @@ naming it, for every command, since the registry cannot be trusted without it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import inspect
 import pkgutil
 import warnings
 
@@ -22,12 +24,29 @@ _SILENT: set[str] = set()  # modules already warned about
 
 
 def register(cls: type) -> type:
-    """Class decorator: make ``cls`` available as ``get(cls.name)``."""
-    name = cls.name
+    """Class decorator: make ``cls`` available as ``get(cls.name)``.
+
+    Checks what the harness relies on, so that a new method file's slip is one line naming it:
+    ``Params`` is a dataclass, and ``display_name`` and ``check_spec`` stay classmethods.
+    """
+    where = f"{_file(cls.__module__)}: {cls.__name__}"
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise BenchError(f"{where} needs a class attribute name = '...' (the --methods name)")
+    if not dataclasses.is_dataclass(cls.Params):
+        raise BenchError(f"{where}.Params must be a @dataclass (every field with a default)")
+    for hook in ("display_name", "check_spec"):
+        if not isinstance(inspect.getattr_static(cls, hook), classmethod):
+            raise BenchError(f"{where}.{hook} must be a @classmethod (it is called on the class)")
     if name in _REGISTRY and _REGISTRY[name] is not cls:
-        raise ValueError(f"method {name!r} registered twice ({_REGISTRY[name].__module__}, {cls.__module__})")
+        raise BenchError(f"{_file(_REGISTRY[name].__module__)} and {_file(cls.__module__)} both register "
+                         f"the method name {name!r}; rename one")
     _REGISTRY[name] = cls
     return cls
+
+
+def _file(module: str) -> str:
+    return module.replace(".", "/") + ".py"
 
 
 def _discover() -> None:
@@ -39,6 +58,8 @@ def _discover() -> None:
             module = f"{__name__}.{info.name}"
             try:
                 importlib.import_module(module)
+            except BenchError:  # register's own check: it names the file
+                raise
             except Exception as exc:  # noqa: BLE001 - a syntax error, a missing import ...
                 where = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
                 raise BenchError(f"methods/{info.name}.py cannot be imported{where}: {type(exc).__name__}: "

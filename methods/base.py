@@ -324,8 +324,10 @@ class Run:
         if isinstance(values, torch.Tensor):
             values = values.detach().cpu().numpy()
         values = np.asarray(values)
-        if values.shape[0] != len(self.data.train_y):
-            raise ValueError(f"record {name!r}: expected {len(self.data.train_y)} rows, got {values.shape[0]}")
+        if values.ndim == 0 or values.shape[0] != len(self.data.train_y):
+            raise ValueError(f"record {name!r}: expected {len(self.data.train_y)} rows, got shape {values.shape}")
+        if values.dtype.kind not in "biuf":  # the store keeps numbers (flags come back as 0.0 / 1.0)
+            raise ValueError(f"record {name!r}: values must be numbers or booleans, got dtype {values.dtype}")
         self.records[name] = values
 
 

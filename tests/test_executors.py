@@ -417,3 +417,27 @@ def test_off_a_terminal_progress_is_plain_lines_at_most_one_per_interval(tmp_pat
     monkeypatch.setattr(execute_module, "PLAIN_PROGRESS_EVERY_S", 3600.0)  # a new run: only start and end
     lines = lines_of(specs_for(*TINY, "--seeds", "4")[0])
     assert len(lines) == 2 and lines[0].endswith(": started") and "acc 50.00" in lines[1]
+
+
+def test_a_method_returning_no_model_or_recording_text_fails_with_the_reason(monkeypatch):
+    """A new method's two common slips come back as a failed run that says what is wrong (not an
+    AttributeError deep in the evaluation, nor a crash at commit with the run left 'running')."""
+    import methods
+    from bench.execute import execute
+    from methods.base import Method
+
+    class Forgetful(Method):
+        name = "ce"  # stands in for CE in this test only
+
+        def fit(self, run):
+            if run.spec.seed == 1:
+                run.record("tag", ["noisy"] * len(run.data.train_y))
+            return None  # forgot `return model`
+
+    forgot_model, recorded_text = specs_for(*TINY, "--seeds", "0,1")  # (discovers the real methods first)
+    monkeypatch.setitem(methods._REGISTRY, "ce", Forgetful)
+    result = execute(forgot_model, device=torch.device("cpu"), cache_dir=None)
+    assert result.status == "failed"
+    assert result.error == "TypeError: Forgetful.fit returned NoneType; it must return the trained model"
+    result = execute(recorded_text, device=torch.device("cpu"), cache_dir=None)
+    assert result.status == "failed" and "record 'tag': values must be numbers or booleans" in result.error

@@ -95,6 +95,18 @@ def test_cli_plot(store, tmp_path):
     assert r.returncode == 2 and "malformed --cell" in r.stderr
 
 
+def test_run_with_options_that_pick_another_run_is_an_error(store, tmp_path, capsys):
+    from bench.cli import main
+
+    key = plots.select_run(store)["key"]
+    out = tmp_path / "w.png"
+    for extra, named in ((["--method", "mwnet"], "--method"), (["--cell", "fmnist-mini:8:flip2:0.25"], "--cell"),
+                         (["--seed", "0", "--preset", "quick"], "--preset, --seed")):
+        code = main(["plot", "weights", "--run", key[:8], *extra, "--store", str(store.path), "--out", str(out)])
+        assert code == 2 and f"--run picks one run by its key; drop {named}" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_classes_out_of_range_are_an_error(store, tmp_path):
     run = plots.select_run(store, cell=Cell("fmnist-mini", 8, "flip2", 0.25))
     with pytest.raises(BenchError, match="class indices lie in 0..3"):

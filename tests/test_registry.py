@@ -20,8 +20,43 @@ def test_registering_a_second_class_under_a_taken_name_fails():
     class Impostor(Method):
         name = "ce"
 
-    with pytest.raises(ValueError, match="registered twice"):
+    with pytest.raises(BenchError, match=r"^methods/ce\.py and (tests/)?test_registry\.py both register the "
+                                         r"method name 'ce'; rename one$"):
         methods.register(Impostor)
+    assert methods.get("ce") is not Impostor
+
+
+def test_a_new_method_files_slips_are_one_line_errors_naming_it(monkeypatch, tmp_path):
+    """What a newcomer gets wrong in a method file (README, "Adding a method") is caught when the
+    file registers, with its file and class named, not later as a traceback."""
+    from methods.base import NoParams
+
+    class NoDataclassParams:
+        gamma: float = 1.0
+
+    def made(**attributes):
+        return type("Mine", (Method,), {"name": "mine", "__module__": "methods.mine", **attributes})
+
+    cases = [
+        (made(Params=NoDataclassParams), r"methods/mine\.py: Mine\.Params must be a @dataclass"),
+        (made(display_name=lambda self, params: "Mine"), r"Mine\.display_name must be a @classmethod"),
+        (made(check_spec=staticmethod(lambda spec: None)), r"Mine\.check_spec must be a @classmethod"),
+        (type("Nameless", (Method,), {"Params": NoParams}), r"Nameless needs a class attribute name"),
+    ]
+    for cls, message in cases:
+        with pytest.raises(BenchError, match=message):
+            methods.register(cls)
+    assert "mine" not in methods.names()
+    # a clash found while discovering files names both files, whichever is imported first
+    (tmp_path / "a_clash.py").write_text(
+        "from methods import register\nfrom methods.base import Method\n\n"
+        "@register\nclass Clash(Method):\n    name = 'focal'\n")
+    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(tmp_path)])
+    monkeypatch.setattr(methods, "_discovered", False)
+    with pytest.raises(BenchError, match=r"^methods/focal\.py and methods/a_clash\.py both register the method "
+                                         r"name 'focal'; rename one$"):
+        methods.names()
+    assert methods._REGISTRY["focal"].__module__ == "methods.focal"  # the first one stays
 
 
 def test_every_registered_method_has_params_with_defaults():

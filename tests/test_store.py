@@ -38,6 +38,12 @@ def test_finish_writes_everything_and_reads_back(tmp_path):
     assert samples["clean_label"].tolist() == [0, 1] and samples["observed_label"].tolist() == [0, 0]
     assert store.array(key, "curve").shape == (2, 3)
     assert store.history(key)["test_acc"].tolist() == [80.0]
+    # the 12-character keys that tables and figure names show read the same run
+    assert store.samples(key[:12]).equals(samples) and store.history(key[:12]).equals(store.history(key))
+    assert store.array(key[:12], "curve").shape == (2, 3)
+    for read in (store.samples, store.history, lambda k: store.array(k, "curve")):
+        with pytest.raises(BenchError, match="no run with a key starting 'ffff'"):  # not an empty frame
+            read("ffff")
 
 
 def test_a_crash_inside_finish_leaves_no_done_row_and_no_partial_rows(tmp_path):
