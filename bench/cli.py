@@ -165,7 +165,7 @@ def cmd_run(args) -> int:
     for spec in specs:  # fail on missing data or an impossible bias before touching the store
         execute.load_data(spec, args.data_dir)
     _check_cache_dir(Path(args.cache_dir))
-    store = Store(args.store) if Path(args.store).exists() else None  # an empty file becomes a store
+    store = _existing_store(args.store, specs, args.retry_failed)
     try:
         if store is None or execute.pending(store, specs, args.retry_failed):
             executor.open()  # starts or reaches Ray: a bad --address fails before the store is created
@@ -194,6 +194,25 @@ def cmd_run(args) -> int:
     title = f"test accuracy (%), {args.metric} epoch, mean ± std over seeds"
     print(render(results_table(runs, args.metric), title=title))
     return 1 if counts["failed"] or earlier else 0
+
+
+def _existing_store(path: str, specs: list[RunSpec], retry_failed: bool):
+    """The store at ``path`` if it exists (None: created once a run starts; an empty file becomes
+    a store). A read-only store is fine when every run asked for is already in it (the command
+    only prints their table); otherwise it is refused here, before anything trains."""
+    from bench import execute
+    from bench.store import Store, StoreNotWritable
+
+    if not Path(path).exists():
+        return None
+    try:
+        return Store(path)
+    except StoreNotWritable:
+        reader = Store(path, create=False)
+        if execute.pending(reader, specs, retry_failed):
+            reader.close()
+            raise
+        return reader
 
 
 def _check_cache_dir(path: Path) -> None:

@@ -88,6 +88,10 @@ CREATE TABLE IF NOT EXISTS arrays (
 );
 """
 
+class StoreNotWritable(BenchError):
+    """The store exists but this process cannot write it (a read-only file or directory)."""
+
+
 SPEC_COLUMNS = ("method", "dataset", "imbalance", "noise_type", "noise_rate", "seed", "preset", "model")
 
 
@@ -116,8 +120,8 @@ class Store:
         writable = os.access(parent, os.W_OK) and (not self.path.exists() or os.access(self.path, os.W_OK))
         if create and not writable:
             where = self.path if self.path.exists() and not os.access(self.path, os.W_OK) else parent
-            raise BenchError(f"store {self.path} is not writable ({where} is read-only); "
-                             "copy it somewhere writable or pass another --store")
+            raise StoreNotWritable(f"store {self.path} is not writable ({where} is read-only); "
+                                   "copy it somewhere writable or pass another --store")
         try:
             self.conn = self._connect(read_only=not writable)
             self.conn.execute("PRAGMA foreign_keys = ON")

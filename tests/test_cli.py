@@ -274,13 +274,19 @@ def _as_unprivileged() -> list[str]:
 @pytest.mark.parametrize("read_only", ["directory", "file"])
 def test_a_read_only_store_is_read_by_table_and_refused_by_run(read_only, tmp_path):
     """A colleague's results on a read-only share: ``bench table`` reads them and leaves no
-    -wal/-shm files; ``bench run`` says the store is not writable before training anything."""
+    -wal/-shm files; ``bench run`` prints the table of runs all stored already, and says the store
+    is not writable, before training anything, when a run would need training."""
     sys.path.insert(0, str(REPO / "tests" / "fixtures"))
     import fake_store
 
+    from bench.cli import build_specs, make_parser
+
     shared = tmp_path / "shared"
     shared.mkdir()
-    fake_store.build(shared / "s.sqlite").close()
+    store = fake_store.build(shared / "s.sqlite")
+    (in_store,) = build_specs(make_parser().parse_args(["run", "--methods", "ce", "--seeds", "1", *QUICK]))
+    fake_store.add_run(store, in_store, "CE", 42.0)  # a stored run this test's `bench run` asks for again
+    store.close()
     prefix = _as_unprivileged()
     (shared / "s.sqlite").chmod(0o444)
     if read_only == "directory":
@@ -292,13 +298,16 @@ def test_a_read_only_store_is_read_by_table_and_refused_by_run(read_only, tmp_pa
                               timeout=300, env=env, cwd=tmp_path)
     try:
         table = bench_as_user("table", "--store", str(shared / "s.sqlite"), "--format", "csv")
-        run = bench_as_user("run", "--methods", "ce", "--store", str(shared / "s.sqlite"), *QUICK)
+        run = bench_as_user("run", "--methods", "ce", "--seeds", "0,1", "--store", str(shared / "s.sqlite"), *QUICK)
+        rerun = bench_as_user("run", "--methods", "ce", "--seeds", "1", "--store", str(shared / "s.sqlite"), *QUICK)
     finally:
         shared.chmod(0o755)
     assert table.returncode == 0, table.stderr
     assert "MW-Net(imb)" in table.stdout and "12.00" in table.stdout  # fake_store: 11, 12, 13 -> 12.00
     assert run.returncode == 2 and "bench: error: store" in run.stderr and "is not writable" in run.stderr
-    assert len(run.stderr.strip().splitlines()) == 1
+    assert len(run.stderr.strip().splitlines()) == 1  # seed 0 would need training: refused up front
+    assert rerun.returncode == 0, rerun.stderr  # every run asked for is stored: only their table
+    assert "0 trained, 1 already in the store" in rerun.stderr and "42.00 (n=1)" in rerun.stdout
     assert sorted(p.name for p in shared.iterdir()) == ["s.sqlite"]  # no -wal, -shm, checkpoint left
 
 
