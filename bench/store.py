@@ -113,31 +113,32 @@ class Store:
             raise BenchError(f"no results store at {self.path} (run `python -m bench run` first, or pass --store)")
         if self.path.is_dir():
             raise BenchError(f"store path {self.path} is a directory, not a file")
-        if not self.path.exists() and not os.access(parent, os.W_OK):
+        dir_writable = os.access(parent, os.W_OK)
+        if not self.path.exists() and not dir_writable:
             raise BenchError(f"cannot create the store {self.path}: directory {parent} is not writable")
         # SQLite's WAL journal writes two files beside the store (-wal, -shm): a writer needs both
         # the file and its directory writable
-        writable = os.access(parent, os.W_OK) and (not self.path.exists() or os.access(self.path, os.W_OK))
-        if create and not writable:
-            where = self.path if self.path.exists() and not os.access(self.path, os.W_OK) else parent
+        file_writable = not self.path.exists() or os.access(self.path, os.W_OK)
+        if create and not (file_writable and dir_writable):
+            where = parent if file_writable else self.path
             raise StoreNotWritable(f"store {self.path} is not writable ({where} is read-only); "
                                    "copy it somewhere writable or pass another --store")
         try:
-            self.conn = self._connect(read_only=not writable)
+            self.conn = self._connect(file_writable, dir_writable)
             self.conn.execute("PRAGMA foreign_keys = ON")
             self._check_and_init(create)
         except sqlite3.DatabaseError as exc:
             raise BenchError(f"{self.path} is not a readable reweight-bench store ({exc})") from None
 
-    def _connect(self, read_only: bool) -> sqlite3.Connection:
-        if not read_only:
+    def _connect(self, file_writable: bool, dir_writable: bool) -> sqlite3.Connection:
+        if file_writable and dir_writable:
             return sqlite3.connect(self.path, timeout=60, isolation_level=None)
         # A store on a read-only file or share. Read-only WAL needs the -shm file: where SQLite
         # cannot create it, read the file as immutable (nobody writes it: a writer needs the file
         # and the directory writable); a read-only file is read as immutable at once, so that
         # no -wal or -shm file is left beside it.
         uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
-        if os.access(self.path, os.W_OK):
+        if file_writable:
             conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
             try:
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
