@@ -28,7 +28,9 @@ Deviations from the official code (all as PROTOCOL.md §7 asks):
 - Schedule indexing: R(T) follows the paper's Algorithm 1 with T counted from 0 (the first
   epoch keeps everything, tau is reached at epoch T_k). The official ``linspace(0, tau, T_k)``
   with a loop from epoch 1 starts at tau/9 and reaches tau at epoch 9, and for c != 1 ramps to
-  tau^c; we use the paper's (T/T_k)^c form.
+  tau^c and then jumps to tau. For c != 1 we ramp by (T/T_k)^c, which reaches tau at T_k; the
+  paper's exponent form (notes/baselines.md §5: T^c) is not pinned down by our sources. At the
+  default c = 1, the only value the paper's experiments and this suite's tables use, all agree.
 - ``num_remember`` = floor(R * B) as ``int(...)`` in the code, but at least 1 (a last batch of a
   few samples never becomes empty). Deviation: the official train loader drops the short last
   batch (``drop_last=True``, 390 batches on CIFAR; notes/baselines.md §5); every sample is

@@ -12,7 +12,7 @@ on (dataset, bias spec with data seed and meta size, model, init, optimiser, pro
 training seed), written atomically, so the allocate stage, figures and ablations reuse them.
 
 **Curve input** (``recognition_curve.py`` L454-477): at every epoch subtract the mean loss of
-the training samples with the same *observed* label (``curve.std_norm=true`` also divides by
+the training samples with the same *observed* label (``curvenet.std_norm=true`` also divides by
 that class's std, as the paper's text says), then keep epochs S .. T-2 (``drop_first`` = S = 5,
 ``drop_last`` = 1: the code drops the last epoch too): 294 values in the paper preset.
 
@@ -38,7 +38,12 @@ Options (the paper's ablations): ``skip_layers`` SLMO 0-3 (eq. 10, Table 8); ``e
 training samples of each observed class with the lowest mean probe loss over the curve window,
 with their observed labels (Table 7); ``drw=true`` (Table 6, "+DRW") multiplies each sample's
 weight by the class-balanced DRW weight of its observed label (methods/drw.py, beta 0.9999) once
-DRW is on: from epoch first_drop + 1, as the code's ``epoch > step[0]`` (L210-220).
+DRW is on: from epoch first_drop + 1, as the code's ``epoch > step[0]`` (L210-220). The class
+counts behind those weights are ``drw_counts``: ``observed`` (default; the observed-label counts
+of the pool, all a method may know) or ``clean`` (the official code's: ``recognition_curve.start``
+counts each sample whose observed label equals its true label under that label and each other
+sample under its *true* label, so ``cls_num_list`` is the clean per-class count, oracle
+information). ``bench run --paper 6`` uses ``clean`` to reproduce the paper's "+DRW" rows.
 
 Recorded per training sample: ``weight`` (each sample's last assigned weight), ``curve`` (the
 normalised curve input, (N, D)), ``probe_loss_mean`` (mean raw probe loss over the window).
@@ -49,8 +54,8 @@ Deviations from the official code (each an explicit choice):
   (``--set init=curvenet`` gives the code's N(0, 0.02) convs, in both stages).
 - The weighting-net gradient is computed exactly by a forward-mode JVP instead of ``higher``'s
   second-order backward (methods/meta.py; ``curvenet.second_order=autograd`` gives the latter).
-- DRW's class counts are the observed-label counts (the code mixes clean and noisy counts, notes
-  §6.2 h).
+- "+DRW" uses the observed-label counts by default; the code's clean counts (oracle) are
+  ``drw_counts=clean`` (above; notes §6.2 h describes the code's two tallies).
 - With ``meta_per_class = 0`` and a clean meta set there is nothing to meta-learn on: CurveNet is
   never updated and every sample keeps its initial weight (about 1.009), which is CE (the code
   would crash on an empty meta loader).
@@ -66,6 +71,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -82,6 +88,7 @@ from methods.meta import MetaStep, check_options
 
 PROBE_CACHE_VERSION = "curvenet-probe-v1"
 META_SETS = ("clean", "pseudo")
+DRW_COUNTS = ("observed", "clean")
 
 
 class CurveNet(nn.Module):
@@ -149,6 +156,9 @@ class CurveNetParams:
     meta_set: str = "clean"
     pseudo_per_class: int = 10
     drw: bool = False
+    drw_counts: str = "observed"  # or "clean": the official code's class counts (oracle)
+    # added after runs were stored: left out of a run's key at its default, so their keys hold
+    OMITTED_WHEN_DEFAULT: ClassVar[tuple[str, ...]] = ("drw_counts",)
 
     def __post_init__(self):
         for name in ("probe_batch_size", "cycle_batch_size", "embed_dim", "pseudo_per_class"):
@@ -158,6 +168,10 @@ class CurveNetParams:
         for name in ("probe_lr", "cycle_high", "cycle_low", "meta_lr", "meta_weight_decay"):
             check_number(getattr(self, name), f"curvenet.{name}")
         check_options(self.lookahead, self.skip_layers, self.second_order)
+        if self.drw_counts not in DRW_COUNTS:
+            raise BenchError(f"curvenet.drw_counts must be one of {', '.join(DRW_COUNTS)}, got {self.drw_counts!r}")
+        if self.drw_counts != "observed" and not self.drw:
+            raise BenchError("curvenet.drw_counts applies only with curvenet.drw=true")
         if self.meta_set not in META_SETS:
             raise BenchError(f"curvenet.meta_set must be one of {', '.join(META_SETS)}, got {self.meta_set!r}")
         if self.input_dim < 1:
@@ -279,7 +293,7 @@ class CurveNetMethod(Method):
         if params.get("meta_set", "clean") == "pseudo":
             extras.append("pseudo-meta")
         if params.get("drw", False):
-            extras.append("+DRW")
+            extras.append("+DRW" + (", clean counts" if params.get("drw_counts") == "clean" else ""))
         return "CurveNet" + (f"({', '.join(extras)})" if extras else "")
 
     def fit(self, run):
@@ -302,7 +316,10 @@ class CurveNetMethod(Method):
         meta_loader = self._meta_loader(run, window_mean)
         with torch.no_grad():  # never-visited samples (none when every epoch sees all) keep the init
             last = cnet(curves, labels)
-        drw = DRW.from_run(run, switch_epoch=run.first_drop + 1, reduction="batch") if p.drw else None
+        drw = None
+        if p.drw:
+            counts = run.data.train_counts if p.drw_counts == "clean" else run.data.noisy_counts
+            drw = DRW(counts, run.first_drop + 1, reduction="batch", device=device)
         train = run.loader("train")
 
         def fixed_step(idx, offsets, flip):  # after the first drop: the weights frozen (notes §3)

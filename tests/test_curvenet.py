@@ -285,3 +285,46 @@ def test_allocate_wires_curvenet_into_the_bilevel_step(monkeypatch):
     assert np.array_equal(np.bincount(first_pass, minlength=10), np.bincount(y_meta, minlength=10))
     # each sample keeps the weight of its last meta step
     assert np.allclose(run.records["weight"], 0.25 + np.arange(n) / (4 * n))
+
+
+@pytest.mark.parametrize("drw_counts", ["observed", "clean"])
+def test_drw_weights_come_from_the_chosen_class_counts(monkeypatch, drw_counts):
+    """Table 6 "+DRW": class-balanced weights switched on after the first drop (the code's
+    ``epoch > step[0]``), from the observed-label counts or, as recognition_curve.start tallies
+    them, the clean per-class counts (clean samples under their label, noisy ones under their
+    true label)."""
+    params = CurveNetParams(**TINY, drw=True, drw_counts=drw_counts)
+    # first drop at epoch 0: no meta step (not what is tested here), DRW on from epoch 1
+    run = make_run(params, epochs=2, warmup_epochs=0, milestones=(0,), noise_rate=0.4, imbalance=10)
+    monkeypatch.setattr(cn, "probe_curves", lambda run_, schedule: torch.rand(4, len(run_.data.train_y)))
+    made, applied = [], []
+
+    class SpyDRW(cn.DRW):
+        def __init__(self, counts, switch_epoch, *a, **k):
+            super().__init__(counts, switch_epoch, *a, **k)
+            made.append((np.asarray(counts).copy(), switch_epoch))
+
+        def sample_weights(self, y, epoch):
+            w = super().sample_weights(y, epoch)
+            applied.append((epoch, bool((w != 1).any())))
+            return w
+
+    monkeypatch.setattr(cn, "DRW", SpyDRW)
+    CurveNetMethod(params).fit(run)
+    clean, observed = run.data.train_counts, run.data.noisy_counts
+    assert not np.array_equal(clean, observed)  # the noise moves samples between classes
+    (counts, switch), = made
+    assert np.array_equal(counts, clean if drw_counts == "clean" else observed)
+    assert switch == 1  # on from epoch first_drop + 1
+    assert {e for e, _ in applied} == {0, 1} and all(on == (e == 1) for e, on in applied)
+
+
+def test_drw_counts_needs_drw_and_a_known_value():
+    with pytest.raises(BenchError, match="only with curvenet.drw=true"):
+        CurveNetParams(drw_counts="clean")
+    with pytest.raises(BenchError, match="one of observed, clean"):
+        CurveNetParams(drw=True, drw_counts="true")
+    # added after runs were stored: at its default it stays out of the run's key
+    assert "drw_counts" not in dict(params_items(CurveNetParams(drw=True)))
+    assert dict(params_items(CurveNetParams(drw=True, drw_counts="clean")))["drw_counts"] == "clean"
+    assert CurveNetMethod.display_name({"drw": True, "drw_counts": "clean"}) == "CurveNet(+DRW, clean counts)"
