@@ -2,7 +2,7 @@
 
 ``python -m bench timing [--device cpu|cuda|auto] [--model resnet32|small_cnn|wrn16_8] [--batch-size 128]
 [--repeats R] [--warmup W] [--steps ce,mwnet,curvenet_sl0,...] [--precision fp32|bf16] [--no-graph]
-[--pack N] [--json]``
+[--second-order jvp|autograd] [--pack N] [--json]``
 
 Every step is built from the code training runs, in one process on one device, and called
 through :class:`bench.capture.StepGraph` on the loader's batch plans as the methods call it:
@@ -21,6 +21,11 @@ alone, and in each of N processes running at once (:func:`packing`). The steps:
                   synthetic curves of the paper's length (294), Adam 1e-3 / 1e-4, the full
                   look-ahead and ``skip_layers = K``, as ``CurveNetMethod.fit`` builds it for an
                   epoch before the first lr drop (when the meta step runs).
+
+The meta steps compute the weighting net's gradient as training does by default, by the
+forward-mode JVP (``--second-order jvp``, methods/meta.py); ``--second-order autograd`` times them
+with a second-order backward through the look-ahead instead, the computation the papers' codes
+(``higher``, MW-Net's ``meta_model``) and their Table 8 times run. Both give the same gradient.
 
 The classifier optimiser is the protocol's SGD (lr 0.1, momentum 0.9, Nesterov, weight decay
 5e-4). Data: random uint8 images (32x32x3 for resnet32 / wrn16_8, 28x28x1 for small_cnn) and
@@ -65,6 +70,7 @@ STEPS = ("ce", "mwnet", "curvenet_sl0", "curvenet_sl1", "curvenet_sl2", "curvene
 PAPER_META_MS = {"curvenet_sl0": 239.94, "curvenet_sl1": 222.45, "curvenet_sl2": 65.44, "curvenet_sl3": 41.98}
 MODEL_INPUT = {"resnet32": (32, 3), "wrn16_8": (32, 3), "small_cnn": (28, 1)}
 NUM_CLASSES = 10
+SECOND_ORDER_TEXT = {"jvp": "forward-mode JVP", "autograd": "second-order backward"}
 CURVE_LENGTH = 294  # the paper preset's CurveNet input (300-epoch probe minus S = 5 and the last epoch)
 CIFAR_MEAN = tuple(v / 255 for v in (125.3, 123.0, 113.9))
 CIFAR_STD = tuple(v / 255 for v in (63.0, 62.1, 66.7))
@@ -85,6 +91,9 @@ def add_arguments(parser) -> None:
                         help="on CUDA, skip the captured (CUDA graph) column")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="forward passes in fp32 (default) or under bf16 autocast")
+    parser.add_argument("--second-order", choices=("jvp", "autograd"), default="jvp",
+                        help="meta steps' weighting-net gradient: forward-mode JVP (default, as training "
+                             "runs it) or a second-order backward (as the papers' codes, Table 8)")
     parser.add_argument("--pack", type=int, metavar="N",
                         help="instead: ms per iteration alone and with N processes at once on the device "
                              "(--jobs N packing; the ratio is the epoch-time cost of packing)")
@@ -159,7 +168,7 @@ def _loaders(model_name: str, batch: int, device, generator):
 
 
 def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, device="cpu", seed: int = 0,
-               graph: bool = False, precision: str = "fp32"):
+               graph: bool = False, precision: str = "fp32", second_order: str = "jvp"):
     """``(step, clock)``: ``step()`` runs one training iteration of ``name`` (next batch plans
     included), through :class:`bench.capture.StepGraph` as training does (captured on CUDA when
     ``graph``); ``clock`` is its :class:`PhaseClock` (None for captured steps, whose Python hooks
@@ -211,7 +220,7 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
         weight_net = WeightNet(mp.hidden).to(device)
         weight_opt = mp.weight_optimizer(weight_net.parameters())
         meta_step = MetaStep(model, optimizer, weight_net, weight_opt, lookahead=mp.lookahead,
-                             skip_layers=mp.skip_layers, normalize=mp.normalize, second_order=mp.second_order,
+                             skip_layers=mp.skip_layers, normalize=mp.normalize, second_order=second_order,
                              precision=precision)
     else:
         from methods.curvenet import CurveNet, CurveNetParams
@@ -222,7 +231,7 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
         weight_net = CurveNet(cp.input_dim, NUM_CLASSES, cp.embed_dim).to(device)
         weight_opt = torch.optim.Adam(weight_net.parameters(), lr=cp.meta_lr, weight_decay=cp.meta_weight_decay)
         meta_step = MetaStep(model, optimizer, weight_net, weight_opt, lambda loss, y, idx: weight_net(curves[idx], y),
-                             lookahead=cp.lookahead, skip_layers=skip, normalize=False, second_order=cp.second_order,
+                             lookahead=cp.lookahead, skip_layers=skip, normalize=False, second_order=second_order,
                              precision=precision)
     meta_step.on_phase = clock
     graphed = StepGraph(meta_step.on_plans(train.loader, meta.loader), name=name, device=device, enabled=graph,
@@ -282,7 +291,7 @@ def paired_ratio(values: list[float], bases: list[float]) -> float | None:
 
 
 def measure_steps(names, *, model_name: str, batch: int, device, repeats: int, warmup: int, seed: int = 0,
-                  graph: bool = False, precision: str = "fp32") -> dict:
+                  graph: bool = False, precision: str = "fp32", second_order: str = "jvp") -> dict:
     """Per step in ``names``: the median ms per iteration and the median meta ms (module
     docstring), the steps built side by side and timed in turns (:class:`RoundRobin`), each
     after its own warm-up (and capture)."""
@@ -290,7 +299,7 @@ def measure_steps(names, *, model_name: str, batch: int, device, repeats: int, w
 
     device = torch.device(device)
     built = {name: build_step(name, model_name=model_name, batch=batch, device=device, seed=seed, graph=graph,
-                              precision=precision) for name in names}
+                              precision=precision, second_order=second_order) for name in names}
     timer = Timer(device)
     for step, _ in built.values():
         for _ in range(warmup + _capture_calls(step)):
@@ -331,7 +340,7 @@ def measure(name: str, **kwargs) -> dict:
 
 def run_all(steps, *, model_name: str = "resnet32", batch: int = 128, device="cpu", repeats: int = 3,
             warmup: int = 1, seed: int = 0, progress=None, graph: bool | None = None,
-            precision: str = "fp32") -> dict:
+            precision: str = "fp32", second_order: str = "jvp") -> dict:
     """Measure every step in ``steps`` in turns (:func:`measure_steps`), eager and (on CUDA unless
     ``graph=False``) captured, and add the ratios (to CE, to CurveNet SL = 0) within each mode:
     each the median over rounds of the two steps' times in the same round."""
@@ -340,7 +349,7 @@ def run_all(steps, *, model_name: str = "resnet32", batch: int = 128, device="cp
     device = torch.device(device)
     graph = device.type == "cuda" if graph is None else graph and device.type == "cuda"
     kwargs = dict(model_name=model_name, batch=batch, device=device, repeats=repeats, warmup=warmup, seed=seed,
-                  precision=precision)
+                  precision=precision, second_order=second_order)
     if progress:
         progress(", ".join(steps) + " in turns" + (", eager" if graph else ""))
     out = measure_steps(steps, **kwargs)
@@ -366,7 +375,7 @@ def run_all(steps, *, model_name: str = "resnet32", batch: int = 128, device="cp
             r["paper_meta_ratio_to_sl0"] = PAPER_META_MS[key] / PAPER_META_MS["curvenet_sl0"]
         r.update(device=str(device), device_name=name, model=model_name, batch_size=batch, repeats=repeats,
                  warmup=warmup, torch=torch.__version__, threads=torch.get_num_threads(), precision=precision,
-                 channels_last=device.type == "cuda",
+                 second_order=second_order, channels_last=device.type == "cuda",
                  data="random uint8 images through bench.data.Loader"
                  + (" (crop/flip)" if MODEL_INPUT[model_name][1] == 3 else ""))
     return out
@@ -393,7 +402,8 @@ def render(results: dict) -> str:
         rows.append(row)
     r0 = next(iter(results.values()))
     head = (f"Table 8 timing: {r0['model']}, batch {r0['batch_size']}, {r0['device']} ({r0['device_name']}, "
-            f"torch {r0['torch']}, {r0['threads']} threads), {r0['precision']}"
+            f"torch {r0['torch']}, {r0['threads']} threads), {r0['precision']}, meta gradient by "
+            f"{SECOND_ORDER_TEXT[r0.get('second_order', 'jvp')]}"
             f"{', channels_last' if r0.get('channels_last') else ''}, median of {r0['repeats']} rounds (the steps in "
             f"turns) after {r0['warmup']} warm-up; data: {r0['data']}")
     headers = ["step", "eager ms/iter", "× CE", "× SL=0"]
@@ -513,7 +523,7 @@ def _packed_results(name: str, procs, queue) -> list[float]:
 
 
 def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters: int = 50, warmup: int = 5,
-            graph: bool = True, precision: str = "fp32", seed: int = 0) -> dict:
+            graph: bool = True, precision: str = "fp32", seed: int = 0, second_order: str = "jvp") -> dict:
     """ms per iteration of ``name`` in one process alone and in each of ``jobs`` processes running
     at once on the same device (``bench run --jobs N``'s packing), and their ratio: the time an
     epoch takes packed over the time it takes alone. On CPU each process gets cores / N threads,
@@ -528,7 +538,7 @@ def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters:
     ctx = multiprocessing.get_context("spawn")
     cores = available_cores()
     kwargs = dict(model_name=model_name, batch=batch, device=str(device), seed=seed,
-                  graph=graph and device.type == "cuda", precision=precision)
+                  graph=graph and device.type == "cuda", precision=precision, second_order=second_order)
     out = {}
     for label, n in (("alone", 1), ("packed", jobs)):
         barrier, queue = ctx.Barrier(n), ctx.Queue()
@@ -540,7 +550,8 @@ def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters:
         times = _packed_results(name, procs, queue)
         out[f"{label}_ms_per_iter"] = statistics.mean(times)
     out.update(jobs=jobs, ratio=out["packed_ms_per_iter"] / out["alone_ms_per_iter"], iters=iters,
-               device=str(device), model=model_name, batch_size=batch, graph=kwargs["graph"], precision=precision)
+               device=str(device), model=model_name, batch_size=batch, graph=kwargs["graph"], precision=precision,
+               second_order=second_order)
     return out
 
 
@@ -572,7 +583,7 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
                 progress(f"{name}, alone and {args.pack} packed")
             rows[name] = packing(name, args.pack, model_name=args.model, batch=args.batch_size, device=device,
                                  iters=max(repeats, 10), warmup=warmup, graph=args.graph,
-                                 precision=args.precision, seed=args.seed)
+                                 precision=args.precision, seed=args.seed, second_order=args.second_order)
         if args.json:
             print(json.dumps(rows, indent=1))
         else:
@@ -586,6 +597,7 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
                   "after another (the suite's H100 target: at most 2 for 4 runs).")
         return 0
     results = run_all(steps, model_name=args.model, batch=args.batch_size, device=device, repeats=repeats,
-                      warmup=warmup, seed=args.seed, progress=progress, graph=args.graph, precision=args.precision)
+                      warmup=warmup, seed=args.seed, progress=progress, graph=args.graph, precision=args.precision,
+                      second_order=args.second_order)
     print(json.dumps(results, indent=1) if args.json else render(results))
     return 0
