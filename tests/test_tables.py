@@ -93,6 +93,25 @@ def test_best_metric_reads_acc_best(store, ref):
     assert "Metric: **best**" in text
 
 
+def test_paper_tables_default_to_the_papers_best_epoch_and_the_plain_table_to_the_last(store, tmp_path):
+    """The published numbers are best-epoch accuracies, so `--paper N` compares ours on the same
+    footing unless told otherwise; the plain table shows the returned (last-epoch) model."""
+    def cli(*args):
+        out = subprocess.run([sys.executable, "-m", "bench", "table", "--store", str(store.path), *args],
+                             cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    def ours(args, row="MW-Net(imb)", column="imb 50, clean"):
+        rows = list(csv.DictReader(cli("--paper", "2", "--format", "csv", *args).splitlines()))
+        return float([r for r in rows if r["row"] == row and r["column"] == column][0]["ours_mean"])
+
+    assert ours(()) == pytest.approx(17.0) and ours(("--metric", "last")) == pytest.approx(12.0)
+    assert "Metric: **best**" in cli("--paper", "2")
+    plain = [line for line in cli("--format", "csv").splitlines() if line.startswith("MW-Net(imb),")]
+    assert len(plain) == 1 and "12.00 ± 1.00 (n=3)" in plain[0] and "17.00" not in plain[0]
+
+
 def test_missing_failed_and_other_preset_runs_are_missing_and_counted(store, ref):
     built = tables.build(2, store.runs("done"), ref, "last")
     assert entry(built, "MW-Net(noise)", "imb 200, clean").ours.status == "missing"  # failed run
@@ -287,8 +306,13 @@ def test_paper_requests():
                                                     ("curvenet.skip_layers=3",)]
     assert all(r["cells"] == [tables.ABLATION_CELL] for r in r8)
     r7 = tables.paper_requests(7)
-    assert sorted(r.get("meta_per_class") for r in r7) == [0, 10, 20, 50, 80, 100]
-    assert {r["model"] for r in tables.paper_requests(6)} == {"resnet32", "wrn16_8"}
+    assert sorted((r.get("meta_per_class"), tuple(r["set"])) for r in r7) == [
+        (0, ()), (0, ("curvenet.meta_set=pseudo",)), (10, ()), (20, ()), (50, ()), (80, ()), (100, ())]
+    r6 = tables.paper_requests(6)
+    assert {r["model"] for r in r6} == {"resnet32", "wrn16_8"}
+    # +DRW as the official code: class counts from the clean labels
+    drw_clean = ("curvenet.drw=true", "curvenet.drw_counts=clean")
+    assert sorted(tuple(r["set"]) for r in r6) == [(), (), drw_clean, drw_clean]
     with pytest.raises(BenchError):
         tables.paper_requests(4)
 
@@ -304,8 +328,8 @@ def test_curvenet_defaults_match_the_method():
 
 
 def test_cli_table_paper_2(tmp_path, store):
-    out = subprocess.run([sys.executable, "-m", "bench", "table", "--paper", "2", "--store", str(store.path)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "bench", "table", "--paper", "2", "--metric", "last", "--store",
+                          str(store.path)], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "12.00 ± 1.00 (n=3)" in out.stdout and "77.55" in out.stdout and "missing" in out.stdout
     assert "Metric: **last**" in out.stdout
