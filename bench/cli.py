@@ -99,6 +99,9 @@ def build_specs(args) -> list[RunSpec]:
                               "precision", str)
     if precision:
         preset["precision"] = precision
+    if _same_setting(getattr(args, "train_on_meta", None) or None, protocol_sets.pop("train_on_meta", None),
+                     "train-on-meta", bool):
+        preset["train_on_meta"] = True
     preset = apply_protocol_overrides(preset, protocol_sets)
     check_protocol(preset)
     meta_per_class = preset.pop("meta_per_class", None)  # --set meta_per_class=N = --meta-per-class N
@@ -136,14 +139,22 @@ def build_specs(args) -> list[RunSpec]:
         raise BenchError(f"--data-seed must be non-negative, got {args.data_seed}")
     if meta_per_class is not None and meta_per_class < 0:
         raise BenchError(f"--meta-per-class must be non-negative, got {meta_per_class}")
-    protocol = {k: v for k, v in preset.items() if k != "dataset"}
+    protocol = {k: v for k, v in preset.items() if k not in ("dataset", "train_on_meta")}
+    train_on_meta = bool(preset.get("train_on_meta", False))
+    if train_on_meta and all(cls.uses_meta_set for cls in method_classes.values()) and not getattr(args, "paper", None):
+        raise BenchError("--train-on-meta adds the meta set to the pool of methods without one; "
+                         f"{', '.join(method_names)} learn from it already")
     specs = []
     for name, cell, seed in itertools.product(method_names, cells, seeds):
         meta = meta_per_class if meta_per_class is not None else default_meta_per_class(cell.dataset)
+        on_meta = train_on_meta and not method_classes[name].uses_meta_set
+        if on_meta and meta == 0:
+            raise BenchError(f"--train-on-meta: {cell.dataset} has no meta set to add (--meta-per-class 0)")
         specs.append(RunSpec(method=name, dataset=cell.dataset, imbalance=cell.imbalance,
                              noise_type=cell.noise_type, noise_rate=cell.noise_rate, meta_per_class=meta,
                              seed=seed, data_seed=seed if args.data_seed is None else args.data_seed,
-                             preset=preset_name, params=params_items(params[name]), **protocol))
+                             preset=preset_name, params=params_items(params[name]),
+                             train_on_meta=on_meta, **protocol))
         method_classes[name].check_spec(specs[-1])
     return specs
 
@@ -337,6 +348,9 @@ def make_parser() -> ArgumentParser:
     run.add_argument("--imbalance", help="comma-separated imbalance ratios n_max/n_min, e.g. 1,20")
     run.add_argument("--noise", help="comma-separated TYPE:RATE or none, e.g. flip2:0.4,none")
     run.add_argument("--meta-per-class", type=int, help="clean meta samples per class (default: per dataset)")
+    run.add_argument("--train-on-meta", action="store_true",
+                     help="methods without a meta set (all but MW-Net and CurveNet) also train on the clean "
+                          "meta samples (PROTOCOL.md §7's fair-data option; part of their runs' keys)")
     run.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
     run.add_argument("--data-seed", type=int, help="fix the data seed for all runs (default: the training seed)")
     run.add_argument("--preset", help=f"{' or '.join(PRESETS)} (default quick, or the grid's preset)")

@@ -100,8 +100,9 @@ def biased_data(dataset: str, imbalance: float, noise_type: str, noise_rate: flo
 
 
 def load_data(spec: RunSpec, data_dir: str | None = None):
-    return biased_data(spec.dataset, spec.imbalance, spec.noise_type, spec.noise_rate, spec.meta_per_class,
+    data = biased_data(spec.dataset, spec.imbalance, spec.noise_type, spec.noise_rate, spec.meta_per_class,
                        spec.data_seed, None if data_dir is None else str(data_dir))
+    return data.with_meta_in_pool() if spec.train_on_meta else data
 
 
 def summarize(run, model) -> dict:
@@ -139,6 +140,8 @@ def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
     from methods.base import Run
 
     method_cls = methods.get(spec.method)
+    if spec.train_on_meta and method_cls.uses_meta_set:
+        raise BenchError(f"{spec.method} learns from the meta set: train_on_meta applies to the other methods")
     params = method_cls.params_from_spec(spec)
     data = load_data(spec, data_dir)
     env = environment(device)

@@ -54,7 +54,7 @@ class Cell:
 
 # Fields added after runs were first stored: left out of a spec's dict (and so of its key) at their
 # default, so that earlier keys still hold. Readers of stored specs fill them back in.
-OMITTED_WHEN_DEFAULT = {"precision": "fp32"}
+OMITTED_WHEN_DEFAULT = {"precision": "fp32", "train_on_meta": False}
 # The fields that only draw another sample of the same experiment: runs differing in nothing else
 # are averaged together in tables.
 SEED_FIELDS = ("seed", "data_seed")
@@ -87,6 +87,9 @@ class RunSpec:
     lr_decay: float = 0.1
     params: tuple[tuple[str, object], ...] = field(default=())  # the method's hyperparameters
     precision: str = "fp32"  # "fp32" or "bf16" (autocast, bench/capture.py); part of the key if not fp32
+    # PROTOCOL.md §7's fair-data option: a method without a meta set also trains on the clean meta
+    # samples (BiasedData.with_meta_in_pool); never set for MW-Net and CurveNet (Method.uses_meta_set)
+    train_on_meta: bool = False
 
     def __post_init__(self):
         from bench.capture import check_precision

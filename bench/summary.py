@@ -54,8 +54,9 @@ def _shown(value) -> str:
 def row_labels(runs: pd.DataFrame) -> list[str]:
     """Each run's row: its method's display name, and where runs under that name on the same cell
     differ in other settings (``--epochs``, ``--set``, ``--precision`` ...) the settings that set
-    it apart, e.g. ``CE [precision=bf16]``: runs that differ in more than their seeds are never
-    averaged together."""
+    it apart, e.g. ``CE [epochs=3]``: runs that differ in more than their seeds are never
+    averaged together. A run-wide setting away from its default (``CE [precision=bf16]``,
+    ``CE [train_on_meta=True]``) is always shown."""
     specs = [json.loads(s) for s in runs["spec_json"]]
     flat = [settings(s) for s in specs]
     group_of = [(name, *(s[f] for f in CELL_FIELDS)) for name, s in zip(runs["display_name"], specs)]
@@ -64,7 +65,10 @@ def row_labels(runs: pd.DataFrame) -> list[str]:
         variants.setdefault(group, [])
         if f not in variants[group]:
             variants[group].append(f)
-    differing = {group: sorted({k for v in vs for k in v if any(o.get(k) != v.get(k) for o in vs)})
+    # settings that differ within a group, and always a run-wide setting away from its default
+    # (precision=bf16, train_on_meta=True: a lone such run is not labelled as the plain method)
+    differing = {group: sorted({k for v in vs for k in v if any(o.get(k) != v.get(k) for o in vs)}
+                               | {k for v in vs for k, d in OMITTED_WHEN_DEFAULT.items() if v.get(k) != d})
                  for group, vs in variants.items()}
     labels = []
     for name, group, f in zip(runs["display_name"], group_of, flat):

@@ -58,6 +58,9 @@ class Method:
     name: ClassVar[str]
     Params: ClassVar[type] = NoParams
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # True for methods that learn from the clean meta set (MW-Net, CurveNet): `--train-on-meta`
+    # (PROTOCOL.md §7) then leaves their data alone and adds the meta set to the others' pools
+    uses_meta_set: ClassVar[bool] = False
 
     def __init__(self, params=None):
         self.params = params if params is not None else self.Params()

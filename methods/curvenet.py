@@ -275,6 +275,7 @@ class CurveNetMethod(Method):
     """CurveNet: meta-learned weights from probe-stage loss curves, frozen at the first lr drop."""
 
     name = "curvenet"
+    uses_meta_set = True
     Params = CurveNetParams
     # quick: the paper's 300-epoch probe scaled by 1/10, like the 200 -> 20 epoch protocol:
     # 12 epochs at lr 0.1 / batch 128 (120/10), then 3 periods of 3 + 3 epochs at 0.01 / 0.001

@@ -129,6 +129,7 @@ class MWNet(Method):
     """Meta-Weight-Net: a loss-to-weight MLP meta-learned on clean data every iteration."""
 
     name = "mwnet"
+    uses_meta_set = True
     Params = MWNetParams
 
     @classmethod

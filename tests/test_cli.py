@@ -110,6 +110,38 @@ def test_set_reaches_every_protocol_field_it_names():
         assert specs("--set", f"{field}={text}") == [spec], field
 
 
+def test_train_on_meta_reaches_the_methods_without_a_meta_set_only():
+    """``--train-on-meta`` (PROTOCOL.md §7's fair-data option) marks the runs of methods that do
+    not learn from the meta set; MW-Net's and CurveNet's runs, and every run without the flag,
+    keep their keys."""
+    from bench.cli import build_specs, make_parser
+    from bench.errors import BenchError
+
+    def specs(*args, methods="ce,mwnet"):
+        return {s.method: s for s in build_specs(make_parser().parse_args(["run", "--methods", methods, *args]))}
+
+    plain, fair = specs(), specs("--train-on-meta")
+    assert fair["ce"].train_on_meta and not fair["mwnet"].train_on_meta
+    assert fair["mwnet"].key() == plain["mwnet"].key() and fair["ce"].key() != plain["ce"].key()
+    assert "train_on_meta" not in plain["ce"].to_dict()  # runs stored before the option keep their keys
+    assert specs("--set", "train_on_meta=true") == fair
+    with pytest.raises(BenchError, match="learn from it already"):
+        specs("--train-on-meta", methods="mwnet,curvenet")
+    with pytest.raises(BenchError, match="no meta set to add"):
+        specs("--train-on-meta", "--meta-per-class", "0", methods="ce")
+
+
+def test_a_meta_method_asked_to_train_on_its_meta_set_is_refused():
+    import torch
+
+    from bench.errors import BenchError
+    from bench.execute import execute
+    from bench.spec import RunSpec
+
+    with pytest.raises(BenchError, match="learns from the meta set"):
+        execute(RunSpec(method="mwnet", train_on_meta=True), device=torch.device("cpu"), cache_dir=None)
+
+
 def test_bad_store_files_exit_2(tmp_path, capsys):
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"not a database" * 100)

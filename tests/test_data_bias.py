@@ -363,3 +363,21 @@ def test_bad_spec_for_the_dataset():
         make_biased(ds, BiasSpec(imbalance=40, meta_per_class=10))
     with pytest.raises(DataError, match="at least 3 classes"):
         make_biased(synthetic(2, 30), BiasSpec(noise_type="flip2", noise_rate=0.2))
+
+
+def test_meta_in_pool_adds_the_clean_meta_set_to_the_pool():
+    """PROTOCOL.md §7's fair-data option (``--train-on-meta``): the meta samples join the pool
+    with their clean labels, the pool stays in dataset order, nothing else changes."""
+    ds = synthetic(5, 60)
+    d = make_biased(ds, BiasSpec(imbalance=5, noise_type="uniform", noise_rate=0.5, meta_per_class=4, seed=3))
+    e = d.with_meta_in_pool()
+    assert e.meta_index.size == 0 and len(e.y_meta) == 0
+    assert np.array_equal(e.train_index, np.sort(np.concatenate([d.train_index, d.meta_index])))
+    assert np.array_equal(e.train_counts, d.train_counts + 4)
+    by_index = dict(zip(e.train_index.tolist(), zip(e.train_y.tolist(), e.train_clean_y.tolist(),
+                                                    e.is_noisy.tolist())))
+    for i in d.meta_index.tolist():  # meta samples: clean label observed, never noisy
+        assert by_index[i] == (ds.y_train[i], ds.y_train[i], False)
+    for i, y, c, n in zip(d.train_index.tolist(), d.train_y.tolist(), d.train_clean_y.tolist(), d.is_noisy.tolist()):
+        assert by_index[i] == (y, c, n)  # the pool's own samples keep their observed labels
+    assert e.x_train.shape[0] == len(e.train_y) and e.is_noisy.sum() == d.is_noisy.sum()

@@ -147,3 +147,11 @@ def test_summarize_takes_best_epoch_of_the_final_stage_with_its_groups():
     assert (m["acc_best"], m["many_best"], m["medium_best"], m["few_best"], m["best_epoch"]) == \
         (70.0, 80.0, 66.0, 55.0, 2)
     assert m["train_counts"] == [500, 50, 5] and m["per_class_last"] == [1.0, 2.0]
+
+
+def test_a_lone_run_with_a_run_wide_setting_is_labelled_with_it():
+    """A run that trained on other data (train_on_meta) or in bf16 is never shown as the plain
+    method, even with no plain run beside it."""
+    runs = frame((RunSpec("ce", train_on_meta=True), "CE", 60.0), (RunSpec("focal", precision="bf16"), "Focal", 61.0),
+                 (RunSpec("cb"), "Class-Balanced", 62.0))
+    assert row_labels(runs) == ["CE [train_on_meta=True]", "Focal [precision=bf16]", "Class-Balanced"]

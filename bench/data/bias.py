@@ -221,6 +221,21 @@ class BiasedData:
         n = self.train_counts
         return float(n @ (1 - np.diag(self.transition)) / n.sum())
 
+    def with_meta_in_pool(self) -> BiasedData:
+        """The same data with the meta set moved into the training pool, clean labels and all
+        (PROTOCOL.md §7's option "let baselines train on it too, for a fair-data comparison":
+        a method without a meta set then sees every clean sample that MW-Net and CurveNet see).
+        The pool stays sorted by dataset index; the meta set is empty. Each class gains its
+        ``meta_per_class`` clean samples, so the pool's imbalance is milder than the cell's."""
+        index = np.concatenate([self.train_index, self.meta_index])
+        order = np.argsort(index, kind="stable")
+        meta_y = self.dataset.y_train[self.meta_index].astype(self.train_y.dtype)
+        return BiasedData(dataset=self.dataset, spec=self.spec, train_index=index[order],
+                          train_y=np.concatenate([self.train_y, meta_y])[order],
+                          train_clean_y=np.concatenate([self.train_clean_y, meta_y])[order],
+                          is_noisy=np.concatenate([self.is_noisy, np.zeros(len(meta_y), dtype=bool)])[order],
+                          meta_index=self.meta_index[:0], transition=self.transition)
+
     def summary(self) -> dict:
         """JSON-able description of the realised bias (ints, floats, strings, lists)."""
         counts = self.train_counts
