@@ -10,8 +10,11 @@ import argparse
 import importlib
 import itertools
 import os
+import signal
+import sqlite3
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 from bench.cpu import keep_freed_memory, warn_if_slow_bf16
@@ -163,8 +166,7 @@ def build_specs(args) -> list[RunSpec]:
 
 def cmd_run(args) -> int:
     from bench import execute, executors
-    from bench.store import Store
-    from bench.summary import render, results_table
+    from bench.store import writer_lock
 
     specs = build_specs(args) if not getattr(args, "paper", None) else paper_specs(args)
     specs = list({spec.key(): spec for spec in specs}.values())  # --seeds 0,0 asks for one run
@@ -176,6 +178,15 @@ def cmd_run(args) -> int:
     for spec in specs:  # fail on missing data or an impossible bias before touching the store
         execute.load_data(spec, args.data_dir)
     _check_cache_dir(Path(args.cache_dir))
+    with writer_lock(args.store):  # one `bench run` at a time writes a store
+        return _run_locked(args, specs, executor, device)
+
+
+def _run_locked(args, specs, executor, device) -> int:
+    from bench import execute
+    from bench.store import Store
+    from bench.summary import render, results_table
+
     store = _existing_store(args.store, specs, args.retry_failed)
     try:
         if store is None or execute.pending(store, specs, args.retry_failed):
@@ -431,8 +442,20 @@ def make_parser() -> ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system's preemption, ``kill``): stopped as Ctrl-C stops a run."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # CPU steps: no page faults on every activation (bench/cpu.py)
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    else:  # signal handlers can only be set from the main thread
+        previous = None
     try:
         args = make_parser().parse_args(argv)
         code = args.func(args)
@@ -441,10 +464,18 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("bench: interrupted; finished runs are in the store, the rest will run next time", file=sys.stderr)
-        return 130
+    except sqlite3.DatabaseError as exc:  # the store broke mid-way: disk full, a damaged file
+        print(f"bench: error: the results store failed: {exc} (runs committed before are in it; a run that "
+              "was in progress keeps its checkpoint)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"bench: {what}; finished runs are in the store, the rest will run next time", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # `bench list | head`: the reader is gone; say nothing more
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
         return 141  # 128 + SIGPIPE, as a shell tool killed by it
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -44,6 +44,7 @@ class RunResult:
     arrays: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
     error: str | None = None
+    keep_checkpoint: bool = False   # a run given up after its process died: --retry-failed resumes it
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,7 +151,7 @@ def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
               checkpoint_path=checkpoint_path(spec, cache_dir), checkpoint_every_s=checkpoint_every_s,
               graph=graph)
     if run.checkpoint_found:
-        print(f"[{spec.key()}] resuming from its checkpoint", file=sys.stderr)
+        print(f"[{spec.key()}] resuming from its checkpoint ({run.checkpoint_position()})", file=sys.stderr)
     try:
         model = method_cls(params).fit(run)
         if not isinstance(model, torch.nn.Module):
@@ -188,7 +189,8 @@ def commit(store: Store, result: RunResult, cache_dir: Path | None = None) -> No
                      samples=result.samples, values=result.values, arrays=result.arrays)
     else:
         store.fail(key, result.error or "unknown error", history=result.history, env=result.env)
-    drop_checkpoint(result.spec, cache_dir)
+    if not result.keep_checkpoint:
+        drop_checkpoint(result.spec, cache_dir)
 
 
 def drop_checkpoint(spec: RunSpec, cache_dir: Path | None) -> None:
@@ -263,7 +265,7 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
         bar = bars.get(key)
         if bar is None:
             return
-        bar.set_description(f"  {row['stage']}")
+        bar.set_description_str(f"  {labels[key]}: {row['stage']} epoch {row['epoch'] + 1}", refresh=False)
         bar.update(1)
         shown = {k: row[k] for k in ("loss", "test_acc") if isinstance(row.get(k), float)}
         bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()})
@@ -279,7 +281,8 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
         started.setdefault(key, time.time())
         slot = min(set(range(1, len(slots) + 2)) - set(slots.values()))
         slots[key] = slot
-        bars[key] = tqdm(desc="  epochs", unit="ep", leave=False, disable=disable, position=slot)
+        bars[key] = tqdm(desc=f"  {labels[key]}: starting", bar_format="{desc} [{elapsed}{postfix}]", leave=False,
+                         disable=disable, position=slot)
         if plain:
             last_line[key] = time.time()
             say(key, "started")
@@ -326,9 +329,12 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
                         queue.append(spec)
                     else:
                         tries = crashes[key]
+                        saved = checkpoint_path(spec, cache_dir)
                         error = (f"{payload}; gave up after {tries} attempt{'s' * (tries > 1)} "
-                                 f"(--max-retries {max_retries})")
-                        finish(spec, RunResult(spec, "failed", error=error))
+                                 f"(--max-retries {max_retries})"
+                                 + ("; its checkpoint is kept: --retry-failed resumes it"
+                                    if saved is not None and saved.exists() else ""))
+                        finish(spec, RunResult(spec, "failed", error=error, keep_checkpoint=True))
                 else:  # a user error: let the runs in flight finish, then stop
                     user_error = user_error or payload
     except BaseException:

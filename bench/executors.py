@@ -500,7 +500,7 @@ def from_args(args) -> Executor:
         raise BenchError(f"--jobs must be at least 1, got {jobs}")
     if getattr(args, "max_retries", 0) < 0:
         raise BenchError(f"--max-retries must be non-negative, got {args.max_retries}")
-    if getattr(args, "checkpoint_every", 0) < 0:
+    if not getattr(args, "checkpoint_every", 0) >= 0:  # NaN too
         raise BenchError(f"--checkpoint-every must be non-negative seconds, got {args.checkpoint_every:g}")
     if gpus is not None and (gpus != gpus or gpus < 0):
         raise BenchError(f"--gpus-per-run must be non-negative, got {gpus:g}")

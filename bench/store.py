@@ -92,6 +92,48 @@ class StoreNotWritable(BenchError):
     """The store exists but this process cannot write it (a read-only file or directory)."""
 
 
+class StoreInUse(BenchError):
+    """Another ``bench run`` holds the store's writer lock."""
+
+
+def lock_path(path) -> Path:
+    return Path(str(path) + ".lock")
+
+
+@contextmanager
+def writer_lock(path):
+    """Hold ``STORE.lock`` (an exclusive ``flock``) while a ``bench run`` may write the store, so
+    that a second ``bench run`` on it is refused (:class:`StoreInUse`) instead of training the same
+    runs and overwriting the first one's results. The kernel drops the lock when the process ends,
+    however it ends; the small file stays (removing it would race with a process about to take it).
+    Where the lock file cannot be created (a read-only directory: nothing will be written), or on a
+    system without ``fcntl``, nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    target = lock_path(path)
+    try:
+        fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise StoreInUse(f"store {path} is being written by another `bench run` ({holder}); wait for it to "
+                             "finish, or give this one another --store") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                  .encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 SPEC_COLUMNS = ("method", "dataset", "imbalance", "noise_type", "noise_rate", "seed", "preset", "model")
 
 

@@ -9,10 +9,12 @@ never read the store: they report through ``run.log`` (per-epoch history) and ``
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
 import os
+import sys
 import time
 import typing
 from collections.abc import Iterator
@@ -159,6 +161,7 @@ class Run:
         self._checkpoint = _load_checkpoint(self.checkpoint_path, self.spec.key())
         self._stages: dict[str, dict] = dict(self._checkpoint.get("stages", {})) if self._checkpoint else {}
         self._last_save = time.monotonic()
+        self._saving = self.checkpoint_path is not None  # off after a failed write (see _save)
         self.resumed_from: tuple[str, int] | None = None
         self._entered: set[str] = set()
         self.steps: list[StepGraph] = []
@@ -194,7 +197,10 @@ class Run:
             self._save(stage, force=epoch == count - 1)
 
     def _save(self, stage: str, force: bool = False) -> None:
-        if self.checkpoint_path is None:
+        """Write the checkpoint (atomically: a temp file, then a rename). A checkpoint is only a
+        shortcut for a rerun after a kill: if it cannot be written (disk full, quota, a cache
+        directory that went away), the run says so once and trains on without checkpoints."""
+        if not self._saving:
             return
         now = time.monotonic()
         if not force and now - self._last_save < self.checkpoint_every_s:
@@ -202,10 +208,18 @@ class Run:
         payload = {"key": self.spec.key(), "current": stage, "stages": self._stages, "history": self.history,
                    "rng": _get_rng(self.generator)}
         path = Path(self.checkpoint_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(payload, tmp)
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as exc:  # torch reports a short write as a RuntimeError
+            self._saving = False
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            print(f"bench: cannot write the checkpoint {path} ({_write_failure(exc, path)}); this run goes on "
+                  "without checkpoints (a kill now means starting it over)", file=sys.stderr)
+            return
         self._checkpoint = payload
         self._last_save = now
 
@@ -213,6 +227,14 @@ class Run:
     def checkpoint_found(self) -> bool:
         """Whether this run starts from the checkpoint of an earlier, killed attempt."""
         return self._checkpoint is not None
+
+    def checkpoint_position(self) -> str:
+        """Where the checkpoint found stopped, e.g. ``train, 3 epochs done`` ('' without one)."""
+        if not self._checkpoint:
+            return ""
+        stage = self._checkpoint.get("current")
+        done = self._checkpoint.get("stages", {}).get(stage, {}).get("epoch", -1) + 1
+        return f"{stage}, {done} epoch{'s' * (done != 1)} done"
 
     # --- speed (bench/capture.py) ---------------------------------------------------------
     @property
@@ -345,11 +367,30 @@ def _load_checkpoint(path: Path | None, key: str) -> dict | None:
         return None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
+    except Exception as exc:  # noqa: BLE001 - truncated, corrupt, from another torch: all the same here
+        print(f"bench: the checkpoint {path} cannot be read ({type(exc).__name__}); the run starts over",
+              file=sys.stderr)
         return None
     if not isinstance(payload, dict) or payload.get("key") != key:
+        print(f"bench: the checkpoint {path} belongs to another run; the run starts over", file=sys.stderr)
         return None
     return payload
+
+
+def _write_failure(exc: BaseException, path: Path) -> str:
+    """Why a write failed, with the free space where it was written (torch's own message for a
+    full disk, ``unexpected pos ...``, does not say)."""
+    import shutil
+
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+    existing = Path(path).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:
+        return reason
+    return f"{reason.splitlines()[0]}; {free / 2**20:.0f} MiB free there"
 
 
 def _snapshot(state: dict[str, Any]) -> dict[str, Any]:

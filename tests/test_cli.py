@@ -66,6 +66,7 @@ BAD_RUN_ARGS = [
     (["--methods", "ce", "--executor", "ray", "--device", "cuda"], "needs --gpus-per-run"),
     (["--methods", "ce", "--max-retries", "-1"], "--max-retries must be non-negative"),
     (["--methods", "ce", "--checkpoint-every", "-5"], "--checkpoint-every must be non-negative"),
+    (["--methods", "ce", "--checkpoint-every", "nan"], "--checkpoint-every must be non-negative"),
     # settings that conflict or do not fit the run (QUICK gives --epochs 2)
     (["--methods", "ce", "--set", "epochs=3"], "--epochs 2 and --set epochs=3 disagree"),
     (["--methods", "ce", "--precision", "bf16", "--set", "precision=fp32"], "disagree"),
@@ -241,18 +242,56 @@ def test_a_run_killed_mid_way_is_never_done_and_the_rerun_completes_it(tmp_path)
                 status = row[0] if row else None
             except sqlite3.OperationalError:
                 pass
+    # a second `bench run` on the store while the first trains is refused, before it trains anything
+    second = bench("run", "--methods", "ce", "--store", str(store), "--epochs", "30", "--quiet")
+    assert second.returncode == 2 and "is being written by another `bench run` (pid" in second.stderr
     time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert status == "running"
     rows = sqlite3.connect(store).execute("SELECT status FROM runs").fetchall()
-    assert rows == [("running",)]
+    assert rows == [("running",)]  # nor did the second command touch the store
     rerun = bench("run", "--methods", "ce", "--store", str(store), "--epochs", "2", "--quiet")
     assert rerun.returncode == 0  # a different spec (2 epochs): the killed one stays not-done
     rerun = bench("run", "--methods", "ce", "--store", str(store), "--epochs", "30", "--quiet")
     assert rerun.returncode == 0 and "1 trained" in rerun.stderr
     statuses = sorted(sqlite3.connect(store).execute("SELECT status FROM runs").fetchall())
     assert statuses == [("done",), ("done",)]
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_keeps_its_checkpoint(tmp_path):
+    """A batch system's preemption (SIGTERM) ends `bench run` with one line and exit 143; the run
+    stays not-done and its checkpoint stays for the next command."""
+    store, cache = tmp_path / "store.sqlite", tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--methods", "ce", "--store", str(store),
+                             "--epochs", "30", "--quiet", "--cache-dir", str(cache), "--checkpoint-every", "0"],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    checkpoints = cache / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(checkpoints.glob("*.pt")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "bench: terminated; finished runs are in the store" in err and "Traceback" not in err
+    assert sqlite3.connect(store).execute("SELECT status FROM runs").fetchall() == [("running",)]
+    assert len(list(checkpoints.glob("*.pt"))) == 1
+
+
+def test_a_store_that_fails_mid_run_is_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
+    import bench.store
+
+    def broken_finish(self, key, **kw):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(bench.store.Store, "finish", broken_finish)
+    cache = tmp_path / "cache"
+    code = main(["run", "--methods", "ce", "--epochs", "1", "--quiet", "--store", str(tmp_path / "s.sqlite"),
+                 "--cache-dir", str(cache), "--checkpoint-every", "0"])
+    err = capsys.readouterr().err
+    assert code == 1 and "bench: error: the results store failed: disk I/O error" in err
+    assert len(list((cache / "checkpoints").glob("*.pt"))) == 1
 
 
 def test_list_names_every_registered_method():

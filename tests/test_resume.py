@@ -113,7 +113,37 @@ def test_execute_resumes_a_killed_ce_run_to_the_same_result(tmp_path, monkeypatc
     assert np.allclose([h["loss"] for h in resumed.history], [h["loss"] for h in reference.history], rtol=0, atol=0)
 
 
-def test_a_checkpoint_of_another_run_or_a_corrupt_one_is_ignored(tmp_path):
+def test_a_checkpoint_that_cannot_be_written_is_warned_once_and_training_goes_on(tmp_path, monkeypatch, capsys):
+    """A full disk (torch reports a short write as a RuntimeError) or a cache directory that cannot
+    be made costs the checkpoints, not the run: one line, then the run trains to its end as it
+    would have without checkpoints."""
+    data = load_data(_spec())
+    reference_model, _ = _train(Run(spec=_spec(), data=data, device=torch.device("cpu")))
+    calls = []
+
+    def full_disk(obj, f, *a, **k):
+        calls.append(f)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 273664 vs 273552")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    path = tmp_path / "ck.pt"
+    run = Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path, checkpoint_every_s=0)
+    model, _ = _train(run)
+    assert torch.equal(model.weight, reference_model.weight) and len(run.history) == 6
+    assert len(calls) == 1 and not path.exists() and not list(tmp_path.glob("ck.pt.tmp*"))
+    err = capsys.readouterr().err
+    assert err.count("cannot write the checkpoint") == 1 and "unexpected pos" in err and "MiB free there" in err
+    monkeypatch.undo()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    run = Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=blocker / "ck.pt",
+              checkpoint_every_s=0)
+    model, _ = _train(run)  # the checkpoint's directory cannot be made under a file
+    assert torch.equal(model.weight, reference_model.weight)
+    assert capsys.readouterr().err.count("cannot write the checkpoint") == 1
+
+
+def test_a_checkpoint_of_another_run_or_a_corrupt_one_is_ignored(tmp_path, capsys):
     data = load_data(_spec())
     path = tmp_path / "ck.pt"
     run = Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path, checkpoint_every_s=0)
@@ -128,5 +158,7 @@ def test_a_checkpoint_of_another_run_or_a_corrupt_one_is_ignored(tmp_path):
     _train(stranger)  # trains every epoch itself instead of restoring the other run's state
     assert stranger.resumed_from is None
     assert [(h["stage"], h["epoch"]) for h in stranger.history] == [(s, e) for s in "ab" for e in range(3)]
+    assert "belongs to another run; the run starts over" in capsys.readouterr().err
     path.write_bytes(b"not a checkpoint")
     assert not Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path).checkpoint_found
+    assert "cannot be read (" in capsys.readouterr().err  # said, not silent
