@@ -2,10 +2,12 @@
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench.data.bias import imbalance_profile
@@ -102,3 +104,18 @@ def test_python_m_bench_data_exit_code_2(argv):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bench: error:")
+
+
+@pytest.mark.parametrize("case,match", [
+    ("std", "std must be finite, got std=[inf]"),
+])
+def test_bad_npz_is_a_one_line_error_before_training(tmp_path, case, match):
+    # each of these once got past validation: inputs zeroed by std=inf
+    x, y = np.zeros((20, 8, 8), np.uint8), np.arange(20) % 2
+    arrays = {"x_train": x, "y_train": y, "x_test": x[:4], "y_test": y[:4]}
+    if case == "std":
+        arrays.update(mean=np.array([0.5]), std=np.array([np.inf]))
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(DataError, match=re.escape(match)) as e:
+        main(parse("--dataset", f"npz:{tmp_path / 'd.npz'}", "--noise", "none"))
+    assert "\n" not in str(e.value)

@@ -360,6 +360,13 @@ def test_npz_grayscale_relative_path_and_options(tmp_path, monkeypatch):
     assert ds.mean == (0.5,) and ds.std == (0.25,)
 
 
+def test_npz_mean_std_at_the_edges_of_their_range(tmp_path):
+    np.savez(tmp_path / "d.npz", **good_arrays(np.random.default_rng(0), shape=(8, 8, 2)),
+             mean=np.array([0.0, 1.0]), std=np.array([1.0, 1e-3]))
+    ds = load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    assert ds.mean == (0.0, 1.0) and ds.std == (1.0, 1e-3)
+
+
 def test_npz_class_without_training_samples(tmp_path):
     arrays = good_arrays(np.random.default_rng(0))
     np.savez(tmp_path / "d.npz", **arrays, classes=np.array(["a", "b", "c", "d"]))
@@ -382,6 +389,16 @@ def _malformed(rng):
         "object classes": ({**g, "classes": np.array(["a", 1, None], dtype=object)}, "plain arrays"),
         "mean only": ({**g, "mean": np.array([0.5])}, "both mean and std"),
         "one class": ({**g, "y_train": g["y_train"] * 0, "y_test": g["y_test"] * 0}, "2 classes"),
+        "std inf": ({**g, "mean": np.array([0.5]), "std": np.array([np.inf])},
+                    r"std must be finite, got std=\[inf\]"),
+        "std nan": ({**g, "mean": np.array([0.5]), "std": np.array([np.nan])},
+                    r"std must be finite, got std=\[nan\]"),
+        "mean nan": ({**g, "mean": np.array([np.nan]), "std": np.array([0.25])},
+                     r"mean must be finite, got mean=\[nan\]"),
+        "0-255 mean, std": ({**g, "mean": np.array([127.0]), "std": np.array([60.0])},
+                            r"mean and std are in \[0, 1\] units of the image scaled from 0-255"),
+        "negative mean": ({**g, "mean": np.array([-0.1]), "std": np.array([0.25])}, r"\[0, 1\] units"),
+        "std above 1": ({**g, "mean": np.array([0.5]), "std": np.array([1.5])}, r"\[0, 1\] units"),
     }
 
 

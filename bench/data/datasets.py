@@ -44,6 +44,7 @@ import gzip
 import hashlib
 import io
 import lzma
+import math
 import os
 import pickle
 import tarfile
@@ -500,7 +501,9 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     Required keys: ``x_train``, ``x_test`` (uint8, ``N x H x W`` or ``N x H x W x C``, the same
     H, W, C in both), ``y_train``, ``y_test`` (integer, 1-D, one per image). Optional:
     ``classes`` (K names, a string array; default ``"0" .. "K-1"`` with K = max label + 1),
-    ``mean`` and ``std`` (per channel, in [0, 1] pixel units; default: computed from
+    ``mean`` and ``std`` (per channel, in [0, 1] units of the image scaled from 0-255, as the
+    loader normalises ``(x / 255 - mean) / std``: finite, mean in [0, 1], 0 < std <= 1, so
+    CIFAR-10's red channel is 0.491 and 0.247, not 125.3 and 63.0; default: computed from
     ``x_train``). Every label must lie in 0..K-1 and every class must have training samples.
     Augmentation (random crop + flip) is on for 32 x 32 x 3 images (CIFAR-like), off otherwise.
     A relative PATH is looked up in the working directory, then in the data directory. The file
@@ -568,6 +571,13 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
         mean, std = (tuple(float(v) for v in np.ravel(arrays[k])) for k in ("mean", "std"))
         if len(mean) != channels or len(std) != channels or min(std) <= 0:
             raise DataError(f"{where}: mean and std need {channels} value(s) each, std > 0")
+        for key, values in (("mean", mean), ("std", std)):
+            if not all(math.isfinite(v) for v in values):
+                raise DataError(f"{where}: {key} must be finite, got {key}={list(values)}")
+        if min(mean) < 0 or max(mean) > 1 or max(std) > 1:  # e.g. mean=[127.], std=[60.]
+            raise DataError(f"{where}: mean and std are in [0, 1] units of the image scaled "
+                            f"from 0-255 (mean in [0, 1], std in (0, 1]), got mean={list(mean)}, "
+                            f"std={list(std)}; divide 0-255-scale values by 255")
     else:
         mean, std = _channel_stats(xs["train"])
         std = tuple(s if s > 0 else 1.0 for s in std)  # a constant channel: do not divide by 0
