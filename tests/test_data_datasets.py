@@ -360,6 +360,15 @@ def test_npz_grayscale_relative_path_and_options(tmp_path, monkeypatch):
     assert ds.mean == (0.5,) and ds.std == (0.25,)
 
 
+@pytest.mark.parametrize("shape", [(8, 8), (8, 8, 1), (8, 8, 3), (8, 8, 4), (3, 8, 3), (1, 8, 4),
+                                   (3, 8), (1, 8)])
+def test_npz_channels_last_shapes_load(tmp_path, shape):
+    # only N x {1, 3} x H x W with W > 4 is taken for channels-first; N x H x W always loads
+    np.savez(tmp_path / "d.npz", **good_arrays(np.random.default_rng(0), shape=shape))
+    ds = load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    assert ds.x_train.shape == (30, *shape[:2], shape[2] if len(shape) == 3 else 1)
+
+
 def test_npz_mean_std_at_the_edges_of_their_range(tmp_path):
     np.savez(tmp_path / "d.npz", **good_arrays(np.random.default_rng(0), shape=(8, 8, 2)),
              mean=np.array([0.0, 1.0]), std=np.array([1.0, 1e-3]))
@@ -399,6 +408,11 @@ def _malformed(rng):
                             r"mean and std are in \[0, 1\] units of the image scaled from 0-255"),
         "negative mean": ({**g, "mean": np.array([-0.1]), "std": np.array([0.25])}, r"\[0, 1\] units"),
         "std above 1": ({**g, "mean": np.array([0.5]), "std": np.array([1.5])}, r"\[0, 1\] units"),
+        "channels first": ({**g, "x_train": np.zeros((30, 3, 8, 8), np.uint8),
+                            "x_test": np.zeros((6, 3, 8, 8), np.uint8)},
+                           r"x_train with shape \(30, 3, 8, 8\) looks channels-first"),
+        "grey channels first": ({**g, "x_test": np.zeros((6, 1, 8, 8), np.uint8)},
+                                r"x_test .* looks channels-first .*np\.transpose\(x, \(0, 2, 3, 1\)\)"),
     }
 
 

@@ -499,12 +499,14 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     """Your own arrays from a ``.npz`` (``--dataset npz:PATH``).
 
     Required keys: ``x_train``, ``x_test`` (uint8, ``N x H x W`` or ``N x H x W x C``, the same
-    H, W, C in both), ``y_train``, ``y_test`` (integer, 1-D, one per image). Optional:
-    ``classes`` (K names, a string array; default ``"0" .. "K-1"`` with K = max label + 1),
-    ``mean`` and ``std`` (per channel, in [0, 1] units of the image scaled from 0-255, as the
-    loader normalises ``(x / 255 - mean) / std``: finite, mean in [0, 1], 0 < std <= 1, so
-    CIFAR-10's red channel is 0.491 and 0.247, not 125.3 and 63.0; default: computed from
-    ``x_train``). Every label must lie in 0..K-1 and every class must have training samples.
+    H, W, C in both; channels last: ``N x C x H x W``, PyTorch's layout, with C = 1 or 3 and
+    W > 4 is refused as channels-first), ``y_train``, ``y_test`` (integer, 1-D, one per image).
+    Optional: ``classes`` (K names, a string array; default ``"0" .. "K-1"`` with K = max
+    label + 1), ``mean`` and ``std`` (per channel, in [0, 1] units of the image scaled from
+    0-255, as the loader normalises ``(x / 255 - mean) / std``: finite, mean in [0, 1],
+    0 < std <= 1, so CIFAR-10's red channel is 0.491 and 0.247, not 125.3 and 63.0; default:
+    computed from ``x_train``). Every label must lie in 0..K-1 and every class must have
+    training samples.
     Augmentation (random crop + flip) is on for 32 x 32 x 3 images (CIFAR-like), off otherwise.
     A relative PATH is looked up in the working directory, then in the data directory. The file
     is loaded with ``allow_pickle=False``; no checksum (it is yours).
@@ -544,6 +546,11 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
         if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer)) or len(y) != len(x):
             raise DataError(f"{where}: y_{split} must be 1-D integer labels, one per image "
                             f"(got {y.dtype} with shape {y.shape} for {len(x)} images)")
+        # N x C x H x W (PyTorch's layout) would be read as H = C, C = W: (N, 3, 32, 32) has C = 32
+        if x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[-1] > 4:
+            raise DataError(f"{where}: x_{split} with shape {x.shape} looks channels-first "
+                            "(N x C x H x W); store N x H x W x C, e.g. "
+                            "np.transpose(x, (0, 2, 3, 1))")
         xs[split] = x[..., None] if x.ndim == 3 else x
     if xs["train"].shape[1:] != xs["test"].shape[1:] or min(xs["train"].shape[1:]) < 1:
         raise DataError(f"{where}: x_train and x_test must share H x W x C, got "
