@@ -109,16 +109,19 @@ def test_python_m_bench_data_exit_code_2(argv):
 @pytest.mark.parametrize("case,match", [
     ("std", "std must be finite, got std=[inf]"),
     ("channels first", "looks channels-first"),
+    ("empty test", "x_test is empty"),
 ])
 def test_bad_npz_is_a_one_line_error_before_training(tmp_path, case, match):
     # each of these once got past validation: inputs zeroed by std=inf, images read as
-    # H = 3, W = 32, C = 32
+    # H = 3, W = 32, C = 32, a traceback in evaluation on an empty test set
     x, y = np.zeros((20, 8, 8), np.uint8), np.arange(20) % 2
     arrays = {"x_train": x, "y_train": y, "x_test": x[:4], "y_test": y[:4]}
     if case == "std":
         arrays.update(mean=np.array([0.5]), std=np.array([np.inf]))
     elif case == "channels first":
         arrays.update(x_train=np.zeros((20, 3, 8, 8), np.uint8), x_test=np.zeros((4, 3, 8, 8), np.uint8))
+    else:
+        arrays.update(x_test=x[:0], y_test=y[:0])
     np.savez(tmp_path / "d.npz", **arrays)
     with pytest.raises(DataError, match=re.escape(match)) as e:
         main(parse("--dataset", f"npz:{tmp_path / 'd.npz'}", "--noise", "none"))

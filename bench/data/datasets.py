@@ -505,8 +505,8 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     label + 1), ``mean`` and ``std`` (per channel, in [0, 1] units of the image scaled from
     0-255, as the loader normalises ``(x / 255 - mean) / std``: finite, mean in [0, 1],
     0 < std <= 1, so CIFAR-10's red channel is 0.491 and 0.247, not 125.3 and 63.0; default:
-    computed from ``x_train``). Every label must lie in 0..K-1 and every class must have
-    training samples.
+    computed from ``x_train``). Neither split may be empty. Every label must lie in 0..K-1 and
+    every class must have training samples.
     Augmentation (random crop + flip) is on for 32 x 32 x 3 images (CIFAR-like), off otherwise.
     A relative PATH is looked up in the working directory, then in the data directory. The file
     is loaded with ``allow_pickle=False``; no checksum (it is yours).
@@ -555,8 +555,9 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     if xs["train"].shape[1:] != xs["test"].shape[1:] or min(xs["train"].shape[1:]) < 1:
         raise DataError(f"{where}: x_train and x_test must share H x W x C, got "
                         f"{xs['train'].shape[1:]} and {xs['test'].shape[1:]}")
-    if len(xs["train"]) == 0:
-        raise DataError(f"{where}: x_train is empty")
+    for split in ("train", "test"):
+        if len(xs[split]) == 0:
+            raise DataError(f"{where}: x_{split} is empty")
     y_train = arrays["y_train"].astype(np.int64)
     y_test = arrays["y_test"].astype(np.int64)
     if "classes" in arrays:
