@@ -663,22 +663,38 @@ def detail_layout(built: Built, dataset_label: str) -> pd.DataFrame:
 
 
 def long_records(built: Built) -> list[dict]:
-    """One record per (row, column): the CSV / JSON form, with the keys of the runs used."""
+    """One record per (row, column): the CSV / JSON form, with the keys of the runs used.
+
+    ``record`` tells them apart: ``cell`` for a result on one cell, ``grid mean`` for Table 1's MA
+    over a grid, whose per-cell results follow as ``cell`` records (column ``CIFAR-10: imb 10,
+    flip2 0.2``; the paper prints MA only, so they have no published value)."""
     t = built.table
     out = []
     for e in built.entries:
-        r = e.ours
-        rec = {"table": t.number, "row": e.row, "column": e.column, "dataset": e.dataset, "imbalance": e.imbalance,
-               "noise_type": e.noise_type, "noise_rate": e.noise_rate, "metric": METRIC_COLUMNS[built.metric]
-               if t.kind != "grid" else f"MA of {METRIC_COLUMNS[built.metric]}",
-               "status": r.status, "ours_mean": None if r.status != "ok" else round(r.mean, 4),
-               "ours_std": None if r.status != "ok" or math.isnan(r.std) else round(r.std, 4),
-               "n_seeds": r.n, "published": e.paper["value"] if e.paper else None,
-               "published_text": e.paper_text, "diff": None if e.diff is None else round(e.diff, 4),
-               "nonstandard_protocol": r.nonstandard, "detail": r.detail,
-               "published_source": e.paper["source"] if e.paper else "", "run_keys": " ".join(r.keys)}
-        out.append(rec)
+        out.append(_record(built, e, "grid mean" if t.kind == "grid" else "cell"))
+    for label, per_row in built.details.items():
+        col = [c for c in t.columns if c.label == label][0]
+        for row_label, results in per_row.items():
+            for c, r in zip(col.cells, results):
+                out.append(_record(built, Entry(row_label, f"{label}: {_cell_title(c)}", r, None, _paper_text(None, t),
+                                                dataset=c.dataset, imbalance=f"{c.imbalance:g}",
+                                                noise_type=c.noise_type, noise_rate=f"{c.noise_rate:g}"), "cell"))
     return out
+
+
+def _record(built: Built, e: Entry, record: str) -> dict:
+    r = e.ours
+    metric = METRIC_COLUMNS[built.metric]
+    return {"table": built.table.number, "row": e.row, "column": e.column, "dataset": e.dataset,
+            "imbalance": e.imbalance, "noise_type": e.noise_type, "noise_rate": e.noise_rate,
+            "metric": metric if record == "cell" else f"MA of {metric}",
+            "status": r.status, "ours_mean": None if r.status != "ok" else round(r.mean, 4),
+            "ours_std": None if r.status != "ok" or math.isnan(r.std) else round(r.std, 4),
+            "n_seeds": r.n, "published": e.paper["value"] if e.paper else None,
+            "published_text": e.paper_text, "diff": None if e.diff is None else round(e.diff, 4),
+            "nonstandard_protocol": r.nonstandard, "detail": r.detail,
+            "published_source": e.paper["source"] if e.paper else "", "run_keys": " ".join(r.keys),
+            "record": record}
 
 
 def render(built: Built, fmt: str = "md", store_path: str = "") -> str:

@@ -214,6 +214,33 @@ def test_ma_is_not_printed_for_an_incomplete_grid(tmp_path, ref):
     assert tables.layout(built2).set_index("method").loc["CE", "CIFAR-100: cells"] == "12/12 cells"
 
 
+def test_table1_csv_and_json_hold_the_per_cell_results_beside_the_grid_means(tmp_path, ref):
+    """An incomplete grid has no MA, but its cells' numbers are in the machine-readable output as
+    in the detail tables: ``record`` tells a grid mean from a cell."""
+    cells = GRIDS["cifar100"]
+    s = _grid_store(tmp_path / "d.sqlite", cells[:-1], lambda i: (0, 1))
+    built = tables.build(1, s.runs("done"), ref, "last")
+    rows = list(csv.DictReader(tables.render(built, "csv").splitlines()))
+    assert len(rows) == 10 * 2 + 10 * 30  # 10 rows x 2 grids (MA), 10 rows x 30 cells
+    ma = [r for r in rows if r["record"] == "grid mean"]
+    assert len(ma) == 20 and {r["metric"] for r in ma} == {"MA of acc_last"}
+    ce_ma = [r for r in ma if r["row"] == "CE" and r["column"] == "CIFAR-100"][0]
+    assert ce_ma["status"] == "incomplete" and ce_ma["ours_mean"] == ""
+    ce = [r for r in rows if r["record"] == "cell" and r["row"] == "CE" and r["dataset"] == "cifar100"]
+    assert len(ce) == 12 and {r["metric"] for r in ce} == {"acc_last"}
+    first = ce[0]
+    assert first["column"] == "CIFAR-100: imb 1, clean" and (first["imbalance"], first["noise_rate"]) == ("1", "0")
+    assert (float(first["ours_mean"]), float(first["ours_std"]), int(first["n_seeds"])) == (
+        10.5, pytest.approx(np.std([10.0, 11.0], ddof=1), abs=1e-4), 2)
+    assert first["published"] == "" and len(first["run_keys"].split()) == 2
+    assert [r["status"] for r in ce].count("ok") == 11 and ce[-1]["status"] == "missing"
+    assert len({(r["row"], r["column"]) for r in rows}) == len(rows)
+    data = json.loads(tables.render(built, "json"))
+    cell = [r for r in data["entries"] if r["record"] == "cell" and r["row"] == "CE"
+            and r["column"] == "CIFAR-100: imb 1, clean"][0]
+    assert (cell["ours_mean"], cell["n_seeds"], cell["published"]) == (10.5, 2, None)
+
+
 def test_table1_har_is_not_run_with_published_numbers(ref):
     built = tables.build(1, pd.DataFrame(), ref)
     row = tables.layout(built).set_index("method").loc["HAR"]
