@@ -737,7 +737,11 @@ def render(built: Built, fmt: str = "md", store_path: str = "") -> str:
     for e in amb:
         keys = ", ".join(k[:12] for k in e.ours.keys)
         lines.append(p(f"ambiguous: {e.row} / {e.column}: {e.ours.detail} (keys {keys})"))
-    nonstd = sorted({e.ours.nonstandard for e in built.entries if e.ours.nonstandard})
+    # Table 1: a grid mean's protocols are its cells' (joined by " | "); a cell marked † in the
+    # detail tables needs its line even where its grid has no MA
+    results = [e.ours for e in built.entries] + [r for per_row in built.details.values()
+                                                  for rs in per_row.values() for r in rs]
+    nonstd = sorted({d for r in results if r.nonstandard for d in r.nonstandard.split(" | ")})
     if nonstd:
         lines.append(p("† protocol differs from the preset's standard one: " + " | ".join(nonstd)))
     store_option = "" if store_path in ("", DEFAULT_STORE) else f" --store {shlex.quote(store_path)}"

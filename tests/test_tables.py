@@ -241,6 +241,21 @@ def test_table1_csv_and_json_hold_the_per_cell_results_beside_the_grid_means(tmp
     assert (cell["ours_mean"], cell["n_seeds"], cell["published"]) == (10.5, 2, None)
 
 
+def test_table1_describes_a_nonstandard_protocol_of_a_detail_cell(tmp_path, ref):
+    """A † in Table 1's per-cell detail has its line under the table, also when its grid has no MA."""
+    cells = GRIDS["cifar100"]
+    s = _grid_store(tmp_path / "ns.sqlite", cells[:3], lambda i: (0,))
+    c = cells[5]
+    fake_store.add_run(s, fake_store.paper_spec("focal", c.dataset, c.imbalance, c.noise_type, c.noise_rate, 0,
+                                                epochs=3, warmup_epochs=0, milestones=(1, 2)), "Focal", 12.0)
+    built = tables.build(1, s.runs("done"), ref, "last")
+    assert entry(built, "Focal", "CIFAR-100").ours.status == "incomplete"
+    text = tables.render(built, "md")
+    assert "12.00 (n=1)†" in text.split("## Table 1 detail: CIFAR-100")[1]
+    line = [x for x in text.splitlines() if x.startswith("† protocol differs")]
+    assert line == ["† protocol differs from the preset's standard one: epochs=3 warmup_epochs=0 milestones=1,2"]
+
+
 def test_table1_har_is_not_run_with_published_numbers(ref):
     built = tables.build(1, pd.DataFrame(), ref)
     row = tables.layout(built).set_index("method").loc["HAR"]
