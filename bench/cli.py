@@ -280,7 +280,7 @@ def paper_specs(args) -> list[RunSpec]:
 
 def cmd_table(args) -> int:
     from bench.store import Store
-    from bench.summary import render, results_table
+    from bench.summary import render, render_records, results_records, results_table
 
     if args.paper:
         from bench import tables
@@ -295,10 +295,13 @@ def cmd_table(args) -> int:
     title = f"test accuracy (%), {args.metric} epoch" + (f", {group}" if group else "") + ", mean ± std over seeds"
     empty = ("no finished runs in the store" if runs.empty else
              f"no {group} ({GROUP_RULE[args.group]} training samples) in the cells of the {len(runs)} finished run(s)")
-    table = results_table(runs, args.metric, args.group)
-    if table.empty and args.format in ("csv", "json"):
-        print(f"bench: {empty}", file=sys.stderr)
-    print(render(table, args.format, title, empty=empty))
+    if args.format in ("csv", "json"):  # numbers, one record per (method, cell)
+        records = results_records(runs, args.metric, args.group)
+        if records.empty:
+            print(f"bench: {empty}", file=sys.stderr)
+        print(render_records(records, args.format, title))
+    else:
+        print(render(results_table(runs, args.metric, args.group), args.format, title, empty=empty))
     failed = store.runs("failed")
     if len(failed) and args.format == "md":
         print(f"\n{len(failed)} failed run(s): `python -m bench run ... --retry-failed` retries them", file=sys.stderr)

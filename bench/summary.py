@@ -1,4 +1,5 @@
-"""Stored results as a method x cell table: mean ± std over seeds, with the seed count.
+"""Stored results as a method x cell table: mean ± sample std (ddof 1) over seeds, with the seed
+count (Markdown and LaTeX), or one record per (method, cell) with the numbers (CSV and JSON).
 
 Reads only what the store returns (a DataFrame of runs); knows nothing of torch or methods. Runs
 are averaged together only when they differ in nothing but their seeds: a method run with other
@@ -102,16 +103,40 @@ def format_cell(mean: float, std: float, n: int) -> str:
     return f"{mean:.2f} ± {std:.2f} (n={n})"
 
 
+def _with_cells(agg: pd.DataFrame) -> pd.DataFrame:
+    """``aggregate``'s rows with the ``cell`` label the table's columns show."""
+    agg["cell"] = agg.apply(cell_label, axis=1)
+    multi_protocol = agg[["preset", "model"]].drop_duplicates().shape[0] > 1
+    if multi_protocol:
+        agg["cell"] = agg["cell"] + " [" + agg["preset"] + "/" + agg["model"] + "]"
+    return agg
+
+
+RECORD_COLUMNS = ("method", "cell", "dataset", "imbalance", "noise_type", "noise_rate", "preset", "model", "metric",
+                  "mean", "std", "n")
+
+
+def results_records(runs: pd.DataFrame, metric: str = "last", group: str = "all") -> pd.DataFrame:
+    """One row per (method row label, cell), the CSV / JSON form: ``mean``, ``std`` (sample std,
+    ddof 1; NaN for one seed) and ``n`` (seeds) as numbers, with the cell's fields and ``metric``
+    (the store's column, e.g. ``acc_last``). ``method`` and ``cell`` are as in :func:`results_table`."""
+    column = metric_column(metric, group)
+    agg = aggregate(runs, column)
+    if agg.empty:
+        return pd.DataFrame(columns=list(RECORD_COLUMNS))
+    agg = _with_cells(agg).rename(columns={"label": "method"})
+    agg["metric"] = column
+    agg["mean"], agg["std"] = agg["mean"].round(4), agg["std"].round(4)
+    return agg[list(RECORD_COLUMNS)].reset_index(drop=True)
+
+
 def results_table(runs: pd.DataFrame, metric: str = "last", group: str = "all") -> pd.DataFrame:
     """Method x cell table of formatted ``mean ± std (n)`` strings."""
     column = metric_column(metric, group)
     agg = aggregate(runs, column)
     if agg.empty:
         return pd.DataFrame()
-    agg["cell"] = agg.apply(cell_label, axis=1)
-    multi_protocol = agg[["preset", "model"]].drop_duplicates().shape[0] > 1
-    if multi_protocol:
-        agg["cell"] = agg["cell"] + " [" + agg["preset"] + "/" + agg["model"] + "]"
+    agg = _with_cells(agg)
     agg["text"] = [format_cell(m, s, n) for m, s, n in zip(agg["mean"], agg["std"], agg["n"])]
     cells = list(dict.fromkeys(agg.sort_values(["dataset", "imbalance", "noise_type", "noise_rate"])["cell"]))
     table = agg.pivot(index="label", columns="cell", values="text").reindex(columns=cells)
@@ -132,14 +157,19 @@ def text_table(df: pd.DataFrame, fmt: str = "md") -> str:
 
 
 def render(table: pd.DataFrame, fmt: str = "md", title: str = "", empty: str = "no finished runs in the store") -> str:
-    """The table as Markdown (with ``title``), LaTeX, CSV or JSON. An empty table is ``empty`` in
-    Markdown and LaTeX, and a document with no rows in CSV and JSON (what their readers expect)."""
-    if fmt == "csv":
-        return table.to_csv().rstrip("\n") if not table.empty else "method"  # print() ends the line
-    if fmt == "json":
-        rows = [] if table.empty else table.reset_index().to_dict(orient="records")
-        return json.dumps({"title": title, "rows": rows}, indent=1)
+    """The table (:func:`results_table`) as Markdown (with ``title``) or LaTeX. An empty table is
+    ``empty``."""
     if table.empty:
         return empty
     text = text_table(table.reset_index(), fmt)
     return f"{title}\n\n{text}" if title and fmt == "md" else text
+
+
+def render_records(records: pd.DataFrame, fmt: str = "csv", title: str = "") -> str:
+    """The records (:func:`results_records`) as CSV or JSON; no results give a document with no rows
+    (what their readers expect). A one-seed std is empty in CSV and null in JSON."""
+    if fmt == "csv":
+        return records.to_csv(index=False).rstrip("\n")  # print() ends the line
+    rows = [{k: (None if isinstance(v, float) and np.isnan(v) else v.item() if isinstance(v, np.generic) else v)
+             for k, v in rec.items()} for rec in records.to_dict(orient="records")]
+    return json.dumps({"title": title, "rows": rows}, indent=1)

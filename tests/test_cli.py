@@ -374,7 +374,8 @@ def test_a_read_only_store_is_read_by_table_and_refused_by_run(read_only, tmp_pa
     finally:
         shared.chmod(0o755)
     assert table.returncode == 0, table.stderr
-    assert "MW-Net(imb)" in table.stdout and "12.00" in table.stdout  # fake_store: 11, 12, 13 -> 12.00
+    assert "MW-Net(imb),cifar10 imb50 clean" in table.stdout  # fake_store: 11, 12, 13 -> 12.0 ± 1.0 (n=3)
+    assert ",acc_last,12.0,1.0,3" in table.stdout
     assert run.returncode == 2 and "bench: error: store" in run.stderr and "is not writable" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1  # seed 0 would need training: refused up front
     assert rerun.returncode == 0, rerun.stderr  # every run asked for is stored: only their table

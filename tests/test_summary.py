@@ -7,7 +7,7 @@ import pandas as pd
 
 from bench import tables
 from bench.spec import RunSpec
-from bench.summary import results_table, row_labels
+from bench.summary import RECORD_COLUMNS, results_table, row_labels
 
 
 def frame(*runs):
@@ -88,9 +88,52 @@ def test_bench_table_formats_and_empty_results(tmp_path, capsys):
     code, out, err = table("--group", "few", "--format", "json")
     assert code == 0 and json.loads(out)["rows"] == [] and "no few-shot classes" in err
     code, out, _ = table("--group", "few", "--format", "csv")
-    assert code == 0 and list(csv.reader(out.splitlines())) == [["method"]]
+    assert code == 0 and list(csv.reader(out.splitlines())) == [list(RECORD_COLUMNS)]
     code, _, err = table("--write")
     assert code == 2 and "give --paper" in err
+
+
+def test_bench_table_csv_and_json_give_numbers_one_record_per_method_and_cell(tmp_path, capsys):
+    """Machine-readable output holds numbers (mean, sample std with ddof 1, seeds), not the
+    Markdown's "61.00 ± 1.41 (n=2)" text; a one-seed std is empty (CSV) or null (JSON)."""
+    import csv
+    import statistics
+    import sys
+    from pathlib import Path
+
+    from bench.cli import main
+    from bench.store import Store
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+    import fake_store
+
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    ce = RunSpec(method="ce")
+    for seed, acc in ((0, 60.0), (1, 62.5), (2, 61.0)):
+        fake_store.add_run(store, ce.replace(seed=seed), "CE", acc)
+    fake_store.add_run(store, ce.replace(imbalance=5.0), "CE", 30.0)
+    store.close()
+
+    def table(*args):
+        assert main(["table", "--store", str(path), *args]) == 0
+        return capsys.readouterr().out
+
+    rows = list(csv.DictReader(table("--format", "csv").splitlines()))
+    assert list(rows[0]) == list(RECORD_COLUMNS) and len(rows) == 2
+    by_imb = {float(r["imbalance"]): r for r in rows}
+    r = by_imb[10.0]
+    assert (r["method"], r["cell"], r["dataset"], r["noise_type"], float(r["noise_rate"])) == (
+        "CE", "fmnist-mini imb10 flip2:0.4", "fmnist-mini", "flip2", 0.4)
+    assert (r["preset"], r["model"], r["metric"], int(r["n"])) == ("quick", "small_cnn", "acc_last", 3)
+    assert float(r["mean"]) == 61.1667 and float(r["std"]) == round(statistics.stdev([60.0, 62.5, 61.0]), 4)
+    assert (float(by_imb[5.0]["mean"]), by_imb[5.0]["std"], by_imb[5.0]["n"]) == (30.0, "", "1")
+    data = json.loads(table("--format", "json", "--metric", "best"))  # fake acc_best = acc_last + 1
+    one = [r for r in data["rows"] if r["imbalance"] == 5.0][0]
+    assert (one["mean"], one["std"], one["n"], one["metric"]) == (31.0, None, 1, "acc_best")
+    three = [r for r in data["rows"] if r["imbalance"] == 10.0][0]
+    assert three["mean"] == 62.1667 and three["n"] == 3 and isinstance(three["std"], float)
+    assert "61.17 ± 1.26 (n=3)" in table()  # Markdown keeps its text
 
 
 def test_shot_group_help_matches_the_training_metrics():
