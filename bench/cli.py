@@ -214,7 +214,9 @@ def _run_locked(args, specs, executor, device) -> int:
         print("add --retry-failed to run them again", file=sys.stderr)
     runs = store.runs("done", keys=keys)
     title = f"test accuracy (%), {args.metric} epoch, mean ± std over seeds"
-    print(render(results_table(runs, args.metric), title=title))
+    empty = ("the requested run did not finish" if len(specs) == 1 else
+             f"none of the {len(specs)} requested runs finished")
+    print(render(results_table(runs, args.metric), title=title, empty=empty))
     return 1 if counts["failed"] or earlier else 0
 
 
@@ -301,9 +303,13 @@ def cmd_table(args) -> int:
             print(f"bench: {empty}", file=sys.stderr)
         print(render_records(records, args.format, title))
     else:
-        print(render(results_table(runs, args.metric, args.group), args.format, title, empty=empty))
+        table = results_table(runs, args.metric, args.group)
+        if table.empty and args.format == "latex":  # stdout stays a LaTeX document
+            print(f"bench: {empty}", file=sys.stderr)
+        else:
+            print(render(table, args.format, title, empty=empty))
     failed = store.runs("failed")
-    if len(failed) and args.format == "md":
+    if len(failed):
         print(f"\n{len(failed)} failed run(s): `python -m bench run ... --retry-failed` retries them", file=sys.stderr)
     return 0
 

@@ -158,9 +158,9 @@ def text_table(df: pd.DataFrame, fmt: str = "md") -> str:
 
 def render(table: pd.DataFrame, fmt: str = "md", title: str = "", empty: str = "no finished runs in the store") -> str:
     """The table (:func:`results_table`) as Markdown (with ``title``) or LaTeX. An empty table is
-    ``empty``."""
+    ``empty`` in Markdown and nothing in LaTeX (a document; the caller says why on stderr)."""
     if table.empty:
-        return empty
+        return empty if fmt == "md" else ""
     text = text_table(table.reset_index(), fmt)
     return f"{title}\n\n{text}" if title and fmt == "md" else text
 

@@ -226,6 +226,26 @@ def test_ce_run_prints_a_table_and_a_rerun_trains_nothing(tmp_path):
     assert table.returncode == 0 and "CE" in table.stdout
 
 
+def test_a_run_whose_only_run_failed_says_so_not_that_the_store_is_empty(tmp_path, capsys):
+    """`bench run` on a store with other finished runs, its one run failed (earlier, not retried:
+    nothing trains): the table text says none of the requested runs finished."""
+    sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+    import fake_store
+
+    from bench.cli import build_specs, make_parser
+
+    args = ["--methods", "ce", "--seeds", "0", "--store", str(tmp_path / "s.sqlite"),
+            "--cache-dir", str(tmp_path / "cache"), *QUICK]
+    store = fake_store.build(tmp_path / "s.sqlite")  # other finished runs
+    (spec,) = build_specs(make_parser().parse_args(["run", *args]))
+    fake_store.add_run(store, spec, "CE", 0.0, status="failed")
+    store.close()
+    assert main(["run", *args]) == 1
+    out, err = capsys.readouterr()
+    assert "1 failed earlier and not retried" in err
+    assert out == "the requested run did not finish\n"
+
+
 def test_a_run_killed_mid_way_is_never_done_and_the_rerun_completes_it(tmp_path):
     store = tmp_path / "store.sqlite"
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -136,6 +136,34 @@ def test_bench_table_csv_and_json_give_numbers_one_record_per_method_and_cell(tm
     assert "61.17 ± 1.26 (n=3)" in table()  # Markdown keeps its text
 
 
+def test_bench_table_messages_go_to_stderr_in_every_format(tmp_path, capsys):
+    """With no finished runs, LaTeX output stays a document (empty) and the reason goes to stderr,
+    as for CSV and JSON; the failed-runs notice goes to stderr whatever the format."""
+    import sys
+    from pathlib import Path
+
+    from bench.cli import main
+    from bench.store import Store
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+    import fake_store
+
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    fake_store.add_run(store, RunSpec(method="ce"), "CE", 0.0, status="failed")
+    store.close()
+    for fmt in ("md", "latex", "csv", "json"):
+        assert main(["table", "--store", str(path), "--format", fmt]) == 0
+        out, err = capsys.readouterr()
+        assert "1 failed run(s)" in err and "--retry-failed" in err and "failed" not in out, fmt
+        if fmt == "md":
+            assert out == "no finished runs in the store\n" and "no finished" not in err
+        else:
+            assert "bench: no finished runs in the store" in err and "no finished" not in out, fmt
+    assert main(["table", "--store", str(path), "--format", "latex"]) == 0
+    assert capsys.readouterr().out == ""
+
+
 def test_shot_group_help_matches_the_training_metrics():
     from bench.cli import GROUP_RULE
     from bench.train import FEW_SHOT_BELOW, MANY_SHOT_ABOVE
