@@ -213,7 +213,7 @@ def _run_locked(args, specs, executor, device) -> int:
             print(f"  failed earlier: run {key}: {reason}", file=sys.stderr)
         print("add --retry-failed to run them again", file=sys.stderr)
     runs = store.runs("done", keys=keys)
-    title = f"test accuracy (%), {args.metric} epoch, mean ± std over seeds"
+    title = f"test accuracy (%), {args.metric} epoch, mean ± sample std (ddof 1) over seeds"
     empty = ("the requested run did not finish" if len(specs) == 1 else
              f"none of the {len(specs)} requested runs finished")
     print(render(results_table(runs, args.metric), title=title, empty=empty))
@@ -294,7 +294,8 @@ def cmd_table(args) -> int:
     store = Store(args.store, create=False)
     runs = store.runs("done")
     group = "" if args.group == "all" else f"{args.group}-shot classes"
-    title = f"test accuracy (%), {args.metric} epoch" + (f", {group}" if group else "") + ", mean ± std over seeds"
+    title = (f"test accuracy (%), {args.metric} epoch" + (f", {group}" if group else "")
+             + ", mean ± sample std (ddof 1) over seeds")
     empty = ("no finished runs in the store" if runs.empty else
              f"no {group} ({GROUP_RULE[args.group]} training samples) in the cells of the {len(runs)} finished run(s)")
     if args.format in ("csv", "json"):  # numbers, one record per (method, cell)
@@ -404,7 +405,7 @@ def make_parser() -> ArgumentParser:
                      help="checkpoint a run at most this often, at epoch ends (default 60; 0: every epoch)")
     run.set_defaults(func=cmd_run)
 
-    table = sub.add_parser("table", help="print stored results: method x cell, mean ± std over seeds")
+    table = sub.add_parser("table", help="print stored results: method x cell, mean ± sample std over seeds")
     table.add_argument("--store", default=DEFAULT_STORE, help=f"results store to read (default ./{DEFAULT_STORE})")
     table.add_argument("--paper", help="the CurveNet paper's table N (1, 2, 3, 6, 7, 8, 9, 10 or all), "
                                        "side by side with the published numbers")

@@ -714,8 +714,8 @@ def render(built: Built, fmt: str = "md", store_path: str = "") -> str:
     lines.append(h(f"{title}: {t.title}"))
     lines.append("")
     lines.append(p(f"Metric: **{built.metric}** — {METRIC_TEXT[built.metric]} (`--metric {built.metric}`). "
-                   "ours = mean ± std over seeds (n = number of seeds) of stored runs; paper = published value; "
-                   "Δ = ours − paper. Published values are never shown as ours."))
+                   "ours = mean ± sample std (ddof 1) over seeds (n = number of seeds) of stored runs; "
+                   "paper = published value; Δ = ours − paper. Published values are never shown as ours."))
     lines.append(p(f"Runs: preset `{t.preset}` from the store `{store_path}`."
                    + (" The published numbers come from the CurveNet paper" if t.number != "anchors" else
                       " The published numbers come from the MW-Net and LDAM-DRW papers")

@@ -133,7 +133,9 @@ def test_bench_table_csv_and_json_give_numbers_one_record_per_method_and_cell(tm
     assert (one["mean"], one["std"], one["n"], one["metric"]) == (31.0, None, 1, "acc_best")
     three = [r for r in data["rows"] if r["imbalance"] == 10.0][0]
     assert three["mean"] == 62.1667 and three["n"] == 3 and isinstance(three["std"], float)
-    assert "61.17 ± 1.26 (n=3)" in table()  # Markdown keeps its text
+    md = table()
+    assert "61.17 ± 1.26 (n=3)" in md  # Markdown keeps its text, and says which std it is
+    assert md.startswith("test accuracy (%), last epoch, mean ± sample std (ddof 1) over seeds\n")
 
 
 def test_bench_table_messages_go_to_stderr_in_every_format(tmp_path, capsys):

@@ -90,7 +90,7 @@ def test_best_metric_reads_acc_best(store, ref):
     built = tables.build(2, store.runs("done"), ref, "best")
     assert entry(built, "MW-Net(imb)", "imb 50, clean").ours.mean == pytest.approx(17.0)  # 16, 17, 18
     text = tables.render(built, "md")
-    assert "Metric: **best**" in text
+    assert "Metric: **best**" in text and "ours = mean ± sample std (ddof 1) over seeds" in text
 
 
 def test_paper_tables_default_to_the_papers_best_epoch_and_the_plain_table_to_the_last(store, tmp_path):
