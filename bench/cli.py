@@ -178,16 +178,18 @@ def cmd_run(args) -> int:
     for spec in specs:  # fail on missing data or an impossible bias before touching the store
         execute.load_data(spec, args.data_dir)
     _check_cache_dir(Path(args.cache_dir))
+    store = _existing_store(args.store, specs, args.retry_failed)  # a broken store is refused here
+    if store is not None and not store.writable:  # read-only, every run in it: only their table
+        return _run_locked(args, specs, executor, device, store)
     with writer_lock(args.store):  # one `bench run` at a time writes a store
-        return _run_locked(args, specs, executor, device)
+        return _run_locked(args, specs, executor, device, store)
 
 
-def _run_locked(args, specs, executor, device) -> int:
+def _run_locked(args, specs, executor, device, store) -> int:
     from bench import execute
     from bench.store import Store
     from bench.summary import render, results_table
 
-    store = _existing_store(args.store, specs, args.retry_failed)
     try:
         if store is None or execute.pending(store, specs, args.retry_failed):
             executor.open()  # starts or reaches Ray: a bad --address fails before the store is created

@@ -165,6 +165,7 @@ class Store:
             where = parent if file_writable else self.path
             raise StoreNotWritable(f"store {self.path} is not writable ({where} is read-only); "
                                    "copy it somewhere writable or pass another --store")
+        self.writable = file_writable and dir_writable
         try:
             self.conn = self._connect(file_writable, dir_writable)
             self.conn.execute("PRAGMA foreign_keys = ON")
