@@ -124,8 +124,12 @@ def build_specs(args) -> list[RunSpec]:
         noises = ([parse_noise(t) for t in args.noise.split(",")] if args.noise
                   else [(cell_defaults.get("noise_type", "none"), cell_defaults.get("noise_rate", 0.0))])
         cells = [Cell(dataset, imb, kind, rate) for imb, (kind, rate) in itertools.product(imbalances, noises)]
+    digests = {}
     for dataset in {c.dataset for c in cells}:
         _check_dataset(dataset)
+        if dataset.startswith("npz:"):  # your own file: its runs are keyed by its contents too
+            from bench.execute import dataset_digest
+            digests[dataset] = dataset_digest(dataset, args.data_dir)
 
     method_names = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
     if not method_names:
@@ -157,7 +161,7 @@ def build_specs(args) -> list[RunSpec]:
                              noise_type=cell.noise_type, noise_rate=cell.noise_rate, meta_per_class=meta,
                              seed=seed, data_seed=seed if args.data_seed is None else args.data_seed,
                              preset=preset_name, params=params_items(params[name]),
-                             train_on_meta=on_meta, **protocol))
+                             train_on_meta=on_meta, data_sha256=digests.get(cell.dataset, ""), **protocol))
         method_classes[name].check_spec(specs[-1])
     return specs
 

@@ -100,7 +100,18 @@ def biased_data(dataset: str, imbalance: float, noise_type: str, noise_rate: flo
     return make_biased(_dataset(dataset, data_dir), spec)
 
 
+def dataset_digest(name: str, data_dir: str | None = None) -> str:
+    """What ``RunSpec.data_sha256`` holds for dataset ``name``: the first 16 hex digits of an
+    ``npz:PATH`` file's sha256 ('' for the built-in datasets)."""
+    return _dataset(name, None if data_dir is None else str(data_dir)).digest[:16]
+
+
 def load_data(spec: RunSpec, data_dir: str | None = None):
+    if spec.data_sha256:
+        now = dataset_digest(spec.dataset, data_dir)
+        if now != spec.data_sha256:
+            raise BenchError(f"{spec.dataset} changed since this run was asked for (sha256 {now}..., was "
+                             f"{spec.data_sha256}...): run the command again to train on the file as it is now")
     data = biased_data(spec.dataset, spec.imbalance, spec.noise_type, spec.noise_rate, spec.meta_per_class,
                        spec.data_seed, None if data_dir is None else str(data_dir))
     return data.with_meta_in_pool() if spec.train_on_meta else data

@@ -54,7 +54,7 @@ class Cell:
 
 # Fields added after runs were first stored: left out of a spec's dict (and so of its key) at their
 # default, so that earlier keys still hold. Readers of stored specs fill them back in.
-OMITTED_WHEN_DEFAULT = {"precision": "fp32", "train_on_meta": False}
+OMITTED_WHEN_DEFAULT = {"precision": "fp32", "train_on_meta": False, "data_sha256": ""}
 # The fields that only draw another sample of the same experiment: runs differing in nothing else
 # are averaged together in tables.
 SEED_FIELDS = ("seed", "data_seed")
@@ -90,6 +90,9 @@ class RunSpec:
     # PROTOCOL.md §7's fair-data option: a method without a meta set also trains on the clean meta
     # samples (BiasedData.with_meta_in_pool); never set for MW-Net and CurveNet (Method.uses_meta_set)
     train_on_meta: bool = False
+    # npz:PATH data: the first 16 hex digits of the file's sha256 (a changed file is new data, so
+    # new runs); empty for the built-in datasets, whose files are checked against known checksums
+    data_sha256: str = ""
 
     def __post_init__(self):
         from bench.capture import check_precision
@@ -150,7 +153,7 @@ PRESETS: dict[str, dict] = {
 
 PROTOCOL_FIELDS = tuple(f.name for f in fields(RunSpec) if f.name not in
                         ("method", "dataset", "imbalance", "noise_type", "noise_rate", "seed",
-                         "data_seed", "preset", "params"))
+                         "data_seed", "preset", "params", "data_sha256"))
 
 
 def scale_schedule(preset: dict, epochs: int) -> dict:

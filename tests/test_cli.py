@@ -132,6 +132,40 @@ def test_train_on_meta_reaches_the_methods_without_a_meta_set_only():
         specs("--train-on-meta", "--meta-per-class", "0", methods="ce")
 
 
+def test_runs_on_an_npz_file_are_keyed_by_its_contents(tmp_path):
+    """Fixing your npz file makes new runs (results on its earlier version are not reused), and a
+    file that changes between keying and training is refused instead of trained under the old key."""
+    import numpy as np
+
+    from bench import execute
+    from bench.cli import build_specs, make_parser
+    from bench.errors import BenchError
+
+    def write(seed):
+        rng = np.random.default_rng(seed)
+        np.savez(path, x_train=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8), y_train=np.arange(40) % 2,
+                 x_test=rng.integers(0, 256, (6, 8, 8), dtype=np.uint8), y_test=np.arange(6) % 2)
+        execute._dataset.cache_clear()  # a new process would read the file afresh
+        execute.biased_data.cache_clear()
+
+    def spec():
+        (s,) = build_specs(make_parser().parse_args(["run", "--methods", "ce", "--dataset", f"npz:{path}",
+                                                     "--imbalance", "1", "--noise", "none"]))
+        return s
+
+    path = tmp_path / "mine.npz"
+    write(0)
+    first = spec()
+    assert len(first.data_sha256) == 16 and first.to_dict()["data_sha256"] == first.data_sha256
+    assert spec().key() == first.key()  # the same file, the same run
+    write(1)
+    assert spec().key() != first.key()
+    with pytest.raises(BenchError, match="changed since this run was asked for"):
+        execute.load_data(first)
+    (builtin,) = build_specs(make_parser().parse_args(["run", "--methods", "ce"]))
+    assert builtin.data_sha256 == "" and "data_sha256" not in builtin.to_dict()  # stored keys hold
+
+
 def test_a_meta_method_asked_to_train_on_its_meta_set_is_refused():
     import torch
 

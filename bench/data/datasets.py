@@ -82,6 +82,7 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: bool
+    digest: str = ""  # npz:PATH: the file's sha256 (its runs are keyed by it, not by the path alone)
 
     @property
     def num_classes(self) -> int:
@@ -509,7 +510,9 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     every class must have training samples.
     Augmentation (random crop + flip) is on for 32 x 32 x 3 images (CIFAR-like), off otherwise.
     A relative PATH is looked up in the working directory, then in the data directory. The file
-    is loaded with ``allow_pickle=False``; no checksum (it is yours).
+    is loaded with ``allow_pickle=False``; no checksum to match (it is yours), but its sha256 is
+    kept (``Dataset.digest``): a run on it is keyed by it (``RunSpec.data_sha256``), so results
+    on an earlier version of the file are not taken for results on this one.
     """
     name = name or f"npz:{path}"
     p = Path(path).expanduser()
@@ -592,4 +595,13 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     h, w, c = xs["train"].shape[1:]
     return Dataset(name=name, x_train=xs["train"], y_train=y_train, x_test=xs["test"],
                    y_test=y_test, classes=classes, mean=mean, std=std,
-                   augment=(h, w, c) == (32, 32, 3))
+                   augment=(h, w, c) == (32, 32, 3), digest=file_sha256(p))
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
