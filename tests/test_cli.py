@@ -284,7 +284,7 @@ def test_a_run_killed_mid_way_is_never_done_and_the_rerun_completes_it(tmp_path)
     store = tmp_path / "store.sqlite"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--methods", "ce", "--store", str(store),
-                             "--epochs", "30", "--quiet"], env=env, cwd=REPO,
+                             "--epochs", "30", "--imbalance", "100", "--quiet"], env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     status = None
@@ -297,7 +297,7 @@ def test_a_run_killed_mid_way_is_never_done_and_the_rerun_completes_it(tmp_path)
             except sqlite3.OperationalError:
                 pass
     # a second `bench run` on the store while the first trains is refused, before it trains anything
-    second = bench("run", "--methods", "ce", "--store", str(store), "--epochs", "30", "--quiet")
+    second = bench("run", "--methods", "ce", "--store", str(store), "--epochs", "30", "--imbalance", "100", "--quiet")
     assert second.returncode == 2 and "is being written by another `bench run` (pid" in second.stderr
     time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)
@@ -305,9 +305,9 @@ def test_a_run_killed_mid_way_is_never_done_and_the_rerun_completes_it(tmp_path)
     assert status == "running"
     rows = sqlite3.connect(store).execute("SELECT status FROM runs").fetchall()
     assert rows == [("running",)]  # nor did the second command touch the store
-    rerun = bench("run", "--methods", "ce", "--store", str(store), "--epochs", "2", "--quiet")
+    rerun = bench("run", "--methods", "ce", "--store", str(store), "--epochs", "2", "--imbalance", "100", "--quiet")
     assert rerun.returncode == 0  # a different spec (2 epochs): the killed one stays not-done
-    rerun = bench("run", "--methods", "ce", "--store", str(store), "--epochs", "30", "--quiet")
+    rerun = bench("run", "--methods", "ce", "--store", str(store), "--epochs", "30", "--imbalance", "100", "--quiet")
     assert rerun.returncode == 0 and "1 trained" in rerun.stderr
     statuses = sorted(sqlite3.connect(store).execute("SELECT status FROM runs").fetchall())
     assert statuses == [("done",), ("done",)]
