@@ -218,7 +218,7 @@ class Run:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
             print(f"bench: cannot write the checkpoint {path} ({_write_failure(exc, path)}); this run goes on "
-                  "without checkpoints (a kill now means starting it over)", file=sys.stderr)
+                  "without new checkpoints (a kill now loses the epochs since the last one written)", file=sys.stderr)
             return
         self._checkpoint = payload
         self._last_save = now
