@@ -103,7 +103,7 @@ def build_specs(args) -> list[RunSpec]:
     if precision:
         preset["precision"] = precision
     if _same_setting(getattr(args, "train_on_meta", None) or None, protocol_sets.pop("train_on_meta", None),
-                     "train-on-meta", bool):
+                     "train_on_meta", bool):
         preset["train_on_meta"] = True
     preset = apply_protocol_overrides(preset, protocol_sets)
     check_protocol(preset)
@@ -330,9 +330,7 @@ def cmd_list(args) -> int:
     for name in methods.names():  # all of it first: a broken method file is an error with no partial list
         cls = methods.get(name)
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        variants = getattr(cls, "variants", None)
-        shown = f"{name} ({', '.join(variants)})" if variants else name
-        lines.append(f"  {shown:28s} {doc}")
+        lines.append(f"  {name:28s} {doc}")
         settings = ", ".join(f"{k}={_shown_value(v)}" for k, v in cls.settings("paper").items())
         quick = ", ".join(f"{k}={_shown_value(v)}" for k, v in cls.presets.get("quick", {}).items())
         text = (settings or "no settings") + (f"; quick: {quick}" if quick else "")

@@ -1,8 +1,11 @@
 """User-facing errors.
 
-Anything raised as :class:`BenchError` is a problem with the user's input or environment (an
-unknown name, a rate out of range, a missing or corrupt file). The CLI prints its message as one
-line and exits with code 2; everything else is a bug and keeps its traceback.
+Anything raised as :class:`BenchError` is a one-line message for the user. Raised before training
+(an unknown name, a rate out of range, a missing or corrupt file), it is a problem with the user's
+input or environment: the CLI prints it and exits with code 2. Raised by a method while it trains
+(a run that diverged, ``bench.train.Diverged``; AUM flagging every sample), it is that run's
+outcome: the run is stored as failed with the message, and the grid goes on. Everything else is a
+bug and keeps its traceback.
 """
 
 

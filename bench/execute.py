@@ -25,7 +25,6 @@ import methods
 from bench.errors import BenchError
 from bench.spec import RunSpec
 from bench.store import Store
-from bench.train import Diverged
 
 DEFAULT_CACHE_DIR = Path(".bench_cache")
 PLAIN_PROGRESS_EVERY_S = 30.0  # off a terminal: at most one progress line per run this often
@@ -169,9 +168,9 @@ def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
             raise TypeError(f"{method_cls.__name__}.fit returned {type(model).__name__}; "
                             "it must return the trained model")
         metrics = summarize(run, model)
-    except Diverged as exc:
+    except BenchError as exc:  # diverged, or an outcome of this run's data (AUM flagged every sample)
         return RunResult(spec, "failed", history=run.history, env=env, error=str(exc))
-    except (KeyboardInterrupt, BenchError):
+    except KeyboardInterrupt:
         raise
     except Exception as exc:  # a bug in a method must not stop the grid; keep the reason
         tb = traceback.format_exc(limit=6)

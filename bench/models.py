@@ -6,8 +6,8 @@ layers by role rather than by architecture (SLMO, PROTOCOL.md §5, freezes the b
     stem -> layer1 -> layer2 -> layer3 -> (pool, flatten) -> fc
 
 ``model.blocks()`` returns them as an ordered list of ``(name, module)``; ``model.features(x)``
-gives the pooled features before ``fc`` (used by methods that swap the last layer, e.g. LDAM's
-cosine classifier).
+gives the pooled features before ``fc`` (``forward`` is ``fc(features(x))``, so a method that
+swaps ``fc``, as LDAM's cosine classifier, keeps the rest).
 """
 
 from __future__ import annotations

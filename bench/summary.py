@@ -82,13 +82,16 @@ def aggregate(runs: pd.DataFrame, column: str) -> pd.DataFrame:
     """One row per (method and settings, cell, preset, model): mean, sample std (ddof=1) and count
     of seeds; ``label`` names the method and, where needed, its settings (:func:`row_labels`).
 
-    Runs without a value (e.g. no few-shot class in the cell) are left out of the count.
+    Runs without a value (e.g. no few-shot class in the cell) are left out of the count. Runs that
+    differ only in ``--data-seed`` are averaged within their training seed first, so that ``n``
+    counts training seeds, as the paper tables count them (bench/tables.py).
     """
     keys = ["label", "dataset", "imbalance", "noise_type", "noise_rate", "preset", "model"]
     if runs.empty or column not in runs.columns:
         return pd.DataFrame(columns=keys + ["mean", "std", "n"])
     runs = runs.assign(label=row_labels(runs))
-    values = runs[keys + [column]].dropna(subset=[column])
+    values = runs[keys + ["seed", column]].dropna(subset=[column])
+    values = values.groupby(keys + ["seed"], sort=True)[column].mean().reset_index()  # one value per seed
     grouped = values.groupby(keys, sort=True)[column]
     out = grouped.agg(mean="mean", std=lambda s: float(np.std(s, ddof=1)) if len(s) > 1 else float("nan"),
                       n="count").reset_index()

@@ -11,9 +11,10 @@ row (method or setting) and column (grid cell, or a whole grid for Table 1's mea
   ``not transcribed`` where our sources hold no value, ``—`` where the paper has no such entry;
 * **Δ**     ours − paper, only where both exist.
 
-The accuracy is the best epoch's by default (``--metric best``: the maximum over epochs on the test
-set, which the official codes print and the papers publish, PROTOCOL.md §3), so ours and paper are
-the same quantity; ``--metric last`` shows the returned model's.
+``bench table --paper N`` shows the best epoch's accuracy by default (``--metric best``: the
+maximum over epochs on the test set, which the official codes print and the papers publish,
+PROTOCOL.md §3), so ours and paper are the same quantity; ``--metric last`` shows the returned
+model's. (:func:`build` takes the metric it is given, ``last`` unless told.)
 
 Published numbers are never printed in an "ours" column, and a mean over a grid with a missing
 cell is never printed as MA (MA needs every cell of the grid, per seed; see :func:`grid_mean`).

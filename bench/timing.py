@@ -71,7 +71,6 @@ PAPER_META_MS = {"curvenet_sl0": 239.94, "curvenet_sl1": 222.45, "curvenet_sl2":
 MODEL_INPUT = {"resnet32": (32, 3), "wrn16_8": (32, 3), "small_cnn": (28, 1)}
 NUM_CLASSES = 10
 SECOND_ORDER_TEXT = {"jvp": "forward-mode JVP", "autograd": "second-order backward"}
-CURVE_LENGTH = 294  # the paper preset's CurveNet input (300-epoch probe minus S = 5 and the last epoch)
 CIFAR_MEAN = tuple(v / 255 for v in (125.3, 123.0, 113.9))
 CIFAR_STD = tuple(v / 255 for v in (63.0, 62.1, 66.7))
 

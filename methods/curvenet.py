@@ -68,6 +68,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,6 +286,18 @@ class CurveNetMethod(Method):
     # dropped as in the code: 28 curve values. The allocate stage is the quick protocol itself
     # (20 epochs, CurveNet until the first drop at epoch 8 = 80/200).
     presets = {"quick": dict(probe_epochs=12, half_period=3, periods=3, cycle_batch_size=32, drop_first=1)}
+
+    _said_no_meta_set = False
+
+    @classmethod
+    def check_spec(cls, spec) -> None:
+        """Trains on any spec; says once that without a meta set it is CE (Table 7's '0' row)."""
+        if spec.meta_per_class == 0 and dict(spec.params).get("meta_set", "clean") == "clean" \
+                and not cls._said_no_meta_set:
+            cls._said_no_meta_set = True
+            print("bench: note: CurveNet with --meta-per-class 0 has no meta set to learn from: every sample "
+                  "keeps its initial weight (1.009), i.e. CE (give --meta-per-class N, or "
+                  "--set curvenet.meta_set=pseudo)", file=sys.stderr)
 
     @classmethod
     def display_name(cls, params: dict) -> str:

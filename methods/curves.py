@@ -240,14 +240,6 @@ class Curves:
             raise BenchError(f"no recorded epochs in [{start}, {stop}) of {self.epochs}")
         return window.mean(0)
 
-    def centred(self, by: torch.Tensor | np.ndarray | None = None, *, scale: bool = False) -> torch.Tensor:
-        """Per epoch, subtract the mean over samples (O2U-Net ``main.py`` L210), or with ``by``
-        (e.g. the observed labels) the mean over samples of the same group (CurveNet's curve
-        normalisation, PROTOCOL.md §5); ``scale=True`` also divides by that group's standard
-        deviation (the CurveNet paper's text). NaN columns (samples not trained on) are ignored
-        in the statistics and stay NaN."""
-        return centre(self.values, by=by, scale=scale)
-
 
 def centre(values: torch.Tensor, by=None, *, scale: bool = False, eps: float = 1e-12) -> torch.Tensor:
     """Row-wise centring of an ``(epochs, N)`` tensor, globally or within groups ``by`` (N,).

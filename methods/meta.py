@@ -61,16 +61,17 @@ iteration, by the real forward.
 
 Public API (for the methods and the timing benchmark)
 -----------------------------------------------------
-``MetaStep(model, optimizer, weight_net, weight_opt, weight_fn=None, *, lookahead="sgd",
-skip_layers=0, normalize=False, second_order="jvp")`` and ``step(x, y, idx, x_meta, y_meta,
-lr=None, update_classifier=True) -> dict`` with keys ``meta_loss`` (scalar tensor), ``loss`` (the
-real step's weighted loss), ``weights`` (the recomputed raw weights w, shape (B,)), ``losses``
-(the per-sample CE of the real forward, detached). ``weight_fn(loss, y, idx) -> w`` maps the
-batch's detached per-sample CE, labels and training-pool indices to raw weights (B,) that depend
-on ``weight_net``'s parameters; the default is MW-Net's ``weight_net(loss[:, None])``.
+``step = MetaStep(model, optimizer, weight_net, weight_opt, weight_fn=None, *, lookahead="sgd",
+skip_layers=0, normalize=False, second_order="jvp", precision="fp32")``, then ``step(x, y, idx,
+x_meta, y_meta, lr=None, *, update_classifier=True) -> dict`` (``__call__``) with keys
+``meta_loss`` (scalar tensor), ``loss`` (the real step's weighted loss), ``weights`` (the
+recomputed raw weights w, shape (B,)), ``losses`` (the per-sample CE of the real forward,
+detached). ``weight_fn(loss, y, idx) -> w`` maps the batch's detached per-sample CE, labels and
+training-pool indices to raw weights (B,) that depend on ``weight_net``'s parameters; the default
+is MW-Net's ``weight_net(loss[:, None])``.
 ``weight_opt=None`` leaves ``d meta / d phi`` in ``weight_net``'s ``.grad`` without stepping.
 ``meta_step(model, weight_net, batch, meta_batch, optimizer, weight_opt, ...)`` is a one-call
-wrapper. ``MetaStep.on_phase``, when set, is called with each phase's name (``PHASES``) as the
+wrapper (fp32; tests use it). ``MetaStep.on_phase``, when set, is called with each phase's name (``PHASES``) as the
 phase ends: bench.timing's clock, which reports where an iteration's time goes.
 """
 

@@ -328,3 +328,18 @@ def test_drw_counts_needs_drw_and_a_known_value():
     assert "drw_counts" not in dict(params_items(CurveNetParams(drw=True)))
     assert dict(params_items(CurveNetParams(drw=True, drw_counts="clean")))["drw_counts"] == "clean"
     assert CurveNetMethod.display_name({"drw": True, "drw_counts": "clean"}) == "CurveNet(+DRW, clean counts)"
+
+
+def test_curvenet_without_a_meta_set_says_once_that_it_is_ce(monkeypatch, capsys):
+    from bench.cli import build_specs, make_parser
+
+    monkeypatch.setattr(CurveNetMethod, "_said_no_meta_set", False)
+
+    def specs(*args):
+        return build_specs(make_parser().parse_args(["run", "--methods", "curvenet", *args]))
+
+    specs("--meta-per-class", "20")
+    specs("--meta-per-class", "0", "--set", "curvenet.meta_set=pseudo")
+    assert capsys.readouterr().err == ""  # a meta set, or the pseudo-meta set: nothing to say
+    assert len(specs("--meta-per-class", "0", "--seeds", "0,1,2")) == 3  # it still trains (Table 7's row)
+    assert capsys.readouterr().err.count("has no meta set to learn from") == 1

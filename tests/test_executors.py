@@ -446,3 +446,29 @@ def test_a_method_returning_no_model_or_recording_text_fails_with_the_reason(mon
     assert result.error == "TypeError: Forgetful.fit returned NoneType; it must return the trained model"
     result = execute(recorded_text, device=torch.device("cpu"), cache_dir=None)
     assert result.status == "failed" and "record 'tag': values must be numbers or booleans" in result.error
+
+
+def test_a_bench_error_raised_while_training_fails_that_run_and_the_grid_goes_on(tmp_path, monkeypatch):
+    """A one-line outcome of a run's own data (AUM flagging every sample) is stored as that run's
+    failure with the message; it does not stop the grid nor leave the run 'running'."""
+    import methods
+    from bench.execute import run_grid
+    from methods.base import Method
+
+    real = methods.get("ce")
+
+    class Picky(Method):
+        name = "ce"
+
+        def fit(self, run):
+            if run.spec.seed == 1:
+                raise BenchError("AUM removed every training sample")
+            return real(real.Params()).fit(run)
+
+    specs = specs_for(*TINY, "--seeds", "1,0")
+    monkeypatch.setitem(methods._REGISTRY, "ce", Picky)
+    store = Store(tmp_path / "s.sqlite")
+    counts = run_grid(specs, store, device=torch.device("cpu"), cache_dir=None, show_progress=False)
+    assert counts["failed"] == 1 and counts["done"] == 1
+    failed = store.conn.execute("SELECT status, error FROM runs WHERE key = ?", (specs[0].key(),)).fetchone()
+    assert failed == ("failed", "AUM removed every training sample")

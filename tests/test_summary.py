@@ -228,3 +228,10 @@ def test_a_lone_run_with_a_run_wide_setting_is_labelled_with_it():
     runs = frame((RunSpec("ce", train_on_meta=True), "CE", 60.0), (RunSpec("focal", precision="bf16"), "Focal", 61.0),
                  (RunSpec("cb"), "Class-Balanced", 62.0))
     assert row_labels(runs) == ["CE [train_on_meta=True]", "Focal [precision=bf16]", "Class-Balanced"]
+
+
+def test_runs_differing_only_in_data_seed_count_as_one_training_seed_as_in_the_paper_tables():
+    ce = RunSpec("ce")
+    runs = frame((ce, "CE", 60.0), (ce.replace(data_seed=1), "CE", 62.0), (ce.replace(seed=1, data_seed=1), "CE", 70.0))
+    cell = "fmnist-mini imb10 flip2:0.4"
+    assert results_table(runs).loc["CE", cell] == "65.50 ± 6.36 (n=2)"  # mean of (61, 70) over two seeds

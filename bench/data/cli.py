@@ -1,9 +1,11 @@
 """``python -m bench data``: load a dataset, bias it, print what was realised.
 
-The lead's ``bench/__main__.py`` calls :func:`add_arguments` on its ``data`` sub-parser and
-:func:`main` with the parsed namespace; it catches :class:`~bench.errors.BenchError` and exits 2.
-``python -m bench.data.cli`` runs this piece on its own with the same behaviour.
-The harness reuses :func:`parse_noise` and :data:`DEFAULT_META_PER_CLASS`.
+``bench.cli.make_parser`` calls :func:`add_arguments` on its ``data`` sub-parser and :func:`main`
+with the parsed namespace; ``bench.cli.main`` catches :class:`~bench.errors.BenchError` and exits
+2. ``python -m bench.data.cli`` runs this piece on its own with the same behaviour. The harness
+reuses :func:`parse_noise` and :func:`default_meta_per_class`. Unlike ``bench run`` (the quick
+cell: imbalance 10, flip2 0.4), ``bench data`` defaults to the unbiased data (imbalance 1, no
+noise): give the cell to see what a run trains on.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", action="store_true",
                         help="download missing CIFAR / Fashion-MNIST files (needs a connection)")
     parser.add_argument("--imbalance", type=float, default=1.0,
-                        help="n_max / n_min, class 0 the head (default 1: balanced)")
+                        help="n_max / n_min, class 0 the head (default 1: balanced; `bench run`'s quick "
+                             "cell is --imbalance 10 --noise flip2:0.4)")
     parser.add_argument("--noise", default="none",
                         help=f"TYPE:RATE or none; types: {', '.join(NOISE_TYPES)} (default none)")
     parser.add_argument("--meta-per-class", type=int, default=None,

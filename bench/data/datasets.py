@@ -88,11 +88,6 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """``(H, W, C)``."""
-        return tuple(self.x_train.shape[1:])
-
 
 # ---------------------------------------------------------------------------------------------
 # data directory
