@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import bench.execute
 import methods
 from bench import executors
 from bench.cli import build_specs, main, make_parser
@@ -218,7 +219,7 @@ def test_each_run_has_its_own_checkpoint(tmp_path):
     assert len({checkpoint_path(s, tmp_path) for s in specs}) == len(specs) == 8
 
 
-def test_a_methods_bug_is_a_failed_run_with_its_history_and_a_user_error_is_raised(monkeypatch):
+def test_a_methods_bug_is_a_failed_run_with_its_history_and_a_user_error_before_training_is_raised(monkeypatch):
     (spec,) = specs_for(*TINY)
 
     def buggy_fit(self, run):
@@ -230,10 +231,19 @@ def test_a_methods_bug_is_a_failed_run_with_its_history_and_a_user_error_is_rais
     assert (result.status, result.error) == ("failed", "ZeroDivisionError: a method's bug")
     assert result.history == [{"stage": "train", "epoch": 0, "loss": 1.0}]
 
-    def user_error_fit(self, run):
+    def outcome_fit(self, run):  # a one-line outcome of this run's training: that run fails
+        run.log(0, stage="train", loss=1.0)
+        raise BenchError("AUM removed every training sample")
+
+    monkeypatch.setattr(methods.get("ce"), "fit", outcome_fit)
+    result = execute(spec, device=torch.device("cpu"), cache_dir=None)
+    assert (result.status, result.error) == ("failed", "AUM removed every training sample")
+    assert result.history == [{"stage": "train", "epoch": 0, "loss": 1.0}]
+
+    def missing_data(spec_, data_dir=None):  # before training: the user's to fix, the grid stops
         raise BenchError("a user error")
 
-    monkeypatch.setattr(methods.get("ce"), "fit", user_error_fit)
+    monkeypatch.setattr(bench.execute, "load_data", missing_data)
     with pytest.raises(BenchError, match="a user error"):
         execute(spec, device=torch.device("cpu"), cache_dir=None)
 
