@@ -237,9 +237,10 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
     This process is the only writer of the store: it marks each run ``running`` when it hands it
     to the executor and commits the result when it comes back. A run whose process died (killed,
     segfault, out of memory) is handed out again, up to ``max_retries`` times, then recorded as
-    failed with the reason. A user error inside a run stops the grid once the runs in flight have
-    been committed. Checkpoints of runs already done (left by a kill between commit and clean-up)
-    are removed.
+    failed with the reason. A user error before a run trains (its data missing where it runs)
+    stops the grid once the runs in flight have been committed; one a method raises while it
+    trains is that run's failure (:func:`execute`). Checkpoints of runs already done (left by a
+    kill between commit and clean-up) are removed.
     """
     from tqdm.auto import tqdm
 

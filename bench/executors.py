@@ -7,8 +7,9 @@ writer of the store whatever the executor. ``wait()`` returns events ``(spec, ki
 ``("done", RunResult)``   the run finished (``status`` done, or failed: diverged, a method's bug)
 ``("crashed", reason)``   the process running it died (SIGKILL, segfault, out of memory, a lost
                           node); the driver retries it up to ``--max-retries`` times
-``("error", message)``    a user error (BenchError) inside the run; the driver lets the runs in
-                          flight finish, then stops with that one-line error
+``("error", message)``    a user error (BenchError) before the run trains (e.g. its data missing
+                          on that node); the driver lets the runs in flight finish, then stops
+                          with that one-line error (one raised while training is a failed run)
 
 Executors
 ---------
