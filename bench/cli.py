@@ -7,6 +7,7 @@ on stderr, ``bench: error: ...``, and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import itertools
 import os
@@ -183,9 +184,8 @@ def cmd_run(args) -> int:
         execute.load_data(spec, args.data_dir)
     _check_cache_dir(Path(args.cache_dir))
     store = _existing_store(args.store, specs, args.retry_failed)  # a broken store is refused here
-    if store is not None and not store.writable:  # read-only, every run in it: only their table
-        return _run_locked(args, specs, executor, device, store)
-    with writer_lock(args.store):  # one `bench run` at a time writes a store
+    read_only = store is not None and not store.writable  # every run in it: only their table, no lock
+    with contextlib.nullcontext() if read_only else writer_lock(args.store):  # one writer per store
         return _run_locked(args, specs, executor, device, store)
 
 
