@@ -222,23 +222,17 @@ def test_each_run_has_its_own_checkpoint(tmp_path):
 def test_a_methods_bug_is_a_failed_run_with_its_history_and_a_user_error_before_training_is_raised(monkeypatch):
     (spec,) = specs_for(*TINY)
 
-    def buggy_fit(self, run):
-        run.log(0, stage="train", loss=1.0)
-        raise ZeroDivisionError("a method's bug")
+    # a method's bug, and a one-line outcome of this run's training: that run fails, with its history
+    for error, reason in ((ZeroDivisionError("a method's bug"), "ZeroDivisionError: a method's bug"),
+                          (BenchError("AUM removed every training sample"), "AUM removed every training sample")):
+        def failing_fit(self, run, error=error):
+            run.log(0, stage="train", loss=1.0)
+            raise error
 
-    monkeypatch.setattr(methods.get("ce"), "fit", buggy_fit)
-    result = execute(spec, device=torch.device("cpu"), cache_dir=None)
-    assert (result.status, result.error) == ("failed", "ZeroDivisionError: a method's bug")
-    assert result.history == [{"stage": "train", "epoch": 0, "loss": 1.0}]
-
-    def outcome_fit(self, run):  # a one-line outcome of this run's training: that run fails
-        run.log(0, stage="train", loss=1.0)
-        raise BenchError("AUM removed every training sample")
-
-    monkeypatch.setattr(methods.get("ce"), "fit", outcome_fit)
-    result = execute(spec, device=torch.device("cpu"), cache_dir=None)
-    assert (result.status, result.error) == ("failed", "AUM removed every training sample")
-    assert result.history == [{"stage": "train", "epoch": 0, "loss": 1.0}]
+        monkeypatch.setattr(methods.get("ce"), "fit", failing_fit)
+        result = execute(spec, device=torch.device("cpu"), cache_dir=None)
+        assert (result.status, result.error) == ("failed", reason)
+        assert result.history == [{"stage": "train", "epoch": 0, "loss": 1.0}]
 
     def missing_data(spec_, data_dir=None):  # before training: the user's to fix, the grid stops
         raise BenchError("a user error")
