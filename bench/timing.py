@@ -93,6 +93,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--second-order", choices=("jvp", "autograd"), default="jvp",
                         help="meta steps' weighting-net gradient: forward-mode JVP (default, as training "
                              "runs it) or a second-order backward (as the papers' codes, Table 8)")
+    parser.add_argument("--memory-format", choices=("channels_last", "contiguous"),
+                        help="layout of models and batches on CUDA (default channels_last, as training runs; "
+                             "always contiguous on CPU)")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="let cuDNN time its convolution algorithms at the first call of each shape "
+                             "(torch.backends.cudnn.benchmark; training does not set it)")
     parser.add_argument("--pack", type=int, metavar="N",
                         help="instead: ms per iteration alone and with N processes at once on the device "
                              "(--jobs N packing; the ratio is the epoch-time cost of packing)")
@@ -148,7 +154,7 @@ class PhaseClock:
         return {p: statistics.median(it.get(p, 0.0) for it in self.iterations) for p in phases}
 
 
-def _loaders(model_name: str, batch: int, device, generator):
+def _loaders(model_name: str, batch: int, device, generator, channels_last: bool):
     import numpy as np
 
     from bench.data import Loader
@@ -162,16 +168,17 @@ def _loaders(model_name: str, batch: int, device, generator):
         y = rng.integers(0, NUM_CLASSES, size=4 * batch)
         out.append(Loader(x, y, batch_size=batch, device=device, mean=mean, std=std, augment=channels == 3,
                           shuffle=True, drop_last=True, generator=generator,
-                          channels_last=device.type == "cuda").cycle())
+                          channels_last=channels_last).cycle())
     return out
 
 
 def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, device="cpu", seed: int = 0,
-               graph: bool = False, precision: str = "fp32", second_order: str = "jvp"):
+               graph: bool = False, precision: str = "fp32", second_order: str = "jvp",
+               channels_last: bool | None = None):
     """``(step, clock)``: ``step()`` runs one training iteration of ``name`` (next batch plans
     included), through :class:`bench.capture.StepGraph` as training does (captured on CUDA when
     ``graph``); ``clock`` is its :class:`PhaseClock` (None for captured steps, whose Python hooks
-    do not run on replay)."""
+    do not run on replay). ``channels_last`` (model and batches): default on CUDA only, as training."""
     import torch
     import torch.nn.functional as F
 
@@ -187,12 +194,13 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
     generator = torch.Generator().manual_seed(seed)
     size, channels = MODEL_INPUT[model_name]
     model = build_model(model_name, NUM_CLASSES, channels, "kaiming").to(device).train()
-    if device.type == "cuda":
+    channels_last = device.type == "cuda" if channels_last is None else bool(channels_last)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     p = PRESETS["paper"]
     optimizer = torch.optim.SGD(model.parameters(), lr=p["lr"], momentum=p["momentum"], nesterov=p["nesterov"],
                                 weight_decay=p["weight_decay"])
-    train, meta = _loaders(model_name, batch, device, generator)
+    train, meta = _loaders(model_name, batch, device, generator, channels_last)
     captured = graph and device.type == "cuda"
     clock = None if captured else PhaseClock(Timer(device))
     mark = clock or (lambda phase: None)
@@ -290,7 +298,8 @@ def paired_ratio(values: list[float], bases: list[float]) -> float | None:
 
 
 def measure_steps(names, *, model_name: str, batch: int, device, repeats: int, warmup: int, seed: int = 0,
-                  graph: bool = False, precision: str = "fp32", second_order: str = "jvp") -> dict:
+                  graph: bool = False, precision: str = "fp32", second_order: str = "jvp",
+                  channels_last: bool | None = None) -> dict:
     """Per step in ``names``: the median ms per iteration and the median meta ms (module
     docstring), the steps built side by side and timed in turns (:class:`RoundRobin`), each
     after its own warm-up (and capture)."""
@@ -298,7 +307,8 @@ def measure_steps(names, *, model_name: str, batch: int, device, repeats: int, w
 
     device = torch.device(device)
     built = {name: build_step(name, model_name=model_name, batch=batch, device=device, seed=seed, graph=graph,
-                              precision=precision, second_order=second_order) for name in names}
+                              precision=precision, second_order=second_order, channels_last=channels_last)
+             for name in names}
     timer = Timer(device)
     for step, _ in built.values():
         for _ in range(warmup + _capture_calls(step)):
@@ -339,7 +349,7 @@ def measure(name: str, **kwargs) -> dict:
 
 def run_all(steps, *, model_name: str = "resnet32", batch: int = 128, device="cpu", repeats: int = 3,
             warmup: int = 1, seed: int = 0, progress=None, graph: bool | None = None,
-            precision: str = "fp32", second_order: str = "jvp") -> dict:
+            precision: str = "fp32", second_order: str = "jvp", channels_last: bool | None = None) -> dict:
     """Measure every step in ``steps`` in turns (:func:`measure_steps`), eager and (on CUDA unless
     ``graph=False``) captured, and add the ratios (to CE, to CurveNet SL = 0) within each mode:
     each the median over rounds of the two steps' times in the same round."""
@@ -347,8 +357,9 @@ def run_all(steps, *, model_name: str = "resnet32", batch: int = 128, device="cp
 
     device = torch.device(device)
     graph = device.type == "cuda" if graph is None else graph and device.type == "cuda"
+    channels_last = device.type == "cuda" if channels_last is None else channels_last and device.type == "cuda"
     kwargs = dict(model_name=model_name, batch=batch, device=device, repeats=repeats, warmup=warmup, seed=seed,
-                  precision=precision, second_order=second_order)
+                  precision=precision, second_order=second_order, channels_last=channels_last)
     if progress:
         progress(", ".join(steps) + " in turns" + (", eager" if graph else ""))
     out = measure_steps(steps, **kwargs)
@@ -374,7 +385,8 @@ def run_all(steps, *, model_name: str = "resnet32", batch: int = 128, device="cp
             r["paper_meta_ratio_to_sl0"] = PAPER_META_MS[key] / PAPER_META_MS["curvenet_sl0"]
         r.update(device=str(device), device_name=name, model=model_name, batch_size=batch, repeats=repeats,
                  warmup=warmup, torch=torch.__version__, threads=torch.get_num_threads(), precision=precision,
-                 second_order=second_order, channels_last=device.type == "cuda",
+                 second_order=second_order, channels_last=channels_last,
+                 cudnn_benchmark=device.type == "cuda" and torch.backends.cudnn.benchmark,
                  data="random uint8 images through bench.data.Loader"
                  + (" (crop/flip)" if MODEL_INPUT[model_name][1] == 3 else ""))
     return out
@@ -403,8 +415,9 @@ def render(results: dict) -> str:
     head = (f"Table 8 timing: {r0['model']}, batch {r0['batch_size']}, {r0['device']} ({r0['device_name']}, "
             f"torch {r0['torch']}, {r0['threads']} threads), {r0['precision']}, meta gradient by "
             f"{SECOND_ORDER_TEXT[r0.get('second_order', 'jvp')]}"
-            f"{', channels_last' if r0.get('channels_last') else ''}, median of {r0['repeats']} rounds (the steps in "
-            f"turns) after {r0['warmup']} warm-up; data: {r0['data']}")
+            f"{', channels_last' if r0.get('channels_last') else ''}"
+            f"{', cudnn.benchmark' if r0.get('cudnn_benchmark') else ''}, "
+            f"median of {r0['repeats']} rounds (the steps in turns) after {r0['warmup']} warm-up; data: {r0['data']}")
     headers = ["step", "eager ms/iter", "× CE", "× SL=0"]
     if captured:
         headers += ["captured ms/iter", "× CE", "× SL=0"]
@@ -465,7 +478,7 @@ def render_phases(results: dict, labels: dict) -> str:
 PACK_TIMEOUT_S = 1800.0  # for one whole packed measurement (start, warm-up, timed iterations)
 
 
-def _packed_worker(name, kwargs, threads, iters, warmup, barrier, queue):
+def _packed_worker(name, kwargs, threads, cudnn_benchmark, iters, warmup, barrier, queue):
     """One of the packed processes: build the step, warm up, wait for the others, time ``iters``.
     Puts ``("ok", ms per iteration)``, or ``("error", reason)`` after breaking the barrier so that
     the others stop waiting."""
@@ -476,6 +489,7 @@ def _packed_worker(name, kwargs, threads, iters, warmup, barrier, queue):
 
         keep_freed_memory()
         torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = cudnn_benchmark
         step, _ = build_step(name, **kwargs)
         device = torch.device(kwargs["device"])
         timer = Timer(device)
@@ -522,7 +536,8 @@ def _packed_results(name: str, procs, queue) -> list[float]:
 
 
 def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters: int = 50, warmup: int = 5,
-            graph: bool = True, precision: str = "fp32", seed: int = 0, second_order: str = "jvp") -> dict:
+            graph: bool = True, precision: str = "fp32", seed: int = 0, second_order: str = "jvp",
+            channels_last: bool | None = None) -> dict:
     """ms per iteration of ``name`` in one process alone and in each of ``jobs`` processes running
     at once on the same device (``bench run --jobs N``'s packing), and their ratio: the time an
     epoch takes packed over the time it takes alone. On CPU each process gets cores / N threads,
@@ -537,12 +552,15 @@ def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters:
     ctx = multiprocessing.get_context("spawn")
     cores = available_cores()
     kwargs = dict(model_name=model_name, batch=batch, device=str(device), seed=seed,
-                  graph=graph and device.type == "cuda", precision=precision, second_order=second_order)
+                  graph=graph and device.type == "cuda", precision=precision, second_order=second_order,
+                  channels_last=channels_last)
+    cudnn_benchmark = device.type == "cuda" and torch.backends.cudnn.benchmark  # the workers do as this process
     out = {}
     for label, n in (("alone", 1), ("packed", jobs)):
         barrier, queue = ctx.Barrier(n), ctx.Queue()
         threads = max(1, cores // n) if device.type == "cpu" else 1
-        procs = [ctx.Process(target=_packed_worker, args=(name, kwargs, threads, iters, warmup, barrier, queue))
+        procs = [ctx.Process(target=_packed_worker, args=(name, kwargs, threads, cudnn_benchmark, iters, warmup,
+                                                                  barrier, queue))
                  for _ in range(n)]
         for proc in procs:
             proc.start()
@@ -550,7 +568,7 @@ def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters:
         out[f"{label}_ms_per_iter"] = statistics.mean(times)
     out.update(jobs=jobs, ratio=out["packed_ms_per_iter"] / out["alone_ms_per_iter"], iters=iters,
                device=str(device), model=model_name, batch_size=batch, graph=kwargs["graph"], precision=precision,
-               second_order=second_order)
+               second_order=second_order, cudnn_benchmark=cudnn_benchmark)
     return out
 
 
@@ -573,6 +591,11 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
     if repeats < 1 or warmup < 0:
         raise BenchError("--repeats must be >= 1 and --warmup >= 0")
     progress = None if args.json else (lambda name: print(f"timing {name} ...", file=sys.stderr, flush=True))
+    channels_last = None if args.memory_format is None else args.memory_format == "channels_last"
+    if args.cudnn_benchmark:
+        import torch
+
+        torch.backends.cudnn.benchmark = True
     if args.pack is not None:
         if args.pack < 2:
             raise BenchError(f"--pack needs at least 2 runs, got {args.pack}")
@@ -582,7 +605,8 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
                 progress(f"{name}, alone and {args.pack} packed")
             rows[name] = packing(name, args.pack, model_name=args.model, batch=args.batch_size, device=device,
                                  iters=max(repeats, 10), warmup=warmup, graph=args.graph,
-                                 precision=args.precision, seed=args.seed, second_order=args.second_order)
+                                 precision=args.precision, seed=args.seed, second_order=args.second_order,
+                                 channels_last=channels_last)
         if args.json:
             print(json.dumps(rows, indent=1))
         else:
@@ -591,12 +615,15 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
                             for k, r in rows.items()],
                            headers=["step", "alone ms/iter", f"{args.pack} packed, ms/iter each", "epoch time ratio"],
                            tablefmt="github", disable_numparse=True))
-            print(f"\n{args.model}, batch {args.batch_size}, {device}; packed = {args.pack} processes at once on "
-                  "the same device (bench run --jobs N); a ratio below N means packing N runs beats running them one "
-                  "after another (the suite's H100 target: at most 2 for 4 runs).")
+            layout = "channels_last" if (channels_last is None and cuda) or channels_last and cuda else "contiguous"
+            print(f"\n{args.model}, batch {args.batch_size}, {device}, {args.precision}, {layout}"
+                  f"{', cudnn.benchmark' if cuda and args.cudnn_benchmark else ''}; "
+                  f"packed = {args.pack} processes at once on the same device (bench run --jobs N); "
+                  "a ratio below N means packing N runs beats running them one after another "
+                  "(the suite's H100 target: at most 2 for 4 runs).")
         return 0
     results = run_all(steps, model_name=args.model, batch=args.batch_size, device=device, repeats=repeats,
                       warmup=warmup, seed=args.seed, progress=progress, graph=args.graph, precision=args.precision,
-                      second_order=args.second_order)
+                      second_order=args.second_order, channels_last=channels_last)
     print(json.dumps(results, indent=1) if args.json else render(results))
     return 0

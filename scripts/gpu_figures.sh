@@ -1,41 +1,101 @@
 #!/usr/bin/env bash
-# Issue 8's GPU figures in one go, on a machine with CUDA (no dataset needed: synthetic batches
-# through the real loader). Writes everything under DIR (default ./gpu_figures):
+# Issue 8's GPU figures and the CUDA checks, in one go on a machine with CUDA (no dataset needed:
+# synthetic batches through the real loader; `train` uses the embedded fmnist-mini). Writes
+# everything under DIR (default ./gpu_figures), each part's log as it goes:
+#   env.txt                          GPU, driver, torch, cuDNN
+#   cudatests.txt                    the CUDA tests: captured == eager after 8 steps
+#                                    (tests/test_capture.py), the linearised JVP == forward-mode AD
+#                                    (tests/test_meta.py), the loader on CUDA (tests/test_data_loader.py)
 #   timing_fp32.md / timing_bf16.md  eager and captured ms per iteration, ResNet-32, batch 128
 #                                    (targets: CE <= 3 ms, MW-Net <= 20 ms, CurveNet SL=3 <= 10 ms)
 #   probe_b16.md                     the CE-style step at batch 16 (CurveNet's probe phase)
 #   pack4.md                         4 processes at once on the GPU vs alone (target: ratio <= 2)
-#   equivalence.txt                  captured == eager after 8 steps (tests/test_capture.py); the
-#                                    linearised JVP == forward-mode AD on CUDA (tests/test_meta.py)
+#   pack4_mps.md                     the same under NVIDIA MPS (kernels of the 4 processes overlap)
+#   train.txt                        the README's main job on CUDA (captured steps), timed
+#   suite.txt                        the whole test suite on the CUDA machine (device auto = cuda)
 #   benchmarks.txt / benchmarks.json pytest-benchmark, eager/captured x fp32/bf16
 # Usage: bash scripts/gpu_figures.sh [DIR] [PART ...]
-#   PART: timing, probe, pack, equivalence, benchmarks (default: all, in that order). Each part
-#   is a separate command on a lent GPU machine that limits one command to 10 minutes, e.g.
-#   `bash scripts/gpu_figures.sh out equivalence timing` then `... out probe pack benchmarks`.
+#   PART: env cudatests timing tuning probe pack mps train suite benchmarks (default: all, in that
+#   order). Each part runs under its own time limit (seconds: $LIMIT_<part>, defaults below), so
+#   a hang costs that part alone; on a lent machine that limits one command to 10 minutes, split
+#   the parts over two commands.
 # The interpreter is $PYTHON, else python3 (on the lent machines the one that holds torch).
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu_figures}
 shift || true
-parts=${*:-timing probe pack equivalence benchmarks}
+parts=${*:-env cudatests timing probe pack mps train suite benchmarks}
 mkdir -p "$out"
 python=${PYTHON:-python3}
-"$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device here')"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" || true
+export PYTHONUNBUFFERED=1
+"$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device here')" || exit 1
+
+limit() {  # limit PART DEFAULT: the part's time limit
+  local var="LIMIT_$1"
+  echo "${!var:-$2}"
+}
+run_part() {  # run_part PART LOG COMMAND...: the command under the part's limit, its output in LOG
+  local part=$1 log=$2 seconds
+  shift 2
+  seconds=$(limit "$part" "$LIMIT")
+  local t0=$SECONDS
+  echo "== $part: $* (limit ${seconds}s)" | tee -a "$out/parts.log"
+  timeout -k 10 "$seconds" "$@" > "$log" 2>&1
+  local rc=$?
+  echo "== $part: rc $rc in $((SECONDS - t0)) s" | tee -a "$out/parts.log"
+  tail -n 25 "$log"
+  # on the lent machine, what is done so far comes back even if the whole command is cut short
+  if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu_figures.tgz" -C "$(dirname "$out")" "$(basename "$out")"; fi
+}
+
 for part in $parts; do
   case $part in
+    env)
+      LIMIT=30 run_part env "$out/env.txt" bash -c "nvidia-smi; \"$python\" -c 'import torch, sys; \
+print(sys.version); print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version()); \
+print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; nproc" ;;
+    cudatests)
+      LIMIT=90 run_part cudatests "$out/cudatests.txt" "$python" -m pytest -q -p no:cacheprovider \
+          tests/test_capture.py tests/test_meta.py tests/test_data_loader.py tests/test_timing.py -k cuda -rA ;;
     timing)
-      "$python" -m bench timing --device cuda > "$out/timing_fp32.md"
-      "$python" -m bench timing --device cuda --precision bf16 > "$out/timing_bf16.md" ;;
-    probe) "$python" -m bench timing --device cuda --batch-size 16 --steps ce > "$out/probe_b16.md" ;;
-    pack) "$python" -m bench timing --device cuda --pack 4 --steps ce,mwnet,curvenet_sl3 > "$out/pack4.md" ;;
-    equivalence)
-      "$python" -m pytest -q -p no:cacheprovider tests/test_capture.py tests/test_meta.py -k cuda \
-          > "$out/equivalence.txt" 2>&1 || true ;;
+      LIMIT=90 run_part timing "$out/timing_fp32.md" "$python" -m bench timing --device cuda
+      LIMIT=90 run_part timing "$out/timing_bf16.md" "$python" -m bench timing --device cuda --precision bf16 ;;
+    tuning)  # cuDNN's algorithm search (--cudnn-benchmark) and the memory format, on the targets' steps
+      for flags in "--cudnn-benchmark" "--cudnn-benchmark --precision bf16" \
+                   "--cudnn-benchmark --memory-format contiguous" "--cudnn-benchmark --memory-format contiguous --precision bf16" \
+                   "--memory-format contiguous" "--cudnn-benchmark --batch-size 16"; do
+        name=$(echo "$flags" | tr -d ' -')
+        # shellcheck disable=SC2086
+        LIMIT=50 run_part tuning "$out/tuning_$name.md" "$python" -m bench timing --device cuda --steps ce,mwnet,curvenet_sl3 $flags
+      done ;;
+    probe)
+      LIMIT=45 run_part probe "$out/probe_b16.md" "$python" -m bench timing --device cuda --batch-size 16 --steps ce ;;
+    pack)
+      LIMIT=120 run_part pack "$out/pack4.md" "$python" -m bench timing --device cuda --pack 4 --steps ce,mwnet,curvenet_sl3 ;;
+    mps)
+      # MPS lets the kernels of several processes run on the GPU at once (without it they take turns)
+      export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
+      mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+      if nvidia-cuda-mps-control -d; then
+        LIMIT=90 run_part mps "$out/pack4_mps.md" "$python" -m bench timing --device cuda --pack 4 --steps ce,mwnet,curvenet_sl3
+        echo quit | nvidia-cuda-mps-control
+      else
+        echo "== mps: nvidia-cuda-mps-control -d failed" | tee -a "$out/parts.log"
+      fi
+      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY ;;
+    train)
+      LIMIT=120 run_part train "$out/train.txt" bash -c "time \"$python\" -m bench run --methods curvenet,mwnet \
+--device cuda --store /tmp/train.sqlite --cache-dir /tmp/train_cache" ;;
+    suite)
+      # 14 pytest-xdist workers of one thread each (16 threads each oversubscribe the cores 12-fold
+      # and push long tests past --timeout); $SUITE_IDS: a file of test ids to run instead of all
+      ids=()
+      if [ -n "${SUITE_IDS:-}" ]; then mapfile -t ids < "$SUITE_IDS"; fi
+      OMP_NUM_THREADS=1 LIMIT=180 run_part suite "$out/suite.txt" "$python" -m pytest -v --tb=short -rfE \
+          -p no:cacheprovider --ignore=tests/benchmarks --timeout 300 -n 14 "${ids[@]}" ;;
     benchmarks)
-      "$python" -m pytest -q -p no:cacheprovider tests/benchmarks -k cuda --benchmark-enable --benchmark-only \
-          --benchmark-json "$out/benchmarks.json" > "$out/benchmarks.txt" 2>&1 || true ;;
-    *) echo "unknown part $part (timing, probe, pack, equivalence, benchmarks)" >&2; exit 2 ;;
+      LIMIT=150 run_part benchmarks "$out/benchmarks.txt" "$python" -m pytest -q -p no:cacheprovider tests/benchmarks \
+          -k cuda --benchmark-enable --benchmark-only --benchmark-json "$out/benchmarks.json" ;;
+    *) echo "unknown part $part (env cudatests timing tuning probe pack mps train suite benchmarks)" >&2; exit 2 ;;
   esac
 done
-tail -n 3 "$out"/*.md "$out"/*.txt 2>/dev/null || true
