@@ -281,10 +281,12 @@ def test_a_run_whose_only_run_failed_says_so_not_that_the_store_is_empty(tmp_pat
 
 
 def test_a_run_killed_mid_way_is_never_done_and_the_rerun_completes_it(tmp_path):
+    """A SIGKILLed run stays not-done, a second writer is refused meanwhile, and a rerun completes
+    it. On the CPU even where a GPU is present: there the 30 epochs would end before the kill."""
     store = tmp_path / "store.sqlite"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--methods", "ce", "--store", str(store),
-                             "--epochs", "30", "--imbalance", "100", "--quiet"], env=env, cwd=REPO,
+    run = ["--methods", "ce", "--store", str(store), "--imbalance", "100", "--quiet", "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", *run, "--epochs", "30"], env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     status = None
@@ -297,7 +299,7 @@ def test_a_run_killed_mid_way_is_never_done_and_the_rerun_completes_it(tmp_path)
             except sqlite3.OperationalError:
                 pass
     # a second `bench run` on the store while the first trains is refused, before it trains anything
-    second = bench("run", "--methods", "ce", "--store", str(store), "--epochs", "30", "--imbalance", "100", "--quiet")
+    second = bench("run", *run, "--epochs", "30")
     assert second.returncode == 2 and "is being written by another `bench run` (pid" in second.stderr
     time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)
@@ -305,9 +307,9 @@ def test_a_run_killed_mid_way_is_never_done_and_the_rerun_completes_it(tmp_path)
     assert status == "running"
     rows = sqlite3.connect(store).execute("SELECT status FROM runs").fetchall()
     assert rows == [("running",)]  # nor did the second command touch the store
-    rerun = bench("run", "--methods", "ce", "--store", str(store), "--epochs", "2", "--imbalance", "100", "--quiet")
+    rerun = bench("run", *run, "--epochs", "2")
     assert rerun.returncode == 0  # a different spec (2 epochs): the killed one stays not-done
-    rerun = bench("run", "--methods", "ce", "--store", str(store), "--epochs", "30", "--imbalance", "100", "--quiet")
+    rerun = bench("run", *run, "--epochs", "30")
     assert rerun.returncode == 0 and "1 trained" in rerun.stderr
     statuses = sorted(sqlite3.connect(store).execute("SELECT status FROM runs").fetchall())
     assert statuses == [("done",), ("done",)]
@@ -360,8 +362,12 @@ def test_list_names_every_registered_method():
 
 def test_precision_and_graph_options_reach_the_run(tmp_path):
     """``--precision bf16`` makes a different run (its key) and ``--no-graph`` is accepted; the store
-    records how the steps ran (eager on CPU) and the memory format."""
+    records how the steps ran and the memory format: eager and contiguous on CPU; on a machine with
+    a GPU (device auto) the fp32 run's steps are captured, the --no-graph run's eager, both
+    channels_last."""
     import json
+
+    import torch
 
     from bench.store import Store
 
@@ -372,14 +378,17 @@ def test_precision_and_graph_options_reach_the_run(tmp_path):
     assert fp32.returncode == 0 and bf16.returncode == 0, bf16.stderr
     assert "1 trained" in bf16.stderr  # not the fp32 run again
     from bench.cpu import has_native_bf16
-    assert ("no native bf16" in bf16.stderr) == (not has_native_bf16())  # emulated bf16 is said to be slow
+    cuda = torch.cuda.is_available()
+    emulated = not cuda and not has_native_bf16()
+    assert ("no native bf16" in bf16.stderr) == emulated  # emulated bf16 (CPU) is said to be slow
     assert "no native bf16" not in fp32.stderr
     runs = Store(store, create=False).runs("done")
     assert len(runs) == 2
     specs = [json.loads(text) for text in runs["spec_json"]]
-    assert sorted(s.get("precision", "fp32") for s in specs) == ["bf16", "fp32"]
-    envs = [json.loads(text) for text in runs["env_json"]]
-    assert all(e["steps"] == "eager" and e["channels_last"] is False for e in envs)
+    envs = {s.get("precision", "fp32"): json.loads(e) for s, e in zip(specs, runs["env_json"])}
+    assert sorted(envs) == ["bf16", "fp32"]
+    assert envs["fp32"]["steps"] == ("captured" if cuda else "eager") and envs["bf16"]["steps"] == "eager"
+    assert all(e["channels_last"] is cuda for e in envs.values())
     bad = bench("run", "--methods", "ce", "--store", str(store), "--precision", "fp16", *QUICK)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
