@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 import methods
+from bench.capture import search_conv_algorithms
 from bench.errors import BenchError
 from bench.spec import RunSpec
 from bench.store import Store
@@ -156,6 +157,7 @@ def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
     params = method_cls.params_from_spec(spec)
     data = load_data(spec, data_dir)
     env = environment(device)
+    search_conv_algorithms(device)  # on CUDA (bench/capture.py)
     torch.manual_seed(spec.seed)
     run = Run(spec=spec, data=data, device=device, params=params, cache_dir=cache_dir, progress=progress,
               checkpoint_path=checkpoint_path(spec, cache_dir), checkpoint_every_s=checkpoint_every_s,
@@ -177,7 +179,8 @@ def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
         print(tb, file=sys.stderr)
         return RunResult(spec, "failed", history=run.history, env=env, error=f"{type(exc).__name__}: {exc}")
     finally:  # every outcome's env (the RunResult holds this dict) says how the steps ran
-        env.update(steps=run.step_mode, channels_last=run.channels_last)
+        env.update(steps=run.step_mode, channels_last=run.channels_last,
+                   cudnn_benchmark=device.type == "cuda" and torch.backends.cudnn.benchmark)
     samples = {"dataset_index": data.train_index, "clean_label": data.train_clean_y,
                "observed_label": data.train_y, "is_noisy": data.is_noisy}
     values = {k: v for k, v in run.records.items() if np.ndim(v) == 1}

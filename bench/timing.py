@@ -2,15 +2,18 @@
 
 ``python -m bench timing [--device cpu|cuda|auto] [--model resnet32|small_cnn|wrn16_8] [--batch-size 128]
 [--repeats R] [--warmup W] [--steps ce,mwnet,curvenet_sl0,...] [--precision fp32|bf16] [--no-graph]
-[--second-order jvp|autograd] [--pack N] [--json]``
+[--second-order jvp|autograd] [--memory-format channels_last|contiguous] [--no-cudnn-benchmark]
+[--pack N] [--json]``
 
 Every step is built from the code training runs, in one process on one device, and called
 through :class:`bench.capture.StepGraph` on the loader's batch plans as the methods call it:
 eagerly, and on CUDA (unless ``--no-graph``) also captured as a CUDA graph, the two reported side
 by side (``ms_per_iter`` and ``graph_ms_per_iter``, each with its ratios to CE and to SL = 0).
-On CUDA the model and batches are channels_last, as in training. ``--pack N`` measures instead
-the cost of packing N runs on one device (``bench run --jobs N``): ms per iteration of each step
-alone, and in each of N processes running at once (:func:`packing`). The steps:
+On CUDA the model and batches are channels_last and cuDNN times its convolution algorithms per
+shape (``torch.backends.cudnn.benchmark``), as in training (bench/capture.py); ``--memory-format
+contiguous`` and ``--no-cudnn-benchmark`` measure without. ``--pack N`` measures instead the cost
+of packing N runs on one device (``bench run --jobs N``): ms per iteration of each step alone, and
+in each of N processes running at once (:func:`packing`). The steps:
 
 ``ce``            the grid protocol's step (``bench.train.train_classifier``'s inner loop: forward,
                   mean CE, ``zero_grad``, backward, SGD step).
@@ -96,9 +99,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--memory-format", choices=("channels_last", "contiguous"),
                         help="layout of models and batches on CUDA (default channels_last, as training runs; "
                              "always contiguous on CPU)")
-    parser.add_argument("--cudnn-benchmark", action="store_true",
-                        help="let cuDNN time its convolution algorithms at the first call of each shape "
-                             "(torch.backends.cudnn.benchmark; training does not set it)")
+    parser.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
+                        help="on CUDA, cuDNN's default algorithm choice instead of timing its algorithms per "
+                             "shape (torch.backends.cudnn.benchmark, which training sets)")
     parser.add_argument("--pack", type=int, metavar="N",
                         help="instead: ms per iteration alone and with N processes at once on the device "
                              "(--jobs N packing; the ratio is the epoch-time cost of packing)")
@@ -573,6 +576,7 @@ def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters:
 
 
 def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed_memory
+    from bench.capture import search_conv_algorithms
     from bench.cpu import warn_if_slow_bf16
     from bench.errors import BenchError
     from bench.execute import resolve_device
@@ -592,10 +596,7 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
         raise BenchError("--repeats must be >= 1 and --warmup >= 0")
     progress = None if args.json else (lambda name: print(f"timing {name} ...", file=sys.stderr, flush=True))
     channels_last = None if args.memory_format is None else args.memory_format == "channels_last"
-    if args.cudnn_benchmark:
-        import torch
-
-        torch.backends.cudnn.benchmark = True
+    search_conv_algorithms(device, args.cudnn_benchmark)  # as training does (bench/capture.py)
     if args.pack is not None:
         if args.pack < 2:
             raise BenchError(f"--pack needs at least 2 runs, got {args.pack}")

@@ -563,3 +563,17 @@ def test_inputs_of_another_dtype_or_not_tensors_run_eagerly():
     for _ in range(3):
         assert graphed(torch.ones(2), 3).tolist() == [3.0, 3.0]
     assert graphed.captures == 0  # a Python number would be baked into the graph
+
+
+def test_cudnn_searches_its_algorithms_on_cuda_only(monkeypatch):
+    """Training and ``bench timing`` let cuDNN time its convolution algorithms on CUDA (fixed shapes:
+    once per shape, before capture); a CPU run leaves torch's setting alone."""
+    from bench.capture import search_conv_algorithms
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    search_conv_algorithms(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    search_conv_algorithms(torch.device("cuda", 0))
+    assert torch.backends.cudnn.benchmark is True
+    search_conv_algorithms("cuda", enabled=False)  # bench timing --no-cudnn-benchmark
+    assert torch.backends.cudnn.benchmark is False

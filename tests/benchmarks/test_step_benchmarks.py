@@ -22,6 +22,7 @@ CE: 3.30-3.40 over six runs). 30 rounds per step on CPU. In the default test run
 import pytest
 import torch
 
+from bench.capture import search_conv_algorithms
 from bench.cpu import keep_freed_memory
 from bench.timing import STEPS, RoundRobin, Timer, build_step
 
@@ -67,6 +68,7 @@ def test_ratios_with_the_steps_in_turns(benchmark, record_ratios):
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "captured"])
 @pytest.mark.parametrize("name", STEPS)
 def test_train_step_cuda(benchmark, name, graph, precision):
+    search_conv_algorithms("cuda")  # as training does (bench/capture.py)
     step, _ = build_step(name, model_name="resnet32", batch=128, device="cuda", graph=graph, precision=precision)
     for _ in range(5):  # warm-up (and, captured, the capture itself)
         step()
