@@ -549,7 +549,7 @@ def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters:
 
     import torch
 
-    from bench.executors import available_cores
+    from bench.executors import available_cores, mps_running
 
     device = torch.device(device)
     ctx = multiprocessing.get_context("spawn")
@@ -571,7 +571,8 @@ def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters:
         out[f"{label}_ms_per_iter"] = statistics.mean(times)
     out.update(jobs=jobs, ratio=out["packed_ms_per_iter"] / out["alone_ms_per_iter"], iters=iters,
                device=str(device), model=model_name, batch_size=batch, graph=kwargs["graph"], precision=precision,
-               second_order=second_order, cudnn_benchmark=cudnn_benchmark)
+               second_order=second_order, cudnn_benchmark=cudnn_benchmark,
+               mps=device.type == "cuda" and mps_running())
     return out
 
 
@@ -580,6 +581,7 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
     from bench.cpu import warn_if_slow_bf16
     from bench.errors import BenchError
     from bench.execute import resolve_device
+    from bench.executors import mps_running
 
     device = resolve_device(args.device)
     warn_if_slow_bf16(device, args.precision)
@@ -618,7 +620,8 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
                            tablefmt="github", disable_numparse=True))
             layout = "channels_last" if (channels_last is None and cuda) or channels_last and cuda else "contiguous"
             print(f"\n{args.model}, batch {args.batch_size}, {device}, {args.precision}, {layout}"
-                  f"{', cudnn.benchmark' if cuda and args.cudnn_benchmark else ''}; "
+                  f"{', cudnn.benchmark' if cuda and args.cudnn_benchmark else ''}"
+                  f"{(', NVIDIA MPS ' + ('running' if mps_running() else 'not running')) if cuda else ''}; "
                   f"packed = {args.pack} processes at once on the same device (bench run --jobs N); "
                   "a ratio below N means packing N runs beats running them one after another "
                   "(the suite's H100 target: at most 2 for 4 runs).")

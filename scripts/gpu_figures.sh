@@ -41,7 +41,8 @@ run_part() {  # run_part PART LOG COMMAND...: the command under the part's limit
   shift 2
   seconds=$(limit "$part" "$LIMIT")
   local t0=$SECONDS
-  echo "== $part: $* (limit ${seconds}s)" | tee -a "$out/parts.log"
+  local what="$*"
+  echo "== $part: ${what:0:300} (limit ${seconds}s)" | tee -a "$out/parts.log"
   timeout -k 10 "$seconds" "$@" > "$log" 2>&1
   local rc=$?
   echo "== $part: rc $rc in $((SECONDS - t0)) s" | tee -a "$out/parts.log"
