@@ -64,6 +64,7 @@ meta times on the authors' GPU: compare ratios (to SL = 0, to CE), not milliseco
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import sys
@@ -105,6 +106,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--pack", type=int, metavar="N",
                         help="instead: ms per iteration alone and with N processes at once on the device "
                              "(--jobs N packing; the ratio is the epoch-time cost of packing)")
+    parser.add_argument("--pack-mode", choices=("processes", "streams"), default="processes",
+                        help="with --pack: N processes (as bench run --jobs N does; default), or N copies "
+                             "of the step in this process advanced in lockstep, each replayed on its own "
+                             "CUDA stream (a measurement: bench run does not pack this way yet)"),
 
 
 # ------------------------------------------------------------------------------ building steps
@@ -576,6 +581,47 @@ def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters:
     return out
 
 
+def packing_streams(name: str, jobs: int, *, model_name: str, batch: int, device, iters: int = 50,
+                    warmup: int = 5, graph: bool = True, precision: str = "fp32", seed: int = 0,
+                    second_order: str = "jvp", channels_last: bool | None = None) -> dict:
+    """Lockstep packing in one process: ms per iteration of one copy of step ``name`` alone, and
+    per lockstep iteration of ``jobs`` copies (seeds ``seed`` ... ``seed + jobs - 1``, as the seeds
+    of one grid cell) that each take one step, each copy's captured step replayed on its own CUDA
+    stream. Replays on separate streams of one process can run their kernels at the same time
+    without NVIDIA MPS, which the ``processes`` packing needs for that. The ratio is the epoch-time
+    cost, as for :func:`packing`. On CPU the copies run one after the other (no streams)."""
+    import torch
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    kwargs = dict(model_name=model_name, batch=batch, device=device, graph=graph and cuda, precision=precision,
+                  second_order=second_order, channels_last=channels_last)
+    steps = [build_step(name, seed=seed + k, **kwargs)[0] for k in range(jobs)]
+    timer = Timer(device)
+    for step in steps:
+        for _ in range(warmup + _capture_calls(step)):
+            step()
+    streams = [torch.cuda.Stream(device) if cuda else None for _ in steps]
+
+    def advance(copies):
+        for step, stream in zip(steps[:copies], streams):
+            with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+                step()
+
+    out = {}
+    for label, copies in (("alone", 1), ("packed", jobs)):
+        advance(copies)  # the streams' first use out of the timed region
+        t0 = timer.now()
+        for _ in range(iters):
+            advance(copies)
+        out[f"{label}_ms_per_iter"] = 1000.0 * (timer.now() - t0) / iters
+    out.update(jobs=jobs, ratio=out["packed_ms_per_iter"] / out["alone_ms_per_iter"], iters=iters, device=str(device),
+               model=model_name, batch_size=batch, graph=kwargs["graph"], precision=precision,
+               second_order=second_order, mode="streams",
+               modes=sorted({s.graphed.mode for s in steps}))
+    return out
+
+
 def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed_memory
     from bench.capture import search_conv_algorithms
     from bench.cpu import warn_if_slow_bf16
@@ -606,7 +652,8 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
         for name in steps:
             if progress:
                 progress(f"{name}, alone and {args.pack} packed")
-            rows[name] = packing(name, args.pack, model_name=args.model, batch=args.batch_size, device=device,
+            pack = packing_streams if args.pack_mode == "streams" else packing
+            rows[name] = pack(name, args.pack, model_name=args.model, batch=args.batch_size, device=device,
                                  iters=max(repeats, 10), warmup=warmup, graph=args.graph,
                                  precision=args.precision, seed=args.seed, second_order=args.second_order,
                                  channels_last=channels_last)
@@ -622,8 +669,11 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
             print(f"\n{args.model}, batch {args.batch_size}, {device}, {args.precision}, {layout}"
                   f"{', cudnn.benchmark' if cuda and args.cudnn_benchmark else ''}"
                   f"{(', NVIDIA MPS ' + ('running' if mps_running() else 'not running')) if cuda else ''}; "
-                  f"packed = {args.pack} processes at once on the same device (bench run --jobs N); "
-                  "a ratio below N means packing N runs beats running them one after another "
+                  + (f"packed = {args.pack} copies of the step in this process, in lockstep, "
+                     + ("each replayed on its own CUDA stream" if cuda else "one after the other (streams: CUDA only)")
+                     + " (not yet how bench run packs); " if args.pack_mode == "streams" else
+                     f"packed = {args.pack} processes at once on the same device (bench run --jobs N); ")
+                  + "a ratio below N means packing N runs beats running them one after another "
                   "(the suite's H100 target: at most 2 for 4 runs).")
         return 0
     results = run_all(steps, model_name=args.model, batch=args.batch_size, device=device, repeats=repeats,

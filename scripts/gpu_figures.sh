@@ -13,11 +13,13 @@
 #   probe_b16.md                     the CE-style step at batch 16 (CurveNet's probe phase)
 #   pack4.md                         4 processes at once on the GPU vs alone (target: ratio <= 2)
 #   pack4_mps.md                     the same under NVIDIA MPS (kernels of the 4 processes overlap)
+#   pack4_streams.md                 4 copies in one process in lockstep, one CUDA stream each
+#                                    (what lockstep packing of a cell's seeds would gain; no MPS)
 #   train.txt                        the README's main job on CUDA (captured steps), timed
 #   suite.txt                        the whole test suite on the CUDA machine (device auto = cuda)
 #   benchmarks.txt / benchmarks.json pytest-benchmark, eager/captured x fp32/bf16
 # Usage: bash scripts/gpu_figures.sh [DIR] [PART ...]
-#   PART: env cudatests timing tuning probe pack mps train suite benchmarks (default: all, in that
+#   PART: env cudatests timing tuning probe pack packstreams mps train suite benchmarks (default: all, in that
 #   order). Each part runs under its own time limit (seconds: $LIMIT_<part>, defaults below), so
 #   a hang costs that part alone; on a lent machine that limits one command to 10 minutes, split
 #   the parts over two commands.
@@ -26,7 +28,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu_figures}
 shift || true
-parts=${*:-env cudatests timing tuning probe pack mps train suite benchmarks}
+parts=${*:-env cudatests timing tuning probe pack packstreams mps train suite benchmarks}
 mkdir -p "$out"
 python=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
@@ -74,6 +76,9 @@ print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; nproc
       LIMIT=45 run_part probe "$out/probe_b16.md" "$python" -m bench timing --device cuda --batch-size 16 --steps ce ;;
     pack)
       LIMIT=120 run_part pack "$out/pack4.md" "$python" -m bench timing --device cuda --pack 4 --steps ce,mwnet,curvenet_sl3 ;;
+    packstreams)
+      LIMIT=90 run_part packstreams "$out/pack4_streams.md" "$python" -m bench timing --device cuda --pack 4 \
+          --pack-mode streams --steps ce,mwnet,curvenet_sl3 ;;
     mps)
       # MPS lets the kernels of several processes run on the GPU at once (without it they take turns)
       export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
@@ -98,6 +103,6 @@ print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; nproc
     benchmarks)
       LIMIT=150 run_part benchmarks "$out/benchmarks.txt" "$python" -m pytest -q -p no:cacheprovider tests/benchmarks \
           -k cuda --benchmark-enable --benchmark-only --benchmark-json "$out/benchmarks.json" ;;
-    *) echo "unknown part $part (env cudatests timing tuning probe pack mps train suite benchmarks)" >&2; exit 2 ;;
+    *) echo "unknown part $part (env cudatests timing tuning probe pack packstreams mps train suite benchmarks)" >&2; exit 2 ;;
   esac
 done

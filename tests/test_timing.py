@@ -113,6 +113,28 @@ def test_packing_reports_alone_and_packed_times_and_their_ratio():
     assert r["ratio"] == r["packed_ms_per_iter"] / r["alone_ms_per_iter"]
 
 
+def test_lockstep_packing_steps_every_copy_once_per_iteration_from_its_own_seed(monkeypatch):
+    """``--pack-mode streams``: the copies are the seeds of one cell (seed, seed + 1, ...), built as
+    training builds them; an iteration alone steps the first copy, a packed one every copy once."""
+    built, calls = [], []
+
+    def fake_build_step(name, *, seed, **kw):
+        def step():
+            calls.append(seed)
+        step.graphed = type("G", (), {"mode": "eager", "warmup": 2, "enabled": False})()
+        built.append((name, seed, kw["graph"]))
+        return step, None
+    monkeypatch.setattr(timing, "build_step", fake_build_step)
+    r = timing.packing_streams("mwnet", 3, model_name="small_cnn", batch=8, device="cpu", iters=4, warmup=1, seed=5)
+    assert built == [("mwnet", 5, False), ("mwnet", 6, False), ("mwnet", 7, False)]  # no capture on CPU
+    # warm-up: 1 call each; alone: 1 untimed + 4 timed of copy 0; packed: 1 + 4 rounds of all three
+    assert calls == [5, 6, 7] + [5] * 5 + [5, 6, 7] * 5
+    assert r["jobs"] == 3 and r["mode"] == "streams" and r["ratio"] == r["packed_ms_per_iter"] / r["alone_ms_per_iter"]
+    monkeypatch.undo()  # the real steps, end to end
+    r = timing.packing_streams("ce", 2, model_name="small_cnn", batch=8, device="cpu", iters=2, warmup=1)
+    assert r["alone_ms_per_iter"] > 0 and r["packed_ms_per_iter"] > 0 and r["modes"] == ["eager"]
+
+
 def test_bad_pack_is_a_one_line_error():
     result = subprocess.run([sys.executable, "-m", "bench", "timing", "--pack", "1", "--device", "cpu"],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
