@@ -602,6 +602,7 @@ def packing_streams(name: str, jobs: int, *, model_name: str, batch: int, device
         for _ in range(warmup + _capture_calls(step)):
             step()
     streams = [torch.cuda.Stream(device) if cuda else None for _ in steps]
+    timer.now()  # the warm-up's last replays (default stream) are done before the streams take over
 
     def advance(copies):
         for step, stream in zip(steps[:copies], streams):
