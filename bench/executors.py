@@ -86,7 +86,8 @@ def worker_device(slot: int, device: torch.device, device_count: int | None = No
 
 
 def mps_running() -> bool:
-    """Whether an NVIDIA MPS control daemon is up for this user (its pipe directory holds ``control``)."""
+    """Whether an NVIDIA MPS control daemon is up for this user: its pipe directory holds
+    ``control`` (a daemon killed without ``quit`` may leave a stale one behind)."""
     pipe = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")
     return os.path.exists(os.path.join(pipe, "control"))
 
@@ -104,8 +105,8 @@ def packing_hint(jobs: int, device: torch.device, device_count: int | None = Non
     if jobs <= max(1, count) or (mps_running() if mps is None else mps):
         return None
     per_gpu = -(-jobs // max(1, count))
-    return (f"bench: up to {per_gpu} runs share each GPU and NVIDIA MPS is not running, so their kernels take "
-            "turns; `nvidia-cuda-mps-control -d` lets them overlap (README, Speed)")
+    return (f"bench: --jobs {jobs} puts up to {per_gpu} runs on each GPU and NVIDIA MPS is not running, so their "
+            "kernels take turns; `nvidia-cuda-mps-control -d` lets them overlap (README, Scaling out)")
 
 
 def describe_exit(code: int | None) -> str:

@@ -109,7 +109,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--pack-mode", choices=("processes", "streams"), default="processes",
                         help="with --pack: N processes (as bench run --jobs N does; default), or N copies "
                              "of the step in this process advanced in lockstep, each replayed on its own "
-                             "CUDA stream (a measurement: bench run does not pack this way yet)"),
+                             "CUDA stream (a measurement: bench run does not pack this way yet)")
 
 
 # ------------------------------------------------------------------------------ building steps
@@ -602,7 +602,10 @@ def packing_streams(name: str, jobs: int, *, model_name: str, batch: int, device
         for _ in range(warmup + _capture_calls(step)):
             step()
     streams = [torch.cuda.Stream(device) if cuda else None for _ in steps]
-    timer.now()  # the warm-up's last replays (default stream) are done before the streams take over
+    timer.now()  # the warm-up's work on the default stream is done before the streams take over
+    for stream in streams:
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream(device))
 
     def advance(copies):
         for step, stream in zip(steps[:copies], streams):
@@ -618,8 +621,8 @@ def packing_streams(name: str, jobs: int, *, model_name: str, batch: int, device
         out[f"{label}_ms_per_iter"] = 1000.0 * (timer.now() - t0) / iters
     out.update(jobs=jobs, ratio=out["packed_ms_per_iter"] / out["alone_ms_per_iter"], iters=iters, device=str(device),
                model=model_name, batch_size=batch, graph=kwargs["graph"], precision=precision,
-               second_order=second_order, mode="streams",
-               modes=sorted({s.graphed.mode for s in steps}))
+               second_order=second_order, mode="streams", modes=sorted({s.graphed.mode for s in steps}),
+               cudnn_benchmark=cuda and torch.backends.cudnn.benchmark)
     return out
 
 
@@ -644,7 +647,8 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
     if repeats < 1 or warmup < 0:
         raise BenchError("--repeats must be >= 1 and --warmup >= 0")
     progress = None if args.json else (lambda name: print(f"timing {name} ...", file=sys.stderr, flush=True))
-    channels_last = None if args.memory_format is None else args.memory_format == "channels_last"
+    # channels_last on CUDA only (as training): --memory-format chooses the layout there
+    channels_last = None if args.memory_format is None else args.memory_format == "channels_last" and cuda
     search_conv_algorithms(device, args.cudnn_benchmark)  # as training does (bench/capture.py)
     if args.pack is not None:
         if args.pack < 2:

@@ -28,8 +28,13 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu_figures}
 shift || true
-parts=${*:-env cudatests timing tuning probe pack packstreams mps train suite benchmarks}
+all_parts="env cudatests timing tuning probe pack packstreams mps train suite benchmarks"
+parts=${*:-$all_parts}
+for part in $parts; do  # every part known before any runs
+  case " $all_parts " in *" $part "*) ;; *) echo "unknown part $part ($all_parts)" >&2; exit 2 ;; esac
+done
 mkdir -p "$out"
+worst=0  # the script's exit status: the worst part's
 python=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device here')" || exit 1
@@ -47,10 +52,14 @@ run_part() {  # run_part PART LOG COMMAND...: the command under the part's limit
   echo "== $part: ${what:0:300} (limit ${seconds}s)" | tee -a "$out/parts.log"
   timeout -k 10 "$seconds" "$@" > "$log" 2>&1
   local rc=$?
+  if [ "$rc" -gt "$worst" ]; then worst=$rc; fi
   echo "== $part: rc $rc in $((SECONDS - t0)) s" | tee -a "$out/parts.log"
   tail -n 25 "$log"
   # on the lent machine, what is done so far comes back even if the whole command is cut short
-  if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu_figures.tgz" -C "$(dirname "$out")" "$(basename "$out")"; fi
+  # (DIR must not be $OUT itself: the archive would hold itself)
+  if [ -n "${OUT:-}" ] && [ "$(realpath "$out")" != "$(realpath "$OUT")" ]; then
+    tar czf "$OUT/gpu_figures.tgz" -C "$(dirname "$out")" "$(basename "$out")"
+  fi
 }
 
 for part in $parts; do
@@ -68,7 +77,7 @@ print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; nproc
     tuning)  # without cuDNN's algorithm search, and in the contiguous memory format, on the targets' steps
       for flags in "--no-cudnn-benchmark" "--no-cudnn-benchmark --precision bf16" \
                    "--memory-format contiguous" "--memory-format contiguous --precision bf16"; do
-        name=$(echo "$flags" | tr -d ' -')
+        name=$(echo "$flags" | tr -d ' -')  # since 8faaaf1 cuDNN's search is on unless --no-cudnn-benchmark
         # shellcheck disable=SC2086
         LIMIT=50 run_part tuning "$out/tuning_$name.md" "$python" -m bench timing --device cuda --steps ce,mwnet,curvenet_sl3 $flags
       done ;;
@@ -83,9 +92,10 @@ print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; nproc
       # MPS lets the kernels of several processes run on the GPU at once (without it they take turns)
       export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
       mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-      if nvidia-cuda-mps-control -d; then
+      already=$([ -e "$CUDA_MPS_PIPE_DIRECTORY/control" ] && echo yes)  # a daemon of our own is stopped after
+      if [ -n "$already" ] || nvidia-cuda-mps-control -d; then
         LIMIT=90 run_part mps "$out/pack4_mps.md" "$python" -m bench timing --device cuda --pack 4 --steps ce,mwnet,curvenet_sl3
-        echo quit | nvidia-cuda-mps-control
+        if [ -z "$already" ]; then echo quit | nvidia-cuda-mps-control; fi
       else
         echo "== mps: nvidia-cuda-mps-control -d failed" | tee -a "$out/parts.log"
       fi
@@ -99,10 +109,10 @@ print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; nproc
       ids=()
       if [ -n "${SUITE_IDS:-}" ]; then mapfile -t ids < "$SUITE_IDS"; fi
       OMP_NUM_THREADS=1 LIMIT=180 run_part suite "$out/suite.txt" "$python" -m pytest -v --tb=short -rfE \
-          -p no:cacheprovider --ignore=tests/benchmarks --timeout 300 -n 14 "${ids[@]}" ;;
+          -p no:cacheprovider --ignore=tests/benchmarks --timeout 300 -n 14 ${ids[@]+"${ids[@]}"} ;;
     benchmarks)
       LIMIT=150 run_part benchmarks "$out/benchmarks.txt" "$python" -m pytest -q -p no:cacheprovider tests/benchmarks \
           -k cuda --benchmark-enable --benchmark-only --benchmark-json "$out/benchmarks.json" ;;
-    *) echo "unknown part $part (env cudatests timing tuning probe pack packstreams mps train suite benchmarks)" >&2; exit 2 ;;
   esac
 done
+exit "$worst"

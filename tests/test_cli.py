@@ -388,7 +388,7 @@ def test_precision_and_graph_options_reach_the_run(tmp_path):
     envs = {s.get("precision", "fp32"): json.loads(e) for s, e in zip(specs, runs["env_json"])}
     assert sorted(envs) == ["bf16", "fp32"]
     assert envs["fp32"]["steps"] == ("captured" if cuda else "eager") and envs["bf16"]["steps"] == "eager"
-    assert all(e["channels_last"] is cuda for e in envs.values())
+    assert all(e["channels_last"] is cuda and e["cudnn_benchmark"] is cuda for e in envs.values())
     bad = bench("run", "--methods", "ce", "--store", str(store), "--precision", "fp16", *QUICK)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 

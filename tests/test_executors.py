@@ -106,14 +106,14 @@ def test_workers_share_the_gpus_round_robin():
     assert executors.worker_device(3, torch.device("cpu"), device_count=2).type == "cpu"
 
 
-def test_packing_runs_on_one_gpu_without_mps_is_said(monkeypatch, tmp_path):
+def test_packing_runs_on_one_gpu_without_mps_is_said(monkeypatch, tmp_path, capsys):
     """Several workers on one GPU take turns without NVIDIA MPS: ``--jobs`` says so, once, and how
     to start it; nothing on the CPU, one worker per GPU, or with MPS up."""
     cuda = torch.device("cuda")
     hint = executors.packing_hint(4, cuda, device_count=1, mps=False)
-    assert "up to 4 runs share each GPU" in hint and "nvidia-cuda-mps-control -d" in hint
+    assert "up to 4 runs on each GPU" in hint and "nvidia-cuda-mps-control -d" in hint
     assert "up to 2 runs" in executors.packing_hint(4, cuda, device_count=2, mps=False)
-    assert executors.packing_hint(4, torch.device("cuda", 1), device_count=2, mps=False).startswith("bench: up to 4")
+    assert "up to 4 runs" in executors.packing_hint(4, torch.device("cuda", 1), device_count=2, mps=False)
     assert executors.packing_hint(4, cuda, device_count=1, mps=True) is None
     assert executors.packing_hint(2, cuda, device_count=2, mps=False) is None
     assert executors.packing_hint(1, cuda, device_count=1, mps=False) is None
@@ -122,6 +122,10 @@ def test_packing_runs_on_one_gpu_without_mps_is_said(monkeypatch, tmp_path):
     assert not executors.mps_running()
     (tmp_path / "control").touch()  # the daemon's control pipe
     assert executors.mps_running() and executors.packing_hint(4, cuda, device_count=1) is None
+    # --jobs prints it once when its workers start
+    monkeypatch.setattr(executors, "packing_hint", lambda jobs, device: f"hint for {jobs} on {device.type}")
+    executors.LocalExecutor(3).start(device=torch.device("cpu"), data_dir=None, cache_dir=None, checkpoint_every_s=0)
+    assert capsys.readouterr().err == "hint for 3 on cpu\n"
 
 
 def test_exit_codes_are_described():

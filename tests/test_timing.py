@@ -354,6 +354,47 @@ def test_cli_defaults_per_device_and_packing_iterations(monkeypatch, capsys):
     assert main("--device", "cpu", "--pack", "2", "--steps", "ce", "--repeats", "12") == [(12, 1)]
 
 
+def test_cli_options_reach_the_packing_and_cudnn_and_the_layout_is_channels_last_on_cuda_only(monkeypatch, capsys):
+    """--pack-mode picks the packing, --memory-format sets the layout on CUDA (never on CPU),
+    --no-cudnn-benchmark reaches torch's setting; and a real streams run on CPU, end to end."""
+    import argparse
+    import json
+
+    import torch
+
+    from bench import execute
+
+    seen = []
+    monkeypatch.setattr(execute, "resolve_device", lambda name: torch.device(name))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    for fn in ("packing", "packing_streams"):
+        monkeypatch.setattr(timing, fn, lambda name, jobs, _fn=fn, **kw: seen.append((_fn, kw)) or {"jobs": jobs})
+    parser = argparse.ArgumentParser()
+    timing.add_arguments(parser)
+
+    def main(*argv):
+        seen.clear()
+        assert timing.main(parser.parse_args(["--json", "--steps", "ce", "--pack", "2", *argv])) == 0
+        capsys.readouterr()
+        return [(fn, kw["channels_last"]) for fn, kw in seen]
+
+    assert main("--device", "cpu") == [("packing", None)]
+    assert main("--device", "cpu", "--memory-format", "channels_last", "--pack-mode", "streams") == [
+        ("packing_streams", False)]
+    assert main("--device", "cuda", "--memory-format", "contiguous") == [("packing", False)]
+    assert torch.backends.cudnn.benchmark is True  # CUDA: cuDNN searches, as in training
+    assert main("--device", "cuda", "--memory-format", "channels_last", "--no-cudnn-benchmark") == [("packing", True)]
+    assert torch.backends.cudnn.benchmark is False
+    monkeypatch.undo()
+    result = subprocess.run([sys.executable, "-m", "bench", "timing", "--device", "cpu", "--model", "small_cnn",
+                             "--steps", "ce", "--pack", "2", "--pack-mode", "streams", "--repeats", "2", "--warmup",
+                             "0", "--batch-size", "8", "--json"], capture_output=True, text=True, cwd=ROOT,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)["ce"]
+    assert row["mode"] == "streams" and row["jobs"] == 2 and row["modes"] == ["eager"] and row["iters"] == 10
+
+
 def test_packing_gives_each_of_n_processes_cores_over_n_threads(monkeypatch):
     import multiprocessing
     import queue
