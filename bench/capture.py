@@ -34,10 +34,11 @@ cuDNN's algorithm search: on CUDA, training and ``bench timing`` set
 ``torch.backends.cudnn.benchmark`` (:func:`search_conv_algorithms`): a step's shapes are fixed, so
 cuDNN times its convolution algorithms once per shape (in the eager warm-up calls, before capture)
 and keeps the fastest. On the H200 (ResNet-32, batch 128, captured; session 11) it took the CE step
-from 5.36 to 4.52 ms in fp32 and 3.88 to 3.67 ms in bf16, MW-Net from 18.0 to 15.4 ms (fp32). The
-choice is made by timing, so two processes may pick different algorithms: together with cuDNN's
-non-deterministic backward kernels, a CUDA run is reproducible up to float rounding, not bit for
-bit (on the CPU it is bit for bit; tests/test_fault_injection.py).
+from 5.36 to 4.52 ms in fp32 (3.88 to 3.67 ms in bf16, within the 4% the CE step varied between
+the two device calls compared), MW-Net from 18.0 to 15.4 ms (fp32). The choice is made by
+timing, so two processes may pick different algorithms: with cuDNN's non-deterministic backward
+kernels, a CUDA run is at best reproducible up to float rounding, not bit for bit (on the CPU it
+is bit for bit; tests/test_fault_injection.py; README, Scaling out).
 
 Memory format: on CUDA, models and batches are ``channels_last`` (cuDNN's fast layout for
 convolutions, most of all with bf16). On CPU they stay contiguous: there channels_last made the

@@ -3,7 +3,7 @@
 ``python -m bench timing [--device cpu|cuda|auto] [--model resnet32|small_cnn|wrn16_8] [--batch-size 128]
 [--repeats R] [--warmup W] [--steps ce,mwnet,curvenet_sl0,...] [--precision fp32|bf16] [--no-graph]
 [--second-order jvp|autograd] [--memory-format channels_last|contiguous] [--no-cudnn-benchmark]
-[--pack N] [--json]``
+[--pack N [--pack-mode processes|streams]] [--json]``
 
 Every step is built from the code training runs, in one process on one device, and called
 through :class:`bench.capture.StepGraph` on the loader's batch plans as the methods call it:
