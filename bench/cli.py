@@ -413,7 +413,9 @@ def make_parser() -> ArgumentParser:
     table.add_argument("--store", default=DEFAULT_STORE, help=f"results store to read (default ./{DEFAULT_STORE})")
     table.add_argument("--paper", help="the CurveNet paper's table N (1, 2, 3, 6, 7, 8, 9, 10 or all), "
                                        "side by side with the published numbers")
-    table.add_argument("--write", action="store_true", help="with --paper: write tables/*.md")
+    table.add_argument("--write", nargs="?", const="tables", default=None, metavar="DIR",
+                       help="with --paper: also write each table to DIR (default ./tables) as tableN.md "
+                            "(.tex, .csv, .json with --format)")
     table.add_argument("--format", choices=("md", "csv", "json", "latex"), default="md",
                        help="markdown (default), CSV, JSON or LaTeX")
     table.add_argument("--metric", choices=("last", "best"),

@@ -811,12 +811,15 @@ def main(args) -> int:
         built = build(n, runs, ref, metric, history=history)
         text = render(built, fmt, store_path=str(args.store))
         outputs.append(text)
-        if getattr(args, "write", False):
-            out_dir = Path("tables")
-            out_dir.mkdir(exist_ok=True)
+        if getattr(args, "write", None):
             name = f"table{n}" if n != "anchors" else "anchors"
-            (out_dir / f"{name}.{ext}").write_text(text)
-            print(f"wrote tables/{name}.{ext}", file=sys.stderr)
+            path = Path(args.write) / f"{name}.{ext}"
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+            except OSError as exc:
+                raise BenchError(f"cannot write {path}: {exc.strerror or exc}") from None
+            print(f"wrote {path}", file=sys.stderr)
     if fmt == "csv" and len(outputs) > 1:  # one CSV: keep the header once
         first, *rest = outputs
         print(first + "".join(o.split("\n", 1)[1] for o in rest), end="")

@@ -391,6 +391,19 @@ def test_cli_write_all(tmp_path, store):
     assert out.returncode == 0, out.stderr
     written = sorted(p.name for p in (tmp_path / "tables").glob("*.md"))
     assert written == sorted([f"table{n}.md" for n in tables.PAPER_TABLES] + ["anchors.md"])
+    # --write DIR: elsewhere, in the chosen format; a path that cannot be written is one line
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT),
+           "BENCH_REFERENCE_DIR": str(ROOT / "tables" / "reference")}
+    out = subprocess.run([sys.executable, "-m", "bench", "table", "--paper", "2", "--format", "latex", "--write",
+                          str(tmp_path / "paper" / "tex"), "--store", str(store.path)], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=120, env=env)
+    assert out.returncode == 0 and f"wrote {tmp_path / 'paper' / 'tex' / 'table2.tex'}" in out.stderr
+    assert (tmp_path / "paper" / "tex" / "table2.tex").read_text().strip() == out.stdout.strip()
+    (tmp_path / "afile").write_text("")
+    bad = subprocess.run([sys.executable, "-m", "bench", "table", "--paper", "2", "--write", str(tmp_path / "afile"),
+                          "--store", str(store.path)], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                         env=env)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "cannot write" in bad.stderr
 
 
 def test_runs_for_paper_specs_fill_exactly_their_table(tmp_path, ref):
