@@ -811,9 +811,10 @@ def main(args) -> int:
         built = build(n, runs, ref, metric, history=history)
         text = render(built, fmt, store_path=str(args.store))
         outputs.append(text)
-        if getattr(args, "write", None):
+        write = getattr(args, "write", None)
+        if write:
             name = f"table{n}" if n != "anchors" else "anchors"
-            path = Path(args.write) / f"{name}.{ext}"
+            path = Path("tables" if write is True else write) / f"{name}.{ext}"  # True: as the CLI's bare --write
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
