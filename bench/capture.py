@@ -87,6 +87,11 @@ def search_conv_algorithms(device, enabled: bool = True) -> None:
         torch.backends.cudnn.benchmark = bool(enabled)
 
 
+def searches_conv_algorithms(device) -> bool:
+    """Whether cuDNN's algorithm search is on for ``device`` (always False off CUDA)."""
+    return torch.device(device).type == "cuda" and bool(torch.backends.cudnn.benchmark)
+
+
 def prepare_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) -> bool:
     """Make ``optimizer.step()`` capturable on ``device`` (module docstring); False if it cannot be.
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import methods
-from bench.capture import search_conv_algorithms
+from bench.capture import search_conv_algorithms, searches_conv_algorithms
 from bench.errors import BenchError
 from bench.spec import RunSpec
 from bench.store import Store
@@ -180,7 +180,7 @@ def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
         return RunResult(spec, "failed", history=run.history, env=env, error=f"{type(exc).__name__}: {exc}")
     finally:  # every outcome's env (the RunResult holds this dict) says how the steps ran
         env.update(steps=run.step_mode, channels_last=run.channels_last,
-                   cudnn_benchmark=device.type == "cuda" and torch.backends.cudnn.benchmark)
+                   cudnn_benchmark=searches_conv_algorithms(device))
     samples = {"dataset_index": data.train_index, "clean_label": data.train_clean_y,
                "observed_label": data.train_y, "is_noisy": data.is_noisy}
     values = {k: v for k, v in run.records.items() if np.ndim(v) == 1}

@@ -162,6 +162,18 @@ class PhaseClock:
         return {p: statistics.median(it.get(p, 0.0) for it in self.iterations) for p in phases}
 
 
+def uses_channels_last(device, requested: bool | None = None) -> bool:
+    """channels_last models and batches: on CUDA only, as training (``methods.base.Run``); there
+    ``requested`` (``--memory-format``) chooses, None meaning yes."""
+    return device.type == "cuda" and (requested is None or bool(requested))
+
+
+def _warm_up(step, warmup: int) -> None:
+    """``warmup`` untimed iterations, then (captured steps) the eager warm-up calls and the capture."""
+    for _ in range(warmup + _capture_calls(step)):
+        step()
+
+
 def _loaders(model_name: str, batch: int, device, generator, channels_last: bool):
     import numpy as np
 
@@ -202,7 +214,7 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
     generator = torch.Generator().manual_seed(seed)
     size, channels = MODEL_INPUT[model_name]
     model = build_model(model_name, NUM_CLASSES, channels, "kaiming").to(device).train()
-    channels_last = device.type == "cuda" if channels_last is None else bool(channels_last)
+    channels_last = uses_channels_last(device, channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     p = PRESETS["paper"]
@@ -319,8 +331,7 @@ def measure_steps(names, *, model_name: str, batch: int, device, repeats: int, w
              for name in names}
     timer = Timer(device)
     for step, _ in built.values():
-        for _ in range(warmup + _capture_calls(step)):
-            step()
+        _warm_up(step, warmup)
     separate = device.type == "cuda"
     clocks = {name: clock for name, (_, clock) in built.items() if clock is not None}
     for clock in clocks.values():
@@ -363,9 +374,11 @@ def run_all(steps, *, model_name: str = "resnet32", batch: int = 128, device="cp
     each the median over rounds of the two steps' times in the same round."""
     import torch
 
+    from bench.capture import searches_conv_algorithms
+
     device = torch.device(device)
     graph = device.type == "cuda" if graph is None else graph and device.type == "cuda"
-    channels_last = device.type == "cuda" if channels_last is None else channels_last and device.type == "cuda"
+    channels_last = uses_channels_last(device, channels_last)
     kwargs = dict(model_name=model_name, batch=batch, device=device, repeats=repeats, warmup=warmup, seed=seed,
                   precision=precision, second_order=second_order, channels_last=channels_last)
     if progress:
@@ -394,7 +407,7 @@ def run_all(steps, *, model_name: str = "resnet32", batch: int = 128, device="cp
         r.update(device=str(device), device_name=name, model=model_name, batch_size=batch, repeats=repeats,
                  warmup=warmup, torch=torch.__version__, threads=torch.get_num_threads(), precision=precision,
                  second_order=second_order, channels_last=channels_last,
-                 cudnn_benchmark=device.type == "cuda" and torch.backends.cudnn.benchmark,
+                 cudnn_benchmark=searches_conv_algorithms(device),
                  data="random uint8 images through bench.data.Loader"
                  + (" (crop/flip)" if MODEL_INPUT[model_name][1] == 3 else ""))
     return out
@@ -493,16 +506,16 @@ def _packed_worker(name, kwargs, threads, cudnn_benchmark, iters, warmup, barrie
     try:
         import torch
 
+        from bench.capture import search_conv_algorithms
         from bench.cpu import keep_freed_memory
 
         keep_freed_memory()
         torch.set_num_threads(threads)
-        torch.backends.cudnn.benchmark = cudnn_benchmark
+        search_conv_algorithms(kwargs["device"], cudnn_benchmark)
         step, _ = build_step(name, **kwargs)
         device = torch.device(kwargs["device"])
         timer = Timer(device)
-        for _ in range(warmup + _capture_calls(step)):
-            step()
+        _warm_up(step, warmup)
         barrier.wait(timeout=PACK_TIMEOUT_S)
         t0 = timer.now()
         for _ in range(iters):
@@ -554,6 +567,7 @@ def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters:
 
     import torch
 
+    from bench.capture import searches_conv_algorithms
     from bench.executors import available_cores, mps_running
 
     device = torch.device(device)
@@ -562,7 +576,7 @@ def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters:
     kwargs = dict(model_name=model_name, batch=batch, device=str(device), seed=seed,
                   graph=graph and device.type == "cuda", precision=precision, second_order=second_order,
                   channels_last=channels_last)
-    cudnn_benchmark = device.type == "cuda" and torch.backends.cudnn.benchmark  # the workers do as this process
+    cudnn_benchmark = searches_conv_algorithms(device)  # the workers do as this process
     out = {}
     for label, n in (("alone", 1), ("packed", jobs)):
         barrier, queue = ctx.Barrier(n), ctx.Queue()
@@ -592,6 +606,8 @@ def packing_streams(name: str, jobs: int, *, model_name: str, batch: int, device
     cost, as for :func:`packing`. On CPU the copies run one after the other (no streams)."""
     import torch
 
+    from bench.capture import searches_conv_algorithms
+
     device = torch.device(device)
     cuda = device.type == "cuda"
     kwargs = dict(model_name=model_name, batch=batch, device=device, graph=graph and cuda, precision=precision,
@@ -599,13 +615,9 @@ def packing_streams(name: str, jobs: int, *, model_name: str, batch: int, device
     steps = [build_step(name, seed=seed + k, **kwargs)[0] for k in range(jobs)]
     timer = Timer(device)
     for step in steps:
-        for _ in range(warmup + _capture_calls(step)):
-            step()
+        _warm_up(step, warmup)
     streams = [torch.cuda.Stream(device) if cuda else None for _ in steps]
-    timer.now()  # the warm-up's work on the default stream is done before the streams take over
-    for stream in streams:
-        if stream is not None:
-            stream.wait_stream(torch.cuda.current_stream(device))
+    timer.now()  # synchronises the device: the warm-up's work is done before the streams take over
 
     def advance(copies):
         for step, stream in zip(steps[:copies], streams):
@@ -622,7 +634,7 @@ def packing_streams(name: str, jobs: int, *, model_name: str, batch: int, device
     out.update(jobs=jobs, ratio=out["packed_ms_per_iter"] / out["alone_ms_per_iter"], iters=iters, device=str(device),
                model=model_name, batch_size=batch, graph=kwargs["graph"], precision=precision,
                second_order=second_order, mode="streams", modes=sorted({s.graphed.mode for s in steps}),
-               cudnn_benchmark=cuda and torch.backends.cudnn.benchmark)
+               cudnn_benchmark=searches_conv_algorithms(device))
     return out
 
 
@@ -647,8 +659,8 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
     if repeats < 1 or warmup < 0:
         raise BenchError("--repeats must be >= 1 and --warmup >= 0")
     progress = None if args.json else (lambda name: print(f"timing {name} ...", file=sys.stderr, flush=True))
-    # channels_last on CUDA only (as training): --memory-format chooses the layout there
-    channels_last = None if args.memory_format is None else args.memory_format == "channels_last" and cuda
+    channels_last = uses_channels_last(device, None if args.memory_format is None
+                                       else args.memory_format == "channels_last")
     search_conv_algorithms(device, args.cudnn_benchmark)  # as training does (bench/capture.py)
     if args.pack is not None:
         if args.pack < 2:
@@ -670,7 +682,7 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
                             for k, r in rows.items()],
                            headers=["step", "alone ms/iter", f"{args.pack} packed, ms/iter each", "epoch time ratio"],
                            tablefmt="github", disable_numparse=True))
-            layout = "channels_last" if (channels_last is None and cuda) or channels_last and cuda else "contiguous"
+            layout = "channels_last" if channels_last else "contiguous"
             print(f"\n{args.model}, batch {args.batch_size}, {device}, {args.precision}, {layout}"
                   f"{', cudnn.benchmark' if cuda and args.cudnn_benchmark else ''}"
                   f"{(', NVIDIA MPS ' + ('running' if mps_running() else 'not running')) if cuda else ''}; "

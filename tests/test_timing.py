@@ -378,7 +378,7 @@ def test_cli_options_reach_the_packing_and_cudnn_and_the_layout_is_channels_last
         capsys.readouterr()
         return [(fn, kw["channels_last"]) for fn, kw in seen]
 
-    assert main("--device", "cpu") == [("packing", None)]
+    assert main("--device", "cpu") == [("packing", False)]
     assert main("--device", "cpu", "--memory-format", "channels_last", "--pack-mode", "streams") == [
         ("packing_streams", False)]
     assert main("--device", "cuda", "--memory-format", "contiguous") == [("packing", False)]
