@@ -142,7 +142,15 @@ def md5_bytes(data: bytes) -> str:
 
 
 def md5_file(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
+    return _hash_file(path, hashlib.md5(usedforsecurity=False))
+
+
+def file_sha256(path: Path) -> str:
+    return _hash_file(path, hashlib.sha256())
+
+
+def _hash_file(path: Path, h) -> str:
+    """The hex digest of ``h`` over a file, read in 1 MiB blocks."""
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
@@ -591,12 +599,3 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     return Dataset(name=name, x_train=xs["train"], y_train=y_train, x_test=xs["test"],
                    y_test=y_test, classes=classes, mean=mean, std=std,
                    augment=(h, w, c) == (32, 32, 3), digest=file_sha256(p))
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
