@@ -811,10 +811,9 @@ def main(args) -> int:
         built = build(n, runs, ref, metric, history=history)
         text = render(built, fmt, store_path=str(args.store))
         outputs.append(text)
-        write = getattr(args, "write", None)
-        if write:
+        if getattr(args, "write", None):
             name = f"table{n}" if n != "anchors" else "anchors"
-            path = Path("tables" if write is True else write) / f"{name}.{ext}"  # True: as the CLI's bare --write
+            path = Path(args.write) / f"{name}.{ext}"
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)

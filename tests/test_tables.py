@@ -572,7 +572,7 @@ def test_render_not_available_line_latex_comments_and_the_csv_std(store, ref):
 def test_main_joins_csv_and_json_of_several_tables_and_writes_latex_as_tex(store, tmp_path, monkeypatch, capsys):
     from argparse import Namespace
 
-    def main(fmt, write=False):
+    def main(fmt, write=None):
         assert tables.main(Namespace(paper="2,3", format=fmt, metric="last", group="all", store=str(store.path),
                                      write=write)) == 0
         return capsys.readouterr().out
@@ -581,5 +581,5 @@ def test_main_joins_csv_and_json_of_several_tables_and_writes_latex_as_tex(store
     assert len(rows) == 18 + 18 and {r["table"] for r in rows} == {"2", "3"}
     assert [d["table"] for d in json.loads(main("json"))] == ["2", "3"]
     monkeypatch.chdir(tmp_path)
-    main("latex", write=True)
+    main("latex", write="tables")  # what the CLI's bare --write gives
     assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["table2.tex", "table3.tex"]
