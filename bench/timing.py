@@ -3,7 +3,7 @@
 ``python -m bench timing [--device cpu|cuda|auto] [--model resnet32|small_cnn|wrn16_8] [--batch-size 128]
 [--repeats R] [--warmup W] [--steps ce,mwnet,curvenet_sl0,...] [--precision fp32|bf16] [--no-graph]
 [--second-order jvp|autograd] [--memory-format channels_last|contiguous] [--no-cudnn-benchmark]
-[--pack N [--pack-mode processes|streams]] [--json]``
+[--pack N [--pack-mode processes|streams|fused]] [--json]``
 
 Every step is built from the code training runs, in one process on one device, and called
 through :class:`bench.capture.StepGraph` on the loader's batch plans as the methods call it:
@@ -13,7 +13,9 @@ On CUDA the model and batches are channels_last and cuDNN times its convolution 
 shape (``torch.backends.cudnn.benchmark``), as in training (bench/capture.py); ``--memory-format
 contiguous`` and ``--no-cudnn-benchmark`` measure without. ``--pack N`` measures instead the cost
 of packing N runs on one device (``bench run --jobs N``): ms per iteration of each step alone, and
-in each of N processes running at once (:func:`packing`). The steps:
+in each of N processes running at once (:func:`packing`); ``--pack-mode streams`` N copies in
+this process on N CUDA streams (:func:`packing_streams`), ``--pack-mode fused`` N runs fused into
+one network (:func:`packing_fused`, bench/fused.py). The steps:
 
 ``ce``            the grid protocol's step (``bench.train.train_classifier``'s inner loop: forward,
                   mean CE, ``zero_grad``, backward, SGD step).
@@ -79,6 +81,17 @@ CIFAR_MEAN = tuple(v / 255 for v in (125.3, 123.0, 113.9))
 CIFAR_STD = tuple(v / 255 for v in (63.0, 62.1, 66.7))
 
 
+PACK_MODES = ("processes", "streams", "fused")
+PACK_TEXT = {  # the table's footnote per --pack-mode
+    "processes": "packed = {n} processes at once on the same device (bench run --jobs N); ",
+    "streams": "packed = {n} copies of the step in this process, in lockstep, {streams} (not yet how bench run "
+               "packs); ",
+    "fused": "packed = {n} runs horizontally fused into one network (grouped convolutions, contiguous; "
+             "bench/fused.py), one step of each per iteration, timed in turns with the run alone (not yet how "
+             "bench run packs); ",
+}
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--model", default="resnet32", choices=sorted(MODEL_INPUT),
@@ -106,10 +119,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--pack", type=int, metavar="N",
                         help="instead: ms per iteration alone and with N processes at once on the device "
                              "(--jobs N packing; the ratio is the epoch-time cost of packing)")
-    parser.add_argument("--pack-mode", choices=("processes", "streams"), default="processes",
-                        help="with --pack: N processes (as bench run --jobs N does; default), or N copies "
+    parser.add_argument("--pack-mode", choices=PACK_MODES, default="processes",
+                        help="with --pack: N processes (as bench run --jobs N does; default), N copies "
                              "of the step in this process advanced in lockstep, each replayed on its own "
-                             "CUDA stream (a measurement: bench run does not pack this way yet)")
+                             "CUDA stream (streams), or N runs fused into one network with grouped "
+                             "convolutions (fused; bench/fused.py). streams and fused are measurements: "
+                             "bench run does not pack that way yet")
 
 
 # ------------------------------------------------------------------------------ building steps
@@ -194,15 +209,20 @@ def _loaders(model_name: str, batch: int, device, generator, channels_last: bool
 
 def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, device="cpu", seed: int = 0,
                graph: bool = False, precision: str = "fp32", second_order: str = "jvp",
-               channels_last: bool | None = None):
+               channels_last: bool | None = None, runs: int = 1):
     """``(step, clock)``: ``step()`` runs one training iteration of ``name`` (next batch plans
     included), through :class:`bench.capture.StepGraph` as training does (captured on CUDA when
     ``graph``); ``clock`` is its :class:`PhaseClock` (None for captured steps, whose Python hooks
-    do not run on replay). ``channels_last`` (model and batches): default on CUDA only, as training."""
+    do not run on replay). ``channels_last`` (model and batches): default on CUDA only, as training.
+
+    ``runs`` > 1: ``runs`` runs (seeds ``seed``, ``seed + 1``, ...; each its own batches and
+    weighting net) horizontally fused into one network (bench/fused.py), stepping together; one
+    iteration is then one step of every run. Fused networks run contiguous."""
     import torch
     import torch.nn.functional as F
 
     from bench.capture import StepGraph, autocast
+    from bench.fused import fuse, interleave
     from bench.models import build_model
     from bench.spec import PRESETS
     from methods.meta import MetaStep
@@ -210,27 +230,41 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
     if name not in STEPS:
         raise ValueError(f"unknown step {name!r}; choose from {', '.join(STEPS)}")
     device = torch.device(device)
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
     size, channels = MODEL_INPUT[model_name]
-    model = build_model(model_name, NUM_CLASSES, channels, "kaiming").to(device).train()
-    channels_last = uses_channels_last(device, channels_last)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    channels_last = uses_channels_last(device, False if runs > 1 else channels_last)
+    models, loaders = [], []
+    for k in range(runs):
+        torch.manual_seed(seed + k)
+        model = build_model(model_name, NUM_CLASSES, channels, "kaiming").to(device).train()
+        models.append(model.to(memory_format=torch.channels_last) if channels_last else model)
+        loaders.append(_loaders(model_name, batch, device, torch.Generator().manual_seed(seed + k), channels_last))
+    model = models[0] if runs == 1 else fuse(models)
     p = PRESETS["paper"]
     optimizer = torch.optim.SGD(model.parameters(), lr=p["lr"], momentum=p["momentum"], nesterov=p["nesterov"],
                                 weight_decay=p["weight_decay"])
-    train, meta = _loaders(model_name, batch, device, generator, channels_last)
+    train = [pair[0] for pair in loaders]
+    meta = [pair[1] for pair in loaders]
     captured = graph and device.type == "cuda"
     clock = None if captured else PhaseClock(Timer(device))
     mark = clock or (lambda phase: None)
 
+    def assemble(cycles, plans):
+        """The runs' batches of their plans (three tensors per run), as rows (bench/fused.py)."""
+        if runs == 1:
+            return cycles[0].loader.assemble(*plans)
+        parts = [c.loader.assemble(*plans[3 * k:3 * k + 3]) for k, c in enumerate(cycles)]
+        return (interleave([x for x, _, _ in parts]), interleave([y for _, y, _ in parts]),
+                interleave([i * runs + k for k, (_, _, i) in enumerate(parts)]))  # row -> its run's pool index
+
+    def next_plans(cycles):
+        return [t for c in cycles for t in c.next_plan()]
+
     if name == "ce":
-        def ce_step(idx, offsets, flip):
-            x, y, _ = train.loader.assemble(idx, offsets, flip)
+        def ce_step(*plans):
+            x, y, _ = assemble(train, plans)
             mark("batch")
-            with autocast(device, precision):
-                loss = F.cross_entropy(model(x), y)  # methods/ce.py's loss in train_classifier's step
+            with autocast(device, precision):  # methods/ce.py's loss in train_classifier's step;
+                loss = F.cross_entropy(model(x), y) * runs  # fused: the sum of the runs' mean CEs
             mark("real_forward")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -238,13 +272,15 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
             mark("real_backward")
             return loss.detach()
         graphed = StepGraph(ce_step, name=name, device=device, enabled=graph, optimizers=[optimizer])
-        return _iteration(graphed, clock, lambda: train.next_plan()), clock
+        step = _iteration(graphed, clock, lambda: next_plans(train))
+        step.model = model
+        return step, clock
 
     if name == "mwnet":
         from methods.mwnet import MWNetParams, WeightNet
 
         mp = MWNetParams()  # variant noise: Adam 1e-3 / 1e-4, unnormalised, plain-SGD look-ahead
-        weight_net = WeightNet(mp.hidden).to(device)
+        weight_net = _fused_or_one([_seeded(seed + k, lambda: WeightNet(mp.hidden).to(device)) for k in range(runs)])
         weight_opt = mp.weight_optimizer(weight_net.parameters())
         meta_step = MetaStep(model, optimizer, weight_net, weight_opt, lookahead=mp.lookahead,
                              skip_layers=mp.skip_layers, normalize=mp.normalize, second_order=second_order,
@@ -254,18 +290,42 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
 
         cp = CurveNetParams()
         skip = int(name[-1])
-        curves = torch.randn(4 * batch, cp.input_dim, generator=generator).to(device)
-        weight_net = CurveNet(cp.input_dim, NUM_CLASSES, cp.embed_dim).to(device)
+        curves = interleave([torch.randn(4 * batch, cp.input_dim, generator=torch.Generator().manual_seed(seed + k))
+                             for k in range(runs)]).to(device)  # row i * runs + k: run k's sample i
+        weight_net = _fused_or_one([_seeded(seed + k, lambda: CurveNet(cp.input_dim, NUM_CLASSES, cp.embed_dim))
+                                    .to(device) for k in range(runs)])
         weight_opt = torch.optim.Adam(weight_net.parameters(), lr=cp.meta_lr, weight_decay=cp.meta_weight_decay)
         meta_step = MetaStep(model, optimizer, weight_net, weight_opt, lambda loss, y, idx: weight_net(curves[idx], y),
                              lookahead=cp.lookahead, skip_layers=skip, normalize=False, second_order=second_order,
                              precision=precision)
     meta_step.on_phase = clock
-    graphed = StepGraph(meta_step.on_plans(train.loader, meta.loader), name=name, device=device, enabled=graph,
-                        optimizers=[optimizer, weight_opt])
-    step = _iteration(graphed, clock, lambda: (*train.next_plan(), *meta.next_plan()))
-    step.meta_step = meta_step
+    if runs == 1:
+        fn = meta_step.on_plans(train[0].loader, meta[0].loader)
+    else:
+        def fn(*plans):
+            x, y, idx = assemble(train, plans[:3 * runs])
+            xm, ym, _ = assemble(meta, plans[3 * runs:])
+            mark("batch")
+            out = meta_step(x, y, idx, xm, ym)
+            return torch.stack([out["loss"] * len(y), out["meta_loss"], out["weights"].sum()])
+    graphed = StepGraph(fn, name=name, device=device, enabled=graph, optimizers=[optimizer, weight_opt])
+    step = _iteration(graphed, clock, lambda: (*next_plans(train), *next_plans(meta)))
+    step.meta_step, step.model = meta_step, model
     return step, clock
+
+
+def _fused_or_one(nets):
+    from bench.fused import fuse
+
+    return nets[0] if len(nets) == 1 else fuse(nets)
+
+
+def _seeded(seed: int, make):
+    """``make()`` under ``torch.manual_seed(seed)``: run k's weighting net, whether alone or fused."""
+    import torch
+
+    torch.manual_seed(seed)
+    return make()
 
 
 def _iteration(graphed, clock, next_plans):
@@ -638,6 +698,36 @@ def packing_streams(name: str, jobs: int, *, model_name: str, batch: int, device
     return out
 
 
+def packing_fused(name: str, jobs: int, *, model_name: str, batch: int, device, iters: int = 50, warmup: int = 5,
+                  graph: bool = True, precision: str = "fp32", seed: int = 0, second_order: str = "jvp",
+                  channels_last: bool | None = None) -> dict:
+    """Fused packing: ms per iteration of step ``name`` for one run alone (as training runs it) and
+    for ``jobs`` runs horizontally fused into one network (bench/fused.py; seeds ``seed`` ...
+    ``seed + jobs - 1``, one step of every run per iteration), timed in turns
+    (:class:`RoundRobin`). The ratio is the epoch-time cost of the ``jobs`` runs fused over one run
+    alone, as for :func:`packing`. Fused networks run contiguous; the run alone in
+    ``channels_last`` on CUDA unless ``--memory-format contiguous``."""
+    import torch
+
+    from bench.capture import searches_conv_algorithms
+
+    device = torch.device(device)
+    kwargs = dict(model_name=model_name, batch=batch, device=device, seed=seed, graph=graph and device.type == "cuda",
+                  precision=precision, second_order=second_order)
+    steps = {"alone": build_step(name, channels_last=channels_last, **kwargs)[0],
+             "packed": build_step(name, runs=jobs, **kwargs)[0]}
+    for step in steps.values():
+        _warm_up(step, warmup)
+    timed = RoundRobin(steps, Timer(device))
+    for _ in range(iters):
+        timed.round()
+    return dict(alone_ms_per_iter=timed.median("alone"), packed_ms_per_iter=timed.median("packed"), jobs=jobs,
+                ratio=timed.ratio("packed", "alone"), iters=iters, device=str(device), model=model_name,
+                batch_size=batch, graph=kwargs["graph"], precision=precision, second_order=second_order,
+                mode="fused", modes=sorted({s.graphed.mode for s in steps.values()}),
+                cudnn_benchmark=searches_conv_algorithms(device))
+
+
 def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed_memory
     from bench.capture import search_conv_algorithms
     from bench.cpu import warn_if_slow_bf16
@@ -669,7 +759,7 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
         for name in steps:
             if progress:
                 progress(f"{name}, alone and {args.pack} packed")
-            pack = packing_streams if args.pack_mode == "streams" else packing
+            pack = {"streams": packing_streams, "fused": packing_fused}.get(args.pack_mode, packing)
             rows[name] = pack(name, args.pack, model_name=args.model, batch=args.batch_size, device=device,
                                  iters=max(repeats, 10), warmup=warmup, graph=args.graph,
                                  precision=args.precision, seed=args.seed, second_order=args.second_order,
@@ -686,10 +776,8 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
             print(f"\n{args.model}, batch {args.batch_size}, {device}, {args.precision}, {layout}"
                   f"{', cudnn.benchmark' if cuda and args.cudnn_benchmark else ''}"
                   f"{(', NVIDIA MPS ' + ('running' if mps_running() else 'not running')) if cuda else ''}; "
-                  + (f"packed = {args.pack} copies of the step in this process, in lockstep, "
-                     + ("each replayed on its own CUDA stream" if cuda else "one after the other (streams: CUDA only)")
-                     + " (not yet how bench run packs); " if args.pack_mode == "streams" else
-                     f"packed = {args.pack} processes at once on the same device (bench run --jobs N); ")
+                  + PACK_TEXT[args.pack_mode].format(n=args.pack, streams="each replayed on its own CUDA stream"
+                                                     if cuda else "one after the other (streams: CUDA only)")
                   + "a ratio below N means packing N runs beats running them one after another "
                   "(the suite's H100 target: at most 2 for 4 runs).")
         return 0

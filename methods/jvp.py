@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.fused import RunsLayout
 from bench.models import _ShortcutA
 
 LINEAR_LEAVES = (nn.Identity, nn.Flatten, nn.AdaptiveAvgPool2d, nn.AvgPool2d, _ShortcutA)
@@ -150,17 +151,20 @@ class Linearization:
                 x, _ = pop()
                 dw, db = param_tangent("weight"), param_tangent("bias")
                 out = None if dx is zero else _affine(module, dx, module.weight, None)
-                if dw is not None:
-                    term = _affine(module, x, dw, None)
+                if dw is not None or db is not None:  # dW * x + db, by the layer's own op (fused layers too)
+                    term = _affine(module, x, torch.zeros_like(module.weight) if dw is None else dw, db)
                     out = term if out is None else out + term
-                if db is not None:
-                    shape = (1, -1) + (1,) * (x.dim() - 2)
-                    out = (db.view(shape).expand_as(out) if out is None else out + db.view(shape))
                 return torch.zeros_like(_affine(module, x, module.weight, None)) if out is None else out
             return affine
 
         def batch_norm(dx):
             x, statistics = pop()
+            if isinstance(module, RunsLayout):  # a fused BatchNorm: its rule in the runs layout
+                return module.to_rows(batch_norm_runs(module.to_runs(x), statistics,
+                                                      dx if dx is zero else module.to_runs(dx)))
+            return batch_norm_runs(x, statistics, dx)
+
+        def batch_norm_runs(x, statistics, dx):
             if x.dtype in (torch.bfloat16, torch.float16):  # bf16 autocast: statistics in float32
                 x = x.float()
                 dx = dx if dx is zero else dx.float()
@@ -203,6 +207,8 @@ def _saved_statistics(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | No
     saved them on the output's autograd node (:data:`_STATISTICS_NODES`), else None (the rule
     then computes them again with ``native_batch_norm``, about 1 ms a layer on CPU)."""
     node = y.grad_fn
+    if type(node).__name__ == "ViewBackward0":  # a fused BatchNorm's output: a view of the kernel's
+        node = node.next_functions[0][0]
     if type(node).__name__ not in _STATISTICS_NODES or not getattr(node, "_saved_training", True):
         return None
     return node._saved_result1, node._saved_result2

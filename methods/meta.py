@@ -183,6 +183,7 @@ class MetaStep:
             raise BenchError("lookahead='full' reproduces torch.optim.SGD's step; the classifier "
                              f"optimiser is {type(optimizer).__name__}")
         self.model = model
+        self.runs = getattr(model, "runs", 1)  # K runs fused into one classifier (bench/fused.py)
         self.optimizer = optimizer
         self.weight_net = weight_net
         self.weight_opt = weight_opt
@@ -225,11 +226,17 @@ class MetaStep:
     # ------------------------------------------------------------------ pieces
     def coefficients(self, w: torch.Tensor) -> torch.Tensor:
         """a_i such that the weighted loss is sum_i a_i l_i: w / B, or w / sum(w) when normalised
-        (the long-tail code keeps w when the sum is 0)."""
+        (the long-tail code keeps w when the sum is 0). A fused classifier's rows (``runs`` = K,
+        bench/fused.py) are K batches of B / K: each run's a_i are its own (the sum over runs of
+        each run's loss gives each run its own gradient)."""
         if not self.normalize:
-            return w / w.shape[0]
-        total = w.sum()
+            return w / (w.shape[0] // self.runs)
+        total = w.sum() if self.runs == 1 else w.view(-1, self.runs).sum(0).repeat(w.shape[0] // self.runs)
         return torch.where(total != 0, w / torch.where(total != 0, total, torch.ones_like(total)), w)
+
+    def meta_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean CE on the meta batch (eq. 4); for K fused runs the sum of the K runs' means."""
+        return F.cross_entropy(logits, y) * self.runs
 
     def _buffers(self) -> dict[str, torch.Tensor]:
         """Clones of the top's buffers: virtual forwards must not touch the real running stats."""
@@ -324,7 +331,7 @@ class MetaStep:
             grads = torch.autograd.grad((a * losses).sum(), self.params, create_graph=True)
             virtual = self.lookahead_params(grads, rules=rules)
             self._phase_done("lookahead_backward")
-            meta_loss = F.cross_entropy(self._top_call(virtual, h_meta), y_meta)
+            meta_loss = self.meta_loss(self._top_call(virtual, h_meta), y_meta)
             self._phase_done("meta_forward")
             phi_grads = torch.autograd.grad(meta_loss, self.weight_params, retain_graph=shared, allow_unused=True)
             self._phase_done("meta_backward")
@@ -333,7 +340,7 @@ class MetaStep:
             with torch.no_grad():
                 virtual = {n: t.requires_grad_() for n, t in self.lookahead_params(grads, rules=rules).items()}
             self._phase_done("lookahead_backward")
-            meta_loss = F.cross_entropy(self._top_call(virtual, h_meta), y_meta)
+            meta_loss = self.meta_loss(self._top_call(virtual, h_meta), y_meta)
             self._phase_done("meta_forward")
             v = torch.autograd.grad(meta_loss, list(virtual.values()))
             tangents = [rule[0] * rule[1] * vi for rule, vi in zip(rules, v)]
@@ -428,7 +435,7 @@ class MetaStep:
                 grads = torch.autograd.grad((a * losses).sum(), self.params)
             with torch.no_grad():
                 virtual = self.lookahead_params(grads, lr)
-                return F.cross_entropy(self._top_call(virtual, self.bottom_features(x_meta)), y_meta)
+                return self.meta_loss(self._top_call(virtual, self.bottom_features(x_meta)), y_meta)
         finally:
             with torch.no_grad():
                 for n, b in self.model.named_buffers():

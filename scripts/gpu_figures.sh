@@ -15,11 +15,13 @@
 #   pack4_mps.md                     the same under NVIDIA MPS (kernels of the 4 processes overlap)
 #   pack4_streams.md                 4 copies in one process in lockstep, one CUDA stream each
 #                                    (what lockstep packing of a cell's seeds would gain; no MPS)
+#   pack4_fused*.md                  4 runs fused into one network (grouped convolutions; bench/fused.py),
+#                                    fp32 and bf16, and 8 fused in fp32 (no MPS)
 #   train.txt                        the README's main job on CUDA (captured steps), timed
 #   suite.txt                        the whole test suite on the CUDA machine (device auto = cuda)
 #   benchmarks.txt / benchmarks.json pytest-benchmark, eager/captured x fp32/bf16
 # Usage: bash scripts/gpu_figures.sh [DIR] [PART ...]
-#   PART: env cudatests timing tuning probe pack packstreams mps train suite benchmarks (default: all, in that
+#   PART: env cudatests timing tuning probe pack packstreams packfused mps train suite benchmarks (default: all, in that
 #   order). Each part runs under its own time limit (seconds: $LIMIT_<part>, defaults below), so
 #   a hang costs that part alone; on a lent machine that limits one command to 10 minutes, split
 #   the parts over two commands.
@@ -28,7 +30,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu_figures}
 shift || true
-all_parts="env cudatests timing tuning probe pack packstreams mps train suite benchmarks"
+all_parts="env cudatests timing tuning probe pack packstreams packfused mps train suite benchmarks"
 parts=${*:-$all_parts}
 for part in $parts; do  # every part known before any runs
   case " $all_parts " in *" $part "*) ;; *) echo "unknown part $part ($all_parts)" >&2; exit 2 ;; esac
@@ -88,6 +90,13 @@ print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; nproc
     packstreams)
       LIMIT=90 run_part packstreams "$out/pack4_streams.md" "$python" -m bench timing --device cuda --pack 4 \
           --pack-mode streams --steps ce,mwnet,curvenet_sl3 ;;
+    packfused)
+      LIMIT=90 run_part packfused "$out/pack4_fused.md" "$python" -m bench timing --device cuda --pack 4 \
+          --pack-mode fused --steps ce,mwnet,curvenet_sl3
+      LIMIT=90 run_part packfused "$out/pack4_fused_bf16.md" "$python" -m bench timing --device cuda --pack 4 \
+          --pack-mode fused --steps ce,mwnet,curvenet_sl3 --precision bf16
+      LIMIT=90 run_part packfused "$out/pack8_fused.md" "$python" -m bench timing --device cuda --pack 8 \
+          --pack-mode fused --steps ce,mwnet,curvenet_sl3 ;;
     mps)
       # MPS lets the kernels of several processes run on the GPU at once (without it they take turns)
       export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log

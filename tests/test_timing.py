@@ -135,6 +135,41 @@ def test_lockstep_packing_steps_every_copy_once_per_iteration_from_its_own_seed(
     assert r["alone_ms_per_iter"] > 0 and r["packed_ms_per_iter"] > 0 and r["modes"] == ["eager"]
 
 
+@pytest.mark.parametrize("name", ["ce", "mwnet", "curvenet_sl3"])
+def test_a_fused_step_is_the_seeds_steps_alone(name):
+    """``--pack-mode fused``: build_step(runs=3) is the runs of seeds 5, 6, 7 as build_step builds
+    each alone (classifier, weighting net, batches, curves), fused; two fused iterations leave
+    every run where two iterations alone leave it (float32 rounding apart)."""
+    import torch
+
+    from bench.fused import run_state
+
+    fused_step, _ = timing.build_step(name, model_name="small_cnn", batch=8, seed=5, runs=3)
+    alone = [timing.build_step(name, model_name="small_cnn", batch=8, seed=5 + k)[0] for k in range(3)]
+
+    def nets(step):
+        return [step.model] if name == "ce" else [step.model, step.meta_step.weight_net]
+
+    for k, step in enumerate(alone):
+        for fused, single in zip(nets(fused_step), nets(step)):
+            assert all(torch.equal(run_state(fused, k)[n], v) for n, v in single.state_dict().items())
+    for _ in range(2):
+        fused_step()
+        for step in alone:
+            step()
+    for k, step in enumerate(alone):
+        for fused, single in zip(nets(fused_step), nets(step)):
+            state = run_state(fused, k)
+            for n, v in single.state_dict().items():
+                torch.testing.assert_close(state[n], v, rtol=1e-4, atol=1e-5, msg=f"run {k} {n}")
+
+
+def test_fused_packing_times_the_fused_runs_in_turns_with_one_alone():
+    r = timing.packing_fused("mwnet", 2, model_name="small_cnn", batch=8, device="cpu", iters=3, warmup=1)
+    assert r["mode"] == "fused" and r["jobs"] == 2 and r["modes"] == ["eager"]
+    assert r["alone_ms_per_iter"] > 0 and r["packed_ms_per_iter"] > 0 and r["ratio"] > 0
+
+
 def test_bad_pack_is_a_one_line_error():
     result = subprocess.run([sys.executable, "-m", "bench", "timing", "--pack", "1", "--device", "cpu"],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -367,7 +402,7 @@ def test_cli_options_reach_the_packing_and_cudnn_and_the_layout_is_channels_last
     seen = []
     monkeypatch.setattr(execute, "resolve_device", lambda name: torch.device(name))
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    for fn in ("packing", "packing_streams"):
+    for fn in ("packing", "packing_streams", "packing_fused"):
         monkeypatch.setattr(timing, fn, lambda name, jobs, _fn=fn, **kw: seen.append((_fn, kw)) or {"jobs": jobs})
     parser = argparse.ArgumentParser()
     timing.add_arguments(parser)
@@ -381,6 +416,7 @@ def test_cli_options_reach_the_packing_and_cudnn_and_the_layout_is_channels_last
     assert main("--device", "cpu") == [("packing", False)]
     assert main("--device", "cpu", "--memory-format", "channels_last", "--pack-mode", "streams") == [
         ("packing_streams", False)]
+    assert main("--device", "cpu", "--pack-mode", "fused") == [("packing_fused", False)]
     assert main("--device", "cuda", "--memory-format", "contiguous") == [("packing", False)]
     assert torch.backends.cudnn.benchmark is True  # CUDA: cuDNN searches, as in training
     assert main("--device", "cuda", "--memory-format", "channels_last", "--no-cudnn-benchmark") == [("packing", True)]
@@ -443,3 +479,30 @@ def test_steps_are_built_with_the_protocols_optimisers_and_stay_eager_off_cuda()
     assert step.graphed.optimizers == [ms.optimizer, ms.weight_opt] and ms.precision == "bf16"
     assert (ms.weight_opt.defaults["lr"], ms.weight_opt.defaults["weight_decay"]) == (cp.meta_lr,
                                                                                       cp.meta_weight_decay)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["ce", "mwnet", "curvenet_sl3"])
+def test_a_fused_captured_step_is_the_seeds_captured_steps_on_cuda(name):
+    """On CUDA the fused step captures (one graph for the K runs) and, after 8 iterations, each
+    run is where its own captured step leaves it (captured == eager tolerance, tests/test_capture.py)."""
+    import torch
+
+    from bench.fused import run_state
+
+    kw = dict(model_name="resnet32", batch=32, device="cuda", graph=True)
+    fused_step = timing.build_step(name, seed=5, runs=3, **kw)[0]
+    alone = [timing.build_step(name, seed=5 + k, channels_last=False, **kw)[0] for k in range(3)]  # as fused
+    for _ in range(8):
+        for step in (fused_step, *alone):
+            step()
+    torch.cuda.synchronize()
+    assert fused_step.graphed.mode == "captured" and fused_step.graphed.replays > 0
+    for k, step in enumerate(alone):
+        nets = [(fused_step.model, step.model)]
+        if name != "ce":
+            nets.append((fused_step.meta_step.weight_net, step.meta_step.weight_net))
+        for fused, single in nets:
+            state = run_state(fused, k)
+            for n, v in single.state_dict().items():
+                torch.testing.assert_close(state[n].float(), v.float(), rtol=1e-3, atol=1e-4, msg=f"run {k} {n}")

@@ -1,0 +1,166 @@
+"""Horizontal fusion (bench/fused.py): K runs as one network compute exactly the K runs.
+
+Each test builds K independent models (different seeds, different batches), fuses them, and
+checks the fused network against the models run one by one: forwards and running statistics on
+every backbone, CE steps with the protocol's SGD, and MW-Net / CurveNet meta steps (SLMO depths,
+both look-aheads, normalised weights), in float64 so that agreement is to rounding."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench.errors import BenchError
+from bench.fused import FusedBatchNorm2d, FusedConv2d, FusedLinear, fuse, interleave, run_rows, run_state
+from bench.models import build_model
+from methods.curvenet import CurveNet
+from methods.meta import MetaStep
+from methods.mwnet import WeightNet
+
+RUNS, N, CLASSES = 3, 4, 5
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def models(name="small_cnn", channels=1, runs=RUNS):
+    out = []
+    for seed in range(runs):
+        torch.manual_seed(seed)
+        out.append(build_model(name, CLASSES, channels).double().train())
+    return out
+
+
+def sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+def assert_same_state(fused, separate, rtol=1e-9, atol=1e-10):
+    for k, model in enumerate(separate):
+        state = run_state(fused, k)
+        for name, value in model.state_dict().items():
+            assert state[name].shape == value.shape, name
+            torch.testing.assert_close(state[name], value, rtol=rtol, atol=atol, msg=f"run {k} {name}")
+
+
+@pytest.mark.parametrize("name,channels,size", [("small_cnn", 1, 12), ("resnet32", 3, 8), ("wrn16_8", 3, 8)])
+def test_fused_forward_is_each_runs_forward_with_its_own_batch_statistics(name, channels, size):
+    separate = models(name, channels)
+    fused = fuse(separate)
+    assert fused.runs == RUNS
+    xs = [torch.randn(N, channels, size, size) for _ in range(RUNS)]
+    out = fused(interleave(xs))  # train mode: BatchNorm of run k over run k's N samples only
+    assert out.shape == (N * RUNS, CLASSES)
+    for k, model in enumerate(separate):
+        torch.testing.assert_close(run_rows(out, RUNS, k), model(xs[k]))
+    assert_same_state(fused, separate)  # running statistics updated per run, as alone
+    fused.eval()
+    for m in separate:
+        m.eval()
+    out = fused(interleave(xs))
+    for k, model in enumerate(separate):
+        torch.testing.assert_close(run_rows(out, RUNS, k), model(xs[k]))
+
+
+def test_fused_layers_replace_every_layer_with_state():
+    fused = fuse(models("resnet32", 3))
+    kinds = {type(m) for m in fused.modules() if not list(m.children())}
+    assert not kinds & {nn.Conv2d, nn.Linear, nn.BatchNorm2d}
+    assert {FusedConv2d, FusedLinear, FusedBatchNorm2d} <= kinds
+    conv = fused.stem[0]
+    assert conv.groups == RUNS and conv.out_channels == RUNS * 16  # one grouped convolution
+
+
+def test_fused_ce_steps_are_each_runs_steps():
+    """Sum of the runs' mean CEs: each run gets its own gradient; fused SGD = K SGDs."""
+    separate = models()
+    fused = fuse(copy.deepcopy(separate))
+    opts, fused_opt = [sgd(m) for m in separate], sgd(fused)
+    for _ in range(3):
+        xs = [torch.randn(N, 1, 12, 12) for _ in range(RUNS)]
+        ys = [torch.randint(0, CLASSES, (N,)) for _ in range(RUNS)]
+        for model, opt, x, y in zip(separate, opts, xs, ys):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        fused_opt.zero_grad()
+        (F.cross_entropy(fused(interleave(xs)), interleave(ys)) * RUNS).backward()
+        fused_opt.step()
+    assert_same_state(fused, separate)
+
+
+def _meta_case(weighting, skip_layers, lookahead, normalize):
+    separate = models()
+    for m in separate:  # momentum buffers and running statistics that differ per run
+        opt = sgd(m)
+        F.cross_entropy(m(torch.randn(N, 1, 12, 12)), torch.randint(0, CLASSES, (N,))).backward()
+        opt.step()
+        opt.zero_grad()
+    pool = 10
+    curves = [torch.randn(pool, 7) for _ in range(RUNS)]
+    nets = []
+    for k in range(RUNS):
+        torch.manual_seed(100 + k)
+        nets.append((WeightNet(8) if weighting == "mwnet" else CurveNet(7, CLASSES, 8)).double())
+
+    def weight_fn(net, curve_table):
+        if weighting == "mwnet":
+            return None
+        return lambda loss, y, idx: net(curve_table[idx], y)
+
+    def build(model, opt, net, table):
+        return MetaStep(model, opt, net, torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-4),
+                        weight_fn(net, table), lookahead=lookahead, skip_layers=skip_layers, normalize=normalize)
+
+    fused, fused_net = fuse(copy.deepcopy(separate)), fuse(copy.deepcopy(nets))
+    fused_opt = sgd(fused)  # momentum buffers from the first step on, in both
+    steps = [build(m, sgd(m), net, curves[k]) for k, (m, net) in enumerate(zip(separate, nets))]
+    # rows' pool indices into the runs' curves, interleaved: row n K + k reads run k's table
+    table = interleave(curves)
+    fused_step = build(fused, fused_opt, fused_net, table)
+    return separate, nets, steps, fused, fused_net, fused_step, pool
+
+
+@pytest.mark.parametrize("weighting,skip_layers,lookahead,normalize", [
+    ("mwnet", 0, "sgd", False), ("mwnet", 0, "full", True), ("mwnet", 3, "sgd", False),
+    ("curvenet", 0, "full", False), ("curvenet", 3, "full", False), ("curvenet", 2, "sgd", True)])
+def test_fused_meta_steps_are_each_runs_meta_steps(weighting, skip_layers, lookahead, normalize):
+    """MetaStep on a fused classifier and fused weighting nets: per-run weights (each run's own
+    net, its own B for a_i = w_i / B or its own sum), the sum of the runs' meta losses, each
+    run's JVP and real step, so classifiers and weighting nets end as in K separate steps."""
+    separate, nets, steps, fused, fused_net, fused_step, pool = _meta_case(weighting, skip_layers, lookahead,
+                                                                           normalize)
+    assert fused_step.jvp == "linearized"  # the fused layers have tangent rules
+    for _ in range(2):
+        xs = [torch.randn(N, 1, 12, 12) for _ in range(RUNS)]
+        ys = [torch.randint(0, CLASSES, (N,)) for _ in range(RUNS)]
+        xms = [torch.randn(N, 1, 12, 12) for _ in range(RUNS)]
+        yms = [torch.randint(0, CLASSES, (N,)) for _ in range(RUNS)]
+        idx = [torch.randperm(pool)[:N] for _ in range(RUNS)]
+        outs = [step(x, y, i, xm, ym) for step, x, y, i, xm, ym in zip(steps, xs, ys, idx, xms, yms)]
+        rows_idx = interleave([i * RUNS + k for k, i in enumerate(idx)])
+        out = fused_step(interleave(xs), interleave(ys), rows_idx, interleave(xms), interleave(yms))
+        torch.testing.assert_close(out["meta_loss"], sum(o["meta_loss"] for o in outs))
+        torch.testing.assert_close(out["loss"], sum(o["loss"] for o in outs))
+        for k, o in enumerate(outs):
+            torch.testing.assert_close(run_rows(out["weights"], RUNS, k), o["weights"])
+    assert_same_state(fused, separate)
+    assert_same_state(fused_net, nets)
+
+
+def test_fusing_needs_one_architecture_and_known_layers():
+    with pytest.raises(BenchError, match="one architecture"):
+        fuse([build_model("small_cnn", 3, 1), build_model("small_cnn", 4, 1)])
+    with pytest.raises(BenchError, match="no fused form"):
+        fuse([nn.Sequential(nn.LayerNorm(3)), nn.Sequential(nn.LayerNorm(3))])
+    with pytest.raises(BenchError, match="at least one"):
+        fuse([])
+    with pytest.raises(BenchError, match="run 3"):
+        run_state(fuse(models()), 3)
