@@ -19,6 +19,14 @@ one network (:func:`packing_fused`, bench/fused.py). The steps:
 
 ``ce``            the grid protocol's step (``bench.train.train_classifier``'s inner loop: forward,
                   mean CE, ``zero_grad``, backward, SGD step).
+``ce_compiled``   the same with the classifier under ``torch.compile`` (TorchInductor fuses the
+                  BatchNorms' element-wise work with the ReLUs and residual sums, forward and
+                  backward; the optimiser step and the loader stay as they are). Only when named in
+                  ``--steps``: it measures what kernel fusion would buy; training does not compile.
+                  CUDA only: on CPU (torch 2.14.1, session 12) the compiled step was no faster
+                  (small_cnn: 48.7 against 45.2 ms) and, worse, from its second call on it gave a
+                  gradient of the first convolution's weight 2% off (4.9e-4 from a float64
+                  reference, where the eager step was within 5e-8).
 ``mwnet``         :class:`methods.meta.MetaStep` with MW-Net(noise)'s weighting net and optimiser
                   (``methods.mwnet.WeightNet``, ``MWNetParams().weight_optimizer``; plain-SGD
                   look-ahead, unnormalised weights), as ``MWNet.fit`` builds it.
@@ -73,6 +81,9 @@ import sys
 import time
 
 STEPS = ("ce", "mwnet", "curvenet_sl0", "curvenet_sl1", "curvenet_sl2", "curvenet_sl3")
+# timed only when named in --steps: the CE step with the classifier under torch.compile (fused
+# kernels, e.g. BatchNorm + ReLU; a measurement of what fusion buys, not how training runs)
+EXTRA_STEPS = ("ce_compiled",)
 PAPER_META_MS = {"curvenet_sl0": 239.94, "curvenet_sl1": 222.45, "curvenet_sl2": 65.44, "curvenet_sl3": 41.98}
 MODEL_INPUT = {"resnet32": (32, 3), "wrn16_8": (32, 3), "small_cnn": (28, 1)}
 NUM_CLASSES = 10
@@ -227,8 +238,8 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
     from bench.spec import PRESETS
     from methods.meta import MetaStep
 
-    if name not in STEPS:
-        raise ValueError(f"unknown step {name!r}; choose from {', '.join(STEPS)}")
+    if name not in STEPS + EXTRA_STEPS:
+        raise ValueError(f"unknown step {name!r}; choose from {', '.join(STEPS + EXTRA_STEPS)}")
     device = torch.device(device)
     size, channels = MODEL_INPUT[model_name]
     channels_last = uses_channels_last(device, False if runs > 1 else channels_last)
@@ -259,12 +270,18 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
     def next_plans(cycles):
         return [t for c in cycles for t in c.next_plan()]
 
-    if name == "ce":
+    if name == "ce_compiled" and device.type != "cuda":
+        from bench.errors import BenchError
+        raise BenchError("ce_compiled is CUDA only: on CPU, torch.compile (torch 2.14.1) gave a wrong gradient "
+                         "of small_cnn's first convolution from the second step on (session 12)")
+    if name in ("ce", "ce_compiled"):
+        forward = torch.compile(model, dynamic=False) if name == "ce_compiled" else model
+
         def ce_step(*plans):
             x, y, _ = assemble(train, plans)
             mark("batch")
             with autocast(device, precision):  # methods/ce.py's loss in train_classifier's step;
-                loss = F.cross_entropy(model(x), y) * runs  # fused: the sum of the runs' mean CEs
+                loss = F.cross_entropy(forward(x), y) * runs  # fused: the sum of the runs' mean CEs
             mark("real_forward")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -481,7 +498,8 @@ def render(results: dict) -> str:
     def f(v, digits=2):
         return "—" if v is None else f"{v:.{digits}f}"
 
-    labels = {"ce": "CE", "mwnet": "MW-Net(noise)", **{f"curvenet_sl{k}": f"CurveNet SL={k}" for k in range(4)}}
+    labels = {"ce": "CE", "ce_compiled": "CE, torch.compile", "mwnet": "MW-Net(noise)",
+              **{f"curvenet_sl{k}": f"CurveNet SL={k}" for k in range(4)}}
     captured = any("graph_mode" in r for r in results.values())
     rows = []
     for key, r in results.items():
@@ -489,7 +507,7 @@ def render(results: dict) -> str:
         if captured:
             row += [f(r.get("graph_ms_per_iter"), 2) if r.get("graph_mode") == "captured" else r.get("graph_mode", "—"),
                     f(r.get("graph_ratio_to_ce")), f(r.get("graph_ratio_to_sl0"))]
-        row += [f(r.get("meta_ms"), 1) if key != "ce" else "—", f(r.get("meta_ratio_to_sl0")),
+        row += [f(r.get("meta_ms"), 1) if not key.startswith("ce") else "—", f(r.get("meta_ratio_to_sl0")),
                 f(r.get("paper_meta_ms")), f(r.get("paper_meta_ratio_to_sl0"))]
         rows.append(row)
     r0 = next(iter(results.values()))
@@ -549,7 +567,7 @@ def render_phases(results: dict, labels: dict) -> str:
         note += (" The forward and backward passes alone (look-ahead, meta, real: all but batch, JVP and V update) "
                  "cost, in CE iterations: " + ", ".join(
                      f"{labels[k]} {sum(r['phase_ms'].get(p, 0.0) for p in passes) / ce:.2f}"
-                     for k, r in results.items() if k != "ce" and r.get("phase_ms")) + ".")
+                     for k, r in results.items() if not k.startswith("ce") and r.get("phase_ms")) + ".")
     return f"{table}\n\n{note}"
 
 
@@ -738,9 +756,9 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
     device = resolve_device(args.device)
     warn_if_slow_bf16(device, args.precision)
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
-    bad = [s for s in steps if s not in STEPS]
+    bad = [s for s in steps if s not in STEPS + EXTRA_STEPS]
     if bad or not steps:
-        raise BenchError(f"unknown step {bad[0] if bad else ''!r}; choose from {', '.join(STEPS)}")
+        raise BenchError(f"unknown step {bad[0] if bad else ''!r}; choose from {', '.join(STEPS + EXTRA_STEPS)}")
     if args.batch_size < 1:
         raise BenchError(f"--batch-size must be at least 1, got {args.batch_size}")
     cuda = device.type == "cuda"

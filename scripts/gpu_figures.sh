@@ -11,6 +11,8 @@
 #   tuning_*.md                      CE, MW-Net, CurveNet SL=3 without cuDNN's algorithm search, and
 #                                    in the contiguous memory format (what the defaults buy)
 #   probe_b16.md                     the CE-style step at batch 16 (CurveNet's probe phase)
+#   compile_*.md                     CE with the classifier under torch.compile (fused kernels) next to
+#                                    plain CE, fp32 and bf16 (what fusion buys against CE <= 3 ms)
 #   pack4.md                         4 processes at once on the GPU vs alone (target: ratio <= 2)
 #   pack4_mps.md                     the same under NVIDIA MPS (kernels of the 4 processes overlap)
 #   pack4_streams.md                 4 copies in one process in lockstep, one CUDA stream each
@@ -21,7 +23,7 @@
 #   suite.txt                        the whole test suite on the CUDA machine (device auto = cuda)
 #   benchmarks.txt / benchmarks.json pytest-benchmark, eager/captured x fp32/bf16
 # Usage: bash scripts/gpu_figures.sh [DIR] [PART ...]
-#   PART: env cudatests timing tuning probe pack packstreams packfused mps train suite benchmarks (default: all, in that
+#   PART: env cudatests timing tuning probe compile pack packstreams packfused mps train suite benchmarks (default: all, in that
 #   order). Each part runs under its own time limit (seconds: $LIMIT_<part>, defaults below), so
 #   a hang costs that part alone; on a lent machine that limits one command to 10 minutes, split
 #   the parts over two commands.
@@ -30,7 +32,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu_figures}
 shift || true
-all_parts="env cudatests timing tuning probe pack packstreams packfused mps train suite benchmarks"
+all_parts="env cudatests timing tuning probe compile pack packstreams packfused mps train suite benchmarks"
 parts=${*:-$all_parts}
 for part in $parts; do  # every part known before any runs
   case " $all_parts " in *" $part "*) ;; *) echo "unknown part $part ($all_parts)" >&2; exit 2 ;; esac
@@ -71,7 +73,7 @@ for part in $parts; do
 print(sys.version); print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version()); \
 print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; nproc" ;;
     cudatests)
-      LIMIT=90 run_part cudatests "$out/cudatests.txt" "$python" -m pytest -q -p no:cacheprovider \
+      LIMIT=240 run_part cudatests "$out/cudatests.txt" "$python" -m pytest -q -p no:cacheprovider \
           tests/test_capture.py tests/test_meta.py tests/test_data_loader.py tests/test_timing.py -k cuda -rA ;;
     timing)
       LIMIT=90 run_part timing "$out/timing_fp32.md" "$python" -m bench timing --device cuda
@@ -85,6 +87,10 @@ print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; nproc
       done ;;
     probe)
       LIMIT=45 run_part probe "$out/probe_b16.md" "$python" -m bench timing --device cuda --batch-size 16 --steps ce ;;
+    compile)  # the first call compiles (forward and backward): about a minute
+      LIMIT=240 run_part compile "$out/compile_fp32.md" "$python" -m bench timing --device cuda --steps ce,ce_compiled
+      LIMIT=240 run_part compile "$out/compile_bf16.md" "$python" -m bench timing --device cuda --steps ce,ce_compiled \
+          --precision bf16 ;;
     pack)
       LIMIT=120 run_part pack "$out/pack4.md" "$python" -m bench timing --device cuda --pack 4 --steps ce,mwnet,curvenet_sl3 ;;
     packstreams)

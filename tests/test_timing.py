@@ -506,3 +506,29 @@ def test_a_fused_captured_step_is_the_seeds_captured_steps_on_cuda(name):
             state = run_state(fused, k)
             for n, v in single.state_dict().items():
                 torch.testing.assert_close(state[n].float(), v.float(), rtol=1e-3, atol=1e-4, msg=f"run {k} {n}")
+
+
+def test_the_compiled_ce_step_is_cuda_only_and_only_timed_when_named():
+    """``ce_compiled`` (torch.compile'd classifier, a measurement of kernel fusion) is not in the
+    default steps; on CPU it is refused in one line (torch.compile gave a wrong gradient there)."""
+    from bench.errors import BenchError
+
+    assert "ce_compiled" not in timing.STEPS and "ce_compiled" in timing.EXTRA_STEPS
+    with pytest.raises(BenchError, match="ce_compiled is CUDA only"):
+        timing.build_step("ce_compiled", model_name="small_cnn", batch=16)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_the_compiled_ce_step_is_the_ce_step_on_cuda():
+    """Captured, compiled CE = captured CE after 8 steps (same seed and batches; tests/test_capture.py's tolerance)."""
+    import torch
+
+    kw = dict(model_name="resnet32", batch=32, device="cuda", graph=True, seed=3)
+    compiled, plain = timing.build_step("ce_compiled", **kw)[0], timing.build_step("ce", **kw)[0]
+    for _ in range(8):
+        compiled()
+        plain()
+    torch.cuda.synchronize()
+    assert compiled.graphed.mode == "captured"
+    for (name, a), b in zip(compiled.model.state_dict().items(), plain.model.state_dict().values()):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-3, atol=1e-4, msg=name)
