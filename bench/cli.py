@@ -291,6 +291,9 @@ def cmd_table(args) -> int:
     from bench.summary import render, render_records, results_records, results_table
 
     if args.paper:
+        if args.metric == "minutes":
+            raise BenchError("--metric minutes is for the plain table (the paper tables show accuracy; "
+                             "Table 8's times: python -m bench timing)")
         from bench import tables
         return tables.main(args)
 
@@ -300,8 +303,13 @@ def cmd_table(args) -> int:
     store = Store(args.store, create=False)
     runs = store.runs("done")
     group = "" if args.group == "all" else f"{args.group}-shot classes"
+    if args.metric == "minutes" and group:
+        raise BenchError("--metric minutes is a run's training time: it has no --group")
     title = (f"test accuracy (%), {args.metric} epoch" + (f", {group}" if group else "")
              + ", mean ± sample std (ddof 1) over seeds")
+    if args.metric == "minutes":
+        title = ("training time (minutes: set-up, training and evaluation, summed over the attempts of a resumed "
+                 "run), mean ± sample std (ddof 1) over seeds")
     empty = ("no finished runs in the store" if runs.empty else
              f"no {group} ({GROUP_RULE[args.group]} training samples) in the cells of the {len(runs)} finished run(s)")
     if args.format in ("csv", "json"):  # numbers, one record per (method, cell)
@@ -418,10 +426,11 @@ def make_parser() -> ArgumentParser:
                             "(.tex, .csv, .json with --format)")
     table.add_argument("--format", choices=("md", "csv", "json", "latex"), default="md",
                        help="markdown (default), CSV, JSON or LaTeX")
-    table.add_argument("--metric", choices=("last", "best"),
+    table.add_argument("--metric", choices=("last", "best", "minutes"),
                        help="last-epoch accuracy (the returned model; default of the plain table) or best-epoch "
                             "(max over epochs on the test set, as the papers report; default with --paper, so "
-                            "that ours and the published numbers are the same quantity)")
+                            "that ours and the published numbers are the same quantity); minutes: each run's "
+                            "training time (all attempts of a resumed run), for the plain table")
     table.add_argument("--group", choices=("all", "many", "medium", "few"), default="all",
                        help="all classes, or one shot group ("
                        + ", ".join(rule for g, rule in GROUP_RULE.items() if g != "all") + " training samples)")

@@ -180,7 +180,7 @@ def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
         return RunResult(spec, "failed", history=run.history, env=env, error=f"{type(exc).__name__}: {exc}")
     finally:  # every outcome's env (the RunResult holds this dict) says how the steps ran
         env.update(steps=run.step_mode, channels_last=run.channels_last,
-                   cudnn_benchmark=searches_conv_algorithms(device))
+                   cudnn_benchmark=searches_conv_algorithms(device), train_s=round(run.trained_s(), 3))
     samples = {"dataset_index": data.train_index, "clean_label": data.train_clean_y,
                "observed_label": data.train_y, "is_noisy": data.is_noisy}
     values = {k: v for k, v in run.records.items() if np.ndim(v) == 1}

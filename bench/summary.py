@@ -16,17 +16,35 @@ import pandas as pd
 
 from bench.spec import OMITTED_WHEN_DEFAULT, SEED_FIELDS
 
-METRICS = {"last": "acc_last", "best": "acc_best"}
+METRICS = {"last": "acc_last", "best": "acc_best", "minutes": "train_minutes"}
 GROUPS = ("all", "many", "medium", "few")
+TRAIN_MINUTES = "train_minutes"
 
 
 def metric_column(metric: str = "last", group: str = "all") -> str:
-    """Column of the runs table: ``acc_last``, ``few_best`` ..."""
+    """Column of the runs table: ``acc_last``, ``few_best`` ..., or ``train_minutes``."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}")
     if group not in GROUPS:
         raise ValueError(f"group must be one of {', '.join(GROUPS)}")
+    if metric == "minutes":
+        if group != "all":
+            raise ValueError("training minutes are a run's, not a shot group's: drop --group")
+        return TRAIN_MINUTES
     return f"{'acc' if group == 'all' else group}_{metric}"
+
+
+def training_minutes(runs: pd.DataFrame) -> pd.Series:
+    """Each run's training time in minutes: ``env["train_s"]`` (set up, training and evaluation,
+    summed over the attempts of a run that was killed and resumed; methods.base.Run.trained_s),
+    else, for runs stored before it was recorded, the wall time of the run's last attempt."""
+    def seconds(env_json, wall_s):
+        env = json.loads(env_json) if isinstance(env_json, str) and env_json else {}
+        value = env.get("train_s", wall_s)
+        return float("nan") if value is None else float(value)
+    env = runs["env_json"] if "env_json" in runs else pd.Series([None] * len(runs), index=runs.index)
+    wall = runs["wall_s"] if "wall_s" in runs else pd.Series([None] * len(runs), index=runs.index)
+    return pd.Series([seconds(e, w) / 60.0 for e, w in zip(env, wall)], index=runs.index, dtype=float)
 
 
 def cell_label(row) -> str:
@@ -87,6 +105,8 @@ def aggregate(runs: pd.DataFrame, column: str) -> pd.DataFrame:
     counts training seeds, as the paper tables count them (bench/tables.py).
     """
     keys = ["label", "dataset", "imbalance", "noise_type", "noise_rate", "preset", "model"]
+    if column == TRAIN_MINUTES and not runs.empty:
+        runs = runs.assign(**{TRAIN_MINUTES: training_minutes(runs)})
     if runs.empty or column not in runs.columns:
         return pd.DataFrame(columns=keys + ["mean", "std", "n"])
     runs = runs.assign(label=row_labels(runs))

@@ -160,7 +160,9 @@ class Run:
         self._test_loader = None
         self._checkpoint = _load_checkpoint(self.checkpoint_path, self.spec.key())
         self._stages: dict[str, dict] = dict(self._checkpoint.get("stages", {})) if self._checkpoint else {}
-        self._last_save = time.monotonic()
+        self._last_save = self._attempt_start = time.monotonic()
+        # seconds the earlier, killed attempts had run when they wrote the checkpoint resumed from
+        self._earlier_s = float(self._checkpoint.get("trained_s", 0.0)) if self._checkpoint else 0.0
         self._saving = self.checkpoint_path is not None  # off after a failed write (see _save)
         self.resumed_from: tuple[str, int] | None = None
         self._entered: set[str] = set()
@@ -206,7 +208,7 @@ class Run:
         if not force and now - self._last_save < self.checkpoint_every_s:
             return
         payload = {"key": self.spec.key(), "current": stage, "stages": self._stages, "history": self.history,
-                   "rng": _get_rng(self.generator)}
+                   "rng": _get_rng(self.generator), "trained_s": self.trained_s()}
         path = Path(self.checkpoint_path)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         try:
@@ -222,6 +224,13 @@ class Run:
             return
         self._checkpoint = payload
         self._last_save = now
+
+    def trained_s(self) -> float:
+        """Seconds this run has trained so far, over all its attempts: this attempt's since the
+        run was set up, plus the earlier attempts' up to the checkpoint this one resumed from (what
+        a kill lost after that checkpoint is trained again, and counted once). An uninterrupted
+        run's figure is its own; ``bench table --metric minutes`` shows it."""
+        return self._earlier_s + time.monotonic() - self._attempt_start
 
     @property
     def checkpoint_found(self) -> bool:

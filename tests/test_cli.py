@@ -1,5 +1,6 @@
 """The command line end to end: bad arguments, a real CE run, idempotent reruns, killed runs."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -258,6 +259,13 @@ def test_ce_run_prints_a_table_and_a_rerun_trains_nothing(tmp_path):
     assert second.stdout == first.stdout
     table = bench("table", "--store", str(store), "--format", "csv")
     assert table.returncode == 0 and "CE" in table.stdout
+    minutes = bench("table", "--store", str(store), "--metric", "minutes", "--format", "json")
+    assert minutes.returncode == 0, minutes.stderr
+    row = json.loads(minutes.stdout)["rows"][0]  # the run's own training time, in minutes
+    assert row["metric"] == "train_minutes" and row["n"] == 1 and 0 < row["mean"] < 10
+    for extra, message in ((["--paper", "1"], "for the plain table"), (["--group", "few"], "has no --group")):
+        refused = bench("table", "--store", str(store), "--metric", "minutes", *extra)
+        assert refused.returncode == 2 and message in refused.stderr
 
 
 def test_a_run_whose_only_run_failed_says_so_not_that_the_store_is_empty(tmp_path, capsys):

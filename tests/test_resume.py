@@ -162,3 +162,30 @@ def test_a_checkpoint_of_another_run_or_a_corrupt_one_is_ignored(tmp_path, capsy
     path.write_bytes(b"not a checkpoint")
     assert not Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path).checkpoint_found
     assert "cannot be read (" in capsys.readouterr().err  # said, not silent
+
+
+def test_training_time_counts_every_attempt_up_to_its_checkpoint(tmp_path, monkeypatch):
+    """Run.trained_s (the store's env["train_s"], `bench table --metric minutes`): an attempt's
+    seconds since it was set up, plus those of the killed attempt up to the checkpoint resumed
+    from; the time the kill lost after that checkpoint is not counted (it is trained again)."""
+    import methods.base as base
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(base.time, "monotonic", lambda: clock["now"])
+    data = load_data(_spec())
+    path = tmp_path / "ck.pt"
+    run = Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path, checkpoint_every_s=0)
+    epochs = run.epochs(3, stage="a")
+    for _ in range(2):  # two epochs of 10 s, each checkpointed as it ends
+        next(epochs)
+        clock["now"] += 10.0
+    next(epochs)  # the second epoch's checkpoint: 20 s
+    clock["now"] += 7.0  # killed 7 s into the third epoch
+    resumed = Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path, checkpoint_every_s=0)
+    assert resumed.trained_s() == 20.0
+    list(resumed.epochs(3, stage="a"))  # the third epoch again, 5 s
+    clock["now"] += 5.0
+    assert resumed.trained_s() == 25.0
+    fresh = Run(spec=_spec(), data=data, device=torch.device("cpu"))
+    clock["now"] += 3.0
+    assert fresh.trained_s() == 3.0

@@ -235,3 +235,22 @@ def test_runs_differing_only_in_data_seed_count_as_one_training_seed_as_in_the_p
     runs = frame((ce, "CE", 60.0), (ce.replace(data_seed=1), "CE", 62.0), (ce.replace(seed=1, data_seed=1), "CE", 70.0))
     cell = "fmnist-mini imb10 flip2:0.4"
     assert results_table(runs).loc["CE", cell] == "65.50 ± 6.36 (n=2)"  # mean of (61, 70) over two seeds
+
+
+def test_training_minutes_from_the_runs_env_else_their_last_attempts_wall_time():
+    """``--metric minutes``: env["train_s"] (every attempt of a resumed run) where the run stored
+    it, else wall_s (runs stored before it was recorded); seeds averaged as for accuracy."""
+    import pytest
+
+    from bench.summary import metric_column, results_records, training_minutes
+
+    ce = RunSpec("ce")
+    runs = frame((ce, "CE", 60.0), (ce.replace(seed=1), "CE", 62.0), (ce.replace(seed=2), "CE", 61.0))
+    runs["env_json"] = [json.dumps({"train_s": 120.0}), json.dumps({"train_s": 180.0}), json.dumps({"device": "cpu"})]
+    runs["wall_s"] = [999.0, 999.0, 90.0]
+    assert training_minutes(runs).tolist() == [2.0, 3.0, 1.5]
+    assert results_table(runs, "minutes").loc["CE"].tolist() == ["2.17 ± 0.76 (n=3)"]
+    records = results_records(runs, "minutes")
+    assert records["metric"].tolist() == ["train_minutes"] and records["n"].tolist() == [3]
+    with pytest.raises(ValueError, match="not a shot group"):
+        metric_column("minutes", "few")
