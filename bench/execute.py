@@ -162,8 +162,12 @@ def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
     run = Run(spec=spec, data=data, device=device, params=params, cache_dir=cache_dir, progress=progress,
               checkpoint_path=checkpoint_path(spec, cache_dir), checkpoint_every_s=checkpoint_every_s,
               graph=graph)
-    if run.checkpoint_found:
-        print(f"[{spec.key()}] resuming from its checkpoint ({run.checkpoint_position()})", file=sys.stderr)
+    if run.checkpoint_found:  # through the progress channel, the grid says it between its bars
+        note = f"resuming from its checkpoint ({run.checkpoint_position()})"
+        if progress is not None:
+            progress({"note": note})
+        else:
+            print(f"[{spec.key()}] {note}", file=sys.stderr)
     try:
         model = method_cls(params).fit(run)
         if not isinstance(model, torch.nn.Module):
@@ -276,6 +280,10 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
 
     def progress(spec, row):
         key = spec.key()
+        if "note" in row:  # a line about the run (resuming from its checkpoint), not an epoch
+            if key in labels:
+                say(key, row["note"])
+            return
         bar = bars.get(key)
         if bar is None:
             return

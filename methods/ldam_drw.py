@@ -122,8 +122,8 @@ class LDAMDRW(Method):
         p = self.params
         counts = run.data.noisy_counts
         margins = ldam_margins(counts, p.max_m, device=run.device)
-        switch = run.spec.epochs if not p.drw else (run.first_drop if p.drw_epoch < 0 else p.drw_epoch)
-        drw = DRW(counts, switch, p.beta, p.reduction, device=run.device)
+        # drw=False: a switch after the last epoch (plain LDAM); drw_epoch -1: the first lr drop
+        drw = DRW.from_run(run, p.beta, switch_epoch=p.drw_epoch if p.drw else run.spec.epochs, reduction=p.reduction)
         s = float(p.s)
         model = use_normed_linear(run.model())
 

@@ -498,3 +498,18 @@ def test_a_bench_error_raised_while_training_fails_that_run_and_the_grid_goes_on
     assert counts["failed"] == 1 and counts["done"] == 1
     failed = store.conn.execute("SELECT status, error FROM runs WHERE key = ?", (specs[0].key(),)).fetchone()
     assert failed == ("failed", "AUM removed every training sample")
+
+
+def test_a_resuming_runs_line_comes_through_the_progress_channel(tmp_path, capsys):
+    """execute() reports a resume as a progress note; the grid writes it as the run's line (between
+    the bars, with the run's label), in-process and from a worker alike."""
+    def resuming_task(spec, *, progress=None, **kwargs):
+        progress({"note": "resuming from its checkpoint (train, 3 epochs done)"})
+        return scripted_task(spec)
+
+    spec = specs_for(*TINY)[0]
+    run_grid([spec], Store(tmp_path / "s.sqlite"), device=torch.device("cpu"), cache_dir=tmp_path / "cache",
+             show_progress=False, executor=executors.SerialExecutor(task=resuming_task))
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(f"[{spec.key()}]")]
+    assert lines[0].endswith("seed 0: resuming from its checkpoint (train, 3 epochs done)")
+    assert "acc 50.00" in lines[1]
