@@ -157,7 +157,10 @@ class MetaStep:
 
     Parameters
     ----------
-    model        the classifier (a :class:`bench.models.Backbone`; ``blocks()`` is used for SLMO).
+    model        the classifier (a :class:`bench.models.Backbone`; ``blocks()`` is used for SLMO), or
+                 K runs' classifiers fused into one (bench/fused.py; ``model.runs`` = K): the
+                 batches are then rows of the K runs, the weighting net fused as well, and the
+                 step is each run's own step (per-run a_i, the sum of the runs' meta losses).
     optimizer    its real optimiser (``torch.optim.SGD`` for ``lookahead="full"``); the look-ahead
                  uses each param group's current ``lr`` unless ``lr`` is passed to the call.
     weight_net   the weighting network V(.; phi) (MW-Net's 1-100-1 net or CurveNet).
@@ -236,7 +239,8 @@ class MetaStep:
 
     def meta_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean CE on the meta batch (eq. 4); for K fused runs the sum of the K runs' means."""
-        return F.cross_entropy(logits, y) * self.runs
+        loss = F.cross_entropy(logits, y)
+        return loss if self.runs == 1 else loss * self.runs
 
     def _buffers(self) -> dict[str, torch.Tensor]:
         """Clones of the top's buffers: virtual forwards must not touch the real running stats."""
