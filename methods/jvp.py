@@ -151,9 +151,16 @@ class Linearization:
                 x, _ = pop()
                 dw, db = param_tangent("weight"), param_tangent("bias")
                 out = None if dx is zero else _affine(module, dx, module.weight, None)
-                if dw is not None or db is not None:  # dW * x + db, by the layer's own op (fused layers too)
-                    term = _affine(module, x, torch.zeros_like(module.weight) if dw is None else dw, db)
+                if isinstance(module, RunsLayout) and db is not None:  # a fused layer: db by the layer's op
+                    dw = torch.zeros_like(module.weight) if dw is None else dw
+                    term = _affine(module, x, dw, db)
+                    return term if out is None else out + term
+                if dw is not None:
+                    term = _affine(module, x, dw, None)
                     out = term if out is None else out + term
+                if db is not None:
+                    shape = (1, -1) + (1,) * (x.dim() - 2)
+                    out = (db.view(shape).expand_as(out) if out is None else out + db.view(shape))
                 return torch.zeros_like(_affine(module, x, module.weight, None)) if out is None else out
             return affine
 
