@@ -3,7 +3,8 @@
 CPU (every machine): the quick model, small_cnn, batch 128 (train and meta), 28x28x1 random
 images through the real loader, built by ``bench.timing.build_step`` from the same code the
 methods train with. CUDA (where present): ResNet-32 at batch 128, eager and captured as a CUDA
-graph (bench/capture.py), fp32 and bf16.
+graph (bench/capture.py), fp32 and bf16; and packing by fusion, CE / MW-Net / CurveNet SL=3 for one
+run alone and for 4 runs fused into one network (bench/fused.py), captured.
 
     pytest tests/benchmarks --benchmark-enable --benchmark-only
 
@@ -81,4 +82,28 @@ def test_train_step_cuda(benchmark, name, graph, precision):
     benchmark.group = f"one training iteration: resnet32, batch 128, CUDA, {precision}, " + (
         "captured" if graph else "eager")
     benchmark.extra_info.update(step=name, graph=graph, precision=precision)
+    benchmark.pedantic(timed, rounds=20, warmup_rounds=2)
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA only")
+@pytest.mark.parametrize("name", ["ce", "mwnet", "curvenet_sl3"])
+@pytest.mark.parametrize("runs", [1, 4], ids=["alone", "4-fused"])
+def test_fused_train_step_cuda(benchmark, name, runs):
+    """Packing by horizontal fusion (bench/fused.py): one iteration of 4 runs fused into one
+    network, next to one run alone (contiguous, as the fused one), captured, fp32. The target:
+    4 runs' iteration at most 2x one run's (``python -m bench timing --pack 4 --pack-mode fused``
+    times both in turns and prints the ratio)."""
+    search_conv_algorithms("cuda")
+    step, _ = build_step(name, model_name="resnet32", batch=128, device="cuda", graph=True, runs=runs,
+                         channels_last=False)
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    assert step.graphed.mode == "captured", step.graphed.mode
+
+    def timed():
+        step()
+        torch.cuda.synchronize()
+    benchmark.group = f"packing by fusion: {name}, resnet32, batch 128 per run, CUDA, fp32, captured, contiguous"
+    benchmark.extra_info.update(step=name, runs=runs)
     benchmark.pedantic(timed, rounds=20, warmup_rounds=2)
