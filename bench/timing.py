@@ -241,6 +241,10 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
     if name not in STEPS + EXTRA_STEPS:
         raise ValueError(f"unknown step {name!r}; choose from {', '.join(STEPS + EXTRA_STEPS)}")
     device = torch.device(device)
+    if name == "ce_compiled" and device.type != "cuda":
+        from bench.errors import BenchError
+        raise BenchError("ce_compiled is CUDA only: on CPU, torch.compile (torch 2.14.1) gave a wrong gradient "
+                         "of small_cnn's first convolution from the second step on (session 12)")
     size, channels = MODEL_INPUT[model_name]
     channels_last = uses_channels_last(device, False if runs > 1 else channels_last)
     models, loaders = [], []
@@ -270,10 +274,6 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
     def next_plans(cycles):
         return [t for c in cycles for t in c.next_plan()]
 
-    if name == "ce_compiled" and device.type != "cuda":
-        from bench.errors import BenchError
-        raise BenchError("ce_compiled is CUDA only: on CPU, torch.compile (torch 2.14.1) gave a wrong gradient "
-                         "of small_cnn's first convolution from the second step on (session 12)")
     if name in ("ce", "ce_compiled"):
         forward = torch.compile(model, dynamic=False) if name == "ce_compiled" else model
 
@@ -761,6 +761,8 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
         raise BenchError(f"unknown step {bad[0] if bad else ''!r}; choose from {', '.join(STEPS + EXTRA_STEPS)}")
     if args.batch_size < 1:
         raise BenchError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if "ce_compiled" in steps and device.type != "cuda":
+        raise BenchError("ce_compiled is CUDA only (on CPU, torch.compile gave a wrong gradient; bench/timing.py)")
     cuda = device.type == "cuda"
     repeats = args.repeats if args.repeats is not None else (20 if cuda else 3)
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)
