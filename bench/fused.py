@@ -8,15 +8,21 @@ Training Array", MLSys 2021): each convolution of the K models becomes one group
 (``groups = K``) whose group k holds run k's weights, each BatchNorm one BatchNorm over K times
 the channels, each linear layer a grouped 1x1 convolution.
 
-Layout: a fused network takes and returns *rows*: row ``n * K + k`` of a batch of ``N * K`` rows is
-sample n of run k (:func:`interleave` builds it from K batches, :func:`run_rows` takes run k's rows
-back out). Inside, each fused layer views its rows as the *runs* layout ``(N, K * C, ...)`` (run
-k's channels in block k; a free view for contiguous tensors), applies the grouped op and views the
-result back as rows. Everything between layers is per sample (ReLUs, option-A shortcuts, residual
-sums, pooling), so it needs no change, and neither does code that treats the fused network as a
-classifier of ``N * K`` samples: per-sample losses, SLMO's frozen bottom over
-``cat([x, x_meta])``, and ``methods.jvp``'s tangent rules (FusedBatchNorm2d applies its rule in the
-runs layout).
+Two layouts (``fuse(models, layout)``); both return the logits as *rows*: row ``n * K + k`` of
+``N * K`` rows is sample n of run k (:func:`interleave` builds rows from K batches, :func:`run_rows`
+takes run k's rows back out), so per-sample losses, weights and ``methods.meta.MetaStep`` treat
+the fused network as a classifier of ``N * K`` samples.
+
+``rows``   rows in as well. Each fused layer views its rows as the runs layout ``(N, K * C, ...)``
+           (a free view for contiguous tensors only), applies the grouped op and views the result
+           back; everything between layers is per sample and unchanged. Works for any of the
+           suite's networks (the weighting nets too); contiguous (NCHW) only.
+``runs``   the backbones: the input in the runs layout (:func:`stack_runs`: run k's channels in
+           block k), plain grouped convolutions and wide BatchNorms with no views in between (so
+           channels_last, cuDNN's fast layout, stays), a per-run option-A shortcut
+           (:class:`RunsShortcutA`), and the classifier mapping runs to rows. SLMO's frozen
+           bottom over ``cat([x, x_meta])`` still splits by batch, and ``methods.jvp``'s rules
+           apply as they are.
 
 What is exact: run k's rows see only run k's weights and its own batch statistics (a BatchNorm
 channel of block k averages over run k's N samples), so the fused forward is the K forwards. A
@@ -27,9 +33,8 @@ separate runs up to float rounding (another kernel adds the same products in ano
 not bit for bit; tests/test_fused.py checks forwards, CE steps and meta steps against separate
 runs on every backbone.
 
-Memory format: the rows <-> runs views are free only for contiguous (NCHW) tensors; a
-channels_last input is copied at each layer, so fused networks run contiguous (``bench timing
---pack-mode fused``).
+``bench timing --pack N --pack-mode fused`` uses the runs layout in channels_last (the CUDA
+default) and the rows layout with ``--memory-format contiguous`` (and on CPU).
 
 Status: a measurement (``python -m bench timing --pack N --pack-mode fused``); ``bench run`` does
 not train fused runs yet.
@@ -45,6 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.errors import BenchError
+from bench.models import _ShortcutA
 
 
 class RunsLayout:
@@ -87,6 +93,45 @@ class FusedBatchNorm2d(RunsLayout, nn.BatchNorm2d):
         return self.to_rows(super().forward(self.to_runs(x)))
 
 
+class GroupedConv2d(nn.Conv2d):
+    """Runs layout: K ``Conv2d(C_in, C_out)`` as one ``Conv2d(K C_in, K C_out, groups = K g)`` on
+    ``(N, K C_in, H, W)``, no views (so channels_last works)."""
+
+    runs: int
+
+
+class WideBatchNorm2d(nn.BatchNorm2d):
+    """Runs layout: K ``BatchNorm2d(C)`` as one ``BatchNorm2d(K C)`` on ``(N, K C, H, W)``."""
+
+    runs: int
+
+
+class RunsShortcutA(_ShortcutA):
+    """Runs layout: the option-A shortcut of each run (subsample by 2, zero-pad each run's own
+    channel block), keeping the input's memory format."""
+
+    def __init__(self, planes: int, runs: int):
+        super().__init__(planes)
+        self.runs = runs
+
+    def forward(self, x):
+        n, channels, h, w = x.shape
+        y = x.view(n, self.runs, channels // self.runs, h, w)[:, :, :, ::2, ::2]
+        y = F.pad(y, (0, 0, 0, 0, self.pad, self.pad))
+        y = y.reshape(n, -1, *y.shape[-2:])
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            y = y.contiguous(memory_format=torch.channels_last)
+        return y
+
+
+class RunsToRowsLinear(RunsLayout, nn.Conv2d):
+    """Runs layout's classifier: K ``Linear(D, O)`` as a grouped 1x1 convolution from the runs
+    layout ``(N, K D)`` to rows ``(N K, O)`` (the logits, one row per sample of each run)."""
+
+    def _conv_forward(self, x, weight, bias):
+        return self.to_rows(F.conv2d(x[:, :, None, None], weight, bias, groups=self.groups).flatten(1))
+
+
 class FusedEmbedding(RunsLayout, nn.Embedding):
     """K ``Embedding(M, P)`` as one table of K M rows: row ``n K + k`` looks up run k's block."""
 
@@ -99,28 +144,33 @@ def _cat(parts, attr: str) -> torch.Tensor:
     return torch.cat([getattr(p, attr).detach() for p in parts])
 
 
-def _fuse_leaf(parts: list[nn.Module]) -> nn.Module | None:
+def _fuse_leaf(parts: list[nn.Module], layout: str) -> nn.Module | None:
     """The fused layer of K corresponding leaves, None for a per-sample leaf without state."""
     first, runs = parts[0], len(parts)
+    rows = layout == "rows"
+    if isinstance(first, _ShortcutA) and not rows:
+        fused = RunsShortcutA(4 * first.pad, runs)  # no state: nothing to copy
+        return fused
     if isinstance(first, nn.Conv2d):
         if first.padding_mode != "zeros":
             raise BenchError(f"cannot fuse a Conv2d with padding_mode={first.padding_mode!r}")
-        fused = FusedConv2d(runs * first.in_channels, runs * first.out_channels, first.kernel_size, first.stride,
-                            first.padding, first.dilation, runs * first.groups, first.bias is not None)
+        fused = (FusedConv2d if rows else GroupedConv2d)(
+            runs * first.in_channels, runs * first.out_channels, first.kernel_size, first.stride, first.padding,
+            first.dilation, runs * first.groups, first.bias is not None)
         tensors = {"weight": _cat(parts, "weight"), "bias": _cat(parts, "bias") if first.bias is not None else None}
     elif isinstance(first, nn.Linear):
-        fused = FusedLinear(runs * first.in_features, runs * first.out_features, 1, groups=runs,
-                            bias=first.bias is not None)
+        fused = (FusedLinear if rows else RunsToRowsLinear)(runs * first.in_features, runs * first.out_features, 1,
+                                                            groups=runs, bias=first.bias is not None)
         tensors = {"weight": _cat(parts, "weight")[:, :, None, None],
                    "bias": _cat(parts, "bias") if first.bias is not None else None}
     elif isinstance(first, nn.BatchNorm2d):
-        fused = FusedBatchNorm2d(runs * first.num_features, first.eps, first.momentum, first.affine,
-                                 first.track_running_stats)
+        fused = (FusedBatchNorm2d if rows else WideBatchNorm2d)(
+            runs * first.num_features, first.eps, first.momentum, first.affine, first.track_running_stats)
         tensors = {name: _cat(parts, name) for name in ("weight", "bias", "running_mean", "running_var")
                    if getattr(first, name, None) is not None}
         if first.num_batches_tracked is not None:
             tensors["num_batches_tracked"] = first.num_batches_tracked.detach().clone()
-    elif isinstance(first, nn.Embedding):
+    elif isinstance(first, nn.Embedding) and rows:
         if first.padding_idx is not None or first.max_norm is not None:
             raise BenchError("cannot fuse an Embedding with padding_idx or max_norm")
         fused = FusedEmbedding(runs * first.num_embeddings, first.embedding_dim)
@@ -144,26 +194,34 @@ def _leaves(module: nn.Module) -> list[str]:
     return [name for name, m in module.named_modules() if name and not list(m.children())]
 
 
-def fuse(models: Sequence[nn.Module]) -> nn.Module:
-    """One network that computes the K ``models`` (same architecture) on rows (module docstring).
+LAYOUTS = ("rows", "runs")
+
+
+def fuse(models: Sequence[nn.Module], layout: str = "rows") -> nn.Module:
+    """One network that computes the K ``models`` (same architecture) (module docstring).
 
     A copy of ``models[0]`` whose convolutions, linear layers, BatchNorms and embeddings are
-    replaced by their fused forms holding every model's weights and buffers; attribute ``runs`` = K.
+    replaced by their fused forms holding every model's weights and buffers; attributes ``runs`` =
+    K and ``layout``. ``layout="rows"``: rows in, rows out (any of the suite's networks).
+    ``layout="runs"`` (the suite's backbones, whose only linear layer is the classifier at the
+    end): the input in the runs layout (:func:`stack_runs`), the logits as rows.
     """
     models = list(models)
     if not models:
         raise BenchError("fuse needs at least one model")
+    if layout not in LAYOUTS:
+        raise BenchError(f"unknown fused layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     names = _leaves(models[0])
     for m in models[1:]:
         if _leaves(m) != names or [p.shape for p in m.parameters()] != [p.shape for p in models[0].parameters()]:
             raise BenchError("fuse needs models of one architecture")
     fused = copy.deepcopy(models[0])
     for name in names:
-        replacement = _fuse_leaf([m.get_submodule(name) for m in models])
+        replacement = _fuse_leaf([m.get_submodule(name) for m in models], layout)
         if replacement is not None:
             parent, _, leaf = name.rpartition(".")
             setattr(fused.get_submodule(parent) if parent else fused, leaf, replacement)
-    fused.runs = len(models)
+    fused.runs, fused.layout = len(models), layout
     return fused
 
 
@@ -175,9 +233,9 @@ def run_state(fused: nn.Module, k: int) -> dict[str, torch.Tensor]:
     state = {}
     for name, value in fused.state_dict().items():
         owner = fused.get_submodule(name.rpartition(".")[0]) if "." in name else fused
-        if isinstance(owner, RunsLayout) and value.dim() > 0:
+        if owner is not fused and getattr(owner, "runs", None) and value.dim() > 0:
             value = value.chunk(runs)[k]
-            if isinstance(owner, FusedLinear) and name.endswith("weight"):
+            if isinstance(owner, (FusedLinear, RunsToRowsLinear)) and name.endswith("weight"):
                 value = value[:, :, 0, 0]
         state[name] = value.clone()
     return state
@@ -186,6 +244,12 @@ def run_state(fused: nn.Module, k: int) -> dict[str, torch.Tensor]:
 def interleave(batches: Sequence[torch.Tensor]) -> torch.Tensor:
     """K batches of N -> the rows ``(N K, ...)`` of a fused network (row n K + k = batches[k][n]), contiguous."""
     return torch.stack(list(batches), 1).flatten(0, 1).contiguous()
+
+
+def stack_runs(batches: Sequence[torch.Tensor]) -> torch.Tensor:
+    """K image batches of N -> the runs layout ``(N, K C, H, W)`` of a ``layout="runs"`` network
+    (run k's channels in block k), in the batches' memory format."""
+    return torch.cat(list(batches), 1)
 
 
 def run_rows(rows: torch.Tensor, runs: int, k: int) -> torch.Tensor:

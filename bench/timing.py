@@ -97,9 +97,9 @@ PACK_TEXT = {  # the table's footnote per --pack-mode
     "processes": "packed = {n} processes at once on the same device (bench run --jobs N); ",
     "streams": "packed = {n} copies of the step in this process, in lockstep, {streams} (not yet how bench run "
                "packs); ",
-    "fused": "packed = {n} runs horizontally fused into one network (grouped convolutions, contiguous; "
-             "bench/fused.py), one step of each per iteration, timed in turns with the run alone (not yet how "
-             "bench run packs); ",
+    "fused": "packed = {n} runs horizontally fused into one network (grouped convolutions; bench/fused.py; "
+             "runs layout with channels_last, rows layout when contiguous), one step of each per iteration, timed "
+             "in turns with the run alone (not yet how bench run packs); ",
 }
 
 
@@ -220,7 +220,7 @@ def _loaders(model_name: str, batch: int, device, generator, channels_last: bool
 
 def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, device="cpu", seed: int = 0,
                graph: bool = False, precision: str = "fp32", second_order: str = "jvp",
-               channels_last: bool | None = None, runs: int = 1):
+               channels_last: bool | None = None, runs: int = 1, layout: str | None = None):
     """``(step, clock)``: ``step()`` runs one training iteration of ``name`` (next batch plans
     included), through :class:`bench.capture.StepGraph` as training does (captured on CUDA when
     ``graph``); ``clock`` is its :class:`PhaseClock` (None for captured steps, whose Python hooks
@@ -228,12 +228,13 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
 
     ``runs`` > 1: ``runs`` runs (seeds ``seed``, ``seed + 1``, ...; each its own batches and
     weighting net) horizontally fused into one network (bench/fused.py), stepping together; one
-    iteration is then one step of every run. Fused networks run contiguous."""
+    iteration is then one step of every run. ``layout`` of the fused classifier: ``runs`` (the
+    default with channels_last, i.e. on CUDA) or ``rows`` (the default in the contiguous format)."""
     import torch
     import torch.nn.functional as F
 
     from bench.capture import StepGraph, autocast
-    from bench.fused import fuse, interleave
+    from bench.fused import fuse, interleave, stack_runs
     from bench.models import build_model
     from bench.spec import PRESETS
     from methods.meta import MetaStep
@@ -246,14 +247,17 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
         raise BenchError("ce_compiled is CUDA only: on CPU, torch.compile (torch 2.14.1) gave a wrong gradient "
                          "of small_cnn's first convolution from the second step on (session 12)")
     size, channels = MODEL_INPUT[model_name]
-    channels_last = uses_channels_last(device, False if runs > 1 else channels_last)
+    channels_last = uses_channels_last(device, channels_last)
+    layout = layout or ("runs" if channels_last else "rows")
+    if runs > 1 and channels_last and layout == "rows":
+        raise ValueError("the rows layout of fused runs is contiguous only (bench/fused.py)")
     models, loaders = [], []
     for k in range(runs):
         torch.manual_seed(seed + k)
         model = build_model(model_name, NUM_CLASSES, channels, "kaiming").to(device).train()
         models.append(model.to(memory_format=torch.channels_last) if channels_last else model)
         loaders.append(_loaders(model_name, batch, device, torch.Generator().manual_seed(seed + k), channels_last))
-    model = models[0] if runs == 1 else fuse(models)
+    model = models[0] if runs == 1 else fuse(models, layout)
     p = PRESETS["paper"]
     optimizer = torch.optim.SGD(model.parameters(), lr=p["lr"], momentum=p["momentum"], nesterov=p["nesterov"],
                                 weight_decay=p["weight_decay"])
@@ -268,7 +272,8 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
         if runs == 1:
             return cycles[0].loader.assemble(*plans)
         parts = [c.loader.assemble(*plans[3 * k:3 * k + 3]) for k, c in enumerate(cycles)]
-        return (interleave([x for x, _, _ in parts]), interleave([y for _, y, _ in parts]),
+        images = [x for x, _, _ in parts]
+        return ((interleave(images) if layout == "rows" else stack_runs(images)), interleave([y for _, y, _ in parts]),
                 interleave([i * runs + k for k, (_, _, i) in enumerate(parts)]))  # row -> its run's pool index
 
     def next_plans(cycles):
@@ -723,8 +728,8 @@ def packing_fused(name: str, jobs: int, *, model_name: str, batch: int, device, 
     for ``jobs`` runs horizontally fused into one network (bench/fused.py; seeds ``seed`` ...
     ``seed + jobs - 1``, one step of every run per iteration), timed in turns
     (:class:`RoundRobin`). The ratio is the epoch-time cost of the ``jobs`` runs fused over one run
-    alone, as for :func:`packing`. Fused networks run contiguous; the run alone in
-    ``channels_last`` on CUDA unless ``--memory-format contiguous``."""
+    alone, as for :func:`packing`. Both in ``channels_last`` on CUDA (the fused classifier in the
+    runs layout), unless ``--memory-format contiguous`` (then the rows layout)."""
     import torch
 
     from bench.capture import searches_conv_algorithms
@@ -733,7 +738,7 @@ def packing_fused(name: str, jobs: int, *, model_name: str, batch: int, device, 
     kwargs = dict(model_name=model_name, batch=batch, device=device, seed=seed, graph=graph and device.type == "cuda",
                   precision=precision, second_order=second_order)
     steps = {"alone": build_step(name, channels_last=channels_last, **kwargs)[0],
-             "packed": build_step(name, runs=jobs, **kwargs)[0]}
+             "packed": build_step(name, runs=jobs, channels_last=channels_last, **kwargs)[0]}
     for step in steps.values():
         _warm_up(step, warmup)
     timed = RoundRobin(steps, Timer(device))

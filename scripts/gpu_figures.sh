@@ -18,7 +18,8 @@
 #   pack4_streams.md                 4 copies in one process in lockstep, one CUDA stream each
 #                                    (what lockstep packing of a cell's seeds would gain; no MPS)
 #   pack*_fused*.md                  4 runs fused into one network (grouped convolutions; bench/fused.py),
-#                                    fp32 and bf16, 8 fused in fp32, 4 probe steps (batch 16) fused (no MPS)
+#                                    fp32 and bf16, 8 fused in fp32, 4 probe steps (batch 16) fused, and
+#                                    the contiguous (rows layout) variant (no MPS)
 #   train.txt                        the README's main job on CUDA (captured steps), timed
 #   suite.txt                        the whole test suite on the CUDA machine (device auto = cuda)
 #   benchmarks.txt / benchmarks.json pytest-benchmark, eager/captured x fp32/bf16
@@ -104,7 +105,9 @@ print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; nproc
       LIMIT=90 run_part packfused "$out/pack8_fused.md" "$python" -m bench timing --device cuda --pack 8 \
           --pack-mode fused --steps ce,mwnet,curvenet_sl3
       LIMIT=60 run_part packfused "$out/pack4_fused_probe_b16.md" "$python" -m bench timing --device cuda --pack 4 \
-          --pack-mode fused --steps ce --batch-size 16 ;;
+          --pack-mode fused --steps ce --batch-size 16
+      LIMIT=90 run_part packfused "$out/pack4_fused_contiguous.md" "$python" -m bench timing --device cuda --pack 4 \
+          --pack-mode fused --steps ce,mwnet,curvenet_sl3 --memory-format contiguous ;;
     mps)
       # MPS lets the kernels of several processes run on the GPU at once (without it they take turns)
       export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log

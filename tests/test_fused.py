@@ -13,7 +13,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.errors import BenchError
-from bench.fused import FusedBatchNorm2d, FusedConv2d, FusedLinear, fuse, interleave, run_rows, run_state
+from bench.fused import (
+    FusedBatchNorm2d,
+    FusedConv2d,
+    FusedLinear,
+    GroupedConv2d,
+    RunsShortcutA,
+    RunsToRowsLinear,
+    WideBatchNorm2d,
+    fuse,
+    interleave,
+    run_rows,
+    run_state,
+    stack_runs,
+)
 from bench.models import build_model
 from methods.curvenet import CurveNet
 from methods.meta import MetaStep
@@ -42,6 +55,11 @@ def sgd(model):
     return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
 
+def batch(xs, layout):
+    """The fused network's input: rows (interleaved samples) or the runs layout (stacked channels)."""
+    return interleave(xs) if layout == "rows" else stack_runs(xs)
+
+
 def assert_same_state(fused, separate, rtol=1e-9, atol=1e-10):
     for k, model in enumerate(separate):
         state = run_state(fused, k)
@@ -50,13 +68,14 @@ def assert_same_state(fused, separate, rtol=1e-9, atol=1e-10):
             torch.testing.assert_close(state[name], value, rtol=rtol, atol=atol, msg=f"run {k} {name}")
 
 
+@pytest.mark.parametrize("layout", ["rows", "runs"])
 @pytest.mark.parametrize("name,channels,size", [("small_cnn", 1, 12), ("resnet32", 3, 8), ("wrn16_8", 3, 8)])
-def test_fused_forward_is_each_runs_forward_with_its_own_batch_statistics(name, channels, size):
+def test_fused_forward_is_each_runs_forward_with_its_own_batch_statistics(name, channels, size, layout):
     separate = models(name, channels)
-    fused = fuse(separate)
-    assert fused.runs == RUNS
+    fused = fuse(separate, layout)
+    assert fused.runs == RUNS and fused.layout == layout
     xs = [torch.randn(N, channels, size, size) for _ in range(RUNS)]
-    out = fused(interleave(xs))  # train mode: BatchNorm of run k over run k's N samples only
+    out = fused(batch(xs, layout))  # train mode: BatchNorm of run k over run k's N samples only
     assert out.shape == (N * RUNS, CLASSES)
     for k, model in enumerate(separate):
         torch.testing.assert_close(run_rows(out, RUNS, k), model(xs[k]))
@@ -64,24 +83,45 @@ def test_fused_forward_is_each_runs_forward_with_its_own_batch_statistics(name, 
     fused.eval()
     for m in separate:
         m.eval()
-    out = fused(interleave(xs))
+    out = fused(batch(xs, layout))
     for k, model in enumerate(separate):
         torch.testing.assert_close(run_rows(out, RUNS, k), model(xs[k]))
 
 
-def test_fused_layers_replace_every_layer_with_state():
-    fused = fuse(models("resnet32", 3))
+@pytest.mark.parametrize("layout,expected", [("rows", {FusedConv2d, FusedLinear, FusedBatchNorm2d}),
+                                             ("runs", {GroupedConv2d, RunsToRowsLinear, WideBatchNorm2d,
+                                                       RunsShortcutA})])
+def test_fused_layers_replace_every_layer_with_state(layout, expected):
+    fused = fuse(models("resnet32", 3), layout)
     kinds = {type(m) for m in fused.modules() if not list(m.children())}
     assert not kinds & {nn.Conv2d, nn.Linear, nn.BatchNorm2d}
-    assert {FusedConv2d, FusedLinear, FusedBatchNorm2d} <= kinds
+    assert expected <= kinds
     conv = fused.stem[0]
     assert conv.groups == RUNS and conv.out_channels == RUNS * 16  # one grouped convolution
 
 
-def test_fused_ce_steps_are_each_runs_steps():
+def test_the_runs_layout_keeps_channels_last():
+    """Runs layout: no view between layers, so a channels_last input stays channels_last through
+    the grouped convolutions and the per-run shortcuts (cuDNN's fast layout on a GPU)."""
+    separate = [m.to(memory_format=torch.channels_last) for m in models("resnet32", 3)]
+    fused = fuse(separate, "runs")
+    seen = []
+    for module in fused.modules():
+        if isinstance(module, RunsShortcutA):
+            module.register_forward_hook(lambda m, a, out: seen.append(out.is_contiguous(
+                memory_format=torch.channels_last)))
+    xs = [torch.randn(N, 3, 8, 8).to(memory_format=torch.channels_last) for _ in range(RUNS)]
+    out = fused(stack_runs(xs))
+    assert seen and all(seen)
+    for k, model in enumerate(separate):
+        torch.testing.assert_close(run_rows(out, RUNS, k), model(xs[k]))
+
+
+@pytest.mark.parametrize("layout", ["rows", "runs"])
+def test_fused_ce_steps_are_each_runs_steps(layout):
     """Sum of the runs' mean CEs: each run gets its own gradient; fused SGD = K SGDs."""
     separate = models()
-    fused = fuse(copy.deepcopy(separate))
+    fused = fuse(copy.deepcopy(separate), layout)
     opts, fused_opt = [sgd(m) for m in separate], sgd(fused)
     for _ in range(3):
         xs = [torch.randn(N, 1, 12, 12) for _ in range(RUNS)]
@@ -91,12 +131,12 @@ def test_fused_ce_steps_are_each_runs_steps():
             F.cross_entropy(model(x), y).backward()
             opt.step()
         fused_opt.zero_grad()
-        (F.cross_entropy(fused(interleave(xs)), interleave(ys)) * RUNS).backward()
+        (F.cross_entropy(fused(batch(xs, layout)), interleave(ys)) * RUNS).backward()
         fused_opt.step()
     assert_same_state(fused, separate)
 
 
-def _meta_case(weighting, skip_layers, lookahead, normalize):
+def _meta_case(weighting, skip_layers, lookahead, normalize, layout):
     separate = models()
     for m in separate:  # momentum buffers and running statistics that differ per run
         opt = sgd(m)
@@ -119,7 +159,7 @@ def _meta_case(weighting, skip_layers, lookahead, normalize):
         return MetaStep(model, opt, net, torch.optim.Adam(net.parameters(), lr=1e-2, weight_decay=1e-4),
                         weight_fn(net, table), lookahead=lookahead, skip_layers=skip_layers, normalize=normalize)
 
-    fused, fused_net = fuse(copy.deepcopy(separate)), fuse(copy.deepcopy(nets))
+    fused, fused_net = fuse(copy.deepcopy(separate), layout), fuse(copy.deepcopy(nets))  # weighting nets: rows
     fused_opt = sgd(fused)  # momentum buffers from the first step on, in both
     steps = [build(m, sgd(m), net, curves[k]) for k, (m, net) in enumerate(zip(separate, nets))]
     # rows' pool indices into the runs' curves, interleaved: row n K + k reads run k's table
@@ -128,15 +168,16 @@ def _meta_case(weighting, skip_layers, lookahead, normalize):
     return separate, nets, steps, fused, fused_net, fused_step, pool
 
 
-@pytest.mark.parametrize("weighting,skip_layers,lookahead,normalize", [
-    ("mwnet", 0, "sgd", False), ("mwnet", 0, "full", True), ("mwnet", 3, "sgd", False),
-    ("curvenet", 0, "full", False), ("curvenet", 3, "full", False), ("curvenet", 2, "sgd", True)])
-def test_fused_meta_steps_are_each_runs_meta_steps(weighting, skip_layers, lookahead, normalize):
+@pytest.mark.parametrize("weighting,skip_layers,lookahead,normalize,layout", [
+    ("mwnet", 0, "sgd", False, "rows"), ("mwnet", 0, "full", True, "runs"), ("mwnet", 3, "sgd", False, "rows"),
+    ("mwnet", 3, "sgd", False, "runs"), ("curvenet", 0, "full", False, "rows"), ("curvenet", 3, "full", False, "runs"),
+    ("curvenet", 2, "sgd", True, "rows"), ("curvenet", 2, "full", True, "runs")])
+def test_fused_meta_steps_are_each_runs_meta_steps(weighting, skip_layers, lookahead, normalize, layout):
     """MetaStep on a fused classifier and fused weighting nets: per-run weights (each run's own
     net, its own B for a_i = w_i / B or its own sum), the sum of the runs' meta losses, each
     run's JVP and real step, so classifiers and weighting nets end as in K separate steps."""
     separate, nets, steps, fused, fused_net, fused_step, pool = _meta_case(weighting, skip_layers, lookahead,
-                                                                           normalize)
+                                                                           normalize, layout)
     assert fused_step.jvp == "linearized"  # the fused layers have tangent rules
     for _ in range(2):
         xs = [torch.randn(N, 1, 12, 12) for _ in range(RUNS)]
@@ -146,7 +187,7 @@ def test_fused_meta_steps_are_each_runs_meta_steps(weighting, skip_layers, looka
         idx = [torch.randperm(pool)[:N] for _ in range(RUNS)]
         outs = [step(x, y, i, xm, ym) for step, x, y, i, xm, ym in zip(steps, xs, ys, idx, xms, yms)]
         rows_idx = interleave([i * RUNS + k for k, i in enumerate(idx)])
-        out = fused_step(interleave(xs), interleave(ys), rows_idx, interleave(xms), interleave(yms))
+        out = fused_step(batch(xs, layout), interleave(ys), rows_idx, batch(xms, layout), interleave(yms))
         torch.testing.assert_close(out["meta_loss"], sum(o["meta_loss"] for o in outs))
         torch.testing.assert_close(out["loss"], sum(o["loss"] for o in outs))
         for k, o in enumerate(outs):
@@ -162,5 +203,7 @@ def test_fusing_needs_one_architecture_and_known_layers():
         fuse([nn.Sequential(nn.LayerNorm(3)), nn.Sequential(nn.LayerNorm(3))])
     with pytest.raises(BenchError, match="at least one"):
         fuse([])
+    with pytest.raises(BenchError, match="unknown fused layout"):
+        fuse(models(), "columns")
     with pytest.raises(BenchError, match="run 3"):
         run_state(fuse(models()), 3)

@@ -135,8 +135,9 @@ def test_lockstep_packing_steps_every_copy_once_per_iteration_from_its_own_seed(
     assert r["alone_ms_per_iter"] > 0 and r["packed_ms_per_iter"] > 0 and r["modes"] == ["eager"]
 
 
+@pytest.mark.parametrize("layout", ["rows", "runs"])
 @pytest.mark.parametrize("name", ["ce", "mwnet", "curvenet_sl3"])
-def test_a_fused_step_is_the_seeds_steps_alone(name):
+def test_a_fused_step_is_the_seeds_steps_alone(name, layout):
     """``--pack-mode fused``: build_step(runs=3) is the runs of seeds 5, 6, 7 as build_step builds
     each alone (classifier, weighting net, batches, curves), fused; two fused iterations leave
     every run where two iterations alone leave it (float32 rounding apart)."""
@@ -144,7 +145,8 @@ def test_a_fused_step_is_the_seeds_steps_alone(name):
 
     from bench.fused import run_state
 
-    fused_step, _ = timing.build_step(name, model_name="small_cnn", batch=8, seed=5, runs=3)
+    fused_step, _ = timing.build_step(name, model_name="small_cnn", batch=8, seed=5, runs=3, layout=layout)
+    assert fused_step.model.layout == layout
     alone = [timing.build_step(name, model_name="small_cnn", batch=8, seed=5 + k)[0] for k in range(3)]
 
     def nets(step):
@@ -482,17 +484,19 @@ def test_steps_are_built_with_the_protocols_optimisers_and_stay_eager_off_cuda()
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("channels_last", [True, False], ids=["runs-channels_last", "rows-contiguous"])
 @pytest.mark.parametrize("name", ["ce", "mwnet", "curvenet_sl3"])
-def test_a_fused_captured_step_is_the_seeds_captured_steps_on_cuda(name):
+def test_a_fused_captured_step_is_the_seeds_captured_steps_on_cuda(name, channels_last):
     """On CUDA the fused step captures (one graph for the K runs) and, after 8 iterations, each
     run is where its own captured step leaves it (captured == eager tolerance, tests/test_capture.py)."""
     import torch
 
     from bench.fused import run_state
 
-    kw = dict(model_name="resnet32", batch=32, device="cuda", graph=True)
+    kw = dict(model_name="resnet32", batch=32, device="cuda", graph=True, channels_last=channels_last)
     fused_step = timing.build_step(name, seed=5, runs=3, **kw)[0]
-    alone = [timing.build_step(name, seed=5 + k, channels_last=False, **kw)[0] for k in range(3)]  # as fused
+    assert fused_step.model.layout == ("runs" if channels_last else "rows")
+    alone = [timing.build_step(name, seed=5 + k, **kw)[0] for k in range(3)]
     for _ in range(8):
         for step in (fused_step, *alone):
             step()

@@ -90,12 +90,11 @@ def test_train_step_cuda(benchmark, name, graph, precision):
 @pytest.mark.parametrize("runs", [1, 4], ids=["alone", "4-fused"])
 def test_fused_train_step_cuda(benchmark, name, runs):
     """Packing by horizontal fusion (bench/fused.py): one iteration of 4 runs fused into one
-    network, next to one run alone (contiguous, as the fused one), captured, fp32. The target:
+    network (runs layout, channels_last), next to one run alone (channels_last), captured, fp32. The target:
     4 runs' iteration at most 2x one run's (``python -m bench timing --pack 4 --pack-mode fused``
     times both in turns and prints the ratio)."""
     search_conv_algorithms("cuda")
-    step, _ = build_step(name, model_name="resnet32", batch=128, device="cuda", graph=True, runs=runs,
-                         channels_last=False)
+    step, _ = build_step(name, model_name="resnet32", batch=128, device="cuda", graph=True, runs=runs)
     for _ in range(5):
         step()
     torch.cuda.synchronize()
@@ -104,6 +103,6 @@ def test_fused_train_step_cuda(benchmark, name, runs):
     def timed():
         step()
         torch.cuda.synchronize()
-    benchmark.group = f"packing by fusion: {name}, resnet32, batch 128 per run, CUDA, fp32, captured, contiguous"
+    benchmark.group = f"packing by fusion: {name}, resnet32, batch 128 per run, CUDA, fp32, captured, channels_last"
     benchmark.extra_info.update(step=name, runs=runs)
     benchmark.pedantic(timed, rounds=20, warmup_rounds=2)
