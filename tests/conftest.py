@@ -10,6 +10,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def float64():
+    """torch's default dtype float64 for the test (exactness checks to rounding), then back."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 def shared_data_path() -> Path:
     """``$BENCH_SHARED_DATA``, else ``<repo>/../shared/data`` (see shared/data/README.md)."""
     return Path(os.environ.get("BENCH_SHARED_DATA") or REPO.parent / "shared" / "data")

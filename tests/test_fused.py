@@ -35,12 +35,7 @@ from methods.mwnet import WeightNet
 RUNS, N, CLASSES = 3, 4, 5
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 def models(name="small_cnn", channels=1, runs=RUNS):

@@ -19,12 +19,7 @@ from methods.meta import MetaStep, TopOfNetwork, meta_step
 B, BM, K = 6, 5, 3
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
 def setup(seed=0, momentum_state=True, model_name="small_cnn", size=8, make_opt=None):
