@@ -77,14 +77,6 @@ class FusedConv2d(RunsLayout, nn.Conv2d):
         return self.to_rows(super()._conv_forward(self.to_runs(x), weight, bias))
 
 
-class FusedLinear(RunsLayout, nn.Conv2d):
-    """K ``Linear(D, O)`` as a grouped 1x1 convolution: rows ``(N K, D)`` -> rows ``(N K, O)``."""
-
-    def _conv_forward(self, x, weight, bias):
-        h = self.to_runs(x)[:, :, None, None]
-        return self.to_rows(F.conv2d(h, weight, bias, groups=self.groups).flatten(1))
-
-
 class FusedBatchNorm2d(RunsLayout, nn.BatchNorm2d):
     """K ``BatchNorm2d(C)`` as one ``BatchNorm2d(K C)``: channel block k normalises run k's rows
     with run k's batch statistics and running statistics."""
@@ -132,6 +124,13 @@ class RunsToRowsLinear(RunsLayout, nn.Conv2d):
         return self.to_rows(F.conv2d(x[:, :, None, None], weight, bias, groups=self.groups).flatten(1))
 
 
+class FusedLinear(RunsToRowsLinear):
+    """K ``Linear(D, O)`` as a grouped 1x1 convolution: rows ``(N K, D)`` -> rows ``(N K, O)``."""
+
+    def _conv_forward(self, x, weight, bias):
+        return super()._conv_forward(self.to_runs(x), weight, bias)
+
+
 class FusedEmbedding(RunsLayout, nn.Embedding):
     """K ``Embedding(M, P)`` as one table of K M rows: row ``n K + k`` looks up run k's block."""
 
@@ -149,8 +148,7 @@ def _fuse_leaf(parts: list[nn.Module], layout: str) -> nn.Module | None:
     first, runs = parts[0], len(parts)
     rows = layout == "rows"
     if isinstance(first, _ShortcutA) and not rows:
-        fused = RunsShortcutA(4 * first.pad, runs)  # no state: nothing to copy
-        return fused
+        return RunsShortcutA(4 * first.pad, runs)  # no state: nothing to copy
     if isinstance(first, nn.Conv2d):
         if first.padding_mode != "zeros":
             raise BenchError(f"cannot fuse a Conv2d with padding_mode={first.padding_mode!r}")
@@ -235,7 +233,7 @@ def run_state(fused: nn.Module, k: int) -> dict[str, torch.Tensor]:
         owner = fused.get_submodule(name.rpartition(".")[0]) if "." in name else fused
         if owner is not fused and getattr(owner, "runs", None) and value.dim() > 0:
             value = value.chunk(runs)[k]
-            if isinstance(owner, (FusedLinear, RunsToRowsLinear)) and name.endswith("weight"):
+            if isinstance(owner, RunsToRowsLinear) and name.endswith("weight"):  # FusedLinear too
                 value = value[:, :, 0, 0]
         state[name] = value.clone()
     return state
