@@ -200,6 +200,14 @@ def _warm_up(step, warmup: int) -> None:
         step()
 
 
+def check_device(name: str, device) -> None:
+    """BenchError (one line) for a step that cannot run on ``device``: ``ce_compiled`` off CUDA."""
+    if name == "ce_compiled" and device.type != "cuda":
+        from bench.errors import BenchError
+        raise BenchError("ce_compiled is CUDA only: on CPU, torch.compile (torch 2.14.1) gave a wrong gradient "
+                         "of small_cnn's first convolution from the second step on (session 12)")
+
+
 def _loaders(model_name: str, batch: int, device, generator, channels_last: bool):
     import numpy as np
 
@@ -234,7 +242,7 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
     import torch.nn.functional as F
 
     from bench.capture import StepGraph, autocast
-    from bench.fused import fuse, interleave, stack_runs
+    from bench.fused import fuse, interleave
     from bench.models import build_model
     from bench.spec import PRESETS
     from methods.meta import MetaStep
@@ -242,10 +250,7 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
     if name not in STEPS + EXTRA_STEPS:
         raise ValueError(f"unknown step {name!r}; choose from {', '.join(STEPS + EXTRA_STEPS)}")
     device = torch.device(device)
-    if name == "ce_compiled" and device.type != "cuda":
-        from bench.errors import BenchError
-        raise BenchError("ce_compiled is CUDA only: on CPU, torch.compile (torch 2.14.1) gave a wrong gradient "
-                         "of small_cnn's first convolution from the second step on (session 12)")
+    check_device(name, device)
     size, channels = MODEL_INPUT[model_name]
     channels_last = uses_channels_last(device, channels_last)
     layout = layout or ("runs" if channels_last else "rows")
@@ -261,29 +266,17 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
     p = PRESETS["paper"]
     optimizer = torch.optim.SGD(model.parameters(), lr=p["lr"], momentum=p["momentum"], nesterov=p["nesterov"],
                                 weight_decay=p["weight_decay"])
-    train = [pair[0] for pair in loaders]
-    meta = [pair[1] for pair in loaders]
+    train = _RunsLoader([pair[0] for pair in loaders], layout)
+    meta = _RunsLoader([pair[1] for pair in loaders], layout)
     captured = graph and device.type == "cuda"
     clock = None if captured else PhaseClock(Timer(device))
     mark = clock or (lambda phase: None)
-
-    def assemble(cycles, plans):
-        """The runs' batches of their plans (three tensors per run), as rows (bench/fused.py)."""
-        if runs == 1:
-            return cycles[0].loader.assemble(*plans)
-        parts = [c.loader.assemble(*plans[3 * k:3 * k + 3]) for k, c in enumerate(cycles)]
-        images = [x for x, _, _ in parts]
-        return ((interleave(images) if layout == "rows" else stack_runs(images)), interleave([y for _, y, _ in parts]),
-                interleave([i * runs + k for k, (_, _, i) in enumerate(parts)]))  # row -> its run's pool index
-
-    def next_plans(cycles):
-        return [t for c in cycles for t in c.next_plan()]
 
     if name in ("ce", "ce_compiled"):
         forward = torch.compile(model, dynamic=False) if name == "ce_compiled" else model
 
         def ce_step(*plans):
-            x, y, _ = assemble(train, plans)
+            x, y, _ = train.assemble(*plans)
             mark("batch")
             with autocast(device, precision):  # methods/ce.py's loss in train_classifier's step;
                 loss = F.cross_entropy(forward(x), y) * runs  # fused: the sum of the runs' mean CEs
@@ -294,7 +287,7 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
             mark("real_backward")
             return loss.detach()
         graphed = StepGraph(ce_step, name=name, device=device, enabled=graph, optimizers=[optimizer])
-        step = _iteration(graphed, clock, lambda: next_plans(train))
+        step = _iteration(graphed, clock, train.next_plans)
         step.model = model
         return step, clock
 
@@ -321,19 +314,35 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
                              lookahead=cp.lookahead, skip_layers=skip, normalize=False, second_order=second_order,
                              precision=precision)
     meta_step.on_phase = clock
-    if runs == 1:
-        fn = meta_step.on_plans(train[0].loader, meta[0].loader)
-    else:
-        def fn(*plans):
-            x, y, idx = assemble(train, plans[:3 * runs])
-            xm, ym, _ = assemble(meta, plans[3 * runs:])
-            mark("batch")
-            out = meta_step(x, y, idx, xm, ym)
-            return torch.stack([out["loss"] * len(y), out["meta_loss"], out["weights"].sum()])
-    graphed = StepGraph(fn, name=name, device=device, enabled=graph, optimizers=[optimizer, weight_opt])
-    step = _iteration(graphed, clock, lambda: (*next_plans(train), *next_plans(meta)))
+    graphed = StepGraph(meta_step.on_plans(train, meta), name=name, device=device, enabled=graph,
+                        optimizers=[optimizer, weight_opt])
+    step = _iteration(graphed, clock, lambda: (*train.next_plans(), *meta.next_plans()))
     step.meta_step, step.model = meta_step, model
     return step, clock
+
+
+class _RunsLoader:
+    """The batch cycles of the runs of a step, as one loader: ``next_plans()`` the runs' next batch
+    plans (three tensors per run), ``assemble(*plans)`` their batches; for fused runs the images
+    in the classifier's ``layout`` and labels and pool indices as rows (bench/fused.py)."""
+
+    def __init__(self, cycles: list, layout: str):
+        self.cycles, self.layout = cycles, layout
+
+    def next_plans(self) -> list:
+        return [t for c in self.cycles for t in c.next_plan()]
+
+    def assemble(self, *plans):
+        from bench.fused import interleave, stack_runs
+
+        runs = len(self.cycles)
+        if runs == 1:
+            return self.cycles[0].loader.assemble(*plans)
+        parts = [c.loader.assemble(*plans[3 * k:3 * k + 3]) for k, c in enumerate(self.cycles)]
+        images = [x for x, _, _ in parts]
+        return ((interleave(images) if self.layout == "rows" else stack_runs(images)),
+                interleave([y for _, y, _ in parts]),
+                interleave([i * runs + k for k, (_, _, i) in enumerate(parts)]))  # row -> its run's pool index
 
 
 def _fused_or_one(nets):
@@ -766,8 +775,8 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
         raise BenchError(f"unknown step {bad[0] if bad else ''!r}; choose from {', '.join(STEPS + EXTRA_STEPS)}")
     if args.batch_size < 1:
         raise BenchError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if "ce_compiled" in steps and device.type != "cuda":
-        raise BenchError("ce_compiled is CUDA only (on CPU, torch.compile gave a wrong gradient; bench/timing.py)")
+    for name in steps:  # before anything is built
+        check_device(name, device)
     cuda = device.type == "cuda"
     repeats = args.repeats if args.repeats is not None else (20 if cuda else 3)
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)

@@ -381,10 +381,13 @@ class MetaStep:
         """This step as a function of a train and a meta batch plan (``bench.data.Plan``), as MW-Net
         and CurveNet capture it (bench/capture.py) and bench.timing times it: assemble both batches,
         step, return (weighted loss x B, meta loss, sum of the weights) for the epoch's sums.
-        ``weights_into`` (one entry per training-pool sample) receives the recomputed weights."""
-        def step(idx, offsets, flip, m_idx, m_offsets, m_flip):
-            x, y, idx = train.assemble(idx, offsets, flip)
-            xm, ym, _ = meta_loader.assemble(m_idx, m_offsets, m_flip)
+        ``weights_into`` (one entry per training-pool sample) receives the recomputed weights.
+        The step's arguments are the train plan's tensors then the meta plan's, as many of each
+        (three: idx, offsets, flip; for fused runs, bench.timing, three per run)."""
+        def step(*plans):
+            half = len(plans) // 2
+            x, y, idx = train.assemble(*plans[:half])
+            xm, ym, _ = meta_loader.assemble(*plans[half:])
             self._phase_done("batch")
             out = self(x, y, idx, xm, ym)
             if weights_into is not None:
