@@ -305,11 +305,12 @@ def cmd_table(args) -> int:
     group = "" if args.group == "all" else f"{args.group}-shot classes"
     if args.metric == "minutes" and group:
         raise BenchError("--metric minutes is a run's training time: it has no --group")
-    title = (f"test accuracy (%), {args.metric} epoch" + (f", {group}" if group else "")
-             + ", mean ± sample std (ddof 1) over seeds")
     if args.metric == "minutes":
         title = ("training time (minutes: set-up, training and evaluation, summed over the attempts of a resumed "
                  "run), mean ± sample std (ddof 1) over seeds")
+    else:
+        title = (f"test accuracy (%), {args.metric} epoch" + (f", {group}" if group else "")
+                 + ", mean ± sample std (ddof 1) over seeds")
     empty = ("no finished runs in the store" if runs.empty else
              f"no {group} ({GROUP_RULE[args.group]} training samples) in the cells of the {len(runs)} finished run(s)")
     if args.format in ("csv", "json"):  # numbers, one record per (method, cell)
