@@ -21,12 +21,10 @@ one network (:func:`packing_fused`, bench/fused.py). The steps:
                   mean CE, ``zero_grad``, backward, SGD step).
 ``ce_compiled``   the same with the classifier under ``torch.compile`` (TorchInductor fuses the
                   BatchNorms' element-wise work with the ReLUs and residual sums, forward and
-                  backward; the optimiser step and the loader stay as they are). Only when named in
-                  ``--steps``: it measures what kernel fusion would buy; training does not compile.
-                  CUDA only: on CPU (torch 2.14.1, session 12) the compiled step was no faster
-                  (small_cnn: 48.7 against 45.2 ms) and, worse, from its second call on it gave a
-                  gradient of the first convolution's weight 2% off (4.9e-4 from a float64
-                  reference, where the eager step was within 5e-8).
+                  backward; the optimiser step and the loader stay as they are), as ``bench run
+                  --compile`` trains the CE-style loops, checked against eager first
+                  (bench/compiled.py: a disagreement is refused in one line). Only when named in
+                  ``--steps``.
 ``mwnet``         :class:`methods.meta.MetaStep` with MW-Net(noise)'s weighting net and optimiser
                   (``methods.mwnet.WeightNet``, ``MWNetParams().weight_optimizer``; plain-SGD
                   look-ahead, unnormalised weights), as ``MWNet.fit`` builds it.
@@ -82,7 +80,7 @@ import time
 
 STEPS = ("ce", "mwnet", "curvenet_sl0", "curvenet_sl1", "curvenet_sl2", "curvenet_sl3")
 # timed only when named in --steps: the CE step with the classifier under torch.compile (fused
-# kernels, e.g. BatchNorm + ReLU; a measurement of what fusion buys, not how training runs)
+# kernels, e.g. BatchNorm + ReLU), as `bench run --compile` trains the CE-style loops
 EXTRA_STEPS = ("ce_compiled",)
 PAPER_META_MS = {"curvenet_sl0": 239.94, "curvenet_sl1": 222.45, "curvenet_sl2": 65.44, "curvenet_sl3": 41.98}
 MODEL_INPUT = {"resnet32": (32, 3), "wrn16_8": (32, 3), "small_cnn": (28, 1)}
@@ -200,14 +198,6 @@ def _warm_up(step, warmup: int) -> None:
         step()
 
 
-def check_device(name: str, device) -> None:
-    """BenchError (one line) for a step that cannot run on ``device``: ``ce_compiled`` off CUDA."""
-    if name == "ce_compiled" and device.type != "cuda":
-        from bench.errors import BenchError
-        raise BenchError("ce_compiled is CUDA only: on CPU, torch.compile (torch 2.14.1) gave a wrong gradient "
-                         "of small_cnn's first convolution from the second step on (session 12)")
-
-
 def _loaders(model_name: str, batch: int, device, generator, channels_last: bool):
     import numpy as np
 
@@ -250,7 +240,6 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
     if name not in STEPS + EXTRA_STEPS:
         raise ValueError(f"unknown step {name!r}; choose from {', '.join(STEPS + EXTRA_STEPS)}")
     device = torch.device(device)
-    check_device(name, device)
     size, channels = MODEL_INPUT[model_name]
     channels_last = uses_channels_last(device, channels_last)
     layout = layout or ("runs" if channels_last else "rows")
@@ -273,7 +262,14 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
     mark = clock or (lambda phase: None)
 
     if name in ("ce", "ce_compiled"):
-        forward = torch.compile(model, dynamic=False) if name == "ce_compiled" else model
+        forward = model
+        if name == "ce_compiled":  # checked against eager first (a CompileMismatch is a BenchError)
+            from bench.compiled import compile_checked
+            rows, width = (batch, channels * runs) if layout == "runs" and runs > 1 else (batch * runs, channels)
+            example = torch.empty(rows, width, size, size, device=device)
+            if channels_last:
+                example = example.contiguous(memory_format=torch.channels_last)
+            forward = compile_checked(model, example, precision=precision)
 
         def ce_step(*plans):
             x, y, _ = train.assemble(*plans)
@@ -775,8 +771,6 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
         raise BenchError(f"unknown step {bad[0] if bad else ''!r}; choose from {', '.join(STEPS + EXTRA_STEPS)}")
     if args.batch_size < 1:
         raise BenchError(f"--batch-size must be at least 1, got {args.batch_size}")
-    for name in steps:  # before anything is built
-        check_device(name, device)
     cuda = device.type == "cuda"
     repeats = args.repeats if args.repeats is not None else (20 if cuda else 3)
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 1)

@@ -1,0 +1,114 @@
+"""The classifier under ``torch.compile``, checked against eager first (``bench run --compile``,
+``bench timing --steps ce_compiled``).
+
+TorchInductor fuses each BatchNorm's element-wise work with the ReLU and residual sum after it,
+in the forward and the backward, so a step launches fewer kernels and reads activations fewer
+times. Only the classifier's forward is compiled (its backward follows); the loss, the optimiser
+step and the loader stay eager, and the state dict is the plain model's. Used by the CE-style
+training loops (:func:`bench.train.train_classifier`, :func:`methods.curves.train_and_record`:
+CE, Focal, CB, LDAM-DRW, AUM, O2U-Net and CurveNet's probe stage); the meta steps
+(:mod:`methods.meta`) and Co-teaching's two-network step run as without it.
+
+Checked before use: the compiler generates code for this machine's CPU or GPU, so
+:func:`compile_checked` runs :data:`CHECK_STEPS` forward and backward passes of the compiled
+model and of an eager copy from the same parameters, on random batches of the training shape,
+updating both alike between passes, and compares every parameter's gradient. This catches a
+miscompiled model, not float rounding: compiled and eager kernels sum in different orders, so the
+two trainings drift apart like two GPUs' would (tests/test_compiled.py bounds it over a short run).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench.capture import autocast
+from bench.errors import BenchError
+
+CHECK_STEPS = 3
+# the largest relative gradient error (in norm, per parameter) accepted. fp32 on the check's
+# zero-mean batches: ~1e-5 measured (session 13, CPU), TF32 convolutions on CUDA ~1e-3; bf16 rounds
+# each op to 8 bits, and eager and compiled kernels round at different places
+TOLERANCE = {"fp32": 5e-3, "bf16": 5e-2}
+CHECK_LR = 0.1  # the plain SGD update applied between the check's passes
+
+
+class CompileMismatch(BenchError):
+    """The compiled model's gradients differ from the eager model's beyond :data:`TOLERANCE`."""
+
+
+def gradient_errors(compiled: nn.Module, eager: nn.Module) -> dict[str, float]:
+    """Relative error (in norm) of each parameter's gradient in ``compiled`` against ``eager``'s."""
+    errors = {}
+    for (name, p), q in zip(compiled.named_parameters(), eager.parameters()):
+        if p.grad is None and q.grad is None:
+            continue
+        if p.grad is None or q.grad is None:
+            errors[name] = float("inf")
+            continue
+        scale = q.grad.float().norm().clamp_min(torch.finfo(torch.float32).tiny)
+        errors[name] = float((p.grad.float() - q.grad.float()).norm() / scale)
+    return errors
+
+
+def compile_checked(model: nn.Module, example: torch.Tensor, *, precision: str = "fp32",
+                    compiler=torch.compile) -> nn.Module:
+    """``model`` under ``compiler`` (``torch.compile``) after :data:`CHECK_STEPS` checked passes.
+
+    ``example`` is a batch of the training shape, device and memory format (its values are not
+    used). Each pass draws a standard-normal batch (from a generator of its own: the run's random
+    streams are not touched), runs the compiled model and an eager copy from the same parameters
+    under the ``precision``'s autocast, and compares the gradients of the mean cross-entropy; then
+    both take the same plain SGD step (a miscompilation may show from the second call on). After
+    the check ``model``'s parameters and buffers are as before and its gradients cleared. Raises
+    :class:`CompileMismatch` (naming the parameter, the error and the pass) when a gradient is off
+    by more than ``TOLERANCE[precision]``.
+    """
+    if example.device.type == "cpu":  # TorchInductor's C++ toolchain says, on every CPU-only machine,
+        # that it found no CUDA runtime: nothing a user of a CPU run needs to read
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    saved = copy.deepcopy(model.state_dict())
+    eager = copy.deepcopy(model)
+    compiled = compiler(model)
+    generator = torch.Generator().manual_seed(0)
+    device = example.device
+    channels_last = example.dim() == 4 and not example.is_contiguous() \
+        and example.is_contiguous(memory_format=torch.channels_last)
+    tolerance = TOLERANCE[precision]
+    try:
+        for step in range(CHECK_STEPS):
+            x = torch.randn(example.shape, generator=generator).to(device, example.dtype)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            for net in (model, eager):
+                net.zero_grad(set_to_none=True)
+            with autocast(device, precision):
+                out_eager = eager(x)
+            y = torch.randint(out_eager.shape[1], (out_eager.shape[0],), generator=generator).to(device)
+            F.cross_entropy(out_eager.float(), y).backward()
+            with autocast(device, precision):
+                out_compiled = compiled(x)
+            F.cross_entropy(out_compiled.float(), y).backward()
+            name, worst = max(gradient_errors(model, eager).items(), key=lambda kv: kv[1])
+            if not worst <= tolerance:
+                raise CompileMismatch(
+                    f"torch.compile disagrees with eager on this machine: the gradient of {name} is off by "
+                    f"{worst:.1e} (relative, in norm; tolerance {tolerance:g} in {precision}) at check pass "
+                    f"{step + 1} of {CHECK_STEPS}")
+            with torch.no_grad():  # the same step for both, then the same parameters and buffers
+                for q in eager.parameters():
+                    if q.grad is not None:
+                        q -= CHECK_LR * q.grad
+                for p, q in zip(model.parameters(), eager.parameters()):
+                    p.copy_(q)
+                for b, c in zip(model.buffers(), eager.buffers()):
+                    b.copy_(c)
+    finally:
+        with torch.no_grad():
+            model.load_state_dict(saved)
+        model.zero_grad(set_to_none=True)
+    return compiled
