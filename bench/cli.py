@@ -202,7 +202,7 @@ def _run_locked(args, specs, executor, device, store) -> int:
                                   cache_dir=Path(args.cache_dir), retry_failed=args.retry_failed,
                                   show_progress=not args.quiet, executor=executor,
                                   max_retries=args.max_retries, checkpoint_every_s=args.checkpoint_every,
-                                  graph=args.graph, compile_steps=args.compile)
+                                  graph=args.graph)
     finally:
         executor.close()
     earlier = counts["failed_earlier"]
@@ -398,9 +398,6 @@ def make_parser() -> ArgumentParser:
                      help="fp32 (default, the papers') or bf16 autocast; part of each run's key")
     run.add_argument("--no-graph", dest="graph", action="store_false",
                      help="on CUDA, run training steps eagerly instead of replaying them as CUDA graphs")
-    run.add_argument("--compile", action="store_true",
-                     help="put the classifier of the CE-style loops (CE, Focal, CB, LDAM-DRW, AUM, O2U-Net, "
-                          "CurveNet's probe) under torch.compile, checked against eager first")
     run.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default ./{DEFAULT_STORE})")
     run.add_argument("--cache-dir", default=".bench_cache",
                      help="cache of reusable artefacts: CurveNet probe curves and run checkpoints")

@@ -141,14 +141,13 @@ def checkpoint_path(spec: RunSpec, cache_dir: Path | None) -> Path | None:
 
 def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
             cache_dir: Path | None = DEFAULT_CACHE_DIR, progress=None, checkpoint_every_s: float = 60.0,
-            graph: bool = True, compile_steps: bool = False) -> RunResult:
+            graph: bool = True) -> RunResult:
     """Train and evaluate one run. Diverged runs and exceptions come back as ``failed``.
 
     With a ``cache_dir`` the run checkpoints itself (see ``Run.epochs``) and a rerun after a kill
     resumes from the last checkpoint; the caller removes the checkpoint once the result is stored.
     ``graph`` captures training steps as CUDA graphs on CUDA (bench/capture.py); how the steps
-    ran is kept in the result's ``env["steps"]``. ``compile_steps`` puts the CE-style loops'
-    classifier under ``torch.compile`` (bench/compiled.py; ``env["compile"]`` says how it went).
+    ran is kept in the result's ``env["steps"]``.
     """
     from methods.base import Run
 
@@ -162,7 +161,7 @@ def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
     torch.manual_seed(spec.seed)
     run = Run(spec=spec, data=data, device=device, params=params, cache_dir=cache_dir, progress=progress,
               checkpoint_path=checkpoint_path(spec, cache_dir), checkpoint_every_s=checkpoint_every_s,
-              graph=graph, compile_steps=compile_steps)
+              graph=graph)
     if run.checkpoint_found:  # through the progress channel, the grid says it between its bars
         note = f"resuming from its checkpoint ({run.checkpoint_position()})"
         if progress is not None:
@@ -184,7 +183,7 @@ def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
         print(tb, file=sys.stderr)
         return RunResult(spec, "failed", history=run.history, env=env, error=f"{type(exc).__name__}: {exc}")
     finally:  # every outcome's env (the RunResult holds this dict) says how the steps ran
-        env.update(steps=run.step_mode, compile=run.compile_mode, channels_last=run.channels_last,
+        env.update(steps=run.step_mode, channels_last=run.channels_last,
                    cudnn_benchmark=searches_conv_algorithms(device), train_s=round(run.trained_s(), 3))
     samples = {"dataset_index": data.train_index, "clean_label": data.train_clean_y,
                "observed_label": data.train_y, "is_noisy": data.is_noisy}
@@ -237,7 +236,7 @@ def pending(store: Store, specs: list[RunSpec], retry_failed: bool = False) -> l
 def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, data_dir: str | None = None,
              cache_dir: Path | None = DEFAULT_CACHE_DIR, retry_failed: bool = False,
              show_progress: bool = True, checkpoint_every_s: float = 60.0, executor=None,
-             max_retries: int = 2, graph: bool = True, compile_steps: bool = False) -> dict[str, int]:
+             max_retries: int = 2, graph: bool = True) -> dict[str, int]:
     """Run every spec not yet done on ``executor`` (default: in this process, one at a time);
     returns counts by outcome: ``done`` and ``failed`` now, ``skipped`` (done before) and
     ``failed_earlier`` (recorded as failed and not retried: ``retry_failed`` runs them again).
@@ -333,8 +332,7 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
     try:
         if queue:
             executor.start(device=device, data_dir=data_dir, cache_dir=cache_dir,
-                           checkpoint_every_s=checkpoint_every_s, on_progress=progress, graph=graph,
-                           compile_steps=compile_steps)
+                           checkpoint_every_s=checkpoint_every_s, on_progress=progress, graph=graph)
         while in_flight or (queue and user_error is None):
             while queue and user_error is None and len(in_flight) < executor.capacity:
                 spec = queue.pop(0)

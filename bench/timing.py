@@ -21,10 +21,10 @@ one network (:func:`packing_fused`, bench/fused.py). The steps:
                   mean CE, ``zero_grad``, backward, SGD step).
 ``ce_compiled``   the same with the classifier under ``torch.compile`` (TorchInductor fuses the
                   BatchNorms' element-wise work with the ReLUs and residual sums, forward and
-                  backward; the optimiser step and the loader stay as they are), as ``bench run
-                  --compile`` trains the CE-style loops, checked against eager first
-                  (bench/compiled.py: a disagreement is refused in one line). Only when named in
-                  ``--steps``.
+                  backward; the optimiser step and the loader stay as they are), checked against
+                  eager first (bench/compiled.py: a disagreement is refused in one line; on the
+                  CPU of session 13 it is, at batch 128). Only when named in ``--steps``: it
+                  measures what kernel fusion would buy; training does not compile.
 ``mwnet``         :class:`methods.meta.MetaStep` with MW-Net(noise)'s weighting net and optimiser
                   (``methods.mwnet.WeightNet``, ``MWNetParams().weight_optimizer``; plain-SGD
                   look-ahead, unnormalised weights), as ``MWNet.fit`` builds it.
@@ -80,7 +80,7 @@ import time
 
 STEPS = ("ce", "mwnet", "curvenet_sl0", "curvenet_sl1", "curvenet_sl2", "curvenet_sl3")
 # timed only when named in --steps: the CE step with the classifier under torch.compile (fused
-# kernels, e.g. BatchNorm + ReLU), as `bench run --compile` trains the CE-style loops
+# kernels, e.g. BatchNorm + ReLU; a measurement of what fusion buys, not how training runs)
 EXTRA_STEPS = ("ce_compiled",)
 PAPER_META_MS = {"curvenet_sl0": 239.94, "curvenet_sl1": 222.45, "curvenet_sl2": 65.44, "curvenet_sl3": 41.98}
 MODEL_INPUT = {"resnet32": (32, 3), "wrn16_8": (32, 3), "small_cnn": (28, 1)}

@@ -122,19 +122,17 @@ def train_classifier(run, model: nn.Module, loss_fn: LossFn, *, epochs: int | No
     Python ``if`` on a tensor), and no output whose shape depends on the data (boolean-mask
     indexing); Python numbers it reads are frozen into the graph at capture, so anything that
     changes between steps must be a device tensor updated in place. A weight of 0 instead of
-    dropping a sample keeps shapes fixed. With ``--compile`` the forward is the model under
-    ``torch.compile`` (:meth:`methods.base.Run.compiled`).
+    dropping a sample keeps shapes fixed.
     """
     optimizer = optimizer or run.sgd(model.parameters())
     loader = loader or run.loader("train")
     epochs = run.spec.epochs if epochs is None else epochs
     model.train()
-    forward = run.compiled(model, loader.batch_size)  # the model itself unless --compile
 
     def step(idx, offsets, flip):  # one SGD step on one batch plan (captured on CUDA); reads the loop's epoch
         x, y, idx = loader.assemble(idx, offsets, flip)
         with run.autocast():
-            loss = loss_fn(forward(x), y, idx, epoch)
+            loss = loss_fn(model(x), y, idx, epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

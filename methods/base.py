@@ -151,7 +151,6 @@ class Run:
     checkpoint_path: Path | None = None  # where run.epochs keeps its resumable state (None: off)
     checkpoint_every_s: float = 60.0     # write at most this often (0: after every epoch)
     graph: bool = True             # capture training steps as CUDA graphs on CUDA (bench/capture.py)
-    compile_steps: bool = False    # the CE-style loops' classifier under torch.compile (bench/compiled.py)
     history: list[dict] = field(default_factory=list)
     records: dict[str, np.ndarray] = field(default_factory=dict)
     generator: torch.Generator = field(init=False)
@@ -168,7 +167,6 @@ class Run:
         self.resumed_from: tuple[str, int] | None = None
         self._entered: set[str] = set()
         self.steps: list[StepGraph] = []
-        self.compile_modes: list[str] = []
 
     # --- resumable epochs ---------------------------------------------------------------
     def epochs(self, count: int, *, stage: str = "train", state: dict[str, Any] | None = None) -> Iterator[int]:
@@ -269,36 +267,6 @@ class Run:
         """How this run's steps ran: captured, eager, or eager after a failed capture (for env)."""
         modes = sorted({s.mode for s in self.steps})
         return ", ".join(modes) if modes else "eager"
-
-    def compiled(self, model: nn.Module, batch_size: int) -> nn.Module:
-        """What a CE-style loop calls for its forward: ``model`` itself, or with ``--compile`` the
-        model under ``torch.compile`` once :func:`bench.compiled.compile_checked` has found its
-        gradients equal to eager ones on batches of ``batch_size``; when compiling fails or
-        disagrees, one line says so and the loop trains eagerly (``compile_mode`` keeps which)."""
-        if not self.compile_steps:
-            return model
-        from bench.compiled import compile_checked
-
-        height, width, channels = self.data.x_train.shape[1:]
-        example = torch.empty(batch_size, channels, height, width, device=self.device)
-        if self.channels_last:
-            example = example.contiguous(memory_format=torch.channels_last)
-        try:
-            forward = compile_checked(model, example, precision=self.spec.precision)
-        except Exception as exc:  # no C++ compiler, an unsupported op, a disagreement: train eagerly
-            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-            print(f"bench: note: [{self.spec.key()}] --compile: {reason}; training eagerly", file=sys.stderr)
-            self.compile_modes.append("eager (compile failed)")
-            return model
-        self.compile_modes.append("compiled")
-        return forward
-
-    @property
-    def compile_mode(self) -> str:
-        """How the CE-style loops' forwards ran: off, compiled, or eager after a failed compile."""
-        if not self.compile_modes:
-            return "not used by this method" if self.compile_steps else "off"
-        return ", ".join(sorted(set(self.compile_modes)))
 
     # --- building blocks -----------------------------------------------------------------
     @property

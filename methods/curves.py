@@ -333,13 +333,11 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
     if recorder is not None:
         state["curves"] = recorder.values
 
-    forwards: dict[int, nn.Module] = {}  # per batch size: the model, or it compiled (--compile)
-
     def step(idx, offsets, flip):  # one step on a batch plan (captured on CUDA, bench/capture.py)
         x, y, idx = loader.assemble(idx, offsets, flip)
         pool_idx = idx if pool_of is None else pool_of[idx]
         with run.autocast():
-            logits = forwards[loader.batch_size](x)
+            logits = model(x)
             loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y, pool_idx, epoch)
         if recorder is not None and record == "train":
             with torch.no_grad():
@@ -355,7 +353,6 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
         set_lr(optimizer, lr)
         if bs not in loaders:
             loaders[bs] = run.loader("train", batch_size=bs, indices=indices, labels=labels)
-            forwards[bs] = run.compiled(model, bs)
         loader = loaders[bs]
         total = torch.zeros((), device=device)
         seen = 0

@@ -13,7 +13,6 @@
 #   probe_b16.md                     the CE-style step at batch 16 (CurveNet's probe phase)
 #   compile_*.md                     CE with the classifier under torch.compile (fused kernels) next to
 #                                    plain CE, fp32 and bf16 (what fusion buys against CE <= 3 ms)
-#   train_compile.txt                CE + Focal trained with `bench run --compile`, then without, timed
 #   pack4.md                         4 processes at once on the GPU vs alone (target: ratio <= 2)
 #   pack4_mps.md                     the same under NVIDIA MPS (kernels of the 4 processes overlap)
 #   pack4_streams.md                 4 copies in one process in lockstep, one CUDA stream each
@@ -92,9 +91,7 @@ print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; nproc
     compile)  # the first call compiles (forward and backward): about a minute
       LIMIT=240 run_part compile "$out/compile_fp32.md" "$python" -m bench timing --device cuda --steps ce,ce_compiled
       LIMIT=240 run_part compile "$out/compile_bf16.md" "$python" -m bench timing --device cuda --steps ce,ce_compiled \
-          --precision bf16
-      LIMIT=240 run_part compile "$out/train_compile.txt" bash -c "for flag in --compile ''; do time \"$python\" -m bench \
-run --methods ce,focal --device cuda --store /tmp/train_compile\$flag.sqlite \$flag; done" ;;
+          --precision bf16 ;;
     pack)
       LIMIT=120 run_part pack "$out/pack4.md" "$python" -m bench timing --device cuda --pack 4 --steps ce,mwnet,curvenet_sl3 ;;
     packstreams)

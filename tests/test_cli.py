@@ -368,24 +368,6 @@ def test_list_names_every_registered_method():
     assert "gamma=1.0" in result.stdout and "tau=nominal, t_k=10, exponent=1.0; quick: t_k=1" in result.stdout
 
 
-def test_compile_reaches_the_run_and_is_recorded(tmp_path):
-    """``bench run --compile`` trains CE with its classifier under torch.compile (bench/compiled.py)
-    and the store says so; without it, ``off``."""
-    import json
-
-    from bench.store import Store
-
-    store = tmp_path / "store.sqlite"
-    one_epoch = ["--epochs", "1", "--quiet", "--store", str(store)]
-    compiled = bench("run", "--methods", "ce", "--compile", "--seeds", "1", *one_epoch)
-    plain = bench("run", "--methods", "ce", "--seeds", "2", *one_epoch)
-    assert compiled.returncode == 0 and plain.returncode == 0, compiled.stderr
-    runs = Store(store, create=False).runs("done")
-    modes = {json.loads(spec)["seed"]: json.loads(env)["compile"] for spec, env in zip(runs["spec_json"],
-                                                                                         runs["env_json"])}
-    assert modes == {1: "compiled", 2: "off"}
-
-
 def test_precision_and_graph_options_reach_the_run(tmp_path):
     """``--precision bf16`` makes a different run (its key) and ``--no-graph`` is accepted; the store
     records how the steps ran and the memory format: eager and contiguous on CPU; on a machine with

@@ -512,17 +512,22 @@ def test_a_fused_captured_step_is_the_seeds_captured_steps_on_cuda(name, channel
                 torch.testing.assert_close(state[n].float(), v.float(), rtol=1e-3, atol=1e-4, msg=f"run {k} {n}")
 
 
-def test_the_compiled_ce_step_is_the_ce_step_and_only_timed_when_named():
-    """``ce_compiled`` (the classifier under torch.compile, as ``bench run --compile`` trains) is not
-    in the default steps; from the same seed and batch its step is the plain CE step's. One step:
-    the first convolution's gradient on these uniform-noise batches is ill-conditioned (fp32 eager
-    is itself up to 6e-3 off a float64 reference on some steps), so two fp32 trainings that sum in
-    different orders drift apart from there (tests/test_compiled.py runs a better-conditioned one)."""
+def test_the_compiled_ce_step_is_the_ce_step_or_refused_and_only_timed_when_named():
+    """``ce_compiled`` (the classifier under torch.compile) is not in the default steps. Built, it
+    is checked against eager (bench/compiled.py); where this machine's compiled code passes, its
+    step is the plain CE step's from the same seed and batch; where it fails, building it refuses
+    (on session 13's CPU torch.compile passed at batch 16 and failed at 128)."""
     import torch
+
+    from bench.compiled import CompileMismatch
 
     assert "ce_compiled" not in timing.STEPS and "ce_compiled" in timing.EXTRA_STEPS
     kw = dict(model_name="small_cnn", batch=16, seed=3)
-    compiled, plain = timing.build_step("ce_compiled", **kw)[0], timing.build_step("ce", **kw)[0]
+    try:
+        compiled = timing.build_step("ce_compiled", **kw)[0]
+    except CompileMismatch as exc:
+        pytest.skip(f"this machine's compiled code failed the check: {exc}")
+    plain = timing.build_step("ce", **kw)[0]
     compiled()
     plain()
     for (name, a), b in zip(compiled.model.state_dict().items(), plain.model.state_dict().values()):
