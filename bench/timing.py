@@ -12,10 +12,8 @@ by side (``ms_per_iter`` and ``graph_ms_per_iter``, each with its ratios to CE a
 On CUDA the model and batches are channels_last and cuDNN times its convolution algorithms per
 shape (``torch.backends.cudnn.benchmark``), as in training (bench/capture.py); ``--memory-format
 contiguous`` and ``--no-cudnn-benchmark`` measure without. ``--pack N`` measures instead the cost
-of packing N runs on one device (``bench run --jobs N``): ms per iteration of each step alone, and
-in each of N processes running at once (:func:`packing`); ``--pack-mode streams`` N copies in
-this process on N CUDA streams (:func:`packing_streams`), ``--pack-mode fused`` N runs fused into
-one network (:func:`packing_fused`, bench/fused.py). The steps:
+of packing N runs on one device (bench/packing.py: N processes as ``bench run --jobs N`` runs
+them, N copies on N CUDA streams, or N runs fused into one network). The steps:
 
 ``ce``            the grid protocol's step (``bench.train.train_classifier``'s inner loop: forward,
                   mean CE, ``zero_grad``, backward, SGD step).
@@ -72,7 +70,6 @@ meta times on the authors' GPU: compare ratios (to SL = 0, to CE), not milliseco
 
 from __future__ import annotations
 
-import contextlib
 import json
 import statistics
 import sys
@@ -90,18 +87,9 @@ CIFAR_MEAN = tuple(v / 255 for v in (125.3, 123.0, 113.9))
 CIFAR_STD = tuple(v / 255 for v in (63.0, 62.1, 66.7))
 
 
-PACK_MODES = ("processes", "streams", "fused")
-PACK_TEXT = {  # the table's footnote per --pack-mode
-    "processes": "packed = {n} processes at once on the same device (bench run --jobs N); ",
-    "streams": "packed = {n} copies of the step in this process, in lockstep, {streams} (not yet how bench run "
-               "packs); ",
-    "fused": "packed = {n} runs horizontally fused into one network (grouped convolutions; bench/fused.py; "
-             "runs layout with channels_last, rows layout when contiguous), one step of each per iteration, timed "
-             "in turns with the run alone (not yet how bench run packs); ",
-}
-
-
 def add_arguments(parser) -> None:
+    from bench.packing import PACK_MODES
+
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--model", default="resnet32", choices=sorted(MODEL_INPUT),
                         help="backbone (default resnet32, 32x32x3; small_cnn uses 28x28x1)")
@@ -584,184 +572,11 @@ def render_phases(results: dict, labels: dict) -> str:
 # ------------------------------------------------------------------------------ packing
 
 
-PACK_TIMEOUT_S = 1800.0  # for one whole packed measurement (start, warm-up, timed iterations)
-
-
-def _packed_worker(name, kwargs, threads, cudnn_benchmark, iters, warmup, barrier, queue):
-    """One of the packed processes: build the step, warm up, wait for the others, time ``iters``.
-    Puts ``("ok", ms per iteration)``, or ``("error", reason)`` after breaking the barrier so that
-    the others stop waiting."""
-    try:
-        import torch
-
-        from bench.capture import search_conv_algorithms
-        from bench.cpu import keep_freed_memory
-
-        keep_freed_memory()
-        torch.set_num_threads(threads)
-        search_conv_algorithms(kwargs["device"], cudnn_benchmark)
-        step, _ = build_step(name, **kwargs)
-        device = torch.device(kwargs["device"])
-        timer = Timer(device)
-        _warm_up(step, warmup)
-        barrier.wait(timeout=PACK_TIMEOUT_S)
-        t0 = timer.now()
-        for _ in range(iters):
-            step()
-        queue.put(("ok", 1000.0 * (timer.now() - t0) / iters))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
-        barrier.abort()
-        queue.put(("error", f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"))
-
-
-def _packed_results(name: str, procs, queue) -> list[float]:
-    """Each packed process's ms per iteration; a BenchError (all of them stopped) as soon as one
-    fails or dies (killed, out of memory) or the measurement outlasts PACK_TIMEOUT_S."""
-    import queue as queues
-
-    from bench.errors import BenchError
-
-    times, deadline = [], time.monotonic() + PACK_TIMEOUT_S
-    try:
-        while len(times) < len(procs):
-            try:
-                kind, value = queue.get(timeout=2.0)
-            except queues.Empty:
-                dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-                if dead:
-                    raise BenchError(f"a packed {name} process died (exit code {dead[0]})") from None
-                if time.monotonic() > deadline:
-                    raise BenchError(f"packed {name} processes took over {PACK_TIMEOUT_S:g} s") from None
-                continue
-            if kind == "error":
-                raise BenchError(f"a packed {name} process failed: {value}")
-            times.append(value)
-    finally:
-        for proc in procs:
-            if len(times) < len(procs) and proc.is_alive():
-                proc.terminate()
-            proc.join()
-    return times
-
-
-def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters: int = 50, warmup: int = 5,
-            graph: bool = True, precision: str = "fp32", seed: int = 0, second_order: str = "jvp",
-            channels_last: bool | None = None) -> dict:
-    """ms per iteration of ``name`` in one process alone and in each of ``jobs`` processes running
-    at once on the same device (``bench run --jobs N``'s packing), and their ratio: the time an
-    epoch takes packed over the time it takes alone. On CPU each process gets cores / N threads,
-    as ``--jobs`` gives them; alone it gets all the cores."""
-    import multiprocessing
-
-    import torch
-
-    from bench.capture import searches_conv_algorithms
-    from bench.executors import available_cores, mps_running
-
-    device = torch.device(device)
-    ctx = multiprocessing.get_context("spawn")
-    cores = available_cores()
-    kwargs = dict(model_name=model_name, batch=batch, device=str(device), seed=seed,
-                  graph=graph and device.type == "cuda", precision=precision, second_order=second_order,
-                  channels_last=channels_last)
-    cudnn_benchmark = searches_conv_algorithms(device)  # the workers do as this process
-    out = {}
-    for label, n in (("alone", 1), ("packed", jobs)):
-        barrier, queue = ctx.Barrier(n), ctx.Queue()
-        threads = max(1, cores // n) if device.type == "cpu" else 1
-        procs = [ctx.Process(target=_packed_worker, args=(name, kwargs, threads, cudnn_benchmark, iters, warmup,
-                                                                  barrier, queue))
-                 for _ in range(n)]
-        for proc in procs:
-            proc.start()
-        times = _packed_results(name, procs, queue)
-        out[f"{label}_ms_per_iter"] = statistics.mean(times)
-    out.update(jobs=jobs, ratio=out["packed_ms_per_iter"] / out["alone_ms_per_iter"], iters=iters,
-               device=str(device), model=model_name, batch_size=batch, graph=kwargs["graph"], precision=precision,
-               second_order=second_order, cudnn_benchmark=cudnn_benchmark,
-               mps=device.type == "cuda" and mps_running())
-    return out
-
-
-def packing_streams(name: str, jobs: int, *, model_name: str, batch: int, device, iters: int = 50,
-                    warmup: int = 5, graph: bool = True, precision: str = "fp32", seed: int = 0,
-                    second_order: str = "jvp", channels_last: bool | None = None) -> dict:
-    """Lockstep packing in one process: ms per iteration of one copy of step ``name`` alone, and
-    per lockstep iteration of ``jobs`` copies (seeds ``seed`` ... ``seed + jobs - 1``, as the seeds
-    of one grid cell) that each take one step, each copy's captured step replayed on its own CUDA
-    stream. Replays on separate streams of one process can run their kernels at the same time
-    without NVIDIA MPS, which the ``processes`` packing needs for that. The ratio is the epoch-time
-    cost, as for :func:`packing`. On CPU the copies run one after the other (no streams)."""
-    import torch
-
-    from bench.capture import searches_conv_algorithms
-
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    kwargs = dict(model_name=model_name, batch=batch, device=device, graph=graph and cuda, precision=precision,
-                  second_order=second_order, channels_last=channels_last)
-    steps = [build_step(name, seed=seed + k, **kwargs)[0] for k in range(jobs)]
-    timer = Timer(device)
-    for step in steps:
-        _warm_up(step, warmup)
-    streams = [torch.cuda.Stream(device) if cuda else None for _ in steps]
-    timer.now()  # synchronises the device: the warm-up's work is done before the streams take over
-
-    def advance(copies):
-        for step, stream in zip(steps[:copies], streams):
-            with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
-                step()
-
-    out = {}
-    for label, copies in (("alone", 1), ("packed", jobs)):
-        advance(copies)  # the streams' first use out of the timed region
-        t0 = timer.now()
-        for _ in range(iters):
-            advance(copies)
-        out[f"{label}_ms_per_iter"] = 1000.0 * (timer.now() - t0) / iters
-    out.update(jobs=jobs, ratio=out["packed_ms_per_iter"] / out["alone_ms_per_iter"], iters=iters, device=str(device),
-               model=model_name, batch_size=batch, graph=kwargs["graph"], precision=precision,
-               second_order=second_order, mode="streams", modes=sorted({s.graphed.mode for s in steps}),
-               cudnn_benchmark=searches_conv_algorithms(device))
-    return out
-
-
-def packing_fused(name: str, jobs: int, *, model_name: str, batch: int, device, iters: int = 50, warmup: int = 5,
-                  graph: bool = True, precision: str = "fp32", seed: int = 0, second_order: str = "jvp",
-                  channels_last: bool | None = None) -> dict:
-    """Fused packing: ms per iteration of step ``name`` for one run alone (as training runs it) and
-    for ``jobs`` runs horizontally fused into one network (bench/fused.py; seeds ``seed`` ...
-    ``seed + jobs - 1``, one step of every run per iteration), timed in turns
-    (:class:`RoundRobin`). The ratio is the epoch-time cost of the ``jobs`` runs fused over one run
-    alone, as for :func:`packing`. Both in ``channels_last`` on CUDA (the fused classifier in the
-    runs layout), unless ``--memory-format contiguous`` (then the rows layout)."""
-    import torch
-
-    from bench.capture import searches_conv_algorithms
-
-    device = torch.device(device)
-    kwargs = dict(model_name=model_name, batch=batch, device=device, seed=seed, graph=graph and device.type == "cuda",
-                  precision=precision, second_order=second_order)
-    steps = {"alone": build_step(name, channels_last=channels_last, **kwargs)[0],
-             "packed": build_step(name, runs=jobs, channels_last=channels_last, **kwargs)[0]}
-    for step in steps.values():
-        _warm_up(step, warmup)
-    timed = RoundRobin(steps, Timer(device))
-    for _ in range(iters):
-        timed.round()
-    return dict(alone_ms_per_iter=timed.median("alone"), packed_ms_per_iter=timed.median("packed"), jobs=jobs,
-                ratio=timed.ratio("packed", "alone"), iters=iters, device=str(device), model=model_name,
-                batch_size=batch, graph=kwargs["graph"], precision=precision, second_order=second_order,
-                mode="fused", modes=sorted({s.graphed.mode for s in steps.values()}),
-                cudnn_benchmark=searches_conv_algorithms(device))
-
-
 def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed_memory
     from bench.capture import search_conv_algorithms
     from bench.cpu import warn_if_slow_bf16
     from bench.errors import BenchError
     from bench.execute import resolve_device
-    from bench.executors import mps_running
 
     device = resolve_device(args.device)
     warn_if_slow_bf16(device, args.precision)
@@ -783,31 +598,17 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
     if args.pack is not None:
         if args.pack < 2:
             raise BenchError(f"--pack needs at least 2 runs, got {args.pack}")
+        from bench import packing
+
         rows = {}
         for name in steps:
             if progress:
                 progress(f"{name}, alone and {args.pack} packed")
-            pack = {"streams": packing_streams, "fused": packing_fused}.get(args.pack_mode, packing)
-            rows[name] = pack(name, args.pack, model_name=args.model, batch=args.batch_size, device=device,
-                                 iters=max(repeats, 10), warmup=warmup, graph=args.graph,
-                                 precision=args.precision, seed=args.seed, second_order=args.second_order,
-                                 channels_last=channels_last)
-        if args.json:
-            print(json.dumps(rows, indent=1))
-        else:
-            from tabulate import tabulate
-            print(tabulate([[k, f"{r['alone_ms_per_iter']:.2f}", f"{r['packed_ms_per_iter']:.2f}", f"{r['ratio']:.2f}"]
-                            for k, r in rows.items()],
-                           headers=["step", "alone ms/iter", f"{args.pack} packed, ms/iter each", "epoch time ratio"],
-                           tablefmt="github", disable_numparse=True))
-            layout = "channels_last" if channels_last else "contiguous"
-            print(f"\n{args.model}, batch {args.batch_size}, {device}, {args.precision}, {layout}"
-                  f"{', cudnn.benchmark' if cuda and args.cudnn_benchmark else ''}"
-                  f"{(', NVIDIA MPS ' + ('running' if mps_running() else 'not running')) if cuda else ''}; "
-                  + PACK_TEXT[args.pack_mode].format(n=args.pack, streams="each replayed on its own CUDA stream"
-                                                     if cuda else "one after the other (streams: CUDA only)")
-                  + "a ratio below N means packing N runs beats running them one after another "
-                  "(the suite's H100 target: at most 2 for 4 runs).")
+            rows[name] = packing.measure(
+                args.pack_mode, name, args.pack, model_name=args.model, batch=args.batch_size, device=device,
+                iters=max(repeats, 10), warmup=warmup, graph=args.graph, precision=args.precision, seed=args.seed,
+                second_order=args.second_order, channels_last=channels_last)
+        print(json.dumps(rows, indent=1) if args.json else packing.render(rows, args, device, channels_last))
         return 0
     results = run_all(steps, model_name=args.model, batch=args.batch_size, device=device, repeats=repeats,
                       warmup=warmup, seed=args.seed, progress=progress, graph=args.graph, precision=args.precision,

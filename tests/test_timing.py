@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import timing
+from bench import packing, timing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +108,7 @@ def test_cli_json_and_table():
 
 
 def test_packing_reports_alone_and_packed_times_and_their_ratio():
-    r = timing.packing("ce", 2, model_name="small_cnn", batch=8, device="cpu", iters=3, warmup=1)
+    r = packing.packing("ce", 2, model_name="small_cnn", batch=8, device="cpu", iters=3, warmup=1)
     assert r["jobs"] == 2 and r["alone_ms_per_iter"] > 0 and r["packed_ms_per_iter"] > 0
     assert r["ratio"] == r["packed_ms_per_iter"] / r["alone_ms_per_iter"]
 
@@ -124,14 +124,14 @@ def test_lockstep_packing_steps_every_copy_once_per_iteration_from_its_own_seed(
         step.graphed = type("G", (), {"mode": "eager", "warmup": 2, "enabled": False})()
         built.append((name, seed, kw["graph"]))
         return step, None
-    monkeypatch.setattr(timing, "build_step", fake_build_step)
-    r = timing.packing_streams("mwnet", 3, model_name="small_cnn", batch=8, device="cpu", iters=4, warmup=1, seed=5)
+    monkeypatch.setattr(packing, "build_step", fake_build_step)
+    r = packing.packing_streams("mwnet", 3, model_name="small_cnn", batch=8, device="cpu", iters=4, warmup=1, seed=5)
     assert built == [("mwnet", 5, False), ("mwnet", 6, False), ("mwnet", 7, False)]  # no capture on CPU
     # warm-up: 1 call each; alone: 1 untimed + 4 timed of copy 0; packed: 1 + 4 rounds of all three
     assert calls == [5, 6, 7] + [5] * 5 + [5, 6, 7] * 5
     assert r["jobs"] == 3 and r["mode"] == "streams" and r["ratio"] == r["packed_ms_per_iter"] / r["alone_ms_per_iter"]
     monkeypatch.undo()  # the real steps, end to end
-    r = timing.packing_streams("ce", 2, model_name="small_cnn", batch=8, device="cpu", iters=2, warmup=1)
+    r = packing.packing_streams("ce", 2, model_name="small_cnn", batch=8, device="cpu", iters=2, warmup=1)
     assert r["alone_ms_per_iter"] > 0 and r["packed_ms_per_iter"] > 0 and r["modes"] == ["eager"]
 
 
@@ -167,7 +167,7 @@ def test_a_fused_step_is_the_seeds_steps_alone(name, layout):
 
 
 def test_fused_packing_times_the_fused_runs_in_turns_with_one_alone():
-    r = timing.packing_fused("mwnet", 2, model_name="small_cnn", batch=8, device="cpu", iters=3, warmup=1)
+    r = packing.packing_fused("mwnet", 2, model_name="small_cnn", batch=8, device="cpu", iters=3, warmup=1)
     assert r["mode"] == "fused" and r["jobs"] == 2 and r["modes"] == ["eager"]
     assert r["alone_ms_per_iter"] > 0 and r["packed_ms_per_iter"] > 0 and r["ratio"] > 0
 
@@ -188,12 +188,12 @@ def test_a_failing_packed_process_is_an_error_not_a_hang():
     from bench.errors import BenchError
 
     with pytest.raises(BenchError, match="a packed nope process failed: ValueError: unknown step 'nope'"):
-        timing.packing("nope", 2, model_name="small_cnn", batch=8, device="cpu", iters=1, warmup=0)
+        packing.packing("nope", 2, model_name="small_cnn", batch=8, device="cpu", iters=1, warmup=0)
     ctx = multiprocessing.get_context("spawn")
     dying = ctx.Process(target=os._exit, args=(3,))
     dying.start()
     with pytest.raises(BenchError, match=r"a packed ce process died \(exit code 3\)"):
-        timing._packed_results("ce", [dying], ctx.Queue())
+        packing._packed_results("ce", [dying], ctx.Queue())
     assert not dying.is_alive()
 
 
@@ -375,7 +375,7 @@ def test_cli_defaults_per_device_and_packing_iterations(monkeypatch, capsys):
     seen = []
     monkeypatch.setattr(execute, "resolve_device", lambda name: torch.device(name))
     monkeypatch.setattr(timing, "run_all", lambda steps, **kw: seen.append(kw) or {})
-    monkeypatch.setattr(timing, "packing", lambda name, jobs, **kw: seen.append(kw) or {"jobs": jobs})
+    monkeypatch.setattr(packing, "packing", lambda name, jobs, **kw: seen.append(kw) or {"jobs": jobs})
     parser = argparse.ArgumentParser()
     timing.add_arguments(parser)
 
@@ -405,7 +405,7 @@ def test_cli_options_reach_the_packing_and_cudnn_and_the_layout_is_channels_last
     monkeypatch.setattr(execute, "resolve_device", lambda name: torch.device(name))
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     for fn in ("packing", "packing_streams", "packing_fused"):
-        monkeypatch.setattr(timing, fn, lambda name, jobs, _fn=fn, **kw: seen.append((_fn, kw)) or {"jobs": jobs})
+        monkeypatch.setattr(packing, fn, lambda name, jobs, _fn=fn, **kw: seen.append((_fn, kw)) or {"jobs": jobs})
     parser = argparse.ArgumentParser()
     timing.add_arguments(parser)
 
@@ -461,7 +461,7 @@ def test_packing_gives_each_of_n_processes_cores_over_n_threads(monkeypatch):
                            "Process": lambda self, target, args: Process(target, args)})()
     monkeypatch.setattr(multiprocessing, "get_context", lambda kind: ctx)
     monkeypatch.setattr(executors, "available_cores", lambda: 4)
-    r = timing.packing("ce", 2, model_name="small_cnn", batch=8, device="cpu")
+    r = packing.packing("ce", 2, model_name="small_cnn", batch=8, device="cpu")
     assert threads == [4, 2, 2]
     assert (r["alone_ms_per_iter"], r["packed_ms_per_iter"], r["ratio"]) == (6.0, 12.0, 2.0)
 
