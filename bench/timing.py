@@ -97,7 +97,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repeats", type=int, help="timed iterations per step, median reported "
                                                     "(default 3 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, help="untimed iterations first (default 1 on CPU, 5 on CUDA)")
-    parser.add_argument("--steps", default=",".join(STEPS), help=f"which steps (default all: {','.join(STEPS)})")
+    parser.add_argument("--steps", default=",".join(STEPS),
+                        help=f"which steps (default all: {','.join(STEPS)}; also ce_compiled, the CE step with "
+                             "the classifier under torch.compile, checked against eager first)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object keyed by step")
     parser.add_argument("--no-graph", dest="graph", action="store_false",
