@@ -41,6 +41,10 @@ class CompileMismatch(BenchError):
     """The compiled model's gradients differ from the eager model's beyond :data:`TOLERANCE`."""
 
 
+class CompileFailed(BenchError):
+    """Compiling failed on this machine (no C++ compiler or Triton, an unsupported op, ...)."""
+
+
 def gradient_errors(compiled: nn.Module, eager: nn.Module) -> dict[str, float]:
     """Relative error (in norm) of each parameter's gradient in ``compiled`` against ``eager``'s."""
     errors = {}
@@ -66,7 +70,7 @@ def compile_checked(model: nn.Module, example: torch.Tensor, *, precision: str =
     both take the same plain SGD step (a miscompilation may show from the second call on). After
     the check ``model``'s parameters and buffers are as before and its gradients cleared. Raises
     :class:`CompileMismatch` (naming the parameter, the error and the pass) when a gradient is off
-    by more than ``TOLERANCE[precision]``.
+    by more than ``TOLERANCE[precision]``, :class:`CompileFailed` (one line) when compiling fails.
     """
     if example.device.type == "cpu":  # TorchInductor's C++ toolchain says, on every CPU-only machine,
         # that it found no CUDA runtime: nothing a user of a CPU run needs to read
@@ -90,9 +94,13 @@ def compile_checked(model: nn.Module, example: torch.Tensor, *, precision: str =
                 out_eager = eager(x)
             y = torch.randint(out_eager.shape[1], (out_eager.shape[0],), generator=generator).to(device)
             F.cross_entropy(out_eager.float(), y).backward()
-            with autocast(device, precision):
-                out_compiled = compiled(x)
-            F.cross_entropy(out_compiled.float(), y).backward()
+            try:  # the first call compiles the forward, the first backward the backward
+                with autocast(device, precision):
+                    out_compiled = compiled(x)
+                F.cross_entropy(out_compiled.float(), y).backward()
+            except Exception as exc:  # one line for the user, not the compiler's traceback
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                raise CompileFailed(f"torch.compile failed on this machine: {type(exc).__name__}: {first}") from exc
             name, worst = max(gradient_errors(model, eager).items(), key=lambda kv: kv[1])
             if not worst <= tolerance:
                 raise CompileMismatch(

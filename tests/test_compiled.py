@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bench.compiled import CHECK_STEPS, CompileMismatch, compile_checked
+from bench.compiled import CHECK_STEPS, CompileFailed, CompileMismatch, compile_checked
 from bench.models import build_model
 
 
@@ -48,4 +48,21 @@ def test_a_compiler_that_is_wrong_from_its_second_call_on_is_refused():
     with pytest.raises(CompileMismatch, match=rf"off by .* at check pass 2 of {CHECK_STEPS}"):
         compile_checked(model, torch.empty(8, 1, 28, 28), compiler=_WrongFromSecondCall)
     for k, v in model.state_dict().items():  # restored even when refused
+        assert torch.equal(v, before[k]), k
+
+
+class _Broken(_Faithful):
+    """A 'compiler' that fails when first called, as TorchInductor does without a C++ compiler."""
+
+    def forward(self, x):
+        raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\n(a long traceback)")
+
+
+def test_a_compiler_that_fails_is_one_line_and_the_model_is_left_as_it_was():
+    model, before = _model_and_state()
+    with pytest.raises(CompileFailed) as failed:
+        compile_checked(model, torch.empty(8, 1, 28, 28), compiler=_Broken)
+    assert str(failed.value) == ("torch.compile failed on this machine: RuntimeError: InvalidCxxCompiler: "
+                                 "No working C++ compiler found")
+    for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
