@@ -80,14 +80,11 @@ def compile_checked(model: nn.Module, example: torch.Tensor, *, precision: str =
     compiled = compiler(model)
     generator = torch.Generator().manual_seed(0)
     device = example.device
-    channels_last = example.dim() == 4 and not example.is_contiguous() \
-        and example.is_contiguous(memory_format=torch.channels_last)
     tolerance = TOLERANCE[precision]
     try:
         for step in range(CHECK_STEPS):
-            x = torch.randn(example.shape, generator=generator).to(device, example.dtype)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            # the example's device, dtype and memory format (empty_like keeps its strides)
+            x = torch.empty_like(example).copy_(torch.randn(example.shape, generator=generator))
             for net in (model, eager):
                 net.zero_grad(set_to_none=True)
             with autocast(device, precision):

@@ -255,11 +255,9 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
         forward = model
         if name == "ce_compiled":  # checked against eager first (a CompileMismatch is a BenchError)
             from bench.compiled import compile_checked
-            rows, width = (batch, channels * runs) if layout == "runs" and runs > 1 else (batch * runs, channels)
-            example = torch.empty(rows, width, size, size, device=device)
-            if channels_last:
-                example = example.contiguous(memory_format=torch.channels_last)
-            forward = compile_checked(model, example, precision=precision)
+            one = torch.empty(batch, channels, size, size, device=device)  # one run's batch, as the loader's
+            one = one.contiguous(memory_format=torch.channels_last) if channels_last else one
+            forward = compile_checked(model, train.images([one] * runs), precision=precision)
 
         def ce_step(*plans):
             x, y, _ = train.assemble(*plans)
@@ -318,15 +316,23 @@ class _RunsLoader:
     def next_plans(self) -> list:
         return [t for c in self.cycles for t in c.next_plan()]
 
-    def assemble(self, *plans):
+    def images(self, images: list):
+        """The runs' image batches as the classifier takes them: one run's as it is, fused runs'
+        as rows or in the runs layout."""
         from bench.fused import interleave, stack_runs
+
+        if len(images) == 1:
+            return images[0]
+        return interleave(images) if self.layout == "rows" else stack_runs(images)
+
+    def assemble(self, *plans):
+        from bench.fused import interleave
 
         runs = len(self.cycles)
         if runs == 1:
             return self.cycles[0].loader.assemble(*plans)
         parts = [c.loader.assemble(*plans[3 * k:3 * k + 3]) for k, c in enumerate(self.cycles)]
-        images = [x for x, _, _ in parts]
-        return ((interleave(images) if self.layout == "rows" else stack_runs(images)),
+        return (self.images([x for x, _, _ in parts]),
                 interleave([y for _, y, _ in parts]),
                 interleave([i * runs + k for k, (_, _, i) in enumerate(parts)]))  # row -> its run's pool index
 
