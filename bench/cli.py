@@ -175,6 +175,7 @@ def cmd_run(args) -> int:
 
     specs = build_specs(args) if not getattr(args, "paper", None) else paper_specs(args)
     specs = list({spec.key(): spec for spec in specs}.values())  # --seeds 0,0 asks for one run
+    _check_fuse(args.fuse, specs)
     executor = executors.from_args(args)  # checks --jobs, --executor ... (and that Ray is installed)
     # on Ray the runs pick their device on the cluster; here, it must exist on this machine
     device = execute.resolve_device(args.device) if executor.local else args.device
@@ -187,6 +188,21 @@ def cmd_run(args) -> int:
     read_only = store is not None and not store.writable  # every run in it: only their table, no lock
     with contextlib.nullcontext() if read_only else writer_lock(args.store):  # one writer per store
         return _run_locked(args, specs, executor, device, store)
+
+
+def _check_fuse(fuse: int, specs: list[RunSpec]) -> None:
+    """BenchError for a --fuse below 1; a note when it applies to none or only some of the methods."""
+    if fuse < 1:
+        raise BenchError(f"--fuse must be at least 1, got {fuse}")
+    if fuse == 1:
+        return
+    import methods
+
+    fusable = [name for name in methods.names() if methods.get(name).fusable]
+    alone = sorted({s.method for s in specs} - set(fusable))
+    if alone:
+        print(f"bench: --fuse applies to {', '.join(fusable)}; {', '.join(alone)} train one run at a time",
+              file=sys.stderr)
 
 
 def _run_locked(args, specs, executor, device, store) -> int:
@@ -202,7 +218,7 @@ def _run_locked(args, specs, executor, device, store) -> int:
                                   cache_dir=Path(args.cache_dir), retry_failed=args.retry_failed,
                                   show_progress=not args.quiet, executor=executor,
                                   max_retries=args.max_retries, checkpoint_every_s=args.checkpoint_every,
-                                  graph=args.graph)
+                                  graph=args.graph, fuse=args.fuse)
     finally:
         executor.close()
     earlier = counts["failed_earlier"]
@@ -407,6 +423,9 @@ def make_parser() -> ArgumentParser:
                      help="no progress bars or progress lines; each run's result line stays")
     run.add_argument("--jobs", type=int, help="runs at once: local worker processes (default 1: in this "
                                               "process); with --executor ray, tasks in flight")
+    run.add_argument("--fuse", type=int, default=1, metavar="K",
+                     help="train up to K seeds of one cell and method as one fused network (grouped "
+                          "convolutions, for GPUs; ce and focal so far, other methods train alone; default 1)")
     run.add_argument("--executor", choices=("local", "ray"), default="local",
                      help="local (this machine) or ray (a Ray cluster; pip install .[ray])")
     run.add_argument("--address", help="with --executor ray: the cluster to join (host:port or auto; "

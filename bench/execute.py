@@ -135,7 +135,8 @@ def summarize(run, model) -> dict:
     return metrics
 
 
-def checkpoint_path(spec: RunSpec, cache_dir: Path | None) -> Path | None:
+def checkpoint_path(spec, cache_dir: Path | None) -> Path | None:
+    """Where a run (or a fused group, bench/fused_runs.py: anything with a ``key()``) checkpoints."""
     return None if cache_dir is None else Path(cache_dir) / "checkpoints" / f"{spec.key()}.pt"
 
 
@@ -210,7 +211,7 @@ def commit(store: Store, result: RunResult, cache_dir: Path | None = None) -> No
         drop_checkpoint(result.spec, cache_dir)
 
 
-def drop_checkpoint(spec: RunSpec, cache_dir: Path | None) -> None:
+def drop_checkpoint(spec, cache_dir: Path | None) -> None:
     path = checkpoint_path(spec, cache_dir)
     if path is None:
         return
@@ -236,7 +237,7 @@ def pending(store: Store, specs: list[RunSpec], retry_failed: bool = False) -> l
 def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, data_dir: str | None = None,
              cache_dir: Path | None = DEFAULT_CACHE_DIR, retry_failed: bool = False,
              show_progress: bool = True, checkpoint_every_s: float = 60.0, executor=None,
-             max_retries: int = 2, graph: bool = True) -> dict[str, int]:
+             max_retries: int = 2, graph: bool = True, fuse: int = 1) -> dict[str, int]:
     """Run every spec not yet done on ``executor`` (default: in this process, one at a time);
     returns counts by outcome: ``done`` and ``failed`` now, ``skipped`` (done before) and
     ``failed_earlier`` (recorded as failed and not retried: ``retry_failed`` runs them again).
@@ -244,7 +245,10 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
     This process is the only writer of the store: it marks each run ``running`` when it hands it
     to the executor and commits the result when it comes back. A run whose process died (killed,
     segfault, out of memory) is handed out again, up to ``max_retries`` times, then recorded as
-    failed with the reason. A user error before a run trains (its data missing where it runs)
+    failed with the reason. ``fuse`` > 1 trains up to that many seeds of one cell and method as
+    one fused network where the method allows it (:mod:`bench.fused_runs`): the executor gets the
+    group as one item and returns a result per run. A user error before a run trains (its data
+    missing where it runs)
     stops the grid once the runs in flight have been committed; one a method raises while it
     trains is that run's failure (:func:`execute`). Checkpoints of runs already done (left by a
     kill between commit and clean-up) are removed.
@@ -252,9 +256,11 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
     from tqdm.auto import tqdm
 
     from bench.executors import SerialExecutor
+    from bench.fused_runs import FusedGroup, group_runs, members
 
     executor = executor or SerialExecutor()
     todo = pending(store, specs, retry_failed)
+    items = group_runs(todo, fuse)
     for spec in specs:
         if store.status(spec.key()) == "done":
             drop_checkpoint(spec, cache_dir)
@@ -278,8 +284,8 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
         """One line about a run, between the progress bars (or alone, off a terminal)."""
         tqdm.write(f"[{key}] {labels[key]}: {text}", file=sys.stderr)
 
-    def progress(spec, row):
-        key = spec.key()
+    def progress(item, row):
+        key = row.get("key") or item.key()  # a fused group's rows say which run they are about
         if "note" in row:  # a line about the run (resuming from its checkpoint), not an epoch
             if key in labels:
                 say(key, row["note"])
@@ -297,18 +303,21 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
             values = "".join(f", {k} {v:.3g}" for k, v in shown.items())
             say(key, f"{row['stage']} epoch {row['epoch'] + 1} done{values} ({now - started[key]:.0f}s)")
 
-    def dispatch(spec):
-        key = spec.key()
-        store.start(key, spec.to_dict(), display_name(spec))
-        started.setdefault(key, time.time())
-        slot = min(set(range(1, len(slots) + 2)) - set(slots.values()))
-        slots[key] = slot
-        bars[key] = tqdm(desc=f"  {labels[key]}: starting", bar_format="{desc} [{elapsed}{postfix}]", leave=False,
-                         disable=disable, position=slot)
-        if plain:
-            last_line[key] = time.time()
-            say(key, "started")
-        executor.submit(spec)
+    def dispatch(item):
+        runs = members(item)
+        for spec in runs:
+            key = spec.key()
+            store.start(key, spec.to_dict(), display_name(spec))
+            started.setdefault(key, time.time())
+            slot = min(set(range(1, len(slots) + 2)) - set(slots.values()))
+            slots[key] = slot
+            bars[key] = tqdm(desc=f"  {labels[key]}: starting", bar_format="{desc} [{elapsed}{postfix}]",
+                             leave=False, disable=disable, position=slot)
+            if plain:
+                last_line[key] = time.time()
+                say(key, "started" if len(runs) == 1 else f"started, fused with {len(runs) - 1} other seed"
+                    + "s" * (len(runs) > 2) + " into one network")
+        executor.submit(item)
 
     def close_bar(key):
         slots.pop(key, None)
@@ -326,7 +335,7 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
                    if result.status == "done" else f"FAILED: {result.error}")
         say(key, f"{outcome} in {time.time() - started[key]:.0f}s")
 
-    queue = list(todo)
+    queue = list(items)
     in_flight: set[str] = set()
     user_error: str | None = None
     try:
@@ -335,28 +344,34 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
                            checkpoint_every_s=checkpoint_every_s, on_progress=progress, graph=graph)
         while in_flight or (queue and user_error is None):
             while queue and user_error is None and len(in_flight) < executor.capacity:
-                spec = queue.pop(0)
-                dispatch(spec)
-                in_flight.add(spec.key())
-            for spec, kind, payload in executor.wait():
-                key = spec.key()
+                item = queue.pop(0)
+                dispatch(item)
+                in_flight.add(item.key())
+            for item, kind, payload in executor.wait():
+                key = item.key()
                 in_flight.discard(key)
                 if kind == "done":
-                    finish(spec, payload)
+                    for spec, result in zip(members(item), payload if isinstance(item, FusedGroup) else [payload]):
+                        finish(spec, result)
+                    if isinstance(item, FusedGroup):
+                        drop_checkpoint(item, cache_dir)
                 elif kind == "crashed":
                     crashes[key] = crashes.get(key, 0) + 1
-                    close_bar(key)
+                    for spec in members(item):
+                        close_bar(spec.key())
                     if crashes[key] <= max_retries:
-                        say(key, f"{payload}; retrying ({crashes[key]}/{max_retries})")
-                        queue.append(spec)
+                        for spec in members(item):
+                            say(spec.key(), f"{payload}; retrying ({crashes[key]}/{max_retries})")
+                        queue.append(item)
                     else:
                         tries = crashes[key]
-                        saved = checkpoint_path(spec, cache_dir)
+                        saved = checkpoint_path(item, cache_dir)
                         error = (f"{payload}; gave up after {tries} attempt{'s' * (tries > 1)} "
                                  f"(--max-retries {max_retries})"
                                  + ("; its checkpoint is kept: --retry-failed resumes it"
                                     if saved is not None and saved.exists() else ""))
-                        finish(spec, RunResult(spec, "failed", error=error, keep_checkpoint=True))
+                        for spec in members(item):
+                            finish(spec, RunResult(spec, "failed", error=error, keep_checkpoint=True))
                 else:  # a user error: let the runs in flight finish, then stop
                     user_error = user_error or payload
     except BaseException:

@@ -48,15 +48,21 @@ Event = tuple[Any, str, Any]  # (spec, kind, payload)
 EXECUTORS = ("local", "ray")
 
 
-def default_task(spec, **kwargs):
-    """What a worker runs for one spec: :func:`bench.execute.execute`."""
+def default_task(item, **kwargs):
+    """What a worker runs for one item: :func:`bench.execute.execute` for a spec, or
+    :func:`bench.fused_runs.execute_fused` for a fused group (a list of results)."""
     from bench.execute import execute
-    return execute(spec, **kwargs)
+    from bench.fused_runs import FusedGroup, execute_fused
+    return execute_fused(item, **kwargs) if isinstance(item, FusedGroup) else execute(item, **kwargs)
 
 
-def _failed(spec, error: str):
+def _failed(item, error: str):
+    """The failed result of an item (one per run of a fused group)."""
     from bench.execute import RunResult
-    return RunResult(spec, "failed", error=error)
+    from bench.fused_runs import FusedGroup
+    if isinstance(item, FusedGroup):
+        return [RunResult(spec, "failed", error=error) for spec in item.specs]
+    return RunResult(item, "failed", error=error)
 
 
 def available_cores() -> int:

@@ -36,8 +36,9 @@ runs on every backbone.
 ``bench timing --pack N --pack-mode fused`` uses the runs layout in channels_last (the CUDA
 default) and the rows layout with ``--memory-format contiguous`` (and on CPU).
 
-Status: a measurement (``python -m bench timing --pack N --pack-mode fused``); ``bench run`` does
-not train fused runs yet.
+Used by ``python -m bench timing --pack N --pack-mode fused`` (a measurement) and by ``bench run
+--fuse K`` (bench/fused_runs.py: K seeds of one cell, for the methods that support it), whose
+batches come from :class:`FusedLoader`.
 """
 
 from __future__ import annotations
@@ -253,3 +254,56 @@ def stack_runs(batches: Sequence[torch.Tensor]) -> torch.Tensor:
 def run_rows(rows: torch.Tensor, runs: int, k: int) -> torch.Tensor:
     """Run k's rows of a fused batch or output (the inverse of :func:`interleave` for one run)."""
     return rows[k::runs]
+
+
+def runs_batch(parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], layout: str
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """K runs' batches ``(x, y, idx)`` as one fused batch: the images as the fused classifier takes
+    them (rows, or the runs layout), labels as rows, and each row's index ``i * K + k`` for sample
+    i of run k's pool (so a per-sample table of the K pools, interleaved, is indexed directly)."""
+    runs = len(parts)
+    images = [x for x, _, _ in parts]
+    return ((interleave(images) if layout == "rows" else stack_runs(images)),
+            interleave([y for _, y, _ in parts]),
+            interleave([i * runs + k for k, (_, _, i) in enumerate(parts)]))
+
+
+class FusedPlan(tuple):
+    """The K runs' batch plans of one step, flattened (three tensors per run: the inputs of a
+    captured step); ``idx`` is run 0's sample positions (every run's batch has its length)."""
+
+    @property
+    def idx(self) -> torch.Tensor:
+        return self[0]
+
+
+class FusedLoader:
+    """K runs' :class:`bench.data.Loader` as one: each run draws its own order, crops and flips
+    from its own generator (as it would alone), :meth:`assemble` makes them one fused batch
+    (:func:`runs_batch`). The pools must have one size and one batch size, so every run has the
+    same batches per epoch."""
+
+    def __init__(self, loaders: Sequence, layout: str):
+        self.loaders, self.layout = list(loaders), layout
+        shapes = {(ld.num_samples, ld.batch_size, ld.drop_last) for ld in self.loaders}
+        if len(shapes) != 1:
+            raise BenchError("fused runs need pools of one size and one batch size, got (size, batch, drop_last) "
+                             + ", ".join(map(str, sorted(shapes))))
+
+    def __len__(self) -> int:
+        return len(self.loaders[0])
+
+    @property
+    def num_samples(self) -> int:
+        return self.loaders[0].num_samples
+
+    def plans(self):
+        for plans in zip(*(ld.plans() for ld in self.loaders)):
+            yield FusedPlan(t for plan in plans for t in plan)
+
+    def assemble(self, *plan: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return runs_batch([ld.assemble(*plan[3 * k:3 * k + 3]) for k, ld in enumerate(self.loaders)], self.layout)
+
+    def __iter__(self):
+        for plan in self.plans():
+            yield self.assemble(*plan)

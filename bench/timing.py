@@ -326,15 +326,12 @@ class _RunsLoader:
         return interleave(images) if self.layout == "rows" else stack_runs(images)
 
     def assemble(self, *plans):
-        from bench.fused import interleave
+        from bench.fused import runs_batch
 
-        runs = len(self.cycles)
-        if runs == 1:
+        if len(self.cycles) == 1:
             return self.cycles[0].loader.assemble(*plans)
-        parts = [c.loader.assemble(*plans[3 * k:3 * k + 3]) for k, c in enumerate(self.cycles)]
-        return (self.images([x for x, _, _ in parts]),
-                interleave([y for _, y, _ in parts]),
-                interleave([i * runs + k for k, (_, _, i) in enumerate(parts)]))  # row -> its run's pool index
+        return runs_batch([c.loader.assemble(*plans[3 * k:3 * k + 3]) for k, c in enumerate(self.cycles)],
+                          self.layout)
 
 
 def _fused_or_one(nets):

@@ -129,14 +129,14 @@ def train_classifier(run, model: nn.Module, loss_fn: LossFn, *, epochs: int | No
     epochs = run.spec.epochs if epochs is None else epochs
     model.train()
 
-    def step(idx, offsets, flip):  # one SGD step on one batch plan (captured on CUDA); reads the loop's epoch
-        x, y, idx = loader.assemble(idx, offsets, flip)
-        with run.autocast():
-            loss = loss_fn(model(x), y, idx, epoch)
+    def step(*plan):  # one SGD step on one batch plan (captured on CUDA); reads the loop's epoch
+        x, y, idx = loader.assemble(*plan)
+        with run.autocast():  # one loss per run: a fused group's K runs each get their own gradient
+            losses = run.run_losses(loss_fn, model(x), y, idx, epoch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses.sum().backward()
         optimizer.step()
-        return loss.detach()
+        return losses.detach()
 
     graphed = run.step_graph(step, name=f"{run.spec.method} {stage} step", optimizers=[optimizer])
     for epoch in run.epochs(epochs, stage=stage, state={"model": model, "optimizer": optimizer, **(state or {})}):
@@ -144,12 +144,12 @@ def train_classifier(run, model: nn.Module, loss_fn: LossFn, *, epochs: int | No
         set_lr(optimizer, lr)
         if on_epoch_start is not None:
             on_epoch_start(epoch)
-        total = torch.zeros((), device=run.device)
+        total = torch.zeros(run.runs, device=run.device)
         seen = 0
         for plan in loader.plans():
             # the loss may change with the epoch (DRW): a new epoch captures the step again
             total += graphed(*plan, key=None if same_loss_every_epoch else epoch) * len(plan.idx)
             seen += len(plan.idx)
-        run.log(epoch, model, stage=stage, lr=lr, loss=float(total) / max(seen, 1))
+        run.log(epoch, model, stage=stage, lr=lr, loss=total.double() / max(seen, 1))
     graphed.release()
     return model

@@ -63,6 +63,10 @@ class Method:
     # True for methods that learn from the clean meta set (MW-Net, CurveNet): `--train-on-meta`
     # (PROTOCOL.md §7) then leaves their data alone and adds the meta set to the others' pools
     uses_meta_set: ClassVar[bool] = False
+    # True for methods whose whole training is ``bench.train.train_classifier`` with a loss of the
+    # batch alone (no per-sample state, nothing read from the run's data): `bench run --fuse K`
+    # may then train K seeds of one cell as one fused network (bench/fused_runs.py)
+    fusable: ClassVar[bool] = False
 
     def __init__(self, params=None):
         self.params = params if params is not None else self.Params()
@@ -151,6 +155,7 @@ class Run:
     checkpoint_path: Path | None = None  # where run.epochs keeps its resumable state (None: off)
     checkpoint_every_s: float = 60.0     # write at most this often (0: after every epoch)
     graph: bool = True             # capture training steps as CUDA graphs on CUDA (bench/capture.py)
+    checkpoint_key: str | None = None  # whose checkpoint this is (default the spec's key; a fused group's)
     history: list[dict] = field(default_factory=list)
     records: dict[str, np.ndarray] = field(default_factory=dict)
     generator: torch.Generator = field(init=False)
@@ -158,7 +163,7 @@ class Run:
     def __post_init__(self):
         self.generator = torch.Generator().manual_seed(self.spec.seed)
         self._test_loader = None
-        self._checkpoint = _load_checkpoint(self.checkpoint_path, self.spec.key())
+        self._checkpoint = _load_checkpoint(self.checkpoint_path, self.checkpoint_key or self.spec.key())
         self._stages: dict[str, dict] = dict(self._checkpoint.get("stages", {})) if self._checkpoint else {}
         self._last_save = self._attempt_start = time.monotonic()
         # seconds the earlier, killed attempts had run when they wrote the checkpoint resumed from
@@ -207,8 +212,8 @@ class Run:
         now = time.monotonic()
         if not force and now - self._last_save < self.checkpoint_every_s:
             return
-        payload = {"key": self.spec.key(), "current": stage, "stages": self._stages, "history": self.history,
-                   "rng": _get_rng(self.generator), "trained_s": self.trained_s()}
+        payload = {"key": self.checkpoint_key or self.spec.key(), "current": stage, "stages": self._stages,
+                   "history": self.history, "rng": _get_rng(self.generator), "trained_s": self.trained_s()}
         path = Path(self.checkpoint_path)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         try:
@@ -340,9 +345,13 @@ class Run:
         """
         metrics = {k: (float(v) if isinstance(v, (torch.Tensor, np.floating)) else v) for k, v in metrics.items()}
         check_finite(epoch, stage, **metrics)
+        self.log_row(epoch, stage, metrics, self.evaluate(model) if model is not None else None)
+
+    def log_row(self, epoch: int, stage: str, metrics: dict, report: dict | None = None) -> None:
+        """Append (or, on a resumed run, replace) one history row: ``metrics`` and, with a test
+        ``report`` (:meth:`evaluate`), its accuracies; then show it (``progress``)."""
         row = {"stage": stage, "epoch": epoch, **metrics}
-        if model is not None:
-            report = self.evaluate(model)
+        if report is not None:
             row.update(test_acc=report["acc"], many=report["many"], medium=report["medium"], few=report["few"])
         # a resumed run replays the code between stages: a row logged again replaces the old one
         same = [i for i, h in enumerate(self.history) if (h["stage"], h["epoch"]) == (stage, epoch)]
@@ -352,6 +361,17 @@ class Run:
             self.history.append(row)
         if self.progress is not None:
             self.progress(row)
+
+    @property
+    def runs(self) -> int:
+        """How many runs this context trains at once: 1 (a fused group's is K, bench/fused_runs.py)."""
+        return 1
+
+    def run_losses(self, loss_fn, logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, epoch: int
+                   ) -> torch.Tensor:
+        """The batch loss of each run this context trains, shape ``(runs,)``: here ``loss_fn``'s one
+        loss (a fused group calls it on each run's rows)."""
+        return loss_fn(logits, y, idx, epoch).reshape(1)
 
     def record(self, name: str, values) -> None:
         """Store a per-sample value (one entry per training-pool sample, or a 2-D array of rows)."""

@@ -14,6 +14,7 @@ class CE(Method):
     """Empirical risk minimisation: mean softmax cross-entropy over the batch, no reweighting."""
 
     name = "ce"
+    fusable = True
 
     @classmethod
     def display_name(cls, params: dict) -> str:

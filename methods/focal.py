@@ -45,6 +45,7 @@ class Focal(Method):
     """Softmax focal loss, mean over the batch."""
 
     name = "focal"
+    fusable = True
     Params = FocalParams
 
     @classmethod

@@ -38,6 +38,7 @@ BAD_RUN_ARGS = [
     (["--methods", "ce", "--set", "focal.gamma=2"], "not in --methods"),
     (["--methods", "ce", "--set", "frobnicate=2"], "unknown setting"),
     (["--methods", "ce", "--epochs", "0"], "epochs"),
+    (["--methods", "ce", "--fuse", "0"], "--fuse must be at least 1"),
     # protocol values no run can train with are refused before any run starts
     (["--methods", "ce", "--set", "lr=-1"], "lr must be positive"),
     (["--methods", "ce", "--set", "weight_decay=-1"], "weight_decay must be non-negative"),

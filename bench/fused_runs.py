@@ -1,0 +1,314 @@
+"""``bench run --fuse K``: up to K seeds of one cell and method trained as one fused network.
+
+A small ResNet leaves most of a GPU idle, and runs packed as processes take turns on it (README,
+Speed). :func:`bench.fused.fuse` makes K runs one network whose every kernel is K times larger
+(HFTA, Wang et al., MLSys 2021). Here that trains real runs: :func:`group_runs` puts together the
+pending runs that differ only in their seeds (``seed``, ``data_seed``), :func:`execute_fused`
+trains each group as one network and returns one :class:`bench.execute.RunResult` per run, which
+the driver stores as it stores runs trained alone.
+
+What each run keeps as its own (so a fused run is the run trained alone, up to float rounding;
+tests/test_fused_runs.py compares the two):
+
+- its data (its noisy labels and pool), its initial weights (drawn after ``torch.manual_seed`` of
+  its seed, as :func:`bench.execute.execute` does), and its batch order, crops and flips (from its
+  own generator: :class:`bench.fused.FusedLoader`);
+- its loss: the method's ``loss_fn`` is called on each run's rows (``Run.run_losses``) and the K
+  losses are summed, so each run's weights get exactly its own gradient;
+- its history, test accuracy and result. A run that diverges is recorded as failed at that
+  epoch while the others train on (its NaNs stay in its own weights: grouped convolutions,
+  per-channel BatchNorm, element-wise SGD).
+
+Which methods: those with ``fusable = True`` (``methods.base.Method``), whose training is
+:func:`bench.train.train_classifier` with a loss of the batch alone: CE and Focal. The others
+(per-sample state, class counts of each run's data, two networks, a meta step) train one run at a
+time, as without ``--fuse``. A group checkpoints as one (its key is :meth:`FusedGroup.key`); a
+killed group resumes when the same runs are asked for with the same ``--fuse``.
+
+Speed: on this suite's 2-core CPU fusing does not pay at batch 128 (4 fused runs cost 3.9-4.3x
+one run; ``python -m bench timing --pack 4 --pack-mode fused``); it is meant for GPUs, where it
+has not been measured yet (README, Speed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import methods
+from bench.errors import BenchError
+from bench.fused import FusedLoader, fuse, interleave, run_state, stack_runs
+from bench.spec import RunSpec
+from bench.train import Diverged, accuracy_report, check_finite
+
+
+@dataclass(frozen=True)
+class FusedGroup:
+    """Runs trained as one fused network: same cell, method, settings; different seeds."""
+
+    specs: tuple[RunSpec, ...]
+
+    def key(self) -> str:
+        """16 hex digits from the members' keys (the group's checkpoint is named after it)."""
+        blob = "fused:" + ",".join(s.key() for s in self.specs)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def members(item) -> tuple[RunSpec, ...]:
+    """The runs of a queue item: a group's specs, or the one spec."""
+    return item.specs if isinstance(item, FusedGroup) else (item,)
+
+
+def fuse_key(spec: RunSpec) -> str:
+    """Runs with one fuse key may be fused: their specs differ in the seeds at most."""
+    return spec.replace(seed=0, data_seed=0).key()
+
+
+def group_runs(specs: Sequence[RunSpec], fuse_at_most: int) -> list:
+    """``specs`` as a queue of specs and :class:`FusedGroup` s of up to ``fuse_at_most`` runs of
+    a fusable method that differ only in their seeds, in the order of each group's first run."""
+    if fuse_at_most < 1:
+        raise BenchError(f"--fuse must be at least 1, got {fuse_at_most}")
+    queue: list = []
+    open_groups: dict[str, list] = {}
+    for spec in specs:
+        if fuse_at_most == 1 or not methods.get(spec.method).fusable:
+            queue.append(spec)
+            continue
+        group = open_groups.get(fuse_key(spec))
+        if group is None or len(group) == fuse_at_most:
+            group = open_groups[fuse_key(spec)] = []
+            queue.append(group)
+        group.append(spec)
+    return [(FusedGroup(tuple(item)) if len(item) > 1 else item[0]) if isinstance(item, list) else item
+            for item in queue]
+
+
+class _Histories:
+    """The members' histories and which of them diverged, as checkpoint state (Run.epochs)."""
+
+    def __init__(self, fused: FusedRun):
+        self.fused = fused
+
+    def state_dict(self) -> dict:
+        return {"histories": [list(r.history) for r in self.fused.members], "failed": dict(self.fused.failed)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for run, history in zip(self.fused.members, state["histories"]):
+            run.history = list(history)
+        self.fused.failed = dict(state["failed"])
+
+
+class _Generators:
+    """The members' data generators (orders, crops, flips), as checkpoint state."""
+
+    def __init__(self, generators: list[torch.Generator]):
+        self.generators = generators
+
+    def state_dict(self) -> dict:
+        return {"states": [g.get_state() for g in self.generators]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for g, s in zip(self.generators, state["states"]):
+            g.set_state(s)
+
+
+class FusedRun:
+    """What ``Method.fit`` is handed for a group: the part of :class:`methods.base.Run` that
+    :func:`bench.train.train_classifier` uses, for K runs at once. ``members`` are the K runs'
+    own ``Run`` s (data, generator, history); the first also holds the group's checkpoint."""
+
+    def __init__(self, members: Sequence, layout: str):
+        self.members = list(members)
+        self.lead = self.members[0]
+        self.layout = layout
+        self.failed: dict[int, str] = {}  # member -> why it diverged
+        self._test_loader = None
+        first = self.lead.data
+        for run in self.members[1:]:
+            if run.data.x_test.shape != first.x_test.shape or not np.array_equal(run.data.y_test, first.y_test):
+                raise BenchError("fused runs need one test set")
+
+    # what train_classifier reads, the same for every member
+    spec = property(lambda self: self.lead.spec)
+    device = property(lambda self: self.lead.device)
+    params = property(lambda self: self.lead.params)
+    num_classes = property(lambda self: self.lead.num_classes)
+    channels_last = property(lambda self: self.lead.channels_last)
+    step_mode = property(lambda self: self.lead.step_mode)
+    first_drop = property(lambda self: self.lead.first_drop)
+
+    @property
+    def runs(self) -> int:
+        return len(self.members)
+
+    def autocast(self):
+        return self.lead.autocast()
+
+    def step_graph(self, fn, **kwargs):
+        return self.lead.step_graph(fn, **kwargs)
+
+    def sgd(self, params, lr: float | None = None):
+        return self.lead.sgd(params, lr)
+
+    def lr_at(self, epoch: int) -> float:
+        return self.lead.lr_at(epoch)
+
+    def trained_s(self) -> float:
+        return self.lead.trained_s()
+
+    def model(self) -> nn.Module:
+        """The members' fresh backbones, each initialised as it would be alone, fused."""
+        models = []
+        for run in self.members:
+            torch.manual_seed(run.spec.seed)
+            models.append(run.model())
+        return fuse(models, self.layout)
+
+    def loader(self, split: str = "train", **kwargs) -> FusedLoader:
+        if split == "test":
+            raise ValueError("a fused group evaluates through FusedRun.evaluate")
+        return FusedLoader([run.loader(split, **kwargs) for run in self.members], self.layout)
+
+    def run_losses(self, loss_fn, logits, y, idx, epoch) -> torch.Tensor:
+        """Each run's batch loss from its own rows (``idx`` back to its own pool positions)."""
+        K = self.runs
+        return torch.stack([loss_fn(logits[k::K], y[k::K], idx[k::K] // K, epoch) for k in range(K)])
+
+    def epochs(self, count: int, *, stage: str = "train", state: dict | None = None):
+        state = {**(state or {}), "fused_histories": _Histories(self),
+                 "fused_generators": _Generators([r.generator for r in self.members])}
+        return self.lead.epochs(count, stage=stage, state=state)
+
+    def record(self, name, values):
+        raise BenchError(f"{self.spec.method} records per-sample values: it cannot train fused runs")
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> list[dict]:
+        """Each member's test report (``Run.evaluate``'s), from one pass of the fused network."""
+        if self._test_loader is None:
+            self._test_loader = self.lead.loader("test")
+        was_training = model.training
+        model.eval()
+        preds, targets = [], []
+        for x, y, _ in self._test_loader:
+            copies = [x] * self.runs
+            logits = model(interleave(copies) if self.layout == "rows" else stack_runs(copies))
+            preds.append(logits.argmax(1).view(-1, self.runs))  # row n K + k: run k's sample n
+            targets.append(y)
+        model.train(was_training)
+        pred, target = torch.cat(preds).cpu().numpy(), torch.cat(targets).cpu().numpy()
+        return [accuracy_report(pred[:, k], target, self.num_classes, run.data.train_counts)
+                for k, run in enumerate(self.members)]
+
+    def log(self, epoch: int, model: nn.Module | None = None, *, stage: str = "train", **metrics) -> None:
+        """Each member's row: a tensor of K values gives each its own (the loss), others are shared.
+        A member whose metric is NaN or infinite is marked failed and logs no more; when every
+        member has failed the group stops (:class:`bench.train.Diverged`)."""
+        reports = self.evaluate(model) if model is not None else [None] * self.runs
+        for k, run in enumerate(self.members):
+            if k in self.failed:
+                continue
+            values = {name: _member_value(value, k, self.runs) for name, value in metrics.items()}
+            try:
+                check_finite(epoch, stage, **values)
+            except Diverged as exc:
+                self.failed[k] = str(exc)
+                continue
+            run.log_row(epoch, stage, values, reports[k])
+        if len(self.failed) == self.runs:
+            raise BenchError(self.failed[0])
+
+    def unfused(self, model: nn.Module, k: int) -> nn.Module:
+        """Member k's trained network on its own (its weights and running statistics)."""
+        alone = self.members[k].model()
+        alone.load_state_dict(run_state(model, k))
+        return alone
+
+
+def _member_value(value, k: int, runs: int):
+    if isinstance(value, torch.Tensor):
+        return float(value[k]) if value.numel() == runs and runs > 1 else float(value)
+    return float(value) if isinstance(value, np.floating) else value
+
+
+def execute_fused(group: FusedGroup, *, device: torch.device, data_dir: str | None = None, cache_dir=None,
+                  progress=None, checkpoint_every_s: float = 60.0, graph: bool = True) -> list:
+    """Train the group's runs as one fused network; one ``RunResult`` per run, in order.
+
+    Runs whose pools differ in size (no fused batches for them) train one at a time instead."""
+    from bench.capture import search_conv_algorithms, searches_conv_algorithms
+    from bench.execute import RunResult, checkpoint_path, environment, execute, load_data, summarize
+    from methods.base import Run
+
+    specs = group.specs
+    kwargs = {"device": device, "data_dir": data_dir, "cache_dir": cache_dir,
+              "checkpoint_every_s": checkpoint_every_s, "graph": graph}
+    datas = [load_data(spec, data_dir) for spec in specs]
+    if len({len(d.train_y) for d in datas}) != 1:
+        _say(progress, specs[0], "pools of different sizes: its group trains one run at a time")
+        return [execute(spec, progress=_member_progress(progress, spec), **kwargs) for spec in specs]
+    method_cls = methods.get(specs[0].method)
+    params = method_cls.params_from_spec(specs[0])
+    env = environment(device)
+    search_conv_algorithms(device)
+    # the first run holds the group's checkpoint (read here, if a killed attempt left one)
+    group_checkpoint = {"checkpoint_path": checkpoint_path(group, cache_dir), "checkpoint_key": group.key(),
+                        "checkpoint_every_s": checkpoint_every_s}
+    runs = [Run(spec=spec, data=data, device=device, params=params, cache_dir=cache_dir, graph=graph,
+                progress=_member_progress(progress, spec), **(group_checkpoint if k == 0 else {}))
+            for k, (spec, data) in enumerate(zip(specs, datas))]
+    lead = runs[0]
+    fused = FusedRun(runs, "runs" if lead.channels_last else "rows")
+    if lead.checkpoint_found:
+        _say(progress, specs[0], f"resuming its fused group from the checkpoint ({lead.checkpoint_position()})")
+    metrics: dict[int, dict] = {}
+    error = None
+    try:
+        model = method_cls(params).fit(fused)
+        for k, run in enumerate(runs):
+            if k not in fused.failed:
+                metrics[k] = summarize(run, fused.unfused(model, k))
+    except BenchError as exc:
+        error = str(exc)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # a bug in a method must not stop the grid; keep the reason
+        print(traceback.format_exc(limit=6), file=sys.stderr)
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        env.update(steps=lead.step_mode, channels_last=lead.channels_last, fused=len(runs),
+                   cudnn_benchmark=searches_conv_algorithms(device), train_s=round(lead.trained_s(), 3))
+    results = []
+    for k, (run, data) in enumerate(zip(runs, datas)):
+        if k not in metrics:
+            results.append(RunResult(run.spec, "failed", history=run.history, env=dict(env),
+                                     error=fused.failed.get(k, error)))
+            continue
+        samples = {"dataset_index": data.train_index, "clean_label": data.train_clean_y,
+                   "observed_label": data.train_y, "is_noisy": data.is_noisy}
+        results.append(RunResult(run.spec, "done", metrics=metrics[k], history=run.history, samples=samples,
+                                 env=dict(env)))
+    return results
+
+
+def _member_progress(progress, spec: RunSpec):
+    """The group's progress channel, each row tagged with the run it is about."""
+    if progress is None:
+        return None
+    key = spec.key()
+    return lambda row: progress({**row, "key": key})
+
+
+def _say(progress, spec: RunSpec, note: str) -> None:
+    if progress is not None:
+        progress({"note": note, "key": spec.key()})
+    else:
+        print(f"[{spec.key()}] {note}", file=sys.stderr)
