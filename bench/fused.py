@@ -307,3 +307,31 @@ class FusedLoader:
     def __iter__(self):
         for plan in self.plans():
             yield self.assemble(*plan)
+
+    def cycle(self) -> FusedCycle:
+        """Endless fused batches over epochs (the meta sets), each run cycling through its own."""
+        return FusedCycle(self)
+
+
+class FusedCycle:
+    """The runs' :class:`bench.data.loader.Cycle` s as one, with a state to checkpoint."""
+
+    def __init__(self, loader: FusedLoader):
+        self.loader = loader
+        self.cycles = [ld.cycle() for ld in loader.loaders]
+
+    def __iter__(self) -> FusedCycle:
+        return self
+
+    def next_plan(self) -> FusedPlan:
+        return FusedPlan(t for c in self.cycles for t in c.next_plan())
+
+    def __next__(self):
+        return self.loader.assemble(*self.next_plan())
+
+    def state_dict(self) -> dict:
+        return {"cycles": [c.state_dict() for c in self.cycles]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for c, saved in zip(self.cycles, state["cycles"]):
+            c.load_state_dict(saved)

@@ -10,20 +10,24 @@ the driver stores as it stores runs trained alone.
 What each run keeps as its own (so a fused run is the run trained alone, up to float rounding;
 tests/test_fused_runs.py compares the two):
 
-- its data (its noisy labels and pool), its initial weights (drawn after ``torch.manual_seed`` of
-  its seed, as :func:`bench.execute.execute` does), and its batch order, crops and flips (from its
-  own generator: :class:`bench.fused.FusedLoader`);
+- its data (its noisy labels, pool and meta set), its initial weights (drawn after
+  ``torch.manual_seed`` of its seed, as :func:`bench.execute.execute` does, the weighting net's
+  after the backbone's), and its batch order, crops and flips (from its own generator:
+  :class:`bench.fused.FusedLoader`, :class:`bench.fused.FusedCycle`);
 - its loss: the method's ``loss_fn`` is called on each run's rows (``Run.run_losses``) and the K
   losses are summed, so each run's weights get exactly its own gradient;
 - its history, test accuracy and result. A run that diverges is recorded as failed at that
   epoch while the others train on (its NaNs stay in its own weights: grouped convolutions,
   per-channel BatchNorm, element-wise SGD).
 
-Which methods: those with ``fusable = True`` (``methods.base.Method``), whose training is
-:func:`bench.train.train_classifier` with a loss of the batch alone: CE and Focal. The others
-(per-sample state, class counts of each run's data, two networks, a meta step) train one run at a
-time, as without ``--fuse``. A group checkpoints as one (its key is :meth:`FusedGroup.key`); a
-killed group resumes when the same runs are asked for with the same ``--fuse``.
+Which methods: those with ``fusable = True`` (``methods.base.Method``), which train through the
+run's services alone (``model``, ``net``, ``loader``, ``epochs``, ``log``, ``record``) with a loss
+per run: CE and Focal (:func:`bench.train.train_classifier`, ``Run.run_losses``) and MW-Net
+(:class:`methods.meta.MetaStep`, which steps each fused run as its own; its weighting nets are
+fused too). The others (class counts of each run's data, per-sample state of their own, probe
+stages) train one run at a time, as without ``--fuse``. A group checkpoints as one (its key is
+:meth:`FusedGroup.key`); a killed group resumes when the same runs are asked for with the same
+``--fuse``.
 
 Speed: on this suite's 2-core CPU fusing does not pay at batch 128 (4 fused runs cost 3.9-4.3x
 one run; ``python -m bench timing --pack 4 --pack-mode fused``); it is meant for GPUs, where it
@@ -130,6 +134,7 @@ class FusedRun:
         self.lead = self.members[0]
         self.layout = layout
         self.failed: dict[int, str] = {}  # member -> why it diverged
+        self._rng: list[torch.Tensor | None] = [None] * len(self.members)  # each member's global RNG state
         self._test_loader = None
         first = self.lead.data
         for run in self.members[1:]:
@@ -165,12 +170,26 @@ class FusedRun:
         return self.lead.trained_s()
 
     def model(self) -> nn.Module:
-        """The members' fresh backbones, each initialised as it would be alone, fused."""
+        """The members' fresh backbones, each initialised as it would be alone (after
+        ``torch.manual_seed`` of its seed, as ``bench.execute.execute`` does), fused."""
         models = []
-        for run in self.members:
+        for k, run in enumerate(self.members):
             torch.manual_seed(run.spec.seed)
             models.append(run.model())
+            self._rng[k] = torch.get_rng_state()
         return fuse(models, self.layout)
+
+    def net(self, make) -> nn.Module:
+        """The members' auxiliary networks (weighting nets), each drawn from its run's own stream
+        of torch's global RNG (where its run alone would draw it, after its backbone), fused in
+        the rows layout."""
+        nets = []
+        for k, run in enumerate(self.members):
+            if self._rng[k] is not None:
+                torch.set_rng_state(self._rng[k])
+            nets.append(run.net(make))
+            self._rng[k] = torch.get_rng_state()
+        return fuse(nets, "rows")
 
     def loader(self, split: str = "train", **kwargs) -> FusedLoader:
         if split == "test":
@@ -187,8 +206,11 @@ class FusedRun:
                  "fused_generators": _Generators([r.generator for r in self.members])}
         return self.lead.epochs(count, stage=stage, state=state)
 
-    def record(self, name, values):
-        raise BenchError(f"{self.spec.method} records per-sample values: it cannot train fused runs")
+    def record(self, name: str, values) -> None:
+        """Split a per-sample table of the fused pool (row i K + k: run k's sample i, as the fused
+        batches' ``idx`` and an unshuffled fused loader's rows) into each member's record."""
+        for k, run in enumerate(self.members):
+            run.record(name, values[k::self.runs])
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> list[dict]:

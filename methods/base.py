@@ -63,9 +63,10 @@ class Method:
     # True for methods that learn from the clean meta set (MW-Net, CurveNet): `--train-on-meta`
     # (PROTOCOL.md §7) then leaves their data alone and adds the meta set to the others' pools
     uses_meta_set: ClassVar[bool] = False
-    # True for methods whose whole training is ``bench.train.train_classifier`` with a loss of the
-    # batch alone (no per-sample state, nothing read from the run's data): `bench run --fuse K`
-    # may then train K seeds of one cell as one fused network (bench/fused_runs.py)
+    # True for methods that train through the Run's services only (model, net, loader, sgd, epochs,
+    # log, record; per-run losses through train_classifier or methods.meta.MetaStep) and read
+    # nothing of run.data: `bench run --fuse K` may then train K seeds of one cell as one fused
+    # network (bench/fused_runs.py)
     fusable: ClassVar[bool] = False
 
     def __init__(self, params=None):
@@ -284,6 +285,11 @@ class Run:
         model = build_model(self.spec.model, num_classes or self.num_classes, in_channels, self.spec.init)
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def net(self, make) -> nn.Module:
+        """An auxiliary network (a weighting net) ``make()`` builds, on the run's device (a fused
+        group fuses one per run)."""
+        return make().to(self.device)
 
     def loader(self, split: str = "train", *, batch_size: int | None = None, shuffle: bool = True,
                indices: np.ndarray | None = None, drop_last: bool = False, labels: np.ndarray | None = None,

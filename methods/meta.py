@@ -237,10 +237,17 @@ class MetaStep:
         total = w.sum() if self.runs == 1 else w.view(-1, self.runs).sum(0).repeat(w.shape[0] // self.runs)
         return torch.where(total != 0, w / torch.where(total != 0, total, torch.ones_like(total)), w)
 
+    def meta_losses(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Each run's mean CE on its meta rows (eq. 4), shape ``(runs,)``: one run's, or K fused
+        runs' (rows n K + k are run k's)."""
+        if self.runs == 1:
+            return F.cross_entropy(logits, y).reshape(1)
+        return F.cross_entropy(logits, y, reduction="none").view(-1, self.runs).mean(0)
+
     def meta_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean CE on the meta batch (eq. 4); for K fused runs the sum of the K runs' means."""
-        loss = F.cross_entropy(logits, y)
-        return loss if self.runs == 1 else loss * self.runs
+        """The meta loss: mean CE on the meta batch (eq. 4); for K fused runs the sum of the K
+        runs' means (each run's weighting net then gets its own gradient)."""
+        return self.meta_losses(logits, y).sum()
 
     def _buffers(self) -> dict[str, torch.Tensor]:
         """Clones of the top's buffers: virtual forwards must not touch the real running stats."""
@@ -335,7 +342,8 @@ class MetaStep:
             grads = torch.autograd.grad((a * losses).sum(), self.params, create_graph=True)
             virtual = self.lookahead_params(grads, rules=rules)
             self._phase_done("lookahead_backward")
-            meta_loss = self.meta_loss(self._top_call(virtual, h_meta), y_meta)
+            meta_losses = self.meta_losses(self._top_call(virtual, h_meta), y_meta)
+            meta_loss = meta_losses.sum()
             self._phase_done("meta_forward")
             phi_grads = torch.autograd.grad(meta_loss, self.weight_params, retain_graph=shared, allow_unused=True)
             self._phase_done("meta_backward")
@@ -344,7 +352,8 @@ class MetaStep:
             with torch.no_grad():
                 virtual = {n: t.requires_grad_() for n, t in self.lookahead_params(grads, rules=rules).items()}
             self._phase_done("lookahead_backward")
-            meta_loss = self.meta_loss(self._top_call(virtual, h_meta), y_meta)
+            meta_losses = self.meta_losses(self._top_call(virtual, h_meta), y_meta)
+            meta_loss = meta_losses.sum()
             self._phase_done("meta_forward")
             v = torch.autograd.grad(meta_loss, list(virtual.values()))
             tangents = [rule[0] * rule[1] * vi for rule, vi in zip(rules, v)]
@@ -361,7 +370,8 @@ class MetaStep:
 
         # 3. real step with the recomputed weights
         if not update_classifier:
-            return dict(meta_loss=meta_loss.detach(), loss=None, weights=w.detach(), losses=losses.detach())
+            return dict(meta_loss=meta_loss.detach(), meta_losses=meta_losses.detach(), loss=None, weights=w.detach(),
+                        losses=losses.detach())
         if not shared:
             with self._autocast():
                 logits = self._full(model(x))
@@ -375,12 +385,14 @@ class MetaStep:
         loss.backward()
         self.optimizer.step()
         self._phase_done("real_backward")
-        return dict(meta_loss=meta_loss.detach(), loss=loss.detach(), weights=w_new, losses=losses.detach())
+        return dict(meta_loss=meta_loss.detach(), meta_losses=meta_losses.detach(), loss=loss.detach(),
+                    weights=w_new, losses=losses.detach())
 
     def on_plans(self, train, meta_loader, weights_into: torch.Tensor | None = None) -> Callable:
         """This step as a function of a train and a meta batch plan (``bench.data.Plan``), as MW-Net
         and CurveNet capture it (bench/capture.py) and bench.timing times it: assemble both batches,
-        step, return (weighted loss x B, meta loss, sum of the weights) for the epoch's sums.
+        step, return (weighted loss x B, meta loss, sum of the weights) for the epoch's sums (for K
+        fused runs one such row per run, shape ``(K, 3)``, B each run's batch size).
         ``weights_into`` (one entry per training-pool sample) receives the recomputed weights.
         The step's arguments are the train plan's tensors then the meta plan's, as many of each
         (three: idx, offsets, flip; for fused runs, bench.timing, three per run)."""
@@ -392,7 +404,11 @@ class MetaStep:
             out = self(x, y, idx, xm, ym)
             if weights_into is not None:
                 weights_into[idx] = out["weights"]
-            return torch.stack([out["loss"] * len(y), out["meta_loss"], out["weights"].sum()])
+            if self.runs == 1:
+                return torch.stack([out["loss"] * len(y), out["meta_loss"], out["weights"].sum()])
+            K, w = self.runs, out["weights"]
+            run_losses = (self.coefficients(w) * out["losses"]).view(-1, K).sum(0)
+            return torch.stack([run_losses * (len(y) // K), out["meta_losses"], w.view(-1, K).sum(0)], 1)
         return step
 
     def _phase_done(self, phase: str) -> None:

@@ -130,6 +130,7 @@ class MWNet(Method):
 
     name = "mwnet"
     uses_meta_set = True
+    fusable = True
     Params = MWNetParams
 
     @classmethod
@@ -146,7 +147,7 @@ class MWNet(Method):
         p = self.params
         model = run.model()
         optimizer = run.sgd(model.parameters())
-        vnet = WeightNet(p.hidden).to(run.device)
+        vnet = run.net(lambda: WeightNet(p.hidden))
         vopt = p.weight_optimizer(vnet.parameters())
         step = MetaStep(model, optimizer, vnet, vopt, lookahead=p.lookahead, skip_layers=p.skip_layers,
                         normalize=p.normalize, second_order=p.second_order, precision=run.spec.precision)
@@ -160,13 +161,13 @@ class MWNet(Method):
             lr = run.lr_at(epoch)
             set_lr(optimizer, lr)
             meta = meta_loader.cycle()  # a fresh meta iterator each epoch, as MW-Net.py's train()
-            total = torch.zeros(3, device=run.device)  # weighted loss * B, meta loss, weight sum
+            total = torch.zeros(run.runs, 3, device=run.device)  # weighted loss * B, meta loss, weight sum
             seen = steps = 0
             for plan in train.plans():
                 total += graphed(*plan, *meta.next_plan())
                 seen += len(plan.idx)
                 steps += 1
-            loss, meta_loss, weight_sum = total.tolist()
+            loss, meta_loss, weight_sum = total.double().unbind(-1)  # one value per run (fused: K)
             run.log(epoch, model, lr=lr, loss=loss / max(seen, 1), meta_loss=meta_loss / max(steps, 1),
                     mean_weight=weight_sum / max(seen, 1))
         graphed.release()
