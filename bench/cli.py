@@ -323,7 +323,8 @@ def cmd_table(args) -> int:
         raise BenchError("--metric minutes is a run's training time: it has no --group")
     if args.metric == "minutes":
         title = ("training time (minutes: set-up, training and evaluation, summed over the attempts of a resumed "
-                 "run), mean ± sample std (ddof 1) over seeds")
+                 "run; a run fused with others, --fuse, its group's time / its size), mean ± sample std (ddof 1) "
+                 "over seeds")
     else:
         title = (f"test accuracy (%), {args.metric} epoch" + (f", {group}" if group else "")
                  + ", mean ± sample std (ddof 1) over seeds")

@@ -265,7 +265,7 @@ def execute_fused(group: FusedGroup, *, device: torch.device, data_dir: str | No
                   progress=None, checkpoint_every_s: float = 60.0, graph: bool = True) -> list:
     """Train the group's runs as one fused network; one ``RunResult`` per run, in order.
 
-    Runs whose pools differ in size (no fused batches for them) train one at a time instead."""
+    Runs whose pools or meta sets differ in size train one at a time instead."""
     from bench.capture import search_conv_algorithms, searches_conv_algorithms
     from bench.execute import RunResult, checkpoint_path, environment, execute, load_data, summarize
     from methods.base import Run
@@ -274,10 +274,12 @@ def execute_fused(group: FusedGroup, *, device: torch.device, data_dir: str | No
     kwargs = {"device": device, "data_dir": data_dir, "cache_dir": cache_dir,
               "checkpoint_every_s": checkpoint_every_s, "graph": graph}
     datas = [load_data(spec, data_dir) for spec in specs]
-    if len({len(d.train_y) for d in datas}) != 1:
-        _say(progress, specs[0], "pools of different sizes: its group trains one run at a time")
+    if len({(len(d.train_y), len(d.y_meta)) for d in datas}) != 1:  # no fused batches for them
+        _say(progress, specs[0], "training pools or meta sets of different sizes: its group trains one run at a time")
         return [execute(spec, progress=_member_progress(progress, spec), **kwargs) for spec in specs]
     method_cls = methods.get(specs[0].method)
+    if specs[0].train_on_meta and method_cls.uses_meta_set:  # as execute refuses it
+        raise BenchError(f"{specs[0].method} learns from the meta set: train_on_meta applies to the other methods")
     params = method_cls.params_from_spec(specs[0])
     env = environment(device)
     search_conv_algorithms(device)

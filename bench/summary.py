@@ -37,11 +37,13 @@ def metric_column(metric: str = "last", group: str = "all") -> str:
 def training_minutes(runs: pd.DataFrame) -> pd.Series:
     """Each run's training time in minutes: ``env["train_s"]`` (set up, training and evaluation,
     summed over the attempts of a run that was killed and resumed; methods.base.Run.trained_s),
-    else, for runs stored before it was recorded, the wall time of the run's last attempt."""
+    else, for runs stored before it was recorded, the wall time of the run's last attempt. A run
+    trained in a fused group of K (``bench run --fuse``, ``env["fused"]``) gets its share, the
+    group's time / K."""
     def seconds(env_json, wall_s):
         env = json.loads(env_json) if isinstance(env_json, str) and env_json else {}
         value = env.get("train_s", wall_s)
-        return float("nan") if value is None else float(value)
+        return float("nan") if value is None else float(value) / env.get("fused", 1)
     env = runs["env_json"] if "env_json" in runs else pd.Series([None] * len(runs), index=runs.index)
     wall = runs["wall_s"] if "wall_s" in runs else pd.Series([None] * len(runs), index=runs.index)
     return pd.Series([seconds(e, w) / 60.0 for e, w in zip(env, wall)], index=runs.index, dtype=float)

@@ -20,11 +20,16 @@
 #   pack*_fused*.md                  4 runs fused into one network (grouped convolutions; bench/fused.py),
 #                                    fp32 and bf16, 8 fused in fp32, 4 probe steps (batch 16) fused, and
 #                                    the contiguous (rows layout) variant (no MPS)
+#   fuserun_*.txt                    `bench run --fuse 4` against runs alone: CE and MW-Net, 4 seeds,
+#                                    ResNet-32 on synthetic CIFAR-10-shaped data, 3 epochs; the tables
+#                                    of minutes per run (a fused run's: its group's / 4), so the
+#                                    packing target (4 runs' epoch <= 2x one run's) is 4 x fused / alone <= 2
 #   train.txt                        the README's main job on CUDA (captured steps), timed
 #   suite.txt                        the whole test suite on the CUDA machine (device auto = cuda)
 #   benchmarks.txt / benchmarks.json pytest-benchmark, eager/captured x fp32/bf16
 # Usage: bash scripts/gpu_figures.sh [DIR] [PART ...]
-#   PART: env cudatests timing tuning probe compile pack packstreams packfused mps train suite benchmarks (default: all, in that
+#   PART: env cudatests timing tuning probe compile pack packstreams packfused fuserun mps train suite benchmarks
+#   (default: all, in that
 #   order). Each part runs under its own time limit (seconds: $LIMIT_<part>, defaults below), so
 #   a hang costs that part alone; on a lent machine that limits one command to 10 minutes, split
 #   the parts over two commands.
@@ -33,7 +38,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu_figures}
 shift || true
-all_parts="env cudatests timing tuning probe compile pack packstreams packfused mps train suite benchmarks"
+all_parts="env cudatests timing tuning probe compile pack packstreams packfused fuserun mps train suite benchmarks"
 parts=${*:-$all_parts}
 for part in $parts; do  # every part known before any runs
   case " $all_parts " in *" $part "*) ;; *) echo "unknown part $part ($all_parts)" >&2; exit 2 ;; esac
@@ -108,6 +113,17 @@ print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; nproc
           --pack-mode fused --steps ce --batch-size 16
       LIMIT=90 run_part packfused "$out/pack4_fused_contiguous.md" "$python" -m bench timing --device cuda --pack 4 \
           --pack-mode fused --steps ce,mwnet,curvenet_sl3 --memory-format contiguous ;;
+    fuserun)  # real runs: 4 seeds fused into one network vs one at a time (the data: random pixels, CIFAR's shapes)
+      "$python" -c "import numpy as np; r = np.random.default_rng(0); np.savez('/tmp/synth_cifar10.npz', \
+x_train=r.integers(0, 256, (50000, 32, 32, 3), dtype=np.uint8), y_train=np.arange(50000) % 10, \
+x_test=r.integers(0, 256, (10000, 32, 32, 3), dtype=np.uint8), y_test=np.arange(10000) % 10)"
+      for fuse in 1 4; do
+        LIMIT=240 run_part fuserun "$out/fuserun_$fuse.txt" bash -c "\"$python\" -m bench run --device cuda \
+--dataset npz:/tmp/synth_cifar10.npz --model resnet32 --imbalance 1 --noise none --meta-per-class 100 \
+--methods ce,mwnet --seeds 0,1,2,3 \
+--epochs 3 --fuse $fuse --quiet --store /tmp/fuse$fuse.sqlite --cache-dir /tmp/fuse_cache$fuse && \
+\"$python\" -m bench table --store /tmp/fuse$fuse.sqlite --metric minutes"
+      done ;;
     mps)
       # MPS lets the kernels of several processes run on the GPU at once (without it they take turns)
       export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log

@@ -61,7 +61,14 @@ def _fit_fused(specs):
     return methods.get(specs[0].method)(params).fit(fused_run), fused_run
 
 
-@pytest.mark.parametrize("method", ["ce", "focal", "mwnet"])
+FUSABLE = [name for name in methods.names() if methods.get(name).fusable]
+
+
+def test_the_fusable_methods_are_the_documented_ones():  # README and `bench run --help` name them
+    assert FUSABLE == ["ce", "focal", "mwnet"]
+
+
+@pytest.mark.parametrize("method", FUSABLE)
 def test_each_run_of_a_fused_group_trains_as_it_does_alone(method, float64, monkeypatch):
     # in float64 (models, and batches from the loader) rounding is out of the way: in float32
     # it grows chaotically over an epoch's 40 steps to about 1e-4 of the weights (ill-conditioned
@@ -112,6 +119,20 @@ def test_a_group_whose_runs_all_diverge_stops_with_each_reason(monkeypatch):
     results = execute_fused(FusedGroup(tuple(specs)), device=CPU)
     assert [r.status for r in results] == ["failed", "failed"]
     assert all(r.error == "diverged at train epoch 1: loss is inf" for r in results)
+
+
+def test_runs_whose_pools_differ_in_size_train_one_at_a_time(monkeypatch):
+    import bench.execute
+
+    real = bench.execute.load_data
+    monkeypatch.setattr(bench.execute, "load_data", lambda spec, data_dir=None: (
+        real(spec, data_dir).with_meta_in_pool() if spec.seed == 1 else real(spec, data_dir)))
+    notes = []
+    results = execute_fused(FusedGroup((_spec(0), _spec(1))), device=CPU, progress=notes.append)
+    assert [r.status for r in results] == ["done", "done"]
+    assert all("fused" not in r.env for r in results)
+    assert len(results[1].samples["observed_label"]) > len(results[0].samples["observed_label"])
+    assert any("its group trains one run at a time" in n.get("note", "") for n in notes)
 
 
 class Killed(BaseException):

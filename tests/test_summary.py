@@ -254,3 +254,5 @@ def test_training_minutes_from_the_runs_env_else_their_last_attempts_wall_time()
     assert records["metric"].tolist() == ["train_minutes"] and records["n"].tolist() == [3]
     with pytest.raises(ValueError, match="not a shot group"):
         metric_column("minutes", "few")
+    runs["env_json"] = [json.dumps({"train_s": 240.0, "fused": 4})] * 2 + [json.dumps({"train_s": 60.0})]
+    assert training_minutes(runs).tolist() == [1.0, 1.0, 1.0]  # a fused group of 4's 4 minutes: 1 each
