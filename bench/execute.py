@@ -248,9 +248,8 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
     failed with the reason. ``fuse`` > 1 trains up to that many seeds of one cell and method as
     one fused network where the method allows it (:mod:`bench.fused_runs`): the executor gets the
     group as one item and returns a result per run. A user error before a run trains (its data
-    missing where it runs)
-    stops the grid once the runs in flight have been committed; one a method raises while it
-    trains is that run's failure (:func:`execute`). Checkpoints of runs already done (left by a
+    missing where it runs) stops the grid once the runs in flight have been committed; one a
+    method raises while it trains is that run's failure (:func:`execute`). Checkpoints of runs already done (left by a
     kill between commit and clean-up) are removed.
     """
     from tqdm.auto import tqdm

@@ -125,9 +125,10 @@ class _Generators:
 
 
 class FusedRun:
-    """What ``Method.fit`` is handed for a group: the part of :class:`methods.base.Run` that
-    :func:`bench.train.train_classifier` uses, for K runs at once. ``members`` are the K runs'
-    own ``Run`` s (data, generator, history); the first also holds the group's checkpoint."""
+    """What ``Method.fit`` of a fusable method is handed for a group: the services of
+    :class:`methods.base.Run` it uses, for K runs at once (no ``data``: each run has its own).
+    ``members`` are the K runs' own ``Run`` s (data, generator, history, records); the first
+    also holds the group's checkpoint."""
 
     def __init__(self, members: Sequence, layout: str):
         self.members = list(members)
@@ -141,7 +142,7 @@ class FusedRun:
             if run.data.x_test.shape != first.x_test.shape or not np.array_equal(run.data.y_test, first.y_test):
                 raise BenchError("fused runs need one test set")
 
-    # what train_classifier reads, the same for every member
+    # the same for every member (the spec: up to its seeds)
     spec = property(lambda self: self.lead.spec)
     device = property(lambda self: self.lead.device)
     params = property(lambda self: self.lead.params)

@@ -110,7 +110,9 @@ def train_classifier(run, model: nn.Module, loss_fn: LossFn, *, epochs: int | No
     """The plain supervised loop of the grid protocol, with a method's loss.
 
     ``loss_fn(logits, y, idx, epoch)`` returns the scalar batch loss; ``idx`` are the batch's
-    positions in the training pool (for per-sample state). Each epoch is logged (and evaluated)
+    positions in the training pool (for per-sample state). ``run.run_losses`` calls it: once, or
+    for a fused group (``bench run --fuse``, bench/fused_runs.py) once on each run's rows, and
+    the step sums the runs' losses. Each epoch is logged (and evaluated)
     through ``run.log`` and checkpointed through ``run.epochs``. A ``loss_fn`` that keeps state of
     its own across epochs (a per-sample tensor it updates, a module) passes it in ``state`` (name
     -> object, as :meth:`methods.base.Run.epochs` takes it), so a resumed run restores it too.

@@ -21,7 +21,7 @@
 #                                    fp32 and bf16, 8 fused in fp32, 4 probe steps (batch 16) fused, and
 #                                    the contiguous (rows layout) variant (no MPS)
 #   fuserun_*.txt                    `bench run --fuse 4` against runs alone: CE and MW-Net, 4 seeds,
-#                                    ResNet-32 on synthetic CIFAR-10-shaped data, 3 epochs; the tables
+#                                    ResNet-32 on synthetic CIFAR-10-shaped data, 2 epochs; the tables
 #                                    of minutes per run (a fused run's: its group's / 4), so the
 #                                    packing target (4 runs' epoch <= 2x one run's) is 4 x fused / alone <= 2
 #   train.txt                        the README's main job on CUDA (captured steps), timed
@@ -121,7 +121,7 @@ x_test=r.integers(0, 256, (10000, 32, 32, 3), dtype=np.uint8), y_test=np.arange(
         LIMIT=240 run_part fuserun "$out/fuserun_$fuse.txt" bash -c "\"$python\" -m bench run --device cuda \
 --dataset npz:/tmp/synth_cifar10.npz --model resnet32 --imbalance 1 --noise none --meta-per-class 100 \
 --methods ce,mwnet --seeds 0,1,2,3 \
---epochs 3 --fuse $fuse --quiet --store /tmp/fuse$fuse.sqlite --cache-dir /tmp/fuse_cache$fuse && \
+--epochs 2 --fuse $fuse --quiet --store /tmp/fuse$fuse.sqlite --cache-dir /tmp/fuse_cache$fuse && \
 \"$python\" -m bench table --store /tmp/fuse$fuse.sqlite --metric minutes"
       done ;;
     mps)
