@@ -201,7 +201,7 @@ def _check_fuse(fuse: int, specs: list[RunSpec]) -> None:
     fusable = [name for name in methods.names() if methods.get(name).fusable]
     alone = sorted({s.method for s in specs} - set(fusable))
     if alone:
-        print(f"bench: --fuse applies to {', '.join(fusable)}; {', '.join(alone)} train one run at a time",
+        print(f"bench: --fuse applies to {', '.join(fusable)}; runs of {', '.join(alone)} train one at a time",
               file=sys.stderr)
 
 

@@ -170,7 +170,7 @@ def test_bench_run_fuse_stores_every_run_of_every_group(jobs, tmp_path, capsys):
                  "--jobs", jobs, "--store", str(store), "--cache-dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert "--fuse applies to ce, focal, mwnet; cb train one run at a time" in err
+    assert "--fuse applies to ce, focal, mwnet; runs of cb train one at a time" in err
     assert "6 runs requested: 6 trained" in err
     runs = Store(store, create=False).runs("done")
     fused = {(m, s): json.loads(env).get("fused") for m, s, env in zip(runs["method"], runs["seed"], runs["env_json"])}
