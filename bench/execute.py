@@ -216,6 +216,7 @@ def drop_checkpoint(spec, cache_dir: Path | None) -> None:
     if path is None:
         return
     path.unlink(missing_ok=True)
+    path.with_suffix(".members").unlink(missing_ok=True)  # a fused group's list of its runs
     if path.parent.is_dir():
         for tmp in path.parent.glob(path.name + ".tmp*"):
             tmp.unlink(missing_ok=True)
@@ -255,7 +256,7 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
     from tqdm.auto import tqdm
 
     from bench.executors import SerialExecutor
-    from bench.fused_runs import FusedGroup, group_runs, members
+    from bench.fused_runs import FusedGroup, group_runs, members, sweep_group_checkpoints
 
     executor = executor or SerialExecutor()
     todo = pending(store, specs, retry_failed)
@@ -263,6 +264,7 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
     for spec in specs:
         if store.status(spec.key()) == "done":
             drop_checkpoint(spec, cache_dir)
+    sweep_group_checkpoints(store, cache_dir)
     keys = {s.key() for s in specs}
     failed_earlier = 0 if retry_failed else sum(store.status(k) == "failed" for k in keys)
     counts = {"skipped": len(keys) - len(todo) - failed_earlier, "failed_earlier": failed_earlier,

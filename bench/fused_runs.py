@@ -41,6 +41,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -291,6 +292,7 @@ def execute_fused(group: FusedGroup, *, device: torch.device, data_dir: str | No
                 progress=_member_progress(progress, spec), **(group_checkpoint if k == 0 else {}))
             for k, (spec, data) in enumerate(zip(specs, datas))]
     lead = runs[0]
+    note_members(group, lead.checkpoint_path)
     fused = FusedRun(runs, "runs" if lead.channels_last else "rows")
     if lead.checkpoint_found:
         _say(progress, specs[0], f"resuming its fused group from the checkpoint ({lead.checkpoint_position()})")
@@ -322,6 +324,47 @@ def execute_fused(group: FusedGroup, *, device: torch.device, data_dir: str | No
         results.append(RunResult(run.spec, "done", metrics=metrics[k], history=run.history, samples=samples,
                                  env=dict(env)))
     return results
+
+
+MEMBERS_SUFFIX = ".members"  # beside a group's checkpoint: its runs' keys, one per line
+
+
+def note_members(group: FusedGroup, path) -> None:
+    """Write beside the group's checkpoint which runs it holds (see :func:`sweep_group_checkpoints`)."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(MEMBERS_SUFFIX).write_text("".join(f"{s.key()}\n" for s in group.specs))
+    except OSError:
+        pass  # the checkpoint itself says it cannot be written, once
+
+
+def sweep_group_checkpoints(store, cache_dir) -> None:
+    """Remove the checkpoints of groups whose runs are all done: left by a kill between the
+    commit of a group's results and the removal of its checkpoint (a later ``bench run`` forms no
+    group for runs already done, so nothing else would remove them)."""
+    from bench.execute import drop_checkpoint
+
+    if cache_dir is None:
+        return
+    for listing in sorted((Path(cache_dir) / "checkpoints").glob(f"*{MEMBERS_SUFFIX}")):
+        try:
+            keys = listing.read_text().split()
+        except OSError:
+            continue
+        if keys and all(store.status(key) == "done" for key in keys):
+            drop_checkpoint(_Named(listing.stem), cache_dir)
+
+
+@dataclass(frozen=True)
+class _Named:
+    """Something with a ``key()``, for the checkpoint helpers of bench.execute."""
+
+    name: str
+
+    def key(self) -> str:
+        return self.name
 
 
 def _member_progress(progress, spec: RunSpec):

@@ -14,7 +14,7 @@ from bench.cli import main
 from bench.data.loader import Loader
 from bench.execute import checkpoint_path, execute, load_data
 from bench.fused import run_state
-from bench.fused_runs import FusedGroup, FusedRun, execute_fused, group_runs
+from bench.fused_runs import FusedGroup, FusedRun, execute_fused, group_runs, note_members, sweep_group_checkpoints
 from bench.spec import RunSpec
 from bench.store import Store
 from methods.base import Run
@@ -176,7 +176,26 @@ def test_bench_run_fuse_stores_every_run_of_every_group(jobs, tmp_path, capsys):
     fused = {(m, s): json.loads(env).get("fused") for m, s, env in zip(runs["method"], runs["seed"], runs["env_json"])}
     assert fused == {("mwnet", 0): 2, ("mwnet", 1): 2, ("mwnet", 2): None, ("cb", 0): None, ("cb", 1): None,
                      ("cb", 2): None}
-    assert not list((tmp_path / "cache" / "checkpoints").glob("*.pt"))  # the group's checkpoint is gone
+    assert not list((tmp_path / "cache" / "checkpoints").glob("*"))  # the group's checkpoint is gone
+
+
+def test_a_group_checkpoint_left_after_its_runs_were_stored_is_swept(tmp_path):
+    """A kill between storing a group's results and removing its checkpoint leaves the file; the
+    next grid removes it once every run of the group is done."""
+    specs = (_spec(0), _spec(1))
+    group = FusedGroup(specs)
+    store = Store(tmp_path / "store.sqlite")
+    path = checkpoint_path(group, tmp_path)
+    note_members(group, path)
+    path.write_bytes(b"a checkpoint")
+    for spec in specs:
+        store.start(spec.key(), spec.to_dict(), "CE")
+    store.finish(specs[0].key(), metrics={"acc_last": 50.0}, history=[], env={})
+    sweep_group_checkpoints(store, tmp_path)
+    assert path.exists()  # a run of the group is not done: a rerun of the same group resumes from it
+    store.finish(specs[1].key(), metrics={"acc_last": 50.0}, history=[], env={})
+    sweep_group_checkpoints(store, tmp_path)
+    assert not list(path.parent.glob("*"))
 
 
 @pytest.mark.parametrize("method", FUSABLE)
