@@ -361,6 +361,8 @@ def cmd_list(args) -> int:
         quick = ", ".join(f"{k}={_shown_value(v)}" for k, v in cls.presets.get("quick", {}).items())
         text = (settings or "no settings") + (f"; quick: {quick}" if quick else "")
         lines.append(textwrap.fill(text, width=100, initial_indent=" " * 4, subsequent_indent=" " * 6))
+    lines.append("  seeds trained as one fused network by `bench run --fuse K`: "
+                 + ", ".join(n for n in methods.names() if methods.get(n).fusable))
     print("\n".join(lines))
     print("datasets:\n  " + ", ".join(DATASET_NAMES) + ", npz:PATH")
     print("models:\n  " + ", ".join(sorted(MODELS)))

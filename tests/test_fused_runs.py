@@ -65,8 +65,10 @@ def _fit_fused(specs, layout="rows"):
 FUSABLE = [name for name in methods.names() if methods.get(name).fusable]
 
 
-def test_the_fusable_methods_are_the_documented_ones():  # README and `bench run --help` name them
+def test_the_fusable_methods_are_the_documented_ones(capsys):  # README and `bench run --help` name them
     assert FUSABLE == ["ce", "focal", "mwnet"]
+    assert main(["list"]) == 0
+    assert "fused network by `bench run --fuse K`: ce, focal, mwnet\n" in capsys.readouterr().out
 
 
 # the rows layout is the CPU's; the runs layout (CUDA's, in channels_last there) is checked here
