@@ -24,7 +24,7 @@ PACK_TEXT = {  # the table's footnote per --pack-mode
                "packs); ",
     "fused": "packed = {n} runs horizontally fused into one network (grouped convolutions; bench/fused.py; "
              "runs layout with channels_last, rows layout when contiguous), one step of each per iteration, timed "
-             "in turns with the run alone (not yet how bench run packs); ",
+             "in turns with the run alone (as bench run --fuse N trains seeds); ",
 }
 
 

@@ -122,8 +122,8 @@ def add_arguments(parser) -> None:
                         help="with --pack: N processes (as bench run --jobs N does; default), N copies "
                              "of the step in this process advanced in lockstep, each replayed on its own "
                              "CUDA stream (streams), or N runs fused into one network with grouped "
-                             "convolutions (fused; bench/fused.py). streams and fused are measurements: "
-                             "bench run does not pack that way yet")
+                             "convolutions (fused; bench/fused.py, as bench run --fuse N trains seeds). "
+                             "streams is a measurement: bench run does not pack that way yet")
 
 
 # ------------------------------------------------------------------------------ building steps
