@@ -135,6 +135,9 @@ def summarize(run, model) -> dict:
     return metrics
 
 
+MEMBERS_SUFFIX = ".members"  # beside a fused group's checkpoint: its runs' keys (bench/fused_runs.py)
+
+
 def checkpoint_path(spec, cache_dir: Path | None) -> Path | None:
     """Where a run (or a fused group, bench/fused_runs.py: anything with a ``key()``) checkpoints."""
     return None if cache_dir is None else Path(cache_dir) / "checkpoints" / f"{spec.key()}.pt"
@@ -152,9 +155,7 @@ def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
     """
     from methods.base import Run
 
-    method_cls = methods.get(spec.method)
-    if spec.train_on_meta and method_cls.uses_meta_set:
-        raise BenchError(f"{spec.method} learns from the meta set: train_on_meta applies to the other methods")
+    method_cls = method_for(spec)
     params = method_cls.params_from_spec(spec)
     data = load_data(spec, data_dir)
     env = environment(device)
@@ -184,13 +185,33 @@ def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
         print(tb, file=sys.stderr)
         return RunResult(spec, "failed", history=run.history, env=env, error=f"{type(exc).__name__}: {exc}")
     finally:  # every outcome's env (the RunResult holds this dict) says how the steps ran
-        env.update(steps=run.step_mode, channels_last=run.channels_last,
-                   cudnn_benchmark=searches_conv_algorithms(device), train_s=round(run.trained_s(), 3))
+        env.update(steps_env(run, device))
+    return done_result(run, metrics, env)
+
+
+def method_for(spec: RunSpec) -> type:
+    """The spec's method class; BenchError for a meta-set method asked to train on its meta set."""
+    method_cls = methods.get(spec.method)
+    if spec.train_on_meta and method_cls.uses_meta_set:
+        raise BenchError(f"{spec.method} learns from the meta set: train_on_meta applies to the other methods")
+    return method_cls
+
+
+def steps_env(run, device: torch.device) -> dict:
+    """How a run's steps ran, for its ``env``: captured or eager, memory format, cuDNN's search,
+    and its training seconds (``run``: a ``Run``, or a fused group's ``FusedRun``)."""
+    return dict(steps=run.step_mode, channels_last=run.channels_last,
+                cudnn_benchmark=searches_conv_algorithms(device), train_s=round(run.trained_s(), 3))
+
+
+def done_result(run, metrics: dict, env: dict) -> RunResult:
+    """A finished run's result: its metrics, history, per-sample labels and records, ``env``."""
+    data = run.data
     samples = {"dataset_index": data.train_index, "clean_label": data.train_clean_y,
                "observed_label": data.train_y, "is_noisy": data.is_noisy}
     values = {k: v for k, v in run.records.items() if np.ndim(v) == 1}
     arrays = {k: v for k, v in run.records.items() if np.ndim(v) != 1}
-    return RunResult(spec, "done", metrics=metrics, history=run.history, samples=samples, values=values,
+    return RunResult(run.spec, "done", metrics=metrics, history=run.history, samples=samples, values=values,
                      arrays=arrays, env=env)
 
 
@@ -216,7 +237,7 @@ def drop_checkpoint(spec, cache_dir: Path | None) -> None:
     if path is None:
         return
     path.unlink(missing_ok=True)
-    path.with_suffix(".members").unlink(missing_ok=True)  # a fused group's list of its runs
+    path.with_suffix(MEMBERS_SUFFIX).unlink(missing_ok=True)  # a fused group's list of its runs
     if path.parent.is_dir():
         for tmp in path.parent.glob(path.name + ".tmp*"):
             tmp.unlink(missing_ok=True)

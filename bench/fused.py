@@ -256,14 +256,19 @@ def run_rows(rows: torch.Tensor, runs: int, k: int) -> torch.Tensor:
     return rows[k::runs]
 
 
+def runs_images(images: Sequence[torch.Tensor], layout: str) -> torch.Tensor:
+    """K runs' image batches as a fused classifier of ``layout`` takes them: rows
+    (:func:`interleave`) or the runs layout (:func:`stack_runs`)."""
+    return interleave(images) if layout == "rows" else stack_runs(images)
+
+
 def runs_batch(parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], layout: str
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """K runs' batches ``(x, y, idx)`` as one fused batch: the images as the fused classifier takes
     them (rows, or the runs layout), labels as rows, and each row's index ``i * K + k`` for sample
     i of run k's pool (so a per-sample table of the K pools, interleaved, is indexed directly)."""
     runs = len(parts)
-    images = [x for x, _, _ in parts]
-    return ((interleave(images) if layout == "rows" else stack_runs(images)),
+    return (runs_images([x for x, _, _ in parts], layout),
             interleave([y for _, y, _ in parts]),
             interleave([i * runs + k for k, (_, _, i) in enumerate(parts)]))
 

@@ -49,7 +49,7 @@ import torch.nn as nn
 
 import methods
 from bench.errors import BenchError
-from bench.fused import FusedLoader, fuse, interleave, run_state, stack_runs
+from bench.fused import FusedLoader, fuse, run_state, runs_images
 from bench.spec import RunSpec
 from bench.train import Diverged, accuracy_report, check_finite
 
@@ -223,8 +223,7 @@ class FusedRun:
         model.eval()
         preds, targets = [], []
         for x, y, _ in self._test_loader:
-            copies = [x] * self.runs
-            logits = model(interleave(copies) if self.layout == "rows" else stack_runs(copies))
+            logits = model(runs_images([x] * self.runs, self.layout))
             preds.append(logits.argmax(1).view(-1, self.runs))  # row n K + k: run k's sample n
             targets.append(y)
         model.train(was_training)
@@ -268,8 +267,18 @@ def execute_fused(group: FusedGroup, *, device: torch.device, data_dir: str | No
     """Train the group's runs as one fused network; one ``RunResult`` per run, in order.
 
     Runs whose pools or meta sets differ in size train one at a time instead."""
-    from bench.capture import search_conv_algorithms, searches_conv_algorithms
-    from bench.execute import RunResult, checkpoint_path, environment, execute, load_data, summarize
+    from bench.capture import search_conv_algorithms
+    from bench.execute import (
+        RunResult,
+        checkpoint_path,
+        done_result,
+        environment,
+        execute,
+        load_data,
+        method_for,
+        steps_env,
+        summarize,
+    )
     from methods.base import Run
 
     specs = group.specs
@@ -279,9 +288,7 @@ def execute_fused(group: FusedGroup, *, device: torch.device, data_dir: str | No
     if len({(len(d.train_y), len(d.y_meta)) for d in datas}) != 1:  # no fused batches for them
         _say(progress, specs[0], "training pools or meta sets of different sizes: its group trains one run at a time")
         return [execute(spec, progress=_member_progress(progress, spec), **kwargs) for spec in specs]
-    method_cls = methods.get(specs[0].method)
-    if specs[0].train_on_meta and method_cls.uses_meta_set:  # as execute refuses it
-        raise BenchError(f"{specs[0].method} learns from the meta set: train_on_meta applies to the other methods")
+    method_cls = method_for(specs[0])
     params = method_cls.params_from_spec(specs[0])
     env = environment(device)
     search_conv_algorithms(device)
@@ -311,26 +318,17 @@ def execute_fused(group: FusedGroup, *, device: torch.device, data_dir: str | No
         print(traceback.format_exc(limit=6), file=sys.stderr)
         error = f"{type(exc).__name__}: {exc}"
     finally:
-        env.update(steps=lead.step_mode, channels_last=lead.channels_last, fused=len(runs),
-                   cudnn_benchmark=searches_conv_algorithms(device), train_s=round(lead.trained_s(), 3))
-    results = []
-    for k, (run, data) in enumerate(zip(runs, datas)):
-        if k not in metrics:
-            results.append(RunResult(run.spec, "failed", history=run.history, env=dict(env),
-                                     error=fused.failed.get(k, error)))
-            continue
-        samples = {"dataset_index": data.train_index, "clean_label": data.train_clean_y,
-                   "observed_label": data.train_y, "is_noisy": data.is_noisy}
-        results.append(RunResult(run.spec, "done", metrics=metrics[k], history=run.history, samples=samples,
-                                 env=dict(env)))
-    return results
-
-
-MEMBERS_SUFFIX = ".members"  # beside a group's checkpoint: its runs' keys, one per line
+        env.update(steps_env(fused, device), fused=len(runs))
+    return [done_result(run, metrics[k], dict(env)) if k in metrics else
+            RunResult(run.spec, "failed", history=run.history, env=dict(env), error=fused.failed.get(k, error))
+            for k, run in enumerate(runs)]
 
 
 def note_members(group: FusedGroup, path) -> None:
-    """Write beside the group's checkpoint which runs it holds (see :func:`sweep_group_checkpoints`)."""
+    """Write beside the group's checkpoint which runs it holds, one key per line (see
+    :func:`sweep_group_checkpoints`)."""
+    from bench.execute import MEMBERS_SUFFIX
+
     if path is None:
         return
     try:
@@ -344,7 +342,7 @@ def sweep_group_checkpoints(store, cache_dir) -> None:
     """Remove the checkpoints of groups whose runs are all done: left by a kill between the
     commit of a group's results and the removal of its checkpoint (a later ``bench run`` forms no
     group for runs already done, so nothing else would remove them)."""
-    from bench.execute import drop_checkpoint
+    from bench.execute import MEMBERS_SUFFIX, drop_checkpoint
 
     if cache_dir is None:
         return

@@ -319,11 +319,9 @@ class _RunsLoader:
     def images(self, images: list):
         """The runs' image batches as the classifier takes them: one run's as it is, fused runs'
         as rows or in the runs layout."""
-        from bench.fused import interleave, stack_runs
+        from bench.fused import runs_images
 
-        if len(images) == 1:
-            return images[0]
-        return interleave(images) if self.layout == "rows" else stack_runs(images)
+        return images[0] if len(images) == 1 else runs_images(images, self.layout)
 
     def assemble(self, *plans):
         from bench.fused import runs_batch

@@ -380,13 +380,14 @@ class MetaStep:
             w_new = self.weight_fn(losses.detach(), y, idx)
             a_new = self.coefficients(w_new)
         self._phase_done("real_forward")
-        loss = (a_new * losses).sum()
+        terms = a_new * losses  # each sample's part of the weighted loss
+        loss = terms.sum()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self._phase_done("real_backward")
         return dict(meta_loss=meta_loss.detach(), meta_losses=meta_losses.detach(), loss=loss.detach(),
-                    weights=w_new, losses=losses.detach())
+                    loss_terms=terms.detach(), weights=w_new, losses=losses.detach())
 
     def on_plans(self, train, meta_loader, weights_into: torch.Tensor | None = None) -> Callable:
         """This step as a function of a train and a meta batch plan (``bench.data.Plan``), as MW-Net
@@ -406,9 +407,9 @@ class MetaStep:
                 weights_into[idx] = out["weights"]
             if self.runs == 1:
                 return torch.stack([out["loss"] * len(y), out["meta_loss"], out["weights"].sum()])
-            K, w = self.runs, out["weights"]
-            run_losses = (self.coefficients(w) * out["losses"]).view(-1, K).sum(0)
-            return torch.stack([run_losses * (len(y) // K), out["meta_losses"], w.view(-1, K).sum(0)], 1)
+            K = self.runs
+            run_losses = out["loss_terms"].view(-1, K).sum(0)
+            return torch.stack([run_losses * (len(y) // K), out["meta_losses"], out["weights"].view(-1, K).sum(0)], 1)
         return step
 
     def _phase_done(self, phase: str) -> None:
