@@ -424,6 +424,37 @@ def test_captured_steps_match_eager_on_cuda(kind):
 
 # ------------------------------------------------------------------------ every method's step plumbing
 
+def eager_then_replayed(train, monkeypatch):
+    """``train()`` twice: every training step eager (the same prepared optimisers, never captured),
+    then through :class:`EmulatedGraph` (one eager call, capture, replays); returns both results.
+    Checks that a step was replayed and that none synchronised with the host."""
+    import importlib
+
+    from methods.base import Run
+
+    # capturable Adam is a CUDA feature; its tensor-only code path runs on CPU as well
+    monkeypatch.setattr(importlib.import_module("torch.optim.adam"), "_get_capturable_supported_devices",
+                        lambda *a, **k: ["cpu"])
+    made = []
+
+    def stepper(eager_calls):
+        def step_graph(self, fn, *, name, optimizers=(), **_):
+            step = EmulatedGraph(fn, name=name, optimizers=optimizers, warmup=eager_calls)
+            self.steps.append(step)
+            made.append(step)
+            return step
+        return step_graph
+
+    monkeypatch.setattr(Run, "step_graph", stepper(10**9))
+    eager = train()
+    made.clear()
+    monkeypatch.setattr(Run, "step_graph", stepper(1))
+    replayed = train()
+    assert made and sum(s.replays for s in made) > 0, "no step was replayed"
+    assert all(s.failure is None for s in made), [s.failure for s in made]  # nothing synchronised
+    return eager, replayed
+
+
 @pytest.mark.parametrize("name", __import__("methods").names())
 def test_every_method_trains_the_same_through_replayed_steps(name, monkeypatch):
     """Each method's training loops, with their steps replayed by :class:`EmulatedGraph` (warm-up,
@@ -431,37 +462,16 @@ def test_every_method_trains_the_same_through_replayed_steps(name, monkeypatch):
     results as eager, bit for bit on CPU. Catches a step that synchronises with the host, a loop
     that reads a step's output after the next call, and a value read from Python at capture time
     that changes later without a new key (e.g. an lr that is not a tensor filled in place)."""
-    import importlib
 
     from test_resume_methods import quick_spec  # tests/ is on sys.path (pytest rootdir-less layout)
 
     from bench import execute as ex
-    from methods.base import Run
 
-    # capturable Adam is a CUDA feature; its tensor-only code path runs on CPU as well
-    monkeypatch.setattr(importlib.import_module("torch.optim.adam"), "_get_capturable_supported_devices",
-                        lambda *a, **k: ["cpu"])
     spec = quick_spec(name)
-    made = []
-
-    def stepper(kind, eager_calls):
-        def step_graph(self, fn, *, name, optimizers=(), **_):
-            step = kind(fn, name=name, optimizers=optimizers, warmup=eager_calls)
-            self.steps.append(step)
-            made.append(step)
-            return step
-        return step_graph
-
-    # reference: the same prepared optimisers, every call eager (never captured)
-    monkeypatch.setattr(Run, "step_graph", stepper(EmulatedGraph, 10**9))
-    eager = ex.execute(spec, device=torch.device("cpu"), cache_dir=None)
+    eager, graphed = eager_then_replayed(lambda: ex.execute(spec, device=torch.device("cpu"), cache_dir=None),
+                                         monkeypatch)
     assert eager.status == "done", eager.error
-    made.clear()
-    monkeypatch.setattr(Run, "step_graph", stepper(EmulatedGraph, 1))
-    graphed = ex.execute(spec, device=torch.device("cpu"), cache_dir=None)
     assert graphed.status == "done", graphed.error
-    assert made and sum(s.replays for s in made) > 0, "no step was replayed"
-    assert all(s.failure is None for s in made), [s.failure for s in made]  # nothing synchronised
     assert graphed.metrics == eager.metrics
     for record, values in eager.values.items():
         np.testing.assert_array_equal(graphed.values[record], values, err_msg=record)

@@ -205,33 +205,13 @@ def test_a_fused_groups_steps_replay_as_captured_graphs(method, monkeypatch):
     """The fused steps (three plan tensors per run, a loss per run, MW-Net's per-run rows) through
     the CPU stand-in of a CUDA graph (tests/test_capture.py: replays re-run the captured aten calls,
     no Python; host synchronisation refused): the same results as eager, bit for bit."""
-    import importlib
-
-    from test_capture import EmulatedGraph
+    from test_capture import eager_then_replayed
     from test_resume_methods import quick_spec
 
-    monkeypatch.setattr(importlib.import_module("torch.optim.adam"), "_get_capturable_supported_devices",
-                        lambda *a, **k: ["cpu"])
     plans = Loader.plans  # 6 training steps an epoch: warm-up, capture, replays
     monkeypatch.setattr(Loader, "plans", lambda self: itertools.islice(plans(self), 6) if self.shuffle else plans(self))
     group = FusedGroup(tuple(quick_spec(method, epochs=2).replace(seed=s, data_seed=s) for s in (0, 1)))
-    made = []
-
-    def stepper(eager_calls):
-        def step_graph(self, fn, *, name, optimizers=(), **_):
-            step = EmulatedGraph(fn, name=name, optimizers=optimizers, warmup=eager_calls)
-            self.steps.append(step)
-            made.append(step)
-            return step
-        return step_graph
-
-    monkeypatch.setattr(Run, "step_graph", stepper(10**9))  # every call eager, the same optimisers
-    eager = execute_fused(group, device=CPU)
-    made.clear()
-    monkeypatch.setattr(Run, "step_graph", stepper(1))
-    graphed = execute_fused(group, device=CPU)
-    assert made and sum(s.replays for s in made) > 0, "no step was replayed"
-    assert all(s.failure is None for s in made), [s.failure for s in made]  # nothing synchronised
+    eager, graphed = eager_then_replayed(lambda: execute_fused(group, device=CPU), monkeypatch)
     for mine, theirs in zip(graphed, eager):
         assert mine.status == theirs.status == "done", (mine.error, theirs.error)
         assert mine.metrics == theirs.metrics and mine.history == theirs.history
