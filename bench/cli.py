@@ -198,11 +198,19 @@ def _check_fuse(fuse: int, specs: list[RunSpec]) -> None:
         return
     import methods
 
-    fusable = [name for name in methods.names() if methods.get(name).fusable]
-    alone = sorted({s.method for s in specs} - set(fusable))
+    alone = sorted({methods.get(s.method).display_name(dict(s.params)) for s in specs
+                    if not methods.get(s.method).fuses(s)})
     if alone:
-        print(f"bench: --fuse applies to {', '.join(fusable)}; runs of {', '.join(alone)} train one at a time",
+        print(f"bench: --fuse applies to {fusable_methods()}; runs of {', '.join(alone)} train one at a time",
               file=sys.stderr)
+
+
+def fusable_methods() -> str:
+    """The methods ``bench run --fuse`` trains fused, with what keeps some of their runs alone."""
+    import methods
+
+    return ", ".join(name + (f" ({methods.get(name).fuse_exceptions})" if methods.get(name).fuse_exceptions else "")
+                     for name in methods.names() if methods.get(name).fusable)
 
 
 def _run_locked(args, specs, executor, device, store) -> int:
@@ -361,8 +369,7 @@ def cmd_list(args) -> int:
         quick = ", ".join(f"{k}={_shown_value(v)}" for k, v in cls.presets.get("quick", {}).items())
         text = (settings or "no settings") + (f"; quick: {quick}" if quick else "")
         lines.append(textwrap.fill(text, width=100, initial_indent=" " * 4, subsequent_indent=" " * 6))
-    lines.append("  seeds trained as one fused network by `bench run --fuse K`: "
-                 + ", ".join(n for n in methods.names() if methods.get(n).fusable))
+    lines.append("  seeds trained as one fused network by `bench run --fuse K`: " + fusable_methods())
     print("\n".join(lines))
     print("datasets:\n  " + ", ".join(DATASET_NAMES) + ", npz:PATH")
     print("models:\n  " + ", ".join(sorted(MODELS)))
@@ -428,7 +435,8 @@ def make_parser() -> ArgumentParser:
                                               "process); with --executor ray, tasks in flight")
     run.add_argument("--fuse", type=int, default=1, metavar="K",
                      help="train up to K seeds of one cell and method as one fused network (grouped "
-                          "convolutions, for GPUs; ce, focal and mwnet so far, other methods train alone; default 1)")
+                          "convolutions, for GPUs; ce, focal, mwnet and curvenet so far (`bench list` says which "
+                          "settings), other methods train alone; default 1)")
     run.add_argument("--executor", choices=("local", "ray"), default="local",
                      help="local (this machine) or ray (a Ray cluster; pip install .[ray])")
     run.add_argument("--address", help="with --executor ray: the cluster to join (host:port or auto; "

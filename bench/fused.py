@@ -148,6 +148,10 @@ def _fuse_leaf(parts: list[nn.Module], layout: str) -> nn.Module | None:
     """The fused layer of K corresponding leaves, None for a per-sample leaf without state."""
     first, runs = parts[0], len(parts)
     rows = layout == "rows"
+    if hasattr(type(first), "fused"):  # a layer of a method's own that knows its fused form
+        fused = type(first).fused(parts, layout)
+        fused.runs = runs
+        return fused
     if isinstance(first, _ShortcutA) and not rows:
         return RunsShortcutA(4 * first.pad, runs)  # no state: nothing to copy
     if isinstance(first, nn.Conv2d):
@@ -201,7 +205,10 @@ def fuse(models: Sequence[nn.Module], layout: str = "rows") -> nn.Module:
 
     A copy of ``models[0]`` whose convolutions, linear layers, BatchNorms and embeddings are
     replaced by their fused forms holding every model's weights and buffers; attributes ``runs`` =
-    K and ``layout``. ``layout="rows"``: rows in, rows out (any of the suite's networks).
+    K and ``layout``. A layer class of a method's own with a classmethod ``fused(parts, layout)``
+    (LDAM's cosine classifier) gives its fused form itself: its tensors the K layers' concatenated
+    along the first dimension (as :func:`run_state` splits them). ``layout="rows"``: rows in, rows
+    out (any of the suite's networks).
     ``layout="runs"`` (the suite's backbones, whose only linear layer is the classifier at the
     end): the input in the runs layout (:func:`stack_runs`), the logits as rows.
     """

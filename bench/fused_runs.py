@@ -10,24 +10,33 @@ the driver stores as it stores runs trained alone.
 What each run keeps as its own (so a fused run is the run trained alone, up to float rounding;
 tests/test_fused_runs.py compares the two):
 
-- its data (its noisy labels, pool and meta set), its initial weights (drawn after
-  ``torch.manual_seed`` of its seed, as :func:`bench.execute.execute` does, the weighting net's
-  after the backbone's), and its batch order, crops and flips (from its own generator:
-  :class:`bench.fused.FusedLoader`, :class:`bench.fused.FusedCycle`);
-- its loss: the method's ``loss_fn`` is called on each run's rows (``Run.run_losses``) and the K
-  losses are summed, so each run's weights get exactly its own gradient;
+- its data (its noisy labels, pool and meta set), its initial weights (drawn from its own stream
+  of torch's global RNG, started by ``torch.manual_seed`` of its seed as
+  :func:`bench.execute.execute` does, in the order its method draws its networks), and its batch
+  order, crops and flips (from its own generator: :class:`bench.fused.FusedLoader`,
+  :class:`bench.fused.FusedCycle`); a stage with a seed of its own (CurveNet's probe,
+  ``Run.reseeded``) reseeds each run's stream and generator from its own spec;
+- its loss: the method's ``loss_fn`` (or each run's own, ``Run.per_run``: a loss built from the
+  run's class counts) is called on each run's rows (``Run.run_losses``) and the K losses are
+  summed, so each run's weights get exactly its own gradient;
+- its per-sample tables (``Run.pooled``: the K pools interleaved, row i K + k run k's sample i,
+  as the fused batches' ``idx`` index them), split back into each run's records;
 - its history, test accuracy and result. A run that diverges is recorded as failed at that
   epoch while the others train on (its NaNs stay in its own weights: grouped convolutions,
   per-channel BatchNorm, element-wise SGD).
 
-Which methods: those with ``fusable = True`` (``methods.base.Method``), which train through the
-run's services alone (``model``, ``net``, ``loader``, ``epochs``, ``log``, ``record``) with a loss
-per run: CE and Focal (:func:`bench.train.train_classifier`, ``Run.run_losses``) and MW-Net
-(:class:`methods.meta.MetaStep`, which steps each fused run as its own; its weighting nets are
-fused too). The others (class counts of each run's data, per-sample state of their own, probe
-stages) train one run at a time, as without ``--fuse``. A group checkpoints as one (its key is
-:meth:`FusedGroup.key`); a killed group resumes when the same runs are asked for with the same
-``--fuse``.
+Which methods: those with ``fusable = True`` (``methods.base.Method``; ``Method.fuses(spec)``
+may exclude settings), which train through the run's services (``model``, ``net``, ``loader``,
+``epochs``, ``log``, ``record``, ``per_run``, ``pooled``) with a loss per run: CE and Focal
+(:func:`bench.train.train_classifier`, ``Run.run_losses``); Class-Balanced and LDAM-DRW (a loss
+per run from its own class counts; LDAM's cosine classifier fuses itself,
+``methods.ldam_drw.NormedLinear.fused``); MW-Net (:class:`methods.meta.MetaStep`, which steps
+each fused run as its own; its weighting nets are fused too); CurveNet with the clean meta set
+and without +DRW (both stages: the probes fused, each from its run's probe seed and cached per
+run; the curves centred per run; the CurveNets fused). The others (per-sample state of their
+own across stages, two networks, per-run subsets) train one run at a time, as without
+``--fuse``. A group checkpoints as one (its key is :meth:`FusedGroup.key`); a killed group
+resumes when the same runs are asked for with the same ``--fuse``.
 
 Speed: on this suite's 2-core CPU fusing does not pay at batch 128 (4 fused runs cost 3.9-4.3x
 one run; ``python -m bench timing --pack 4 --pack-mode fused``); it is meant for GPUs, where it
@@ -36,6 +45,8 @@ has not been measured yet (README, Speed).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import sys
 import traceback
@@ -49,9 +60,10 @@ import torch.nn as nn
 
 import methods
 from bench.errors import BenchError
-from bench.fused import FusedLoader, fuse, run_state, runs_images
+from bench.fused import FusedLoader, fuse, interleave, run_state, runs_images
 from bench.spec import RunSpec
 from bench.train import Diverged, accuracy_report, check_finite
+from methods.base import PerRun
 
 
 @dataclass(frozen=True)
@@ -84,7 +96,7 @@ def group_runs(specs: Sequence[RunSpec], fuse_at_most: int) -> list:
     queue: list = []
     open_groups: dict[str, list] = {}
     for spec in specs:
-        if fuse_at_most == 1 or not methods.get(spec.method).fusable:
+        if fuse_at_most == 1 or not methods.get(spec.method).fuses(spec):
             queue.append(spec)
             continue
         group = open_groups.get(fuse_key(spec))
@@ -136,8 +148,11 @@ class FusedRun:
         self.lead = self.members[0]
         self.layout = layout
         self.failed: dict[int, str] = {}  # member -> why it diverged
-        self._rng: list[torch.Tensor | None] = [None] * len(self.members)  # each member's global RNG state
+        # each member's stream of torch's global RNG (its state after the member's last draw) and seed
+        self._rng: list[torch.Tensor | None] = [None] * len(self.members)
+        self._seeds = [run.spec.seed for run in self.members]
         self._test_loader = None
+        self._architecture: nn.Module | None = None
         first = self.lead.data
         for run in self.members[1:]:
             if run.data.x_test.shape != first.x_test.shape or not np.array_equal(run.data.y_test, first.y_test):
@@ -171,37 +186,80 @@ class FusedRun:
     def trained_s(self) -> float:
         return self.lead.trained_s()
 
-    def model(self) -> nn.Module:
-        """The members' fresh backbones, each initialised as it would be alone (after
-        ``torch.manual_seed`` of its seed, as ``bench.execute.execute`` does), fused."""
-        models = []
-        for k, run in enumerate(self.members):
-            torch.manual_seed(run.spec.seed)
-            models.append(run.model())
-            self._rng[k] = torch.get_rng_state()
+    @property
+    def member_runs(self) -> list:
+        """The K runs' own ``Run`` s (each with its spec and data)."""
+        return self.members
+
+    def pooled(self, get):
+        """A per-sample table of the K pools as the fused batches index it: ``get(run)`` of each
+        member (an array or tensor with one row per pool sample), interleaved (row i K + k: run
+        k's sample i)."""
+        parts = [get(run) for run in self.members]
+        if isinstance(parts[0], torch.Tensor):
+            return interleave(parts)
+        parts = [np.asarray(part) for part in parts]
+        return np.stack(parts, 1).reshape(-1, *parts[0].shape[1:])
+
+    def _drawn(self, k: int, build):
+        """``build()`` on member k's own stream of torch's global RNG: the stream starts at
+        ``torch.manual_seed`` of its seed (the spec's, as ``bench.execute.execute`` seeds a run
+        alone; a :meth:`reseeded` stage's inside it) and goes on where the member's last draw left
+        it, so its networks are drawn as they would be alone, in the order its method draws them."""
+        if self._rng[k] is None:
+            torch.manual_seed(self._seeds[k])
+        else:
+            torch.set_rng_state(self._rng[k])
+        built = build()
+        self._rng[k] = torch.get_rng_state()
+        return built
+
+    def model(self, *, adapt=None) -> nn.Module:
+        """The members' fresh backbones (each changed by ``adapt``, as ``Run.model``), each drawn
+        from its run's own RNG stream, fused."""
+        models = [self._drawn(k, lambda run=run: run.model(adapt=adapt)) for k, run in enumerate(self.members)]
+        self._architecture = models[0]  # what unfused() gives each run's weights back in
         return fuse(models, self.layout)
 
     def net(self, make) -> nn.Module:
-        """The members' auxiliary networks (weighting nets), each drawn from its run's own stream
-        of torch's global RNG (where its run alone would draw it, after its backbone), fused in
-        the rows layout."""
-        nets = []
-        for k, run in enumerate(self.members):
-            if self._rng[k] is not None:
-                torch.set_rng_state(self._rng[k])
-            nets.append(run.net(make))
-            self._rng[k] = torch.get_rng_state()
-        return fuse(nets, "rows")
+        """The members' auxiliary networks (weighting nets), each drawn from its run's own RNG
+        stream (before or after its backbone, as its method draws them), fused in the rows layout."""
+        return fuse([self._drawn(k, lambda run=run: run.net(make)) for k, run in enumerate(self.members)], "rows")
+
+    @contextlib.contextmanager
+    def reseeded(self, seed_of):
+        """``Run.reseeded`` for each member: inside, member k's RNG stream starts at
+        ``seed_of(its spec)`` and its loaders draw from a generator of that seed; both as before
+        after."""
+        saved = ([run.generator for run in self.members], self._rng, self._seeds)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            self._seeds = [seed_of(run.spec) for run in self.members]
+            self._rng = [None] * self.runs
+            for run, seed in zip(self.members, self._seeds):
+                run.generator = torch.Generator().manual_seed(seed)
+            try:
+                yield
+            finally:
+                generators, self._rng, self._seeds = saved
+                for run, generator in zip(self.members, generators):
+                    run.generator = generator
 
     def loader(self, split: str = "train", **kwargs) -> FusedLoader:
         if split == "test":
             raise ValueError("a fused group evaluates through FusedRun.evaluate")
         return FusedLoader([run.loader(split, **kwargs) for run in self.members], self.layout)
 
+    def per_run(self, make) -> PerRun:
+        """``make(run)`` for each member: what a run builds from its own data (its loss)."""
+        return PerRun(make(run) for run in self.members)
+
     def run_losses(self, loss_fn, logits, y, idx, epoch) -> torch.Tensor:
-        """Each run's batch loss from its own rows (``idx`` back to its own pool positions)."""
+        """Each run's batch loss from its own rows (``idx`` back to its own pool positions), by
+        ``loss_fn`` or, for a :class:`methods.base.PerRun` of losses, by the run's own."""
         K = self.runs
-        return torch.stack([loss_fn(logits[k::K], y[k::K], idx[k::K] // K, epoch) for k in range(K)])
+        fns = loss_fn if isinstance(loss_fn, PerRun) else [loss_fn] * K
+        return torch.stack([fns[k](logits[k::K], y[k::K], idx[k::K] // K, epoch) for k in range(K)])
 
     def epochs(self, count: int, *, stage: str = "train", state: dict | None = None):
         state = {**(state or {}), "fused_histories": _Histories(self),
@@ -250,8 +308,9 @@ class FusedRun:
             raise BenchError(self.failed[0])
 
     def unfused(self, model: nn.Module, k: int) -> nn.Module:
-        """Member k's trained network on its own (its weights and running statistics)."""
-        alone = self.members[k].model()
+        """Member k's trained network on its own (its weights and running statistics), in the
+        architecture :meth:`model` built for each run."""
+        alone = copy.deepcopy(self._architecture)
         alone.load_state_dict(run_state(model, k))
         return alone
 

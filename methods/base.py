@@ -65,9 +65,11 @@ class Method:
     uses_meta_set: ClassVar[bool] = False
     # True for methods that train through the Run's services only (model, net, loader, sgd, epochs,
     # log, record; per-run losses through train_classifier or methods.meta.MetaStep) and read
-    # nothing of run.data: `bench run --fuse K` may then train K seeds of one cell as one fused
-    # network (bench/fused_runs.py)
+    # run.data only through run.member_runs, run.per_run or run.pooled: `bench run --fuse K` may
+    # then train K seeds of one cell as one fused network (bench/fused_runs.py)
     fusable: ClassVar[bool] = False
+    # what keeps some of a fusable method's runs from fusing (see `fuses`), for `bench list` and notes
+    fuse_exceptions: ClassVar[str] = ""
 
     def __init__(self, params=None):
         self.params = params if params is not None else self.Params()
@@ -79,6 +81,12 @@ class Method:
     def display_name(cls, params: dict) -> str:
         """Name shown in tables (e.g. MW-Net(noise)); ``params`` is the spec's parameter dict."""
         return cls.name
+
+    @classmethod
+    def fuses(cls, spec: RunSpec) -> bool:
+        """Whether ``bench run --fuse K`` may train this run fused with its other seeds': a
+        ``fusable`` method's runs, unless the method excludes some settings."""
+        return cls.fusable
 
     @classmethod
     def check_spec(cls, spec: RunSpec) -> None:
@@ -279,10 +287,13 @@ class Run:
     def num_classes(self) -> int:
         return self.data.num_classes
 
-    def model(self, num_classes: int | None = None) -> nn.Module:
-        """A fresh backbone for this spec, on the run's device."""
+    def model(self, num_classes: int | None = None, *, adapt=None) -> nn.Module:
+        """A fresh backbone for this spec, on the run's device; ``adapt(model) -> model`` changes it
+        before it is placed there (LDAM's cosine classifier; a fused group adapts each run's)."""
         in_channels = self.data.x_train.shape[-1]
         model = build_model(self.spec.model, num_classes or self.num_classes, in_channels, self.spec.init)
+        if adapt is not None:
+            model = adapt(model)
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
@@ -373,10 +384,44 @@ class Run:
         """How many runs this context trains at once: 1 (a fused group's is K, bench/fused_runs.py)."""
         return 1
 
+    @property
+    def member_runs(self) -> list[Run]:
+        """The runs this context trains, each with its own spec and data: this one (a fused
+        group's are its K members)."""
+        return [self]
+
+    def pooled(self, get):
+        """A per-sample table as the batches' ``idx`` index it: ``get(self)`` (a fused group
+        interleaves its members' tables)."""
+        return get(self)
+
+    @contextlib.contextmanager
+    def reseeded(self, seed_of):
+        """A stage with randomness of its own (CurveNet's probe): inside, torch's global RNG starts
+        at ``torch.manual_seed(seed_of(spec))`` and the run's loaders draw from a generator of that
+        seed; after it both are as before, so what follows is the same whether the stage ran or its
+        result came from a cache."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        saved = self.generator
+        with torch.random.fork_rng(devices=devices):
+            seed = seed_of(self.spec)
+            torch.manual_seed(seed)
+            self.generator = torch.Generator().manual_seed(seed)
+            try:
+                yield
+            finally:
+                self.generator = saved
+
+    def per_run(self, make):
+        """What ``make(run)`` builds from a run's own data (a loss with its class weights), for each
+        run this context trains: here ``make(self)`` (a fused group's: one per member, a
+        :class:`PerRun`, which :meth:`run_losses` gives each run its own of)."""
+        return make(self)
+
     def run_losses(self, loss_fn, logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, epoch: int
                    ) -> torch.Tensor:
         """The batch loss of each run this context trains, shape ``(runs,)``: here ``loss_fn``'s one
-        loss (a fused group calls it on each run's rows)."""
+        loss (a fused group calls it, or each run's own of a :class:`PerRun`, on each run's rows)."""
         return loss_fn(logits, y, idx, epoch).reshape(1)
 
     def record(self, name: str, values) -> None:
@@ -389,6 +434,10 @@ class Run:
         if values.dtype.kind not in "biuf":  # the store keeps numbers (flags come back as 0.0 / 1.0)
             raise ValueError(f"record {name!r}: values must be numbers or booleans, got dtype {values.dtype}")
         self.records[name] = values
+
+
+class PerRun(list):
+    """One object per run of a fused group, in member order (:meth:`Run.per_run`)."""
 
 
 # ------------------------------------------------------------------------ checkpoint helpers

@@ -97,6 +97,7 @@ class ClassBalanced(Method):
 
     name = "cb"
     Params = ClassBalancedParams
+    fusable = True  # bench run --fuse: each run's class weights from its own counts
 
     @classmethod
     def display_name(cls, params: dict) -> str:
@@ -115,7 +116,6 @@ class ClassBalanced(Method):
 
     def fit(self, run):
         p = self.params
-        weights = class_balanced_weights(run.data.noisy_counts, p.beta, device=run.device)
         model = run.model()
         optimizer = None
         if p.loss in ("sigmoid", "focal") and p.sigmoid_init and getattr(model.fc, "bias", None) is not None:
@@ -126,10 +126,19 @@ class ClassBalanced(Method):
             others = [q for q in model.parameters() if q is not bias]
             optimizer = run.sgd([{"params": others}, {"params": [bias], "weight_decay": 0.0}])
 
-        def loss_fn(logits, y, idx, epoch):
-            return reduce_weighted(cb_per_sample(logits, y, p.loss, p.gamma), y, weights, p.reduction)
+        def weights_of(member):  # w_c from the run's own observed-label counts (eq. 3)
+            return class_balanced_weights(member.data.noisy_counts, p.beta, device=member.device)
 
+        def loss_for(member):
+            weights = weights_of(member)
+
+            def loss_fn(logits, y, idx, epoch):
+                return reduce_weighted(cb_per_sample(logits, y, p.loss, p.gamma), y, weights, p.reduction)
+            return loss_fn
+
+        loss_fn = run.per_run(loss_for)  # one per run of a fused group (bench run --fuse)
         model = train_classifier(run, model, loss_fn, optimizer=optimizer, same_loss_every_epoch=True)
-        y_train = torch.as_tensor(run.data.train_y, device=run.device, dtype=torch.long)
-        run.record("weight", weights[y_train])
+        for member in run.member_runs:
+            y_train = torch.as_tensor(member.data.train_y, device=member.device, dtype=torch.long)
+            member.record("weight", weights_of(member)[y_train])
         return model

@@ -80,6 +80,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench.errors import BenchError
+from bench.fused import interleave
 from bench.train import set_lr
 from methods import register
 from methods.base import Method, check_int, check_number
@@ -218,44 +219,72 @@ def _probe_seed(seed: int) -> int:
 def probe_curves(run, schedule: Schedule) -> torch.Tensor:
     """Raw probe losses (T, N) on the run's device: from the cache when present, else trained.
 
-    The probe runs under its own seed (global RNG forked, the run's loader generator swapped), so
-    it is a function of the spec and the allocate stage sees the same RNG state either way.
+    The probe runs under its own seed (``run.reseeded``: global RNG forked, the run's loader
+    generator swapped), so it is a function of the spec and the allocate stage sees the same RNG
+    state either way. A fused group's (``bench run --fuse``, bench/fused_runs.py) probes train as
+    one fused network, each run's from its own probe seed, unless every run's curves are cached;
+    the table is then (T, N K), column i K + k run k's sample i. A run whose curves were cached
+    keeps them (and no probe rows in its history) when the others' probes train.
     """
-    n = len(run.data.train_y)
-    path = None
-    if run.cache_dir is not None:
-        path = Path(run.cache_dir) / "curvenet_probe" / f"{probe_key(run, schedule)}.npz"
-        if path.is_file():
-            try:
-                with np.load(path) as f:
-                    values, labels = f["values"], f["labels"]
-                if values.shape == (len(schedule), n) and np.array_equal(labels, run.data.train_y):
-                    return torch.as_tensor(values, device=run.device)
-            except (OSError, KeyError, ValueError):
-                pass  # unreadable or stale: train again and overwrite
-    devices = [run.device] if run.device.type == "cuda" else []
-    saved_generator = run.generator
-    with torch.random.fork_rng(devices=devices):
-        seed = _probe_seed(run.spec.seed)
-        torch.manual_seed(seed)
-        run.generator = torch.Generator().manual_seed(seed)
-        try:
-            model = run.model()
-            every = max(1, len(schedule) // 10)
-            curves = train_and_record(run, model, schedule, "loss", log_stage="probe", evaluate_every=every)
-        finally:
-            run.generator = saved_generator
-    values = curves.values.float()
-    if path is not None:
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(tmp, values=values.cpu().numpy(), labels=np.asarray(run.data.train_y))
-            os.replace(tmp, path)  # atomic: readers see the old file or the whole new one
-        except OSError as exc:
-            warnings.warn(f"could not cache the CurveNet probe curves at {path}: {exc}", stacklevel=2)
-            tmp.unlink(missing_ok=True)
-    return values
+    members = run.member_runs
+    paths = [_probe_cache_path(member, schedule) for member in members]
+    cached = [_read_probe_cache(path, member, schedule) for path, member in zip(paths, members)]
+    if all(values is not None for values in cached):
+        return _columns(cached)
+    with run.reseeded(lambda spec: _probe_seed(spec.seed)):
+        model = run.model()
+        every = max(1, len(schedule) // 10)
+        curves = train_and_record(run, model, schedule, "loss", log_stage="probe", evaluate_every=every)
+    values = curves.values
+    if len(members) == 1:
+        _write_probe_cache(paths[0], members[0], values)
+        return values
+    trained = [values[:, k::len(members)] for k in range(len(members))]
+    for path, member, old, new in zip(paths, members, cached, trained):
+        if old is None:
+            _write_probe_cache(path, member, new)
+        else:  # as alone: its curves from the cache, no probe trained
+            member.history = [row for row in member.history if row["stage"] != "probe"]
+    return _columns([new if old is None else old for old, new in zip(cached, trained)])
+
+
+def _columns(tables: list[torch.Tensor]) -> torch.Tensor:
+    """Runs' (T, N) tables as one (T, N K), column i K + k run k's sample i (one run's as it is)."""
+    return tables[0] if len(tables) == 1 else torch.stack(tables, 2).flatten(1)
+
+
+def _probe_cache_path(run, schedule: Schedule) -> Path | None:
+    if run.cache_dir is None:
+        return None
+    return Path(run.cache_dir) / "curvenet_probe" / f"{probe_key(run, schedule)}.npz"
+
+
+def _read_probe_cache(path: Path | None, run, schedule: Schedule) -> torch.Tensor | None:
+    """The cached curves (T, N) of ``run``'s probe, None when absent, unreadable or stale."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path) as f:
+            values, labels = f["values"], f["labels"]
+    except (OSError, KeyError, ValueError):
+        return None  # unreadable: train again and overwrite
+    if values.shape == (len(schedule), len(run.data.train_y)) and np.array_equal(labels, run.data.train_y):
+        return torch.as_tensor(values, device=run.device)
+    return None
+
+
+def _write_probe_cache(path: Path | None, run, values: torch.Tensor) -> None:
+    """Write the curves atomically: readers see the old file or the whole new one."""
+    if path is None:
+        return
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, values=values.cpu().numpy(), labels=np.asarray(run.data.train_y))
+        os.replace(tmp, path)
+    except OSError as exc:
+        warnings.warn(f"could not cache the CurveNet probe curves at {path}: {exc}", stacklevel=3)
+        tmp.unlink(missing_ok=True)
 
 
 def pseudo_meta_indices(probe_mean: np.ndarray, labels: np.ndarray, per_class: int) -> np.ndarray:
@@ -277,6 +306,8 @@ class CurveNetMethod(Method):
 
     name = "curvenet"
     uses_meta_set = True
+    fusable = True  # bench run --fuse: probe and allocate stages, each run's curves its own
+    fuse_exceptions = "not with meta_set=pseudo or drw=true"
     Params = CurveNetParams
     # quick: the paper's 300-epoch probe scaled by 1/10, like the 200 -> 20 epoch protocol:
     # 12 epochs at lr 0.1 / batch 128 (120/10), then 3 periods of 3 + 3 epochs at 0.01 / 0.001
@@ -300,6 +331,12 @@ class CurveNetMethod(Method):
                   "--set curvenet.meta_set=pseudo)", file=sys.stderr)
 
     @classmethod
+    def fuses(cls, spec) -> bool:
+        """Not the pseudo-meta set (each run's own picks) nor +DRW (each run's class weights)."""
+        params = dict(spec.params)
+        return params.get("meta_set", "clean") == "clean" and not params.get("drw", False)
+
+    @classmethod
     def display_name(cls, params: dict) -> str:
         extras = []
         if params.get("skip_layers", 0):
@@ -313,14 +350,17 @@ class CurveNetMethod(Method):
     def fit(self, run):
         p = self.params
         device = run.device
+        K = run.runs  # a fused group's runs (bench run --fuse): per-sample tables interleave their pools
         raw = probe_curves(run, p.schedule())
-        labels = torch.as_tensor(np.asarray(run.data.train_y), device=device, dtype=torch.long)
-        curves = curve_input(raw, labels, p.drop_first, p.drop_last, std_norm=p.std_norm)
+        labels = torch.as_tensor(run.pooled(lambda r: np.asarray(r.data.train_y)), device=device, dtype=torch.long)
+        # each run's curves centred within its own classes (rows interleaved again: row i K + k run k's sample i)
+        curves = interleave([curve_input(raw[:, k::K], labels[k::K], p.drop_first, p.drop_last, std_norm=p.std_norm)
+                             for k in range(K)])
         window_mean = raw[p.drop_first:raw.shape[0] - p.drop_last].mean(0)
         run.record("curve", curves)
         run.record("probe_loss_mean", window_mean)
 
-        cnet = CurveNet(curves.shape[1], run.num_classes, p.embed_dim).to(device)
+        cnet = run.net(lambda: CurveNet(curves.shape[1], run.num_classes, p.embed_dim))
         copt = torch.optim.Adam(cnet.parameters(), lr=p.meta_lr, weight_decay=p.meta_weight_decay)
         model = run.model()
         optimizer = run.sgd(model.parameters())
@@ -332,22 +372,30 @@ class CurveNetMethod(Method):
             last = cnet(curves, labels)
         drw = None
         if p.drw:
+            if K > 1:
+                raise BenchError("CurveNet +DRW trains one run at a time (CurveNetMethod.fuses)")
             counts = run.data.train_counts if p.drw_counts == "clean" else run.data.noisy_counts
             drw = DRW(counts, run.first_drop + 1, reduction="batch", device=device)
         train = run.loader("train")
 
-        def fixed_step(idx, offsets, flip):  # after the first drop: the weights frozen (notes §3)
-            x, y, idx = train.assemble(idx, offsets, flip)
+        def fixed_step(*plan):  # after the first drop: the weights frozen (notes §3)
+            x, y, idx = train.assemble(*plan)
             w = last[idx]
             if drw is not None:
                 w = w * drw.sample_weights(y, epoch)  # the allocate loop's current epoch
             with run.autocast():
                 losses = F.cross_entropy(model(x), y, reduction="none")
-            loss = (w * losses.float()).sum() / len(y)
+            if K == 1:
+                loss = (w * losses.to(w.dtype)).sum() / len(y)
+                terms, weight_sums = loss.detach().reshape(1) * len(y), w.sum().reshape(1)
+            else:  # each run's sum(w l) / B over its own rows (row n K + k: run k's), summed over runs
+                terms = (w * losses.to(w.dtype)).view(-1, K).sum(0)
+                loss = terms.sum() / (len(y) // K)
+                weight_sums = w.view(-1, K).sum(0)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            return torch.stack([loss.detach() * len(y), torch.zeros_like(loss), w.sum()])
+            return torch.stack([terms.detach(), torch.zeros_like(terms), weight_sums], 1)
 
         graphed_meta = run.step_graph(step.on_plans(train, meta_loader, weights_into=last),  # eqs. 3-5
                                       name="CurveNet meta step", optimizers=[optimizer, copt])
@@ -362,7 +410,7 @@ class CurveNetMethod(Method):
             meta = meta_loader.cycle() if learning else None
             if not learning:
                 graphed_meta.release()  # the weights are frozen from here on
-            total = torch.zeros(3, device=device)
+            total = torch.zeros(K, 3, device=device)  # weighted loss * B, meta loss, weight sum; per run
             seen = steps = 0
             for plan in train.plans():
                 if learning:
@@ -371,7 +419,7 @@ class CurveNetMethod(Method):
                 else:  # DRW's class weights change with the epoch: captured again per epoch
                     total += graphed_fixed(*plan, key=epoch)
                 seen += len(plan.idx)
-            loss_sum, meta_sum, weight_sum = total.tolist()
+            loss_sum, meta_sum, weight_sum = total.double().unbind(-1)  # one value per run
             metrics = dict(lr=lr, loss=loss_sum / max(seen, 1), mean_weight=weight_sum / max(seen, 1))
             if learning:
                 metrics["meta_loss"] = meta_sum / max(steps, 1)
@@ -386,6 +434,6 @@ class CurveNetMethod(Method):
         if p.meta_set == "pseudo":
             idx = pseudo_meta_indices(probe_mean.cpu().numpy(), np.asarray(run.data.train_y), p.pseudo_per_class)
             return run.loader("train", indices=idx, batch_size=run.spec.meta_batch_size)
-        if len(run.data.y_meta) == 0:
+        if len(run.member_runs[0].data.y_meta) == 0:  # a fused group's meta sets have one size
             return None
         return run.loader("meta")

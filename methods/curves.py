@@ -200,7 +200,8 @@ def curvenet_probe_schedule(lr: float = 0.1, base_epochs: int = 120, base_batch_
 class CurveRecorder:
     """An ``(epochs, N)`` tensor on ``device``, NaN until written, filled by sample index."""
 
-    def __init__(self, epochs: int, num_samples: int, device, dtype=torch.float32):
+    def __init__(self, epochs: int, num_samples: int, device, dtype=None):
+        dtype = dtype or torch.get_default_dtype()  # float32 unless a float64 exactness test set it
         self.values = torch.full((epochs, num_samples), float("nan"), device=device, dtype=dtype)
 
     def add(self, epoch: int, idx: torch.Tensor, values: torch.Tensor) -> None:
@@ -247,7 +248,7 @@ def centre(values: torch.Tensor, by=None, *, scale: bool = False, eps: float = 1
     NaN entries are ignored in the means and stay NaN. With ``scale`` the centred values are
     divided by the (population) standard deviation of their row / group (clamped at ``eps``).
     """
-    values = values.float()
+    values = values if values.dtype == torch.float64 else values.float()
     valid = ~torch.isnan(values)
     filled = torch.where(valid, values, torch.zeros_like(values))
     if by is None:
@@ -259,7 +260,8 @@ def centre(values: torch.Tensor, by=None, *, scale: bool = False, eps: float = 1
             raise BenchError(f"centre: need one group per sample ({values.shape[1]}), got {tuple(groups.shape)}")
     num_groups = int(groups.max().item()) + 1 if groups.numel() else 1
     index = groups.expand_as(values)
-    count = torch.zeros(values.shape[0], num_groups, device=values.device).scatter_add_(1, index, valid.float())
+    count = torch.zeros(values.shape[0], num_groups, device=values.device, dtype=values.dtype
+                        ).scatter_add_(1, index, valid.to(values.dtype))
     total = torch.zeros_like(count).scatter_add_(1, index, filled)
     mean = total / count.clamp_min(1)
     out = values - mean.gather(1, index)
@@ -289,7 +291,10 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
 
     Parameters
     ----------
-    run        the :class:`methods.base.Run` (data, device, loaders, optimiser, logging).
+    run        the :class:`methods.base.Run` (data, device, loaders, optimiser, logging), or a
+               fused group's (bench/fused_runs.py: CurveNet's probe under ``bench run --fuse``;
+               then the values' columns are the K pools interleaved, column i K + k run k's
+               sample i, and ``labels`` and ``indices`` are refused).
     model      the network (on ``run.device``), trained in place.
     schedule   per-epoch lr and batch size (:class:`Schedule`); the lr is set on every param
                group at the start of each epoch; one loader per distinct batch size.
@@ -315,8 +320,12 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
         raise BenchError(f"record must be 'train' or 'eval', got {record!r}")
     fn, qname = _resolve_quantity(quantity)
     device = run.device
-    n = len(run.data.train_y)
-    y_all = np.asarray(run.data.train_y if labels is None else labels)
+    if run.runs > 1 and (labels is not None or indices is not None):
+        raise BenchError("train_and_record: a fused group trains on its runs' whole pools, observed labels")
+    # a fused group's (bench/fused_runs.py) pools are one of N K samples, row i K + k run k's sample i
+    pool_y = run.pooled(lambda r: r.data.train_y)
+    n = len(pool_y)
+    y_all = np.asarray(pool_y if labels is None else labels)
     if y_all.shape != (n,):
         raise BenchError(f"labels must have one entry per training-pool sample ({n}), got {y_all.shape}")
     if indices is not None:
@@ -333,19 +342,19 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
     if recorder is not None:
         state["curves"] = recorder.values
 
-    def step(idx, offsets, flip):  # one step on a batch plan (captured on CUDA, bench/capture.py)
-        x, y, idx = loader.assemble(idx, offsets, flip)
+    def step(*plan):  # one step on a batch plan (a fused group's: one per run; captured on CUDA, bench/capture.py)
+        x, y, idx = loader.assemble(*plan)
         pool_idx = idx if pool_of is None else pool_of[idx]
         with run.autocast():
-            logits = model(x)
-            loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y, pool_idx, epoch)
+            logits = model(x)  # one loss per run: a fused group's K runs each get their own gradient
+            losses = run.run_losses(loss_fn or _mean_ce, logits, y, pool_idx, epoch)
         if recorder is not None and record == "train":
             with torch.no_grad():
-                recorder.add(epoch, pool_idx, fn(logits.detach().float(), y))
+                recorder.add(epoch, pool_idx, fn(logits.detach().to(recorder.values.dtype), y))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses.sum().backward()
         optimizer.step()
-        return loss.detach()
+        return losses.detach()
 
     graphed = run.step_graph(step, name=f"{log_stage} step", optimizers=[optimizer])
     for epoch in run.epochs(epochs, stage=log_stage, state=state):  # resumable after a kill
@@ -354,7 +363,7 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
         if bs not in loaders:
             loaders[bs] = run.loader("train", batch_size=bs, indices=indices, labels=labels)
         loader = loaders[bs]
-        total = torch.zeros((), device=device)
+        total = torch.zeros(run.runs, device=device)
         seen = 0
         for plan in loader.plans():
             # the step reads this epoch's loader and recorder row: a new epoch captures it again
@@ -365,11 +374,16 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
         last = epoch == epochs - 1
         evaluate = evaluate_every > 0 and ((epoch + 1) % evaluate_every == 0 or last)
         run.log(epoch, model if evaluate else None, stage=log_stage, lr=lr, batch_size=bs,
-                loss=float(total) / max(seen, 1))
+                loss=total.double() / max(seen, 1))
     graphed.release()
     values = recorder.values if recorder is not None else torch.empty(0, n, device=device)
     return Curves(values=values, quantity=qname, labels=torch.as_tensor(y_all, device=device, dtype=torch.long),
                   indices=indices, schedule=schedule)
+
+
+def _mean_ce(logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+    """The default training loss: the plain mean cross-entropy."""
+    return F.cross_entropy(logits, y)
 
 
 @torch.no_grad()

@@ -67,6 +67,31 @@ class NormedLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias=False"
 
+    @classmethod
+    def fused(cls, parts: list, layout: str) -> FusedNormedLinear:
+        """K of these as one (``bench run --fuse``, bench/fused.py): weights stacked (K D, O)."""
+        fused = FusedNormedLinear(parts[0].in_features, parts[0].out_features, len(parts), layout)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([p.weight.detach() for p in parts]))
+        return fused.to(parts[0].weight.device)
+
+
+class FusedNormedLinear(nn.Module):
+    """K cosine classifiers of a fused group: run k's features (rows ``n K + k``, or block k of the
+    runs layout ``(N, K D)``) against run k's weight columns, logits as rows ``(N K, O)``."""
+
+    def __init__(self, in_features: int, out_features: int, runs: int, layout: str):
+        super().__init__()
+        self.in_features, self.out_features, self.runs, self.layout = in_features, out_features, runs, layout
+        self.weight = nn.Parameter(torch.empty(runs * in_features, out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        K = self.runs
+        n = x.shape[0] if self.layout == "runs" else x.shape[0] // K
+        features = F.normalize(x.reshape(n, K, self.in_features), dim=2)
+        weight = F.normalize(self.weight.view(K, self.in_features, self.out_features), dim=1)
+        return torch.einsum("nkd,kdo->nko", features, weight).reshape(n * K, self.out_features)
+
 
 def use_normed_linear(model: nn.Module) -> nn.Module:
     """Replace ``model.fc`` (a Linear on ``model.features``) by a NormedLinear, on the same device."""
@@ -109,6 +134,7 @@ class LDAMDRW(Method):
 
     name = "ldam_drw"
     Params = LDAMDRWParams
+    fusable = True  # bench run --fuse: each run's margins and DRW weights from its own counts
 
     @classmethod
     def display_name(cls, params: dict) -> str:
@@ -120,17 +146,23 @@ class LDAMDRW(Method):
 
     def fit(self, run):
         p = self.params
-        counts = run.data.noisy_counts
-        margins = ldam_margins(counts, p.max_m, device=run.device)
-        # drw=False: a switch after the last epoch (plain LDAM); drw_epoch -1: the first lr drop
-        drw = DRW.from_run(run, p.beta, switch_epoch=p.drw_epoch if p.drw else run.spec.epochs, reduction=p.reduction)
         s = float(p.s)
-        model = use_normed_linear(run.model())
 
-        def loss_fn(logits, y, idx, epoch):
-            return drw.reduce(ldam_per_sample(logits, y, margins, s), y, epoch)
+        def drw_for(member):  # drw=False: a switch after the last epoch (plain LDAM); -1: the first lr drop
+            return DRW.from_run(member, p.beta, switch_epoch=p.drw_epoch if p.drw else member.spec.epochs,
+                                reduction=p.reduction)
 
-        model = train_classifier(run, model, loss_fn)
-        y_train = torch.as_tensor(run.data.train_y, device=run.device, dtype=torch.long)
-        run.record("weight", drw.sample_weights(y_train, run.spec.epochs - 1))
+        def loss_for(member):  # margins and DRW weights from the run's own class counts
+            margins = ldam_margins(member.data.noisy_counts, p.max_m, device=member.device)
+            drw = drw_for(member)
+
+            def loss_fn(logits, y, idx, epoch):
+                return drw.reduce(ldam_per_sample(logits, y, margins, s), y, epoch)
+            return loss_fn
+
+        loss_fn = run.per_run(loss_for)  # one per run of a fused group (bench run --fuse)
+        model = train_classifier(run, run.model(adapt=use_normed_linear), loss_fn)
+        for member in run.member_runs:
+            y_train = torch.as_tensor(member.data.train_y, device=member.device, dtype=torch.long)
+            member.record("weight", drw_for(member).sample_weights(y_train, member.spec.epochs - 1))
         return model

@@ -1,6 +1,7 @@
 """`bench run --fuse K` (bench/fused_runs.py): seeds of one cell trained as one fused network are
 the runs trained alone, each with its own data, weights, history and result."""
 
+import dataclasses
 import itertools
 import json
 import math
@@ -17,7 +18,7 @@ from bench.fused import run_state
 from bench.fused_runs import FusedGroup, FusedRun, execute_fused, group_runs, note_members, sweep_group_checkpoints
 from bench.spec import RunSpec
 from bench.store import Store
-from methods.base import Run
+from methods.base import Run, params_items
 
 CPU = torch.device("cpu")
 
@@ -44,11 +45,11 @@ def _gap(a: dict, b: dict) -> float:
 def test_runs_that_differ_only_in_their_seeds_are_grouped_up_to_k():
     ce = [_spec(s) for s in range(5)]
     other_cell = _spec(0, imbalance=1.0)
-    cb = [_spec(s, "cb") for s in range(2)]
+    coteaching = [_spec(s, "coteaching") for s in range(2)]
     focal = _spec(0, "focal")
-    queue = group_runs([ce[0], cb[0], ce[1], other_cell, ce[2], ce[3], cb[1], ce[4], focal], 2)
-    assert queue == [FusedGroup((ce[0], ce[1])), cb[0], other_cell, FusedGroup((ce[2], ce[3])), cb[1],
-                     ce[4], focal]  # a group of one is the run; cb (each run's class counts) is never fused
+    queue = group_runs([ce[0], coteaching[0], ce[1], other_cell, ce[2], ce[3], coteaching[1], ce[4], focal], 2)
+    assert queue == [FusedGroup((ce[0], ce[1])), coteaching[0], other_cell, FusedGroup((ce[2], ce[3])),
+                     coteaching[1], ce[4], focal]  # a group of one is the run; co-teaching (2 networks) never fuses
     assert group_runs(ce, 1) == ce
     assert group_runs(ce, 8) == [FusedGroup(tuple(ce))]
     assert FusedGroup((ce[0], ce[1])).key() != FusedGroup((ce[1], ce[0])).key() != ce[0].key()
@@ -63,28 +64,53 @@ def _fit_fused(specs, layout="rows"):
 
 
 FUSABLE = [name for name in methods.names() if methods.get(name).fusable]
+# CurveNet's probe stage, shortened: 4 epochs (2 at lr 0.1, one 0.01 / 0.001 period), 2 curve values
+SHORT_PROBE = {"probe_epochs": "2", "half_period": "1", "periods": "1", "cycle_batch_size": "64"}
+
+
+def _curvenet_spec(seed, **settings):
+    """A CurveNet run of 2 epochs whose first lr drop is at epoch 1: one epoch of meta steps, one
+    of fixed-weight steps, after the short probe."""
+    params = params_items(methods.get("curvenet").resolve_params("quick", {**SHORT_PROBE, **settings}))
+    return _spec(seed, "curvenet", epochs=2, milestones=(1,), params=params)
+
+
+@pytest.fixture
+def small_pools(monkeypatch):
+    """Every 8th sample of each run's pool and the first 500 test images (CurveNet's probe must see
+    its whole pool every epoch, so its tests shorten epochs this way instead of cutting them)."""
+    import bench.execute
+
+    real = bench.execute.load_data
+
+    def small(spec, data_dir=None):
+        data = real(spec, data_dir)
+        dataset = dataclasses.replace(data.dataset, x_test=data.dataset.x_test[:500], y_test=data.dataset.y_test[:500])
+        every = slice(None, None, 8)
+        return dataclasses.replace(data, dataset=dataset, train_index=data.train_index[every],
+                                   train_y=data.train_y[every], train_clean_y=data.train_clean_y[every],
+                                   is_noisy=data.is_noisy[every])
+
+    monkeypatch.setattr(bench.execute, "load_data", small)
+    monkeypatch.setattr(__import__(__name__), "load_data", small)
 
 
 def test_the_fusable_methods_are_the_documented_ones(capsys):  # README and `bench run --help` name them
-    assert FUSABLE == ["ce", "focal", "mwnet"]
+    assert FUSABLE == ["cb", "ce", "curvenet", "focal", "ldam_drw", "mwnet"]
     assert main(["list"]) == 0
-    assert "fused network by `bench run --fuse K`: ce, focal, mwnet\n" in capsys.readouterr().out
+    assert ("fused network by `bench run --fuse K`: cb, ce, curvenet (not with meta_set=pseudo or drw=true), "
+            "focal, ldam_drw, mwnet\n") in capsys.readouterr().out
 
 
-# the rows layout is the CPU's; the runs layout (CUDA's, in channels_last there) is checked here
-# on the method with the most parts (backbone, weighting net, meta cycle, records)
-@pytest.mark.parametrize("method,layout", [(m, "rows") for m in FUSABLE] + [("mwnet", "runs")])
-def test_each_run_of_a_fused_group_trains_as_it_does_alone(method, layout, float64, monkeypatch):
-    # in float64 (models, and batches from the loader) rounding is out of the way: in float32
-    # it grows chaotically over an epoch's steps to about 1e-4 of the weights (ill-conditioned
-    # BatchNorm bias gradients differ by 1e-4 at the first step), here it stays near 1e-16
-    normalise, plans = Loader.normalise, Loader.plans
-    monkeypatch.setattr(Loader, "normalise", lambda self, xb: normalise(self, xb).double())
-    monkeypatch.setattr(Loader, "plans", lambda self: itertools.islice(plans(self), 10) if self.shuffle
-                        else plans(self))  # 10 training steps an epoch (evaluation passes stay whole)
-    specs = [_spec(s, method) for s in (0, 1)]
-    alone = [_alone(spec) for spec in specs]
-    model, fused_run = _fit_fused(specs, layout)
+def test_curvenet_runs_with_the_pseudo_meta_set_or_drw_are_not_fused():
+    plain = [_curvenet_spec(s) for s in (0, 1)]
+    pseudo = [_curvenet_spec(s, meta_set="pseudo") for s in (0, 1)]
+    drw = [_curvenet_spec(s, drw="true") for s in (0, 1)]
+    assert group_runs(plain + pseudo + drw, 2) == [FusedGroup(tuple(plain)), *pseudo, *drw]
+
+
+def _check_each_run_as_alone(model, fused_run, alone):
+    """Each member of a fused group against its run trained alone: weights, history, records."""
     for k, (state, history, records) in enumerate(alone):
         assert _gap(run_state(model, k), state) < 1e-9, k
         assert _gap(run_state(model, k), alone[1 - k][0]) > 0.1  # the runs differ: the check can tell them apart
@@ -93,9 +119,71 @@ def test_each_run_of_a_fused_group_trains_as_it_does_alone(method, layout, float
         for row, theirs in zip(mine.history, history):  # loss (MW-Net: meta loss, mean weight too), accuracy
             assert row.keys() == theirs.keys()
             assert all(row[m] == pytest.approx(theirs[m], rel=1e-9) for m in row if isinstance(row[m], float))
-        assert mine.records.keys() == records.keys()  # MW-Net's final weights: each run's own pool
+        assert mine.records.keys() == records.keys()  # final weights (CurveNet: curves too): each run's own pool
         for name, values in records.items():
-            assert np.allclose(mine.records[name], values, rtol=1e-9, atol=1e-12)
+            assert np.allclose(mine.records[name], values, rtol=1e-9, atol=1e-12), name
+
+
+# the rows layout is the CPU's; the runs layout (CUDA's, in channels_last there) is checked here
+# on the method with the most parts (backbone, weighting net, meta cycle, records)
+# (and on LDAM's cosine classifier, a fused layer of the method's own); LDAM-DRW reweights from
+# epoch 0, so each run's DRW weights (from its own class counts) are in the check
+@pytest.mark.parametrize("method,layout", [(m, "rows") for m in FUSABLE if m != "curvenet"]
+                         + [("mwnet", "runs"), ("ldam_drw", "runs")])
+def test_each_run_of_a_fused_group_trains_as_it_does_alone(method, layout, float64, small_pools, monkeypatch):
+    # in float64 (models, and batches from the loader) rounding is out of the way: in float32
+    # it grows chaotically over an epoch's steps to about 1e-4 of the weights (ill-conditioned
+    # BatchNorm bias gradients differ by 1e-4 at the first step), here it stays near 1e-16
+    normalise = Loader.normalise
+    monkeypatch.setattr(Loader, "normalise", lambda self, xb: normalise(self, xb).double())
+    settings = {"ldam_drw": {"drw_epoch": "0"}}.get(method, {})
+    params = params_items(methods.get(method).resolve_params("paper", settings))
+    specs = [_spec(s, method, params=params) for s in (0, 1)]
+    alone = [_alone(spec) for spec in specs]
+    _check_each_run_as_alone(*_fit_fused(specs, layout), alone)
+
+
+def test_each_curvenet_run_of_a_fused_group_trains_as_it_does_alone(float64, small_pools, monkeypatch):
+    """CurveNet's two stages fused: the probes from each run's own probe seed (model, order, crops),
+    each run's curves centred within its own classes, the CurveNets fused (embeddings too), meta
+    steps to the first lr drop, then fixed-weight steps; float64 as above."""
+    normalise = Loader.normalise
+    monkeypatch.setattr(Loader, "normalise", lambda self, xb: normalise(self, xb).double())
+    specs = [_curvenet_spec(s) for s in (0, 1)]
+    alone = [_alone(spec) for spec in specs]
+    assert {row["stage"] for row in alone[0][1]} == {"probe", "allocate"}
+    _check_each_run_as_alone(*_fit_fused(specs), alone)
+
+
+def test_a_fused_curvenet_group_keeps_each_runs_cached_probe(small_pools, tmp_path):
+    """Probe curves are cached per run: a fused group writes each run's, a later group (here other
+    allocate settings, the same probes) reads them and trains no probe; a group where only some
+    runs' curves are cached trains the probes fused and each cached run keeps its own curves (and,
+    as alone, no probe rows)."""
+    def fused(specs):
+        params = methods.get("curvenet").params_from_spec(specs[0])
+        fused_run = FusedRun([Run(spec=s, data=load_data(s), device=CPU, params=params, cache_dir=tmp_path)
+                              for s in specs], "rows")
+        methods.get("curvenet")(params).fit(fused_run)
+        return fused_run
+
+    specs = [_curvenet_spec(s) for s in (0, 1)]
+    first = fused(specs)
+    caches = sorted((tmp_path / "curvenet_probe").glob("*.npz"))
+    assert len(caches) == 2
+    assert all(any(row["stage"] == "probe" for row in run.history) for run in first.members)
+    again = fused([_curvenet_spec(s, skip_layers="3") for s in (0, 1)])
+    assert all(row["stage"] == "allocate" for run in again.members for row in run.history)
+    for mine, theirs in zip(again.members, first.members):
+        np.testing.assert_array_equal(mine.records["curve"], theirs.records["curve"])
+    caches[0].unlink()  # one run's curves are gone
+    partly = fused([_curvenet_spec(s, skip_layers="3") for s in (0, 1)])
+    trained = [any(row["stage"] == "probe" for row in run.history) for run in partly.members]
+    assert sorted(trained) == [False, True] and len(list((tmp_path / "curvenet_probe").glob("*.npz"))) == 2
+    kept = trained.index(False)
+    np.testing.assert_array_equal(partly.members[kept].records["curve"], first.members[kept].records["curve"])
+    redone = trained.index(True)
+    assert np.allclose(partly.members[redone].records["curve"], first.members[redone].records["curve"], atol=1e-4)
 
 
 def test_a_run_that_diverges_fails_alone_and_its_group_trains_on(monkeypatch):
@@ -146,7 +234,7 @@ class Killed(BaseException):
     """A kill: not caught as a run's failure."""
 
 
-def test_a_killed_group_resumes_from_its_checkpoint_bit_for_bit(tmp_path):
+def test_a_killed_group_resumes_from_its_checkpoint_bit_for_bit(tmp_path, small_pools):
     group = FusedGroup(tuple(_spec(s, epochs=3) for s in (0, 1)))
     reference = execute_fused(group, device=CPU, cache_dir=tmp_path / "ref", checkpoint_every_s=0)
 
@@ -168,16 +256,17 @@ def test_a_killed_group_resumes_from_its_checkpoint_bit_for_bit(tmp_path):
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_bench_run_fuse_stores_every_run_of_every_group(jobs, tmp_path, capsys):
     store = tmp_path / "store.sqlite"
-    code = main(["run", "--methods", "mwnet,cb", "--seeds", "0,1,2", "--epochs", "1", "--quiet", "--fuse", "2",
-                 "--jobs", jobs, "--store", str(store), "--cache-dir", str(tmp_path / "cache")])
+    code = main(["run", "--methods", "mwnet,coteaching", "--seeds", "0,1,2", "--epochs", "1", "--quiet", "--fuse", "2",
+                 "--imbalance", "100", "--jobs", jobs, "--store", str(store), "--cache-dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert "--fuse applies to ce, focal, mwnet; runs of cb train one at a time" in err
+    assert ("--fuse applies to cb, ce, curvenet (not with meta_set=pseudo or drw=true), focal, ldam_drw, mwnet; "
+            "runs of Co-teaching train one at a time") in err
     assert "6 runs requested: 6 trained" in err
     runs = Store(store, create=False).runs("done")
     fused = {(m, s): json.loads(env).get("fused") for m, s, env in zip(runs["method"], runs["seed"], runs["env_json"])}
-    assert fused == {("mwnet", 0): 2, ("mwnet", 1): 2, ("mwnet", 2): None, ("cb", 0): None, ("cb", 1): None,
-                     ("cb", 2): None}
+    assert fused == {("mwnet", 0): 2, ("mwnet", 1): 2, ("mwnet", 2): None, ("coteaching", 0): None,
+                     ("coteaching", 1): None, ("coteaching", 2): None}
     assert not list((tmp_path / "cache" / "checkpoints").glob("*"))  # the group's checkpoint is gone
 
 
@@ -201,16 +290,21 @@ def test_a_group_checkpoint_left_after_its_runs_were_stored_is_swept(tmp_path):
 
 
 @pytest.mark.parametrize("method", FUSABLE)
-def test_a_fused_groups_steps_replay_as_captured_graphs(method, monkeypatch):
+def test_a_fused_groups_steps_replay_as_captured_graphs(method, monkeypatch, request):
     """The fused steps (three plan tensors per run, a loss per run, MW-Net's per-run rows) through
     the CPU stand-in of a CUDA graph (tests/test_capture.py: replays re-run the captured aten calls,
     no Python; host synchronisation refused): the same results as eager, bit for bit."""
     from test_capture import eager_then_replayed
     from test_resume_methods import quick_spec
 
-    plans = Loader.plans  # 6 training steps an epoch: warm-up, capture, replays
-    monkeypatch.setattr(Loader, "plans", lambda self: itertools.islice(plans(self), 6) if self.shuffle else plans(self))
-    group = FusedGroup(tuple(quick_spec(method, epochs=2).replace(seed=s, data_seed=s) for s in (0, 1)))
+    if method == "curvenet":  # its probe sees the whole (small) pool every epoch
+        request.getfixturevalue("small_pools")
+        group = FusedGroup(tuple(_curvenet_spec(s) for s in (0, 1)))
+    else:
+        plans = Loader.plans  # 6 training steps an epoch: warm-up, capture, replays
+        monkeypatch.setattr(Loader, "plans", lambda self: itertools.islice(plans(self), 6) if self.shuffle
+                            else plans(self))
+        group = FusedGroup(tuple(quick_spec(method, epochs=2).replace(seed=s, data_seed=s) for s in (0, 1)))
     eager, graphed = eager_then_replayed(lambda: execute_fused(group, device=CPU), monkeypatch)
     for mine, theirs in zip(graphed, eager):
         assert mine.status == theirs.status == "done", (mine.error, theirs.error)

@@ -279,15 +279,22 @@ class _FakeRun:
         self.spec = SimpleNamespace(epochs=epochs)
         self.records = {}
 
-    def model(self):
+    def model(self, *, adapt=None):
         torch.manual_seed(0)
-        return _TinyNet(self.num_classes)
+        model = _TinyNet(self.num_classes)
+        return adapt(model) if adapt is not None else model
 
     def sgd(self, params):
         return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
 
     def record(self, name, values):
         self.records[name] = values
+
+    # one run: a loss per run is this run's, as Run's
+    member_runs = property(lambda self: [self])
+
+    def per_run(self, make):
+        return make(self)
 
 
 def _fit_capture(monkeypatch, method_cls, params, run=None):
