@@ -18,7 +18,7 @@ SHORT = {"curvenet": {"probe_epochs": "2", "half_period": "1", "periods": "1", "
 def quick_spec(name: str, epochs: int = 3) -> RunSpec:
     cls = methods.get(name)
     schedule = scale_schedule(PRESETS["quick"], epochs)
-    return RunSpec(method=name, imbalance=10.0, noise_type="flip2", noise_rate=0.4,
+    return RunSpec(method=name, imbalance=100.0, noise_type="flip2", noise_rate=0.4,
                    params=params_items(cls.resolve_params("quick", SHORT.get(name))), **schedule)
 
 
