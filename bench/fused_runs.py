@@ -33,10 +33,11 @@ per run from its own class counts; LDAM's cosine classifier fuses itself,
 ``methods.ldam_drw.NormedLinear.fused``); MW-Net (:class:`methods.meta.MetaStep`, which steps
 each fused run as its own; its weighting nets are fused too); CurveNet with the clean meta set
 and without +DRW (both stages: the probes fused, each from its run's probe seed and cached per
-run; the curves centred per run; the CurveNets fused). The others (per-sample state of their
-own across stages, two networks, per-run subsets) train one run at a time, as without
-``--fuse``. A group checkpoints as one (its key is :meth:`FusedGroup.key`); a killed group
-resumes when the same runs are asked for with the same ``--fuse``.
+run; the curves centred per run; the CurveNets fused); Co-teaching without ``tau=realised``
+(both networks fused, each run's small-loss selection over its own rows). O2U-Net and AUM (each
+run's own subsets and labels between stages) train one run at a time, as without ``--fuse``.
+A group checkpoints as one (its key is :meth:`FusedGroup.key`); a killed group resumes when the
+same runs are asked for with the same ``--fuse``.
 
 Speed: on this suite's 2-core CPU fusing does not pay at batch 128 (4 fused runs cost 3.9-4.3x
 one run; ``python -m bench timing --pack 4 --pack-mode fused``); it is meant for GPUs, where it
@@ -316,8 +317,10 @@ class FusedRun:
 
 
 def _member_value(value, k: int, runs: int):
+    """Member k's value of a metric: its entry of a tensor of K values, else the shared value (a
+    tensor as its Python number: an integer count stays an int)."""
     if isinstance(value, torch.Tensor):
-        return float(value[k]) if value.numel() == runs and runs > 1 else float(value)
+        return value.reshape(-1)[k].item() if value.numel() == runs and runs > 1 else value.item()
     return float(value) if isinstance(value, np.floating) else value
 
 

@@ -360,7 +360,9 @@ class Run:
 
         Raises :class:`bench.train.Diverged` when a metric is NaN or infinite.
         """
-        metrics = {k: (float(v) if isinstance(v, (torch.Tensor, np.floating)) else v) for k, v in metrics.items()}
+        # a one-element tensor as its Python number (an integer count stays an int)
+        metrics = {k: (v.item() if isinstance(v, torch.Tensor) else float(v) if isinstance(v, np.floating) else v)
+                   for k, v in metrics.items()}
         check_finite(epoch, stage, **metrics)
         self.log_row(epoch, stage, metrics, self.evaluate(model) if model is not None else None)
 

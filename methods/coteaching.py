@@ -17,6 +17,9 @@ epoch (i.e. kept by network 2), ``score`` = network 2's CE of the sample in that
 ranking that decided it; higher = more likely mislabelled), plus ``loss_net1`` / ``loss_net2``.
 Co-teaching's selection is per batch, so ``kept`` is a snapshot, not a global removal.
 
+``bench run --fuse K`` trains K seeds' networks fused (bench/fused_runs.py): each run ranks only
+its own rows of the fused batch, keeps its own ``floor(R(T) * B)`` and gets its own mean losses.
+
 Deviations from the official code (all as PROTOCOL.md §7 asks):
 - Loss: the plain mean over the kept samples. The official code divides the already-averaged
   loss by ``num_remember`` a second time (issue #9), a 1/~100 step scale that Adam hides and SGD
@@ -64,30 +67,39 @@ def num_remember(rate: float, batch: int) -> int:
     return max(1, min(batch, math.floor(rate * batch + 1e-9)))
 
 
-def coteaching_losses(logits1: torch.Tensor, logits2: torch.Tensor, y: torch.Tensor, keep: int):
+def coteaching_losses(logits1: torch.Tensor, logits2: torch.Tensor, y: torch.Tensor, keep: int, runs: int = 1):
     """The cross update of one mini-batch.
 
     Returns ``(loss1, loss2, chosen_by_1, chosen_by_2, ce1, ce2)``: ``chosen_by_k`` are the batch
     positions of network k's ``keep`` smallest losses; ``loss1`` (for network 1) is the mean CE of
     network 1 over ``chosen_by_2`` and ``loss2`` the mean CE of network 2 over ``chosen_by_1``.
+    For ``runs`` = K fused runs (``bench run --fuse``; rows n K + k are run k's) each run ranks
+    its own rows and keeps its ``keep`` smallest, and the losses are each run's, shape (K,).
     """
     ce1, ce2 = per_sample_ce(logits1, y), per_sample_ce(logits2, y)
-    chosen_by_1 = torch.argsort(ce1.detach())[:keep]
-    chosen_by_2 = torch.argsort(ce2.detach())[:keep]
-    loss1 = ce1[chosen_by_2].mean()
-    loss2 = ce2[chosen_by_1].mean()
+    if runs == 1:
+        chosen_by_1 = torch.argsort(ce1.detach())[:keep]
+        chosen_by_2 = torch.argsort(ce2.detach())[:keep]
+        loss1 = ce1[chosen_by_2].mean()
+        loss2 = ce2[chosen_by_1].mean()
+        return loss1, loss2, chosen_by_1, chosen_by_2, ce1.detach(), ce2.detach()
+    run_of_column = torch.arange(runs, device=y.device)
+    chosen_by_1 = (torch.argsort(ce1.detach().view(-1, runs), dim=0)[:keep] * runs + run_of_column).flatten()
+    chosen_by_2 = (torch.argsort(ce2.detach().view(-1, runs), dim=0)[:keep] * runs + run_of_column).flatten()
+    loss1 = ce1[chosen_by_2].view(keep, runs).mean(0)
+    loss2 = ce2[chosen_by_1].view(keep, runs).mean(0)
     return loss1, loss2, chosen_by_1, chosen_by_2, ce1.detach(), ce2.detach()
 
 
-def coteaching_step(model1, model2, opt1, opt2, x, y, keep: int):
+def coteaching_step(model1, model2, opt1, opt2, x, y, keep: int, runs: int = 1):
     """One mini-batch of Co-teaching: both networks forward the batch, each keeps its ``keep``
     smallest losses, and each optimizer steps on the mean CE over the samples **its peer** kept.
     Returns what :func:`coteaching_losses` returns."""
-    out = coteaching_losses(model1(x), model2(x), y, keep)
+    out = coteaching_losses(model1(x), model2(x), y, keep, runs)
     loss1, loss2 = out[0], out[1]
     opt1.zero_grad(set_to_none=True)
     opt2.zero_grad(set_to_none=True)
-    (loss1 + loss2).backward()  # the two losses touch disjoint parameters
+    (loss1.sum() + loss2.sum()).backward()  # the two losses touch disjoint parameters (the runs' too)
     opt1.step()
     opt2.step()
     return out
@@ -111,6 +123,8 @@ class CoTeaching(Method):
     """Two networks; each one's small-loss samples update the other (report network 1)."""
 
     name = "coteaching"
+    fusable = True  # bench run --fuse: both networks fused, each run ranking its own rows
+    fuse_exceptions = "not with tau=realised"
 
     Params = CoTeachingParams
 
@@ -120,14 +134,20 @@ class CoTeaching(Method):
     def display_name(cls, params: dict) -> str:
         return "Co-teaching"
 
+    @classmethod
+    def fuses(cls, spec) -> bool:
+        """Not with ``tau=realised``: each run's realised noise rate is its own."""
+        return dict(spec.params).get("tau", "nominal") != "realised"
+
     def fit(self, run):
         p = self.params
-        tau = resolve_rate(run, p.tau)
+        K = run.runs  # a fused group's runs (bench run --fuse): per-sample tables interleave their pools
+        tau = resolve_rate(run.member_runs[0], p.tau)  # nominal or a number: one for every run
         model1, model2 = run.model(), run.model()
         opt1, opt2 = run.sgd(model1.parameters()), run.sgd(model2.parameters())
         loader = run.loader("train")
-        n = len(run.data.train_y)
-        is_noisy = torch.as_tensor(np.asarray(run.data.is_noisy), device=run.device)
+        is_noisy = torch.as_tensor(np.asarray(run.pooled(lambda r: r.data.is_noisy)), device=run.device)
+        n = len(is_noisy)
         kept = torch.zeros(n, dtype=torch.bool, device=run.device)
         last_ce1 = torch.full((n,), float("nan"), device=run.device)
         last_ce2 = torch.full((n,), float("nan"), device=run.device)
@@ -136,16 +156,17 @@ class CoTeaching(Method):
         state = {"model1": model1, "model2": model2, "opt1": opt1, "opt2": opt2, "kept": kept,
                  "last_ce1": last_ce1, "last_ce2": last_ce2}
 
-        def step(idx, offsets, flip):  # one mini-batch on a batch plan (captured on CUDA); reads the epoch's rate
-            x, y, idx = loader.assemble(idx, offsets, flip)
+        def step(*plan):  # one mini-batch on a batch plan (captured on CUDA); reads the epoch's rate
+            x, y, idx = loader.assemble(*plan)
             with run.autocast():
                 loss1, loss2, _, chosen_by_2, ce1, ce2 = coteaching_step(model1, model2, opt1, opt2, x, y,
-                                                                         num_remember(rate, len(y)))
+                                                                         num_remember(rate, len(y) // K), K)
             # not ``kept[...] = True``: on CUDA that copies a CPU scalar to the device, which capture refuses
             kept.index_fill_(0, idx[chosen_by_2], True)
-            last_ce1[idx] = ce1.float()
-            last_ce2[idx] = ce2.float()
-            return torch.stack([loss1.detach(), loss2.detach()]).float() * len(y)
+            last_ce1[idx] = ce1.to(last_ce1.dtype)
+            last_ce2[idx] = ce2.to(last_ce2.dtype)
+            # the loss of network 1, of network 2, x the batch size; per run for a fused group
+            return torch.stack([loss1.detach(), loss2.detach()], -1).float() * (len(y) // K)
 
         graphed = run.step_graph(step, name="Co-teaching step", optimizers=[opt1, opt2])
         for epoch in run.epochs(run.spec.epochs, stage="train", state=state):
@@ -154,23 +175,29 @@ class CoTeaching(Method):
             set_lr(opt2, lr)
             rate = remember_rate(epoch, tau, p.t_k, p.exponent)
             kept.zero_()
-            totals = torch.zeros(2, device=run.device)  # loss of network 1, of network 2 (x batch size)
+            totals = torch.zeros(K, 2, device=run.device)  # loss of network 1, of network 2 (x batch size)
             seen = 0
             for plan in loader.plans():
                 # the number kept follows the remember rate: a new rate captures the step again
                 totals += graphed(*plan, key=rate)
                 seen += len(plan.idx)
-            total1, total2 = totals.tolist()
+            total1, total2 = totals.double().unbind(-1)  # one value per run
             # label precision of the samples that updated network 1 (analysis only, uses is_noisy)
-            n_kept = kept.sum()
-            kept_clean = (kept & ~is_noisy).sum().float() / n_kept.clamp_min(1)
-            extra = {"test_acc_net2": run.evaluate(model2)["acc"]} if epoch == run.spec.epochs - 1 else {}
+            n_kept = kept.view(-1, K).sum(0)
+            kept_clean = (kept & ~is_noisy).view(-1, K).sum(0).float() / n_kept.clamp_min(1)
+            extra = {"test_acc_net2": _accuracy(run, model2)} if epoch == run.spec.epochs - 1 else {}
             run.log(epoch, model1, stage="train", lr=lr, loss=total1 / max(seen, 1),
-                    loss2=total2 / max(seen, 1), remember_rate=rate, kept=int(n_kept),
-                    kept_clean=float(kept_clean), **extra)
+                    loss2=total2 / max(seen, 1), remember_rate=rate, kept=n_kept,
+                    kept_clean=kept_clean, **extra)
         graphed.release()
         run.record("kept", kept)
         run.record("score", last_ce2)
         run.record("loss_net1", last_ce1)
         run.record("loss_net2", last_ce2)
         return model1
+
+
+def _accuracy(run, model):
+    """Test accuracy of ``model``: a number, or a fused group's one per run."""
+    report = run.evaluate(model)
+    return report["acc"] if isinstance(report, dict) else torch.tensor([r["acc"] for r in report], dtype=torch.float64)

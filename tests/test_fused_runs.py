@@ -45,11 +45,11 @@ def _gap(a: dict, b: dict) -> float:
 def test_runs_that_differ_only_in_their_seeds_are_grouped_up_to_k():
     ce = [_spec(s) for s in range(5)]
     other_cell = _spec(0, imbalance=1.0)
-    coteaching = [_spec(s, "coteaching") for s in range(2)]
+    o2u = [_spec(s, "o2u") for s in range(2)]
     focal = _spec(0, "focal")
-    queue = group_runs([ce[0], coteaching[0], ce[1], other_cell, ce[2], ce[3], coteaching[1], ce[4], focal], 2)
-    assert queue == [FusedGroup((ce[0], ce[1])), coteaching[0], other_cell, FusedGroup((ce[2], ce[3])),
-                     coteaching[1], ce[4], focal]  # a group of one is the run; co-teaching (2 networks) never fuses
+    queue = group_runs([ce[0], o2u[0], ce[1], other_cell, ce[2], ce[3], o2u[1], ce[4], focal], 2)
+    assert queue == [FusedGroup((ce[0], ce[1])), o2u[0], other_cell, FusedGroup((ce[2], ce[3])),
+                     o2u[1], ce[4], focal]  # a group of one is the run; O2U-Net (per-run subsets) never fuses
     assert group_runs(ce, 1) == ce
     assert group_runs(ce, 8) == [FusedGroup(tuple(ce))]
     assert FusedGroup((ce[0], ce[1])).key() != FusedGroup((ce[1], ce[0])).key() != ce[0].key()
@@ -96,17 +96,20 @@ def small_pools(monkeypatch):
 
 
 def test_the_fusable_methods_are_the_documented_ones(capsys):  # README and `bench run --help` name them
-    assert FUSABLE == ["cb", "ce", "curvenet", "focal", "ldam_drw", "mwnet"]
+    assert FUSABLE == ["cb", "ce", "coteaching", "curvenet", "focal", "ldam_drw", "mwnet"]
     assert main(["list"]) == 0
-    assert ("fused network by `bench run --fuse K`: cb, ce, curvenet (not with meta_set=pseudo or drw=true), "
-            "focal, ldam_drw, mwnet\n") in capsys.readouterr().out
+    assert ("fused network by `bench run --fuse K`: cb, ce, coteaching (not with tau=realised), curvenet (not "
+            "with meta_set=pseudo or drw=true), focal, ldam_drw, mwnet\n") in capsys.readouterr().out
 
 
-def test_curvenet_runs_with_the_pseudo_meta_set_or_drw_are_not_fused():
+def test_curvenet_runs_with_the_pseudo_meta_set_or_drw_and_coteaching_with_the_realised_rate_are_not_fused():
     plain = [_curvenet_spec(s) for s in (0, 1)]
     pseudo = [_curvenet_spec(s, meta_set="pseudo") for s in (0, 1)]
     drw = [_curvenet_spec(s, drw="true") for s in (0, 1)]
     assert group_runs(plain + pseudo + drw, 2) == [FusedGroup(tuple(plain)), *pseudo, *drw]
+    params = params_items(methods.get("coteaching").resolve_params("paper", {"tau": "realised"}))
+    realised = [_spec(s, "coteaching", params=params) for s in (0, 1)]
+    assert group_runs(realised, 2) == realised
 
 
 def _check_each_run_as_alone(model, fused_run, alone):
@@ -126,8 +129,7 @@ def _check_each_run_as_alone(model, fused_run, alone):
 
 # the rows layout is the CPU's; the runs layout (CUDA's, in channels_last there) is checked here
 # on the method with the most parts (backbone, weighting net, meta cycle, records)
-# (and on LDAM's cosine classifier, a fused layer of the method's own); LDAM-DRW reweights from
-# epoch 0, so each run's DRW weights (from its own class counts) are in the check
+# (and on LDAM's cosine classifier, a fused layer of the method's own)
 @pytest.mark.parametrize("method,layout", [(m, "rows") for m in FUSABLE if m != "curvenet"]
                          + [("mwnet", "runs"), ("ldam_drw", "runs")])
 def test_each_run_of_a_fused_group_trains_as_it_does_alone(method, layout, float64, small_pools, monkeypatch):
@@ -136,9 +138,10 @@ def test_each_run_of_a_fused_group_trains_as_it_does_alone(method, layout, float
     # BatchNorm bias gradients differ by 1e-4 at the first step), here it stays near 1e-16
     normalise = Loader.normalise
     monkeypatch.setattr(Loader, "normalise", lambda self, xb: normalise(self, xb).double())
-    settings = {"ldam_drw": {"drw_epoch": "0"}}.get(method, {})
+    # LDAM-DRW reweights from epoch 0; Co-teaching keeps 70% of each run's rows in its second epoch
+    settings = {"ldam_drw": {"drw_epoch": "0"}, "coteaching": {"t_k": "1", "tau": "0.3"}}.get(method, {})
     params = params_items(methods.get(method).resolve_params("paper", settings))
-    specs = [_spec(s, method, params=params) for s in (0, 1)]
+    specs = [_spec(s, method, epochs=2 if method == "coteaching" else 1, params=params) for s in (0, 1)]
     alone = [_alone(spec) for spec in specs]
     _check_each_run_as_alone(*_fit_fused(specs, layout), alone)
 
@@ -261,12 +264,13 @@ def test_a_killed_group_resumes_from_its_checkpoint_bit_for_bit(method, tmp_path
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_bench_run_fuse_stores_every_run_of_every_group(jobs, tmp_path, capsys):
     store = tmp_path / "store.sqlite"
-    code = main(["run", "--methods", "mwnet,coteaching", "--seeds", "0,1,2", "--epochs", "1", "--quiet", "--fuse", "2",
-                 "--imbalance", "100", "--jobs", jobs, "--store", str(store), "--cache-dir", str(tmp_path / "cache")])
+    code = main(["run", "--methods", "mwnet,coteaching", "--set", "coteaching.tau=realised", "--seeds", "0,1,2",
+                 "--epochs", "1", "--quiet", "--fuse", "2", "--imbalance", "100", "--jobs", jobs, "--store", str(store),
+                 "--cache-dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert ("--fuse applies to cb, ce, curvenet (not with meta_set=pseudo or drw=true), focal, ldam_drw, mwnet; "
-            "runs of Co-teaching train one at a time") in err
+    assert ("--fuse applies to cb, ce, coteaching (not with tau=realised), curvenet (not with meta_set=pseudo or "
+            "drw=true), focal, ldam_drw, mwnet; runs of Co-teaching train one at a time") in err
     assert "6 runs requested: 6 trained" in err
     runs = Store(store, create=False).runs("done")
     fused = {(m, s): json.loads(env).get("fused") for m, s, env in zip(runs["method"], runs["seed"], runs["env_json"])}
