@@ -34,8 +34,10 @@ per run from its own class counts; LDAM's cosine classifier fuses itself,
 each fused run as its own; its weighting nets are fused too); CurveNet with the clean meta set
 and without +DRW (both stages: the probes fused, each from its run's probe seed and cached per
 run; the curves centred per run; the CurveNets fused); Co-teaching without ``tau=realised``
-(both networks fused, each run's small-loss selection over its own rows). O2U-Net and AUM (each
-run's own subsets and labels between stages) train one run at a time, as without ``--fuse``.
+(both networks fused, each run's small-loss selection over its own rows); O2U-Net without
+``drop_rate=realised`` (each run's scores and kept subset its own: a ``PerRun`` of loader
+``indices``). AUM (each run's own threshold-class labels) trains one run at a time, as without
+``--fuse``.
 A group checkpoints as one (its key is :meth:`FusedGroup.key`); a killed group resumes when the
 same runs are asked for with the same ``--fuse``.
 
@@ -247,9 +249,13 @@ class FusedRun:
                     run.generator = generator
 
     def loader(self, split: str = "train", **kwargs) -> FusedLoader:
+        """The members' loaders as one; a :class:`methods.base.PerRun` argument (O2U-Net's kept
+        ``indices``) gives each member its own value."""
         if split == "test":
             raise ValueError("a fused group evaluates through FusedRun.evaluate")
-        return FusedLoader([run.loader(split, **kwargs) for run in self.members], self.layout)
+        return FusedLoader([run.loader(split, **{name: value[k] if isinstance(value, PerRun) else value
+                                                 for name, value in kwargs.items()})
+                            for k, run in enumerate(self.members)], self.layout)
 
     def per_run(self, make) -> PerRun:
         """``make(run)`` for each member: what a run builds from its own data (its loss)."""

@@ -34,6 +34,10 @@ Choices and deviations:
   (the same up to one sample from floating-point rounding).
 - The cycle starts at epoch 0 (the code's loop starts at 1, so its first cycle is one epoch short).
 - Quick preset: 2 cycles of 5 epochs (lr 0.0082, 0.0064, 0.0046, 0.0028, 0.001), batch 16.
+
+``bench run --fuse K`` trains K seeds fused (bench/fused_runs.py): each run's losses are centred
+among its own samples, it drops its own ``round(k N)`` and retrains on its own kept subset (the
+runs' pools have one size and k is one rate, so the subsets have one size).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import torch.nn.functional as F
 from bench.errors import BenchError
 from bench.train import train_classifier
 from methods import register
-from methods.base import Method, check_int
+from methods.base import Method, PerRun, check_int
 from methods.curves import check_rate_option, linear_cycle_schedule, protocol_schedule, resolve_rate, train_and_record
 
 
@@ -95,6 +99,8 @@ class O2U(Method):
     """Pre-train, record centred losses under a cyclical lr, drop the highest, retrain."""
 
     name = "o2u"
+    fusable = True  # bench run --fuse: stages 1-2 fused, each run's scores and kept subset its own
+    fuse_exceptions = "not with drop_rate=realised"
 
     Params = O2UParams
 
@@ -104,9 +110,15 @@ class O2U(Method):
     def display_name(cls, params: dict) -> str:
         return "O2U-Net"
 
+    @classmethod
+    def fuses(cls, spec) -> bool:
+        """Not with ``drop_rate=realised``: each run's realised noise rate is its own."""
+        return dict(spec.params).get("drop_rate", "nominal") != "realised"
+
     def fit(self, run):
         p = self.params
-        rate = resolve_rate(run, p.drop_rate)
+        K = run.runs  # a fused group's runs (bench run --fuse): the curves' columns interleave their pools
+        rate = resolve_rate(run.member_runs[0], p.drop_rate)  # nominal or a number: one for every run
         # stage 1: the protocol up to the first lr drop
         stage1 = p.stage1_epochs or run.first_drop
         model = run.model()
@@ -117,16 +129,19 @@ class O2U(Method):
                                          batch_size=p.cycle_batch_size)
         curves = train_and_record(run, model, schedule, "loss", optimizer=run.sgd(model.parameters(), lr=p.lr_high),
                                   log_stage="cyclic")
-        scores = o2u_scores(curves.values).cpu().numpy()
-        kept = drop_highest(scores, rate)
-        run.record("kept", kept)
-        run.record("score", scores)
-        run.record("o2u_loss", scores)
-        # stage 3: retrain on the kept samples with the full protocol
+        subsets = []
+        for k, member in enumerate(run.member_runs):  # each run's losses centred among its own samples
+            scores = o2u_scores(curves.values[:, k::K]).cpu().numpy()
+            kept = drop_highest(scores, rate)
+            member.record("kept", kept)
+            member.record("score", scores)
+            member.record("o2u_loss", scores)
+            subsets.append(np.flatnonzero(kept))
+        # stage 3: retrain on the kept samples with the full protocol (a fused group: each run on its own)
         final = run.model()
         if pretrained is not None:
             final.load_state_dict(pretrained)
         del model, curves
-        loader = run.loader("train", indices=np.flatnonzero(kept))
+        loader = run.loader("train", indices=subsets[0] if K == 1 else PerRun(subsets))
         return train_classifier(run, final, lambda logits, y, idx, epoch: F.cross_entropy(logits, y),
                                 loader=loader, stage="retrain", same_loss_every_epoch=True)

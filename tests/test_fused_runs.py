@@ -45,11 +45,11 @@ def _gap(a: dict, b: dict) -> float:
 def test_runs_that_differ_only_in_their_seeds_are_grouped_up_to_k():
     ce = [_spec(s) for s in range(5)]
     other_cell = _spec(0, imbalance=1.0)
-    o2u = [_spec(s, "o2u") for s in range(2)]
+    aum = [_spec(s, "aum") for s in range(2)]
     focal = _spec(0, "focal")
-    queue = group_runs([ce[0], o2u[0], ce[1], other_cell, ce[2], ce[3], o2u[1], ce[4], focal], 2)
-    assert queue == [FusedGroup((ce[0], ce[1])), o2u[0], other_cell, FusedGroup((ce[2], ce[3])),
-                     o2u[1], ce[4], focal]  # a group of one is the run; O2U-Net (per-run subsets) never fuses
+    queue = group_runs([ce[0], aum[0], ce[1], other_cell, ce[2], ce[3], aum[1], ce[4], focal], 2)
+    assert queue == [FusedGroup((ce[0], ce[1])), aum[0], other_cell, FusedGroup((ce[2], ce[3])),
+                     aum[1], ce[4], focal]  # a group of one is the run; AUM (per-run threshold labels) never fuses
     assert group_runs(ce, 1) == ce
     assert group_runs(ce, 8) == [FusedGroup(tuple(ce))]
     assert FusedGroup((ce[0], ce[1])).key() != FusedGroup((ce[1], ce[0])).key() != ce[0].key()
@@ -96,20 +96,22 @@ def small_pools(monkeypatch):
 
 
 def test_the_fusable_methods_are_the_documented_ones(capsys):  # README and `bench run --help` name them
-    assert FUSABLE == ["cb", "ce", "coteaching", "curvenet", "focal", "ldam_drw", "mwnet"]
+    assert FUSABLE == ["cb", "ce", "coteaching", "curvenet", "focal", "ldam_drw", "mwnet", "o2u"]
     assert main(["list"]) == 0
     assert ("fused network by `bench run --fuse K`: cb, ce, coteaching (not with tau=realised), curvenet (not "
-            "with meta_set=pseudo or drw=true), focal, ldam_drw, mwnet\n") in capsys.readouterr().out
+            "with meta_set=pseudo or drw=true), focal, ldam_drw, mwnet, o2u (not with drop_rate=realised)\n"
+            ) in capsys.readouterr().out
 
 
-def test_curvenet_runs_with_the_pseudo_meta_set_or_drw_and_coteaching_with_the_realised_rate_are_not_fused():
+def test_curvenet_runs_with_the_pseudo_meta_set_or_drw_and_runs_with_the_realised_rate_are_not_fused():
     plain = [_curvenet_spec(s) for s in (0, 1)]
     pseudo = [_curvenet_spec(s, meta_set="pseudo") for s in (0, 1)]
     drw = [_curvenet_spec(s, drw="true") for s in (0, 1)]
     assert group_runs(plain + pseudo + drw, 2) == [FusedGroup(tuple(plain)), *pseudo, *drw]
-    params = params_items(methods.get("coteaching").resolve_params("paper", {"tau": "realised"}))
-    realised = [_spec(s, "coteaching", params=params) for s in (0, 1)]
-    assert group_runs(realised, 2) == realised
+    for method, setting in (("coteaching", "tau"), ("o2u", "drop_rate")):  # each run's own rate
+        params = params_items(methods.get(method).resolve_params("paper", {setting: "realised"}))
+        realised = [_spec(s, method, params=params) for s in (0, 1)]
+        assert group_runs(realised, 2) == realised
 
 
 def _check_each_run_as_alone(model, fused_run, alone):
@@ -138,8 +140,11 @@ def test_each_run_of_a_fused_group_trains_as_it_does_alone(method, layout, float
     # BatchNorm bias gradients differ by 1e-4 at the first step), here it stays near 1e-16
     normalise = Loader.normalise
     monkeypatch.setattr(Loader, "normalise", lambda self, xb: normalise(self, xb).double())
-    # LDAM-DRW reweights from epoch 0; Co-teaching keeps 70% of each run's rows in its second epoch
-    settings = {"ldam_drw": {"drw_epoch": "0"}, "coteaching": {"t_k": "1", "tau": "0.3"}}.get(method, {})
+    # LDAM-DRW reweights from epoch 0; Co-teaching keeps 70% of each run's rows in its second epoch;
+    # O2U-Net: 1 pre-training epoch, 2 cyclic, each run drops its own 20%, 1 epoch on its own rest
+    settings = {"ldam_drw": {"drw_epoch": "0"}, "coteaching": {"t_k": "1", "tau": "0.3"},
+                "o2u": {"stage1_epochs": "1", "cycle_length": "2", "cycles": "1", "cycle_batch_size": "64",
+                        "drop_rate": "0.2"}}.get(method, {})
     params = params_items(methods.get(method).resolve_params("paper", settings))
     specs = [_spec(s, method, epochs=2 if method == "coteaching" else 1, params=params) for s in (0, 1)]
     alone = [_alone(spec) for spec in specs]
@@ -270,7 +275,8 @@ def test_bench_run_fuse_stores_every_run_of_every_group(jobs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 0, err
     assert ("--fuse applies to cb, ce, coteaching (not with tau=realised), curvenet (not with meta_set=pseudo or "
-            "drw=true), focal, ldam_drw, mwnet; runs of Co-teaching train one at a time") in err
+            "drw=true), focal, ldam_drw, mwnet, o2u (not with drop_rate=realised); runs of Co-teaching train one at "
+            "a time") in err
     assert "6 runs requested: 6 trained" in err
     runs = Store(store, create=False).runs("done")
     fused = {(m, s): json.loads(env).get("fused") for m, s, env in zip(runs["method"], runs["seed"], runs["env_json"])}
