@@ -36,8 +36,8 @@ and without +DRW (both stages: the probes fused, each from its run's probe seed 
 run; the curves centred per run; the CurveNets fused); Co-teaching without ``tau=realised``
 (both networks fused, each run's small-loss selection over its own rows); O2U-Net without
 ``drop_rate=realised`` (each run's scores and kept subset its own: a ``PerRun`` of loader
-``indices``). AUM (each run's own threshold-class labels) trains one run at a time, as without
-``--fuse``.
+``indices``). AUM (each run retrains on a kept subset of a size of its own, which fused batches
+cannot hold) trains one run at a time, as without ``--fuse``.
 A group checkpoints as one (its key is :meth:`FusedGroup.key`); a killed group resumes when the
 same runs are asked for with the same ``--fuse``.
 
