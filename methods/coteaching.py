@@ -137,7 +137,7 @@ class CoTeaching(Method):
     @classmethod
     def fuses(cls, spec) -> bool:
         """Not with ``tau=realised``: each run's realised noise rate is its own."""
-        return dict(spec.params).get("tau", "nominal") != "realised"
+        return cls.params_from_spec(spec).tau != "realised"
 
     def fit(self, run):
         p = self.params

@@ -333,8 +333,8 @@ class CurveNetMethod(Method):
     @classmethod
     def fuses(cls, spec) -> bool:
         """Not the pseudo-meta set (each run's own picks) nor +DRW (each run's class weights)."""
-        params = dict(spec.params)
-        return params.get("meta_set", "clean") == "clean" and not params.get("drw", False)
+        params = cls.params_from_spec(spec)
+        return params.meta_set == "clean" and not params.drw
 
     @classmethod
     def display_name(cls, params: dict) -> str:

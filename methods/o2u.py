@@ -113,7 +113,7 @@ class O2U(Method):
     @classmethod
     def fuses(cls, spec) -> bool:
         """Not with ``drop_rate=realised``: each run's realised noise rate is its own."""
-        return dict(spec.params).get("drop_rate", "nominal") != "realised"
+        return cls.params_from_spec(spec).drop_rate != "realised"
 
     def fit(self, run):
         p = self.params
