@@ -234,19 +234,16 @@ class FusedRun:
         """``Run.reseeded`` for each member: inside, member k's RNG stream starts at
         ``seed_of(its spec)`` and its loaders draw from a generator of that seed; both as before
         after."""
-        saved = ([run.generator for run in self.members], self._rng, self._seeds)
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        saved = self._rng, self._seeds
+        with contextlib.ExitStack() as stack:
+            for run in self.members:  # each member's loader generator (and torch's RNG, forked)
+                stack.enter_context(run.reseeded(seed_of))
             self._seeds = [seed_of(run.spec) for run in self.members]
             self._rng = [None] * self.runs
-            for run, seed in zip(self.members, self._seeds):
-                run.generator = torch.Generator().manual_seed(seed)
             try:
                 yield
             finally:
-                generators, self._rng, self._seeds = saved
-                for run, generator in zip(self.members, generators):
-                    run.generator = generator
+                self._rng, self._seeds = saved
 
     def loader(self, split: str = "train", **kwargs) -> FusedLoader:
         """The members' loaders as one; a :class:`methods.base.PerRun` argument (O2U-Net's kept
