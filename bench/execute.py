@@ -234,8 +234,12 @@ def commit(store: Store, result: RunResult, cache_dir: Path | None = None) -> No
 
 def drop_checkpoint(spec, cache_dir: Path | None) -> None:
     path = checkpoint_path(spec, cache_dir)
-    if path is None:
-        return
+    if path is not None:
+        remove_checkpoint(path)
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Remove a checkpoint, a fused group's list of its runs beside it, and temp files of its writes."""
     path.unlink(missing_ok=True)
     path.with_suffix(MEMBERS_SUFFIX).unlink(missing_ok=True)  # a fused group's list of its runs
     if path.parent.is_dir():

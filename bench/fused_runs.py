@@ -407,7 +407,7 @@ def sweep_group_checkpoints(store, cache_dir) -> None:
     """Remove the checkpoints of groups whose runs are all done: left by a kill between the
     commit of a group's results and the removal of its checkpoint (a later ``bench run`` forms no
     group for runs already done, so nothing else would remove them)."""
-    from bench.execute import MEMBERS_SUFFIX, drop_checkpoint
+    from bench.execute import MEMBERS_SUFFIX, remove_checkpoint
 
     if cache_dir is None:
         return
@@ -417,17 +417,7 @@ def sweep_group_checkpoints(store, cache_dir) -> None:
         except OSError:
             continue
         if keys and all(store.status(key) == "done" for key in keys):
-            drop_checkpoint(_Named(listing.stem), cache_dir)
-
-
-@dataclass(frozen=True)
-class _Named:
-    """Something with a ``key()``, for the checkpoint helpers of bench.execute."""
-
-    name: str
-
-    def key(self) -> str:
-        return self.name
+            remove_checkpoint(listing.with_suffix(".pt"))
 
 
 def _member_progress(progress, spec: RunSpec):
