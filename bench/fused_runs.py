@@ -36,8 +36,9 @@ and without +DRW (both stages: the probes fused, each from its run's probe seed 
 run; the curves centred per run; the CurveNets fused); Co-teaching without ``tau=realised``
 (both networks fused, each run's small-loss selection over its own rows); O2U-Net without
 ``drop_rate=realised`` (each run's scores and kept subset its own: a ``PerRun`` of loader
-``indices``). AUM (each run retrains on a kept subset of a size of its own, which fused batches
-cannot hold) trains one run at a time, as without ``--fuse``.
+``indices``); AUM (its scoring runs fused, each run's threshold samples its own, pooled labels;
+each run retrains alone on its kept subset, ``Run.alone``, since the subsets' sizes differ and
+fused batches need one).
 A group checkpoints as one (its key is :meth:`FusedGroup.key`); a killed group resumes when the
 same runs are asked for with the same ``--fuse``.
 
@@ -217,10 +218,11 @@ class FusedRun:
         self._rng[k] = torch.get_rng_state()
         return built
 
-    def model(self, *, adapt=None) -> nn.Module:
-        """The members' fresh backbones (each changed by ``adapt``, as ``Run.model``), each drawn
-        from its run's own RNG stream, fused."""
-        models = [self._drawn(k, lambda run=run: run.model(adapt=adapt)) for k, run in enumerate(self.members)]
+    def model(self, num_classes: int | None = None, *, adapt=None) -> nn.Module:
+        """The members' fresh backbones (with ``num_classes`` outputs and changed by ``adapt``, as
+        ``Run.model``), each drawn from its run's own RNG stream, fused."""
+        models = [self._drawn(k, lambda run=run: run.model(num_classes, adapt=adapt))
+                  for k, run in enumerate(self.members)]
         self._architecture = models[0]  # what unfused() gives each run's weights back in
         return fuse(models, self.layout)
 
@@ -253,6 +255,25 @@ class FusedRun:
         return FusedLoader([run.loader(split, **{name: value[k] if isinstance(value, PerRun) else value
                                                  for name, value in kwargs.items()})
                             for k, run in enumerate(self.members)], self.layout)
+
+    def alone(self, train) -> PerRun:
+        """``Run.alone``: ``train(run)`` for each member in turn, on its own (a :class:`_Alone`:
+        the member's data and history, its networks from its RNG stream, its epochs checkpointed
+        in the group's checkpoint), a :class:`PerRun` of the models. A member that diverged earlier
+        is skipped (None); one whose stage fails (it diverges, or the method refuses its data)
+        fails alone and the others train on."""
+        models = PerRun()
+        for k in range(self.runs):
+            model = None
+            if k not in self.failed:
+                try:
+                    model = train(_Alone(self, k))
+                except BenchError as exc:
+                    self.failed[k] = str(exc)
+            models.append(model)
+        if len(self.failed) == self.runs:
+            raise BenchError(self.failed[0])
+        return models
 
     def per_run(self, make) -> PerRun:
         """``make(run)`` for each member: what a run builds from its own data (its loss)."""
@@ -314,9 +335,55 @@ class FusedRun:
     def unfused(self, model: nn.Module, k: int) -> nn.Module:
         """Member k's trained network on its own (its weights and running statistics), in the
         architecture :meth:`model` built for each run."""
+        if isinstance(model, PerRun):  # trained alone (Run.alone)
+            return model[k]
         alone = copy.deepcopy(self._architecture)
         alone.load_state_dict(run_state(model, k))
         return alone
+
+
+class _Alone:
+    """Member k of a fused group as the run trained alone, for a stage ``FusedRun.alone`` trains
+    it through: the member's own ``Run`` (data, loaders, generator, history, records, test set),
+    except that its networks are drawn from its stream of the group's RNG streams, its steps are
+    listed with the group's, and its epochs are checkpointed in the group's checkpoint (stage
+    ``"<stage> #k"``, with the member's history and generator), so a killed group resumes there."""
+
+    def __init__(self, fused: FusedRun, k: int):
+        self._fused, self._k, self._run = fused, k, fused.members[k]
+
+    def __getattr__(self, name: str):
+        return getattr(self._run, name)
+
+    def model(self, num_classes: int | None = None, *, adapt=None) -> nn.Module:
+        return self._fused._drawn(self._k, lambda: self._run.model(num_classes, adapt=adapt))
+
+    def net(self, make) -> nn.Module:
+        return self._fused._drawn(self._k, lambda: self._run.net(make))
+
+    def step_graph(self, fn, **kwargs):
+        return self._fused.lead.step_graph(fn, **kwargs)
+
+    def reseeded(self, seed_of):
+        raise NotImplementedError("a stage trained alone in a fused group cannot reseed its run")
+
+    def epochs(self, count: int, *, stage: str = "train", state: dict | None = None):
+        state = {**(state or {}), "member_history": _History(self._run), "member_generator":
+                 _Generators([self._run.generator])}
+        return self._fused.lead.epochs(count, stage=f"{stage} #{self._k}", state=state)
+
+
+class _History:
+    """One run's history, as checkpoint state."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def state_dict(self) -> dict:
+        return {"history": list(self.run.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.run.history = list(state["history"])
 
 
 def _member_value(value, k: int, runs: int):

@@ -40,6 +40,10 @@ Choices and deviations:
   which differs only in how batches are composed.
 - Margins are not cast through float16 as the code does (``.half().float()``).
 - Quick preset: nothing to scale; the scoring runs end at the quick preset's first drop (epoch 8).
+
+``bench run --fuse K`` (bench/fused_runs.py) trains K seeds' scoring runs fused, each run with its
+own threshold sets (from its own seed), AUMs and threshold; each run then retrains alone
+(``Run.alone``) on its own kept subset, whose size is its own (fused batches need one size).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
@@ -122,6 +127,7 @@ class AUM(Method):
     """Rank by area under the margin, flag below the threshold samples' 99th percentile, retrain."""
 
     name = "aum"
+    fusable = True  # bench run --fuse: the scoring runs fused; each run retrains alone on its own kept subset
 
     Params = AUMParams
 
@@ -131,43 +137,69 @@ class AUM(Method):
 
     def fit(self, run):
         p = self.params
-        n, k = len(run.data.train_y), run.num_classes
+        K, members = run.runs, run.member_runs  # a fused group's runs (bench run --fuse), else this one
+        n, k = len(members[0].data.train_y), run.num_classes
         epochs = p.aum_epochs or run.first_drop
         if p.skip_epochs >= epochs:
             raise BenchError(f"aum.skip_epochs ({p.skip_epochs}) leaves no epoch of {epochs} to average")
-        rng = np.random.default_rng(int(run.generator.initial_seed()))
-        sets = list(threshold_sets(n, k, rng, p.threshold_count))
+        # each run's two threshold sets, drawn from its own seed
+        sets = {id(m): threshold_sets(n, k, np.random.default_rng(int(m.generator.initial_seed())),
+                                      p.threshold_count) for m in members}
         schedule = protocol_schedule(run, epochs, batch_size=p.aum_batch_size or None)
-        aums, thresholds = [], []
-        for r, thr_idx in enumerate(sets, start=1):
-            labels = np.array(run.data.train_y, dtype=np.int64, copy=True)
-            labels[thr_idx] = k  # the extra class K+1 (0-based index K)
+        aums = {id(m): [] for m in members}
+        thresholds = {id(m): [] for m in members}
+        for r in range(2):
+            labels = run.pooled(lambda m, r=r: with_threshold_class(m.data.train_y, sets[id(m)][r], k))
             model = run.model(num_classes=k + 1)
-            curves = train_and_record(run, model, schedule, "margin", labels=labels, log_stage=f"aum{r}")
-            aum = aum_from_margins(curves.values.cpu().numpy(), p.skip_epochs)
+            curves = train_and_record(run, model, schedule, "margin", labels=labels, log_stage=f"aum{r + 1}")
+            flagged = []
+            for j, m in enumerate(members):  # each run's AUMs and threshold from its own columns
+                aum = aum_from_margins(curves.values[:, j::K].cpu().numpy(), p.skip_epochs)
+                thr_idx = sets[id(m)][r]
+                aums[id(m)].append(aum)
+                thresholds[id(m)].append(aum_threshold(aum, thr_idx, p.percentile))
+                real = np.ones(n, dtype=bool)
+                real[thr_idx] = False  # the fraction flagged among the samples scored against their own label
+                flagged.append(float(np.mean(aum[real] < thresholds[id(m)][r])))
             del model, curves
-            aums.append(aum)
-            thresholds.append(aum_threshold(aum, thr_idx, p.percentile))
-            real = np.ones(n, dtype=bool)
-            real[thr_idx] = False  # the fraction flagged among the samples scored against their own label
-            run.log(0, stage=f"aum{r}_threshold", threshold=thresholds[-1],
-                    flagged=float(np.mean(aum[real] < thresholds[-1])))
-        removed, score, mean_aum, _ = combine_runs(aums, thresholds, sets)
-        kept = ~removed
-        which = np.zeros(n, dtype=np.int64)
-        for r, thr_idx in enumerate(sets, start=1):
-            which[thr_idx] = r
-            aums[r - 1] = aums[r - 1].copy()
-            aums[r - 1][thr_idx] = np.nan
-        run.record("kept", kept)
-        run.record("score", score)
-        run.record("aum", mean_aum)
-        run.record("aum_run1", aums[0])
-        run.record("aum_run2", aums[1])
-        run.record("threshold_set", which)
-        if not kept.any():
-            raise BenchError("AUM removed every training sample")
-        final = run.model()
-        loader = run.loader("train", indices=np.flatnonzero(kept))
-        return train_classifier(run, final, lambda logits, y, idx, epoch: F.cross_entropy(logits, y),
-                                loader=loader, stage="retrain", same_loss_every_epoch=True)
+            run.log(0, stage=f"aum{r + 1}_threshold",  # one value per run
+                    threshold=torch.tensor([thresholds[id(m)][r] for m in members], dtype=torch.float64),
+                    flagged=torch.tensor(flagged, dtype=torch.float64))
+        for m in members:
+            record_scores(m, aums[id(m)], thresholds[id(m)], list(sets[id(m)]))
+        return run.alone(retrain)
+
+
+def with_threshold_class(labels: np.ndarray, threshold_idx: np.ndarray, num_classes: int) -> np.ndarray:
+    """The observed labels with the threshold samples moved to the extra class K+1 (0-based K)."""
+    labels = np.array(labels, dtype=np.int64, copy=True)
+    labels[threshold_idx] = num_classes
+    return labels
+
+
+def record_scores(run, aums: list[np.ndarray], thresholds: list[float], sets: list[np.ndarray]) -> None:
+    """Combine a run's two scoring runs (:func:`combine_runs`) and record its per-sample values."""
+    removed, score, mean_aum, _ = combine_runs(aums, thresholds, sets)
+    which = np.zeros(len(score), dtype=np.int64)
+    own = []
+    for r, thr_idx in enumerate(sets, start=1):
+        which[thr_idx] = r
+        own.append(aums[r - 1].copy())
+        own[-1][thr_idx] = np.nan  # a threshold sample's AUM is not against its own label
+    run.record("kept", ~removed)
+    run.record("score", score)
+    run.record("aum", mean_aum)
+    run.record("aum_run1", own[0])
+    run.record("aum_run2", own[1])
+    run.record("threshold_set", which)
+
+
+def retrain(run):
+    """A fresh network, the full protocol, on the samples the run kept (each run on its own: a
+    fused group's runs keep subsets of different sizes)."""
+    kept = run.records["kept"]
+    if not kept.any():
+        raise BenchError("AUM removed every training sample")
+    loader = run.loader("train", indices=np.flatnonzero(kept))
+    return train_classifier(run, run.model(), lambda logits, y, idx, epoch: F.cross_entropy(logits, y),
+                            loader=loader, stage="retrain", same_loss_every_epoch=True)

@@ -420,6 +420,13 @@ class Run:
         :class:`PerRun`, which :meth:`run_losses` gives each run its own of)."""
         return make(self)
 
+    def alone(self, train):
+        """``train(run) -> model`` for each run this context trains, each on its own: a stage whose
+        runs cannot share batches (AUM's retrain on a kept subset of each run's own size). Here
+        ``train(self)``; a fused group trains its members one after another and returns a
+        :class:`PerRun` of their models (bench/fused_runs.py)."""
+        return train(self)
+
     def run_losses(self, loss_fn, logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, epoch: int
                    ) -> torch.Tensor:
         """The batch loss of each run this context trains, shape ``(runs,)``: here ``loss_fn``'s one

@@ -67,7 +67,7 @@ import torch.nn.functional as F
 
 from bench.errors import BenchError
 from bench.train import lr_at, set_lr
-from methods.base import check_int
+from methods.base import PerRun, check_int
 
 # ----------------------------------------------------------------------------- quantities
 
@@ -292,9 +292,9 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
     Parameters
     ----------
     run        the :class:`methods.base.Run` (data, device, loaders, optimiser, logging), or a
-               fused group's (bench/fused_runs.py: CurveNet's probe under ``bench run --fuse``;
+               fused group's (bench/fused_runs.py: under ``bench run --fuse``;
                then the values' columns are the K pools interleaved, column i K + k run k's
-               sample i, and ``labels`` and ``indices`` are refused).
+               sample i, ``labels`` too, and ``indices`` and ``record="eval"`` are refused).
     model      the network (on ``run.device``), trained in place.
     schedule   per-epoch lr and batch size (:class:`Schedule`); the lr is set on every param
                group at the start of each epoch; one loader per distinct batch size.
@@ -320,14 +320,17 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
         raise BenchError(f"record must be 'train' or 'eval', got {record!r}")
     fn, qname = _resolve_quantity(quantity)
     device = run.device
-    if run.runs > 1 and (labels is not None or indices is not None):
-        raise BenchError("train_and_record: a fused group trains on its runs' whole pools, observed labels")
+    if run.runs > 1 and (indices is not None or record == "eval"):
+        raise BenchError("train_and_record: a fused group trains on its runs' whole pools, recorded in training")
     # a fused group's (bench/fused_runs.py) pools are one of N K samples, row i K + k run k's sample i
     pool_y = run.pooled(lambda r: r.data.train_y)
     n = len(pool_y)
     y_all = np.asarray(pool_y if labels is None else labels)
     if y_all.shape != (n,):
         raise BenchError(f"labels must have one entry per training-pool sample ({n}), got {y_all.shape}")
+    # each run's loader reads its own labels (a fused group's: its rows of the pooled labels)
+    loader_labels = None if labels is None else (
+        y_all if run.runs == 1 else PerRun(y_all[k::run.runs] for k in range(run.runs)))
     if indices is not None:
         indices = np.asarray(indices, dtype=np.int64)
         pool_of = torch.as_tensor(indices, device=device)
@@ -361,7 +364,7 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
         lr, bs = schedule.lr(epoch), schedule.batch_size(epoch)
         set_lr(optimizer, lr)
         if bs not in loaders:
-            loaders[bs] = run.loader("train", batch_size=bs, indices=indices, labels=labels)
+            loaders[bs] = run.loader("train", batch_size=bs, indices=indices, labels=loader_labels)
         loader = loaders[bs]
         total = torch.zeros(run.runs, device=device)
         seen = 0

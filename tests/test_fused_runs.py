@@ -13,8 +13,8 @@ import torch
 import methods
 from bench.cli import main
 from bench.data.loader import Loader
+from bench.errors import BenchError
 from bench.execute import checkpoint_path, execute, load_data
-from bench.fused import run_state
 from bench.fused_runs import FusedGroup, FusedRun, execute_fused, group_runs, note_members, sweep_group_checkpoints
 from bench.spec import RunSpec
 from bench.store import Store
@@ -45,11 +45,12 @@ def _gap(a: dict, b: dict) -> float:
 def test_runs_that_differ_only_in_their_seeds_are_grouped_up_to_k():
     ce = [_spec(s) for s in range(5)]
     other_cell = _spec(0, imbalance=1.0)
-    aum = [_spec(s, "aum") for s in range(2)]
+    realised = params_items(methods.get("coteaching").resolve_params("paper", {"tau": "realised"}))
+    alone = [_spec(s, "coteaching", params=realised) for s in range(2)]
     focal = _spec(0, "focal")
-    queue = group_runs([ce[0], aum[0], ce[1], other_cell, ce[2], ce[3], aum[1], ce[4], focal], 2)
-    assert queue == [FusedGroup((ce[0], ce[1])), aum[0], other_cell, FusedGroup((ce[2], ce[3])),
-                     aum[1], ce[4], focal]  # a group of one is the run; AUM (per-run threshold labels) never fuses
+    queue = group_runs([ce[0], alone[0], ce[1], other_cell, ce[2], ce[3], alone[1], ce[4], focal], 2)
+    assert queue == [FusedGroup((ce[0], ce[1])), alone[0], other_cell, FusedGroup((ce[2], ce[3])),
+                     alone[1], ce[4], focal]  # a group of one is the run; tau=realised (each run's own) never fuses
     assert group_runs(ce, 1) == ce
     assert group_runs(ce, 8) == [FusedGroup(tuple(ce))]
     assert FusedGroup((ce[0], ce[1])).key() != FusedGroup((ce[1], ce[0])).key() != ce[0].key()
@@ -96,9 +97,9 @@ def small_pools(monkeypatch):
 
 
 def test_the_fusable_methods_are_the_documented_ones(capsys):  # README and `bench run --help` name them
-    assert FUSABLE == ["cb", "ce", "coteaching", "curvenet", "focal", "ldam_drw", "mwnet", "o2u"]
+    assert FUSABLE == ["aum", "cb", "ce", "coteaching", "curvenet", "focal", "ldam_drw", "mwnet", "o2u"]
     assert main(["list"]) == 0
-    assert ("fused network by `bench run --fuse K`: cb, ce, coteaching (not with tau=realised), curvenet (not "
+    assert ("fused network by `bench run --fuse K`: aum, cb, ce, coteaching (not with tau=realised), curvenet (not "
             "with meta_set=pseudo or drw=true), focal, ldam_drw, mwnet, o2u (not with drop_rate=realised)\n"
             ) in capsys.readouterr().out
 
@@ -117,8 +118,9 @@ def test_curvenet_runs_with_the_pseudo_meta_set_or_drw_and_runs_with_the_realise
 def _check_each_run_as_alone(model, fused_run, alone):
     """Each member of a fused group against its run trained alone: weights, history, records."""
     for k, (state, history, records) in enumerate(alone):
-        assert _gap(run_state(model, k), state) < 1e-9, k
-        assert _gap(run_state(model, k), alone[1 - k][0]) > 0.1  # the runs differ: the check can tell them apart
+        mine = fused_run.unfused(model, k).state_dict()
+        assert _gap(mine, state) < 1e-9, k
+        assert _gap(mine, alone[1 - k][0]) > 0.1  # the runs differ: the check can tell them apart
         mine = fused_run.members[k]
         assert [(h["stage"], h["epoch"]) for h in mine.history] == [(h["stage"], h["epoch"]) for h in history]
         for row, theirs in zip(mine.history, history):  # loss (MW-Net: meta loss, mean weight too), accuracy
@@ -126,7 +128,7 @@ def _check_each_run_as_alone(model, fused_run, alone):
             assert all(row[m] == pytest.approx(theirs[m], rel=1e-9) for m in row if isinstance(row[m], float))
         assert mine.records.keys() == records.keys()  # final weights (CurveNet: curves too): each run's own pool
         for name, values in records.items():
-            assert np.allclose(mine.records[name], values, rtol=1e-9, atol=1e-12), name
+            assert np.allclose(mine.records[name], values, rtol=1e-9, atol=1e-12, equal_nan=True), name
 
 
 # the rows layout is the CPU's; the runs layout (CUDA's, in channels_last there) is checked here
@@ -142,13 +144,17 @@ def test_each_run_of_a_fused_group_trains_as_it_does_alone(method, layout, float
     monkeypatch.setattr(Loader, "normalise", lambda self, xb: normalise(self, xb).double())
     # LDAM-DRW reweights from epoch 0; Co-teaching keeps 70% of each run's rows in its second epoch;
     # O2U-Net: 1 pre-training epoch, 2 cyclic, each run drops its own 20%, 1 epoch on its own rest
-    settings = {"ldam_drw": {"drw_epoch": "0"}, "coteaching": {"t_k": "1", "tau": "0.3"},
+    # AUM: 1 epoch per scoring run, then each run retrains alone on its own kept subset
+    settings = {"ldam_drw": {"drw_epoch": "0"}, "coteaching": {"t_k": "1", "tau": "0.3"}, "aum": {"aum_epochs": "1"},
                 "o2u": {"stage1_epochs": "1", "cycle_length": "2", "cycles": "1", "cycle_batch_size": "64",
                         "drop_rate": "0.2"}}.get(method, {})
     params = params_items(methods.get(method).resolve_params("paper", settings))
     specs = [_spec(s, method, epochs=2 if method == "coteaching" else 1, params=params) for s in (0, 1)]
     alone = [_alone(spec) for spec in specs]
-    _check_each_run_as_alone(*_fit_fused(specs, layout), alone)
+    model, fused_run = _fit_fused(specs, layout)
+    _check_each_run_as_alone(model, fused_run, alone)
+    if method == "aum":  # the runs keep subsets of different sizes (so they retrain alone)
+        assert len({int(run.records["kept"].sum()) for run in fused_run.members}) == 2
 
 
 def test_each_curvenet_run_of_a_fused_group_trains_as_it_does_alone(float64, small_pools, monkeypatch):
@@ -224,6 +230,25 @@ def test_a_group_whose_runs_all_diverge_stops_with_each_reason(monkeypatch):
     assert all(r.error == "diverged at train epoch 1: loss is inf" for r in results)
 
 
+def test_a_run_whose_stage_alone_fails_fails_alone(monkeypatch, small_pools):
+    """A stage the members train one at a time (AUM's retrain, Run.alone): a run it fails for (the
+    method refuses its data) is recorded as failed with the reason, the other trains on."""
+    import methods.aum
+
+    retrain = methods.aum.retrain
+
+    def refuse_run_0(run):
+        if run.spec.seed == 0:
+            raise BenchError("AUM removed every training sample")
+        return retrain(run)
+
+    monkeypatch.setattr(methods.aum, "retrain", refuse_run_0)
+    params = params_items(methods.get("aum").resolve_params("paper", {"aum_epochs": "1"}))
+    refused, ok = execute_fused(FusedGroup(tuple(_spec(s, "aum", params=params) for s in (0, 1))), device=CPU)
+    assert refused.status == "failed" and refused.error == "AUM removed every training sample"
+    assert ok.status == "done" and ok.env["fused"] == 2 and ok.history[-1]["stage"] == "retrain"
+
+
 def test_runs_whose_pools_differ_in_size_train_one_at_a_time(monkeypatch):
     import bench.execute
 
@@ -266,6 +291,37 @@ def test_a_killed_group_resumes_from_its_checkpoint_bit_for_bit(method, tmp_path
             np.testing.assert_array_equal(mine.values[name], values, err_msg=name)
 
 
+def test_a_fused_aum_group_killed_in_a_runs_retrain_resumes_there_bit_for_bit(tmp_path, small_pools):
+    """AUM's runs retrain alone (Run.alone), each checkpointed in the group's checkpoint: a kill in
+    the second run's retrain resumes there, the first run's retrain and the scoring runs not
+    trained again."""
+    params = params_items(methods.get("aum").resolve_params("paper", {"aum_epochs": "2"}))
+    specs = [_spec(s, "aum", epochs=3, params=params) for s in (0, 1)]
+    group = FusedGroup(tuple(specs))
+    reference = execute_fused(group, device=CPU, cache_dir=tmp_path / "ref", checkpoint_every_s=0)
+    assert [row["stage"] for row in reference[1].history] == ["aum1", "aum1", "aum1_threshold", "aum2", "aum2",
+                                                               "aum2_threshold", "retrain", "retrain", "retrain"]
+
+    def kill_in_the_second_runs_retrain(row):
+        if row.get("key") == specs[1].key() and row.get("stage") == "retrain" and row.get("epoch") == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        execute_fused(group, device=CPU, cache_dir=tmp_path, checkpoint_every_s=0,
+                      progress=kill_in_the_second_runs_retrain)
+    trained = []
+    resumed = execute_fused(group, device=CPU, cache_dir=tmp_path, checkpoint_every_s=0, progress=trained.append)
+    assert [(row["key"], row["stage"], row["epoch"]) for row in trained if "epoch" in row] == [
+        (specs[0].key(), "aum1_threshold", 0), (specs[1].key(), "aum1_threshold", 0),  # logged between stages
+        (specs[0].key(), "aum2_threshold", 0), (specs[1].key(), "aum2_threshold", 0),
+        (specs[1].key(), "retrain", 1), (specs[1].key(), "retrain", 2)]
+    for mine, theirs in zip(resumed, reference):
+        assert mine.status == theirs.status == "done"
+        assert mine.history == theirs.history and mine.metrics == theirs.metrics
+        for name, values in theirs.values.items():
+            np.testing.assert_array_equal(mine.values[name], values, err_msg=name)
+
+
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_bench_run_fuse_stores_every_run_of_every_group(jobs, tmp_path, capsys):
     store = tmp_path / "store.sqlite"
@@ -274,7 +330,7 @@ def test_bench_run_fuse_stores_every_run_of_every_group(jobs, tmp_path, capsys):
                  "--cache-dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert ("--fuse applies to cb, ce, coteaching (not with tau=realised), curvenet (not with meta_set=pseudo or "
+    assert ("--fuse applies to aum, cb, ce, coteaching (not with tau=realised), curvenet (not with meta_set=pseudo or "
             "drw=true), focal, ldam_drw, mwnet, o2u (not with drop_rate=realised); runs of Co-teaching train one at "
             "a time") in err
     assert "6 runs requested: 6 trained" in err
@@ -315,6 +371,10 @@ def test_a_fused_groups_steps_replay_as_captured_graphs(method, monkeypatch, req
     if method == "curvenet":  # its probe sees the whole (small) pool every epoch
         request.getfixturevalue("small_pools")
         group = FusedGroup(tuple(_curvenet_spec(s) for s in (0, 1)))
+    elif method == "aum":  # so do its scoring runs (a margin for every sample); then each run retrains alone
+        request.getfixturevalue("small_pools")
+        params = params_items(methods.get("aum").resolve_params("paper", {"aum_epochs": "1"}))
+        group = FusedGroup(tuple(_spec(s, "aum", epochs=2, params=params) for s in (0, 1)))
     else:
         plans = Loader.plans  # 6 training steps an epoch: warm-up, capture, replays
         monkeypatch.setattr(Loader, "plans", lambda self: itertools.islice(plans(self), 6) if self.shuffle
