@@ -226,7 +226,7 @@ def _run_locked(args, specs, executor, device, store) -> int:
                                   cache_dir=Path(args.cache_dir), retry_failed=args.retry_failed,
                                   show_progress=not args.quiet, executor=executor,
                                   max_retries=args.max_retries, checkpoint_every_s=args.checkpoint_every,
-                                  graph=args.graph, fuse=args.fuse)
+                                  graph=args.graph, compile_steps=args.compile, fuse=args.fuse)
     finally:
         executor.close()
     earlier = counts["failed_earlier"]
@@ -424,6 +424,9 @@ def make_parser() -> ArgumentParser:
                      help="fp32 (default, the papers') or bf16 autocast; part of each run's key")
     run.add_argument("--no-graph", dest="graph", action="store_false",
                      help="on CUDA, run training steps eagerly instead of replaying them as CUDA graphs")
+    run.add_argument("--compile", action="store_true",
+                     help="compile the classifier's forward in CE-style steps with torch.compile (kernel fusion), "
+                          "checked against eager first; meta steps stay uncompiled (default off)")
     run.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default ./{DEFAULT_STORE})")
     run.add_argument("--cache-dir", default=".bench_cache",
                      help="cache of reusable artefacts: CurveNet probe curves and run checkpoints")

@@ -1,5 +1,6 @@
-"""The classifier under ``torch.compile``, checked against eager first (``bench timing --steps
-ce_compiled``: what kernel fusion would buy the CE step; training does not compile).
+"""The classifier under ``torch.compile``, checked against eager first: ``bench timing --steps
+ce_compiled`` (what kernel fusion buys the CE step) and ``bench run --compile`` (training's
+CE-style steps: :func:`checked_forward`; off by default).
 
 TorchInductor fuses each BatchNorm's element-wise work with the ReLU and residual sum after it,
 in the forward and the backward, so a step launches fewer kernels and reads activations fewer
@@ -13,8 +14,8 @@ standard-normal batches of the timed shape, updating both alike between passes, 
 every parameter's gradient. On the 2-core AMD EPYC CPU of session 13 (torch 2.14.1, small_cnn,
 against a float64 reference on such batches) eager fp32 was within 3e-6 of float64 at batch 16
 and 128; the compiled model was too at batch 16, but at batch 128 it was off by 5e-3 to 1e-2 in
-every convolution's gradient on two of three batches, so there the check refuses it (and training
-does not compile; see the README).
+every convolution's gradient on two of three batches, so there the check refuses it (a
+``--compile`` run's loops at that batch size run uncompiled; see the README).
 """
 
 from __future__ import annotations
@@ -117,3 +118,36 @@ def compile_checked(model: nn.Module, example: torch.Tensor, *, precision: str =
             model.load_state_dict(saved)
         model.zero_grad(set_to_none=True)
     return compiled
+
+
+def _compile(model: nn.Module) -> nn.Module:
+    """``torch.compile`` for a fixed shape (a new shape compiles again instead of compiling a
+    dynamic-shape graph, which would then serve the checked shape too, unchecked)."""
+    return torch.compile(model, dynamic=False)
+
+
+class CheckedForward:
+    """The classifier's forward in a step under ``bench run --compile``: the compiled model for
+    batches of the checked shape, the model itself for any other (an epoch's last, short batch,
+    which the check did not see)."""
+
+    def __init__(self, model: nn.Module, compiled: nn.Module, shape: torch.Size):
+        self.model, self.compiled, self.shape = model, compiled, shape
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.compiled(x) if x.shape == self.shape else self.model(x)
+
+
+def checked_forward(model: nn.Module, example: torch.Tensor, precision: str) -> tuple:
+    """``(forward, status)`` for a training loop's steps: a :class:`CheckedForward` of ``model``
+    compiled and checked (:func:`compile_checked`) on batches of ``example``'s shape, and status
+    ``"compiled"``; or, where the check refuses or compiling fails, ``model`` itself and the one-line
+    reason. Each call compiles afresh (a loop's model is new; dynamo's caches are reset first, so
+    that a grid's many models do not reach its recompilation limit, past which it would fall back
+    to eager without a word)."""
+    torch._dynamo.reset()
+    try:
+        compiled = compile_checked(model, example, precision=precision, compiler=_compile)
+    except BenchError as exc:
+        return model, str(exc)
+    return CheckedForward(model, compiled, example.shape), "compiled"

@@ -145,13 +145,14 @@ def checkpoint_path(spec, cache_dir: Path | None) -> Path | None:
 
 def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
             cache_dir: Path | None = DEFAULT_CACHE_DIR, progress=None, checkpoint_every_s: float = 60.0,
-            graph: bool = True) -> RunResult:
+            graph: bool = True, compile_steps: bool = False) -> RunResult:
     """Train and evaluate one run. Diverged runs and exceptions come back as ``failed``.
 
     With a ``cache_dir`` the run checkpoints itself (see ``Run.epochs``) and a rerun after a kill
     resumes from the last checkpoint; the caller removes the checkpoint once the result is stored.
     ``graph`` captures training steps as CUDA graphs on CUDA (bench/capture.py); how the steps
-    ran is kept in the result's ``env["steps"]``.
+    ran is kept in the result's ``env["steps"]``. ``compile_steps`` (``--compile``) compiles the
+    classifier's forward in CE-style steps, checked first (bench/compiled.py; ``env["compile"]``).
     """
     from methods.base import Run
 
@@ -163,7 +164,7 @@ def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
     torch.manual_seed(spec.seed)
     run = Run(spec=spec, data=data, device=device, params=params, cache_dir=cache_dir, progress=progress,
               checkpoint_path=checkpoint_path(spec, cache_dir), checkpoint_every_s=checkpoint_every_s,
-              graph=graph)
+              graph=graph, compile_steps=compile_steps)
     if run.checkpoint_found:  # through the progress channel, the grid says it between its bars
         note = f"resuming from its checkpoint ({run.checkpoint_position()})"
         if progress is not None:
@@ -200,8 +201,11 @@ def method_for(spec: RunSpec) -> type:
 def steps_env(run, device: torch.device) -> dict:
     """How a run's steps ran, for its ``env``: captured or eager, memory format, cuDNN's search,
     and its training seconds (``run``: a ``Run``, or a fused group's ``FusedRun``)."""
-    return dict(steps=run.step_mode, channels_last=run.channels_last,
-                cudnn_benchmark=searches_conv_algorithms(device), train_s=round(run.trained_s(), 3))
+    env = dict(steps=run.step_mode, channels_last=run.channels_last,
+               cudnn_benchmark=searches_conv_algorithms(device), train_s=round(run.trained_s(), 3))
+    if run.compile_mode is not None:  # bench run --compile: "compiled", or why not
+        env["compile"] = run.compile_mode
+    return env
 
 
 def done_result(run, metrics: dict, env: dict) -> RunResult:
@@ -263,7 +267,8 @@ def pending(store: Store, specs: list[RunSpec], retry_failed: bool = False) -> l
 def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, data_dir: str | None = None,
              cache_dir: Path | None = DEFAULT_CACHE_DIR, retry_failed: bool = False,
              show_progress: bool = True, checkpoint_every_s: float = 60.0, executor=None,
-             max_retries: int = 2, graph: bool = True, fuse: int = 1) -> dict[str, int]:
+             max_retries: int = 2, graph: bool = True, compile_steps: bool = False,
+             fuse: int = 1) -> dict[str, int]:
     """Run every spec not yet done on ``executor`` (default: in this process, one at a time);
     returns counts by outcome: ``done`` and ``failed`` now, ``skipped`` (done before) and
     ``failed_earlier`` (recorded as failed and not retried: ``retry_failed`` runs them again).
@@ -367,7 +372,8 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
     try:
         if queue:
             executor.start(device=device, data_dir=data_dir, cache_dir=cache_dir,
-                           checkpoint_every_s=checkpoint_every_s, on_progress=progress, graph=graph)
+                           checkpoint_every_s=checkpoint_every_s, on_progress=progress, graph=graph,
+                           compile_steps=compile_steps)
         while in_flight or (queue and user_error is None):
             while queue and user_error is None and len(in_flight) < executor.capacity:
                 item = queue.pop(0)

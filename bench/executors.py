@@ -141,7 +141,8 @@ class Executor:
         """Connect or prepare (may fail with a BenchError); called before the store is opened."""
 
     def start(self, *, device, data_dir, cache_dir, checkpoint_every_s: float,
-              on_progress: Callable[[Any, dict], None] | None = None, graph: bool = True) -> None:
+              on_progress: Callable[[Any, dict], None] | None = None, graph: bool = True,
+              compile_steps: bool = False) -> None:
         raise NotImplementedError
 
     def submit(self, spec) -> None:
@@ -167,11 +168,12 @@ class SerialExecutor(Executor):
         self.task = task or default_task
         self._queue: list = []
 
-    def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None, graph=True):
+    def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None, graph=True,
+              compile_steps=False):
         from bench.execute import resolve_device
         self.kwargs = {"device": resolve_device(device) if isinstance(device, str) else device,
                        "data_dir": data_dir, "cache_dir": cache_dir, "checkpoint_every_s": checkpoint_every_s,
-                       "graph": graph}
+                       "graph": graph, "compile_steps": compile_steps}
         self.on_progress = on_progress
 
     def submit(self, spec):
@@ -254,14 +256,15 @@ class LocalExecutor(Executor):
         self._workers: list[_Worker | None] = [None] * jobs
         self._ctx = None
 
-    def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None, graph=True):
+    def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None, graph=True,
+              compile_steps=False):
         import multiprocessing
 
         from bench.execute import resolve_device
         self._ctx = multiprocessing.get_context("spawn")
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.kwargs = {"data_dir": data_dir, "cache_dir": cache_dir, "checkpoint_every_s": checkpoint_every_s,
-                       "graph": graph}
+                       "graph": graph, "compile_steps": compile_steps}
         self.threads = worker_threads(self.capacity)
         self.on_progress = on_progress
         hint = packing_hint(self.capacity, self.device)
@@ -469,7 +472,8 @@ class RayExecutor(Executor):
         self._remote = ray.remote(_ray_task).options(num_cpus=1, num_gpus=self.gpus_per_run, max_retries=0,
                                                      retry_exceptions=False)
 
-    def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None, graph=True):
+    def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None, graph=True,
+              compile_steps=False):
         if self._remote is None:
             self.open()
         self.device_name = device if isinstance(device, str) else str(device)
@@ -477,7 +481,7 @@ class RayExecutor(Executor):
         self.kwargs = {"data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
                        "cache_dir": None if cache_dir is None else Path(cache_dir).resolve(),
                        "checkpoint_every_s": checkpoint_every_s,
-                       "graph": graph}
+                       "graph": graph, "compile_steps": compile_steps}
 
     def submit(self, spec):
         ref = self._remote.remote(spec, self.device_name, self.task, self.kwargs)

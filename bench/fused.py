@@ -320,6 +320,10 @@ class FusedLoader:
         for plan in self.plans():
             yield self.assemble(*plan)
 
+    def example(self) -> torch.Tensor:
+        """A full fused batch's images (:meth:`bench.data.Loader.example` of each run's, fused)."""
+        return runs_images([ld.example() for ld in self.loaders], self.layout)
+
     def cycle(self) -> FusedCycle:
         """Endless fused batches over epochs (the meta sets), each run cycling through its own."""
         return FusedCycle(self)

@@ -181,6 +181,11 @@ class FusedRun:
     def step_graph(self, fn, **kwargs):
         return self.lead.step_graph(fn, **kwargs)
 
+    def step_forward(self, model: nn.Module, loader):
+        return self.lead.step_forward(model, loader)
+
+    compile_mode = property(lambda self: self.lead.compile_mode)
+
     def sgd(self, params, lr: float | None = None):
         return self.lead.sgd(params, lr)
 
@@ -364,6 +369,9 @@ class _Alone:
     def step_graph(self, fn, **kwargs):
         return self._fused.lead.step_graph(fn, **kwargs)
 
+    def step_forward(self, model: nn.Module, loader):
+        return self._fused.lead.step_forward(model, loader)
+
     def reseeded(self, seed_of):
         raise NotImplementedError("a stage trained alone in a fused group cannot reseed its run")
 
@@ -395,7 +403,8 @@ def _member_value(value, k: int, runs: int):
 
 
 def execute_fused(group: FusedGroup, *, device: torch.device, data_dir: str | None = None, cache_dir=None,
-                  progress=None, checkpoint_every_s: float = 60.0, graph: bool = True) -> list:
+                  progress=None, checkpoint_every_s: float = 60.0, graph: bool = True,
+                  compile_steps: bool = False) -> list:
     """Train the group's runs as one fused network; one ``RunResult`` per run, in order.
 
     Runs whose pools or meta sets differ in size train one at a time instead."""
@@ -415,7 +424,7 @@ def execute_fused(group: FusedGroup, *, device: torch.device, data_dir: str | No
 
     specs = group.specs
     kwargs = {"device": device, "data_dir": data_dir, "cache_dir": cache_dir,
-              "checkpoint_every_s": checkpoint_every_s, "graph": graph}
+              "checkpoint_every_s": checkpoint_every_s, "graph": graph, "compile_steps": compile_steps}
     datas = [load_data(spec, data_dir) for spec in specs]
     if len({(len(d.train_y), len(d.y_meta)) for d in datas}) != 1:  # no fused batches for them
         _say(progress, specs[0], "training pools or meta sets of different sizes: its group trains one run at a time")
@@ -428,6 +437,7 @@ def execute_fused(group: FusedGroup, *, device: torch.device, data_dir: str | No
     group_checkpoint = {"checkpoint_path": checkpoint_path(group, cache_dir), "checkpoint_key": group.key(),
                         "checkpoint_every_s": checkpoint_every_s}
     runs = [Run(spec=spec, data=data, device=device, params=params, cache_dir=cache_dir, graph=graph,
+                compile_steps=compile_steps,
                 progress=_member_progress(progress, spec), **(group_checkpoint if k == 0 else {}))
             for k, (spec, data) in enumerate(zip(specs, datas))]
     lead = runs[0]

@@ -22,7 +22,7 @@ them, N copies on N CUDA streams, or N runs fused into one network). The steps:
                   backward; the optimiser step and the loader stay as they are), checked against
                   eager first (bench/compiled.py: a disagreement is refused in one line; on the
                   CPU of session 13 it is, at batch 128). Only when named in ``--steps``: it
-                  measures what kernel fusion would buy; training does not compile.
+                  measures what kernel fusion buys (``bench run --compile`` trains this way).
 ``mwnet``         :class:`methods.meta.MetaStep` with MW-Net(noise)'s weighting net and optimiser
                   (``methods.mwnet.WeightNet``, ``MWNetParams().weight_optimizer``; plain-SGD
                   look-ahead, unnormalised weights), as ``MWNet.fit`` builds it.

@@ -130,11 +130,12 @@ def train_classifier(run, model: nn.Module, loss_fn: LossFn, *, epochs: int | No
     loader = loader or run.loader("train")
     epochs = run.spec.epochs if epochs is None else epochs
     model.train()
+    forward = run.step_forward(model, loader)  # the model, or under --compile its checked compiled forward
 
     def step(*plan):  # one SGD step on one batch plan (captured on CUDA); reads the loop's epoch
         x, y, idx = loader.assemble(*plan)
         with run.autocast():  # one loss per run: a fused group's K runs each get their own gradient
-            losses = run.run_losses(loss_fn, model(x), y, idx, epoch)
+            losses = run.run_losses(loss_fn, forward(x), y, idx, epoch)
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         optimizer.step()

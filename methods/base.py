@@ -165,6 +165,7 @@ class Run:
     checkpoint_every_s: float = 60.0     # write at most this often (0: after every epoch)
     graph: bool = True             # capture training steps as CUDA graphs on CUDA (bench/capture.py)
     checkpoint_key: str | None = None  # whose checkpoint this is (default the spec's key; a fused group's)
+    compile_steps: bool = False    # bench run --compile: CE-style steps' forward compiled (bench/compiled.py)
     history: list[dict] = field(default_factory=list)
     records: dict[str, np.ndarray] = field(default_factory=dict)
     generator: torch.Generator = field(init=False)
@@ -181,6 +182,7 @@ class Run:
         self.resumed_from: tuple[str, int] | None = None
         self._entered: set[str] = set()
         self.steps: list[StepGraph] = []
+        self._compile_status: list[str] = []  # one per loop that asked (bench run --compile)
 
     # --- resumable epochs ---------------------------------------------------------------
     def epochs(self, count: int, *, stage: str = "train", state: dict[str, Any] | None = None) -> Iterator[int]:
@@ -275,6 +277,34 @@ class Run:
                          warmup=warmup)
         self.steps.append(step)
         return step
+
+    def step_forward(self, model: nn.Module, loader):
+        """What a CE-style step calls for the classifier's forward on ``loader``'s batches:
+        ``model``, or under ``bench run --compile`` ``model`` compiled by ``torch.compile`` for the
+        loader's full batches once a check against eager passed (:func:`bench.compiled.checked_forward`).
+        Where the check refuses or compiling fails, the run says why once and its steps run
+        uncompiled."""
+        if not self.compile_steps:
+            return model
+        from bench.compiled import checked_forward
+
+        forward, status = checked_forward(model, loader.example(), self.spec.precision)
+        if status != "compiled" and all(s == "compiled" for s in self._compile_status):  # the first refusal
+            print(f"bench: {status}; this loop's steps run uncompiled", file=sys.stderr)
+        self._compile_status.append(status)
+        return forward
+
+    @property
+    def compile_mode(self) -> str | None:
+        """How ``--compile`` went, for env: ``compiled`` (every loop), else ``uncompiled: <the first
+        reason>`` or ``1 of 3 loops compiled: <the first reason>``; None without ``--compile`` or
+        where no loop asked (meta steps are not compiled)."""
+        asked = len(self._compile_status)
+        refused = [s for s in self._compile_status if s != "compiled"]
+        if not refused:
+            return "compiled" if asked else None
+        done = "uncompiled" if len(refused) == asked else f"{asked - len(refused)} of {asked} loops compiled"
+        return f"{done}: {refused[0]}"
 
     @property
     def step_mode(self) -> str:

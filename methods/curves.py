@@ -338,7 +338,7 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
         pool_of = None
     recorder = CurveRecorder(len(schedule), n, device) if fn is not None else None
     optimizer = optimizer if optimizer is not None else run.sgd(model.parameters())
-    loaders: dict[int, object] = {}
+    loaders: dict[int, tuple] = {}  # batch size -> (loader, forward)
     epochs = len(schedule)
     model.train()
     state = {"model": model, "optimizer": optimizer}
@@ -349,7 +349,7 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
         x, y, idx = loader.assemble(*plan)
         pool_idx = idx if pool_of is None else pool_of[idx]
         with run.autocast():
-            logits = model(x)  # one loss per run: a fused group's K runs each get their own gradient
+            logits = forward(x)  # one loss per run: a fused group's K runs each get their own gradient
             losses = run.run_losses(loss_fn or _mean_ce, logits, y, pool_idx, epoch)
         if recorder is not None and record == "train":
             with torch.no_grad():
@@ -363,9 +363,10 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
     for epoch in run.epochs(epochs, stage=log_stage, state=state):  # resumable after a kill
         lr, bs = schedule.lr(epoch), schedule.batch_size(epoch)
         set_lr(optimizer, lr)
-        if bs not in loaders:
-            loaders[bs] = run.loader("train", batch_size=bs, indices=indices, labels=loader_labels)
-        loader = loaders[bs]
+        if bs not in loaders:  # each with the model's forward for its batches (compiled under --compile)
+            made = run.loader("train", batch_size=bs, indices=indices, labels=loader_labels)
+            loaders[bs] = made, run.step_forward(model, made)
+        loader, forward = loaders[bs]
         total = torch.zeros(run.runs, device=device)
         seen = 0
         for plan in loader.plans():

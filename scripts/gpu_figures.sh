@@ -13,6 +13,9 @@
 #   probe_b16.md                     the CE-style step at batch 16 (CurveNet's probe phase)
 #   compile_*.md                     CE with the classifier under torch.compile (fused kernels) next to
 #                                    plain CE, fp32 and bf16 (what fusion buys against CE <= 3 ms)
+#   compilerun_*.txt                 `bench run --compile` (CE-style steps' forward compiled, checked
+#                                    first) against plain, CE, ResNet-32 on synthetic CIFAR-10-shaped
+#                                    data, 5 epochs: the store's env (compiled or why not) and minutes
 #   pack4.md                         4 processes at once on the GPU vs alone (target: ratio <= 2)
 #   pack4_mps.md                     the same under NVIDIA MPS (kernels of the 4 processes overlap)
 #   pack4_streams.md                 4 copies in one process in lockstep, one CUDA stream each
@@ -28,7 +31,8 @@
 #   suite.txt                        the whole test suite on the CUDA machine (device auto = cuda)
 #   benchmarks.txt / benchmarks.json pytest-benchmark, eager/captured x fp32/bf16
 # Usage: bash scripts/gpu_figures.sh [DIR] [PART ...]
-#   PART: env cudatests timing tuning probe compile pack packstreams packfused fuserun mps train suite benchmarks
+#   PART: env cudatests timing tuning probe compile compilerun pack packstreams packfused fuserun mps train suite
+#         benchmarks
 #   (default: all, in that
 #   order). Each part runs under its own time limit (seconds: $LIMIT_<part>, defaults below), so
 #   a hang costs that part alone; on a lent machine that limits one command to 10 minutes, split
@@ -38,7 +42,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu_figures}
 shift || true
-all_parts="env cudatests timing tuning probe compile pack packstreams packfused fuserun mps train suite benchmarks"
+all_parts="env cudatests timing tuning probe compile compilerun pack packstreams packfused fuserun mps train suite benchmarks"
 parts=${*:-$all_parts}
 for part in $parts; do  # every part known before any runs
   case " $all_parts " in *" $part "*) ;; *) echo "unknown part $part ($all_parts)" >&2; exit 2 ;; esac
@@ -72,6 +76,13 @@ run_part() {  # run_part PART LOG COMMAND...: the command under the part's limit
   fi
 }
 
+synth_cifar10() {  # /tmp/synth_cifar10.npz: random pixels in CIFAR-10's shapes (no dataset needed)
+  [ -e /tmp/synth_cifar10.npz ] || "$python" -c "import numpy as np; r = np.random.default_rng(0); \
+np.savez('/tmp/synth_cifar10.npz', x_train=r.integers(0, 256, (50000, 32, 32, 3), dtype=np.uint8), \
+y_train=np.arange(50000) % 10, x_test=r.integers(0, 256, (10000, 32, 32, 3), dtype=np.uint8), \
+y_test=np.arange(10000) % 10)"
+}
+
 for part in $parts; do
   case $part in
     env)
@@ -79,8 +90,9 @@ for part in $parts; do
 print(sys.version); print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version()); \
 print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; nproc" ;;
     cudatests)
-      LIMIT=240 run_part cudatests "$out/cudatests.txt" "$python" -m pytest -q -p no:cacheprovider \
-          tests/test_capture.py tests/test_meta.py tests/test_data_loader.py tests/test_timing.py -k cuda -rA ;;
+      LIMIT=360 run_part cudatests "$out/cudatests.txt" "$python" -m pytest -q -p no:cacheprovider \
+          tests/test_capture.py tests/test_meta.py tests/test_data_loader.py tests/test_timing.py \
+          tests/test_compiled.py -k cuda -rA ;;
     timing)
       LIMIT=90 run_part timing "$out/timing_fp32.md" "$python" -m bench timing --device cuda
       LIMIT=90 run_part timing "$out/timing_bf16.md" "$python" -m bench timing --device cuda --precision bf16 ;;
@@ -97,6 +109,16 @@ print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; nproc
       LIMIT=240 run_part compile "$out/compile_fp32.md" "$python" -m bench timing --device cuda --steps ce,ce_compiled
       LIMIT=240 run_part compile "$out/compile_bf16.md" "$python" -m bench timing --device cuda --steps ce,ce_compiled \
           --precision bf16 ;;
+    compilerun)  # real CE runs with and without --compile (the first compiles take about a minute)
+      synth_cifar10
+      for flag in plain --compile; do
+        LIMIT=300 run_part compilerun "$out/compilerun_${flag#--}.txt" bash -c "\"$python\" -m bench run \
+--device cuda --dataset npz:/tmp/synth_cifar10.npz --model resnet32 --imbalance 1 --noise none --methods ce --epochs 5 \
+${flag/plain/} --quiet --store /tmp/compile_${flag#--}.sqlite --cache-dir /tmp/compile_cache_${flag#--} && \
+\"$python\" -m bench table --store /tmp/compile_${flag#--}.sqlite --metric minutes && \
+\"$python\" -c \"import sqlite3; print([r[0] for r in sqlite3.connect('/tmp/compile_${flag#--}.sqlite').execute(\
+'select env_json from runs')])\""
+      done ;;
     pack)
       LIMIT=120 run_part pack "$out/pack4.md" "$python" -m bench timing --device cuda --pack 4 --steps ce,mwnet,curvenet_sl3 ;;
     packstreams)
@@ -114,9 +136,7 @@ print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; nproc
       LIMIT=90 run_part packfused "$out/pack4_fused_contiguous.md" "$python" -m bench timing --device cuda --pack 4 \
           --pack-mode fused --steps ce,mwnet,curvenet_sl3 --memory-format contiguous ;;
     fuserun)  # real runs: 4 seeds fused into one network vs one at a time (the data: random pixels, CIFAR's shapes)
-      "$python" -c "import numpy as np; r = np.random.default_rng(0); np.savez('/tmp/synth_cifar10.npz', \
-x_train=r.integers(0, 256, (50000, 32, 32, 3), dtype=np.uint8), y_train=np.arange(50000) % 10, \
-x_test=r.integers(0, 256, (10000, 32, 32, 3), dtype=np.uint8), y_test=np.arange(10000) % 10)"
+      synth_cifar10
       for fuse in 1 4; do
         LIMIT=240 run_part fuserun "$out/fuserun_$fuse.txt" bash -c "\"$python\" -m bench run --device cuda \
 --dataset npz:/tmp/synth_cifar10.npz --model resnet32 --imbalance 1 --noise none --meta-per-class 100 \

@@ -140,6 +140,12 @@ class Loader:
             xb = self.crop_flip(xb, offsets, flip)
         return self.normalise(xb), self.y.index_select(0, idx), idx
 
+    def example(self) -> torch.Tensor:
+        """A full batch's images as the steps get them (shape, dtype, memory format: the first
+        samples, unaugmented), drawing nothing from the generator."""
+        B = min(self.batch_size, self.num_samples)
+        return self.assemble(torch.arange(B, device=self.device), *self._no_augment(B))[0]
+
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The (augmented, normalised) batch of the samples at positions ``idx``."""
         return self.assemble(*self.plan(idx))
