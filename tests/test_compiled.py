@@ -117,6 +117,28 @@ def test_bench_run_compile_runs_the_checked_compiled_forward_on_the_full_batches
     assert forward.calls == CHECK_STEPS + 2 * (pool // 96)
 
 
+class Killed(BaseException):
+    """A kill: not caught as a run's failure."""
+
+
+def test_a_killed_compiled_run_resumes_to_the_uninterrupted_result(compilers, tmp_path):
+    """A loop compiles and checks its model before it restores its checkpoint: a --compile run
+    killed after its first epoch resumes to the uninterrupted run, bit for bit."""
+    spec = RunSpec(method="ce", epochs=3)
+    reference = execute(spec, device=CPU, cache_dir=tmp_path / "ref", compile_steps=True)
+
+    def kill_after_the_first_epoch(row):
+        if row.get("epoch") == 0:
+            raise Killed
+
+    with pytest.raises(Killed):
+        execute(spec, device=CPU, cache_dir=tmp_path, checkpoint_every_s=0, compile_steps=True,
+                progress=kill_after_the_first_epoch)
+    resumed = execute(spec, device=CPU, cache_dir=tmp_path, checkpoint_every_s=0, compile_steps=True)
+    assert resumed.env["compile"] == "compiled"
+    assert resumed.history == reference.history and resumed.metrics == reference.metrics
+
+
 def test_a_refused_compile_trains_uncompiled_and_says_why_once(compilers, capsys):
     """A compiler the check refuses (wrong from its second call): each of AUM's three loops (two
     scoring runs, the retrain) trains uncompiled, the run says so once, its env keeps the reason."""
