@@ -64,7 +64,7 @@ class Method:
     # (PROTOCOL.md §7) then leaves their data alone and adds the meta set to the others' pools
     uses_meta_set: ClassVar[bool] = False
     # True for methods that train through the Run's services only (model, net, loader, sgd, epochs,
-    # log, record; per-run losses through train_classifier or methods.meta.MetaStep) and read
+    # log, record, alone; per-run losses through train_classifier or methods.meta.MetaStep) and read
     # run.data only through run.member_runs, run.per_run or run.pooled: `bench run --fuse K` may
     # then train K seeds of one cell as one fused network (bench/fused_runs.py)
     fusable: ClassVar[bool] = False
