@@ -144,7 +144,7 @@ def checked_forward(model: nn.Module, example: torch.Tensor, precision: str) -> 
     ``"compiled"``; or, where the check refuses or compiling fails, ``model`` itself and the one-line
     reason. Each call compiles afresh (a loop's model is new; dynamo's caches are reset first, so
     that a grid's many models do not reach its recompilation limit, past which it would fall back
-    to eager without a word)."""
+    to eager without a word; so one loop's compiled model at a time, as the loops run)."""
     torch._dynamo.reset()
     try:
         compiled = compile_checked(model, example, precision=precision, compiler=_compile)
