@@ -291,11 +291,11 @@ def test_a_run_whose_only_run_failed_says_so_not_that_the_store_is_empty(tmp_pat
 
 def test_a_run_killed_mid_way_is_never_done_and_the_rerun_completes_it(tmp_path):
     """A SIGKILLed run stays not-done, a second writer is refused meanwhile, and a rerun completes
-    it. On the CPU even where a GPU is present: there the 30 epochs would end before the kill."""
+    it. On the CPU even where a GPU is present: there the 12 epochs (16 s here) would end before the kill."""
     store = tmp_path / "store.sqlite"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     run = ["--methods", "ce", "--store", str(store), "--imbalance", "100", "--quiet", "--device", "cpu"]
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", *run, "--epochs", "30"], env=env, cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", *run, "--epochs", "12"], env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     status = None
@@ -308,7 +308,7 @@ def test_a_run_killed_mid_way_is_never_done_and_the_rerun_completes_it(tmp_path)
             except sqlite3.OperationalError:
                 pass
     # a second `bench run` on the store while the first trains is refused, before it trains anything
-    second = bench("run", *run, "--epochs", "30")
+    second = bench("run", *run, "--epochs", "12")
     assert second.returncode == 2 and "is being written by another `bench run` (pid" in second.stderr
     time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)
@@ -318,7 +318,7 @@ def test_a_run_killed_mid_way_is_never_done_and_the_rerun_completes_it(tmp_path)
     assert rows == [("running",)]  # nor did the second command touch the store
     rerun = bench("run", *run, "--epochs", "2")
     assert rerun.returncode == 0  # a different spec (2 epochs): the killed one stays not-done
-    rerun = bench("run", *run, "--epochs", "30")
+    rerun = bench("run", *run, "--epochs", "12")
     assert rerun.returncode == 0 and "1 trained" in rerun.stderr
     statuses = sorted(sqlite3.connect(store).execute("SELECT status FROM runs").fetchall())
     assert statuses == [("done",), ("done",)]
@@ -381,7 +381,7 @@ def test_precision_and_graph_options_reach_the_run(tmp_path):
     from bench.store import Store
 
     store = tmp_path / "store.sqlite"
-    one_epoch = ["--epochs", "1", "--quiet"]  # the options' wiring, not training, is under test
+    one_epoch = ["--epochs", "1", "--quiet", "--imbalance", "100"]  # the options' wiring, not training, is under test
     fp32 = bench("run", "--methods", "ce", "--store", str(store), *one_epoch)
     bf16 = bench("run", "--methods", "ce", "--store", str(store), "--precision", "bf16", "--no-graph", *one_epoch)
     assert fp32.returncode == 0 and bf16.returncode == 0, bf16.stderr
