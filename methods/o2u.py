@@ -37,7 +37,9 @@ Choices and deviations:
 
 ``bench run --fuse K`` trains K seeds fused (bench/fused_runs.py): each run's losses are centred
 among its own samples, it drops its own ``round(k N)`` and retrains on its own kept subset (the
-runs' pools have one size and k is one rate, so the subsets have one size).
+runs' pools have one size, so with one rate k the subsets have one size and the retrains are
+fused too; with ``drop_rate=realised`` each run's k is its own and each run retrains alone,
+``Run.alone``, from a fresh network: ``retrain=pretrained`` then trains unfused).
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class O2U(Method):
 
     name = "o2u"
     fusable = True  # bench run --fuse: stages 1-2 fused, each run's scores and kept subset its own
-    fuse_exceptions = "not with drop_rate=realised"
+    fuse_exceptions = "not with drop_rate=realised and retrain=pretrained"
 
     Params = O2UParams
 
@@ -112,13 +114,16 @@ class O2U(Method):
 
     @classmethod
     def fuses(cls, spec) -> bool:
-        """Not with ``drop_rate=realised``: each run's realised noise rate is its own."""
-        return cls.params_from_spec(spec).drop_rate != "realised"
+        """Not with ``drop_rate=realised`` and ``retrain=pretrained``: each run's realised rate is its
+        own, so its kept subset has a size of its own and it retrains alone (``Run.alone``), from a
+        fresh network (a pre-trained one would be its part of the fused stage-1 network)."""
+        p = cls.params_from_spec(spec)
+        return not (p.drop_rate == "realised" and p.retrain == "pretrained")
 
     def fit(self, run):
         p = self.params
         K = run.runs  # a fused group's runs (bench run --fuse): the curves' columns interleave their pools
-        rate = resolve_rate(run.member_runs[0], p.drop_rate)  # nominal or a number: one for every run
+        rates = [resolve_rate(member, p.drop_rate) for member in run.member_runs]  # "realised": each run's own
         # stage 1: the protocol up to the first lr drop
         stage1 = p.stage1_epochs or run.first_drop
         model = run.model()
@@ -132,16 +137,30 @@ class O2U(Method):
         subsets = []
         for k, member in enumerate(run.member_runs):  # each run's losses centred among its own samples
             scores = o2u_scores(curves.values[:, k::K]).cpu().numpy()
-            kept = drop_highest(scores, rate)
+            kept = drop_highest(scores, rates[k])
             member.record("kept", kept)
             member.record("score", scores)
             member.record("o2u_loss", scores)
             subsets.append(np.flatnonzero(kept))
+        del curves
         # stage 3: retrain on the kept samples with the full protocol (a fused group: each run on its own)
+        if len({len(kept) for kept in subsets}) > 1:  # realised rates: subsets of sizes of their own
+            del model
+            return run.alone(retrain_alone)
         final = run.model()
         if pretrained is not None:
             final.load_state_dict(pretrained)
-        del model, curves
+        del model
         loader = run.loader("train", indices=subsets[0] if K == 1 else PerRun(subsets))
-        return train_classifier(run, final, lambda logits, y, idx, epoch: F.cross_entropy(logits, y),
-                                loader=loader, stage="retrain", same_loss_every_epoch=True)
+        return train_classifier(run, final, _mean_ce, loader=loader, stage="retrain", same_loss_every_epoch=True)
+
+
+def _mean_ce(logits, y, idx, epoch):
+    return F.cross_entropy(logits, y)
+
+
+def retrain_alone(run):
+    """Stage 3 for one run of a fused group whose kept subsets differ in size (each run's
+    ``drop_rate=realised``): a fresh network on the run's own kept samples."""
+    loader = run.loader("train", indices=np.flatnonzero(run.records["kept"]))
+    return train_classifier(run, run.model(), _mean_ce, loader=loader, stage="retrain", same_loss_every_epoch=True)

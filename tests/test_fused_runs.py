@@ -100,7 +100,8 @@ def test_the_fusable_methods_are_the_documented_ones(capsys):  # README and `ben
     assert FUSABLE == ["aum", "cb", "ce", "coteaching", "curvenet", "focal", "ldam_drw", "mwnet", "o2u"]
     assert main(["list"]) == 0
     assert ("fused network by `bench run --fuse K`: aum, cb, ce, coteaching (not with tau=realised), curvenet (not "
-            "with meta_set=pseudo or drw=true), focal, ldam_drw, mwnet, o2u (not with drop_rate=realised)\n"
+            "with meta_set=pseudo or drw=true), focal, ldam_drw, mwnet, o2u (not with drop_rate=realised and "
+            "retrain=pretrained)\n"
             ) in capsys.readouterr().out
 
 
@@ -109,10 +110,15 @@ def test_curvenet_runs_with_the_pseudo_meta_set_or_drw_and_runs_with_the_realise
     pseudo = [_curvenet_spec(s, meta_set="pseudo") for s in (0, 1)]
     drw = [_curvenet_spec(s, drw="true") for s in (0, 1)]
     assert group_runs(plain + pseudo + drw, 2) == [FusedGroup(tuple(plain)), *pseudo, *drw]
-    for method, setting in (("coteaching", "tau"), ("o2u", "drop_rate")):  # each run's own rate
-        params = params_items(methods.get(method).resolve_params("paper", {setting: "realised"}))
+    # each run's own rate: Co-teaching's selection counts, O2U-Net's subsets (a pre-trained retrain)
+    for method, settings in (("coteaching", {"tau": "realised"}),
+                             ("o2u", {"drop_rate": "realised", "retrain": "pretrained"})):
+        params = params_items(methods.get(method).resolve_params("paper", settings))
         realised = [_spec(s, method, params=params) for s in (0, 1)]
         assert group_runs(realised, 2) == realised
+    params = params_items(methods.get("o2u").resolve_params("paper", {"drop_rate": "realised"}))
+    scratch = [_spec(s, "o2u", params=params) for s in (0, 1)]  # each run retrains alone (Run.alone)
+    assert group_runs(scratch, 2) == [FusedGroup(tuple(scratch))]
 
 
 def _check_each_run_as_alone(model, fused_run, alone):
@@ -155,6 +161,21 @@ def test_each_run_of_a_fused_group_trains_as_it_does_alone(method, layout, float
     _check_each_run_as_alone(model, fused_run, alone)
     if method == "aum":  # the runs keep subsets of different sizes (so they retrain alone)
         assert len({int(run.records["kept"].sum()) for run in fused_run.members}) == 2
+
+
+def test_fused_o2u_runs_with_their_own_realised_rates_retrain_alone_as_they_do_alone(float64, small_pools,
+                                                                                       monkeypatch):
+    """O2U-Net with drop_rate=realised: each run drops its own realised noise rate's share, so the
+    kept subsets differ in size and each run retrains alone (Run.alone) after the fused stages."""
+    normalise = Loader.normalise
+    monkeypatch.setattr(Loader, "normalise", lambda self, xb: normalise(self, xb).double())
+    params = params_items(methods.get("o2u").resolve_params("paper", {
+        "stage1_epochs": "1", "cycle_length": "2", "cycles": "1", "cycle_batch_size": "64", "drop_rate": "realised"}))
+    specs = [_spec(s, "o2u", params=params) for s in (0, 2)]  # 192 and 210 noisy of 501 (seeds 0 and 1: 192 both)
+    alone = [_alone(spec) for spec in specs]
+    model, fused_run = _fit_fused(specs)
+    _check_each_run_as_alone(model, fused_run, alone)
+    assert len({int(run.records["kept"].sum()) for run in fused_run.members}) == 2
 
 
 def test_each_curvenet_run_of_a_fused_group_trains_as_it_does_alone(float64, small_pools, monkeypatch):
@@ -331,8 +352,8 @@ def test_bench_run_fuse_stores_every_run_of_every_group(jobs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 0, err
     assert ("--fuse applies to aum, cb, ce, coteaching (not with tau=realised), curvenet (not with meta_set=pseudo or "
-            "drw=true), focal, ldam_drw, mwnet, o2u (not with drop_rate=realised); runs of Co-teaching train one at "
-            "a time") in err
+            "drw=true), focal, ldam_drw, mwnet, o2u (not with drop_rate=realised and retrain=pretrained); runs of "
+            "Co-teaching train one at a time") in err
     assert "6 runs requested: 6 trained" in err
     runs = Store(store, create=False).runs("done")
     fused = {(m, s): json.loads(env).get("fused") for m, s, env in zip(runs["method"], runs["seed"], runs["env_json"])}
