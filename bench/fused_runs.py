@@ -33,13 +33,13 @@ per run from its own class counts; LDAM's cosine classifier fuses itself,
 ``methods.ldam_drw.NormedLinear.fused``); MW-Net (:class:`methods.meta.MetaStep`, which steps
 each fused run as its own; its weighting nets are fused too); CurveNet with the clean meta set
 and without +DRW (both stages: the probes fused, each from its run's probe seed and cached per
-run; the curves centred per run; the CurveNets fused); Co-teaching without ``tau=realised``
-(both networks fused, each run's small-loss selection over its own rows); O2U-Net (each run's
-scores and kept subset its own: a ``PerRun`` of loader ``indices``; with ``drop_rate=realised``
-the subsets' sizes differ and each run retrains alone, ``Run.alone``, so not with
-``retrain=pretrained`` too); AUM (its scoring runs fused, each run's threshold samples its own, pooled labels;
-each run retrains alone on its kept subset, ``Run.alone``, since the subsets' sizes differ and
-fused batches need one).
+run; the curves centred per run; the CurveNets fused); Co-teaching (both networks fused, each
+run's small-loss selection over its own rows, of its own count with ``tau=realised``); O2U-Net
+(each run's scores and kept subset its own: a ``PerRun`` of loader ``indices``; with
+``drop_rate=realised`` the subsets' sizes differ and each run retrains alone, ``Run.alone``, so
+not with ``retrain=pretrained`` too); AUM (its scoring runs fused, each run's threshold samples
+its own, pooled labels; each run retrains alone on its kept subset, ``Run.alone``, since the
+subsets' sizes differ and fused batches need one).
 A group checkpoints as one (its key is :meth:`FusedGroup.key`); a killed group resumes when the
 same runs are asked for with the same ``--fuse``.
 

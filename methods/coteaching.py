@@ -18,7 +18,8 @@ ranking that decided it; higher = more likely mislabelled), plus ``loss_net1`` /
 Co-teaching's selection is per batch, so ``kept`` is a snapshot, not a global removal.
 
 ``bench run --fuse K`` trains K seeds' networks fused (bench/fused_runs.py): each run ranks only
-its own rows of the fused batch, keeps its own ``floor(R(T) * B)`` and gets its own mean losses.
+its own rows of the fused batch, keeps its own ``floor(R(T) * B)`` (with ``tau=realised`` from
+its own realised rate) and gets its own mean losses.
 
 Deviations from the official code (all as PROTOCOL.md §7 asks):
 - Loss: the plain mean over the kept samples. The official code divides the already-averaged
@@ -67,31 +68,42 @@ def num_remember(rate: float, batch: int) -> int:
     return max(1, min(batch, math.floor(rate * batch + 1e-9)))
 
 
-def coteaching_losses(logits1: torch.Tensor, logits2: torch.Tensor, y: torch.Tensor, keep: int, runs: int = 1):
+def coteaching_losses(logits1: torch.Tensor, logits2: torch.Tensor, y: torch.Tensor, keep, runs: int = 1):
     """The cross update of one mini-batch.
 
     Returns ``(loss1, loss2, chosen_by_1, chosen_by_2, ce1, ce2)``: ``chosen_by_k`` are the batch
     positions of network k's ``keep`` smallest losses; ``loss1`` (for network 1) is the mean CE of
     network 1 over ``chosen_by_2`` and ``loss2`` the mean CE of network 2 over ``chosen_by_1``.
     For ``runs`` = K fused runs (``bench run --fuse``; rows n K + k are run k's) each run ranks
-    its own rows and keeps its ``keep`` smallest, and the losses are each run's, shape (K,).
+    its own rows and keeps its ``keep`` smallest (``keep``: one count, or one per run where each
+    run assumes its own noise rate), and the losses are each run's, shape (K,).
     """
     ce1, ce2 = per_sample_ce(logits1, y), per_sample_ce(logits2, y)
     if runs == 1:
+        keep = keep if isinstance(keep, int) else keep[0]
         chosen_by_1 = torch.argsort(ce1.detach())[:keep]
         chosen_by_2 = torch.argsort(ce2.detach())[:keep]
         loss1 = ce1[chosen_by_2].mean()
         loss2 = ce2[chosen_by_1].mean()
         return loss1, loss2, chosen_by_1, chosen_by_2, ce1.detach(), ce2.detach()
+    keeps = [keep] * runs if isinstance(keep, int) else list(keep)
     run_of_column = torch.arange(runs, device=y.device)
-    chosen_by_1 = (torch.argsort(ce1.detach().view(-1, runs), dim=0)[:keep] * runs + run_of_column).flatten()
-    chosen_by_2 = (torch.argsort(ce2.detach().view(-1, runs), dim=0)[:keep] * runs + run_of_column).flatten()
-    loss1 = ce1[chosen_by_2].view(keep, runs).mean(0)
-    loss2 = ce2[chosen_by_1].view(keep, runs).mean(0)
-    return loss1, loss2, chosen_by_1, chosen_by_2, ce1.detach(), ce2.detach()
+    order1 = torch.argsort(ce1.detach().view(-1, runs), dim=0) * runs + run_of_column  # each run's rows, ranked
+    order2 = torch.argsort(ce2.detach().view(-1, runs), dim=0) * runs + run_of_column
+    if len(set(keeps)) == 1:  # one count: every run's kept rows at once
+        keep = keeps[0]
+        chosen_by_1, chosen_by_2 = order1[:keep].flatten(), order2[:keep].flatten()
+        loss1 = ce1[chosen_by_2].view(keep, runs).mean(0)
+        loss2 = ce2[chosen_by_1].view(keep, runs).mean(0)
+        return loss1, loss2, chosen_by_1, chosen_by_2, ce1.detach(), ce2.detach()
+    by_1 = [order1[:keeps[k], k] for k in range(runs)]  # run k's own count
+    by_2 = [order2[:keeps[k], k] for k in range(runs)]
+    loss1 = torch.stack([ce1[chosen].mean() for chosen in by_2])
+    loss2 = torch.stack([ce2[chosen].mean() for chosen in by_1])
+    return loss1, loss2, torch.cat(by_1), torch.cat(by_2), ce1.detach(), ce2.detach()
 
 
-def coteaching_step(model1, model2, opt1, opt2, x, y, keep: int, runs: int = 1):
+def coteaching_step(model1, model2, opt1, opt2, x, y, keep, runs: int = 1):
     """One mini-batch of Co-teaching: both networks forward the batch, each keeps its ``keep``
     smallest losses, and each optimizer steps on the mean CE over the samples **its peer** kept.
     Returns what :func:`coteaching_losses` returns."""
@@ -123,8 +135,7 @@ class CoTeaching(Method):
     """Two networks; each one's small-loss samples update the other (report network 1)."""
 
     name = "coteaching"
-    fusable = True  # bench run --fuse: both networks fused, each run ranking its own rows
-    fuse_exceptions = "not with tau=realised"
+    fusable = True  # bench run --fuse: both networks fused, each run ranking its own rows, keeping its own count
 
     Params = CoTeachingParams
 
@@ -134,15 +145,10 @@ class CoTeaching(Method):
     def display_name(cls, params: dict) -> str:
         return "Co-teaching"
 
-    @classmethod
-    def fuses(cls, spec) -> bool:
-        """Not with ``tau=realised``: each run's realised noise rate is its own."""
-        return cls.params_from_spec(spec).tau != "realised"
-
     def fit(self, run):
         p = self.params
         K = run.runs  # a fused group's runs (bench run --fuse): per-sample tables interleave their pools
-        tau = resolve_rate(run.member_runs[0], p.tau)  # nominal or a number: one for every run
+        taus = [resolve_rate(member, p.tau) for member in run.member_runs]  # "realised": each run's own
         model1, model2 = run.model(), run.model()
         opt1, opt2 = run.sgd(model1.parameters()), run.sgd(model2.parameters())
         loader = run.loader("train")
@@ -159,8 +165,8 @@ class CoTeaching(Method):
         def step(*plan):  # one mini-batch on a batch plan (captured on CUDA); reads the epoch's rate
             x, y, idx = loader.assemble(*plan)
             with run.autocast():
-                loss1, loss2, _, chosen_by_2, ce1, ce2 = coteaching_step(model1, model2, opt1, opt2, x, y,
-                                                                         num_remember(rate, len(y) // K), K)
+                keeps = [num_remember(rate, len(y) // K) for rate in rates]
+                loss1, loss2, _, chosen_by_2, ce1, ce2 = coteaching_step(model1, model2, opt1, opt2, x, y, keeps, K)
             # not ``kept[...] = True``: on CUDA that copies a CPU scalar to the device, which capture refuses
             kept.index_fill_(0, idx[chosen_by_2], True)
             last_ce1[idx] = ce1.to(last_ce1.dtype)
@@ -173,13 +179,13 @@ class CoTeaching(Method):
             lr = run.lr_at(epoch)
             set_lr(opt1, lr)
             set_lr(opt2, lr)
-            rate = remember_rate(epoch, tau, p.t_k, p.exponent)
+            rates = [remember_rate(epoch, tau, p.t_k, p.exponent) for tau in taus]  # one per run
             kept.zero_()
             totals = torch.zeros(K, 2, device=run.device)  # loss of network 1, of network 2 (x batch size)
             seen = 0
             for plan in loader.plans():
                 # the number kept follows the remember rate: a new rate captures the step again
-                totals += graphed(*plan, key=rate)
+                totals += graphed(*plan, key=tuple(rates))
                 seen += len(plan.idx)
             total1, total2 = totals.double().unbind(-1)  # one value per run
             # label precision of the samples that updated network 1 (analysis only, uses is_noisy)
@@ -187,7 +193,7 @@ class CoTeaching(Method):
             kept_clean = (kept & ~is_noisy).view(-1, K).sum(0).float() / n_kept.clamp_min(1)
             extra = {"test_acc_net2": _accuracy(run, model2)} if epoch == run.spec.epochs - 1 else {}
             run.log(epoch, model1, stage="train", lr=lr, loss=total1 / max(seen, 1),
-                    loss2=total2 / max(seen, 1), remember_rate=rate, kept=n_kept,
+                    loss2=total2 / max(seen, 1), remember_rate=torch.tensor(rates, dtype=torch.float64), kept=n_kept,
                     kept_clean=kept_clean, **extra)
         graphed.release()
         run.record("kept", kept)

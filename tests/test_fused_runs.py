@@ -45,12 +45,13 @@ def _gap(a: dict, b: dict) -> float:
 def test_runs_that_differ_only_in_their_seeds_are_grouped_up_to_k():
     ce = [_spec(s) for s in range(5)]
     other_cell = _spec(0, imbalance=1.0)
-    realised = params_items(methods.get("coteaching").resolve_params("paper", {"tau": "realised"}))
-    alone = [_spec(s, "coteaching", params=realised) for s in range(2)]
+    realised = params_items(methods.get("o2u").resolve_params("paper", {"drop_rate": "realised",
+                                                                       "retrain": "pretrained"}))
+    alone = [_spec(s, "o2u", params=realised) for s in range(2)]
     focal = _spec(0, "focal")
     queue = group_runs([ce[0], alone[0], ce[1], other_cell, ce[2], ce[3], alone[1], ce[4], focal], 2)
     assert queue == [FusedGroup((ce[0], ce[1])), alone[0], other_cell, FusedGroup((ce[2], ce[3])),
-                     alone[1], ce[4], focal]  # a group of one is the run; tau=realised (each run's own) never fuses
+                     alone[1], ce[4], focal]  # a group of one is the run; these O2U-Net runs never fuse
     assert group_runs(ce, 1) == ce
     assert group_runs(ce, 8) == [FusedGroup(tuple(ce))]
     assert FusedGroup((ce[0], ce[1])).key() != FusedGroup((ce[1], ce[0])).key() != ce[0].key()
@@ -99,7 +100,7 @@ def small_pools(monkeypatch):
 def test_the_fusable_methods_are_the_documented_ones(capsys):  # README and `bench run --help` name them
     assert FUSABLE == ["aum", "cb", "ce", "coteaching", "curvenet", "focal", "ldam_drw", "mwnet", "o2u"]
     assert main(["list"]) == 0
-    assert ("fused network by `bench run --fuse K`: aum, cb, ce, coteaching (not with tau=realised), curvenet (not "
+    assert ("fused network by `bench run --fuse K`: aum, cb, ce, coteaching, curvenet (not "
             "with meta_set=pseudo or drw=true), focal, ldam_drw, mwnet, o2u (not with drop_rate=realised and "
             "retrain=pretrained)\n"
             ) in capsys.readouterr().out
@@ -110,15 +111,17 @@ def test_curvenet_runs_with_the_pseudo_meta_set_or_drw_and_runs_with_the_realise
     pseudo = [_curvenet_spec(s, meta_set="pseudo") for s in (0, 1)]
     drw = [_curvenet_spec(s, drw="true") for s in (0, 1)]
     assert group_runs(plain + pseudo + drw, 2) == [FusedGroup(tuple(plain)), *pseudo, *drw]
-    # each run's own rate: Co-teaching's selection counts, O2U-Net's subsets (a pre-trained retrain)
-    for method, settings in (("coteaching", {"tau": "realised"}),
-                             ("o2u", {"drop_rate": "realised", "retrain": "pretrained"})):
+    # each run's own realised rate: O2U-Net's subsets of sizes of their own cannot retrain from
+    # the fused pre-trained network; from scratch each run retrains alone (Run.alone), and
+    # Co-teaching's runs each keep their own count
+    params = params_items(methods.get("o2u").resolve_params("paper", {"drop_rate": "realised",
+                                                                     "retrain": "pretrained"}))
+    pretrained = [_spec(s, "o2u", params=params) for s in (0, 1)]
+    assert group_runs(pretrained, 2) == pretrained
+    for method, settings in (("o2u", {"drop_rate": "realised"}), ("coteaching", {"tau": "realised"})):
         params = params_items(methods.get(method).resolve_params("paper", settings))
         realised = [_spec(s, method, params=params) for s in (0, 1)]
-        assert group_runs(realised, 2) == realised
-    params = params_items(methods.get("o2u").resolve_params("paper", {"drop_rate": "realised"}))
-    scratch = [_spec(s, "o2u", params=params) for s in (0, 1)]  # each run retrains alone (Run.alone)
-    assert group_runs(scratch, 2) == [FusedGroup(tuple(scratch))]
+        assert group_runs(realised, 2) == [FusedGroup(tuple(realised))]
 
 
 def _check_each_run_as_alone(model, fused_run, alone):
@@ -176,6 +179,21 @@ def test_fused_o2u_runs_with_their_own_realised_rates_retrain_alone_as_they_do_a
     model, fused_run = _fit_fused(specs)
     _check_each_run_as_alone(model, fused_run, alone)
     assert len({int(run.records["kept"].sum()) for run in fused_run.members}) == 2
+
+
+def test_fused_coteaching_runs_with_their_own_realised_rates_keep_their_own_counts(float64, small_pools,
+                                                                                     monkeypatch):
+    """Co-teaching with tau=realised: each run's forget rate from its own realised noise rate, so
+    from the second epoch each run keeps its own count of its rows (78 and 74 of 128 here)."""
+    normalise = Loader.normalise
+    monkeypatch.setattr(Loader, "normalise", lambda self, xb: normalise(self, xb).double())
+    params = params_items(methods.get("coteaching").resolve_params("paper", {"t_k": "1", "tau": "realised"}))
+    specs = [_spec(s, "coteaching", epochs=2, params=params) for s in (0, 2)]  # 192 and 210 noisy of 501
+    alone = [_alone(spec) for spec in specs]
+    model, fused_run = _fit_fused(specs)
+    _check_each_run_as_alone(model, fused_run, alone)
+    assert [run.history[-1]["remember_rate"] for run in fused_run.members] == pytest.approx([1 - 192 / 501,
+                                                                                            1 - 210 / 501])
 
 
 def test_each_curvenet_run_of_a_fused_group_trains_as_it_does_alone(float64, small_pools, monkeypatch):
@@ -346,19 +364,21 @@ def test_a_fused_aum_group_killed_in_a_runs_retrain_resumes_there_bit_for_bit(tm
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_bench_run_fuse_stores_every_run_of_every_group(jobs, tmp_path, capsys):
     store = tmp_path / "store.sqlite"
-    code = main(["run", "--methods", "mwnet,coteaching", "--set", "coteaching.tau=realised", "--seeds", "0,1,2",
+    o2u_unfused = ["o2u.drop_rate=realised", "o2u.retrain=pretrained", "o2u.stage1_epochs=1", "o2u.cycles=1",
+                   "o2u.cycle_length=1", "o2u.cycle_batch_size=128"]  # 3 epochs, which --fuse leaves alone
+    code = main(["run", "--methods", "mwnet,o2u", *[a for x in o2u_unfused for a in ("--set", x)], "--seeds", "0,1,2",
                  "--epochs", "1", "--quiet", "--fuse", "2", "--imbalance", "100", "--jobs", jobs, "--store", str(store),
                  "--cache-dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert ("--fuse applies to aum, cb, ce, coteaching (not with tau=realised), curvenet (not with meta_set=pseudo or "
-            "drw=true), focal, ldam_drw, mwnet, o2u (not with drop_rate=realised and retrain=pretrained); runs of "
-            "Co-teaching train one at a time") in err
+    assert ("--fuse applies to aum, cb, ce, coteaching, curvenet (not with meta_set=pseudo or drw=true), focal, "
+            "ldam_drw, mwnet, o2u (not with drop_rate=realised and retrain=pretrained); runs of O2U-Net train one "
+            "at a time") in err
     assert "6 runs requested: 6 trained" in err
     runs = Store(store, create=False).runs("done")
     fused = {(m, s): json.loads(env).get("fused") for m, s, env in zip(runs["method"], runs["seed"], runs["env_json"])}
-    assert fused == {("mwnet", 0): 2, ("mwnet", 1): 2, ("mwnet", 2): None, ("coteaching", 0): None,
-                     ("coteaching", 1): None, ("coteaching", 2): None}
+    assert fused == {("mwnet", 0): 2, ("mwnet", 1): 2, ("mwnet", 2): None, ("o2u", 0): None,
+                     ("o2u", 1): None, ("o2u", 2): None}
     assert not list((tmp_path / "cache" / "checkpoints").glob("*"))  # the group's checkpoint is gone
 
 
