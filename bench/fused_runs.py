@@ -32,8 +32,8 @@ may exclude settings), which train through the run's services (``model``, ``net`
 per run from its own class counts; LDAM's cosine classifier fuses itself,
 ``methods.ldam_drw.NormedLinear.fused``); MW-Net (:class:`methods.meta.MetaStep`, which steps
 each fused run as its own; its weighting nets are fused too); CurveNet with the clean meta set
-and without +DRW (both stages: the probes fused, each from its run's probe seed and cached per
-run; the curves centred per run; the CurveNets fused); Co-teaching (both networks fused, each
+(both stages: the probes fused, each from its run's probe seed and cached per run; the curves
+centred per run; the CurveNets fused; +DRW from each run's class counts); Co-teaching (both networks fused, each
 run's small-loss selection over its own rows, of its own count with ``tau=realised``); O2U-Net
 (each run's scores and kept subset its own: a ``PerRun`` of loader ``indices``; with
 ``drop_rate=realised`` the subsets' sizes differ and each run retrains alone, ``Run.alone``, so

@@ -307,7 +307,7 @@ class CurveNetMethod(Method):
     name = "curvenet"
     uses_meta_set = True
     fusable = True  # bench run --fuse: probe and allocate stages, each run's curves its own
-    fuse_exceptions = "not with meta_set=pseudo or drw=true"
+    fuse_exceptions = "not with meta_set=pseudo"
     Params = CurveNetParams
     # quick: the paper's 300-epoch probe scaled by 1/10, like the 200 -> 20 epoch protocol:
     # 12 epochs at lr 0.1 / batch 128 (120/10), then 3 periods of 3 + 3 epochs at 0.01 / 0.001
@@ -332,9 +332,8 @@ class CurveNetMethod(Method):
 
     @classmethod
     def fuses(cls, spec) -> bool:
-        """Not the pseudo-meta set (each run's own picks) nor +DRW (each run's class weights)."""
-        params = cls.params_from_spec(spec)
-        return params.meta_set == "clean" and not params.drw
+        """Not the pseudo-meta set (each run's own picks, whose count may differ between runs)."""
+        return cls.params_from_spec(spec).meta_set == "clean"
 
     @classmethod
     def display_name(cls, params: dict) -> str:
@@ -371,18 +370,18 @@ class CurveNetMethod(Method):
         with torch.no_grad():  # never-visited samples (none when every epoch sees all) keep the init
             last = cnet(curves, labels)
         drw = None
-        if p.drw:
-            if K > 1:
-                raise BenchError("CurveNet +DRW trains one run at a time (CurveNetMethod.fuses)")
-            counts = run.data.train_counts if p.drw_counts == "clean" else run.data.noisy_counts
-            drw = DRW(counts, run.first_drop + 1, reduction="batch", device=device)
+        if p.drw:  # each run's class weights from its own counts (a fused group: one DRW per run)
+            drw = run.per_run(lambda member: DRW(member.data.train_counts if p.drw_counts == "clean"
+                                                 else member.data.noisy_counts, run.first_drop + 1,
+                                                 reduction="batch", device=device))
         train = run.loader("train")
 
         def fixed_step(*plan):  # after the first drop: the weights frozen (notes §3)
             x, y, idx = train.assemble(*plan)
             w = last[idx]
-            if drw is not None:
-                w = w * drw.sample_weights(y, epoch)  # the allocate loop's current epoch
+            if drw is not None:  # the allocate loop's current epoch; each run's weights on its own rows
+                w = w * (drw.sample_weights(y, epoch) if K == 1 else
+                         interleave([drw[k].sample_weights(y[k::K], epoch) for k in range(K)]))
             with run.autocast():
                 losses = F.cross_entropy(model(x), y, reduction="none")
             if K == 1:

@@ -101,16 +101,16 @@ def test_the_fusable_methods_are_the_documented_ones(capsys):  # README and `ben
     assert FUSABLE == ["aum", "cb", "ce", "coteaching", "curvenet", "focal", "ldam_drw", "mwnet", "o2u"]
     assert main(["list"]) == 0
     assert ("fused network by `bench run --fuse K`: aum, cb, ce, coteaching, curvenet (not "
-            "with meta_set=pseudo or drw=true), focal, ldam_drw, mwnet, o2u (not with drop_rate=realised and "
+            "with meta_set=pseudo), focal, ldam_drw, mwnet, o2u (not with drop_rate=realised and "
             "retrain=pretrained)\n"
             ) in capsys.readouterr().out
 
 
-def test_curvenet_runs_with_the_pseudo_meta_set_or_drw_and_runs_with_the_realised_rate_are_not_fused():
+def test_curvenet_runs_with_the_pseudo_meta_set_and_o2u_runs_retrained_from_a_realised_rate_are_not_fused():
     plain = [_curvenet_spec(s) for s in (0, 1)]
     pseudo = [_curvenet_spec(s, meta_set="pseudo") for s in (0, 1)]
     drw = [_curvenet_spec(s, drw="true") for s in (0, 1)]
-    assert group_runs(plain + pseudo + drw, 2) == [FusedGroup(tuple(plain)), *pseudo, *drw]
+    assert group_runs(plain + pseudo + drw, 2) == [FusedGroup(tuple(plain)), *pseudo, FusedGroup(tuple(drw))]
     # each run's own realised rate: O2U-Net's subsets of sizes of their own cannot retrain from
     # the fused pre-trained network; from scratch each run retrains alone (Run.alone), and
     # Co-teaching's runs each keep their own count
@@ -199,10 +199,13 @@ def test_fused_coteaching_runs_with_their_own_realised_rates_keep_their_own_coun
 def test_each_curvenet_run_of_a_fused_group_trains_as_it_does_alone(float64, small_pools, monkeypatch):
     """CurveNet's two stages fused: the probes from each run's own probe seed (model, order, crops),
     each run's curves centred within its own classes, the CurveNets fused (embeddings too), meta
-    steps to the first lr drop, then fixed-weight steps; float64 as above."""
+    steps to the first lr drop, then fixed-weight steps, and with +DRW (from epoch first_drop + 1,
+    the third here) each run's weights times the class-balanced weights of its own counts; float64
+    as above."""
     normalise = Loader.normalise
     monkeypatch.setattr(Loader, "normalise", lambda self, xb: normalise(self, xb).double())
-    specs = [_curvenet_spec(s) for s in (0, 1)]
+    params = params_items(methods.get("curvenet").resolve_params("quick", {**SHORT_PROBE, "drw": "true"}))
+    specs = [_spec(s, "curvenet", epochs=3, milestones=(1,), params=params) for s in (0, 1)]
     alone = [_alone(spec) for spec in specs]
     assert {row["stage"] for row in alone[0][1]} == {"probe", "allocate"}
     _check_each_run_as_alone(*_fit_fused(specs), alone)
@@ -371,9 +374,9 @@ def test_bench_run_fuse_stores_every_run_of_every_group(jobs, tmp_path, capsys):
                  "--cache-dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert ("--fuse applies to aum, cb, ce, coteaching, curvenet (not with meta_set=pseudo or drw=true), focal, "
-            "ldam_drw, mwnet, o2u (not with drop_rate=realised and retrain=pretrained); runs of O2U-Net train one "
-            "at a time") in err
+    assert ("--fuse applies to aum, cb, ce, coteaching, curvenet (not with meta_set=pseudo), focal, ldam_drw, "
+            "mwnet, o2u (not with drop_rate=realised and retrain=pretrained); runs of O2U-Net train one at a "
+            "time") in err
     assert "6 runs requested: 6 trained" in err
     runs = Store(store, create=False).runs("done")
     fused = {(m, s): json.loads(env).get("fused") for m, s, env in zip(runs["method"], runs["seed"], runs["env_json"])}
