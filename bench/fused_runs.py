@@ -353,7 +353,8 @@ class _Alone:
     it through: the member's own ``Run`` (data, loaders, generator, history, records, test set),
     except that its networks are drawn from its stream of the group's RNG streams, its steps are
     listed with the group's, and its epochs are checkpointed in the group's checkpoint (stage
-    ``"<stage> #k"``, with the member's history and generator), so a killed group resumes there."""
+    ``"<stage> #k"``, with the members' histories and failures and its generator), so a killed
+    group resumes there."""
 
     def __init__(self, fused: FusedRun, k: int):
         self._fused, self._k, self._run = fused, k, fused.members[k]
@@ -377,22 +378,9 @@ class _Alone:
         raise NotImplementedError("a stage trained alone in a fused group cannot reseed its run")
 
     def epochs(self, count: int, *, stage: str = "train", state: dict | None = None):
-        state = {**(state or {}), "member_history": _History(self._run), "member_generator":
-                 _Generators([self._run.generator])}
+        state = {**(state or {}), "fused_histories": _Histories(self._fused),
+                 "member_generator": _Generators([self._run.generator])}
         return self._fused.lead.epochs(count, stage=f"{stage} #{self._k}", state=state)
-
-
-class _History:
-    """One run's history, as checkpoint state."""
-
-    def __init__(self, run):
-        self.run = run
-
-    def state_dict(self) -> dict:
-        return {"history": list(self.run.history)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.run.history = list(state["history"])
 
 
 def _member_value(value, k: int, runs: int):

@@ -52,13 +52,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bench.errors import BenchError
 from bench.train import train_classifier
 from methods import register
 from methods.base import Method, check_int
-from methods.curves import protocol_schedule, train_and_record
+from methods.curves import mean_ce, protocol_schedule, train_and_record
 
 
 def aum_from_margins(margins: np.ndarray, skip_epochs: int = 0) -> np.ndarray:
@@ -201,5 +200,4 @@ def retrain(run):
     if not kept.any():
         raise BenchError("AUM removed every training sample")
     loader = run.loader("train", indices=np.flatnonzero(kept))
-    return train_classifier(run, run.model(), lambda logits, y, idx, epoch: F.cross_entropy(logits, y),
-                            loader=loader, stage="retrain", same_loss_every_epoch=True)
+    return train_classifier(run, run.model(), mean_ce, loader=loader, stage="retrain", same_loss_every_epoch=True)

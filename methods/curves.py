@@ -350,7 +350,7 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
         pool_idx = idx if pool_of is None else pool_of[idx]
         with run.autocast():
             logits = forward(x)  # one loss per run: a fused group's K runs each get their own gradient
-            losses = run.run_losses(loss_fn or _mean_ce, logits, y, pool_idx, epoch)
+            losses = run.run_losses(loss_fn or mean_ce, logits, y, pool_idx, epoch)
         if recorder is not None and record == "train":
             with torch.no_grad():
                 recorder.add(epoch, pool_idx, fn(logits.detach().to(recorder.values.dtype), y))
@@ -385,8 +385,9 @@ def train_and_record(run, model: nn.Module, schedule: Schedule, quantity="loss",
                   indices=indices, schedule=schedule)
 
 
-def _mean_ce(logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
-    """The default training loss: the plain mean cross-entropy."""
+def mean_ce(logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, epoch: int) -> torch.Tensor:
+    """The plain mean cross-entropy as a ``loss_fn`` (the default training loss here; the selection
+    methods' retrains)."""
     return F.cross_entropy(logits, y)
 
 

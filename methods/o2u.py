@@ -49,13 +49,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bench.errors import BenchError
 from bench.train import train_classifier
 from methods import register
 from methods.base import Method, PerRun, check_int
-from methods.curves import check_rate_option, linear_cycle_schedule, protocol_schedule, resolve_rate, train_and_record
+from methods.curves import (
+    check_rate_option,
+    linear_cycle_schedule,
+    mean_ce,
+    protocol_schedule,
+    resolve_rate,
+    train_and_record,
+)
 
 
 def o2u_scores(loss_curves: torch.Tensor) -> torch.Tensor:
@@ -144,23 +150,17 @@ class O2U(Method):
             subsets.append(np.flatnonzero(kept))
         del curves
         # stage 3: retrain on the kept samples with the full protocol (a fused group: each run on its own)
-        if len({len(kept) for kept in subsets}) > 1:  # realised rates: subsets of sizes of their own
-            del model
-            return run.alone(retrain_alone)
-        final = run.model()
-        if pretrained is not None:
-            final.load_state_dict(pretrained)
         del model
-        loader = run.loader("train", indices=subsets[0] if K == 1 else PerRun(subsets))
-        return train_classifier(run, final, _mean_ce, loader=loader, stage="retrain", same_loss_every_epoch=True)
+        if len({len(kept) for kept in subsets}) > 1:  # realised rates: subsets of sizes of their own
+            return run.alone(lambda member: retrain(member, np.flatnonzero(member.records["kept"])))
+        return retrain(run, subsets[0] if K == 1 else PerRun(subsets), pretrained)
 
 
-def _mean_ce(logits, y, idx, epoch):
-    return F.cross_entropy(logits, y)
-
-
-def retrain_alone(run):
-    """Stage 3 for one run of a fused group whose kept subsets differ in size (each run's
-    ``drop_rate=realised``): a fresh network on the run's own kept samples."""
-    loader = run.loader("train", indices=np.flatnonzero(run.records["kept"]))
-    return train_classifier(run, run.model(), _mean_ce, loader=loader, stage="retrain", same_loss_every_epoch=True)
+def retrain(run, indices, pretrained: dict | None = None):
+    """Stage 3: a network (fresh, or with the ``pretrained`` weights) trained with the full protocol
+    on the kept samples ``indices`` (a fused group's: a ``PerRun``, one subset per run)."""
+    final = run.model()
+    if pretrained is not None:
+        final.load_state_dict(pretrained)
+    loader = run.loader("train", indices=indices)
+    return train_classifier(run, final, mean_ce, loader=loader, stage="retrain", same_loss_every_epoch=True)
