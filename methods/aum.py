@@ -142,30 +142,29 @@ class AUM(Method):
         if p.skip_epochs >= epochs:
             raise BenchError(f"aum.skip_epochs ({p.skip_epochs}) leaves no epoch of {epochs} to average")
         # each run's two threshold sets, drawn from its own seed
-        sets = {id(m): threshold_sets(n, k, np.random.default_rng(int(m.generator.initial_seed())),
-                                      p.threshold_count) for m in members}
+        sets = [threshold_sets(n, k, np.random.default_rng(int(m.generator.initial_seed())), p.threshold_count)
+                for m in members]
+        sets_of = {id(m): own for m, own in zip(members, sets)}  # run.pooled asks run by run
         schedule = protocol_schedule(run, epochs, batch_size=p.aum_batch_size or None)
-        aums = {id(m): [] for m in members}
-        thresholds = {id(m): [] for m in members}
+        aums, thresholds = [[] for _ in members], [[] for _ in members]  # per run: one per scoring run
         for r in range(2):
-            labels = run.pooled(lambda m, r=r: with_threshold_class(m.data.train_y, sets[id(m)][r], k))
+            labels = run.pooled(lambda m, r=r: with_threshold_class(m.data.train_y, sets_of[id(m)][r], k))
             model = run.model(num_classes=k + 1)
             curves = train_and_record(run, model, schedule, "margin", labels=labels, log_stage=f"aum{r + 1}")
             flagged = []
-            for j, m in enumerate(members):  # each run's AUMs and threshold from its own columns
+            for j in range(K):  # each run's AUMs and threshold from its own columns
                 aum = aum_from_margins(curves.values[:, j::K].cpu().numpy(), p.skip_epochs)
-                thr_idx = sets[id(m)][r]
-                aums[id(m)].append(aum)
-                thresholds[id(m)].append(aum_threshold(aum, thr_idx, p.percentile))
+                aums[j].append(aum)
+                thresholds[j].append(aum_threshold(aum, sets[j][r], p.percentile))
                 real = np.ones(n, dtype=bool)
-                real[thr_idx] = False  # the fraction flagged among the samples scored against their own label
-                flagged.append(float(np.mean(aum[real] < thresholds[id(m)][r])))
+                real[sets[j][r]] = False  # the fraction flagged among the samples scored against their own label
+                flagged.append(float(np.mean(aum[real] < thresholds[j][r])))
             del model, curves
             run.log(0, stage=f"aum{r + 1}_threshold",  # one value per run
-                    threshold=torch.tensor([thresholds[id(m)][r] for m in members], dtype=torch.float64),
+                    threshold=torch.tensor([own[r] for own in thresholds], dtype=torch.float64),
                     flagged=torch.tensor(flagged, dtype=torch.float64))
-        for m in members:
-            record_scores(m, aums[id(m)], thresholds[id(m)], list(sets[id(m)]))
+        for m, own_aums, own_thresholds, own_sets in zip(members, aums, thresholds, sets):
+            record_scores(m, own_aums, own_thresholds, list(own_sets))
         return run.alone(retrain)
 
 
