@@ -438,8 +438,8 @@ def make_parser() -> ArgumentParser:
                                               "process); with --executor ray, tasks in flight")
     run.add_argument("--fuse", type=int, default=1, metavar="K",
                      help="train up to K seeds of one cell and method as one fused network (grouped "
-                          "convolutions, for GPUs; every method but AUM, `bench list` names the settings that "
-                          "train alone; default 1)")
+                          "convolutions, for GPUs; every method, `bench list` names the settings that train "
+                          "alone; default 1)")
     run.add_argument("--executor", choices=("local", "ray"), default="local",
                      help="local (this machine) or ray (a Ray cluster; pip install .[ray])")
     run.add_argument("--address", help="with --executor ray: the cluster to join (host:port or auto; "

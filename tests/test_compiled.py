@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 import torch.nn as nn
-from test_fused_runs import small_pools  # noqa: F401 - a fixture: every 8th sample of each pool
+from test_fused_runs import Killed, small_pools  # noqa: F401 - small_pools: a fixture (every 8th sample)
 
 import methods
 from bench.cli import main
@@ -116,10 +116,6 @@ def test_bench_run_compile_runs_the_checked_compiled_forward_on_the_full_batches
     assert pool % 96 != 0
     (forward,) = compilers.made
     assert forward.calls == CHECK_STEPS + 2 * (pool // 96)
-
-
-class Killed(BaseException):
-    """A kill: not caught as a run's failure."""
 
 
 def test_a_killed_compiled_run_resumes_to_the_uninterrupted_result(compilers, tmp_path):
