@@ -40,6 +40,17 @@ timing, so two processes may pick different algorithms: with cuDNN's non-determi
 kernels, a CUDA run is at best reproducible up to float rounding, not bit for bit (on the CPU it
 is bit for bit; tests/test_fault_injection.py; README, Scaling out).
 
+Deterministic kernels (``bench run --deterministic``, :func:`run_kernels`): for a CUDA run that is
+reproducible bit for bit on the same hardware and software, the run turns the search off and asks
+for kernels that give the same bits for the same input: ``torch.use_deterministic_algorithms``
+(ops with a deterministic variant switch to it, e.g. ``index_add_`` and the embedding's backward;
+an op without one raises a ``RuntimeError`` naming itself, which fails the run with that reason),
+``torch.backends.cudnn.deterministic`` and cuBLAS's fixed workspace ``CUBLAS_WORKSPACE_CONFIG=
+:4096:8`` (torch's reproducibility notes; cuBLAS reads it when it starts, so ``bench run`` sets it
+before any CUDA work). Captured steps, bf16 and ``--compile`` (Inductor's deterministic mode) work
+under it. tests/test_deterministic.py checks, on CPU, that no op any method runs is one of those
+torch lists as having no deterministic CUDA kernel, and on CUDA that two runs give the same bits.
+
 Memory format: on CUDA, models and batches are ``channels_last`` (cuDNN's fast layout for
 convolutions, most of all with bf16). On CPU they stay contiguous: there channels_last made the
 small CNN's forward faster but its backward slower, and the meta steps' ratios to CE worse
@@ -53,6 +64,7 @@ step (on CUDA where present) and that the plan/assemble path equals the plain lo
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -90,6 +102,34 @@ def search_conv_algorithms(device, enabled: bool = True) -> None:
 def searches_conv_algorithms(device) -> bool:
     """Whether cuDNN's algorithm search is on for ``device`` (always False off CUDA)."""
     return torch.device(device).type == "cuda" and bool(torch.backends.cudnn.benchmark)
+
+
+CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"  # torch's reproducibility notes (CUDA >= 10.2)
+
+
+@contextlib.contextmanager
+def run_kernels(device, *, deterministic: bool = False, search: bool = True):
+    """The kernels this process uses for a run on ``device`` while the context is open; torch's
+    settings are restored on exit. By default cuDNN searches its convolution algorithms on CUDA
+    (``search``, :func:`search_conv_algorithms`); with ``deterministic`` only deterministic
+    kernels run, without the search (module docstring, "Deterministic kernels")."""
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    try:
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
+        torch.use_deterministic_algorithms(deterministic)
+        torch.backends.cudnn.deterministic = deterministic
+        search_conv_algorithms(device, search and not deterministic)
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
+
+
+def deterministic_kernels() -> bool:
+    """Whether this process runs deterministic kernels only (:func:`run_kernels`)."""
+    return torch.are_deterministic_algorithms_enabled()
 
 
 def prepare_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) -> bool:

@@ -173,6 +173,9 @@ def cmd_run(args) -> int:
     from bench import execute, executors
     from bench.store import writer_lock
 
+    if args.deterministic:  # cuBLAS reads it when it starts: before any CUDA work, here and in workers
+        from bench.capture import CUBLAS_DETERMINISTIC_WORKSPACE
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
     specs = build_specs(args) if not getattr(args, "paper", None) else paper_specs(args)
     specs = list({spec.key(): spec for spec in specs}.values())  # --seeds 0,0 asks for one run
     _check_fuse(args.fuse, specs)
@@ -226,7 +229,9 @@ def _run_locked(args, specs, executor, device, store) -> int:
                                   cache_dir=Path(args.cache_dir), retry_failed=args.retry_failed,
                                   show_progress=not args.quiet, executor=executor,
                                   max_retries=args.max_retries, checkpoint_every_s=args.checkpoint_every,
-                                  graph=args.graph, compile_steps=args.compile, fuse=args.fuse)
+                                  options=execute.RunOptions(graph=args.graph, compile=args.compile,
+                                                             deterministic=args.deterministic),
+                                  fuse=args.fuse)
     finally:
         executor.close()
     earlier = counts["failed_earlier"]
@@ -427,6 +432,10 @@ def make_parser() -> ArgumentParser:
     run.add_argument("--compile", action="store_true",
                      help="compile the classifier's forward in CE-style steps with torch.compile (kernel fusion), "
                           "checked against eager first; meta steps stay uncompiled (default off)")
+    run.add_argument("--deterministic", action="store_true",
+                     help="deterministic kernels only, so that a CUDA run gives the same bits again on the same "
+                          "machine (torch.use_deterministic_algorithms, cuDNN's deterministic algorithms without "
+                          "its search); slower; not part of a run's key (default off)")
     run.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default ./{DEFAULT_STORE})")
     run.add_argument("--cache-dir", default=".bench_cache",
                      help="cache of reusable artefacts: CurveNet probe curves and run checkpoints")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import methods
-from bench.capture import search_conv_algorithms, searches_conv_algorithms
+from bench.capture import deterministic_kernels, run_kernels, searches_conv_algorithms
 from bench.errors import BenchError
 from bench.spec import RunSpec
 from bench.store import Store
@@ -45,6 +45,16 @@ class RunResult:
     env: dict = field(default_factory=dict)
     error: str | None = None
     keep_checkpoint: bool = False   # a run given up after its process died: --retry-failed resumes it
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How runs execute, never what they compute: none of these is part of a run's key (each
+    changes a run's numbers by float rounding at most); each run's ``env`` records how it ran."""
+
+    graph: bool = True            # replay training steps as CUDA graphs on CUDA (bench/capture.py); --no-graph
+    compile: bool = False         # --compile: CE-style steps' forward compiled, checked first (bench/compiled.py)
+    deterministic: bool = False   # --deterministic: deterministic kernels only (bench/capture.py, run_kernels)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -145,26 +155,30 @@ def checkpoint_path(spec, cache_dir: Path | None) -> Path | None:
 
 def execute(spec: RunSpec, *, device: torch.device, data_dir: str | None = None,
             cache_dir: Path | None = DEFAULT_CACHE_DIR, progress=None, checkpoint_every_s: float = 60.0,
-            graph: bool = True, compile_steps: bool = False) -> RunResult:
+            options: RunOptions = RunOptions()) -> RunResult:
     """Train and evaluate one run. Diverged runs and exceptions come back as ``failed``.
 
     With a ``cache_dir`` the run checkpoints itself (see ``Run.epochs``) and a rerun after a kill
     resumes from the last checkpoint; the caller removes the checkpoint once the result is stored.
-    ``graph`` captures training steps as CUDA graphs on CUDA (bench/capture.py); how the steps
-    ran is kept in the result's ``env["steps"]``. ``compile_steps`` (``--compile``) compiles the
-    classifier's forward in CE-style steps, checked first (bench/compiled.py; ``env["compile"]``).
+    ``options`` say how the steps run (:class:`RunOptions`: CUDA graphs, ``--compile``,
+    ``--deterministic``); the result's ``env`` keeps how they ran (:func:`steps_env`).
     """
+    with run_kernels(device, deterministic=options.deterministic):  # and cuDNN's search (bench/capture.py)
+        return _execute(spec, device=device, data_dir=data_dir, cache_dir=cache_dir, progress=progress,
+                        checkpoint_every_s=checkpoint_every_s, options=options)
+
+
+def _execute(spec: RunSpec, *, device, data_dir, cache_dir, progress, checkpoint_every_s, options) -> RunResult:
     from methods.base import Run
 
     method_cls = method_for(spec)
     params = method_cls.params_from_spec(spec)
     data = load_data(spec, data_dir)
     env = environment(device)
-    search_conv_algorithms(device)  # on CUDA (bench/capture.py)
     torch.manual_seed(spec.seed)
     run = Run(spec=spec, data=data, device=device, params=params, cache_dir=cache_dir, progress=progress,
               checkpoint_path=checkpoint_path(spec, cache_dir), checkpoint_every_s=checkpoint_every_s,
-              graph=graph, compile_steps=compile_steps)
+              graph=options.graph, compile_steps=options.compile)
     if run.checkpoint_found:  # through the progress channel, the grid says it between its bars
         note = f"resuming from its checkpoint ({run.checkpoint_position()})"
         if progress is not None:
@@ -200,11 +214,14 @@ def method_for(spec: RunSpec) -> type:
 
 def steps_env(run, device: torch.device) -> dict:
     """How a run's steps ran, for its ``env``: captured or eager, memory format, cuDNN's search,
-    and its training seconds (``run``: a ``Run``, or a fused group's ``FusedRun``)."""
+    and its training seconds (``run``: a ``Run``, or a fused group's ``FusedRun``); with
+    ``--compile`` whether they compiled, with ``--deterministic`` that its kernels were."""
     env = dict(steps=run.step_mode, channels_last=run.channels_last,
                cudnn_benchmark=searches_conv_algorithms(device), train_s=round(run.trained_s(), 3))
     if run.compile_mode is not None:  # bench run --compile: "compiled", or why not
         env["compile"] = run.compile_mode
+    if deterministic_kernels():
+        env["deterministic"] = True
     return env
 
 
@@ -267,8 +284,7 @@ def pending(store: Store, specs: list[RunSpec], retry_failed: bool = False) -> l
 def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, data_dir: str | None = None,
              cache_dir: Path | None = DEFAULT_CACHE_DIR, retry_failed: bool = False,
              show_progress: bool = True, checkpoint_every_s: float = 60.0, executor=None,
-             max_retries: int = 2, graph: bool = True, compile_steps: bool = False,
-             fuse: int = 1) -> dict[str, int]:
+             max_retries: int = 2, options: RunOptions = RunOptions(), fuse: int = 1) -> dict[str, int]:
     """Run every spec not yet done on ``executor`` (default: in this process, one at a time);
     returns counts by outcome: ``done`` and ``failed`` now, ``skipped`` (done before) and
     ``failed_earlier`` (recorded as failed and not retried: ``retry_failed`` runs them again).
@@ -372,8 +388,7 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
     try:
         if queue:
             executor.start(device=device, data_dir=data_dir, cache_dir=cache_dir,
-                           checkpoint_every_s=checkpoint_every_s, on_progress=progress, graph=graph,
-                           compile_steps=compile_steps)
+                           checkpoint_every_s=checkpoint_every_s, on_progress=progress, options=options)
         while in_flight or (queue and user_error is None):
             while queue and user_error is None and len(in_flight) < executor.capacity:
                 item = queue.pop(0)

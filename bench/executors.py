@@ -141,8 +141,9 @@ class Executor:
         """Connect or prepare (may fail with a BenchError); called before the store is opened."""
 
     def start(self, *, device, data_dir, cache_dir, checkpoint_every_s: float,
-              on_progress: Callable[[Any, dict], None] | None = None, graph: bool = True,
-              compile_steps: bool = False) -> None:
+              on_progress: Callable[[Any, dict], None] | None = None, options=None) -> None:
+        """Get ready to run items; ``options``: a :class:`bench.execute.RunOptions`, for every
+        run (default: ``RunOptions()``)."""
         raise NotImplementedError
 
     def submit(self, spec) -> None:
@@ -168,12 +169,11 @@ class SerialExecutor(Executor):
         self.task = task or default_task
         self._queue: list = []
 
-    def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None, graph=True,
-              compile_steps=False):
-        from bench.execute import resolve_device
+    def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None, options=None):
+        from bench.execute import RunOptions, resolve_device
         self.kwargs = {"device": resolve_device(device) if isinstance(device, str) else device,
                        "data_dir": data_dir, "cache_dir": cache_dir, "checkpoint_every_s": checkpoint_every_s,
-                       "graph": graph, "compile_steps": compile_steps}
+                       "options": options or RunOptions()}
         self.on_progress = on_progress
 
     def submit(self, spec):
@@ -256,15 +256,14 @@ class LocalExecutor(Executor):
         self._workers: list[_Worker | None] = [None] * jobs
         self._ctx = None
 
-    def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None, graph=True,
-              compile_steps=False):
+    def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None, options=None):
         import multiprocessing
 
-        from bench.execute import resolve_device
+        from bench.execute import RunOptions, resolve_device
         self._ctx = multiprocessing.get_context("spawn")
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.kwargs = {"data_dir": data_dir, "cache_dir": cache_dir, "checkpoint_every_s": checkpoint_every_s,
-                       "graph": graph, "compile_steps": compile_steps}
+                       "options": options or RunOptions()}
         self.threads = worker_threads(self.capacity)
         self.on_progress = on_progress
         hint = packing_hint(self.capacity, self.device)
@@ -472,8 +471,8 @@ class RayExecutor(Executor):
         self._remote = ray.remote(_ray_task).options(num_cpus=1, num_gpus=self.gpus_per_run, max_retries=0,
                                                      retry_exceptions=False)
 
-    def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None, graph=True,
-              compile_steps=False):
+    def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None, options=None):
+        from bench.execute import RunOptions
         if self._remote is None:
             self.open()
         self.device_name = device if isinstance(device, str) else str(device)
@@ -481,7 +480,7 @@ class RayExecutor(Executor):
         self.kwargs = {"data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
                        "cache_dir": None if cache_dir is None else Path(cache_dir).resolve(),
                        "checkpoint_every_s": checkpoint_every_s,
-                       "graph": graph, "compile_steps": compile_steps}
+                       "options": options or RunOptions()}
 
     def submit(self, spec):
         ref = self._remote.remote(spec, self.device_name, self.task, self.kwargs)

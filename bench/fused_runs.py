@@ -392,12 +392,21 @@ def _member_value(value, k: int, runs: int):
 
 
 def execute_fused(group: FusedGroup, *, device: torch.device, data_dir: str | None = None, cache_dir=None,
-                  progress=None, checkpoint_every_s: float = 60.0, graph: bool = True,
-                  compile_steps: bool = False) -> list:
+                  progress=None, checkpoint_every_s: float = 60.0, options=None) -> list:
     """Train the group's runs as one fused network; one ``RunResult`` per run, in order.
+    ``options``: a :class:`bench.execute.RunOptions` (default ``RunOptions()``).
 
     Runs whose pools or meta sets differ in size train one at a time instead."""
-    from bench.capture import search_conv_algorithms
+    from bench.capture import run_kernels
+    from bench.execute import RunOptions
+
+    options = options or RunOptions()
+    with run_kernels(device, deterministic=options.deterministic):  # and cuDNN's search (bench/capture.py)
+        return _execute_fused(group, device=device, data_dir=data_dir, cache_dir=cache_dir, progress=progress,
+                              checkpoint_every_s=checkpoint_every_s, options=options)
+
+
+def _execute_fused(group: FusedGroup, *, device, data_dir, cache_dir, progress, checkpoint_every_s, options) -> list:
     from bench.execute import (
         RunResult,
         checkpoint_path,
@@ -412,21 +421,20 @@ def execute_fused(group: FusedGroup, *, device: torch.device, data_dir: str | No
     from methods.base import Run
 
     specs = group.specs
-    kwargs = {"device": device, "data_dir": data_dir, "cache_dir": cache_dir,
-              "checkpoint_every_s": checkpoint_every_s, "graph": graph, "compile_steps": compile_steps}
     datas = [load_data(spec, data_dir) for spec in specs]
     if len({(len(d.train_y), len(d.y_meta)) for d in datas}) != 1:  # no fused batches for them
         _say(progress, specs[0], "training pools or meta sets of different sizes: its group trains one run at a time")
-        return [execute(spec, progress=_member_progress(progress, spec), **kwargs) for spec in specs]
+        return [execute(spec, progress=_member_progress(progress, spec), device=device, data_dir=data_dir,
+                        cache_dir=cache_dir, checkpoint_every_s=checkpoint_every_s, options=options)
+                for spec in specs]
     method_cls = method_for(specs[0])
     params = method_cls.params_from_spec(specs[0])
     env = environment(device)
-    search_conv_algorithms(device)
     # the first run holds the group's checkpoint (read here, if a killed attempt left one)
     group_checkpoint = {"checkpoint_path": checkpoint_path(group, cache_dir), "checkpoint_key": group.key(),
                         "checkpoint_every_s": checkpoint_every_s}
-    runs = [Run(spec=spec, data=data, device=device, params=params, cache_dir=cache_dir, graph=graph,
-                compile_steps=compile_steps,
+    runs = [Run(spec=spec, data=data, device=device, params=params, cache_dir=cache_dir, graph=options.graph,
+                compile_steps=options.compile,
                 progress=_member_progress(progress, spec), **(group_checkpoint if k == 0 else {}))
             for k, (spec, data) in enumerate(zip(specs, datas))]
     lead = runs[0]

@@ -115,6 +115,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-cudnn-benchmark", dest="cudnn_benchmark", action="store_false",
                         help="on CUDA, cuDNN's default algorithm choice instead of timing its algorithms per "
                              "shape (torch.backends.cudnn.benchmark, which training sets)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic kernels only, without cuDNN's search, as bench run --deterministic "
+                             "trains (its cost; not with --pack)")
     parser.add_argument("--pack", type=int, metavar="N",
                         help="instead: ms per iteration alone and with N processes at once on the device "
                              "(--jobs N packing; the ratio is the epoch-time cost of packing)")
@@ -452,7 +455,7 @@ def run_all(steps, *, model_name: str = "resnet32", batch: int = 128, device="cp
     each the median over rounds of the two steps' times in the same round."""
     import torch
 
-    from bench.capture import searches_conv_algorithms
+    from bench.capture import deterministic_kernels, searches_conv_algorithms
 
     device = torch.device(device)
     graph = device.type == "cuda" if graph is None else graph and device.type == "cuda"
@@ -485,7 +488,7 @@ def run_all(steps, *, model_name: str = "resnet32", batch: int = 128, device="cp
         r.update(device=str(device), device_name=name, model=model_name, batch_size=batch, repeats=repeats,
                  warmup=warmup, torch=torch.__version__, threads=torch.get_num_threads(), precision=precision,
                  second_order=second_order, channels_last=channels_last,
-                 cudnn_benchmark=searches_conv_algorithms(device),
+                 cudnn_benchmark=searches_conv_algorithms(device), deterministic=deterministic_kernels(),
                  data="random uint8 images through bench.data.Loader"
                  + (" (crop/flip)" if MODEL_INPUT[model_name][1] == 3 else ""))
     return out
@@ -516,7 +519,8 @@ def render(results: dict) -> str:
             f"torch {r0['torch']}, {r0['threads']} threads), {r0['precision']}, meta gradient by "
             f"{SECOND_ORDER_TEXT[r0.get('second_order', 'jvp')]}"
             f"{', channels_last' if r0.get('channels_last') else ''}"
-            f"{', cudnn.benchmark' if r0.get('cudnn_benchmark') else ''}, "
+            f"{', cudnn.benchmark' if r0.get('cudnn_benchmark') else ''}"
+            f"{', deterministic kernels' if r0.get('deterministic') else ''}, "
             f"median of {r0['repeats']} rounds (the steps in turns) after {r0['warmup']} warm-up; data: {r0['data']}")
     headers = ["step", "eager ms/iter", "× CE", "× SL=0"]
     if captured:
@@ -576,7 +580,7 @@ def render_phases(results: dict, labels: dict) -> str:
 
 
 def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed_memory
-    from bench.capture import search_conv_algorithms
+    from bench.capture import run_kernels
     from bench.cpu import warn_if_slow_bf16
     from bench.errors import BenchError
     from bench.execute import resolve_device
@@ -597,7 +601,16 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
     progress = None if args.json else (lambda name: print(f"timing {name} ...", file=sys.stderr, flush=True))
     channels_last = uses_channels_last(device, None if args.memory_format is None
                                        else args.memory_format == "channels_last")
-    search_conv_algorithms(device, args.cudnn_benchmark)  # as training does (bench/capture.py)
+    if args.deterministic and args.pack is not None:
+        raise BenchError("--deterministic times the steps in this process; it does not apply to --pack")
+    with run_kernels(device, deterministic=args.deterministic, search=args.cudnn_benchmark):  # as training
+        return _measure(args, steps, device, repeats, warmup, progress, channels_last)
+
+
+def _measure(args, steps, device, repeats, warmup, progress, channels_last) -> int:
+    """``main`` once the kernels are chosen: the packing or the step table."""
+    from bench.errors import BenchError
+
     if args.pack is not None:
         if args.pack < 2:
             raise BenchError(f"--pack needs at least 2 runs, got {args.pack}")

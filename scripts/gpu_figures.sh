@@ -16,6 +16,9 @@
 #   compilerun_*.txt                 `bench run --compile` (CE-style steps' forward compiled, checked
 #                                    first) against plain, CE, ResNet-32 on synthetic CIFAR-10-shaped
 #                                    data, 5 epochs: the store's env (compiled or why not) and minutes
+#   deterministic.txt / _fp32.md     `--deterministic`: two CUDA runs each of CE, MW-Net, CurveNet and
+#                                    Co-teaching give the same bits (tests/test_deterministic.py), and
+#                                    the steps' ms under deterministic kernels (its cost, against timing_fp32.md)
 #   pack4.md                         4 processes at once on the GPU vs alone (target: ratio <= 2)
 #   pack4_mps.md                     the same under NVIDIA MPS (kernels of the 4 processes overlap)
 #   pack4_streams.md                 4 copies in one process in lockstep, one CUDA stream each
@@ -31,8 +34,8 @@
 #   suite.txt                        the whole test suite on the CUDA machine (device auto = cuda)
 #   benchmarks.txt / benchmarks.json pytest-benchmark, eager/captured x fp32/bf16
 # Usage: bash scripts/gpu_figures.sh [DIR] [PART ...]
-#   PART: env cudatests timing tuning probe compile compilerun pack packstreams packfused fuserun mps train suite
-#         benchmarks
+#   PART: env cudatests timing tuning probe compile compilerun deterministic pack packstreams packfused fuserun mps
+#         train suite benchmarks
 #   (default: all, in that
 #   order). Each part runs under its own time limit (seconds: $LIMIT_<part>, defaults below), so
 #   a hang costs that part alone; on a lent machine that limits one command to 10 minutes, split
@@ -42,7 +45,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu_figures}
 shift || true
-all_parts="env cudatests timing tuning probe compile compilerun pack packstreams packfused fuserun mps train suite benchmarks"
+all_parts="env cudatests timing tuning probe compile compilerun deterministic pack packstreams packfused fuserun mps train suite benchmarks"
 parts=${*:-$all_parts}
 for part in $parts; do  # every part known before any runs
   case " $all_parts " in *" $part "*) ;; *) echo "unknown part $part ($all_parts)" >&2; exit 2 ;; esac
@@ -119,6 +122,11 @@ ${flag/plain/} --quiet --store /tmp/compile_${flag#--}.sqlite --cache-dir /tmp/c
 \"$python\" -c \"import sqlite3; print([r[0] for r in sqlite3.connect('/tmp/compile_${flag#--}.sqlite').execute(\
 'select env_json from runs')])\""
       done ;;
+    deterministic)  # the same bits twice on CUDA, and what deterministic kernels cost
+      LIMIT=300 run_part deterministic "$out/deterministic.txt" "$python" -m pytest -q -p no:cacheprovider \
+          tests/test_deterministic.py -rA
+      LIMIT=60 run_part deterministic "$out/deterministic_fp32.md" "$python" -m bench timing --device cuda \
+          --steps ce,mwnet,curvenet_sl3 --deterministic ;;
     pack)
       LIMIT=120 run_part pack "$out/pack4.md" "$python" -m bench timing --device cuda --pack 4 --steps ce,mwnet,curvenet_sl3 ;;
     packstreams)

@@ -11,6 +11,27 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
+def small_pools(monkeypatch):
+    """Every 8th sample of each run's pool and the first 500 test images (CurveNet's probe must see
+    its whole pool every epoch, so tests shorten epochs this way instead of cutting them)."""
+    import dataclasses
+
+    import bench.execute
+
+    real = bench.execute.load_data
+
+    def small(spec, data_dir=None):
+        data = real(spec, data_dir)
+        dataset = dataclasses.replace(data.dataset, x_test=data.dataset.x_test[:500], y_test=data.dataset.y_test[:500])
+        every = slice(None, None, 8)
+        return dataclasses.replace(data, dataset=dataset, train_index=data.train_index[every],
+                                   train_y=data.train_y[every], train_clean_y=data.train_clean_y[every],
+                                   is_noisy=data.is_noisy[every])
+
+    monkeypatch.setattr(bench.execute, "load_data", small)
+
+
+@pytest.fixture
 def float64():
     """torch's default dtype float64 for the test (exactness checks to rounding), then back."""
     import torch

@@ -6,17 +6,19 @@ import json
 import pytest
 import torch
 import torch.nn as nn
-from test_fused_runs import Killed, small_pools  # noqa: F401 - small_pools: a fixture (every 8th sample)
+from test_fused_runs import Killed
 
 import methods
 from bench.cli import main
 from bench.compiled import CHECK_STEPS, CompileFailed, CompileMismatch, compile_checked
-from bench.execute import execute
+from bench.execute import RunOptions, execute
 from bench.fused_runs import FusedGroup, execute_fused
 from bench.models import build_model
 from bench.spec import RunSpec
 from bench.store import Store
 from methods.base import params_items
+
+COMPILED = RunOptions(compile=True)
 
 
 class _Faithful(nn.Module):
@@ -109,7 +111,7 @@ def test_bench_run_compile_runs_the_checked_compiled_forward_on_the_full_batches
     the epoch's last, short batch (a shape the check did not see) ran the model itself."""
     spec = RunSpec(method="ce", epochs=2, batch_size=96)
     plain = execute(spec, device=CPU, cache_dir=None)
-    compiled = execute(spec, device=CPU, cache_dir=None, compile_steps=True)
+    compiled = execute(spec, device=CPU, cache_dir=None, options=COMPILED)
     assert "compile" not in plain.env and compiled.env["compile"] == "compiled"
     assert compiled.history == plain.history and compiled.metrics == plain.metrics
     pool = len(plain.samples["observed_label"])
@@ -122,16 +124,16 @@ def test_a_killed_compiled_run_resumes_to_the_uninterrupted_result(compilers, tm
     """A loop compiles and checks its model before it restores its checkpoint: a --compile run
     killed after its first epoch resumes to the uninterrupted run, bit for bit."""
     spec = RunSpec(method="ce", epochs=2)
-    reference = execute(spec, device=CPU, cache_dir=tmp_path / "ref", compile_steps=True)
+    reference = execute(spec, device=CPU, cache_dir=tmp_path / "ref", options=COMPILED)
 
     def kill_after_the_first_epoch(row):
         if row.get("epoch") == 0:
             raise Killed
 
     with pytest.raises(Killed):
-        execute(spec, device=CPU, cache_dir=tmp_path, checkpoint_every_s=0, compile_steps=True,
+        execute(spec, device=CPU, cache_dir=tmp_path, checkpoint_every_s=0, options=COMPILED,
                 progress=kill_after_the_first_epoch)
-    resumed = execute(spec, device=CPU, cache_dir=tmp_path, checkpoint_every_s=0, compile_steps=True)
+    resumed = execute(spec, device=CPU, cache_dir=tmp_path, checkpoint_every_s=0, options=COMPILED)
     assert resumed.env["compile"] == "compiled"
     assert resumed.history == reference.history and resumed.metrics == reference.metrics
 
@@ -144,7 +146,7 @@ def test_a_refused_compile_trains_uncompiled_and_says_why_once(compilers, capsys
     spec = RunSpec(method="aum", epochs=1, params=params)
     plain = execute(spec, device=CPU, cache_dir=None)
     capsys.readouterr()
-    refused = execute(spec, device=CPU, cache_dir=None, compile_steps=True)
+    refused = execute(spec, device=CPU, cache_dir=None, options=COMPILED)
     assert refused.history == plain.history and refused.metrics == plain.metrics
     assert len(compilers.made) == 3
     assert refused.env["compile"].startswith("uncompiled: torch.compile disagrees with eager on this machine: ")
@@ -162,7 +164,7 @@ def test_a_fused_group_compiles_its_fused_steps_and_each_runs_steps_alone(compil
     params = params_items(methods.get("aum").resolve_params("paper", {"aum_epochs": "1"}))
     group = FusedGroup(tuple(RunSpec(method="aum", epochs=1, params=params, seed=s, data_seed=s) for s in (0, 1)))
     plain = execute_fused(group, device=CPU)
-    compiled = execute_fused(group, device=CPU, compile_steps=True)
+    compiled = execute_fused(group, device=CPU, options=COMPILED)
     for mine, theirs in zip(compiled, plain):
         assert mine.status == theirs.status == "done"
         assert mine.history == theirs.history and mine.metrics == theirs.metrics
@@ -187,7 +189,7 @@ def test_a_real_torch_compile_trains_as_eager_does_or_is_refused_in_one_line():
     reason is torch.compile's."""
     spec = RunSpec(method="ce", epochs=1, batch_size=16)
     eager = execute(spec, device=CPU, cache_dir=None)
-    compiled = execute(spec, device=CPU, cache_dir=None, compile_steps=True)
+    compiled = execute(spec, device=CPU, cache_dir=None, options=COMPILED)
     assert compiled.status == "done"
     if compiled.env["compile"] == "compiled":
         assert compiled.history[-1]["loss"] == pytest.approx(eager.history[-1]["loss"], rel=0.05)
@@ -201,7 +203,7 @@ def test_bench_run_compile_on_cuda_captures_the_compiled_steps():
     """On CUDA the compiled forward runs inside the captured step (Triton kernels in a CUDA graph)."""
     spec = RunSpec(method="ce", epochs=2)
     eager = execute(spec, device=torch.device("cuda"), cache_dir=None)
-    compiled = execute(spec, device=torch.device("cuda"), cache_dir=None, compile_steps=True)
+    compiled = execute(spec, device=torch.device("cuda"), cache_dir=None, options=COMPILED)
     assert compiled.env["compile"] == "compiled", compiled.env["compile"]
     assert compiled.env["steps"] == eager.env["steps"] == "captured"
     assert abs(compiled.metrics["acc_last"] - eager.metrics["acc_last"]) < 5.0

@@ -1,7 +1,6 @@
 """`bench run --fuse K` (bench/fused_runs.py): seeds of one cell trained as one fused network are
 the runs trained alone, each with its own data, weights, history and result."""
 
-import dataclasses
 import itertools
 import json
 import math
@@ -10,17 +9,23 @@ import numpy as np
 import pytest
 import torch
 
+import bench.execute
 import methods
 from bench.cli import main
 from bench.data.loader import Loader
 from bench.errors import BenchError
-from bench.execute import checkpoint_path, execute, load_data
+from bench.execute import checkpoint_path, execute
 from bench.fused_runs import FusedGroup, FusedRun, execute_fused, group_runs, note_members, sweep_group_checkpoints
 from bench.spec import RunSpec
 from bench.store import Store
 from methods.base import Run, params_items
 
 CPU = torch.device("cpu")
+
+
+def load_data(spec):
+    """bench.execute.load_data, looked up at each call (the small_pools fixture replaces it)."""
+    return bench.execute.load_data(spec)
 
 
 def _spec(seed, method="ce", epochs=1, **changes):
@@ -75,26 +80,6 @@ def _curvenet_spec(seed, **settings):
     of fixed-weight steps, after the short probe."""
     params = params_items(methods.get("curvenet").resolve_params("quick", {**SHORT_PROBE, **settings}))
     return _spec(seed, "curvenet", epochs=2, milestones=(1,), params=params)
-
-
-@pytest.fixture
-def small_pools(monkeypatch):
-    """Every 8th sample of each run's pool and the first 500 test images (CurveNet's probe must see
-    its whole pool every epoch, so its tests shorten epochs this way instead of cutting them)."""
-    import bench.execute
-
-    real = bench.execute.load_data
-
-    def small(spec, data_dir=None):
-        data = real(spec, data_dir)
-        dataset = dataclasses.replace(data.dataset, x_test=data.dataset.x_test[:500], y_test=data.dataset.y_test[:500])
-        every = slice(None, None, 8)
-        return dataclasses.replace(data, dataset=dataset, train_index=data.train_index[every],
-                                   train_y=data.train_y[every], train_clean_y=data.train_clean_y[every],
-                                   is_noisy=data.is_noisy[every])
-
-    monkeypatch.setattr(bench.execute, "load_data", small)
-    monkeypatch.setattr(__import__(__name__), "load_data", small)
 
 
 def test_the_fusable_methods_are_the_documented_ones(capsys):  # README and `bench run --help` name them

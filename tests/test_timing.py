@@ -393,7 +393,8 @@ def test_cli_defaults_per_device_and_packing_iterations(monkeypatch, capsys):
 
 def test_cli_options_reach_the_packing_and_cudnn_and_the_layout_is_channels_last_on_cuda_only(monkeypatch, capsys):
     """--pack-mode picks the packing, --memory-format sets the layout on CUDA (never on CPU),
-    --no-cudnn-benchmark reaches torch's setting; and a real streams run on CPU, end to end."""
+    --no-cudnn-benchmark reaches torch's setting (while it measures; restored afterwards); and a
+    real streams run on CPU, end to end."""
     import argparse
     import json
 
@@ -405,7 +406,8 @@ def test_cli_options_reach_the_packing_and_cudnn_and_the_layout_is_channels_last
     monkeypatch.setattr(execute, "resolve_device", lambda name: torch.device(name))
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     for fn in ("packing", "packing_streams", "packing_fused"):
-        monkeypatch.setattr(packing, fn, lambda name, jobs, _fn=fn, **kw: seen.append((_fn, kw)) or {"jobs": jobs})
+        monkeypatch.setattr(packing, fn, lambda name, jobs, _fn=fn, **kw:
+                            seen.append((_fn, kw, torch.backends.cudnn.benchmark)) or {"jobs": jobs})
     parser = argparse.ArgumentParser()
     timing.add_arguments(parser)
 
@@ -413,16 +415,17 @@ def test_cli_options_reach_the_packing_and_cudnn_and_the_layout_is_channels_last
         seen.clear()
         assert timing.main(parser.parse_args(["--json", "--steps", "ce", "--pack", "2", *argv])) == 0
         capsys.readouterr()
-        return [(fn, kw["channels_last"]) for fn, kw in seen]
+        assert torch.backends.cudnn.benchmark is False  # as before
+        return [(fn, kw["channels_last"], searched) for fn, kw, searched in seen]
 
-    assert main("--device", "cpu") == [("packing", False)]
+    assert main("--device", "cpu") == [("packing", False, False)]
     assert main("--device", "cpu", "--memory-format", "channels_last", "--pack-mode", "streams") == [
-        ("packing_streams", False)]
-    assert main("--device", "cpu", "--pack-mode", "fused") == [("packing_fused", False)]
-    assert main("--device", "cuda", "--memory-format", "contiguous") == [("packing", False)]
-    assert torch.backends.cudnn.benchmark is True  # CUDA: cuDNN searches, as in training
-    assert main("--device", "cuda", "--memory-format", "channels_last", "--no-cudnn-benchmark") == [("packing", True)]
-    assert torch.backends.cudnn.benchmark is False
+        ("packing_streams", False, False)]
+    assert main("--device", "cpu", "--pack-mode", "fused") == [("packing_fused", False, False)]
+    # CUDA: cuDNN searches, as in training
+    assert main("--device", "cuda", "--memory-format", "contiguous") == [("packing", False, True)]
+    assert main("--device", "cuda", "--memory-format", "channels_last", "--no-cudnn-benchmark") == [
+        ("packing", True, False)]
     monkeypatch.undo()
     result = subprocess.run([sys.executable, "-m", "bench", "timing", "--device", "cpu", "--model", "small_cnn",
                              "--steps", "ce", "--pack", "2", "--pack-mode", "streams", "--repeats", "2", "--warmup",
