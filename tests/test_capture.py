@@ -455,6 +455,7 @@ def eager_then_replayed(train, monkeypatch):
     return eager, replayed
 
 
+@pytest.mark.usefixtures("small_pools")  # every 8th sample: the same loops and steps, fewer of them
 @pytest.mark.parametrize("name", __import__("methods").names())
 def test_every_method_trains_the_same_through_replayed_steps(name, monkeypatch):
     """Each method's training loops, with their steps replayed by :class:`EmulatedGraph` (warm-up,

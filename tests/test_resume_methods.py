@@ -22,6 +22,7 @@ def quick_spec(name: str, epochs: int = 3) -> RunSpec:
                    params=params_items(cls.resolve_params("quick", SHORT.get(name))), **schedule)
 
 
+@pytest.mark.usefixtures("small_pools")  # every 8th sample: the same stages and epochs, shorter
 @pytest.mark.parametrize("name", methods.names())
 def test_a_killed_run_resumes_to_the_uninterrupted_result(name, tmp_path, monkeypatch):
     spec = quick_spec(name)
