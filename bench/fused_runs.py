@@ -31,10 +31,11 @@ may exclude settings), which train through the run's services (``model``, ``net`
 (:func:`bench.train.train_classifier`, ``Run.run_losses``); Class-Balanced and LDAM-DRW (a loss
 per run from its own class counts; LDAM's cosine classifier fuses itself,
 ``methods.ldam_drw.NormedLinear.fused``); MW-Net (:class:`methods.meta.MetaStep`, which steps
-each fused run as its own; its weighting nets are fused too); CurveNet with the clean meta set
-(both stages: the probes fused, each from its run's probe seed and cached per run; the curves
-centred per run; the CurveNets fused; +DRW from each run's class counts); Co-teaching (both networks fused, each
-run's small-loss selection over its own rows, of its own count with ``tau=realised``); O2U-Net
+each fused run as its own; its weighting nets are fused too); CurveNet (both stages: the probes
+fused, each from its run's probe seed and cached per run; the curves centred per run; the
+CurveNets fused; +DRW from each run's class counts; each run's own pseudo-meta set, the runs
+alone where their sizes differ); Co-teaching (both networks fused, each run's small-loss
+selection over its own rows, of its own count with ``tau=realised``); O2U-Net
 (each run's scores and kept subset its own: a ``PerRun`` of loader ``indices``; with
 ``drop_rate=realised`` the subsets' sizes differ and each run retrains alone, ``Run.alone``, so
 not with ``retrain=pretrained`` too); AUM (its scoring runs fused, each run's threshold samples
@@ -422,13 +423,14 @@ def _execute_fused(group: FusedGroup, *, device, data_dir, cache_dir, progress, 
 
     specs = group.specs
     datas = [load_data(spec, data_dir) for spec in specs]
-    if len({(len(d.train_y), len(d.y_meta)) for d in datas}) != 1:  # no fused batches for them
-        _say(progress, specs[0], "training pools or meta sets of different sizes: its group trains one run at a time")
+    method_cls = method_for(specs[0])
+    params = method_cls.params_from_spec(specs[0])
+    if len({(len(d.train_y), len(d.y_meta), *method_cls.fused_sizes(params, d)) for d in datas}) != 1:
+        _say(progress, specs[0], "training pools or meta sets (clean or pseudo) of different sizes: its group trains "
+                                 "one run at a time")
         return [execute(spec, progress=_member_progress(progress, spec), device=device, data_dir=data_dir,
                         cache_dir=cache_dir, checkpoint_every_s=checkpoint_every_s, options=options)
                 for spec in specs]
-    method_cls = method_for(specs[0])
-    params = method_cls.params_from_spec(specs[0])
     env = environment(device)
     # the first run holds the group's checkpoint (read here, if a killed attempt left one)
     group_checkpoint = {"checkpoint_path": checkpoint_path(group, cache_dir), "checkpoint_key": group.key(),

@@ -89,6 +89,13 @@ class Method:
         return cls.fusable
 
     @classmethod
+    def fused_sizes(cls, params, data) -> tuple:
+        """The sizes a run shares with the other runs of its fused group, beyond its training pool
+        and meta set: a set the method draws from the run's data for fused batches (CurveNet's
+        pseudo-meta set). A group whose runs' sizes differ trains one run at a time."""
+        return ()
+
+    @classmethod
     def check_spec(cls, spec: RunSpec) -> None:
         """BenchError for a run this method cannot train (e.g. no meta set), raised by the CLI
         before anything is written to the store. Most methods train on any spec."""

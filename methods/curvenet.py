@@ -83,7 +83,7 @@ from bench.errors import BenchError
 from bench.fused import interleave
 from bench.train import set_lr
 from methods import register
-from methods.base import Method, check_int, check_number
+from methods.base import Method, PerRun, check_int, check_number
 from methods.curves import Schedule, centre, curvenet_probe_schedule, train_and_record
 from methods.drw import DRW  # Table 6 "+DRW"
 from methods.meta import MetaStep, check_options
@@ -306,8 +306,7 @@ class CurveNetMethod(Method):
 
     name = "curvenet"
     uses_meta_set = True
-    fusable = True  # bench run --fuse: probe and allocate stages, each run's curves its own
-    fuse_exceptions = "not with meta_set=pseudo"
+    fusable = True  # bench run --fuse: probe and allocate stages, each run's curves and pseudo-meta set its own
     Params = CurveNetParams
     # quick: the paper's 300-epoch probe scaled by 1/10, like the 200 -> 20 epoch protocol:
     # 12 epochs at lr 0.1 / batch 128 (120/10), then 3 periods of 3 + 3 epochs at 0.01 / 0.001
@@ -331,9 +330,12 @@ class CurveNetMethod(Method):
                   "--set curvenet.meta_set=pseudo)", file=sys.stderr)
 
     @classmethod
-    def fuses(cls, spec) -> bool:
-        """Not the pseudo-meta set (each run's own picks, whose count may differ between runs)."""
-        return cls.params_from_spec(spec).meta_set == "clean"
+    def fused_sizes(cls, params, data) -> tuple:
+        """The pseudo-meta set's size, sum over observed classes of min(pseudo_per_class, n_c)
+        (:func:`pseudo_meta_indices`): a fused group's runs draw their meta batches together."""
+        if params.meta_set != "pseudo":
+            return ()
+        return (int(np.minimum(np.bincount(np.asarray(data.train_y)), params.pseudo_per_class).sum()),)
 
     @classmethod
     def display_name(cls, params: dict) -> str:
@@ -430,9 +432,11 @@ class CurveNetMethod(Method):
     def _meta_loader(self, run, probe_mean: torch.Tensor):
         """The loader of the meta set (clean, or the pseudo-meta set), or None without meta data."""
         p = self.params
-        if p.meta_set == "pseudo":
-            idx = pseudo_meta_indices(probe_mean.cpu().numpy(), np.asarray(run.data.train_y), p.pseudo_per_class)
-            return run.loader("train", indices=idx, batch_size=run.spec.meta_batch_size)
+        if p.meta_set == "pseudo":  # each run's picks from its own probe (a fused group: rows k::K run k's)
+            means, K = probe_mean.cpu().numpy(), run.runs
+            picks = PerRun(pseudo_meta_indices(means[k::K], np.asarray(member.data.train_y), p.pseudo_per_class)
+                           for k, member in enumerate(run.member_runs))
+            return run.loader("train", indices=picks[0] if K == 1 else picks, batch_size=run.spec.meta_batch_size)
         if len(run.member_runs[0].data.y_meta) == 0:  # a fused group's meta sets have one size
             return None
         return run.loader("meta")

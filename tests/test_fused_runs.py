@@ -85,17 +85,17 @@ def _curvenet_spec(seed, **settings):
 def test_the_fusable_methods_are_the_documented_ones(capsys):  # README and `bench run --help` name them
     assert FUSABLE == ["aum", "cb", "ce", "coteaching", "curvenet", "focal", "ldam_drw", "mwnet", "o2u"]
     assert main(["list"]) == 0
-    assert ("fused network by `bench run --fuse K`: aum, cb, ce, coteaching, curvenet (not "
-            "with meta_set=pseudo), focal, ldam_drw, mwnet, o2u (not with drop_rate=realised and "
-            "retrain=pretrained)\n"
+    assert ("fused network by `bench run --fuse K`: aum, cb, ce, coteaching, curvenet, focal, "
+            "ldam_drw, mwnet, o2u (not with drop_rate=realised and retrain=pretrained)\n"
             ) in capsys.readouterr().out
 
 
-def test_curvenet_runs_with_the_pseudo_meta_set_and_o2u_runs_retrained_from_a_realised_rate_are_not_fused():
+def test_only_o2u_runs_retrained_from_a_fused_network_at_a_realised_rate_are_not_fused():
     plain = [_curvenet_spec(s) for s in (0, 1)]
     pseudo = [_curvenet_spec(s, meta_set="pseudo") for s in (0, 1)]
     drw = [_curvenet_spec(s, drw="true") for s in (0, 1)]
-    assert group_runs(plain + pseudo + drw, 2) == [FusedGroup(tuple(plain)), *pseudo, FusedGroup(tuple(drw))]
+    assert group_runs(plain + pseudo + drw, 2) == [FusedGroup(tuple(plain)), FusedGroup(tuple(pseudo)),
+                                                   FusedGroup(tuple(drw))]
     # each run's own realised rate: O2U-Net's subsets of sizes of their own cannot retrain from
     # the fused pre-trained network; from scratch each run retrains alone (Run.alone), and
     # Co-teaching's runs each keep their own count
@@ -194,6 +194,36 @@ def test_each_curvenet_run_of_a_fused_group_trains_as_it_does_alone(float64, sma
     alone = [_alone(spec) for spec in specs]
     assert {row["stage"] for row in alone[0][1]} == {"probe", "allocate"}
     _check_each_run_as_alone(*_fit_fused(specs), alone)
+
+
+def test_fused_curvenet_runs_learn_from_their_own_pseudo_meta_sets_as_they_do_alone(float64, small_pools,
+                                                                                   monkeypatch):
+    """With ``meta_set=pseudo`` each run's meta batches come from its own picks: the 10 samples
+    of each observed class with its lowest mean probe loss (its rows of the fused probe); float64."""
+    normalise = Loader.normalise
+    monkeypatch.setattr(Loader, "normalise", lambda self, xb: normalise(self, xb).double())
+    specs = [_curvenet_spec(s, meta_set="pseudo") for s in (0, 1)]
+    params = methods.get("curvenet").params_from_spec(specs[0])
+    assert {methods.get("curvenet").fused_sizes(params, load_data(s)) for s in specs} == {(100,)}
+    alone = [_alone(spec) for spec in specs]
+    model, fused_run = _fit_fused(specs)
+    _check_each_run_as_alone(model, fused_run, alone)
+
+
+def test_a_group_whose_pseudo_meta_sets_differ_in_size_trains_one_run_at_a_time(small_pools, capsys):
+    """Where a class has fewer samples than ``pseudo_per_class`` the picks' number is the run's
+    own (here 30 per class, where the tail classes have 17 to 25 samples, their numbers varying
+    with the runs' label noise: 287 and 275 picks); such a group trains its runs alone, each as
+    ``execute`` trains it."""
+    specs = [_curvenet_spec(s, meta_set="pseudo", pseudo_per_class="30") for s in (0, 1)]
+    params = methods.get("curvenet").params_from_spec(specs[0])
+    sizes = [methods.get("curvenet").fused_sizes(params, load_data(s)) for s in specs]
+    assert sizes[0] != sizes[1]
+    results = execute_fused(FusedGroup(tuple(specs)), device=CPU)
+    assert "of different sizes: its group trains one run at a time" in capsys.readouterr().err
+    for spec, result in zip(specs, results):
+        assert result.status == "done" and "fused" not in result.env
+        assert result.metrics == execute(spec, device=CPU, cache_dir=None).metrics
 
 
 def test_a_fused_curvenet_group_keeps_each_runs_cached_probe(small_pools, tmp_path):
@@ -359,9 +389,8 @@ def test_bench_run_fuse_stores_every_run_of_every_group(jobs, tmp_path, capsys):
                  "--cache-dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert ("--fuse applies to aum, cb, ce, coteaching, curvenet (not with meta_set=pseudo), focal, ldam_drw, "
-            "mwnet, o2u (not with drop_rate=realised and retrain=pretrained); runs of O2U-Net train one at a "
-            "time") in err
+    assert ("--fuse applies to aum, cb, ce, coteaching, curvenet, focal, ldam_drw, mwnet, o2u (not with "
+            "drop_rate=realised and retrain=pretrained); runs of O2U-Net train one at a time") in err
     assert "6 runs requested: 6 trained" in err
     runs = Store(store, create=False).runs("done")
     fused = {(m, s): json.loads(env).get("fused") for m, s, env in zip(runs["method"], runs["seed"], runs["env_json"])}
