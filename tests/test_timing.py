@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench import packing, timing
+from bench.errors import BenchError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,6 +106,32 @@ def test_cli_json_and_table():
         assert v in text
     bad = subprocess.run(cmd + ["--steps", "ce,foo"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "unknown step" in bad.stderr
+
+
+def test_deterministic_timing_says_so_and_leaves_torch_as_it_was():
+    """``--deterministic`` times the steps under deterministic kernels (bench run --deterministic's
+    cost), says so in the table's head, and is refused with --pack (the workers would not be)."""
+    import argparse
+
+    import torch
+
+    parser = argparse.ArgumentParser()
+    timing.add_arguments(parser)
+    argv = ["--device", "cpu", "--model", "small_cnn", "--batch-size", "8", "--repeats", "1", "--warmup", "0",
+            "--steps", "ce", "--deterministic"]
+    seen = []
+    real = timing.run_all
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(timing, "run_all", lambda *a, **kw: seen.append(torch.are_deterministic_algorithms_enabled())
+                   or real(*a, **kw))
+        assert timing.main(parser.parse_args(argv)) == 0
+    assert seen == [True] and not torch.are_deterministic_algorithms_enabled()
+    data = timing.run_all(["ce"], model_name="small_cnn", batch=8, device="cpu", repeats=1, warmup=0)
+    assert data["ce"]["deterministic"] is False
+    assert "deterministic kernels" in timing.render({"ce": {**data["ce"], "deterministic": True}})
+    assert "deterministic kernels" not in timing.render(data)
+    with pytest.raises(BenchError, match="does not apply to --pack"):
+        timing.main(parser.parse_args([*argv, "--pack", "2"]))
 
 
 def test_packing_reports_alone_and_packed_times_and_their_ratio():
