@@ -180,13 +180,16 @@ def cmd_run(args) -> int:
     specs = list({spec.key(): spec for spec in specs}.values())  # --seeds 0,0 asks for one run
     _check_fuse(args.fuse, specs)
     executor = executors.from_args(args)  # checks --jobs, --executor ... (and that Ray is installed)
-    # on Ray the runs pick their device on the cluster; here, it must exist on this machine
-    device = execute.resolve_device(args.device) if executor.local else args.device
-    if executor.local and any(spec.precision == "bf16" for spec in specs):
+    # on Ray the runs pick their device on the cluster; here, it must exist on this machine (a dry
+    # run trains nothing: it may plan a GPU grid on a machine without one)
+    device = execute.resolve_device(args.device) if executor.local and not args.dry_run else args.device
+    if executor.local and not args.dry_run and any(spec.precision == "bf16" for spec in specs):
         warn_if_slow_bf16(device, "bf16")
     for spec in specs:  # fail on missing data or an impossible bias before touching the store
         execute.load_data(spec, args.data_dir)
     _check_cache_dir(Path(args.cache_dir))
+    if args.dry_run:
+        return _dry_run(args, specs)
     store = _existing_store(args.store, specs, args.retry_failed)  # a broken store is refused here
     read_only = store is not None and not store.writable  # every run in it: only their table, no lock
     with contextlib.nullcontext() if read_only else writer_lock(args.store):  # one writer per store
@@ -253,6 +256,47 @@ def _run_locked(args, specs, executor, device, store) -> int:
              f"none of the {len(specs)} requested runs finished")
     print(render(results_table(runs, args.metric), title=title, empty=empty))
     return 1 if counts["failed"] or earlier else 0
+
+
+def _dry_run(args, specs: list[RunSpec]) -> int:
+    """``bench run --dry-run``: what the command would do with each run, from the store as it is
+    now (as DomainBed's sweep lists its jobs' states before it launches); nothing trains and
+    nothing is written."""
+    import pandas as pd
+
+    import methods
+    from bench.execute import checkpoint_path
+    from bench.fused_runs import FusedGroup, group_runs
+    from bench.store import Store
+    from bench.summary import text_table
+
+    status = dict.fromkeys((spec.key() for spec in specs), None)
+    if Path(args.store).exists():
+        store = Store(args.store, create=False)
+        try:
+            status = {key: store.status(key) for key in status}
+        finally:
+            store.close()
+    # as execute.pending: what is not done, and not failed unless --retry-failed
+    todo = [spec for spec in specs if status[spec.key()] != "done"
+            and (status[spec.key()] != "failed" or args.retry_failed)]
+    cache = Path(args.cache_dir)
+    would = {}
+    for item in group_runs(todo, args.fuse):
+        resumes = checkpoint_path(item, cache).exists()  # a fused group checkpoints as one
+        for spec in item.specs if isinstance(item, FusedGroup) else [item]:
+            group = f" in a fused group of {len(item.specs)}" if isinstance(item, FusedGroup) else ""
+            would[spec.key()] = ("resume" if resumes else "train") + group
+    rows = [{"method": methods.get(spec.method).display_name(dict(spec.params)), "cell": spec.cell.label(),
+             "seed": spec.seed, "key": spec.key()[:12], "in store": status[spec.key()] or "-",
+             "would": would.get(spec.key(), "skip" if status[spec.key()] == "done" else "skip (--retry-failed)")}
+            for spec in specs]
+    print(text_table(pd.DataFrame(rows)))
+    done = sum(value == "done" for value in status.values())
+    print(f"{len(specs)} run{'s' * (len(specs) != 1)} requested: {len(todo)} to train, {done} already in the "
+          f"store, {len(specs) - len(todo) - done} failed earlier and not retried (store: {args.store}); "
+          "--dry-run: nothing trained", file=sys.stderr)
+    return 0
 
 
 def _existing_store(path: str, specs: list[RunSpec], retry_failed: bool):
@@ -458,6 +502,9 @@ def make_parser() -> ArgumentParser:
                      help="times a run whose worker died (killed, out of memory) is tried again (default 2)")
     run.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
                      help="checkpoint a run at most this often, at epoch ends (default 60; 0: every epoch)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print what the command would do with each run (train, resume, skip) from the store "
+                          "as it is, and train nothing")
     run.set_defaults(func=cmd_run)
 
     table = sub.add_parser("table", help="print stored results: method x cell, mean ± sample std over seeds")

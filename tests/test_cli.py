@@ -289,6 +289,44 @@ def test_a_run_whose_only_run_failed_says_so_not_that_the_store_is_empty(tmp_pat
     assert out == "the requested run did not finish\n"
 
 
+def test_a_dry_run_says_what_each_run_would_do_and_trains_and_writes_nothing(tmp_path, capsys):
+    """--dry-run: per run, its state in the store and what the command would do (skip a done run,
+    skip a failed one unless --retry-failed, resume from a checkpoint, train, alone or in a fused
+    group); no store, lock or cache is created, and no GPU is needed to plan a GPU grid."""
+    sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+    import fake_store
+
+    from bench.cli import build_specs, make_parser
+    from bench.execute import checkpoint_path
+
+    path, cache = tmp_path / "s.sqlite", tmp_path / "cache"
+    args = ["--methods", "ce", "--seeds", "0,1,2,3,4", "--store", str(path), "--cache-dir", str(cache), *QUICK]
+
+    def dry(*extra):
+        assert main(["run", *args, "--dry-run", *extra]) == 0
+        out, err = capsys.readouterr()
+        return [line.split("|")[-2].strip() for line in out.splitlines()[2:]], err
+
+    assert dry() == (["train"] * 5, "5 runs requested: 5 to train, 0 already in the store, 0 failed earlier and "
+                                    f"not retried (store: {path}); --dry-run: nothing trained\n")
+    assert not path.exists() and not cache.exists() and not Path(f"{path}.lock").exists()
+    specs = build_specs(make_parser().parse_args(["run", *args]))
+    store = fake_store.build(path)
+    fake_store.add_run(store, specs[0], "CE", 50.0)
+    fake_store.add_run(store, specs[1], "CE", 0.0, status="failed")
+    store.close()
+    checkpoint_path(specs[2], cache).parent.mkdir(parents=True)
+    checkpoint_path(specs[2], cache).touch()  # a killed run's last checkpoint
+    before = path.read_bytes()
+    would, err = dry()
+    assert would == ["skip", "skip (--retry-failed)", "resume", "train", "train"]
+    assert "5 runs requested: 3 to train, 1 already in the store, 1 failed earlier and not retried" in err
+    assert dry("--retry-failed", "--fuse", "2", "--device", "cuda")[0] == [
+        "skip", "train in a fused group of 2", "train in a fused group of 2", "train in a fused group of 2",
+        "train in a fused group of 2"]
+    assert path.read_bytes() == before
+
+
 def test_a_run_killed_mid_way_is_never_done_and_the_rerun_completes_it(tmp_path):
     """A SIGKILLed run stays not-done, a second writer is refused meanwhile, and a rerun completes
     it. On the CPU even where a GPU is present: there the 12 epochs (16 s here) would end before the kill."""
