@@ -475,7 +475,8 @@ def make_parser() -> ArgumentParser:
                      help="on CUDA, run training steps eagerly instead of replaying them as CUDA graphs")
     run.add_argument("--compile", action="store_true",
                      help="compile the classifier's forward in CE-style steps with torch.compile (kernel fusion), "
-                          "checked against eager first; meta steps stay uncompiled (default off)")
+                          "checked against eager first (Co-teaching: both networks); meta steps stay uncompiled "
+                          "(default off)")
     run.add_argument("--deterministic", action="store_true",
                      help="deterministic kernels only, so that a CUDA run gives the same bits again on the same "
                           "machine (torch.use_deterministic_algorithms, cuDNN's deterministic algorithms without "

@@ -1,6 +1,6 @@
 """The classifier under ``torch.compile``, checked against eager first: ``bench timing --steps
 ce_compiled`` (what kernel fusion buys the CE step) and ``bench run --compile`` (training's
-CE-style steps: :func:`checked_forward`; off by default).
+CE-style steps: :func:`checked_forwards`; off by default).
 
 TorchInductor fuses each BatchNorm's element-wise work with the ReLU and residual sum after it,
 in the forward and the backward, so a step launches fewer kernels and reads activations fewer
@@ -138,16 +138,21 @@ class CheckedForward:
         return self.compiled(x) if x.shape == self.shape else self.model(x)
 
 
-def checked_forward(model: nn.Module, example: torch.Tensor, precision: str) -> tuple:
-    """``(forward, status)`` for a training loop's steps: a :class:`CheckedForward` of ``model``
-    compiled and checked (:func:`compile_checked`) on batches of ``example``'s shape, and status
-    ``"compiled"``; or, where the check refuses or compiling fails, ``model`` itself and the one-line
-    reason. Each call compiles afresh (a loop's model is new; dynamo's caches are reset first, so
-    that a grid's many models do not reach its recompilation limit, past which it would fall back
-    to eager without a word; so one loop's compiled model at a time, as the loops run)."""
+def checked_forwards(models: list[nn.Module], example: torch.Tensor, precision: str) -> tuple[list, str]:
+    """``(forwards, status)`` for one training loop's steps: a :class:`CheckedForward` of each of
+    ``models`` (Co-teaching's two networks; most loops have one), compiled and checked
+    (:func:`compile_checked`) on batches of ``example``'s shape, and status ``"compiled"``; or,
+    where the check refuses or compiling fails for any of them, the models themselves (a loop's
+    models run alike) and the one-line reason. Each call compiles afresh (a loop's models are new;
+    dynamo's caches are reset first, so that a grid's many models do not reach its recompilation
+    limit, past which it would fall back to eager without a word; so one loop's compiled models at
+    a time, as the loops run)."""
     torch._dynamo.reset()
-    try:
-        compiled = compile_checked(model, example, precision=precision, compiler=_compile)
-    except BenchError as exc:
-        return model, str(exc)
-    return CheckedForward(model, compiled, example.shape), "compiled"
+    forwards = []
+    for model in models:
+        try:
+            compiled = compile_checked(model, example, precision=precision, compiler=_compile)
+        except BenchError as exc:
+            return list(models), str(exc)
+        forwards.append(CheckedForward(model, compiled, example.shape))
+    return forwards, "compiled"

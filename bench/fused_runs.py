@@ -186,6 +186,9 @@ class FusedRun:
     def step_forward(self, model: nn.Module, loader):
         return self.lead.step_forward(model, loader)
 
+    def step_forwards(self, models, loader):
+        return self.lead.step_forwards(models, loader)
+
     compile_mode = property(lambda self: self.lead.compile_mode)
 
     def sgd(self, params, lr: float | None = None):
@@ -374,6 +377,9 @@ class _Alone:
 
     def step_forward(self, model: nn.Module, loader):
         return self._fused.lead.step_forward(model, loader)
+
+    def step_forwards(self, models, loader):
+        return self._fused.lead.step_forwards(models, loader)
 
     def reseeded(self, seed_of):
         raise NotImplementedError("a stage trained alone in a fused group cannot reseed its run")

@@ -288,18 +288,22 @@ class Run:
     def step_forward(self, model: nn.Module, loader):
         """What a CE-style step calls for the classifier's forward on ``loader``'s batches:
         ``model``, or under ``bench run --compile`` ``model`` compiled by ``torch.compile`` for the
-        loader's full batches once a check against eager passed (:func:`bench.compiled.checked_forward`).
-        Where the check refuses or compiling fails, the run says why once and its steps run
-        uncompiled."""
-        if not self.compile_steps:
-            return model
-        from bench.compiled import checked_forward
+        loader's full batches once a check against eager passed (:mod:`bench.compiled`). Where the
+        check refuses or compiling fails, the run says why once and its steps run uncompiled."""
+        return self.step_forwards([model], loader)[0]
 
-        forward, status = checked_forward(model, loader.example(), self.spec.precision)
+    def step_forwards(self, models: list[nn.Module], loader) -> list:
+        """:meth:`step_forward` for a loop that trains several networks (Co-teaching's two): all
+        compiled, or where any is refused, all as they are."""
+        if not self.compile_steps:
+            return list(models)
+        from bench.compiled import checked_forwards
+
+        forwards, status = checked_forwards(models, loader.example(), self.spec.precision)
         if status != "compiled" and all(s == "compiled" for s in self._compile_status):  # the first refusal
             print(f"bench: {status}; this loop's steps run uncompiled", file=sys.stderr)
         self._compile_status.append(status)
-        return forward
+        return forwards
 
     @property
     def compile_mode(self) -> str | None:

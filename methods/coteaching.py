@@ -106,7 +106,8 @@ def coteaching_losses(logits1: torch.Tensor, logits2: torch.Tensor, y: torch.Ten
 def coteaching_step(model1, model2, opt1, opt2, x, y, keep, runs: int = 1):
     """One mini-batch of Co-teaching: both networks forward the batch, each keeps its ``keep``
     smallest losses, and each optimizer steps on the mean CE over the samples **its peer** kept.
-    Returns what :func:`coteaching_losses` returns."""
+    Returns what :func:`coteaching_losses` returns. ``model1``, ``model2``: the networks, or their
+    forwards (``Run.step_forwards``)."""
     out = coteaching_losses(model1(x), model2(x), y, keep, runs)
     loss1, loss2 = out[0], out[1]
     opt1.zero_grad(set_to_none=True)
@@ -159,6 +160,7 @@ class CoTeaching(Method):
         last_ce2 = torch.full((n,), float("nan"), device=run.device)
         model1.train()
         model2.train()
+        forward1, forward2 = run.step_forwards([model1, model2], loader)  # compiled under --compile
         state = {"model1": model1, "model2": model2, "opt1": opt1, "opt2": opt2, "kept": kept,
                  "last_ce1": last_ce1, "last_ce2": last_ce2}
 
@@ -166,7 +168,7 @@ class CoTeaching(Method):
             x, y, idx = loader.assemble(*plan)
             with run.autocast():
                 keeps = [num_remember(rate, len(y) // K) for rate in rates]
-                loss1, loss2, _, chosen_by_2, ce1, ce2 = coteaching_step(model1, model2, opt1, opt2, x, y, keeps, K)
+                loss1, loss2, _, chosen_by_2, ce1, ce2 = coteaching_step(forward1, forward2, opt1, opt2, x, y, keeps, K)
             # not ``kept[...] = True``: on CUDA that copies a CPU scalar to the device, which capture refuses
             kept.index_fill_(0, idx[chosen_by_2], True)
             last_ce1[idx] = ce1.to(last_ce1.dtype)

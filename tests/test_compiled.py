@@ -156,6 +156,27 @@ def test_a_refused_compile_trains_uncompiled_and_says_why_once(compilers, capsys
     assert lines[0].endswith("; this loop's steps run uncompiled")
 
 
+def test_co_teachings_two_networks_compile_together_or_not_at_all(compilers, capsys):
+    """Co-teaching's loop compiles both networks (each checked); a faithful compiler gives the run
+    without --compile, bit for bit. Where the second network's check refuses, neither network's
+    compiled forward trains: the first ran the check's passes alone."""
+    spec = RunSpec(method="coteaching", epochs=1, batch_size=96)
+    plain = execute(spec, device=CPU, cache_dir=None)
+    compiled = execute(spec, device=CPU, cache_dir=None, options=COMPILED)
+    assert compiled.env["compile"] == "compiled"
+    assert compiled.history == plain.history and compiled.metrics == plain.metrics
+    pool = len(plain.samples["observed_label"])
+    assert pool % 96 != 0 and [f.calls for f in compilers.made] == [CHECK_STEPS + pool // 96] * 2
+    compilers.made = []
+    compilers.kind = lambda model: (_WrongFromSecondCall if compilers.made else _Faithful)(model)
+    capsys.readouterr()
+    refused = execute(spec, device=CPU, cache_dir=None, options=COMPILED)
+    assert refused.env["compile"].startswith("uncompiled: torch.compile disagrees with eager on this machine: ")
+    assert refused.history == plain.history and refused.metrics == plain.metrics
+    assert [f.calls for f in compilers.made] == [CHECK_STEPS, 2]  # the second refused at its second pass
+    assert "this loop's steps run uncompiled" in capsys.readouterr().err
+
+
 @pytest.mark.usefixtures("small_pools")
 def test_a_fused_group_compiles_its_fused_steps_and_each_runs_steps_alone(compilers):
     """bench run --fuse 2 --compile, AUM: its two scoring runs' fused steps (full fused batches, as
