@@ -1,4 +1,4 @@
-"""The command line: ``python -m bench run|runs-for|table|list|plot|timing|data``.
+"""The command line: ``python -m bench run|runs-for|table|merge|list|plot|timing|data``.
 
 Every user error (unknown name, value out of range, missing data, unreadable store) is one line
 on stderr, ``bench: error: ...``, and exit code 2.
@@ -178,6 +178,12 @@ def cmd_run(args) -> int:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
     specs = build_specs(args) if not getattr(args, "paper", None) else paper_specs(args)
     specs = list({spec.key(): spec for spec in specs}.values())  # --seeds 0,0 asks for one run
+    if args.shard:
+        index, count = _shard(args.shard)
+        asked, specs = len(specs), shard_specs(specs, index, count)
+        print(f"bench: --shard {index}/{count}: {len(specs)} of the {asked} runs asked for", file=sys.stderr)
+        if not specs:
+            return 0
     _check_fuse(args.fuse, specs)
     executor = executors.from_args(args)  # checks --jobs, --executor ... (and that Ray is installed)
     # on Ray the runs pick their device on the cluster; here, it must exist on this machine (a dry
@@ -194,6 +200,29 @@ def cmd_run(args) -> int:
     read_only = store is not None and not store.writable  # every run in it: only their table, no lock
     with contextlib.nullcontext() if read_only else writer_lock(args.store):  # one writer per store
         return _run_locked(args, specs, executor, device, store)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``--shard I/N`` as (I, N), 1 <= I <= N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        index = count = 0
+    if not 1 <= index <= count:
+        raise BenchError(f"--shard must be I/N with 1 <= I <= N (e.g. 2/4), got {text!r}")
+    return index, count
+
+
+def shard_specs(specs: list[RunSpec], index: int, count: int) -> list[RunSpec]:
+    """The ``index``-th (from 1) of ``count`` disjoint parts of ``specs`` (``--shard I/N``): the
+    groups of runs that differ only in their seeds (what ``--fuse`` trains together) dealt out
+    round-robin in the command's order, so the parts of one command are of near-equal size, each
+    group whole, and together the whole grid. The same command gives the same parts."""
+    from bench.fused_runs import fuse_key
+
+    groups = list(dict.fromkeys(fuse_key(spec) for spec in specs))
+    mine = set(groups[index - 1::count])
+    return [spec for spec in specs if fuse_key(spec) in mine]
 
 
 def _check_fuse(fuse: int, specs: list[RunSpec]) -> None:
@@ -435,6 +464,33 @@ def _shown_value(value) -> str:
     return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
+def cmd_merge(args) -> int:
+    """``bench merge SOURCE... --store DEST``: the runs of other stores (e.g. of ``--shard`` jobs)
+    copied into one (:meth:`bench.store.Store.merge_from`)."""
+    from bench.store import Store, writer_lock
+
+    sources = []
+    try:
+        for path in args.sources:  # every source is a readable store, or nothing is written
+            sources.append(Store(path, create=False))
+        with writer_lock(args.store):
+            store = Store(args.store)
+            try:
+                for source in sources:
+                    n = store.merge_from(source)
+                    copied = n["done"] + n["failed"]
+                    print(f"{source.path}: {copied} run{'s' * (copied != 1)} copied ({n['done']} done, "
+                          f"{n['failed']} failed), {n['kept']} already in {args.store} (kept as they are there)"
+                          + (f", {n['interrupted']} interrupted left out (bench run trains them again)"
+                             if n["interrupted"] else ""), file=sys.stderr)
+            finally:
+                store.close()
+    finally:
+        for source in sources:
+            source.close()
+    return 0
+
+
 def cmd_data(args) -> int:
     from bench.data import cli as data_cli
     return data_cli.main(args)
@@ -503,6 +559,9 @@ def make_parser() -> ArgumentParser:
                      help="times a run whose worker died (killed, out of memory) is tried again (default 2)")
     run.add_argument("--checkpoint-every", type=float, default=60.0, metavar="SECONDS",
                      help="checkpoint a run at most this often, at epoch ends (default 60; 0: every epoch)")
+    run.add_argument("--shard", metavar="I/N",
+                     help="only the I-th of N parts of the runs asked for (whole groups of seeds, dealt out in "
+                          "turn): N jobs of one command with their own --store, then `bench merge`")
     run.add_argument("--dry-run", action="store_true",
                      help="print what the command would do with each run (train, resume, skip) from the store "
                           "as it is, and train nothing")
@@ -526,6 +585,12 @@ def make_parser() -> ArgumentParser:
                        help="all classes, or one shot group ("
                        + ", ".join(rule for g, rule in GROUP_RULE.items() if g != "all") + " training samples)")
     table.set_defaults(func=cmd_table)
+
+    merge = sub.add_parser("merge", help="copy the runs of other stores (e.g. of --shard jobs) into one store")
+    merge.add_argument("sources", nargs="+", metavar="SOURCE", help="stores to read")
+    merge.add_argument("--store", default=DEFAULT_STORE,
+                       help=f"the store to write (default ./{DEFAULT_STORE}; created if missing)")
+    merge.set_defaults(func=cmd_merge)
 
     lst = sub.add_parser("list", help="methods, datasets, models, grids, presets")
     lst.set_defaults(func=cmd_list)

@@ -135,6 +135,7 @@ def writer_lock(path):
 
 
 SPEC_COLUMNS = ("method", "dataset", "imbalance", "noise_type", "noise_rate", "seed", "preset", "model")
+RUN_TABLES = ("epochs", "samples", "sample_values", "arrays")  # a run's rows beside its row in runs
 
 
 class Store:
@@ -254,7 +255,7 @@ class Store:
             row = c.execute("SELECT started FROM runs WHERE key = ?", (key,)).fetchone()
             if row is None:
                 raise KeyError(f"run {key} was never started")
-            for table in ("epochs", "samples", "sample_values", "arrays"):
+            for table in RUN_TABLES:
                 c.execute(f"DELETE FROM {table} WHERE run_key = ?", (key,))
             c.executemany(
                 "INSERT INTO epochs (run_key, stage, epoch, metrics_json) VALUES (?, ?, ?, ?)",
@@ -298,6 +299,38 @@ class Store:
                 [(key, h["stage"], h["epoch"], json.dumps({k: v for k, v in h.items() if k not in ("stage", "epoch")}))
                  for h in history or []],
             )
+
+    def merge_from(self, source: Store) -> dict[str, int]:
+        """Copy ``source``'s runs into this store (``bench merge``), each in one transaction with
+        all its rows (history, per-sample rows, records): a finished run where this store has not
+        finished it, a failed one where this store has no run of its key. Kept as they are: runs
+        finished here (``kept``), and a failed one where this store has the run in any state.
+        Left out: ``source``'s interrupted runs (``running``; ``bench run`` trains them again).
+        Merging again changes nothing."""
+        if source.path.resolve() == self.path.resolve():
+            raise BenchError(f"cannot merge the store {self.path} into itself")
+        counts = {"done": 0, "failed": 0, "kept": 0, "interrupted": 0}
+        columns = [row[1] for row in source.conn.execute("PRAGMA table_info(runs)")]
+        for row in source.conn.execute(f"SELECT {', '.join(columns)} FROM runs ORDER BY started").fetchall():
+            run = dict(zip(columns, row))
+            key, status, mine = run["key"], run["status"], self.status(run["key"])
+            if status == "running":
+                counts["interrupted"] += 1
+                continue
+            if mine == "done" or (status == "failed" and mine is not None):
+                counts["kept"] += 1
+                continue
+            with self.transaction() as c:
+                for table in RUN_TABLES:
+                    c.execute(f"DELETE FROM {table} WHERE run_key = ?", (key,))
+                c.execute("DELETE FROM runs WHERE key = ?", (key,))
+                c.execute(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", row)
+                for table in RUN_TABLES:
+                    rows = source.conn.execute(f"SELECT * FROM {table} WHERE run_key = ?", (key,)).fetchall()
+                    if rows:
+                        c.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+            counts[status] += 1
+        return counts
 
     # --- reading --------------------------------------------------------------------------
     def runs(self, status: str | None = "done", keys: list[str] | None = None) -> pd.DataFrame:

@@ -327,6 +327,49 @@ def test_a_dry_run_says_what_each_run_would_do_and_trains_and_writes_nothing(tmp
     assert path.read_bytes() == before
 
 
+def test_shards_split_a_grid_into_near_equal_parts_of_whole_seed_groups(capsys):
+    """--shard I/N: the parts of one command are disjoint, make up the grid, keep each cell and
+    method's seeds together (so --fuse can group them), and differ in size by one group at most."""
+    from bench.cli import build_specs, make_parser, shard_specs
+    from bench.fused_runs import fuse_key
+
+    args = make_parser().parse_args(["run", "--methods", "ce,focal,mwnet", "--imbalance", "1,10,100",
+                                     "--seeds", "0,1,2"])
+    specs = build_specs(args)
+    parts = [shard_specs(specs, i, 4) for i in range(1, 5)]
+    assert sorted(s.key() for part in parts for s in part) == sorted(s.key() for s in specs)  # 27 runs
+    assert sorted(len(part) for part in parts) == [6, 6, 6, 9]  # 9 groups of 3 seeds, dealt out in turn
+    owner = {fuse_key(s): i for i, part in enumerate(parts) for s in part}
+    assert all(owner[fuse_key(s)] == i for i, part in enumerate(parts) for s in part)
+    assert len(owner) == 9
+    for bad in ("0/2", "3/2", "2", "a/b"):
+        assert main(["run", "--methods", "ce", "--shard", bad, "--dry-run"]) == 2
+        assert f"--shard must be I/N with 1 <= I <= N (e.g. 2/4), got '{bad}'" in capsys.readouterr().err
+
+
+def test_shard_jobs_stores_merge_into_the_grids_store(tmp_path, capsys):
+    """Two --shard jobs, each with its own store, merged: the grid's store, with nothing left to
+    train; a shard with no runs says so and trains nothing; a source that is no store is refused
+    before anything is written."""
+    grid = ["--methods", "ce", "--imbalance", "10,100", "--epochs", "1", "--quiet",
+            "--cache-dir", str(tmp_path / "cache")]
+    for i in (1, 2):
+        assert main(["run", *grid, "--shard", f"{i}/2", "--store", str(tmp_path / f"s{i}.sqlite")]) == 0
+        assert f"--shard {i}/2: 1 of the 2 runs asked for" in capsys.readouterr().err
+    assert main(["run", *grid, "--shard", "3/3", "--store", str(tmp_path / "s3.sqlite")]) == 0
+    assert "--shard 3/3: 0 of the 2 runs asked for" in capsys.readouterr().err
+    assert not (tmp_path / "s3.sqlite").exists()
+    (tmp_path / "junk.sqlite").write_text("not a store")
+    merged = tmp_path / "all.sqlite"
+    assert main(["merge", str(tmp_path / "s1.sqlite"), str(tmp_path / "junk.sqlite"), "--store", str(merged)]) == 2
+    assert "junk.sqlite is not a readable reweight-bench store" in capsys.readouterr().err and not merged.exists()
+    assert main(["merge", str(tmp_path / "s1.sqlite"), str(tmp_path / "s2.sqlite"), "--store", str(merged)]) == 0
+    err = capsys.readouterr().err
+    assert "s1.sqlite: 1 run copied (1 done, 0 failed), 0 already in" in err and "s2.sqlite: 1 run copied" in err
+    assert main(["run", *grid, "--store", str(merged), "--dry-run"]) == 0
+    assert "2 runs requested: 0 to train, 2 already in the store" in capsys.readouterr().err
+
+
 def test_a_run_killed_mid_way_is_never_done_and_the_rerun_completes_it(tmp_path):
     """A SIGKILLed run stays not-done, a second writer is refused meanwhile, and a rerun completes
     it. On the CPU even where a GPU is present: there the 12 epochs (16 s here) would end before the kill."""

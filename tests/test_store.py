@@ -200,3 +200,37 @@ def test_resolve_key_finds_exactly_one_run(tmp_path):
         store.resolve_key(wildcard)
     with pytest.raises(BenchError, match="no run"):
         store.resolve_key(keys[0][:4] + "%")
+
+
+def _rows(store, key):
+    """Every row of a run: its runs row and its rows in the per-run tables."""
+    rows = {"runs": store.conn.execute("SELECT * FROM runs WHERE key = ?", (key,)).fetchall()}
+    for table in store_module.RUN_TABLES:
+        rows[table] = store.conn.execute(f"SELECT * FROM {table} WHERE run_key = ? ORDER BY 2, 3", (key,)).fetchall()
+    return rows
+
+
+def test_merging_copies_finished_and_failed_runs_whole_and_keeps_what_is_finished_here(tmp_path):
+    """``bench merge``: a run finished in the source and not here arrives with every row (history,
+    samples, values, arrays, its times and env); a failed one only where the key is new here; a run
+    finished here stays as it is; an interrupted source run is left out; merging again, or from a
+    store into itself, changes nothing."""
+    source, here = Store(tmp_path / "shard.sqlite"), Store(tmp_path / "all.sqlite")
+    done, failed, interrupted, both, retried = (_start(source, seed) for seed in range(5))
+    for key in (done, both, retried):
+        _finish(source, key)
+    source.fail(failed, "diverged (test)")
+    _start(here, 3)
+    _finish(here, both, acc=11.0)  # finished in both stores: this one is kept
+    _start(here, 4)
+    here.fail(retried, "killed (test)")  # failed here, finished there: the finished one arrives
+    assert here.merge_from(source) == {"done": 2, "failed": 1, "kept": 1, "interrupted": 1}
+    for key in (done, failed, retried):
+        assert _rows(here, key) == _rows(source, key)
+    assert here.status(interrupted) is None and here.runs().set_index("key").loc[both, "acc_last"] == 11.0
+    assert here.samples(done)["weight"].tolist() == [0.9, 0.1] and here.array(done, "curve").shape == (2, 3)
+    before = {key: _rows(here, key) for key in (done, failed, both, retried)}
+    assert here.merge_from(source) == {"done": 0, "failed": 0, "kept": 4, "interrupted": 1}
+    assert {key: _rows(here, key) for key in before} == before
+    with pytest.raises(BenchError, match="into itself"):
+        here.merge_from(Store(tmp_path / "all.sqlite", create=False))
