@@ -536,7 +536,7 @@ def make_parser() -> ArgumentParser:
     run.add_argument("--deterministic", action="store_true",
                      help="deterministic kernels only, so that a CUDA run gives the same bits again on the same "
                           "machine (torch.use_deterministic_algorithms, cuDNN's deterministic algorithms without "
-                          "its search); slower; not part of a run's key (default off)")
+                          "its search); may be slower on a GPU; not part of a run's key (default off)")
     run.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default ./{DEFAULT_STORE})")
     run.add_argument("--cache-dir", default=".bench_cache",
                      help="cache of reusable artefacts: CurveNet probe curves and run checkpoints")
