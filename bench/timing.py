@@ -23,6 +23,9 @@ them, N copies on N CUDA streams, or N runs fused into one network). The steps:
                   eager first (bench/compiled.py: a disagreement is refused in one line; on the
                   CPU of session 13 it is, at batch 128). Only when named in ``--steps``: it
                   measures what kernel fusion buys (``bench run --compile`` trains this way).
+``ce_fixed_batch`` the CE step on one batch assembled once (no gather, crop/flip or normalisation
+                  in the step, as a probe on synthetic tensors times it): by difference to ``ce``,
+                  what the loader costs the step. Only when named in ``--steps``.
 ``mwnet``         :class:`methods.meta.MetaStep` with MW-Net(noise)'s weighting net and optimiser
                   (``methods.mwnet.WeightNet``, ``MWNetParams().weight_optimizer``; plain-SGD
                   look-ahead, unnormalised weights), as ``MWNet.fit`` builds it.
@@ -77,8 +80,9 @@ import time
 
 STEPS = ("ce", "mwnet", "curvenet_sl0", "curvenet_sl1", "curvenet_sl2", "curvenet_sl3")
 # timed only when named in --steps: the CE step with the classifier under torch.compile (fused
-# kernels, e.g. BatchNorm + ReLU; a measurement of what fusion buys, not how training runs)
-EXTRA_STEPS = ("ce_compiled",)
+# kernels, e.g. BatchNorm + ReLU; a measurement of what fusion buys, not how training runs), and
+# on one fixed batch (what the loader costs the CE step)
+EXTRA_STEPS = ("ce_compiled", "ce_fixed_batch")
 PAPER_META_MS = {"curvenet_sl0": 239.94, "curvenet_sl1": 222.45, "curvenet_sl2": 65.44, "curvenet_sl3": 41.98}
 MODEL_INPUT = {"resnet32": (32, 3), "wrn16_8": (32, 3), "small_cnn": (28, 1)}
 NUM_CLASSES = 10
@@ -99,7 +103,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=int, help="untimed iterations first (default 1 on CPU, 5 on CUDA)")
     parser.add_argument("--steps", default=",".join(STEPS),
                         help=f"which steps (default all: {','.join(STEPS)}; also ce_compiled, the CE step with "
-                             "the classifier under torch.compile, checked against eager first)")
+                             "the classifier under torch.compile, checked against eager first, and "
+                             "ce_fixed_batch, the CE step on one batch assembled once: the loader's cost)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object keyed by step")
     parser.add_argument("--no-graph", dest="graph", action="store_false",
@@ -254,8 +259,9 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
     clock = None if captured else PhaseClock(Timer(device))
     mark = clock or (lambda phase: None)
 
-    if name in ("ce", "ce_compiled"):
+    if name in ("ce", "ce_compiled", "ce_fixed_batch"):
         forward = model
+        fixed = train.assemble(*train.next_plans()) if name == "ce_fixed_batch" else None
         if name == "ce_compiled":  # checked against eager first (a CompileMismatch is a BenchError)
             from bench.compiled import compile_checked
             one = torch.empty(batch, channels, size, size, device=device)  # one run's batch, as the loader's
@@ -263,7 +269,7 @@ def build_step(name: str, *, model_name: str = "small_cnn", batch: int = 128, de
             forward = compile_checked(model, train.images([one] * runs), precision=precision)
 
         def ce_step(*plans):
-            x, y, _ = train.assemble(*plans)
+            x, y, _ = fixed or train.assemble(*plans)
             mark("batch")
             with autocast(device, precision):  # methods/ce.py's loss in train_classifier's step;
                 loss = F.cross_entropy(forward(x), y) * runs  # fused: the sum of the runs' mean CEs
@@ -502,7 +508,8 @@ def render(results: dict) -> str:
     def f(v, digits=2):
         return "—" if v is None else f"{v:.{digits}f}"
 
-    labels = {"ce": "CE", "ce_compiled": "CE, torch.compile", "mwnet": "MW-Net(noise)",
+    labels = {"ce": "CE", "ce_compiled": "CE, torch.compile", "ce_fixed_batch": "CE, one fixed batch",
+              "mwnet": "MW-Net(noise)",
               **{f"curvenet_sl{k}": f"CurveNet SL={k}" for k in range(4)}}
     captured = any("graph_mode" in r for r in results.values())
     rows = []

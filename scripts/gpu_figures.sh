@@ -12,7 +12,9 @@
 #                                    in the contiguous memory format (what the defaults buy)
 #   probe_b16.md                     the CE-style step at batch 16 (CurveNet's probe phase)
 #   compile_*.md                     CE with the classifier under torch.compile (fused kernels) next to
-#                                    plain CE, fp32 and bf16 (what fusion buys against CE <= 3 ms)
+#                                    plain CE, fp32 and bf16 (what fusion buys against CE <= 3 ms), and
+#                                    CE on one fixed batch (what the loader's gather, crop/flip and
+#                                    normalisation cost the captured step)
 #   compilerun_*.txt                 `bench run --compile` (CE-style steps' forward compiled, checked
 #                                    first) against plain, CE, ResNet-32 on synthetic CIFAR-10-shaped
 #                                    data, 5 epochs: the store's env (compiled or why not) and minutes
@@ -109,9 +111,10 @@ print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; nproc
     probe)
       LIMIT=45 run_part probe "$out/probe_b16.md" "$python" -m bench timing --device cuda --batch-size 16 --steps ce ;;
     compile)  # the first call compiles (forward and backward): about a minute
-      LIMIT=240 run_part compile "$out/compile_fp32.md" "$python" -m bench timing --device cuda --steps ce,ce_compiled
-      LIMIT=240 run_part compile "$out/compile_bf16.md" "$python" -m bench timing --device cuda --steps ce,ce_compiled \
-          --precision bf16 ;;
+      LIMIT=240 run_part compile "$out/compile_fp32.md" "$python" -m bench timing --device cuda \
+          --steps ce,ce_compiled,ce_fixed_batch
+      LIMIT=240 run_part compile "$out/compile_bf16.md" "$python" -m bench timing --device cuda \
+          --steps ce,ce_compiled,ce_fixed_batch --precision bf16 ;;
     compilerun)  # real CE runs with and without --compile (the first compiles take about a minute)
       synth_cifar10
       for flag in plain --compile; do

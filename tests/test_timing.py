@@ -564,6 +564,24 @@ def test_the_compiled_ce_step_is_the_ce_step_or_refused_and_only_timed_when_name
         torch.testing.assert_close(a.float(), b.float(), rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_the_fixed_batch_ce_step_steps_on_the_first_batch_every_time():
+    """``ce_fixed_batch`` (the CE step without the loader's work: what the loader costs) is only
+    timed when named; its batch is the one the plain CE step's first iteration assembles, so their
+    first steps agree bit for bit, and the later ones do not (the plain step's batches change)."""
+    import torch
+
+    assert "ce_fixed_batch" not in timing.STEPS and "ce_fixed_batch" in timing.EXTRA_STEPS
+    kw = dict(model_name="small_cnn", batch=16, seed=3)
+    fixed, plain = timing.build_step("ce_fixed_batch", **kw)[0], timing.build_step("ce", **kw)[0]
+    fixed()
+    plain()
+    for a, b in zip(fixed.model.state_dict().values(), plain.model.state_dict().values()):
+        assert torch.equal(a, b)
+    fixed()
+    plain()
+    assert not all(torch.equal(a, b) for a, b in zip(fixed.model.parameters(), plain.model.parameters()))
+
+
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
 def test_the_compiled_ce_step_is_the_ce_step_on_cuda():
     """Captured, compiled CE = captured CE after 8 steps (same seed and batches; tests/test_capture.py's tolerance)."""
