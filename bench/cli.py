@@ -467,6 +467,8 @@ def _shown_value(value) -> str:
 def cmd_merge(args) -> int:
     """``bench merge SOURCE... --store DEST``: the runs of other stores (e.g. of ``--shard`` jobs)
     copied into one (:meth:`bench.store.Store.merge_from`)."""
+    from tqdm.auto import tqdm
+
     from bench.store import Store, writer_lock
 
     sources = []
@@ -477,7 +479,12 @@ def cmd_merge(args) -> int:
             store = Store(args.store)
             try:
                 for source in sources:
-                    n = store.merge_from(source)
+                    with tqdm(desc=f"merging {source.path.name}", unit="run", disable=None) as bar:  # a terminal only
+                        def show(done: int, total: int, bar=bar) -> None:
+                            bar.total = total
+                            bar.update(done - bar.n)
+
+                        n = store.merge_from(source, progress=show)
                     copied = n["done"] + n["failed"]
                     print(f"{source.path}: {copied} run{'s' * (copied != 1)} copied ({n['done']} done, "
                           f"{n['failed']} failed), {n['kept']} already in {args.store} (kept as they are there)"

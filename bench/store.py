@@ -300,37 +300,43 @@ class Store:
                  for h in history or []],
             )
 
-    def merge_from(self, source: Store) -> dict[str, int]:
+    def merge_from(self, source: Store, progress=None) -> dict[str, int]:
         """Copy ``source``'s runs into this store (``bench merge``), each in one transaction with
         all its rows (history, per-sample rows, records): a finished run where this store has not
         finished it, a failed one where this store has no run of its key. Kept as they are: runs
         finished here (``kept``), and a failed one where this store has the run in any state.
         Left out: ``source``'s interrupted runs (``running``; ``bench run`` trains them again).
-        Merging again changes nothing."""
+        Merging again changes nothing. ``progress(done, total)`` is called after each run."""
         if source.path.resolve() == self.path.resolve():
             raise BenchError(f"cannot merge the store {self.path} into itself")
         counts = {"done": 0, "failed": 0, "kept": 0, "interrupted": 0}
         columns = [row[1] for row in source.conn.execute("PRAGMA table_info(runs)")]
-        for row in source.conn.execute(f"SELECT {', '.join(columns)} FROM runs ORDER BY started").fetchall():
-            run = dict(zip(columns, row))
-            key, status, mine = run["key"], run["status"], self.status(run["key"])
-            if status == "running":
-                counts["interrupted"] += 1
-                continue
-            if mine == "done" or (status == "failed" and mine is not None):
-                counts["kept"] += 1
-                continue
-            with self.transaction() as c:
-                for table in RUN_TABLES:
-                    c.execute(f"DELETE FROM {table} WHERE run_key = ?", (key,))
-                c.execute("DELETE FROM runs WHERE key = ?", (key,))
-                c.execute(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", row)
-                for table in RUN_TABLES:
-                    rows = source.conn.execute(f"SELECT * FROM {table} WHERE run_key = ?", (key,)).fetchall()
-                    if rows:
-                        c.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
-            counts[status] += 1
+        runs = source.conn.execute(f"SELECT {', '.join(columns)} FROM runs ORDER BY started").fetchall()
+        for n, row in enumerate(runs, 1):
+            counts[self._merge_run(source, columns, row)] += 1
+            if progress is not None:
+                progress(n, len(runs))
         return counts
+
+    def _merge_run(self, source: Store, columns: list[str], row: tuple) -> str:
+        """One run of :meth:`merge_from`: its outcome, ``done`` or ``failed`` (copied), ``kept``
+        or ``interrupted``."""
+        run = dict(zip(columns, row))
+        key, status, mine = run["key"], run["status"], self.status(run["key"])
+        if status == "running":
+            return "interrupted"
+        if mine == "done" or (status == "failed" and mine is not None):
+            return "kept"
+        with self.transaction() as c:
+            for table in RUN_TABLES:
+                c.execute(f"DELETE FROM {table} WHERE run_key = ?", (key,))
+            c.execute("DELETE FROM runs WHERE key = ?", (key,))
+            c.execute(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", row)
+            for table in RUN_TABLES:
+                records = source.conn.execute(f"SELECT * FROM {table} WHERE run_key = ?", (key,)).fetchall()
+                if records:
+                    c.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(records[0]))})", records)
+        return status
 
     # --- reading --------------------------------------------------------------------------
     def runs(self, status: str | None = "done", keys: list[str] | None = None) -> pd.DataFrame:

@@ -224,7 +224,10 @@ def test_merging_copies_finished_and_failed_runs_whole_and_keeps_what_is_finishe
     _finish(here, both, acc=11.0)  # finished in both stores: this one is kept
     _start(here, 4)
     here.fail(retried, "killed (test)")  # failed here, finished there: the finished one arrives
-    assert here.merge_from(source) == {"done": 2, "failed": 1, "kept": 1, "interrupted": 1}
+    seen = []
+    assert here.merge_from(source, progress=lambda done, total: seen.append((done, total))) == {
+        "done": 2, "failed": 1, "kept": 1, "interrupted": 1}
+    assert seen == [(n, 5) for n in range(1, 6)]  # after each run (bench merge's bar on a terminal)
     for key in (done, failed, retried):
         assert _rows(here, key) == _rows(source, key)
     assert here.status(interrupted) is None and here.runs().set_index("key").loc[both, "acc_last"] == 11.0
