@@ -294,21 +294,19 @@ def _dry_run(args, specs: list[RunSpec]) -> int:
     import pandas as pd
 
     import methods
-    from bench.execute import checkpoint_path
+    from bench.execute import checkpoint_path, pending
     from bench.fused_runs import FusedGroup, group_runs
     from bench.store import Store
     from bench.summary import text_table
 
-    status = dict.fromkeys((spec.key() for spec in specs), None)
+    status, todo = dict.fromkeys((spec.key() for spec in specs), None), list(specs)
     if Path(args.store).exists():
         store = Store(args.store, create=False)
         try:
             status = {key: store.status(key) for key in status}
+            todo = pending(store, specs, args.retry_failed)  # what the real run would train
         finally:
             store.close()
-    # as execute.pending: what is not done, and not failed unless --retry-failed
-    todo = [spec for spec in specs if status[spec.key()] != "done"
-            and (status[spec.key()] != "failed" or args.retry_failed)]
     cache = Path(args.cache_dir)
     would = {}
     for item in group_runs(todo, args.fuse):
