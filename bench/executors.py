@@ -391,6 +391,15 @@ def _ray_task(spec, device_name: str, task: Callable, kwargs: dict):
         return ("done", _failed(spec, f"{type(exc).__name__}: {exc}"))
 
 
+def deterministic_env() -> dict[str, str]:
+    """Environment of the Ray workers of a ``--deterministic`` run: cuBLAS's fixed workspace (the
+    driver's value if set). cuBLAS reads it when a process first uses it, so a worker that ran
+    other work before would keep its old workspace; a task with its own ``runtime_env`` gets
+    workers of its own, started with it (the job's ``py_modules`` still apply: Ray merges the two)."""
+    from bench.capture import CUBLAS_DETERMINISTIC_WORKSPACE
+    return {"CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)}
+
+
 def _package_dirs() -> list[str]:
     import bench
     import methods
@@ -468,8 +477,9 @@ class RayExecutor(Executor):
                 raise BenchError(f"--gpus-per-run {self.gpus_per_run:g}: the Ray cluster has {gpus:g} GPU(s)")
             capacity = min(capacity, int(gpus / self.gpus_per_run + 1e-9))
         self.capacity = self.jobs or max(1, capacity)
-        self._remote = ray.remote(_ray_task).options(num_cpus=1, num_gpus=self.gpus_per_run, max_retries=0,
-                                                     retry_exceptions=False)
+        self._remote = ray.remote(_ray_task)
+        self._task_options = {"num_cpus": 1, "num_gpus": self.gpus_per_run, "max_retries": 0,
+                              "retry_exceptions": False}
 
     def start(self, *, device, data_dir, cache_dir, checkpoint_every_s, on_progress=None, options=None):
         from bench.execute import RunOptions
@@ -481,9 +491,11 @@ class RayExecutor(Executor):
                        "cache_dir": None if cache_dir is None else Path(cache_dir).resolve(),
                        "checkpoint_every_s": checkpoint_every_s,
                        "options": options or RunOptions()}
+        env = {"runtime_env": {"env_vars": deterministic_env()}} if self.kwargs["options"].deterministic else {}
+        self._submit = self._remote.options(**self._task_options, **env)
 
     def submit(self, spec):
-        ref = self._remote.remote(spec, self.device_name, self.task, self.kwargs)
+        ref = self._submit.remote(spec, self.device_name, self.task, self.kwargs)
         self._refs[ref] = spec
 
     def wait(self):

@@ -421,6 +421,25 @@ def test_a_ray_task_whose_worker_dies_is_retried_then_recorded_failed(local_ray,
     assert "Ray" in error and "gave up after 2 attempts" in error
 
 
+def env_task(spec, *, marker_dir, **kwargs):
+    """Writes the worker's cuBLAS workspace setting to ``marker_dir/<seed>.env``; trains nothing."""
+    (Path(marker_dir) / f"{spec.seed}.env").write_text(os.environ.get("CUBLAS_WORKSPACE_CONFIG", "unset"))
+    return scripted_task(spec)
+
+
+def test_deterministic_ray_runs_get_workers_started_with_the_cublas_workspace(local_ray, tmp_path, monkeypatch):
+    """cuBLAS reads CUBLAS_WORKSPACE_CONFIG once per process, so a --deterministic run must not land on
+    a worker started without it; the driver's value goes to the task's own workers."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the driver's; the cluster started without it
+    task = functools.partial(env_task, marker_dir=str(tmp_path))
+    for seed, deterministic in ((0, False), (4, True), (5, False)):  # (scripted_task: other seeds fail)
+        run_grid(specs_for(*TINY, "--seeds", str(seed)), Store(tmp_path / "s.sqlite"), device="auto",
+                 cache_dir=None, show_progress=False, executor=executors.RayExecutor(task=task),
+                 options=bench.execute.RunOptions(deterministic=deterministic))
+    got = {seed: (tmp_path / f"{seed}.env").read_text() for seed in (0, 4, 5)}
+    assert got[4] == ":16:8" and got[0] == got[5] != ":16:8"
+
+
 # ------------------------------------------------------------------ progress off a terminal
 
 def logging_task(spec, *, progress=None, **kwargs):
