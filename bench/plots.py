@@ -66,6 +66,15 @@ def parse_cell(text: str):
                      "or cifar10:50:none")
 
 
+def matches_cell(runs: pd.DataFrame, cell) -> pd.Series:
+    """Which of the stored ``runs`` are on ``cell`` (a bench.spec.Cell); without noise, any type."""
+    m = (runs["dataset"] == cell.dataset) & np.isclose(runs["imbalance"], cell.imbalance) & \
+        np.isclose(runs["noise_rate"], cell.noise_rate)
+    if cell.noise_rate > 0:
+        m &= runs["noise_type"] == cell.noise_type
+    return m
+
+
 def select_run(store, *, run: str | None = None, cell=None, method: str = "curvenet", preset: str | None = None,
                seed: int | None = None) -> pd.Series:
     """The one stored (done) run to plot: by key prefix, or by method + cell (+ preset, seed)."""
@@ -80,10 +89,7 @@ def select_run(store, *, run: str | None = None, cell=None, method: str = "curve
         raise BenchError(f"no finished runs in {store.path}")
     m = runs["method"] == method
     if cell is not None:
-        m &= (runs["dataset"] == cell.dataset) & np.isclose(runs["imbalance"], cell.imbalance) & \
-             np.isclose(runs["noise_rate"], cell.noise_rate)
-        if cell.noise_rate > 0:
-            m &= runs["noise_type"] == cell.noise_type
+        m &= matches_cell(runs, cell)
     if preset:
         m &= runs["preset"] == preset
     if seed is not None:

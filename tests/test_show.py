@@ -1,0 +1,155 @@
+"""`bench show`: the runs of a store, one line each, and one run in full (bench/show.py), on the
+fake store of tests/fixtures (made-up metrics, nothing trained)."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import show
+from bench.cli import main
+from bench.store import Store, writer_lock
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+import fake_store  # noqa: E402
+
+SL2 = "CurveNet [curvenet.skip_layers=2]"
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    """The fake store, plus a run left `running` by a bench run that ended (no lock file)."""
+    path = tmp_path / "s.sqlite"
+    store = fake_store.build(path)
+    spec = fake_store.paper_spec("ce", "cifar10", 10, "flip2", 0.4, 3)
+    store.start(spec.key(), spec.to_dict(), "CE")
+    store.close()
+    return path
+
+
+def shown(capsys, *args) -> tuple[str, str]:
+    assert main(["show", *args]) == 0
+    return capsys.readouterr()
+
+
+def records(capsys, *args) -> pd.DataFrame:
+    out, _ = shown(capsys, *args, "--format", "csv")
+    return pd.read_csv(io.StringIO(out), keep_default_na=False, na_values=[""])
+
+
+def test_the_listing_has_every_run_with_its_state_and_why_it_failed_or_is_still_running(store_path, capsys):
+    every = Store(store_path, create=False).runs(None)
+    table = records(capsys, "--store", str(store_path))
+    assert len(table) == len(every) == 11 and set(table["key"]) == set(every["key"])
+    by_label = table.groupby("method")
+    assert sorted(by_label.get_group("MW-Net(imb)")["acc_last"].dropna()) == [10.5, 11.0, 12.0, 13.0]
+    assert by_label.get_group(SL2)["acc_last"].tolist() == [19.5]  # settings that set a run apart, as `bench table`
+    failed = table[table["status"] == "failed"].iloc[0]
+    assert failed["note"] == "diverged at epoch 3: loss is nan (fake)" and pd.isna(failed["acc_last"])
+    running = table[table["status"] == "running"].iloc[0]
+    assert running["note"].startswith("interrupted") and running["seed"] == 3
+    assert (table["attempts"] == 1).all()
+    # the fake store mixes presets: the cell names its protocol
+    assert "cifar10 imb200 clean [quick/small_cnn]" in set(table["cell"])
+    out, err = shown(capsys, "--store", str(store_path))
+    assert out.startswith("| key ") and "| 2026" not in out.splitlines()[0]
+    assert all(len(line.split("|")[1].strip()) == 12 for line in out.splitlines()[2:])  # keys as tables show them
+    assert err.strip().startswith("11 of the 11 runs in") and "9 done, 1 failed, 1 running" in err
+
+
+def test_the_listing_filters_by_status_method_and_cell(store_path, capsys):
+    assert records(capsys, "--store", str(store_path), "--status", "failed")["method"].tolist() == ["MW-Net(noise)"]
+    curvenet = records(capsys, "--store", str(store_path), "--method", "curvenet", "--cell", "cifar10:1:flip2:0.4")
+    assert sorted(curvenet["method"]) == ["CurveNet [curvenet.skip_layers=0]"] * 2 + [SL2]
+    both = records(capsys, "--store", str(store_path), "--method", "curvenet,ce", "--status", "running")
+    assert both["method"].tolist() == ["CE"]
+    out, err = shown(capsys, "--store", str(store_path), "--method", "curvnet")
+    assert "no runs of curvnet" in err and "its runs are of ce, curvenet, mwnet" in err
+    assert "0 of the 11 runs" in err
+    listed = json.loads(shown(capsys, "--store", str(store_path), "--cell", "cifar10:50:none", "--format", "json")[0])
+    assert sorted(r["acc_best"] for r in listed) == [16.0, 17.0, 18.0] and all(len(r["key"]) == 16 for r in listed)
+
+
+def test_a_running_run_is_being_trained_only_while_a_live_writer_that_started_it_holds_the_lock(tmp_path, capsys):
+    path = tmp_path / "s.sqlite"
+    store = fake_store.build(path)
+    before = fake_store.paper_spec("ce", "cifar10", 10, "flip2", 0.4, 0)
+    store.start(before.key(), before.to_dict(), "CE")
+    store.conn.execute("UPDATE runs SET started = started - 5 WHERE key = ?", (before.key(),))  # before the lock
+    store.conn.commit()
+    now = fake_store.paper_spec("ce", "cifar10", 10, "flip2", 0.4, 1)
+    with writer_lock(path):
+        store.start(now.key(), now.to_dict(), "CE")
+        notes = dict(zip(*records(capsys, "--store", str(path), "--status", "running")[["seed", "note"]].T.values))
+        assert notes[1] == f"being trained (bench run pid {os.getpid()})"
+        assert notes[0].startswith("interrupted")  # an earlier command's run, not this writer's
+    notes = records(capsys, "--store", str(path), "--status", "running")["note"]
+    assert all(n.startswith("interrupted") for n in notes) and len(notes) == 2  # the lock is free again
+    lock = show.writer(path)
+    (path.parent / "s.sqlite.lock").write_text(f"pid {lock['pid']} on elsewhere, since 2020-01-01 00:00:00")
+    notes = records(capsys, "--store", str(path), "--status", "running")["note"]
+    assert all(n.startswith("being trained on elsewhere, or interrupted") for n in notes)
+    store.close()
+
+
+def test_without_the_kernel_lock_table_a_lock_is_held_while_its_process_lives(tmp_path, monkeypatch):
+    lock = tmp_path / "s.sqlite.lock"
+    lock.write_text("x")
+    real = show.Path
+
+    def no_proc(p, *a):
+        return real("/nonexistent/locks") if str(p) == "/proc/locks" else real(p, *a)
+
+    monkeypatch.setattr(show, "Path", no_proc)
+    assert show._flock_held(lock, os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not show._flock_held(lock, child.pid)
+
+
+def test_one_run_in_full_spec_env_result_history_and_its_records(tmp_path, capsys):
+    path = tmp_path / "s.sqlite"
+    store = fake_store.build(path)
+    key = fake_store.add_fake_curvenet_run(store)
+    failed = store.runs("failed")["key"].iloc[0]
+    store.close()
+    out, _ = shown(capsys, key[:8], "--store", str(path))
+    lines = out.splitlines()
+    assert lines[0] == f"run {key}"
+    assert lines[1].split() == ["method", "CurveNet", "(curvenet)"]
+    assert "fmnist-mini imb8 flip2:0.25, preset quick" in lines[2] and "status    done after 1 attempt" in out
+    assert "curvenet.skip_layers=0" in out and "fake=test fixture" in out and "acc_last=" in out
+    history = Store(path, create=False).history(key)
+    assert f"history ({len(history)} epoch" in out and out.rstrip().endswith("|")
+    detail = json.loads(shown(capsys, key, "--store", str(path), "--format", "json")[0])
+    assert detail["history"] == json.loads(history.to_json(orient="records"))
+    assert detail["arrays"] and detail["sample_values"] and detail["samples"] == 75
+    assert detail["spec"]["method"] == "curvenet" and detail["env"] == fake_store.FAKE_ENV
+    out, _ = shown(capsys, failed, "--store", str(path))
+    assert "status    failed after 1 attempt" in out and "error     diverged at epoch 3" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    ([""], "11 runs with a key starting ''"),  # a prefix of more than one
+    (["zzzz"], "no run with a key starting 'zzzz'"),
+    (["--method", "ce", "KEY"], "KEY shows one run; drop --method"),
+    (["--status", "done", "KEY"], "KEY shows one run; drop --status"),
+    (["--format", "csv", "KEY"], "one run has no CSV form"),
+    (["--cell", "cifar10:20"], "malformed --cell"),
+])
+def test_bad_input_is_one_line(store_path, capsys, args, message):
+    if "KEY" in args:
+        args[args.index("KEY")] = Store(store_path, create=False).runs("done")["key"].iloc[0]
+    assert main(["show", *args, "--store", str(store_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error:") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_missing_store_is_an_error_and_is_not_created(tmp_path, capsys):
+    assert main(["show", "--store", str(tmp_path / "none.sqlite")]) == 2
+    assert "bench: error:" in capsys.readouterr().err and not (tmp_path / "none.sqlite").exists()
