@@ -360,11 +360,11 @@ def _check_cache_dir(path: Path) -> None:
 def paper_specs(args) -> list[RunSpec]:
     """The runs a paper table needs (``bench run --paper N`` / ``bench runs-for --paper N``).
 
-    ``bench.tables.paper_requests(N)`` lists them as requests, each a dict with ``methods`` (a
+    ``bench.paper_tables.paper_requests(N)`` lists them as requests, each a dict with ``methods`` (a
     comma-separated string), ``cells`` (list of Cell), and optionally ``set`` (list of key=value),
     ``preset`` and ``model``; the user's own --seeds, --epochs, --set and --preset apply on top.
     """
-    from bench import tables
+    from bench import paper_tables
 
     chosen = [option for option, value in (("--methods", args.methods), ("--grid", args.grid),
                                            ("--imbalance", args.imbalance), ("--noise", args.noise),
@@ -373,7 +373,7 @@ def paper_specs(args) -> list[RunSpec]:
         raise BenchError(f"--paper {args.paper} picks the table's own methods and cells; drop "
                          f"{', '.join(chosen)} (or run them without --paper)")
     specs = []
-    for request in tables.paper_requests(args.paper):
+    for request in paper_tables.paper_requests(args.paper):
         ns = argparse.Namespace(**vars(args))
         ns.methods = request["methods"]
         ns.cells, ns.grid, ns.imbalance, ns.noise = request["cells"], None, None, None

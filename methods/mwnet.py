@@ -34,7 +34,7 @@ Deviations from the official code (all deliberate, PROTOCOL.md §3-§4):
 - Meta-set size: the run's ``meta_per_class`` for both variants (the grid's per-dataset default,
   100 per class on CIFAR-10 and 10 on CIFAR-100, as CurveNet gives every meta method), where the
   long-tail code's default is 10 per class on both datasets (notes §1.3; the long-tail anchor
-  table in bench/tables.py asks for 10).
+  table in bench/paper_tables.py asks for 10).
 - The weighting-net gradient is computed exactly but by a forward-mode JVP instead of a
   second-order backward (methods/meta.py; ``mwnet.second_order=autograd`` gives the latter).
 

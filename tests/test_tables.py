@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import tables
+from bench import paper_tables, tables
 from bench.errors import BenchError
 from bench.spec import GRIDS, Cell
 from bench.store import Store
@@ -31,7 +31,7 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ref():
-    return tables.load_reference()
+    return paper_tables.load_reference()
 
 
 def entry(built, row, column):
@@ -54,17 +54,17 @@ def test_reference_csvs_have_the_required_columns_and_sources():
 def test_reference_holds_protocol_section_6(ref):
     t1 = ref[(ref["paper"] == "curvenet_aaai2022") & (ref["table"] == "1")]
     assert len(t1) == 20
-    assert tables.published(ref, "1", "CurveNet", dataset="cifar10", metric="MA")["value"] == 75.70
-    assert tables.published(ref, "1", "HAR", dataset="cifar100", metric="MA")["value"] == 42.88
-    assert tables.published(ref, "2", "CurveNet", cell=Cell("cifar10", 200, "none", 0))["value"] == 65.91
-    assert tables.published(ref, "2", "MW-Net(noise)", cell=Cell("cifar10", 1, "flip2", 0.4))["value"] == 88.25
-    assert tables.published(ref, "3", "MW-Net(imb)", cell=Cell("cifar100", 20, "uniform", 0.6))["value"] == 22.35
-    assert tables.published(ref, "3", "CurveNet", cell=Cell("cifar100", 10, "uniform", 0.4))["value"] == 43.97
-    assert [tables.published(ref, "8", "CurveNet", metric="meta_ms", setting=f"SL={k}")["value"]
+    assert paper_tables.published(ref, "1", "CurveNet", dataset="cifar10", metric="MA")["value"] == 75.70
+    assert paper_tables.published(ref, "1", "HAR", dataset="cifar100", metric="MA")["value"] == 42.88
+    assert paper_tables.published(ref, "2", "CurveNet", cell=Cell("cifar10", 200, "none", 0))["value"] == 65.91
+    assert paper_tables.published(ref, "2", "MW-Net(noise)", cell=Cell("cifar10", 1, "flip2", 0.4))["value"] == 88.25
+    assert paper_tables.published(ref, "3", "MW-Net(imb)", cell=Cell("cifar100", 20, "uniform", 0.6))["value"] == 22.35
+    assert paper_tables.published(ref, "3", "CurveNet", cell=Cell("cifar100", 10, "uniform", 0.4))["value"] == 43.97
+    assert [paper_tables.published(ref, "8", "CurveNet", metric="meta_ms", setting=f"SL={k}")["value"]
             for k in range(4)] == [239.94, 222.45, 65.44, 41.98]
-    assert tables.published(ref, "LT (ResNet-32)", "MW-Net(imb)", cell=Cell("cifar100", 100, "none", 0),
+    assert paper_tables.published(ref, "LT (ResNet-32)", "MW-Net(imb)", cell=Cell("cifar100", 100, "none", 0),
                             paper="mwnet_neurips2019")["value"] == 42.09
-    assert tables.published(ref, "2", "LDAM-DRW", cell=Cell("cifar10", 100, "none", 0),
+    assert paper_tables.published(ref, "2", "LDAM-DRW", cell=Cell("cifar10", 100, "none", 0),
                             paper="ldam_drw_neurips2019")["value"] == 77.03
     # tables whose numbers are not transcribed hold none
     assert ref[(ref["paper"] == "curvenet_aaai2022") & ref["table"].isin(["6", "7", "9", "10"])].empty
@@ -149,7 +149,7 @@ def test_two_nonstandard_configs_are_ambiguous(tmp_path, ref):
 
 def test_no_published_number_is_ever_printed_as_ours(store, ref):
     published = {f"{v:.2f}" for v in ref["value"]}
-    for n in tables.ALL_TABLES:
+    for n in paper_tables.ALL_TABLES:
         built = tables.build(n, store.runs("done"), ref, "last")
         for e in built.entries:
             text = tables.ours_text(e.ours)
@@ -277,7 +277,7 @@ def test_ablation_tables_say_not_transcribed(store, ref):
 
 def test_table8_rows_select_skip_layers_and_show_published_times(tmp_path, ref):
     s = Store(tmp_path / "t8.sqlite")
-    cell = tables.ABLATION_CELL
+    cell = paper_tables.ABLATION_CELL
     for sl, acc in ((0, 11.0), (2, 13.0)):
         fake_store.add_run(s, fake_store.paper_spec("curvenet", "cifar10", cell.imbalance, cell.noise_type,
                                                     cell.noise_rate, 0, {**fake_store.CURVENET_PARAMS,
@@ -291,7 +291,7 @@ def test_table8_rows_select_skip_layers_and_show_published_times(tmp_path, ref):
 
 def test_table8_stored_meta_ms_only_for_a_cell_with_one_configuration(tmp_path, ref):
     s = Store(tmp_path / "t8ms.sqlite")
-    cell = tables.ABLATION_CELL
+    cell = paper_tables.ABLATION_CELL
 
     def spec(sl, seed, **protocol):
         return fake_store.paper_spec("curvenet", "cifar10", cell.imbalance, cell.noise_type, cell.noise_rate, seed,
@@ -335,29 +335,29 @@ def test_markdown_lists_the_runs_behind_every_cell(store, ref):
 
 
 def test_paper_requests():
-    reqs = tables.paper_requests(2)
+    reqs = paper_tables.paper_requests(2)
     cells = GRIDS["table2"]
     assert all(r["cells"] == cells and r["preset"] == "paper" for r in reqs)
     sets = sorted((r["methods"], tuple(r["set"])) for r in reqs)
     assert sets == [("curvenet", ()), ("mwnet", ("mwnet.variant=imb",)), ("mwnet", ("mwnet.variant=noise",))]
-    r1 = tables.paper_requests(1)
+    r1 = paper_tables.paper_requests(1)
     plain = [r for r in r1 if not r["set"]][0]
     assert set(plain["methods"].split(",")) == {"ce", "cb", "focal", "ldam_drw", "coteaching", "o2u", "curvenet"}
     assert plain["cells"] == GRIDS["cifar10"] + GRIDS["cifar100"]
-    r8 = tables.paper_requests(8)
+    r8 = paper_tables.paper_requests(8)
     assert sorted(tuple(r["set"]) for r in r8) == [(), ("curvenet.skip_layers=1",), ("curvenet.skip_layers=2",),
                                                     ("curvenet.skip_layers=3",)]
-    assert all(r["cells"] == [tables.ABLATION_CELL] for r in r8)
-    r7 = tables.paper_requests(7)
+    assert all(r["cells"] == [paper_tables.ABLATION_CELL] for r in r8)
+    r7 = paper_tables.paper_requests(7)
     assert sorted((r.get("meta_per_class"), tuple(r["set"])) for r in r7) == [
         (0, ()), (0, ("curvenet.meta_set=pseudo",)), (10, ()), (20, ()), (50, ()), (80, ()), (100, ())]
-    r6 = tables.paper_requests(6)
+    r6 = paper_tables.paper_requests(6)
     assert {r["model"] for r in r6} == {"resnet32", "wrn16_8"}
     # +DRW as the official code: class counts from the clean labels
     drw_clean = ("curvenet.drw=true", "curvenet.drw_counts=clean")
     assert sorted(tuple(r["set"]) for r in r6) == [(), (), drw_clean, drw_clean]
     with pytest.raises(BenchError):
-        tables.paper_requests(4)
+        paper_tables.paper_requests(4)
 
 
 def test_curvenet_defaults_match_the_method():
@@ -366,7 +366,7 @@ def test_curvenet_defaults_match_the_method():
 
     cls = [v for v in vars(curvenet).values() if isinstance(v, type) and getattr(v, "name", None) == "curvenet"][0]
     fields = {f.name: f.default for f in dataclasses.fields(cls.Params)}
-    for name, value in tables.CURVENET_DEFAULTS.items():
+    for name, value in paper_tables.CURVENET_DEFAULTS.items():
         assert name in fields and fields[name] == value, name
 
 
@@ -390,7 +390,7 @@ def test_cli_write_all(tmp_path, store):
                               str(ROOT / "tables" / "reference")})
     assert out.returncode == 0, out.stderr
     written = sorted(p.name for p in (tmp_path / "tables").glob("*.md"))
-    assert written == sorted([f"table{n}.md" for n in tables.PAPER_TABLES] + ["anchors.md"])
+    assert written == sorted([f"table{n}.md" for n in paper_tables.PAPER_TABLES] + ["anchors.md"])
     # --write DIR: elsewhere, in the chosen format; a path that cannot be written is one line
     env = {**__import__("os").environ, "PYTHONPATH": str(ROOT),
            "BENCH_REFERENCE_DIR": str(ROOT / "tables" / "reference")}
@@ -413,7 +413,7 @@ def test_runs_for_paper_specs_fill_exactly_their_table(tmp_path, ref):
     from bench.execute import display_name
 
     s = Store(tmp_path / "rt.sqlite")
-    for n in tables.ALL_TABLES:
+    for n in paper_tables.ALL_TABLES:
         specs = paper_specs(make_parser().parse_args(["runs-for", "--paper", n, "--seeds", "0,1"]))
         assert len({sp.key() for sp in specs}) == len(specs)
         for i, sp in enumerate(specs):
@@ -429,8 +429,8 @@ def test_runs_for_paper_specs_fill_exactly_their_table(tmp_path, ref):
 
 
 def test_tables_and_plots_never_import_torch():
-    code = ("import sys, bench.tables, bench.plots, bench.store; "
-            "bench.tables.paper_requests('all'); print('torch' in sys.modules)")
+    code = ("import sys, bench.tables, bench.plots, bench.show, bench.store; "
+            "bench.paper_tables.paper_requests('all'); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
@@ -506,7 +506,7 @@ def test_a_row_counts_only_its_display_name_and_preset_and_anchors_show_both_pap
 def test_duplicate_published_values_are_an_error(ref):
     dup = pd.concat([ref, ref[(ref["table"] == "1") & (ref["method"] == "CE")].iloc[[0]]], ignore_index=True)
     with pytest.raises(BenchError, match="hold 2 values"):
-        tables.published(dup, "1", "CE", dataset="cifar10", metric="MA")
+        paper_tables.published(dup, "1", "CE", dataset="cifar10", metric="MA")
 
 
 def test_ma_is_the_mean_over_cells_per_seed_and_table1_counts_pairs(tmp_path, ref):
@@ -535,7 +535,7 @@ def test_ma_is_the_mean_over_cells_per_seed_and_table1_counts_pairs(tmp_path, re
 
 def test_table8_stored_meta_ms_is_the_mean_over_runs_of_their_median(tmp_path, ref):
     s = Store(tmp_path / "t8mean.sqlite")
-    cell = tables.ABLATION_CELL
+    cell = paper_tables.ABLATION_CELL
 
     def spec(sl, seed):
         return fake_store.paper_spec("curvenet", "cifar10", cell.imbalance, cell.noise_type, cell.noise_rate, seed,
