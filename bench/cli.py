@@ -427,7 +427,8 @@ def cmd_table(args) -> int:
             print(render(table, args.format, title, empty=empty))
     failed = store.runs("failed")
     if len(failed):
-        print(f"\n{len(failed)} failed run(s): `python -m bench run ... --retry-failed` retries them", file=sys.stderr)
+        print(f"\n{len(failed)} failed run(s): `python -m bench show --status failed` says why, "
+              "`python -m bench run ... --retry-failed` retries them", file=sys.stderr)
     return 0
 
 

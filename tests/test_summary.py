@@ -158,6 +158,7 @@ def test_bench_table_messages_go_to_stderr_in_every_format(tmp_path, capsys):
         assert main(["table", "--store", str(path), "--format", fmt]) == 0
         out, err = capsys.readouterr()
         assert "1 failed run(s)" in err and "--retry-failed" in err and "failed" not in out, fmt
+        assert "`python -m bench show --status failed` says why" in err
         if fmt == "md":
             assert out == "no finished runs in the store\n" and "no finished" not in err
         else:
