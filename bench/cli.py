@@ -1,4 +1,4 @@
-"""The command line: ``python -m bench run|runs-for|table|show|merge|list|plot|timing|data``.
+"""The command line: ``python -m bench run|runs-for|table|show|compare|merge|list|plot|timing|data``.
 
 Every user error (unknown name, value out of range, missing data, unreadable store) is one line
 on stderr, ``bench: error: ...``, and exit code 2.
@@ -612,7 +612,9 @@ def make_parser() -> ArgumentParser:
     for name, module, text in (("plot", "plots", "figures from the store: loss curves (Fig. 1), weights (Fig. 5)"),
                                ("timing", "timing", "ms per training iteration, CE vs MW-Net vs CurveNet SL=0..3"),
                                ("show", "show", "the runs in a store, one line each (status, accuracy, why one "
-                                                "failed), or one run in full (KEY)")):
+                                                "failed), or one run in full (KEY)"),
+                               ("compare", "compare", "is method A better than B: per cell, A - B with a confidence "
+                                                      "interval and p, paired over seeds")):
         p = sub.add_parser(name, help=text)
         try:
             mod = importlib.import_module(f"bench.{module}")

@@ -106,18 +106,34 @@ def aggregate(runs: pd.DataFrame, column: str) -> pd.DataFrame:
     differ only in ``--data-seed`` are averaged within their training seed first, so that ``n``
     counts training seeds, as the paper tables count them (bench/tables.py).
     """
-    keys = ["label", "dataset", "imbalance", "noise_type", "noise_rate", "preset", "model"]
-    if column == TRAIN_MINUTES and not runs.empty:
-        runs = runs.assign(**{TRAIN_MINUTES: training_minutes(runs)})
-    if runs.empty or column not in runs.columns:
-        return pd.DataFrame(columns=keys + ["mean", "std", "n"])
-    runs = runs.assign(label=row_labels(runs))
-    values = runs[keys + ["seed", column]].dropna(subset=[column])
-    values = values.groupby(keys + ["seed"], sort=True)[column].mean().reset_index()  # one value per seed
-    grouped = values.groupby(keys, sort=True)[column]
+    values = per_seed(runs, column)
+    if values.empty:
+        return pd.DataFrame(columns=list(ROW_KEYS) + ["mean", "std", "n"])
+    grouped = values.groupby(list(ROW_KEYS), sort=True)["value"]
     out = grouped.agg(mean="mean", std=lambda s: float(np.std(s, ddof=1)) if len(s) > 1 else float("nan"),
                       n="count").reset_index()
     return out
+
+
+ROW_KEYS = ("label", "dataset", "imbalance", "noise_type", "noise_rate", "preset", "model")
+
+
+def per_seed(runs: pd.DataFrame, column: str) -> pd.DataFrame:
+    """One value of ``column`` per (row label, cell, preset, model, training seed): the mean over the
+    runs that differ only in ``--data-seed``, with ``data_seeds`` (a tuple) behind it. Runs
+    without a value are left out."""
+    keys = list(ROW_KEYS)
+    if column == TRAIN_MINUTES and not runs.empty:
+        runs = runs.assign(**{TRAIN_MINUTES: training_minutes(runs)})
+    if runs.empty or column not in runs.columns:
+        return pd.DataFrame(columns=keys + ["seed", "value", "data_seeds"])
+    data_seeds = [int(json.loads(s).get("data_seed", seed)) for s, seed in zip(runs["spec_json"], runs["seed"])]
+    runs = runs.assign(label=row_labels(runs), data_seed=data_seeds)
+    values = runs[keys + ["seed", "data_seed", column]].dropna(subset=[column])
+    grouped = values.groupby(keys + ["seed"], sort=True)
+    out = grouped[column].mean().rename("value").to_frame()
+    out["data_seeds"] = grouped["data_seed"].agg(lambda s: tuple(sorted(set(s))))
+    return out.reset_index()
 
 
 def format_cell(mean: float, std: float, n: int) -> str:

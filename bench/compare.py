@@ -1,0 +1,186 @@
+"""``python -m bench compare A B``: is method A better than method B, cell by cell, beyond the
+spread of seeds?
+
+For every cell (and preset, model) where both A and B have finished runs, the difference of
+their accuracies Δ = A − B with a confidence interval and a two-sided p-value:
+
+* **paired** over the training seeds both ran, when each pair saw the same data (the same data
+  seeds; by default a run's data seed is its training seed, so run A and run B of seed s share
+  the noise, the imbalance subset and the meta set): the mean of the per-seed differences, its
+  t interval (n − 1 degrees of freedom) and the paired t-test (``scipy.stats.ttest_rel``).
+  Pairing removes what the seed's data does to both methods, which is often most of the spread
+  on a small cell;
+* **Welch** otherwise (no shared seed, or a shared seed whose data differ): the difference of
+  the means, Welch's interval and t-test (``scipy.stats.ttest_ind(equal_var=False)``).
+
+With fewer than two values there is no interval. The p-values are per cell: comparing over many
+cells, some will fall below 0.05 by chance (no correction is applied). "wins" counts the seeds
+where A beat B (paired only). A and B are rows as ``bench table`` labels them (``CurveNet``,
+``MW-Net(noise)``, ``CE [epochs=3]``) or registry names that stand for one row. Reads the store
+only (no torch), as ``bench table`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pandas as pd
+
+from bench.errors import BenchError
+from bench.summary import GROUPS, ROW_KEYS, cell_label, format_cell, metric_column, per_seed, row_labels, text_table
+
+COLUMNS = ("cell", "dataset", "imbalance", "noise_type", "noise_rate", "preset", "model", "a_mean", "a_std", "a_n",
+           "b_mean", "b_std", "b_n", "test", "n", "diff", "ci_low", "ci_high", "p", "wins")
+
+
+def add_arguments(parser) -> None:
+    from bench.store import DEFAULT_STORE
+
+    parser.add_argument("a", metavar="A", help="a method row as `bench table` labels it (CurveNet, "
+                                                "MW-Net(noise), 'CE [epochs=3]') or a registry name")
+    parser.add_argument("b", metavar="B", help="the method to compare A against")
+    parser.add_argument("--store", default=DEFAULT_STORE, help=f"results store to read (default ./{DEFAULT_STORE})")
+    parser.add_argument("--metric", choices=("last", "best"), default="last",
+                        help="last-epoch accuracy (the returned model; default) or best-epoch")
+    parser.add_argument("--group", choices=GROUPS, default="all", help="all classes, or one shot group")
+    parser.add_argument("--confidence", type=float, default=0.95, help="of the intervals (default 0.95)")
+    parser.add_argument("--format", choices=("md", "csv", "json"), default="md",
+                        help="markdown (default), CSV or JSON (numbers as numbers)")
+
+
+def resolve(name: str, runs: pd.DataFrame) -> str:
+    """The row label ``name`` stands for: itself if a row has that label, else the one label of
+    the registry method ``name``; BenchError naming the choices otherwise."""
+    labels = sorted(set(row_labels(runs))) if len(runs) else []
+    if name in labels:
+        return name
+    mine = sorted({label for label, method in zip(row_labels(runs), runs["method"]) if method == name}) \
+        if len(runs) else []
+    if len(mine) == 1:
+        return mine[0]
+    if len(mine) > 1:
+        raise BenchError(f"{name} stands for {len(mine)} rows of the table; name one: {', '.join(mine)}")
+    raise BenchError(f"no finished runs of {name!r}; the rows are: {', '.join(labels) or 'none (empty store)'}")
+
+
+def interval(values: np.ndarray, confidence: float) -> tuple[float, float, float, float]:
+    """Mean of ``values`` (per-seed differences), its t interval and the p-value of mean = 0."""
+    from scipy import stats
+
+    n, mean = len(values), float(np.mean(values))
+    if n < 2:
+        return mean, math.nan, math.nan, math.nan
+    sem = float(np.std(values, ddof=1)) / math.sqrt(n)
+    if sem == 0.0:  # every seed gave the same difference: no spread to test against
+        return mean, mean, mean, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem
+    p = float(stats.ttest_1samp(values, 0.0).pvalue)  # = ttest_rel(a, b) on the pairs
+    return mean, mean - half, mean + half, p
+
+
+def welch(a: np.ndarray, b: np.ndarray, confidence: float) -> tuple[float, float, float, float]:
+    """Difference of the means, Welch's interval (Welch-Satterthwaite degrees of freedom) and p."""
+    from scipy import stats
+
+    diff = float(np.mean(a) - np.mean(b))
+    if len(a) < 2 or len(b) < 2:
+        return diff, math.nan, math.nan, math.nan
+    va, vb = float(np.var(a, ddof=1)) / len(a), float(np.var(b, ddof=1)) / len(b)
+    if va + vb == 0.0:
+        return diff, diff, diff, math.nan
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(va + vb)
+    p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return diff, diff - half, diff + half, p
+
+
+def compare(runs: pd.DataFrame, a: str, b: str, column: str = "acc_last", confidence: float = 0.95) -> pd.DataFrame:
+    """One row per cell where both rows ``a`` and ``b`` (labels) have values (``COLUMNS``)."""
+    values = per_seed(runs, column)
+    cell_keys = [k for k in ROW_KEYS if k != "label"]
+    rows = []
+    for cell, group in values[values["label"].isin([a, b])].groupby(cell_keys, sort=True):
+        va, vb = group[group["label"] == a], group[group["label"] == b]
+        if va.empty or vb.empty:
+            continue
+        pairs = va.merge(vb, on="seed", suffixes=("_a", "_b"))
+        paired = len(pairs) > 0 and (pairs["data_seeds_a"] == pairs["data_seeds_b"]).all()
+        xa, xb = va["value"].to_numpy(float), vb["value"].to_numpy(float)
+        if paired:
+            d = pairs["value_a"].to_numpy(float) - pairs["value_b"].to_numpy(float)
+            diff, low, high, p = interval(d, confidence)
+            test, n, wins = "paired", len(d), f"{int((d > 0).sum())}/{len(d)}"
+        else:
+            diff, low, high, p = welch(xa, xb, confidence)
+            test, n, wins = "Welch", len(xa) + len(xb), ""
+        record = dict(zip(cell_keys, cell))
+        rows.append({"cell": cell_label(record), **record,
+                     "a_mean": float(xa.mean()), "a_std": float(np.std(xa, ddof=1)) if len(xa) > 1 else math.nan,
+                     "a_n": len(xa), "b_mean": float(xb.mean()),
+                     "b_std": float(np.std(xb, ddof=1)) if len(xb) > 1 else math.nan, "b_n": len(xb),
+                     "test": test, "n": n, "diff": diff, "ci_low": low, "ci_high": high, "p": p, "wins": wins})
+    out = pd.DataFrame(rows, columns=list(COLUMNS))
+    if out[["preset", "model"]].drop_duplicates().shape[0] > 1:
+        out["cell"] = out["cell"] + " [" + out["preset"] + "/" + out["model"] + "]"
+    return out
+
+
+def _p_text(p: float) -> str:
+    if math.isnan(p):
+        return "—"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def render(table: pd.DataFrame, a: str, b: str, confidence: float, fmt: str = "md") -> str:
+    if fmt == "csv":
+        return table.to_csv(index=False).rstrip("\n")
+    if fmt == "json":
+        rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v.item() if isinstance(v, np.generic) else v)
+                 for k, v in r.items()} for r in table.to_dict(orient="records")]
+        return json.dumps({"a": a, "b": b, "confidence": confidence, "rows": rows}, indent=1)
+    ci = f"{confidence:.0%} CI"
+    shown = pd.DataFrame({
+        "cell": table["cell"],
+        a: [format_cell(m, s, n) for m, s, n in zip(table["a_mean"], table["a_std"], table["a_n"])],
+        b: [format_cell(m, s, n) for m, s, n in zip(table["b_mean"], table["b_std"], table["b_n"])],
+        "Δ": [f"{d:+.2f}" for d in table["diff"]],
+        ci: ["—" if math.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]" for lo, hi in zip(table["ci_low"], table["ci_high"])],
+        "p": [_p_text(p) for p in table["p"]],
+        "test": [f"{t} (n={n})" for t, n in zip(table["test"], table["n"])],
+        "A > B": table["wins"]})
+    return text_table(shown.rename(columns={"A > B": f"{a} > {b}"}))
+
+
+def main(args) -> int:
+    from bench.store import Store
+
+    if not 0 < args.confidence < 1:
+        raise BenchError(f"--confidence must lie in (0, 1), got {args.confidence:g}")
+    column = metric_column(args.metric, args.group)
+    store = Store(args.store, create=False)
+    try:
+        runs = store.runs("done")
+    finally:
+        store.close()
+    a, b = resolve(args.a, runs), resolve(args.b, runs)
+    if a == b:
+        raise BenchError(f"A and B are the same row ({a})")
+    table = compare(runs, a, b, column, args.confidence)
+    group = "" if args.group == "all" else f", {args.group}-shot classes"
+    if args.format == "md":
+        print(f"{a} vs {b}: test accuracy (%), {args.metric} epoch{group}; Δ = {a} − {b}, mean ± sample std over "
+              "seeds (n)\n")
+    if table.empty:
+        print(f"bench: no cell where both {a} and {b} have finished runs"
+              + (f" with a {column} value" if args.group != "all" else ""), file=sys.stderr)
+        if args.format == "md":
+            return 0
+    print(render(table, a, b, args.confidence, args.format))
+    if args.format == "md" and not table.empty:
+        print("\npaired: over the seeds both ran on the same data (t interval, paired t-test); Welch: unpaired "
+              "(no shared seed with the same data). p is per cell, two-sided, not corrected for the number of "
+              "cells; with one value per side there is no interval.")
+    return 0

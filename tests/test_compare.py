@@ -1,0 +1,116 @@
+"""`bench compare A B` (bench/compare.py): per cell, A − B with a t interval and p, paired over the
+seeds both ran on the same data, Welch otherwise; on stores of made-up accuracies, checked against
+values worked out by hand."""
+
+import dataclasses
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from bench.cli import main
+from bench.store import Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+import fake_store  # noqa: E402
+
+T_975_DF2 = 4.302653  # Student's t, 97.5 % quantile, 2 degrees of freedom (any t table)
+
+
+def spec(method, seed, imbalance=10, **changes):
+    params = fake_store.MWNET_PARAMS["noise"] if method == "mwnet" else {}
+    s = fake_store.paper_spec(method, "cifar10", imbalance, "flip2", 0.4, seed, params)
+    return dataclasses.replace(s, **changes)
+
+
+def display(method):
+    return {"ce": "CE", "mwnet": "MW-Net(noise)", "focal": "Focal"}[method]
+
+
+def make_store(path, runs):
+    """``runs``: (method, seed, acc_last, spec changes) tuples."""
+    store = Store(path)
+    for method, seed, acc, changes in runs:
+        fake_store.add_run(store, spec(method, seed, **changes), display(method), acc)
+    store.close()
+    return path
+
+
+def compared(capsys, *args) -> tuple[pd.DataFrame, str]:
+    assert main(["compare", *args, "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    return pd.read_csv(io.StringIO(out), keep_default_na=False, na_values=[""]), err
+
+
+def test_paired_over_shared_seeds_matches_the_hand_computed_t_interval_and_p(tmp_path, capsys):
+    # per-seed differences 2, 1, 4: mean 7/3, sample variance 7/3, t = sqrt(7) on 2 df, where the
+    # two-sided p has the closed form 1 - t / sqrt(t^2 + 2) = 1 - sqrt(7)/3
+    path = make_store(tmp_path / "s.sqlite", [("ce", 0, 70.0, {}), ("ce", 1, 72.0, {}), ("ce", 2, 75.0, {}),
+                                               ("mwnet", 0, 68.0, {}), ("mwnet", 1, 71.0, {}), ("mwnet", 2, 71.0, {}),
+                                               ("mwnet", 0, 50.0, {"imbalance": 100.0})])  # B alone: no row
+    table, _ = compared(capsys, "ce", "mwnet", "--store", str(path))
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert (row["test"], row["n"], row["wins"]) == ("paired", 3, "3/3")
+    assert math.isclose(row["diff"], 7 / 3) and math.isclose(row["p"], 1 - math.sqrt(7) / 3, rel_tol=1e-6)
+    half = T_975_DF2 * math.sqrt(7) / 3
+    assert math.isclose(row["ci_low"], 7 / 3 - half, rel_tol=1e-5) and math.isclose(row["ci_high"], 7 / 3 + half,
+                                                                                   rel_tol=1e-5)
+    assert (row["a_n"], row["b_n"]) == (3, 3) and math.isclose(row["a_mean"], 217 / 3)
+    swapped, _ = compared(capsys, "MW-Net(noise)", "CE", "--store", str(path))  # labels work as names
+    assert math.isclose(swapped["diff"][0], -7 / 3) and math.isclose(swapped["p"][0], row["p"])
+    assert math.isclose(swapped["ci_low"][0], -row["ci_high"]) and swapped["wins"][0] == "0/3"
+
+
+def test_without_shared_data_the_comparison_is_welch(tmp_path, capsys):
+    # A 70, 72, 75 (mean 217/3, var 19/3); B 60, 64 (mean 62, var 8):
+    # se^2 = 19/9 + 4 = 55/9, df = (55/9)^2 / ((19/9)^2 / 2 + 16)
+    runs = [("ce", s, a, {}) for s, a in ((0, 70.0), (1, 72.0), (2, 75.0))]
+    path = make_store(tmp_path / "s.sqlite", runs + [("mwnet", 3, 60.0, {}), ("mwnet", 4, 64.0, {})])
+    row = compared(capsys, "ce", "mwnet", "--store", str(path))[0].iloc[0]
+    assert (row["test"], row["n"]) == ("Welch", 5) and pd.isna(row["wins"])
+    assert math.isclose(row["diff"], 217 / 3 - 62)
+    from scipy import stats
+    df = (55 / 9) ** 2 / ((19 / 9) ** 2 / 2 + 16)
+    t = (217 / 3 - 62) / math.sqrt(55 / 9)
+    assert math.isclose(row["p"], 2 * stats.t.sf(t, df), rel_tol=1e-6)
+    assert math.isclose(row["ci_high"] - row["diff"], stats.t.ppf(0.975, df) * math.sqrt(55 / 9), rel_tol=1e-6)
+    # a shared seed whose data differ (B's run on --data-seed 7) is no pair either
+    path = make_store(tmp_path / "d.sqlite", runs + [("mwnet", 0, 60.0, {"data_seed": 7}), ("mwnet", 1, 64.0, {})])
+    assert compared(capsys, "ce", "mwnet", "--store", str(path))[0]["test"][0] == "Welch"
+
+
+def test_one_pair_gives_the_difference_without_an_interval(tmp_path, capsys):
+    path = make_store(tmp_path / "s.sqlite", [("ce", 0, 70.0, {}), ("mwnet", 0, 68.5, {})])
+    row = compared(capsys, "ce", "mwnet", "--store", str(path))[0].iloc[0]
+    assert (row["test"], row["n"], row["diff"], row["wins"]) == ("paired", 1, 1.5, "1/1")
+    assert pd.isna(row["ci_low"]) and pd.isna(row["p"])
+    assert main(["compare", "ce", "mwnet", "--store", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| +1.50 | —  " in out and "paired (n=1)" in out and out.startswith("CE vs MW-Net(noise)")
+    data = json.loads((main(["compare", "ce", "mwnet", "--store", str(path), "--format", "json"]),
+                       capsys.readouterr().out)[1])
+    assert data["rows"][0]["p"] is None and data["a"] == "CE"
+
+
+def test_names_resolve_to_rows_and_bad_ones_say_what_there_is(tmp_path, capsys):
+    path = make_store(tmp_path / "s.sqlite", [("ce", 0, 70.0, {}), ("ce", 0, 71.0, {"epochs": 3}),
+                                               ("focal", 0, 69.0, {})])
+    assert compared(capsys, "CE [epochs=3]", "focal", "--store", str(path))[0]["diff"][0] == 2.0
+    for args, message in ((["ce", "focal"], "ce stands for 2 rows of the table; name one: CE [epochs=200], "
+                                           "CE [epochs=3]"),
+                          (["curvenet", "focal"], "no finished runs of 'curvenet'; the rows are: CE [epochs=200]"),
+                          (["focal", "Focal"], "A and B are the same row (Focal)"),
+                          (["focal", "CE [epochs=3]", "--confidence", "1.5"], "--confidence must lie in (0, 1)")):
+        assert main(["compare", *args, "--store", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("bench: error:") and message in err, err
+
+
+def test_no_shared_cell_is_said_and_is_not_an_error(tmp_path, capsys):
+    path = make_store(tmp_path / "s.sqlite", [("ce", 0, 70.0, {}), ("mwnet", 0, 68.0, {"imbalance": 100.0})])
+    table, err = compared(capsys, "ce", "mwnet", "--store", str(path))
+    assert table.empty and "no cell where both CE and MW-Net(noise) have finished runs" in err
