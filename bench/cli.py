@@ -26,6 +26,7 @@ from bench.spec import (
     GRID_PRESET,
     GRIDS,
     PRESETS,
+    PROTOCOL_FIELDS,
     Cell,
     RunSpec,
     apply_protocol_overrides,
@@ -165,6 +166,67 @@ def build_specs(args) -> list[RunSpec]:
                              train_on_meta=on_meta, data_sha256=digests.get(cell.dataset, ""), **protocol))
         method_classes[name].check_spec(specs[-1])
     return specs
+
+
+def run_command(spec: RunSpec, data_dir: str | None = None) -> list[str]:
+    """The arguments of a ``bench run`` that asks for exactly ``spec`` (the same key): only what
+    differs from the defaults (preset, cell, dataset's meta-set size, the method's settings under
+    the preset). Checked by building the command's spec again: BenchError if that gives another
+    key (a spec no command can ask for), or if its data cannot be read (npz:PATH)."""
+    import methods
+
+    preset = dict(PRESETS[spec.preset])
+    argv = ["run", "--methods", spec.method]
+    if spec.dataset != preset["dataset"]:
+        argv += ["--dataset", spec.dataset]
+    if spec.imbalance != preset.get("imbalance", 1.0):
+        argv += ["--imbalance", f"{spec.imbalance:g}"]
+    if (spec.noise_type, spec.noise_rate) != (preset.get("noise_type", "none"), preset.get("noise_rate", 0.0)):
+        argv += ["--noise", "none" if spec.noise_type == "none" else f"{spec.noise_type}:{spec.noise_rate:g}"]
+    if spec.seed != 0:
+        argv += ["--seeds", str(spec.seed)]
+    if spec.data_seed != spec.seed:
+        argv += ["--data-seed", str(spec.data_seed)]
+    if spec.preset != "quick":
+        argv += ["--preset", spec.preset]
+    if spec.model != preset["model"]:
+        argv += ["--model", spec.model]
+    if spec.meta_per_class != default_meta_per_class(spec.dataset):
+        argv += ["--meta-per-class", str(spec.meta_per_class)]
+    if spec.precision != "fp32":
+        argv += ["--precision", spec.precision]
+    if spec.train_on_meta:
+        argv += ["--train-on-meta"]
+    if spec.epochs != preset["epochs"]:
+        argv += ["--epochs", str(spec.epochs)]
+        preset.update(scale_schedule(PRESETS[spec.preset], spec.epochs))
+    handled = ("epochs", "model", "precision", "train_on_meta", "meta_per_class")
+    for name in PROTOCOL_FIELDS:
+        if name not in handled and getattr(spec, name) != preset[name]:
+            argv += ["--set", f"{name}={_setting_text(getattr(spec, name))}"]
+    from methods.base import params_items
+
+    defaults = dict(params_items(methods.get(spec.method).resolve_params(spec.preset)))
+    for name, value in spec.params:
+        if defaults.get(name) != value:
+            argv += ["--set", f"{spec.method}.{name}={_setting_text(value)}"]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    args = make_parser().parse_args(argv)
+    rebuilt = build_specs(args)
+    if [s.key() for s in rebuilt] != [spec.key()]:
+        raise BenchError(f"no bench run command asks for run {spec.key()} (`{' '.join(argv)}` gives "
+                         f"{', '.join(s.key() for s in rebuilt)})")
+    return argv
+
+
+def _setting_text(value) -> str:
+    """A --set value as parse_value reads it back."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 # ------------------------------------------------------------------------------ commands

@@ -11,7 +11,8 @@ A stored ``running`` run is one being trained now, or one whose ``bench run`` en
 finishing it (killed, crashed): the next ``bench run`` of the same command resumes it from its
 checkpoint. The store's writer lock file (``STORE.lock``) names the process that last wrote it;
 while that process lives on this host, its runs are "being trained". Reads only the store (no
-torch), as ``bench table`` does.
+torch), as ``bench table`` does; only ``bench show KEY``'s command to run the run again (checked
+to give its key) needs the method registry.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shlex
 import sys
 import textwrap
 import time
@@ -199,6 +201,20 @@ def detail(store, prefix: str, lock: dict | None = None) -> dict:
             "history": [_plain(r) for r in history.to_dict(orient="records")]}
 
 
+def reproducing_command(spec: dict) -> tuple[str | None, str]:
+    """The ``bench run`` command that asks for this stored run (:func:`bench.cli.run_command`,
+    checked to give its key), or None and why not (imports the method registry, so torch)."""
+    from bench.cli import run_command
+    from bench.spec import RunSpec
+
+    try:
+        return shlex.join(["python", "-m", "bench", *run_command(RunSpec.from_dict(spec))]), ""
+    except BenchError as exc:
+        return None, str(exc)
+    except (TypeError, KeyError, ValueError) as exc:  # a spec of another version of the suite
+        return None, f"its spec does not fit this version of the suite ({exc})"
+
+
 def _value(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
@@ -226,6 +242,8 @@ def render_detail(d: dict) -> str:
              f"  started   {d['started'] or '—'}" + (f", ended {d['ended']}" if d["ended"] else "")
              + (f"; training {d['train_minutes']:.2f} min" if d["train_minutes"] is not None else ""),
              _field("settings", settings(spec)), _field("env", d["env"])]
+    if "command" in d:
+        lines.append(f"  command   {d['command']}" if d["command"] else f"  command   — {d['command_note']}")
     if d["metrics"]:
         lines.append(_field("result", d["metrics"]))
     if d["error"]:
@@ -254,6 +272,7 @@ def main(args) -> int:
             if chosen or args.status != "all":
                 raise BenchError(f"KEY shows one run; drop {', '.join(chosen + ['--status'] * (args.status != 'all'))}")
             d = detail(store, args.run, lock)
+            d["command"], d["command_note"] = reproducing_command(d["spec"])
             if args.format == "csv":
                 raise BenchError("one run has no CSV form: use --format json (or md)")
             print(json.dumps(d, indent=1) if args.format == "json" else render_detail(d))

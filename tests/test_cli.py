@@ -545,3 +545,53 @@ def test_output_into_a_closed_pipe_ends_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141  # 128 + SIGPIPE, as a shell tool killed by it
     assert err == ""
+
+
+@pytest.mark.parametrize("asked, expected", [
+    (["--methods", "ce,focal,cb,ldam_drw,coteaching,o2u,aum,mwnet,curvenet", "--seeds", "0,3"], None),
+    (["--methods", "ce"], ["run", "--methods", "ce"]),
+    (["--methods", "curvenet", "--set", "curvenet.skip_layers=3", "--set", "curvenet.meta_set=pseudo",
+      "--meta-per-class", "0", "--epochs", "7", "--set", "lr=0.05", "--precision", "bf16", "--seeds", "2"],
+     ["run", "--methods", "curvenet", "--seeds", "2", "--meta-per-class", "0", "--precision", "bf16", "--epochs", "7",
+      "--set", "lr=0.05", "--set", "curvenet.meta_set=pseudo", "--set", "curvenet.skip_layers=3"]),
+    (["--methods", "focal,mwnet", "--grid", "table2", "--set", "focal.gamma=2", "--data-seed", "4", "--train-on-meta",
+      "--model", "wrn16_8", "--epochs", "6", "--set", "milestones=3,5", "--set", "warmup_epochs=0",
+      "--set", "mwnet.meta_lr=0.01", "--set", "nesterov=false"], None),
+    (["--methods", "o2u", "--imbalance", "1,100", "--noise", "none,uniform:0.2", "--set", "o2u.drop_rate=realised"],
+     None),
+])
+def test_the_command_for_a_run_asks_for_exactly_that_run(asked, expected):
+    """bench show KEY's command (bench.cli.run_command): what differs from the defaults, and
+    building it again gives the run's key (checked inside; here over every method and option)."""
+    from bench.cli import build_specs, make_parser, run_command
+
+    for spec in build_specs(make_parser().parse_args(["run", *asked])):
+        argv = run_command(spec)
+        assert [s.key() for s in build_specs(make_parser().parse_args(argv))] == [spec.key()]
+        if expected is not None:
+            assert argv == expected
+        if "--train-on-meta" in asked and spec.method == "focal":
+            assert "--train-on-meta" in argv and "--data-seed" in argv and "--set" in argv
+
+
+def test_the_command_for_your_own_npz_data_names_the_file(tmp_path):
+    import numpy as np
+
+    from bench.cli import build_specs, make_parser, run_command
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "mine.npz"
+    np.savez(path, x_train=rng.integers(0, 256, (200, 8, 8), dtype=np.uint8), y_train=np.arange(200) % 4,
+             x_test=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8), y_test=np.arange(40) % 4)
+    (spec,) = build_specs(make_parser().parse_args(["run", "--methods", "ce", "--dataset", f"npz:{path}",
+                                                    "--imbalance", "1", "--noise", "none"]))
+    assert run_command(spec)[:4] == ["run", "--methods", "ce", "--dataset"] and spec.data_sha256
+
+
+def test_a_spec_no_command_can_ask_for_is_refused():
+    from bench.cli import run_command
+    from bench.errors import BenchError
+    from bench.spec import RunSpec
+
+    with pytest.raises(BenchError, match="no bench run command asks for run"):
+        run_command(RunSpec(method="mwnet", params=(("variant", "imb"),)))  # the others missing

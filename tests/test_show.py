@@ -132,6 +132,21 @@ def test_one_run_in_full_spec_env_result_history_and_its_records(tmp_path, capsy
     assert detail["spec"]["method"] == "curvenet" and detail["env"] == fake_store.FAKE_ENV
     out, _ = shown(capsys, failed, "--store", str(path))
     assert "status    failed after 1 attempt" in out and "error     diverged at epoch 3" in out
+    assert "command   — no bench run command asks for run" in out  # the fixture's specs are made up
+
+
+def test_one_run_in_full_gives_the_command_that_asks_for_it(tmp_path, capsys):
+    from bench.cli import build_specs, make_parser
+
+    (spec,) = build_specs(make_parser().parse_args(["run", "--methods", "focal", "--seeds", "5", "--epochs", "3",
+                                                    "--set", "focal.gamma=2"]))
+    store = Store(tmp_path / "s.sqlite")
+    fake_store.add_run(store, spec, "Focal", 12.0)
+    store.close()
+    out, _ = shown(capsys, spec.key(), "--store", str(tmp_path / "s.sqlite"))
+    assert "  command   python -m bench run --methods focal --seeds 5 --epochs 3 --set focal.gamma=2.0\n" in out
+    detail = json.loads(shown(capsys, spec.key(), "--store", str(tmp_path / "s.sqlite"), "--format", "json")[0])
+    assert detail["command"].endswith("--set focal.gamma=2.0") and detail["command_note"] == ""
 
 
 @pytest.mark.parametrize("args, message", [
