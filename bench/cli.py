@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import importlib
 import itertools
+import json
 import os
 import signal
 import sqlite3
@@ -362,11 +363,13 @@ def _dry_run(args, specs: list[RunSpec]) -> int:
     from bench.summary import text_table
 
     status, todo = dict.fromkeys((spec.key() for spec in specs), None), list(specs)
+    minutes: dict[str, float] = {}
     if Path(args.store).exists():
         store = Store(args.store, create=False)
         try:
             status = {key: store.status(key) for key in status}
             todo = pending(store, specs, args.retry_failed)  # what the real run would train
+            minutes = stored_minutes(store.runs("done"))
         finally:
             store.close()
     cache = Path(args.cache_dir)
@@ -376,8 +379,10 @@ def _dry_run(args, specs: list[RunSpec]) -> int:
         for spec in item.specs if isinstance(item, FusedGroup) else [item]:
             group = f" in a fused group of {len(item.specs)}" if isinstance(item, FusedGroup) else ""
             would[spec.key()] = ("resume" if resumes else "train") + group
+    estimate = {spec.key(): minutes.get(settings_key(spec.to_dict())) for spec in todo}
     rows = [{"method": methods.get(spec.method).display_name(dict(spec.params)), "cell": spec.cell.label(),
              "seed": spec.seed, "key": spec.key()[:12], "in store": status[spec.key()] or "-",
+             "est. min": _minutes_text(estimate.get(spec.key())),
              "would": would.get(spec.key(), "skip" if status[spec.key()] == "done" else "skip (--retry-failed)")}
             for spec in specs]
     print(text_table(pd.DataFrame(rows)))
@@ -385,7 +390,35 @@ def _dry_run(args, specs: list[RunSpec]) -> int:
     print(f"{len(specs)} run{'s' * (len(specs) != 1)} requested: {len(todo)} to train, {done} already in the "
           f"store, {len(specs) - len(todo) - done} failed earlier and not retried (store: {args.store}); "
           "--dry-run: nothing trained", file=sys.stderr)
+    known = [value for value in estimate.values() if value is not None]
+    if known:
+        print(f"training time, from the median of stored runs with the same settings (other seeds, as and where "
+              f"they were trained): about {_minutes_text(sum(known))} min for {len(known)} of the {len(todo)} runs "
+              "to train" + (f"; {len(todo) - len(known)} have no such run" if len(known) < len(todo) else ""),
+              file=sys.stderr)
     return 0
+
+
+def _minutes_text(minutes: float | None) -> str:
+    return "" if minutes is None else f"{minutes:.2f}" if minutes < 1 else f"{minutes:.1f}"
+
+
+def settings_key(spec: dict) -> str:
+    """A stored spec (``RunSpec.to_dict()``) without its seeds: what runs of one setting share."""
+    from bench.spec import SEED_FIELDS
+    return json.dumps({k: v for k, v in spec.items() if k not in SEED_FIELDS}, sort_keys=True)
+
+
+def stored_minutes(runs) -> dict[str, float]:
+    """Median training minutes (``bench.summary.training_minutes``) of the done ``runs`` per
+    :func:`settings_key`."""
+    from bench.summary import training_minutes
+
+    if runs.empty:
+        return {}
+    keys = [settings_key(json.loads(text)) for text in runs["spec_json"]]
+    return {key: float(value) for key, value in training_minutes(runs).groupby(keys).median().items()
+            if value == value}  # a run without a time (NaN) gives none
 
 
 def _existing_store(path: str, specs: list[RunSpec], retry_failed: bool):

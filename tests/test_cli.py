@@ -327,6 +327,36 @@ def test_a_dry_run_says_what_each_run_would_do_and_trains_and_writes_nothing(tmp
     assert path.read_bytes() == before
 
 
+def test_a_dry_run_estimates_training_time_from_stored_runs_of_the_same_settings(tmp_path, capsys):
+    """The median training minutes of stored runs that differ only in their seeds, per run to
+    train, and their sum; runs with no such counterpart get none."""
+    sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+    import fake_store
+
+    from bench.cli import build_specs, make_parser
+
+    path = tmp_path / "s.sqlite"
+    args = ["--methods", "ce,focal", "--seeds", "0,1,2,3", "--store", str(path), "--cache-dir", str(tmp_path / "c"),
+            *QUICK]
+    specs = build_specs(make_parser().parse_args(["run", *args]))
+    store = fake_store.build(path)
+    for spec, seconds in zip(specs[:3], (60.0, 120.0, 300.0)):  # CE seeds 0-2 done: median 2 minutes
+        fake_store.add_run(store, spec, "CE", 50.0)
+        store.conn.execute("UPDATE runs SET env_json = ? WHERE key = ?", (json.dumps({"train_s": seconds}),
+                                                                          spec.key()))
+    other = build_specs(make_parser().parse_args(["run", *args[:4], "--epochs", "3", "--quiet"]))[0]
+    fake_store.add_run(store, other, "CE", 50.0)  # CE with other settings: no estimate from it
+    store.conn.commit()
+    store.close()
+    assert main(["run", *args, "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines()[2:]]
+    estimates = {(r[0], r[2]): r[-2] for r in rows}
+    assert estimates[("CE", "3")] == "2.0" and estimates[("CE", "0")] == ""  # done: nothing to train
+    assert all(estimates[("Focal", str(seed))] == "" for seed in range(4))
+    assert "about 2.0 min for 1 of the 5 runs to train; 4 have no such run" in err
+
+
 def test_shards_split_a_grid_into_near_equal_parts_of_whole_seed_groups(capsys):
     """--shard I/N: the parts of one command are disjoint, make up the grid, keep each cell and
     method's seeds together (so --fuse can group them), and differ in size by one group at most."""
