@@ -134,7 +134,7 @@ def select(runs: pd.DataFrame, *, status: str = "all", methods: list[str] | None
 def listing(runs: pd.DataFrame, lock: dict | None = None) -> pd.DataFrame:
     """One row per run (``LIST_COLUMNS``), in the order they started. ``method`` is the row label of
     ``bench table`` (the settings that set a run apart, e.g. ``CE [epochs=3]``); ``cell`` adds
-    ``[preset/model]`` where the runs shown mix protocols; ``note`` says why a run failed (the
+    ``[preset/model]`` where ``runs`` mix protocols; ``note`` says why a run failed (the
     error's last line) or what a ``running`` run is (:func:`running_note`)."""
     if runs.empty:
         return pd.DataFrame(columns=list(LIST_COLUMNS))
