@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import itertools
 import json
 import os
 import signal
@@ -19,23 +18,15 @@ import textwrap
 import threading
 from pathlib import Path
 
+from bench.arguments import build_specs, paper_specs, parse_shard, shard_specs
 from bench.cpu import keep_freed_memory, warn_if_slow_bf16
 from bench.data.bias import NOISE_TYPES
-from bench.data.cli import default_meta_per_class, parse_noise
 from bench.errors import BenchError
 from bench.spec import (
     GRID_PRESET,
     GRIDS,
     PRESETS,
-    PROTOCOL_FIELDS,
-    Cell,
     RunSpec,
-    apply_protocol_overrides,
-    check_protocol,
-    get_grid,
-    parse_sets,
-    parse_value,
-    scale_schedule,
 )
 from bench.store import DEFAULT_STORE
 
@@ -47,187 +38,6 @@ GROUP_RULE = {"all": "any number of", "many": "more than 100", "medium": "20 to 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, via main()
         raise BenchError(message)
-
-
-def _floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise BenchError(f"{what} must be a comma-separated list of numbers, got {text!r}") from None
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise BenchError(f"--seeds must be a comma-separated list of integers, got {text!r}") from None
-    if not seeds or any(s < 0 for s in seeds):
-        raise BenchError(f"--seeds must be non-negative integers, got {text!r}")
-    return seeds
-
-
-def _check_dataset(name: str) -> None:
-    from bench.data import DATASET_NAMES
-    if name not in DATASET_NAMES and not name.startswith("npz:"):
-        raise BenchError(f"unknown dataset {name!r}; choose from {', '.join(DATASET_NAMES)} or npz:PATH")
-
-
-def _same_setting(option, text: str | None, key: str, kind):
-    """The value of ``--KEY`` or ``--set KEY=...`` (the same setting); BenchError if both are
-    given and disagree."""
-    if text is None:
-        return option
-    value = parse_value(text, kind())
-    if option is not None and option != value:
-        raise BenchError(f"--{key} {option} and --set {key}={text} disagree")
-    return value
-
-
-def build_specs(args) -> list[RunSpec]:
-    """The RunSpecs that ``bench run`` asks for: methods x cells x seeds."""
-    import methods
-
-    if args.grid and (args.imbalance or args.noise):
-        raise BenchError("give either --grid or --imbalance/--noise, not both")
-    cells_from_grid = get_grid(args.grid) if args.grid else getattr(args, "cells", None)
-    preset_name = args.preset or (GRID_PRESET[args.grid] if args.grid else "quick")
-    if preset_name not in PRESETS:
-        raise BenchError(f"unknown preset {preset_name!r}; choose from {', '.join(PRESETS)}")
-    preset = dict(PRESETS[preset_name])
-    cell_defaults = {k: preset.pop(k) for k in ("imbalance", "noise_type", "noise_rate") if k in preset}
-    protocol_sets, method_sets = parse_sets(args.set or [])
-    epochs = _same_setting(args.epochs, protocol_sets.pop("epochs", None), "epochs", int)
-    if epochs is not None:  # --set epochs=N is --epochs N: the schedule scales with it
-        preset.update(scale_schedule(PRESETS[preset_name], epochs))
-    if args.model:
-        preset["model"] = args.model
-    precision = _same_setting(getattr(args, "precision", None), protocol_sets.pop("precision", None),
-                              "precision", str)
-    if precision:
-        preset["precision"] = precision
-    if _same_setting(getattr(args, "train_on_meta", None) or None, protocol_sets.pop("train_on_meta", None),
-                     "train_on_meta", bool):
-        preset["train_on_meta"] = True
-    preset = apply_protocol_overrides(preset, protocol_sets)
-    check_protocol(preset)
-    meta_per_class = preset.pop("meta_per_class", None)  # --set meta_per_class=N = --meta-per-class N
-    if args.meta_per_class is not None:
-        if meta_per_class is not None and meta_per_class != args.meta_per_class:
-            raise BenchError(f"--meta-per-class {args.meta_per_class} and --set meta_per_class={meta_per_class} "
-                             "disagree")
-        meta_per_class = args.meta_per_class
-
-    if cells_from_grid is not None:
-        if args.dataset and any(c.dataset != args.dataset for c in cells_from_grid):
-            raise BenchError(f"the grid is defined on {cells_from_grid[0].dataset}, not {args.dataset}")
-        cells = cells_from_grid
-    else:
-        dataset = args.dataset or preset["dataset"]
-        imbalances = _floats(args.imbalance, "--imbalance") if args.imbalance else [cell_defaults.get("imbalance", 1.0)]
-        noises = ([parse_noise(t) for t in args.noise.split(",")] if args.noise
-                  else [(cell_defaults.get("noise_type", "none"), cell_defaults.get("noise_rate", 0.0))])
-        cells = [Cell(dataset, imb, kind, rate) for imb, (kind, rate) in itertools.product(imbalances, noises)]
-    digests = {}
-    for dataset in {c.dataset for c in cells}:
-        _check_dataset(dataset)
-        if dataset.startswith("npz:"):  # your own file: its runs are keyed by its contents too
-            from bench.execute import dataset_digest
-            digests[dataset] = dataset_digest(dataset, args.data_dir)
-
-    method_names = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
-    if not method_names:
-        raise BenchError("--methods needs at least one method name (see `python -m bench list`)")
-    method_classes = {name: methods.get(name) for name in method_names}
-    for name in method_sets:
-        if name not in method_classes:
-            raise BenchError(f"--set {name}.* names a method that is not in --methods ({', '.join(method_names)})")
-    params = {name: cls.resolve_params(preset_name, method_sets.get(name)) for name, cls in method_classes.items()}
-
-    from methods.base import params_items
-    seeds = _seeds(args.seeds)
-    if args.data_seed is not None and args.data_seed < 0:
-        raise BenchError(f"--data-seed must be non-negative, got {args.data_seed}")
-    if meta_per_class is not None and meta_per_class < 0:
-        raise BenchError(f"--meta-per-class must be non-negative, got {meta_per_class}")
-    protocol = {k: v for k, v in preset.items() if k not in ("dataset", "train_on_meta")}
-    train_on_meta = bool(preset.get("train_on_meta", False))
-    if train_on_meta and all(cls.uses_meta_set for cls in method_classes.values()) and not getattr(args, "paper", None):
-        raise BenchError("--train-on-meta adds the meta set to the pool of methods without one; "
-                         f"{', '.join(method_names)} learn from it already")
-    specs = []
-    for name, cell, seed in itertools.product(method_names, cells, seeds):
-        meta = meta_per_class if meta_per_class is not None else default_meta_per_class(cell.dataset)
-        on_meta = train_on_meta and not method_classes[name].uses_meta_set
-        if on_meta and meta == 0:
-            raise BenchError(f"--train-on-meta: {cell.dataset} has no meta set to add (--meta-per-class 0)")
-        specs.append(RunSpec(method=name, dataset=cell.dataset, imbalance=cell.imbalance,
-                             noise_type=cell.noise_type, noise_rate=cell.noise_rate, meta_per_class=meta,
-                             seed=seed, data_seed=seed if args.data_seed is None else args.data_seed,
-                             preset=preset_name, params=params_items(params[name]),
-                             train_on_meta=on_meta, data_sha256=digests.get(cell.dataset, ""), **protocol))
-        method_classes[name].check_spec(specs[-1])
-    return specs
-
-
-def run_command(spec: RunSpec, data_dir: str | None = None) -> list[str]:
-    """The arguments of a ``bench run`` that asks for exactly ``spec`` (the same key): only what
-    differs from the defaults (preset, cell, dataset's meta-set size, the method's settings under
-    the preset). Checked by building the command's spec again: BenchError if that gives another
-    key (a spec no command can ask for), or if its data cannot be read (npz:PATH)."""
-    import methods
-
-    preset = dict(PRESETS[spec.preset])
-    argv = ["run", "--methods", spec.method]
-    if spec.dataset != preset["dataset"]:
-        argv += ["--dataset", spec.dataset]
-    if spec.imbalance != preset.get("imbalance", 1.0):
-        argv += ["--imbalance", f"{spec.imbalance:g}"]
-    if (spec.noise_type, spec.noise_rate) != (preset.get("noise_type", "none"), preset.get("noise_rate", 0.0)):
-        argv += ["--noise", "none" if spec.noise_type == "none" else f"{spec.noise_type}:{spec.noise_rate:g}"]
-    if spec.seed != 0:
-        argv += ["--seeds", str(spec.seed)]
-    if spec.data_seed != spec.seed:
-        argv += ["--data-seed", str(spec.data_seed)]
-    if spec.preset != "quick":
-        argv += ["--preset", spec.preset]
-    if spec.model != preset["model"]:
-        argv += ["--model", spec.model]
-    if spec.meta_per_class != default_meta_per_class(spec.dataset):
-        argv += ["--meta-per-class", str(spec.meta_per_class)]
-    if spec.precision != "fp32":
-        argv += ["--precision", spec.precision]
-    if spec.train_on_meta:
-        argv += ["--train-on-meta"]
-    if spec.epochs != preset["epochs"]:
-        argv += ["--epochs", str(spec.epochs)]
-        preset.update(scale_schedule(PRESETS[spec.preset], spec.epochs))
-    handled = ("epochs", "model", "precision", "train_on_meta", "meta_per_class")
-    for name in PROTOCOL_FIELDS:
-        if name not in handled and getattr(spec, name) != preset[name]:
-            argv += ["--set", f"{name}={_setting_text(getattr(spec, name))}"]
-    from methods.base import params_items
-
-    defaults = dict(params_items(methods.get(spec.method).resolve_params(spec.preset)))
-    for name, value in spec.params:
-        if defaults.get(name) != value:
-            argv += ["--set", f"{spec.method}.{name}={_setting_text(value)}"]
-    if data_dir is not None:
-        argv += ["--data-dir", str(data_dir)]
-    args = make_parser().parse_args(argv)
-    rebuilt = build_specs(args)
-    if [s.key() for s in rebuilt] != [spec.key()]:
-        raise BenchError(f"no bench run command asks for run {spec.key()} (`{' '.join(argv)}` gives "
-                         f"{', '.join(s.key() for s in rebuilt)})")
-    return argv
-
-
-def _setting_text(value) -> str:
-    """A --set value as parse_value reads it back."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (tuple, list)):
-        return ",".join(map(str, value))
-    return repr(value) if isinstance(value, float) else str(value)
 
 
 # ------------------------------------------------------------------------------ commands
@@ -242,7 +52,7 @@ def cmd_run(args) -> int:
     specs = build_specs(args) if not getattr(args, "paper", None) else paper_specs(args)
     specs = list({spec.key(): spec for spec in specs}.values())  # --seeds 0,0 asks for one run
     if args.shard:
-        index, count = _shard(args.shard)
+        index, count = parse_shard(args.shard)
         asked, specs = len(specs), shard_specs(specs, index, count)
         print(f"bench: --shard {index}/{count}: {len(specs)} of the {asked} runs asked for", file=sys.stderr)
         if not specs:
@@ -263,29 +73,6 @@ def cmd_run(args) -> int:
     read_only = store is not None and not store.writable  # every run in it: only their table, no lock
     with contextlib.nullcontext() if read_only else writer_lock(args.store):  # one writer per store
         return _run_locked(args, specs, executor, device, store)
-
-
-def _shard(text: str) -> tuple[int, int]:
-    """``--shard I/N`` as (I, N), 1 <= I <= N."""
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        index = count = 0
-    if not 1 <= index <= count:
-        raise BenchError(f"--shard must be I/N with 1 <= I <= N (e.g. 2/4), got {text!r}")
-    return index, count
-
-
-def shard_specs(specs: list[RunSpec], index: int, count: int) -> list[RunSpec]:
-    """The ``index``-th (from 1) of ``count`` disjoint parts of ``specs`` (``--shard I/N``): the
-    groups of runs that differ only in their seeds (what ``--fuse`` trains together) dealt out
-    round-robin in the command's order, so the parts of one command are of near-equal size, each
-    group whole, and together the whole grid. The same command gives the same parts."""
-    from bench.fused_runs import fuse_key
-
-    groups = list(dict.fromkeys(fuse_key(spec) for spec in specs))
-    mine = set(groups[index - 1::count])
-    return [spec for spec in specs if fuse_key(spec) in mine]
 
 
 def _check_fuse(fuse: int, specs: list[RunSpec]) -> None:
@@ -450,35 +237,6 @@ def _check_cache_dir(path: Path) -> None:
         raise BenchError(f"--cache-dir {path}: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise BenchError(f"--cache-dir {path}: {existing} is not writable")
-
-
-def paper_specs(args) -> list[RunSpec]:
-    """The runs a paper table needs (``bench run --paper N`` / ``bench runs-for --paper N``).
-
-    ``bench.paper_tables.paper_requests(N)`` lists them as requests, each a dict with ``methods`` (a
-    comma-separated string), ``cells`` (list of Cell), and optionally ``set`` (list of key=value),
-    ``preset`` and ``model``; the user's own --seeds, --epochs, --set and --preset apply on top.
-    """
-    from bench import paper_tables
-
-    chosen = [option for option, value in (("--methods", args.methods), ("--grid", args.grid),
-                                           ("--imbalance", args.imbalance), ("--noise", args.noise),
-                                           ("--dataset", args.dataset)) if value]
-    if chosen:
-        raise BenchError(f"--paper {args.paper} picks the table's own methods and cells; drop "
-                         f"{', '.join(chosen)} (or run them without --paper)")
-    specs = []
-    for request in paper_tables.paper_requests(args.paper):
-        ns = argparse.Namespace(**vars(args))
-        ns.methods = request["methods"]
-        ns.cells, ns.grid, ns.imbalance, ns.noise = request["cells"], None, None, None
-        ns.set = list(request.get("set", [])) + list(args.set or [])
-        ns.preset = args.preset or request.get("preset", "paper")
-        ns.model = args.model or request.get("model")
-        if "meta_per_class" in request:  # Table 7 varies the meta-set size per row
-            ns.meta_per_class = request["meta_per_class"]
-        specs.extend(build_specs(ns))
-    return specs
 
 
 def cmd_table(args) -> int:

@@ -202,9 +202,9 @@ def detail(store, prefix: str, lock: dict | None = None) -> dict:
 
 
 def reproducing_command(spec: dict) -> tuple[str | None, str]:
-    """The ``bench run`` command that asks for this stored run (:func:`bench.cli.run_command`,
+    """The ``bench run`` command that asks for this stored run (:func:`bench.arguments.run_command`,
     checked to give its key), or None and why not (imports the method registry, so torch)."""
-    from bench.cli import run_command
+    from bench.arguments import run_command
     from bench.spec import RunSpec
 
     try:

@@ -95,7 +95,8 @@ def test_bad_run_arguments_give_one_line_and_exit_2_and_write_nothing(args, mess
 def test_set_reaches_every_protocol_field_it_names():
     """``--set`` takes every field its error message lists; meta_per_class and precision (not in
     the presets) mean the same as their own flags."""
-    from bench.cli import build_specs, make_parser
+    from bench.arguments import build_specs
+    from bench.cli import make_parser
     from bench.spec import PROTOCOL_FIELDS
 
     def specs(*args):
@@ -117,7 +118,8 @@ def test_train_on_meta_reaches_the_methods_without_a_meta_set_only():
     """``--train-on-meta`` (PROTOCOL.md §7's fair-data option) marks the runs of methods that do
     not learn from the meta set; MW-Net's and CurveNet's runs, and every run without the flag,
     keep their keys."""
-    from bench.cli import build_specs, make_parser
+    from bench.arguments import build_specs
+    from bench.cli import make_parser
     from bench.errors import BenchError
 
     def specs(*args, methods="ce,mwnet"):
@@ -140,7 +142,8 @@ def test_runs_on_an_npz_file_are_keyed_by_its_contents(tmp_path):
     import numpy as np
 
     from bench import execute
-    from bench.cli import build_specs, make_parser
+    from bench.arguments import build_specs
+    from bench.cli import make_parser
     from bench.errors import BenchError
 
     def write(seed):
@@ -275,7 +278,8 @@ def test_a_run_whose_only_run_failed_says_so_not_that_the_store_is_empty(tmp_pat
     sys.path.insert(0, str(REPO / "tests" / "fixtures"))
     import fake_store
 
-    from bench.cli import build_specs, make_parser
+    from bench.arguments import build_specs
+    from bench.cli import make_parser
 
     args = ["--methods", "ce", "--seeds", "0", "--store", str(tmp_path / "s.sqlite"),
             "--cache-dir", str(tmp_path / "cache"), *QUICK]
@@ -296,7 +300,8 @@ def test_a_dry_run_says_what_each_run_would_do_and_trains_and_writes_nothing(tmp
     sys.path.insert(0, str(REPO / "tests" / "fixtures"))
     import fake_store
 
-    from bench.cli import build_specs, make_parser
+    from bench.arguments import build_specs
+    from bench.cli import make_parser
     from bench.execute import checkpoint_path
 
     path, cache = tmp_path / "s.sqlite", tmp_path / "cache"
@@ -333,7 +338,8 @@ def test_a_dry_run_estimates_training_time_from_stored_runs_of_the_same_settings
     sys.path.insert(0, str(REPO / "tests" / "fixtures"))
     import fake_store
 
-    from bench.cli import build_specs, make_parser
+    from bench.arguments import build_specs
+    from bench.cli import make_parser
 
     path = tmp_path / "s.sqlite"
     args = ["--methods", "ce,focal", "--seeds", "0,1,2,3", "--store", str(path), "--cache-dir", str(tmp_path / "c"),
@@ -360,7 +366,8 @@ def test_a_dry_run_estimates_training_time_from_stored_runs_of_the_same_settings
 def test_shards_split_a_grid_into_near_equal_parts_of_whole_seed_groups(capsys):
     """--shard I/N: the parts of one command are disjoint, make up the grid, keep each cell and
     method's seeds together (so --fuse can group them), and differ in size by one group at most."""
-    from bench.cli import build_specs, make_parser, shard_specs
+    from bench.arguments import build_specs, shard_specs
+    from bench.cli import make_parser
     from bench.fused_runs import fuse_key
 
     args = make_parser().parse_args(["run", "--methods", "ce,focal,mwnet", "--imbalance", "1,10,100",
@@ -533,7 +540,8 @@ def test_a_read_only_store_is_read_by_table_and_refused_by_run(read_only, tmp_pa
     sys.path.insert(0, str(REPO / "tests" / "fixtures"))
     import fake_store
 
-    from bench.cli import build_specs, make_parser
+    from bench.arguments import build_specs
+    from bench.cli import make_parser
 
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -591,9 +599,10 @@ def test_output_into_a_closed_pipe_ends_quietly():
      None),
 ])
 def test_the_command_for_a_run_asks_for_exactly_that_run(asked, expected):
-    """bench show KEY's command (bench.cli.run_command): what differs from the defaults, and
+    """bench show KEY's command (bench.arguments.run_command): what differs from the defaults, and
     building it again gives the run's key (checked inside; here over every method and option)."""
-    from bench.cli import build_specs, make_parser, run_command
+    from bench.arguments import build_specs, run_command
+    from bench.cli import make_parser
 
     for spec in build_specs(make_parser().parse_args(["run", *asked])):
         argv = run_command(spec)
@@ -607,7 +616,8 @@ def test_the_command_for_a_run_asks_for_exactly_that_run(asked, expected):
 def test_the_command_for_your_own_npz_data_names_the_file(tmp_path):
     import numpy as np
 
-    from bench.cli import build_specs, make_parser, run_command
+    from bench.arguments import build_specs, run_command
+    from bench.cli import make_parser
 
     rng = np.random.default_rng(0)
     path = tmp_path / "mine.npz"
@@ -619,7 +629,7 @@ def test_the_command_for_your_own_npz_data_names_the_file(tmp_path):
 
 
 def test_a_spec_no_command_can_ask_for_is_refused():
-    from bench.cli import run_command
+    from bench.arguments import run_command
     from bench.errors import BenchError
     from bench.spec import RunSpec
 

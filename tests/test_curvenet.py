@@ -331,7 +331,8 @@ def test_drw_counts_needs_drw_and_a_known_value():
 
 
 def test_curvenet_without_a_meta_set_says_once_that_it_is_ce(monkeypatch, capsys):
-    from bench.cli import build_specs, make_parser
+    from bench.arguments import build_specs
+    from bench.cli import make_parser
 
     monkeypatch.setattr(CurveNetMethod, "_said_no_meta_set", False)
 

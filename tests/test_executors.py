@@ -19,7 +19,8 @@ import torch
 import bench.execute
 import methods
 from bench import executors
-from bench.cli import build_specs, main, make_parser
+from bench.arguments import build_specs
+from bench.cli import main, make_parser
 from bench.errors import BenchError
 from bench.execute import RunResult, checkpoint_path, execute, pending, run_grid
 from bench.store import Store

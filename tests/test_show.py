@@ -136,7 +136,8 @@ def test_one_run_in_full_spec_env_result_history_and_its_records(tmp_path, capsy
 
 
 def test_one_run_in_full_gives_the_command_that_asks_for_it(tmp_path, capsys):
-    from bench.cli import build_specs, make_parser
+    from bench.arguments import build_specs
+    from bench.cli import make_parser
 
     (spec,) = build_specs(make_parser().parse_args(["run", "--methods", "focal", "--seeds", "5", "--epochs", "3",
                                                     "--set", "focal.gamma=2"]))

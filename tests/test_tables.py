@@ -409,7 +409,8 @@ def test_cli_write_all(tmp_path, store):
 def test_runs_for_paper_specs_fill_exactly_their_table(tmp_path, ref):
     """Round trip: the specs `bench runs-for --paper N` trains, stored with fake metrics, fill every
     cell of table N (standard protocol, no ambiguity) and nothing else is needed."""
-    from bench.cli import make_parser, paper_specs
+    from bench.arguments import paper_specs
+    from bench.cli import make_parser
     from bench.execute import display_name
 
     s = Store(tmp_path / "rt.sqlite")
