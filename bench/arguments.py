@@ -259,3 +259,67 @@ def paper_specs(args) -> list[RunSpec]:
             ns.meta_per_class = request["meta_per_class"]
         specs.extend(build_specs(ns))
     return specs
+
+
+def asked_specs(args) -> list[RunSpec]:
+    """Every run a ``bench run`` command asks for: a paper table's (``--paper N``), or methods x
+    cells x seeds for every combination of the ``--sweep`` values (:func:`sweep_sets`), in the
+    command's order, each run once."""
+    if getattr(args, "paper", None):
+        if getattr(args, "sweep", None):
+            raise BenchError(f"--paper {args.paper} runs the table's own settings; drop --sweep")
+        specs = paper_specs(args)
+    else:
+        methods = {m.strip() for m in (args.methods or "").split(",")}
+        for item in getattr(args, "sweep", None) or []:
+            owner = item.partition("=")[0].strip().partition(".")
+            if owner[1] and owner[0] not in methods:
+                raise BenchError(f"--sweep {owner[0]}.{owner[2]} names a method that is not in --methods "
+                                 f"({args.methods})")
+        specs = []
+        for sets in sweep_sets(getattr(args, "sweep", None), args.set):
+            specs.extend(build_specs(argparse.Namespace(**{**vars(args), "set": list(args.set or []) + sets})))
+    return list({spec.key(): spec for spec in specs}.values())  # --seeds 0,0 asks for one run
+
+
+def sweep_sets(sweeps: list[str] | None, sets: list[str] | None = None) -> list[list[str]]:
+    """``--sweep KEY=V1,V2,...`` (repeatable) as the ``--set`` items of each combination of values,
+    the first sweep's values outermost; ``[[]]`` without sweeps. A key is a protocol field
+    (``lr``) or a method setting (``focal.gamma``), as for ``--set``; each value is one value of
+    it (a list-valued setting such as ``milestones`` takes a one-element list per value: set
+    lists with ``--set``)."""
+    axes: dict[str, list[str]] = {}
+    for item in sweeps or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        if not sep or not key or not values:
+            raise BenchError(f"malformed --sweep {item!r}; expected KEY=V1,V2,..., e.g. focal.gamma=0.5,1,2")
+        if key in axes:
+            raise BenchError(f"--sweep {key} is given twice; put all its values in one --sweep")
+        if len(set(values)) < len(values):
+            raise BenchError(f"--sweep {item!r} repeats a value")
+        axes[key] = values
+    fixed = {item.partition("=")[0].strip() for item in sets or []}
+    both = sorted(fixed & set(axes))  # (--epochs N against a sweep of epochs: build_specs says they disagree)
+    if both:
+        raise BenchError(f"{', '.join(both)}: give each setting in --set or in --sweep, not both")
+    return [[f"{key}={value}" for key, value in zip(axes, combo)] for combo in itertools.product(*axes.values())]
+
+
+def swept(spec: RunSpec, sweeps: list[str] | None) -> str:
+    """The run's values of the ``--sweep`` settings that apply to it (``focal.gamma=2 lr=0.05``)."""
+    shown = []
+    for item in sweeps or []:
+        key = item.partition("=")[0].strip()
+        owner, dot, name = key.partition(".")
+        if not dot:
+            value = getattr(spec, key, None)
+        elif owner == spec.method:
+            value = dict(spec.params).get(name)
+        else:
+            continue
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) \
+            else str(value)
+        shown.append(f"{key}={text}")
+    return " ".join(shown)

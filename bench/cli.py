@@ -18,7 +18,7 @@ import textwrap
 import threading
 from pathlib import Path
 
-from bench.arguments import build_specs, paper_specs, parse_shard, shard_specs
+from bench.arguments import asked_specs, parse_shard, shard_specs
 from bench.cpu import keep_freed_memory, warn_if_slow_bf16
 from bench.data.bias import NOISE_TYPES
 from bench.errors import BenchError
@@ -49,8 +49,7 @@ def cmd_run(args) -> int:
     if args.deterministic:  # cuBLAS reads it when it starts: before any CUDA work, here and in workers
         from bench.capture import CUBLAS_DETERMINISTIC_WORKSPACE
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
-    specs = build_specs(args) if not getattr(args, "paper", None) else paper_specs(args)
-    specs = list({spec.key(): spec for spec in specs}.values())  # --seeds 0,0 asks for one run
+    specs = asked_specs(args)
     if args.shard:
         index, count = parse_shard(args.shard)
         asked, specs = len(specs), shard_specs(specs, index, count)
@@ -144,6 +143,7 @@ def _dry_run(args, specs: list[RunSpec]) -> int:
     import pandas as pd
 
     import methods
+    from bench.arguments import swept
     from bench.execute import checkpoint_path, pending
     from bench.fused_runs import FusedGroup, group_runs
     from bench.store import Store
@@ -168,6 +168,7 @@ def _dry_run(args, specs: list[RunSpec]) -> int:
             would[spec.key()] = ("resume" if resumes else "train") + group
     estimate = {spec.key(): minutes.get(settings_key(spec.to_dict())) for spec in todo}
     rows = [{"method": methods.get(spec.method).display_name(dict(spec.params)), "cell": spec.cell.label(),
+             **({"sweep": swept(spec, args.sweep)} if getattr(args, "sweep", None) else {}),
              "seed": spec.seed, "key": spec.key()[:12], "in store": status[spec.key()] or "-",
              "est. min": _minutes_text(estimate.get(spec.key())),
              "would": would.get(spec.key(), "skip" if status[spec.key()] == "done" else "skip (--retry-failed)")}
@@ -383,6 +384,9 @@ def make_parser() -> ArgumentParser:
                                               "scale with it, a method's own stages do not")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a protocol field (lr=0.05) or a method setting (focal.gamma=2); repeatable")
+    run.add_argument("--sweep", action="append", metavar="KEY=V1,V2,...",
+                     help="run every value of a protocol field or method setting (focal.gamma=0.5,1,2); "
+                          "repeatable: every combination; each gets its own table row")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     run.add_argument("--precision", choices=("fp32", "bf16"),
                      help="fp32 (default, the papers') or bf16 autocast; part of each run's key")

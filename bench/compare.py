@@ -150,8 +150,8 @@ def render(table: pd.DataFrame, a: str, b: str, confidence: float, fmt: str = "m
         ci: ["—" if math.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]" for lo, hi in zip(table["ci_low"], table["ci_high"])],
         "p": [_p_text(p) for p in table["p"]],
         "test": [f"{t} (n={n})" for t, n in zip(table["test"], table["n"])],
-        "A > B": table["wins"]})
-    return text_table(shown.rename(columns={"A > B": f"{a} > {b}"}))
+        "A > B (seeds)": table["wins"]})
+    return text_table(shown)
 
 
 def main(args) -> int:

@@ -635,3 +635,49 @@ def test_a_spec_no_command_can_ask_for_is_refused():
 
     with pytest.raises(BenchError, match="no bench run command asks for run"):
         run_command(RunSpec(method="mwnet", params=(("variant", "imb"),)))  # the others missing
+
+
+def test_sweeps_ask_for_every_combination_of_their_values_each_run_once():
+    from bench.arguments import asked_specs, sweep_sets
+    from bench.cli import make_parser
+
+    assert sweep_sets(None) == [[]]
+    assert sweep_sets(["focal.gamma=0.5,2", "lr=0.05,0.1"]) == [
+        ["focal.gamma=0.5", "lr=0.05"], ["focal.gamma=0.5", "lr=0.1"], ["focal.gamma=2", "lr=0.05"],
+        ["focal.gamma=2", "lr=0.1"]]
+    args = make_parser().parse_args(["run", "--methods", "focal,ce", "--seeds", "0,1", "--sweep", "focal.gamma=0.5,2",
+                                     "--sweep", "lr=0.05,0.1", "--set", "epochs=3"])
+    specs = asked_specs(args)
+    got = sorted((s.method, dict(s.params).get("gamma"), s.lr, s.seed, s.epochs) for s in specs)
+    # focal: 2 gammas x 2 lrs x 2 seeds; CE has no gamma: 2 lrs x 2 seeds, each once
+    assert got == sorted([("focal", g, lr, seed, 3) for g in (0.5, 2.0) for lr in (0.05, 0.1) for seed in (0, 1)]
+                         + [("ce", None, lr, seed, 3) for lr in (0.05, 0.1) for seed in (0, 1)])
+    assert len({s.key() for s in specs}) == len(specs) == 12
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sweep", "lr"], "malformed --sweep 'lr'; expected KEY=V1,V2,..."),
+    (["--sweep", "lr=0.1", "--sweep", "lr=0.2"], "--sweep lr is given twice"),
+    (["--sweep", "lr=0.1,0.1"], "repeats a value"),
+    (["--sweep", "lr=0.1,0.2", "--set", "lr=0.3"], "lr: give each setting in --set or in --sweep, not both"),
+    (["--sweep", "focal.gamma=1,2"], "--sweep focal.gamma names a method that is not in --methods (ce)"),
+    (["--sweep", "lr=0.1,-1"], "lr must be positive"),
+    (["--sweep", "ce.gamma=1"], "method 'ce' has no setting 'gamma'"),
+])
+def test_bad_sweeps_are_one_line_errors(capsys, args, message):
+    assert main(["run", "--methods", "ce", *args, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench: error:") and message in err, err
+    assert main(["runs-for", "--paper", "2", "--sweep", "lr=0.1,0.2", "--dry-run"]) == 2
+    assert "--paper 2 runs the table's own settings; drop --sweep" in capsys.readouterr().err
+
+
+def test_a_sweep_trains_a_table_row_per_value_and_the_dry_run_names_the_values(tmp_path, capsys):
+    args = ["run", "--methods", "ce", "--sweep", "lr=0.05,0.1", "--epochs", "1", "--imbalance", "100", "--noise",
+            "none", "--store", str(tmp_path / "s.sqlite"), "--cache-dir", str(tmp_path / "c"), "--quiet"]
+    assert main([*args, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split("|")[3].strip() for line in out.splitlines()[2:]] == ["lr=0.05", "lr=0.1"]
+    assert main(args) == 0
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| CE")]
+    assert rows == ["CE [lr=0.05]", "CE [lr=0.1]"]
