@@ -1,4 +1,4 @@
-"""``python -m bench run|runs-for|table|show|compare|merge|list|plot|timing|data ...`` (see bench/cli.py)."""
+"""``python -m bench run|runs-for|table|show|compare|forget|merge|list|plot|timing|data ...`` (see bench/cli.py)."""
 
 import sys
 

@@ -338,6 +338,16 @@ class Store:
                     c.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(records[0]))})", records)
         return status
 
+    def remove(self, keys: list[str]) -> int:
+        """Delete the runs ``keys`` with all their rows, in one transaction; how many were there."""
+        removed = 0
+        with self.transaction() as c:
+            for key in keys:
+                for table in RUN_TABLES:
+                    c.execute(f"DELETE FROM {table} WHERE run_key = ?", (key,))
+                removed += c.execute("DELETE FROM runs WHERE key = ?", (key,)).rowcount
+        return removed
+
     # --- reading --------------------------------------------------------------------------
     def runs(self, status: str | None = "done", keys: list[str] | None = None) -> pd.DataFrame:
         """Runs as a DataFrame, metrics expanded into columns (``acc_last``, ``acc_best`` ...)."""

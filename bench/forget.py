@@ -1,0 +1,89 @@
+"""``python -m bench forget``: remove runs from a store, so that the next ``bench run`` trains
+them again (after fixing a method, or to drop an experiment).
+
+``bench forget [KEY ...] [--method M,...] [--cell DATASET:IMB:NOISE] [--status S] [--yes]``
+selects runs as ``bench show`` does (every selector given must hold) and lists them; only with
+``--yes`` are they deleted, each with all its rows (history, per-sample records), in one
+transaction, under the store's writer lock (not while a ``bench run`` writes the store). Their
+checkpoints in ``--cache-dir`` go too, and those of fused groups that hold one of them, so that
+nothing resumes from them. CurveNet's cached probe curves (``CACHE/curvenet_probe``) stay: they
+are shared by CurveNet runs that differ only after the probe; delete that folder by hand after
+changing the probe's code.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from bench.errors import BenchError
+from bench.show import STATUSES, listing, render_listing, select, writer
+
+
+def add_arguments(parser) -> None:
+    from bench.execute import DEFAULT_CACHE_DIR
+    from bench.store import DEFAULT_STORE
+
+    parser.add_argument("runs", nargs="*", metavar="KEY", help="runs by key (or unique prefix)")
+    parser.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default ./{DEFAULT_STORE})")
+    parser.add_argument("--method", help="runs of these methods (comma-separated registry names)")
+    parser.add_argument("--cell", help="runs on this cell, DATASET:IMBALANCE:NOISE, e.g. fmnist-mini:10:flip2:0.4")
+    parser.add_argument("--status", choices=STATUSES, help="runs in this state (all: any)")
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR),
+                        help="where their checkpoints are (as for bench run; default ./.bench_cache)")
+    parser.add_argument("--yes", action="store_true", help="delete them (without it: only list them)")
+
+
+def remove_checkpoints(keys: set[str], cache_dir: Path) -> int:
+    """Remove the checkpoints of the runs ``keys`` and of the fused groups holding one of them."""
+    from bench.execute import MEMBERS_SUFFIX, remove_checkpoint
+
+    folder = Path(cache_dir) / "checkpoints"
+    paths = [folder / f"{key}.pt" for key in keys]
+    for members in sorted(folder.glob(f"*{MEMBERS_SUFFIX}")) if folder.is_dir() else []:
+        try:
+            if keys & set(members.read_text().split()):
+                paths.append(members.with_suffix(".pt"))
+        except OSError:
+            continue
+    found = [path for path in paths if path.exists() or path.with_suffix(MEMBERS_SUFFIX).exists()]
+    for path in found:
+        remove_checkpoint(path)
+    return len(found)
+
+
+def main(args) -> int:
+    from bench.plots import parse_cell
+    from bench.store import Store, writer_lock
+
+    if not (args.runs or args.method or args.cell or args.status):
+        raise BenchError("name the runs to forget: KEY..., --method, --cell or --status (every run: --status all)")
+    cell = parse_cell(args.cell) if args.cell else None
+    store = Store(args.store, create=False)
+    try:
+        every = store.runs(None)
+        keep = select(every, status=args.status or "all",
+                      methods=[m.strip() for m in args.method.split(",") if m.strip()] if args.method else None,
+                      cell=cell)
+        if args.runs:
+            keep &= every["key"].isin({store.resolve_key(prefix) for prefix in args.runs})
+        chosen = every[keep]
+        if chosen.empty:
+            print(f"bench: no run in {args.store} is all of what was named; nothing to forget", file=sys.stderr)
+            return 0
+        print(render_listing(listing(every, writer(args.store))[keep.to_numpy()].reset_index(drop=True)))
+        if not args.yes:
+            print(f"{len(chosen)} run{'s' * (len(chosen) != 1)} would be forgotten; add --yes to delete them",
+                  file=sys.stderr)
+            return 0
+        if not store.writable:
+            raise BenchError(f"store {args.store} is not writable")
+        with writer_lock(args.store):  # StoreInUse while a bench run writes it
+            removed = store.remove(list(chosen["key"]))
+            checkpoints = remove_checkpoints(set(chosen["key"]), Path(args.cache_dir))
+    finally:
+        store.close()
+    print(f"forgot {removed} run{'s' * (removed != 1)} in {args.store}"
+          + (f" and {checkpoints} checkpoint{'s' * (checkpoints != 1)} in {args.cache_dir}" if checkpoints else "")
+          + "; the next bench run that asks for them trains them again", file=sys.stderr)
+    return 0

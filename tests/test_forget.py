@@ -1,0 +1,85 @@
+"""`bench forget` (bench/forget.py): runs listed first, deleted with --yes (all their rows, their
+checkpoints and those of fused groups holding them), never while a bench run writes the store."""
+
+import sqlite3
+import sys
+from pathlib import Path
+
+from bench.cli import main
+from bench.store import RUN_TABLES, Store, writer_lock
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+import fake_store  # noqa: E402
+
+
+def rows_per_table(path) -> dict:
+    conn = sqlite3.connect(path)
+    try:
+        return {table: conn.execute(f"SELECT run_key, COUNT(*) FROM {table} GROUP BY run_key").fetchall()
+                for table in RUN_TABLES} | {"runs": conn.execute("SELECT key FROM runs ORDER BY key").fetchall()}
+    finally:
+        conn.close()
+
+
+def test_forget_lists_then_deletes_the_runs_with_all_their_rows_and_checkpoints(tmp_path, capsys):
+    path, cache = tmp_path / "s.sqlite", tmp_path / "cache"
+    store = fake_store.build(path)
+    curvenet = fake_store.add_fake_curvenet_run(store)  # with samples, values and arrays
+    keys = dict(zip(store.runs(None)["key"], store.runs(None)["method"]))
+    store.close()
+    folder = cache / "checkpoints"
+    folder.mkdir(parents=True)
+    other = next(k for k, m in keys.items() if m == "mwnet")
+    for name in (f"{curvenet}.pt", "group1.pt", "group2.pt", f"{other}.pt"):
+        (folder / name).write_bytes(b"x")
+    (folder / "group1.members").write_text(f"{other}\n{curvenet}\n")  # a fused group holding it
+    (folder / "group2.members").write_text(f"{other}\n")
+    before = rows_per_table(path)
+
+    args = ["forget", "--store", str(path), "--cache-dir", str(cache), "--method", "curvenet", "--cell",
+            "fmnist-mini:8:flip2:0.25"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert curvenet[:12] in out and out.count("| CurveNet") == 1 and "1 run would be forgotten; add --yes" in err
+    assert rows_per_table(path) == before and len(list(folder.iterdir())) == 6  # nothing removed without --yes
+
+    assert main([*args, "--yes"]) == 0
+    err = capsys.readouterr().err
+    assert "forgot 1 run in" in err and "and 2 checkpoints in" in err
+    after = rows_per_table(path)
+    for table, counts in before.items():
+        assert after[table] == [r for r in counts if curvenet not in r], table  # only its rows went
+    assert any(curvenet in r for r in before["arrays"]) and any(curvenet in r for r in before["samples"])
+    assert {p.name for p in folder.iterdir()} == {"group2.members", "group2.pt", f"{other}.pt"}
+    assert Store(path, create=False).status(curvenet) is None  # the next bench run trains it again
+
+
+def test_forget_by_key_and_status_and_what_it_refuses(tmp_path, capsys):
+    path = tmp_path / "s.sqlite"
+    fake_store.build(path).close()
+    failed = Store(path, create=False).runs("failed")["key"].iloc[0]
+    assert main(["forget", "--store", str(path), "--status", "failed", "--yes"]) == 0
+    assert "forgot 1 run in" in capsys.readouterr().err and Store(path, create=False).status(failed) is None
+    runs = Store(path, create=False).runs("done")
+    mwnet, curvenet = (runs[runs["method"] == m]["key"].iloc[0] for m in ("mwnet", "curvenet"))
+    # every selector must hold: of the two keys, only the MW-Net run is of --method mwnet
+    assert main(["forget", mwnet[:10], curvenet, "--store", str(path), "--method", "mwnet", "--yes"]) == 0
+    assert "forgot 1 run in" in capsys.readouterr().err
+    left = set(Store(path, create=False).runs("done")["key"])
+    assert left == set(runs["key"]) - {mwnet}
+    assert main(["forget", "--store", str(path)]) == 2
+    assert "name the runs to forget" in capsys.readouterr().err
+    assert main(["forget", "zzzz", "--store", str(path)]) == 2
+    assert "no run with a key starting 'zzzz'" in capsys.readouterr().err
+    assert main(["forget", "--store", str(path), "--cell", "cifar10:3:none"]) == 0
+    assert "nothing to forget" in capsys.readouterr().err
+
+
+def test_forget_waits_for_no_bench_run_writing_the_store(tmp_path, capsys):
+    path = tmp_path / "s.sqlite"
+    fake_store.build(path).close()
+    before = rows_per_table(path)
+    with writer_lock(path):  # as a bench run holds it
+        assert main(["forget", "--store", str(path), "--status", "all", "--yes"]) == 2
+    assert "is being written by another `bench run`" in capsys.readouterr().err
+    assert rows_per_table(path) == before
