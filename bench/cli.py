@@ -245,6 +245,8 @@ def cmd_table(args) -> int:
     from bench.summary import render, render_records, results_records, results_table
 
     if args.paper:
+        if args.method or args.cell:
+            raise BenchError(f"--paper {args.paper} shows the table's own rows and cells; drop --method/--cell")
         if args.metric == "minutes":
             raise BenchError("--metric minutes is for the plain table (the paper tables show accuracy; "
                              "Table 8's times: python -m bench timing)")
@@ -256,6 +258,12 @@ def cmd_table(args) -> int:
     args.metric = args.metric or "last"
     store = Store(args.store, create=False)
     runs = store.runs("done")
+    if args.method or args.cell:  # whole (method, cell) groups: each row keeps its label
+        from bench.plots import parse_cell
+        from bench.show import select
+
+        wanted = [m.strip() for m in args.method.split(",") if m.strip()] if args.method else None
+        runs = runs[select(runs, methods=wanted, cell=parse_cell(args.cell) if args.cell else None)]
     group = "" if args.group == "all" else f"{args.group}-shot classes"
     if args.metric == "minutes" and group:
         raise BenchError("--metric minutes is a run's training time: it has no --group")
@@ -444,6 +452,8 @@ def make_parser() -> ArgumentParser:
                             "(max over epochs on the test set, as the papers report; default with --paper, so "
                             "that ours and the published numbers are the same quantity); minutes: each run's "
                             "training time (all attempts of a resumed run), for the plain table")
+    table.add_argument("--method", help="only these methods (comma-separated registry names)")
+    table.add_argument("--cell", help="only this cell, DATASET:IMBALANCE:NOISE, e.g. fmnist-mini:10:flip2:0.4")
     table.add_argument("--group", choices=("all", "many", "medium", "few"), default="all",
                        help="all classes, or one shot group ("
                        + ", ".join(rule for g, rule in GROUP_RULE.items() if g != "all") + " training samples)")

@@ -257,3 +257,31 @@ def test_training_minutes_from_the_runs_env_else_their_last_attempts_wall_time()
         metric_column("minutes", "few")
     runs["env_json"] = [json.dumps({"train_s": 240.0, "fused": 4})] * 2 + [json.dumps({"train_s": 60.0})]
     assert training_minutes(runs).tolist() == [1.0, 1.0, 1.0]  # a fused group of 4's 4 minutes: 1 each
+
+
+def test_bench_table_filters_by_method_and_cell_and_keeps_each_rows_label(tmp_path, capsys):
+    import io
+    import sys
+    from pathlib import Path
+
+    from bench.cli import main
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+    import fake_store
+
+    path = tmp_path / "s.sqlite"
+    fake_store.build(path).close()
+
+    def records(*args):
+        assert main(["table", "--store", str(path), "--format", "csv", *args]) == 0
+        return pd.read_csv(io.StringIO(capsys.readouterr().out))
+
+    every = records()
+    curvenet = records("--method", "curvenet", "--cell", "cifar10:1:flip2:0.4")
+    assert sorted(curvenet["method"]) == ["CurveNet [curvenet.skip_layers=0]", "CurveNet [curvenet.skip_layers=2]"]
+    assert set(curvenet["cell"]) == {"cifar10 imb1 flip2:0.4"}
+    mine = every[every["method"].isin(curvenet["method"]) & every["cell"].str.startswith("cifar10 imb1 flip2:0.4")]
+    assert sorted(mine["mean"]) == sorted(curvenet["mean"])  # the same numbers as in the whole table
+    assert set(records("--method", "mwnet,ce")["method"]) == {"MW-Net(imb)", "MW-Net(noise)"}
+    assert main(["table", "--store", str(path), "--paper", "2", "--method", "ce"]) == 2
+    assert "drop --method/--cell" in capsys.readouterr().err
