@@ -179,6 +179,10 @@ def main(args) -> int:
         if args.format == "md":
             return 0
     print(render(table, a, b, args.confidence, args.format))
+    if args.format == "md" and len(table) > 1:
+        ahead = int((table["diff"] > 0).sum())
+        print(f"\nover the {len(table)} cells: {a} ahead in {ahead}, mean Δ {table['diff'].mean():+.2f} (cells "
+              "weighted equally)")
     if args.format == "md" and not table.empty:
         print("\npaired: over the seeds both ran on the same data (t interval, paired t-test); Welch: unpaired "
               "(no shared seed with the same data). p is per cell, two-sided, not corrected for the number of "

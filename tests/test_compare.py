@@ -114,3 +114,14 @@ def test_no_shared_cell_is_said_and_is_not_an_error(tmp_path, capsys):
     path = make_store(tmp_path / "s.sqlite", [("ce", 0, 70.0, {}), ("mwnet", 0, 68.0, {"imbalance": 100.0})])
     table, err = compared(capsys, "ce", "mwnet", "--store", str(path))
     assert table.empty and "no cell where both CE and MW-Net(noise) have finished runs" in err
+
+
+def test_over_several_cells_the_markdown_sums_up_who_is_ahead(tmp_path, capsys):
+    path = make_store(tmp_path / "s.sqlite", [("ce", 0, 70.0, {}), ("mwnet", 0, 68.0, {}),
+                                               ("ce", 0, 50.0, {"imbalance": 100.0}),
+                                               ("mwnet", 0, 51.0, {"imbalance": 100.0}),
+                                               ("ce", 0, 40.0, {"imbalance": 200.0}),
+                                               ("mwnet", 0, 35.0, {"imbalance": 200.0})])
+    assert main(["compare", "ce", "mwnet", "--store", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "over the 3 cells: CE ahead in 2, mean Δ +2.00 (cells weighted equally)" in out
