@@ -34,7 +34,7 @@ from bench.summary import cell_label, row_labels, settings, text_table, training
 
 STATUSES = ("all", "done", "failed", "running")
 LIST_COLUMNS = ("key", "method", "cell", "seed", "status", "attempts", "acc_last", "acc_best", "minutes", "when",
-                "note")
+                "commit", "note")
 
 
 def add_arguments(parser) -> None:
@@ -112,6 +112,13 @@ def running_note(lock: dict | None, started) -> str:
     return f"being trained (bench run pid {lock['pid']})" if lock["held"] else resumes
 
 
+def _commit(env_json) -> str:
+    """The suite's commit a run was trained with, short (``+`` for uncommitted changes)."""
+    env = json.loads(env_json) if isinstance(env_json, str) and env_json else {}
+    commit = str(env.get("suite_commit", ""))
+    return "" if commit in ("", "unknown") else commit[:8] + ("+" if commit.endswith("+dirty") else "")
+
+
 def _reason(error) -> str:
     text = error.strip() if isinstance(error, str) else ""
     return text.splitlines()[-1] if text else "no reason stored"
@@ -134,7 +141,8 @@ def select(runs: pd.DataFrame, *, status: str = "all", methods: list[str] | None
 def listing(runs: pd.DataFrame, lock: dict | None = None) -> pd.DataFrame:
     """One row per run (``LIST_COLUMNS``), in the order they started. ``method`` is the row label of
     ``bench table`` (the settings that set a run apart, e.g. ``CE [epochs=3]``); ``cell`` adds
-    ``[preset/model]`` where ``runs`` mix protocols; ``note`` says why a run failed (the
+    ``[preset/model]`` where ``runs`` mix protocols; ``commit`` is the suite's commit it was trained
+    with (``+``: with uncommitted changes); ``note`` says why a run failed (the
     error's last line) or what a ``running`` run is (:func:`running_note`)."""
     if runs.empty:
         return pd.DataFrame(columns=list(LIST_COLUMNS))
@@ -155,6 +163,7 @@ def listing(runs: pd.DataFrame, lock: dict | None = None) -> pd.DataFrame:
         out[column] = runs[column] if column in runs else np.nan
     out["minutes"] = training_minutes(runs).where(runs["status"] == "done")
     out["when"] = [_when(e if s != "running" else b) for s, b, e in zip(runs["status"], runs["started"], runs["ended"])]
+    out["commit"] = [_commit(text) for text in runs["env_json"]]
     out["note"] = [_reason(e) if s == "failed" else running_note(lock, b) if s == "running" else ""
                    for s, e, b in zip(runs["status"], runs["error"], runs["started"])]
     return out.reset_index(drop=True)

@@ -3,6 +3,7 @@ fake store of tests/fixtures (made-up metrics, nothing trained)."""
 
 import io
 import json
+import sqlite3
 import os
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def test_the_listing_has_every_run_with_its_state_and_why_it_failed_or_is_still_
     assert failed["note"] == "diverged at epoch 3: loss is nan (fake)" and pd.isna(failed["acc_last"])
     running = table[table["status"] == "running"].iloc[0]
     assert running["note"].startswith("interrupted") and running["seed"] == 3
-    assert (table["attempts"] == 1).all()
+    assert (table["attempts"] == 1).all() and table["commit"].isna().all()  # the fixture names no commit
     # the fake store mixes presets: the cell names its protocol
     assert "cifar10 imb200 clean [quick/small_cnn]" in set(table["cell"])
     out, err = shown(capsys, "--store", str(store_path))
@@ -169,3 +170,14 @@ def test_bad_input_is_one_line(store_path, capsys, args, message):
 def test_a_missing_store_is_an_error_and_is_not_created(tmp_path, capsys):
     assert main(["show", "--store", str(tmp_path / "none.sqlite")]) == 2
     assert "bench: error:" in capsys.readouterr().err and not (tmp_path / "none.sqlite").exists()
+
+
+def test_the_listing_names_the_suites_commit_of_each_run(store_path, capsys):
+    conn = sqlite3.connect(store_path)
+    key = conn.execute("SELECT key FROM runs WHERE status = 'done' LIMIT 1").fetchone()[0]
+    conn.execute("UPDATE runs SET env_json = ? WHERE key = ?",
+                 (json.dumps({"suite_commit": "0123456789abcdef0123456789abcdef01234567+dirty"}), key))
+    conn.commit()
+    conn.close()
+    table = records(capsys, "--store", str(store_path))
+    assert dict(zip(table["key"], table["commit"]))[key] == "01234567+"
