@@ -3,8 +3,8 @@ fake store of tests/fixtures (made-up metrics, nothing trained)."""
 
 import io
 import json
-import sqlite3
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
