@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
 import os
 import signal
 import sqlite3
@@ -147,7 +146,7 @@ def _dry_run(args, specs: list[RunSpec]) -> int:
     from bench.execute import checkpoint_path, pending
     from bench.fused_runs import FusedGroup, group_runs
     from bench.store import Store
-    from bench.summary import text_table
+    from bench.summary import settings_key, stored_minutes, text_table
 
     status, todo = dict.fromkeys((spec.key() for spec in specs), None), list(specs)
     minutes: dict[str, float] = {}
@@ -189,24 +188,6 @@ def _dry_run(args, specs: list[RunSpec]) -> int:
 
 def _minutes_text(minutes: float | None) -> str:
     return "" if minutes is None else f"{minutes:.2f}" if minutes < 1 else f"{minutes:.1f}"
-
-
-def settings_key(spec: dict) -> str:
-    """A stored spec (``RunSpec.to_dict()``) without its seeds: what runs of one setting share."""
-    from bench.spec import SEED_FIELDS
-    return json.dumps({k: v for k, v in spec.items() if k not in SEED_FIELDS}, sort_keys=True)
-
-
-def stored_minutes(runs) -> dict[str, float]:
-    """Median training minutes (``bench.summary.training_minutes``) of the done ``runs`` per
-    :func:`settings_key`."""
-    from bench.summary import training_minutes
-
-    if runs.empty:
-        return {}
-    keys = [settings_key(json.loads(text)) for text in runs["spec_json"]]
-    return {key: float(value) for key, value in training_minutes(runs).groupby(keys).median().items()
-            if value == value}  # a run without a time (NaN) gives none
 
 
 def _existing_store(path: str, specs: list[RunSpec], retry_failed: bool):

@@ -49,6 +49,21 @@ def training_minutes(runs: pd.DataFrame) -> pd.Series:
     return pd.Series([seconds(e, w) / 60.0 for e, w in zip(env, wall)], index=runs.index, dtype=float)
 
 
+def settings_key(spec: dict) -> str:
+    """A stored spec (``RunSpec.to_dict()``) without its seeds: what runs of one setting share."""
+    return json.dumps({k: v for k, v in spec.items() if k not in SEED_FIELDS}, sort_keys=True)
+
+
+def stored_minutes(runs) -> dict[str, float]:
+    """Median training minutes (``bench.summary.training_minutes``) of the done ``runs`` per
+    :func:`settings_key` (``bench run --dry-run``'s estimates)."""
+    if runs.empty:
+        return {}
+    keys = [settings_key(json.loads(text)) for text in runs["spec_json"]]
+    return {key: float(value) for key, value in training_minutes(runs).groupby(keys).median().items()
+            if value == value}  # a run without a time (NaN) gives none
+
+
 def cell_label(row) -> str:
     noise = "clean" if row["noise_type"] == "none" else f"{row['noise_type']}:{row['noise_rate']:g}"
     return f"{row['dataset']} imb{row['imbalance']:g} {noise}"
