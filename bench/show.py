@@ -280,10 +280,10 @@ def main(args) -> int:
             chosen = [name for name, value in (("--method", args.method), ("--cell", args.cell)) if value]
             if chosen or args.status != "all":
                 raise BenchError(f"KEY shows one run; drop {', '.join(chosen + ['--status'] * (args.status != 'all'))}")
-            d = detail(store, args.run, lock)
-            d["command"], d["command_note"] = reproducing_command(d["spec"])
             if args.format == "csv":
                 raise BenchError("one run has no CSV form: use --format json (or md)")
+            d = detail(store, args.run, lock)
+            d["command"], d["command_note"] = reproducing_command(d["spec"])
             print(json.dumps(d, indent=1) if args.format == "json" else render_detail(d))
             return 0
         wanted = [m.strip() for m in args.method.split(",") if m.strip()] if args.method else None
