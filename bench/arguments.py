@@ -153,6 +153,8 @@ def run_command(spec: RunSpec, data_dir: str | None = None) -> list[str]:
     the preset). Checked by building the command's spec again: BenchError if that gives another
     key (a spec no command can ask for), or if its data cannot be read (npz:PATH)."""
     import methods
+    from bench.cli import make_parser
+    from methods.base import params_items
 
     preset = dict(PRESETS[spec.preset])
     argv = ["run", "--methods", spec.method]
@@ -183,16 +185,12 @@ def run_command(spec: RunSpec, data_dir: str | None = None) -> list[str]:
     for name in PROTOCOL_FIELDS:
         if name not in handled and getattr(spec, name) != preset[name]:
             argv += ["--set", f"{name}={_setting_text(getattr(spec, name))}"]
-    from methods.base import params_items
-
     defaults = dict(params_items(methods.get(spec.method).resolve_params(spec.preset)))
     for name, value in spec.params:
         if defaults.get(name) != value:
             argv += ["--set", f"{spec.method}.{name}={_setting_text(value)}"]
     if data_dir is not None:
         argv += ["--data-dir", str(data_dir)]
-    from bench.cli import make_parser
-
     args = make_parser().parse_args(argv)
     rebuilt = build_specs(args)
     if [s.key() for s in rebuilt] != [spec.key()]:
