@@ -20,8 +20,7 @@ from bench.errors import BenchError
 from bench.show import STATUSES, listing, render_listing, select, writer
 
 
-def add_arguments(parser) -> None:
-    from bench.execute import DEFAULT_CACHE_DIR
+def add_arguments(parser) -> None:  # (no torch: every command's parser is built at start-up)
     from bench.store import DEFAULT_STORE
 
     parser.add_argument("runs", nargs="*", metavar="KEY", help="runs by key (or unique prefix)")
@@ -29,7 +28,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--method", help="runs of these methods (comma-separated registry names)")
     parser.add_argument("--cell", help="runs on this cell, DATASET:IMBALANCE:NOISE, e.g. fmnist-mini:10:flip2:0.4")
     parser.add_argument("--status", choices=STATUSES, help="runs in this state (all: any)")
-    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR),
+    parser.add_argument("--cache-dir", default=".bench_cache",
                         help="where their checkpoints are (as for bench run; default ./.bench_cache)")
     parser.add_argument("--yes", action="store_true", help="delete them (without it: only list them)")
 

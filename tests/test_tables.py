@@ -584,3 +584,19 @@ def test_main_joins_csv_and_json_of_several_tables_and_writes_latex_as_tex(store
     monkeypatch.chdir(tmp_path)
     main("latex", write="tables")  # what the CLI's bare --write gives
     assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["table2.tex", "table3.tex"]
+
+
+def test_reading_commands_never_import_torch(tmp_path):
+    """`bench table`, `show` and `compare` read the store only: no torch at start-up (every
+    command's parser is built then) nor while they run."""
+    sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+    import fake_store
+
+    store = tmp_path / "s.sqlite"
+    fake_store.build(store).close()
+    code = ("import sys; from bench.cli import main; "
+            f"codes = [main(['table', '--store', {str(store)!r}]), main(['show', '--store', {str(store)!r}]), "
+            f"main(['compare', 'MW-Net(imb)', 'MW-Net(noise)', '--store', {str(store)!r}])]; "
+            "print(codes, 'torch' in sys.modules, file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.stderr.strip().splitlines()[-1] == "[0, 0, 0] False", out.stderr
