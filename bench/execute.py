@@ -9,6 +9,7 @@ commits the result (or the failure) in one transaction. Runs already ``done`` ar
 from __future__ import annotations
 
 import functools
+import json
 import platform
 import subprocess
 import sys
@@ -240,6 +241,21 @@ def display_name(spec: RunSpec) -> str:
     return methods.get(spec.method).display_name(spec.method_params)
 
 
+def run_labels(specs: list[RunSpec]) -> dict[str, str]:
+    """Each run's name in progress lines: its row in ``bench table`` (the method, and the settings
+    that set it apart from the other runs asked for on its cell, e.g. ``CE [lr=0.05]`` in a
+    ``--sweep``), its cell and its seed."""
+    import pandas as pd
+
+    from bench.summary import row_labels
+
+    if not specs:
+        return {}
+    frame = pd.DataFrame({"display_name": [display_name(s) for s in specs],
+                          "spec_json": [json.dumps(s.to_dict()) for s in specs]})
+    return {s.key(): f"{label} {s.cell.label()} seed {s.seed}" for s, label in zip(specs, row_labels(frame))}
+
+
 def commit(store: Store, result: RunResult, cache_dir: Path | None = None) -> None:
     """Write the result in one transaction, then drop the run's checkpoint (and any temp file a
     killed attempt left half-written)."""
@@ -323,7 +339,7 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
     grid_bar = tqdm(total=len(todo), desc="grid", unit="run", disable=disable, position=0)
     bars: dict[str, Any] = {}
     slots: dict[str, int] = {}  # progress-bar line of each run in flight
-    labels = {s.key(): f"{display_name(s)} {s.cell.label()} seed {s.seed}" for s in todo}
+    labels = run_labels(todo)
     started: dict[str, float] = {}
     crashes: dict[str, int] = {}
 

@@ -678,5 +678,8 @@ def test_a_sweep_trains_a_table_row_per_value_and_the_dry_run_names_the_values(t
     out = capsys.readouterr().out
     assert [line.split("|")[3].strip() for line in out.splitlines()[2:]] == ["lr=0.05", "lr=0.1"]
     assert main(args) == 0
-    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| CE")]
+    out, err = capsys.readouterr()
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| CE")]
     assert rows == ["CE [lr=0.05]", "CE [lr=0.1]"]
+    results = [line.split("] ", 1)[1].split(" fmnist")[0] for line in err.splitlines() if " acc " in line]
+    assert results == ["CE [lr=0.05]", "CE [lr=0.1]"]  # each run's line names its value too
