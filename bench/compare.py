@@ -30,7 +30,17 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.summary import GROUPS, ROW_KEYS, cell_label, format_cell, metric_column, per_seed, row_labels, text_table
+from bench.summary import (
+    GROUPS,
+    ROW_KEYS,
+    cell_labels,
+    format_cell,
+    json_ready,
+    metric_column,
+    per_seed,
+    row_labels,
+    text_table,
+)
 
 COLUMNS = ("cell", "dataset", "imbalance", "noise_type", "noise_rate", "preset", "model", "a_mean", "a_std", "a_n",
            "b_mean", "b_std", "b_n", "test", "n", "diff", "ci_low", "ci_high", "p", "wins")
@@ -117,14 +127,13 @@ def compare(runs: pd.DataFrame, a: str, b: str, column: str = "acc_last", confid
             diff, low, high, p = welch(xa, xb, confidence)
             test, n, wins = "Welch", len(xa) + len(xb), ""
         record = dict(zip(cell_keys, cell))
-        rows.append({"cell": cell_label(record), **record,
+        rows.append({"cell": "", **record,  # (labelled below, all cells together)
                      "a_mean": float(xa.mean()), "a_std": float(np.std(xa, ddof=1)) if len(xa) > 1 else math.nan,
                      "a_n": len(xa), "b_mean": float(xb.mean()),
                      "b_std": float(np.std(xb, ddof=1)) if len(xb) > 1 else math.nan, "b_n": len(xb),
                      "test": test, "n": n, "diff": diff, "ci_low": low, "ci_high": high, "p": p, "wins": wins})
     out = pd.DataFrame(rows, columns=list(COLUMNS))
-    if out[["preset", "model"]].drop_duplicates().shape[0] > 1:
-        out["cell"] = out["cell"] + " [" + out["preset"] + "/" + out["model"] + "]"
+    out["cell"] = cell_labels(out)
     return out
 
 
@@ -138,8 +147,7 @@ def render(table: pd.DataFrame, a: str, b: str, confidence: float, fmt: str = "m
     if fmt == "csv":
         return table.to_csv(index=False).rstrip("\n")
     if fmt == "json":
-        rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v.item() if isinstance(v, np.generic) else v)
-                 for k, v in r.items()} for r in table.to_dict(orient="records")]
+        rows = [json_ready(r) for r in table.to_dict(orient="records")]
         return json.dumps({"a": a, "b": b, "confidence": confidence, "rows": rows}, indent=1)
     ci = f"{confidence:.0%} CI"
     shown = pd.DataFrame({

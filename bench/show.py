@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.summary import cell_label, row_labels, settings, text_table, training_minutes
+from bench.summary import cell_label, cell_labels, json_ready, row_labels, settings, text_table, training_minutes
 
 STATUSES = ("all", "done", "failed", "running")
 LIST_COLUMNS = ("key", "method", "cell", "seed", "status", "attempts", "acc_last", "acc_best", "minutes", "when",
@@ -149,9 +149,7 @@ def listing(runs: pd.DataFrame, lock: dict | None = None) -> pd.DataFrame:
     out = pd.DataFrame(index=runs.index)
     out["key"] = runs["key"]
     out["method"] = row_labels(runs)
-    out["cell"] = runs.apply(cell_label, axis=1)
-    if runs[["preset", "model"]].drop_duplicates().shape[0] > 1:
-        out["cell"] = out["cell"] + " [" + runs["preset"] + "/" + runs["model"] + "]"
+    out["cell"] = cell_labels(runs)
     specs = [json.loads(s) for s in runs["spec_json"]]
     out["seed"] = runs["seed"].astype(int)
     data_seeds = [int(s.get("data_seed", s["seed"])) for s in specs]
@@ -173,18 +171,12 @@ def render_listing(table: pd.DataFrame, fmt: str = "md") -> str:
     if fmt == "csv":
         return table.to_csv(index=False, float_format="%.4g").rstrip("\n")
     if fmt == "json":
-        return json.dumps([_plain(r) for r in table.to_dict(orient="records")], indent=1)
+        return json.dumps([json_ready(r) for r in table.to_dict(orient="records")], indent=1)
     shown = table.copy()
     shown["key"] = shown["key"].str[:12]  # as tables and figure names show it; any unique prefix selects
     for column in ("acc_last", "acc_best", "minutes"):
         shown[column] = [f"{v:.2f}" if pd.notna(v) else "" for v in shown[column]]
     return text_table(shown)
-
-
-def _plain(record: dict) -> dict:
-    """JSON-ready: NaN as null, numpy scalars as Python numbers."""
-    return {k: (None if isinstance(v, float) and np.isnan(v) else v.item() if isinstance(v, np.generic) else v)
-            for k, v in record.items()}
 
 
 def detail(store, prefix: str, lock: dict | None = None) -> dict:
@@ -207,7 +199,7 @@ def detail(store, prefix: str, lock: dict | None = None) -> dict:
             "error": row["error"] if isinstance(row["error"], str) else None,
             "samples": int(store.conn.execute("SELECT COUNT(*) FROM samples WHERE run_key = ?", (key,)).fetchone()[0]),
             **names,
-            "history": [_plain(r) for r in history.to_dict(orient="records")]}
+            "history": [json_ready(r) for r in history.to_dict(orient="records")]}
 
 
 def reproducing_command(spec: dict) -> tuple[str | None, str]:

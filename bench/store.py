@@ -255,8 +255,7 @@ class Store:
             row = c.execute("SELECT started FROM runs WHERE key = ?", (key,)).fetchone()
             if row is None:
                 raise KeyError(f"run {key} was never started")
-            for table in RUN_TABLES:
-                c.execute(f"DELETE FROM {table} WHERE run_key = ?", (key,))
+            _delete_rows(c, key)
             c.executemany(
                 "INSERT INTO epochs (run_key, stage, epoch, metrics_json) VALUES (?, ?, ?, ?)",
                 [(key, h["stage"], h["epoch"], json.dumps({k: v for k, v in h.items() if k not in ("stage", "epoch")}))
@@ -328,9 +327,7 @@ class Store:
         if mine == "done" or (status == "failed" and mine is not None):
             return "kept"
         with self.transaction() as c:
-            for table in RUN_TABLES:
-                c.execute(f"DELETE FROM {table} WHERE run_key = ?", (key,))
-            c.execute("DELETE FROM runs WHERE key = ?", (key,))
+            _delete_rows(c, key, run=True)
             c.execute(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", row)
             for table in RUN_TABLES:
                 records = source.conn.execute(f"SELECT * FROM {table} WHERE run_key = ?", (key,)).fetchall()
@@ -343,9 +340,7 @@ class Store:
         removed = 0
         with self.transaction() as c:
             for key in keys:
-                for table in RUN_TABLES:
-                    c.execute(f"DELETE FROM {table} WHERE run_key = ?", (key,))
-                removed += c.execute("DELETE FROM runs WHERE key = ?", (key,)).rowcount
+                removed += _delete_rows(c, key, run=True)
         return removed
 
     # --- reading --------------------------------------------------------------------------
@@ -408,6 +403,14 @@ class Store:
             found = "no run" if not rows else f"{len(rows)} runs"
             raise BenchError(f"{found} with a key starting {prefix!r} in {self.path}")
         return rows[0][0]
+
+
+def _delete_rows(c: sqlite3.Connection, key: str, *, run: bool = False) -> int:
+    """Delete run ``key``'s rows beside its row in ``runs`` (``RUN_TABLES``), and with ``run`` that
+    row too; how many ``runs`` rows went (0 or 1). Inside the caller's transaction."""
+    for table in RUN_TABLES:
+        c.execute(f"DELETE FROM {table} WHERE run_key = ?", (key,))
+    return c.execute("DELETE FROM runs WHERE key = ?", (key,)).rowcount if run else 0
 
 
 def _statements(script: str) -> list[str]:

@@ -159,12 +159,26 @@ def format_cell(mean: float, std: float, n: int) -> str:
     return f"{mean:.2f} ± {std:.2f} (n={n})"
 
 
+def cell_labels(frame: pd.DataFrame) -> pd.Series:
+    """Each row's :func:`cell_label`, with ``[preset/model]`` where ``frame``'s rows mix protocols
+    (the columns of ``bench table``, the cells of ``bench show`` and ``bench compare``)."""
+    if frame.empty:
+        return pd.Series([], index=frame.index, dtype=object)
+    cells = frame.apply(cell_label, axis=1)
+    if frame[["preset", "model"]].drop_duplicates().shape[0] > 1:
+        cells = cells + " [" + frame["preset"] + "/" + frame["model"] + "]"
+    return cells
+
+
+def json_ready(record: dict) -> dict:
+    """A record for JSON: NaN as null, numpy scalars as Python numbers."""
+    return {k: (None if isinstance(v, float) and np.isnan(v) else v.item() if isinstance(v, np.generic) else v)
+            for k, v in record.items()}
+
+
 def _with_cells(agg: pd.DataFrame) -> pd.DataFrame:
     """``aggregate``'s rows with the ``cell`` label the table's columns show."""
-    agg["cell"] = agg.apply(cell_label, axis=1)
-    multi_protocol = agg[["preset", "model"]].drop_duplicates().shape[0] > 1
-    if multi_protocol:
-        agg["cell"] = agg["cell"] + " [" + agg["preset"] + "/" + agg["model"] + "]"
+    agg["cell"] = cell_labels(agg)
     return agg
 
 
@@ -226,6 +240,5 @@ def render_records(records: pd.DataFrame, fmt: str = "csv", title: str = "") -> 
     (what their readers expect). A one-seed std is empty in CSV and null in JSON."""
     if fmt == "csv":
         return records.to_csv(index=False).rstrip("\n")  # print() ends the line
-    rows = [{k: (None if isinstance(v, float) and np.isnan(v) else v.item() if isinstance(v, np.generic) else v)
-             for k, v in rec.items()} for rec in records.to_dict(orient="records")]
+    rows = [json_ready(rec) for rec in records.to_dict(orient="records")]
     return json.dumps({"title": title, "rows": rows}, indent=1)
