@@ -241,10 +241,9 @@ def cmd_table(args) -> int:
     runs = store.runs("done")
     if args.method or args.cell:  # whole (method, cell) groups: each row keeps its label
         from bench.plots import parse_cell
-        from bench.show import select
+        from bench.show import method_names, select
 
-        wanted = [m.strip() for m in args.method.split(",") if m.strip()] if args.method else None
-        runs = runs[select(runs, methods=wanted, cell=parse_cell(args.cell) if args.cell else None)]
+        runs = runs[select(runs, methods=method_names(args.method), cell=parse_cell(args.cell) if args.cell else None)]
     group = "" if args.group == "all" else f"{args.group}-shot classes"
     if args.metric == "minutes" and group:
         raise BenchError("--metric minutes is a run's training time: it has no --group")

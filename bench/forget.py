@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.show import STATUSES, listing, render_listing, select, writer
+from bench.show import STATUSES, listing, method_names, render_listing, select, writer
 
 
 def add_arguments(parser) -> None:  # (no torch: every command's parser is built at start-up)
@@ -61,9 +61,7 @@ def main(args) -> int:
     store = Store(args.store, create=False)
     try:
         every = store.runs(None)
-        keep = select(every, status=args.status or "all",
-                      methods=[m.strip() for m in args.method.split(",") if m.strip()] if args.method else None,
-                      cell=cell)
+        keep = select(every, status=args.status or "all", methods=method_names(args.method), cell=cell)
         if args.runs:
             keep &= every["key"].isin({store.resolve_key(prefix) for prefix in args.runs})
         chosen = every[keep]

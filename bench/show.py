@@ -124,6 +124,11 @@ def _reason(error) -> str:
     return text.splitlines()[-1] if text else "no reason stored"
 
 
+def method_names(text: str | None) -> list[str] | None:
+    """``--method ce,focal`` as a list of names (None: no such option)."""
+    return [m.strip() for m in text.split(",") if m.strip()] if text else None
+
+
 def select(runs: pd.DataFrame, *, status: str = "all", methods: list[str] | None = None, cell=None) -> pd.Series:
     """Which runs (of a ``Store.runs(None)`` frame) are in ``status``, of ``methods``, on ``cell``."""
     from bench.plots import matches_cell
@@ -278,7 +283,7 @@ def main(args) -> int:
             d["command"], d["command_note"] = reproducing_command(d["spec"])
             print(json.dumps(d, indent=1) if args.format == "json" else render_detail(d))
             return 0
-        wanted = [m.strip() for m in args.method.split(",") if m.strip()] if args.method else None
+        wanted = method_names(args.method)
         cell = parse_cell(args.cell) if args.cell else None
         every = store.runs(None)
         absent = [m for m in wanted or [] if m not in set(every["method"])]
