@@ -141,9 +141,8 @@ def _dry_run(args, specs: list[RunSpec]) -> int:
     nothing is written."""
     import pandas as pd
 
-    import methods
     from bench.arguments import swept
-    from bench.execute import checkpoint_path, pending
+    from bench.execute import checkpoint_path, display_name, pending
     from bench.fused_runs import FusedGroup, group_runs
     from bench.store import Store
     from bench.summary import settings_key, stored_minutes, text_table
@@ -166,7 +165,7 @@ def _dry_run(args, specs: list[RunSpec]) -> int:
             group = f" in a fused group of {len(item.specs)}" if isinstance(item, FusedGroup) else ""
             would[spec.key()] = ("resume" if resumes else "train") + group
     estimate = {spec.key(): minutes.get(settings_key(spec.to_dict())) for spec in todo}
-    rows = [{"method": methods.get(spec.method).display_name(dict(spec.params)), "cell": spec.cell.label(),
+    rows = [{"method": display_name(spec), "cell": spec.cell.label(),
              **({"sweep": swept(spec, args.sweep)} if getattr(args, "sweep", None) else {}),
              "seed": spec.seed, "key": spec.key()[:12], "in store": status[spec.key()] or "-",
              "est. min": _minutes_text(estimate.get(spec.key())),
