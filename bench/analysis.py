@@ -1,13 +1,34 @@
-"""How well a sample-selection method finds the mislabelled samples (numpy only, no torch).
+"""How well a method's per-sample records tell the mislabelled samples apart (numpy and pandas, no torch).
 
-Used on the per-sample records of O2U-Net, AUM, Co-teaching (``kept``, ``score``) against the
+Selection quality: the ``kept`` and ``score`` records of O2U-Net, AUM and Co-teaching against the
 data's ``is_noisy``. Convention (methods/curves.py): a higher ``score`` means "more likely
 mislabelled", and ``removed = ~kept``.
+
+Separation (``bench table --metric noise_auroc|tail_auroc``, ``bench show KEY``): the conflict
+CurveNet is built on (Jiang et al., AAAI 2022, Sec. 1 and Fig. 5) is that mislabelled samples and
+clean samples of tail classes both have large losses, so a loss-based weight gives both small
+weights. Two numbers per run measure how a method's per-sample *trust* resolves it:
+
+``trust``        the sample's final ``weight`` record where the method keeps one (MW-Net and
+                 CurveNet: the weighting network's; Class-Balanced and LDAM-DRW: the class weight
+                 of the observed label), else minus its ``score`` (O2U-Net, AUM, Co-teaching).
+``noise_auroc``  P(trust of a clean training sample > trust of a mislabelled one), ties counted
+                 one half, in %: 50 is chance, 100 every clean sample trusted above every
+                 mislabelled one (the AUROC of the trust for "clean").
+``tail_auroc``   the same with the clean samples restricted to the tail classes (``tail_classes``:
+                 the half of the classes with the fewest clean training samples), against every
+                 mislabelled sample: does a clean tail sample get more trust than a mislabelled
+                 one? A loss-based weight scores low here however high its ``noise_auroc``.
+
+Both are undefined (NaN, shown ``—``) for runs that record no trust (CE, Focal), cells without
+noise, and ``tail_auroc`` also for cells whose classes all have as many clean samples. They are
+our summary of the paper's Fig. 5, not numbers the papers report.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 
 def average_ranks(values) -> np.ndarray:
@@ -98,3 +119,70 @@ def selection_rows(store, methods=None) -> list[dict]:
                      "noise": f"{r['noise_type']}:{r['noise_rate']:g}", "seed": r["seed"],
                      "acc_last": r.get("acc_last"), **q})
     return rows
+
+
+# the record a method's trust in each sample is read from, and its sign (module docstring)
+TRUST_RECORDS = (("weight", 1.0), ("score", -1.0))
+SEPARATION = ("noise_auroc", "tail_auroc")
+SEPARATION_TITLES = {
+    "noise_auroc": "noise AUROC (%): how often a clean training sample gets more trust (its final weight, or minus "
+                   "its selection score) than a mislabelled one; 50 = chance",
+    "tail_auroc": "tail AUROC (%): how often a clean sample of a tail class (the half of the classes with the fewest "
+                  "clean training samples) gets more trust than a mislabelled sample; 50 = chance",
+}
+
+
+def tail_classes(clean_label) -> np.ndarray:
+    """The tail: the floor(C / 2) of the C classes present with the fewest clean training samples
+    (ties: the higher class index first, as the imbalance profiles shrink the later classes), sorted;
+    none when every class has as many samples (no imbalance)."""
+    classes, counts = np.unique(np.asarray(clean_label), return_counts=True)
+    if len(classes) < 2 or counts.min() == counts.max():
+        return classes[:0]
+    order = np.lexsort((-classes, counts))  # fewest first; among equal counts, the higher class first
+    return np.sort(classes[order[:len(classes) // 2]])
+
+
+def separation(clean_label, is_noisy, trust) -> dict:
+    """``noise_auroc`` and ``tail_auroc`` in % (module docstring) of one run's per-sample ``trust``,
+    with the counts they rest on (``noisy``, ``clean``, ``clean_tail``), the ``tail`` classes, and
+    the mean trust of each kind of sample (``mean_noisy``, ``mean_clean``, ``mean_clean_tail``:
+    the AUROCs rank, these say by how much).
+    The tail is chosen from every sample's clean label; samples without a trust value (NaN) are
+    left out of the AUROCs."""
+    clean_label = np.asarray(clean_label)
+    is_noisy = np.asarray(is_noisy, dtype=bool)
+    trust = np.asarray(trust, dtype=float)
+    tail = tail_classes(clean_label)
+    valid = ~np.isnan(trust)
+    clean_tail = ~is_noisy & np.isin(clean_label, tail)
+    versus = (is_noisy | clean_tail) & valid
+    noisy, clean = int((is_noisy & valid).sum()), int((~is_noisy & valid).sum())
+    n_tail = int((clean_tail & valid).sum())
+
+    def mean(mask):
+        return float(trust[mask & valid].mean()) if (mask & valid).any() else float("nan")
+    return {"noise_auroc": 100.0 * auroc(~is_noisy[valid], trust[valid]) if noisy and clean else float("nan"),
+            "tail_auroc": 100.0 * auroc(clean_tail[versus], trust[versus]) if noisy and n_tail else float("nan"),
+            "noisy": noisy, "clean": clean, "clean_tail": n_tail, "tail": [int(c) for c in tail],
+            "mean_noisy": mean(is_noisy), "mean_clean": mean(~is_noisy), "mean_clean_tail": mean(clean_tail)}
+
+
+def run_separation(store, key: str) -> dict | None:
+    """:func:`separation` of a stored run (``key``: its full key) with ``record``, the record its
+    trust was read from; None for a run that records none (``TRUST_RECORDS``)."""
+    for name, sign in TRUST_RECORDS:
+        df = store.sample_record(key, name)
+        if df is not None:
+            return {"record": name, **separation(df["clean_label"], df["is_noisy"], sign * df["value"].to_numpy())}
+    return None
+
+
+def with_separation(store, runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` (``Store.runs()``) with the :data:`SEPARATION` columns, NaN where undefined."""
+    values = {column: [] for column in SEPARATION}
+    for key in runs["key"] if len(runs) else []:
+        found = run_separation(store, key) or {}
+        for column in SEPARATION:
+            values[column].append(found.get(column, float("nan")))
+    return runs.assign(**{column: pd.Series(v, index=runs.index, dtype=float) for column, v in values.items()})

@@ -31,6 +31,13 @@ from bench.store import DEFAULT_STORE
 
 # the shot groups of ``bench table --group``: bench.train.shot_groups (MANY_SHOT_ABOVE, FEW_SHOT_BELOW),
 # written out here so that the parser needs no torch
+# why a run has no noise_auroc / tail_auroc (bench.analysis)
+NO_SEPARATION = {
+    "noise_auroc": "it needs a per-sample weight or selection score (MW-Net, CurveNet, Class-Balanced, LDAM-DRW, "
+                   "O2U-Net, AUM, Co-teaching record one; CE and Focal do not) and a cell with noise",
+    "tail_auroc": "it needs a per-sample weight or selection score (MW-Net, CurveNet, Class-Balanced, LDAM-DRW, "
+                  "O2U-Net, AUM, Co-teaching record one; CE and Focal do not) and a cell with noise and imbalance",
+}
 GROUP_RULE = {"all": "any number of", "many": "more than 100", "medium": "20 to 100", "few": "fewer than 20"}
 
 
@@ -221,6 +228,7 @@ def _check_cache_dir(path: Path) -> None:
 
 
 def cmd_table(args) -> int:
+    from bench.analysis import SEPARATION, SEPARATION_TITLES, with_separation
     from bench.store import Store
     from bench.summary import render, render_records, results_records, results_table
 
@@ -230,6 +238,8 @@ def cmd_table(args) -> int:
         if args.metric == "minutes":
             raise BenchError("--metric minutes is for the plain table (the paper tables show accuracy; "
                              "Table 8's times: python -m bench timing)")
+        if args.metric in SEPARATION:
+            raise BenchError(f"--metric {args.metric} is for the plain table (the paper tables show accuracy)")
         from bench import tables
         return tables.main(args)
 
@@ -246,15 +256,25 @@ def cmd_table(args) -> int:
     group = "" if args.group == "all" else f"{args.group}-shot classes"
     if args.metric == "minutes" and group:
         raise BenchError("--metric minutes is a run's training time: it has no --group")
-    if args.metric == "minutes":
+    if args.metric in SEPARATION and group:
+        raise BenchError(f"--metric {args.metric} is over a run's training samples: it has no --group")
+    if args.metric in SEPARATION:
+        runs = with_separation(store, runs)
+        title = f"{SEPARATION_TITLES[args.metric]}; mean ± sample std (ddof 1) over seeds"
+    elif args.metric == "minutes":
         title = ("training time (minutes: set-up, training and evaluation, summed over the attempts of a resumed "
                  "run; a run fused with others, --fuse, its group's time / its size), mean ± sample std (ddof 1) "
                  "over seeds")
     else:
         title = (f"test accuracy (%), {args.metric} epoch" + (f", {group}" if group else "")
                  + ", mean ± sample std (ddof 1) over seeds")
-    empty = ("no finished runs in the store" if runs.empty else
-             f"no {group} ({GROUP_RULE[args.group]} training samples) in the cells of the {len(runs)} finished run(s)")
+    if runs.empty:
+        empty = "no finished runs in the store"
+    elif args.metric in SEPARATION:
+        empty = f"none of the {len(runs)} finished run(s) has a {args.metric}: {NO_SEPARATION[args.metric]}"
+    else:
+        empty = (f"no {group} ({GROUP_RULE[args.group]} training samples) in the cells of the {len(runs)} "
+                 "finished run(s)")
     if args.format in ("csv", "json"):  # numbers, one record per (method, cell)
         records = results_records(runs, args.metric, args.group)
         if records.empty:
@@ -426,11 +446,13 @@ def make_parser() -> ArgumentParser:
                             "(.tex, .csv, .json with --format)")
     table.add_argument("--format", choices=("md", "csv", "json", "latex"), default="md",
                        help="markdown (default), CSV, JSON or LaTeX")
-    table.add_argument("--metric", choices=("last", "best", "minutes"),
+    table.add_argument("--metric", choices=("last", "best", "minutes", "noise_auroc", "tail_auroc"),
                        help="last-epoch accuracy (the returned model; default of the plain table) or best-epoch "
                             "(max over epochs on the test set, as the papers report; default with --paper, so "
                             "that ours and the published numbers are the same quantity); minutes: each run's "
-                            "training time (all attempts of a resumed run), for the plain table")
+                            "training time (all attempts of a resumed run); noise_auroc / tail_auroc: how often "
+                            "a clean (clean tail-class) training sample gets a larger final weight, or a smaller "
+                            "selection score, than a mislabelled one (%%); the last three for the plain table")
     table.add_argument("--method", help="only these methods (comma-separated registry names)")
     table.add_argument("--cell", help="only this cell, DATASET:IMBALANCE:NOISE, e.g. fmnist-mini:10:flip2:0.4")
     table.add_argument("--group", choices=("all", "many", "medium", "few"), default="all",

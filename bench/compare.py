@@ -29,6 +29,7 @@ import sys
 import numpy as np
 import pandas as pd
 
+from bench.analysis import SEPARATION, SEPARATION_TITLES, with_separation
 from bench.errors import BenchError
 from bench.summary import (
     GROUPS,
@@ -53,8 +54,10 @@ def add_arguments(parser) -> None:
                                                 "MW-Net(noise), 'CE [epochs=3]') or a registry name")
     parser.add_argument("b", metavar="B", help="the method to compare A against")
     parser.add_argument("--store", default=DEFAULT_STORE, help=f"results store to read (default ./{DEFAULT_STORE})")
-    parser.add_argument("--metric", choices=("last", "best"), default="last",
-                        help="last-epoch accuracy (the returned model; default) or best-epoch")
+    parser.add_argument("--metric", choices=("last", "best", "noise_auroc", "tail_auroc"), default="last",
+                        help="last-epoch accuracy (the returned model; default) or best-epoch; or how well the "
+                             "per-sample trust tells clean (clean tail) from mislabelled samples, as `bench table "
+                             "--metric noise_auroc|tail_auroc`")
     parser.add_argument("--group", choices=GROUPS, default="all", help="all classes, or one shot group")
     parser.add_argument("--confidence", type=float, default=0.95, help="of the intervals (default 0.95)")
     parser.add_argument("--format", choices=("md", "csv", "json"), default="md",
@@ -167,23 +170,31 @@ def main(args) -> int:
 
     if not 0 < args.confidence < 1:
         raise BenchError(f"--confidence must lie in (0, 1), got {args.confidence:g}")
+    if args.metric in SEPARATION and args.group != "all":
+        raise BenchError(f"--metric {args.metric} is over a run's training samples: it has no --group")
     column = metric_column(args.metric, args.group)
     store = Store(args.store, create=False)
     try:
         runs = store.runs("done")
+        a, b = resolve(args.a, runs), resolve(args.b, runs)
+        if a == b:
+            raise BenchError(f"A and B are the same row ({a})")
+        if args.metric in SEPARATION:  # read from the samples of A's and B's runs only
+            mine = np.isin(row_labels(runs), [a, b])
+            runs = runs.assign(**{c: np.nan for c in SEPARATION})
+            runs.loc[mine, list(SEPARATION)] = with_separation(store, runs[mine])[list(SEPARATION)]
     finally:
         store.close()
-    a, b = resolve(args.a, runs), resolve(args.b, runs)
-    if a == b:
-        raise BenchError(f"A and B are the same row ({a})")
     table = compare(runs, a, b, column, args.confidence)
     group = "" if args.group == "all" else f", {args.group}-shot classes"
+    quantity = (SEPARATION_TITLES[args.metric].split(":")[0] if args.metric in SEPARATION
+                else f"test accuracy (%), {args.metric} epoch{group}")
     if args.format == "md":
-        print(f"{a} vs {b}: test accuracy (%), {args.metric} epoch{group}; Δ = {a} − {b}, mean ± sample std over "
-              "seeds (n)\n")
+        print(f"{a} vs {b}: {quantity}; Δ = {a} − {b}, mean ± sample std over seeds (n)\n")
     if table.empty:
         print(f"bench: no cell where both {a} and {b} have finished runs"
-              + (f" with a {column} value" if args.group != "all" else ""), file=sys.stderr)
+              + (f" with a {column} value" if args.group != "all" or args.metric in SEPARATION else ""),
+              file=sys.stderr)
         if args.format == "md":
             return 0
     print(render(table, a, b, args.confidence, args.format))

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.analysis import run_separation, selection_quality
 from bench.errors import BenchError
 from bench.summary import cell_label, cell_labels, json_ready, row_labels, settings, text_table, training_minutes
 
@@ -195,6 +196,11 @@ def detail(store, prefix: str, lock: dict | None = None) -> dict:
         f"SELECT DISTINCT name FROM {table} WHERE run_key = ? ORDER BY name", (key,))]
              for table in ("sample_values", "arrays")}
     history = store.history(key)
+    found = run_separation(store, key) if row["status"] == "done" else None
+    kept = store.sample_record(key, "kept") if found and found["record"] == "score" else None
+    if kept is not None:  # a selection method: its removed set against the true noise
+        quality = selection_quality(kept["is_noisy"], kept["value"].to_numpy() == 0)
+        found.update(removed=quality["removed"], precision=quality["precision"], recall=quality["recall"])
     return {"key": key, "method": row["method"], "display_name": row["display_name"], "cell": cell_label(row),
             "status": row["status"], "attempts": int(row["attempts"]),
             "note": running_note(lock, row["started"]) if row["status"] == "running" else "",
@@ -203,7 +209,7 @@ def detail(store, prefix: str, lock: dict | None = None) -> dict:
             "spec": loads(row["spec_json"]), "env": loads(row["env_json"]), "metrics": loads(row["metrics_json"]),
             "error": row["error"] if isinstance(row["error"], str) else None,
             "samples": int(store.conn.execute("SELECT COUNT(*) FROM samples WHERE run_key = ?", (key,)).fetchone()[0]),
-            **names,
+            **names, "separation": json_ready(found) if found else None,
             "history": [json_ready(r) for r in history.to_dict(orient="records")]}
 
 
@@ -236,6 +242,25 @@ def _field(name: str, values: dict) -> str:
                          break_on_hyphens=False)
 
 
+def _separation_line(sep: dict) -> str:
+    """How the run's per-sample trust tells clean from mislabelled samples (bench.analysis)."""
+    def pct(v, scale=1.0):
+        return "—" if v is None or v != v else f"{scale * v:.1f}%"
+    trust = "its weight" if sep["record"] == "weight" else "minus its score"
+    text = (f"noise AUROC {pct(sep['noise_auroc'])} ({sep['clean']} clean vs {sep['noisy']} mislabelled samples), "
+            f"tail AUROC {pct(sep['tail_auroc'])} ({sep['clean_tail']} clean samples of tail classes "
+            f"{','.join(map(str, sep['tail'])) or '— (none)'}), trust = {trust}")
+    if sep["record"] == "weight":
+        means = (sep["mean_clean"], sep["mean_noisy"], sep["mean_clean_tail"])
+        text += "; mean weight: " + ", ".join(f"{name} {'—' if v is None else f'{v:.3g}'}" for name, v in
+                                              zip(("clean", "mislabelled", "clean tail"), means))
+    if "removed" in sep:
+        text += (f"; removed {sep['removed']}: precision {pct(sep['precision'], 100)}, recall "
+                 f"{pct(sep['recall'], 100)} of the mislabelled")
+    return textwrap.fill(text, width=100, initial_indent="  separate  ", subsequent_indent=" " * 12,
+                         break_on_hyphens=False)
+
+
 def render_detail(d: dict) -> str:
     spec = d["spec"]
     seeds = f"seed {spec.get('seed')}" + (f", data seed {spec['data_seed']}"
@@ -257,6 +282,8 @@ def render_detail(d: dict) -> str:
     recorded = [f"{d['samples']} samples"] + [f"1-D {', '.join(d['sample_values'])}"] * bool(d["sample_values"]) \
         + [f"2-D {', '.join(d['arrays'])}"] * bool(d["arrays"])
     lines.append("  recorded  " + "; ".join(recorded) + " (Store.samples(key), Store.array(key, name))")
+    if d.get("separation"):
+        lines.append(_separation_line(d["separation"]))
     if d["history"]:
         history = pd.DataFrame(d["history"])
         for column in history.columns:

@@ -387,6 +387,22 @@ class Store:
             df = df.join(wide, on="sample_index")
         return df
 
+    def sample_record(self, key: str, name: str) -> pd.DataFrame | None:
+        """A run's samples (``clean_label``, ``observed_label``, ``is_noisy``) with one 1-D record as
+        ``value`` (NaN where it holds none), or None when the run has no record ``name``; for one
+        record over many runs (bench.analysis), cheaper than :meth:`samples`. ``key``: the full key."""
+        found = self.conn.execute("SELECT 1 FROM sample_values WHERE run_key = ? AND name = ? LIMIT 1",
+                                  (key, name)).fetchone()
+        if found is None:
+            return None
+        df = pd.read_sql_query(
+            "SELECT s.clean_label, s.observed_label, s.is_noisy, v.value FROM samples s LEFT JOIN sample_values v"
+            " ON v.run_key = s.run_key AND v.name = ? AND v.sample_index = s.sample_index"
+            " WHERE s.run_key = ? ORDER BY s.sample_index", self.conn, params=[name, key])
+        df["is_noisy"] = df["is_noisy"].astype(bool)
+        df["value"] = df["value"].astype(float)
+        return df
+
     def array(self, key: str, name: str) -> np.ndarray:
         """A recorded 2-D per-sample array (rows in ``samples`` order); ``key`` may be a unique prefix."""
         key = self.resolve_key(key)

@@ -16,21 +16,28 @@ import pandas as pd
 
 from bench.spec import OMITTED_WHEN_DEFAULT, SEED_FIELDS
 
-METRICS = {"last": "acc_last", "best": "acc_best", "minutes": "train_minutes"}
+METRICS = {"last": "acc_last", "best": "acc_best", "minutes": "train_minutes",
+           "noise_auroc": "noise_auroc", "tail_auroc": "tail_auroc"}
 GROUPS = ("all", "many", "medium", "few")
 TRAIN_MINUTES = "train_minutes"
+# columns that are not the store's accuracies: a run's training time, and the separation of its
+# per-sample trust (bench.analysis; the caller adds them with ``analysis.with_separation``)
+WHOLE_RUN = {"minutes": "training minutes are a run's, not a shot group's",
+             "noise_auroc": "the noise AUROC is over all the training samples",
+             "tail_auroc": "the tail AUROC has its own tail classes"}
 
 
 def metric_column(metric: str = "last", group: str = "all") -> str:
-    """Column of the runs table: ``acc_last``, ``few_best`` ..., or ``train_minutes``."""
+    """Column of the runs table: ``acc_last``, ``few_best`` ..., ``train_minutes``, ``noise_auroc``
+    or ``tail_auroc``."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}")
     if group not in GROUPS:
         raise ValueError(f"group must be one of {', '.join(GROUPS)}")
-    if metric == "minutes":
+    if metric in WHOLE_RUN:
         if group != "all":
-            raise ValueError("training minutes are a run's, not a shot group's: drop --group")
-        return TRAIN_MINUTES
+            raise ValueError(f"{WHOLE_RUN[metric]}: drop --group")
+        return METRICS[metric]
     return f"{'acc' if group == 'all' else group}_{metric}"
 
 

@@ -1,0 +1,136 @@
+"""Separation of clean and mislabelled samples by a method's per-sample trust (bench/analysis.py):
+the AUROCs by hand, the tail classes, the loss-based failure they are built to show, and
+`bench table` / `bench compare` / `bench show` on the fake store (made-up records, nothing trained)."""
+
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.analysis import run_separation, separation, tail_classes
+from bench.cli import main
+from bench.store import Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+import fake_store  # noqa: E402
+
+
+def test_tail_classes_are_the_half_with_fewest_clean_samples_and_none_without_imbalance():
+    assert tail_classes(np.repeat([0, 1, 2, 3], [40, 20, 10, 5])).tolist() == [2, 3]
+    assert tail_classes(np.repeat([0, 1, 2], [10, 5, 1])).tolist() == [2]  # floor(3 / 2) classes
+    assert tail_classes(np.repeat([0, 1, 2, 3], [10, 5, 5, 5])).tolist() == [2, 3]  # ties: the later classes
+    assert tail_classes(np.repeat([0, 1, 2, 3], [7, 7, 7, 7])).tolist() == []
+    assert tail_classes(np.repeat([3, 1], [5, 9])).tolist() == [3]  # labels, not positions
+
+
+def test_the_aurocs_by_hand():
+    clean = np.array([0, 0, 0, 0, 1, 1])  # class 1 (2 samples) is the tail
+    noisy = np.array([False, False, True, False, False, True])
+    trust = np.array([0.9, 0.8, 0.1, 0.7, 0.3, 0.5])
+    s = separation(clean, noisy, trust)
+    # clean 0.9, 0.8, 0.7, 0.3 against mislabelled 0.1, 0.5: 7 of the 8 pairs ordered right
+    assert s["noise_auroc"] == pytest.approx(100 * 7 / 8)
+    # the one clean tail sample (0.3) against both mislabelled ones: above 0.1, below 0.5
+    assert s["tail_auroc"] == pytest.approx(50.0)
+    assert (s["noisy"], s["clean"], s["clean_tail"], s["tail"]) == (2, 4, 1, [1])
+    assert (s["mean_clean"], s["mean_noisy"], s["mean_clean_tail"]) == pytest.approx((0.675, 0.3, 0.3))
+    assert separation(clean, noisy, np.ones(6))["noise_auroc"] == 50.0  # ties count one half
+    missing = separation(clean, noisy, np.array([0.9, 0.8, 0.1, np.nan, np.nan, 0.5]))  # left out
+    assert missing["noise_auroc"] == 100.0 and math.isnan(missing["tail_auroc"])  # 0.9, 0.8 vs 0.1, 0.5
+    assert math.isnan(separation(clean, np.zeros(6, bool), trust)["noise_auroc"])  # no noise
+    assert math.isnan(separation(np.repeat([0, 1], 3), noisy, trust)["tail_auroc"])  # no imbalance
+
+
+def test_a_loss_based_weight_tells_noise_from_the_head_but_not_from_the_clean_tail():
+    """CurveNet's premise (Sec. 1): mislabelled and clean tail samples both have large losses, so a
+    weight that falls with the loss separates noise overall but ranks the clean tail with it."""
+    rng = np.random.default_rng(0)
+    clean = np.repeat(np.arange(4), [400, 200, 50, 20])
+    noisy = rng.random(len(clean)) < 0.3
+    loss = np.where(noisy, 2.0, np.where(clean >= 2, 2.0, 0.3)) + rng.normal(0, 0.2, len(clean))
+    by_loss = separation(clean, noisy, -loss)
+    assert by_loss["noise_auroc"] > 75 and 35 < by_loss["tail_auroc"] < 65
+    knows_noise = separation(clean, noisy, np.where(noisy, 0.1, 0.9) + rng.normal(0, 0.05, len(clean)))
+    assert knows_noise["noise_auroc"] > 99 and knows_noise["tail_auroc"] > 99
+
+
+@pytest.fixture
+def trust_store(tmp_path):
+    """Fake CurveNet (weights 0.9 clean / 0.2 noisy), a fake MW-Net whose weight falls with a fake
+    loss that is high for the tail, a fake O2U-Net whose score is high for noise, a fake CE (no
+    record): all on the fake pool of 4 classes (40/20/10/5 samples), 2 seeds each."""
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    for seed in (0, 1):
+        rng = np.random.default_rng(10 + seed)
+        clean, noisy, _ = fake_store.fake_samples(seed)
+        tail = np.isin(clean, [2, 3])
+        fake_store.add_fake_trust_run(store, "curvenet", "CurveNet", {"weight": np.where(noisy, 0.2, 0.9)}, seed=seed)
+        loss = np.where(noisy | tail, 2.0, 0.3) + rng.normal(0, 0.1, len(clean))
+        fake_store.add_fake_trust_run(store, "mwnet", "MW-Net(noise)", {"weight": 1 / (1 + loss)}, seed=seed)
+        fake_store.add_fake_trust_run(store, "o2u", "O2U-Net", {"score": np.where(noisy, 3.0, 1.0),
+                                                                "kept": ~noisy | (np.arange(75) % 2 == 0)}, seed=seed)
+        fake_store.add_fake_trust_run(store, "ce", "CE", {}, seed=seed)
+    store.close()
+    return path
+
+
+def table(capsys, *args) -> pd.DataFrame:
+    assert main(["table", *args, "--format", "csv"]) == 0
+    return pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("method")
+
+
+def test_bench_table_shows_each_methods_separation_over_seeds(trust_store, capsys):
+    noise = table(capsys, "--store", str(trust_store), "--metric", "noise_auroc")
+    assert sorted(noise.index) == ["CurveNet", "MW-Net(noise)", "O2U-Net"]  # CE records no trust
+    assert noise.loc["CurveNet", "mean"] == 100.0 and noise.loc["O2U-Net", "mean"] == 100.0  # score: minus
+    assert set(noise["n"]) == {2} and set(noise["metric"]) == {"noise_auroc"}
+    tail = table(capsys, "--store", str(trust_store), "--metric", "tail_auroc")
+    assert tail.loc["CurveNet", "mean"] == 100.0
+    assert tail.loc["MW-Net(noise)", "mean"] < 60 < noise.loc["MW-Net(noise)", "mean"]
+    # each value is the run's own, as bench.analysis computes it from the store
+    store = Store(trust_store, create=False)
+    runs = store.runs()
+    by_hand = [run_separation(store, k)["tail_auroc"] for k in runs[runs["method"] == "mwnet"]["key"]]
+    assert tail.loc["MW-Net(noise)", "mean"] == pytest.approx(np.mean(by_hand), abs=1e-4)
+    assert main(["table", "--store", str(trust_store), "--metric", "noise_auroc"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("noise AUROC (%)") and "100.00 ± 0.00 (n=2)" in out
+
+
+def test_bench_compare_and_show_read_the_same_separation(trust_store, capsys):
+    assert main(["compare", "curvenet", "mwnet", "--store", str(trust_store), "--metric", "tail_auroc",
+                 "--format", "json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)["rows"]
+    assert row["test"] == "paired" and row["n"] == 2 and row["diff"] > 40
+    key = Store(trust_store, create=False).runs().query("method == 'o2u' and seed == 0")["key"].iloc[0]
+    assert main(["show", key, "--store", str(trust_store), "--format", "json"]) == 0
+    sep = json.loads(capsys.readouterr().out)["separation"]
+    clean, noisy, _ = fake_store.fake_samples(0)
+    removed = ~(~noisy | (np.arange(75) % 2 == 0))
+    assert sep["record"] == "score" and sep["noise_auroc"] == 100.0 and sep["tail"] == [2, 3]
+    assert sep["removed"] == removed.sum() and sep["precision"] == 1.0
+    assert sep["recall"] == pytest.approx(removed.sum() / noisy.sum())
+    assert main(["show", key, "--store", str(trust_store)]) == 0
+    assert "separate  noise AUROC 100.0%" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--metric", "noise_auroc", "--group", "few"], "no --group"),
+    (["--metric", "tail_auroc", "--paper", "1"], "is for the plain table"),
+])
+def test_bad_separation_requests_are_one_line(trust_store, capsys, args, message):
+    assert main(["table", "--store", str(trust_store), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_store_without_trust_records_says_why_the_table_is_empty(tmp_path, capsys):
+    path = tmp_path / "s.sqlite"
+    fake_store.build(path).close()
+    assert main(["table", "--store", str(path), "--metric", "noise_auroc"]) == 0
+    assert "has a noise_auroc: it needs a per-sample weight or selection score" in capsys.readouterr().out
