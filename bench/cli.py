@@ -228,7 +228,7 @@ def _check_cache_dir(path: Path) -> None:
 
 
 def cmd_table(args) -> int:
-    from bench.analysis import SEPARATION, SEPARATION_TITLES, with_separation
+    from bench.analysis import SEPARATION, SEPARATION_TITLES, reading_progress, with_separation
     from bench.store import Store
     from bench.summary import render, render_records, results_records, results_table
 
@@ -259,7 +259,7 @@ def cmd_table(args) -> int:
     if args.metric in SEPARATION and group:
         raise BenchError(f"--metric {args.metric} is over a run's training samples: it has no --group")
     if args.metric in SEPARATION:
-        runs = with_separation(store, runs)
+        runs = with_separation(store, runs, progress=reading_progress)
         title = f"{SEPARATION_TITLES[args.metric]}; mean ± sample std (ddof 1) over seeds"
     elif args.metric == "minutes":
         title = ("training time (minutes: set-up, training and evaluation, summed over the attempts of a resumed "

@@ -29,7 +29,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from bench.analysis import SEPARATION, SEPARATION_TITLES, with_separation
+from bench.analysis import SEPARATION, SEPARATION_TITLES, reading_progress, with_separation
 from bench.errors import BenchError
 from bench.summary import (
     GROUPS,
@@ -182,7 +182,8 @@ def main(args) -> int:
         if args.metric in SEPARATION:  # read from the samples of A's and B's runs only
             mine = np.isin(row_labels(runs), [a, b])
             runs = runs.assign(**{c: np.nan for c in SEPARATION})
-            runs.loc[mine, list(SEPARATION)] = with_separation(store, runs[mine])[list(SEPARATION)]
+            runs.loc[mine, list(SEPARATION)] = with_separation(store, runs[mine], progress=reading_progress)[
+                list(SEPARATION)]
     finally:
         store.close()
     table = compare(runs, a, b, column, args.confidence)

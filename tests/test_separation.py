@@ -134,3 +134,27 @@ def test_a_store_without_trust_records_says_why_the_table_is_empty(tmp_path, cap
     fake_store.build(path).close()
     assert main(["table", "--store", str(path), "--metric", "noise_auroc"]) == 0
     assert "has a noise_auroc: it needs a per-sample weight or selection score" in capsys.readouterr().out
+
+
+def test_reading_skips_noise_free_runs_and_reports_progress_every_hundred_runs():
+    from bench.analysis import with_separation
+
+    clean, noisy, _ = fake_store.fake_samples(0)
+    record = pd.DataFrame({"clean_label": clean, "observed_label": clean, "is_noisy": noisy,
+                           "value": np.where(noisy, 0.1, 0.9)})
+
+    class Records:  # a store with one weight record per run, counting what is read
+        read = []
+
+        def sample_record(self, key, name):
+            self.read.append((key, name))
+            return record if name == "weight" else None
+
+    runs = pd.DataFrame({"key": [f"k{i}" for i in range(250)], "noise_rate": [0.0 if i % 5 == 0 else 0.4
+                                                                              for i in range(250)]})
+    seen = []
+    out = with_separation(Records(), runs, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(100, 250), (200, 250)]
+    assert len(Records.read) == 200 and {key for key, _ in Records.read} == set(runs["key"][runs["noise_rate"] > 0])
+    assert out["noise_auroc"][runs["noise_rate"] > 0].eq(100.0).all()
+    assert out["noise_auroc"][runs["noise_rate"] == 0].isna().all() and list(out.index) == list(runs.index)
