@@ -235,6 +235,8 @@ def cmd_table(args) -> int:
     if args.paper:
         if args.method or args.cell:
             raise BenchError(f"--paper {args.paper} shows the table's own rows and cells; drop --method/--cell")
+        if args.average:
+            raise BenchError("--average is for the plain table (the paper tables give their own mean accuracy, MA)")
         if args.metric == "minutes":
             raise BenchError("--metric minutes is for the plain table (the paper tables show accuracy; "
                              "Table 8's times: python -m bench timing)")
@@ -276,12 +278,12 @@ def cmd_table(args) -> int:
         empty = (f"no {group} ({GROUP_RULE[args.group]} training samples) in the cells of the {len(runs)} "
                  "finished run(s)")
     if args.format in ("csv", "json"):  # numbers, one record per (method, cell)
-        records = results_records(runs, args.metric, args.group)
+        records = results_records(runs, args.metric, args.group, args.average)
         if records.empty:
             print(f"bench: {empty}", file=sys.stderr)
         print(render_records(records, args.format, title))
     else:
-        table = results_table(runs, args.metric, args.group)
+        table = results_table(runs, args.metric, args.group, args.average)
         if table.empty and args.format == "latex":  # stdout stays a LaTeX document
             print(f"bench: {empty}", file=sys.stderr)
         else:
@@ -455,6 +457,9 @@ def make_parser() -> ArgumentParser:
                             "selection score, than a mislabelled one (%%); the last three for the plain table")
     table.add_argument("--method", help="only these methods (comma-separated registry names)")
     table.add_argument("--cell", help="only this cell, DATASET:IMBALANCE:NOISE, e.g. fmnist-mini:10:flip2:0.4")
+    table.add_argument("--average", action="store_true",
+                       help="add each method's mean over the table's cells (per seed whose runs cover every "
+                            "cell, then mean ± std over those seeds, as the paper tables' MA)")
     table.add_argument("--group", choices=("all", "many", "medium", "few"), default="all",
                        help="all classes, or one shot group ("
                        + ", ".join(rule for g, rule in GROUP_RULE.items() if g != "all") + " training samples)")

@@ -193,22 +193,59 @@ RECORD_COLUMNS = ("method", "cell", "dataset", "imbalance", "noise_type", "noise
                   "mean", "std", "n")
 
 
-def results_records(runs: pd.DataFrame, metric: str = "last", group: str = "all") -> pd.DataFrame:
+CELL_FIELDS = ("dataset", "imbalance", "noise_type", "noise_rate", "preset", "model")
+
+
+def cell_average(runs: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per row label, the mean over the table's cells (every cell any row has a value in; the
+    paper tables' MA, bench/tables.py ``grid_mean``, for any set of cells): per training seed the
+    mean over the cells if that seed's runs cover every cell, then ``mean``, ``std`` (ddof 1) and
+    ``n`` over those seeds. A row no seed of which covers every cell has ``n`` 0 and NaNs;
+    ``cells`` is the number of cells."""
+    values = per_seed(runs, column)
+    if values.empty:
+        return pd.DataFrame(columns=["label", "mean", "std", "n", "cells"])
+    cells = len(values[list(CELL_FIELDS)].drop_duplicates())
+    by_seed = values.groupby(["label", "seed"])["value"].agg(["mean", "count"]).reset_index()
+    complete = by_seed[by_seed["count"] == cells]
+    rows = []
+    for label in sorted(set(values["label"])):
+        ma = complete.loc[complete["label"] == label, "mean"].to_numpy()
+        rows.append({"label": label, "mean": float(ma.mean()) if len(ma) else float("nan"),
+                     "std": float(np.std(ma, ddof=1)) if len(ma) > 1 else float("nan"), "n": len(ma), "cells": cells})
+    return pd.DataFrame(rows)
+
+
+def average_label(cells: int) -> str:
+    return f"mean over the {cells} cells" if cells != 1 else "mean over the 1 cell"
+
+
+def results_records(runs: pd.DataFrame, metric: str = "last", group: str = "all",
+                    average: bool = False) -> pd.DataFrame:
     """One row per (method row label, cell), the CSV / JSON form: ``mean``, ``std`` (sample std,
     ddof 1; NaN for one seed) and ``n`` (seeds) as numbers, with the cell's fields and ``metric``
-    (the store's column, e.g. ``acc_last``). ``method`` and ``cell`` are as in :func:`results_table`."""
+    (the store's column, e.g. ``acc_last``). ``method`` and ``cell`` are as in :func:`results_table`.
+    With ``average``, one more row per method: :func:`cell_average`, its ``cell`` "mean over the N
+    cells" and its cell fields empty (a row no seed of which covers every cell is left out)."""
     column = metric_column(metric, group)
     agg = aggregate(runs, column)
     if agg.empty:
         return pd.DataFrame(columns=list(RECORD_COLUMNS))
     agg = _with_cells(agg).rename(columns={"label": "method"})
+    if average:
+        means = cell_average(runs, column)
+        means = means[means["n"] > 0].rename(columns={"label": "method"})
+        means["cell"] = [average_label(c) for c in means["cells"]]
+        agg = pd.concat([agg, means.drop(columns="cells")], ignore_index=True)
     agg["metric"] = column
     agg["mean"], agg["std"] = agg["mean"].round(4), agg["std"].round(4)
-    return agg[list(RECORD_COLUMNS)].reset_index(drop=True)
+    return agg.reindex(columns=list(RECORD_COLUMNS)).reset_index(drop=True)
 
 
-def results_table(runs: pd.DataFrame, metric: str = "last", group: str = "all") -> pd.DataFrame:
-    """Method x cell table of formatted ``mean ± std (n)`` strings."""
+def results_table(runs: pd.DataFrame, metric: str = "last", group: str = "all",
+                  average: bool = False) -> pd.DataFrame:
+    """Method x cell table of formatted ``mean ± std (n)`` strings; with ``average``, a last column
+    "mean over the N cells" (:func:`cell_average`; ``—`` for a row no seed of which covers them all)."""
     column = metric_column(metric, group)
     agg = aggregate(runs, column)
     if agg.empty:
@@ -218,6 +255,10 @@ def results_table(runs: pd.DataFrame, metric: str = "last", group: str = "all") 
     cells = list(dict.fromkeys(agg.sort_values(["dataset", "imbalance", "noise_type", "noise_rate"])["cell"]))
     table = agg.pivot(index="label", columns="cell", values="text").reindex(columns=cells)
     table.index.name = "method"
+    if average:
+        means = cell_average(runs, column).set_index("label")
+        table[average_label(len(cells))] = [format_cell(means.at[label, "mean"], means.at[label, "std"],
+                                                        int(means.at[label, "n"])) for label in table.index]
     return table.fillna("—")
 
 

@@ -285,3 +285,42 @@ def test_bench_table_filters_by_method_and_cell_and_keeps_each_rows_label(tmp_pa
     assert set(records("--method", "mwnet,ce")["method"]) == {"MW-Net(imb)", "MW-Net(noise)"}
     assert main(["table", "--store", str(path), "--paper", "2", "--method", "ce"]) == 2
     assert "drop --method/--cell" in capsys.readouterr().err
+
+
+def test_the_average_over_cells_counts_only_seeds_that_cover_every_cell(tmp_path, capsys):
+    """`bench table --average`: per seed the mean over the cells, then mean ± std over the seeds
+    covering all of them (Table 1's MA rule); a row that no seed completes gets none."""
+    from bench.cli import main
+    from bench.store import Store
+    from bench.summary import cell_average, results_records
+
+    ce, focal = RunSpec("ce"), RunSpec("focal", params=(("gamma", 1.0),))
+    other = {"imbalance": 1.0, "noise_type": "none", "noise_rate": 0.0}
+    runs = frame((ce, "CE", 60.0), (ce.replace(**other), "CE", 70.0),                      # seed 0: 65
+                 (ce.replace(seed=1), "CE", 62.0), (ce.replace(seed=1, **other), "CE", 74.0),  # seed 1: 68
+                 (ce.replace(seed=2), "CE", 10.0),                            # seed 2 misses a cell: left out
+                 (focal, "Focal", 50.0))                                      # no seed covers both cells
+    means = cell_average(runs, "acc_last").set_index("label")
+    assert means.loc["CE", ["mean", "n", "cells"]].tolist() == [66.5, 2, 2]
+    assert abs(means.loc["CE", "std"] - 2.1213) < 1e-4
+    assert means.loc["Focal", "n"] == 0
+    table = results_table(runs, average=True)
+    assert table.columns[-1] == "mean over the 2 cells"
+    assert table["mean over the 2 cells"].tolist() == ["66.50 ± 2.12 (n=2)", "—"]
+    assert table.loc["CE"].tolist()[:2] == ["72.00 ± 2.83 (n=2)", "44.00 ± 29.46 (n=3)"]  # cells as before
+    records = results_records(runs, average=True)
+    mean_rows = records[records["cell"] == "mean over the 2 cells"]
+    assert mean_rows["method"].tolist() == ["CE"] and mean_rows["mean"].tolist() == [66.5]
+    assert mean_rows["dataset"].isna().all() and list(records.columns) == list(RECORD_COLUMNS)
+    assert results_table(runs).shape[1] == 2  # without --average, no such column
+
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    for spec, acc in ((ce, 60.0), (ce.replace(**other), 70.0)):
+        store.start(spec.key(), spec.to_dict(), "CE")
+        store.finish(spec.key(), metrics={"acc_last": acc, "acc_best": acc}, history=[], env={})
+    store.close()
+    assert main(["table", "--store", str(path), "--average"]) == 0
+    assert "| mean over the 2 cells" in capsys.readouterr().out
+    assert main(["table", "--store", str(path), "--average", "--paper", "1"]) == 2
+    assert "--average is for the plain table" in capsys.readouterr().err
