@@ -125,3 +125,23 @@ def test_over_several_cells_the_markdown_sums_up_who_is_ahead(tmp_path, capsys):
     assert main(["compare", "ce", "mwnet", "--store", str(path)]) == 0
     out = capsys.readouterr().out
     assert "over the 3 cells: CE ahead in 2, mean Δ +2.00 (cells weighted equally)" in out
+    # Δ = +2, -1, +5: ranks 2, 1, 3; W- = 1, and 2 of the 8 sign patterns reach it: two-sided p = 0.5
+    assert "Wilcoxon signed-rank test of the cells' Δ: p = 0.500 (fewer than 6 cells" in out
+
+
+def test_over_seven_cells_the_wilcoxon_test_matches_its_exact_distribution(tmp_path, capsys):
+    """Δ = +1 .. +6 and -0.5: the negative Δ has the smallest rank, W- = 1; of the 2^7 sign patterns
+    only 2 give W- <= 1, so the one-sided p is 2/128 and the two-sided one 4/128 = 0.03125."""
+    diffs = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, -0.5]
+    imbalances = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]
+    runs = [run for imb, d in zip(imbalances, diffs)
+            for run in (("ce", 0, 60.0 + d, {"imbalance": imb}), ("mwnet", 0, 60.0, {"imbalance": imb}))]
+    path = make_store(tmp_path / "s.sqlite", runs)
+    assert main(["compare", "ce", "mwnet", "--store", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "over the 7 cells: CE ahead in 6, mean Δ +2.93 (cells weighted equally); Wilcoxon signed-rank test " \
+           "of the cells' Δ: p = 0.031\n" in out
+    assert main(["compare", "ce", "mwnet", "--store", str(path), "--format", "json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["over_cells"]
+    assert summary["cells"] == 7 and summary["ahead"] == 6 and math.isclose(summary["p"], 4 / 128)
+    assert math.isclose(summary["mean_diff"], sum(diffs) / 7)
