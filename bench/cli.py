@@ -480,7 +480,8 @@ def make_parser() -> ArgumentParser:
     runs_for.add_argument("--paper", required=True, help="table number (1, 2, 3, 6-10)")
     runs_for.set_defaults(func=cmd_run, methods=None)
 
-    for name, module, text in (("plot", "plots", "figures from the store: loss curves (Fig. 1), weights (Fig. 5)"),
+    for name, module, text in (("plot", "plots", "figures from the store: loss curves (Fig. 1), weights (Fig. 5), "
+                                                 "separation"),
                                ("timing", "timing", "ms per training iteration, CE vs MW-Net vs CurveNet SL=0..3"),
                                ("show", "show", "the runs in a store, one line each (status, accuracy, why one "
                                                 "failed), or one run in full (KEY)"),

@@ -11,7 +11,15 @@
     Fig. 5: the final per-sample weights (per-sample value ``weight``, recorded by MW-Net and
     CurveNet) of clean vs noisy samples, for every class (box plots, grouped by observed label).
 
-Both write a PNG (``--out``, default ``figures/<fig>_<key>.png``) and print its path. Cells are
+``python -m bench plot separation --cell DATASET:IMB:NOISE [--method M,...] [--seed S]``
+    Noise against tail, every method of a cell side by side (our figure, not the paper's): each
+    method's per-sample trust (bench/analysis.py: its final weight, or minus its selection score)
+    of clean samples of head classes, clean samples of tail classes and mislabelled samples, as
+    box plots, with the run's noise and tail AUROCs. One run per method row (the lowest seed, or
+    ``--seed``); methods that record no trust (CE, Focal) are left out.
+
+All write a PNG (``--out``, default ``figures/<fig>_<key>.png``; the separation figure
+``figures/separation_<cell>_seed<S>.png``) and print its path. Cells are
 written ``DATASET:IMBALANCE:NOISE`` with NOISE = ``none`` or ``TYPE:RATE``, e.g.
 ``fmnist-mini:10:flip2:0.4`` (the quick preset's default cell) or ``cifar10:20:flip2:0.4``.
 """
@@ -31,16 +39,19 @@ from bench.summary import cell_label
 # names of the per-sample arrays, in order of preference: raw probe losses, then normalised curves
 RAW_CURVE_ARRAYS = ("probe_loss", "probe_losses", "loss_curve")
 NORMALISED_CURVE_ARRAYS = ("curve", "curves")
-FIGURES = ("curves", "weights")
+FIGURES = ("curves", "weights", "separation")
 
 
 def add_arguments(parser) -> None:
     from bench.store import DEFAULT_STORE
 
-    parser.add_argument("figure", choices=FIGURES, help="curves = paper Fig. 1, weights = paper Fig. 5")
+    parser.add_argument("figure", choices=FIGURES, help="curves = paper Fig. 1, weights = paper Fig. 5, "
+                                                        "separation = every method's trust of clean head, clean "
+                                                        "tail and mislabelled samples in one cell")
     parser.add_argument("--run", help="the run's key (or a unique prefix of it)")
     parser.add_argument("--cell", help="DATASET:IMBALANCE:NOISE, e.g. fmnist-mini:10:flip2:0.4 (with --method)")
-    parser.add_argument("--method", help="with --cell: method of the run to plot (default curvenet)")
+    parser.add_argument("--method", help="with --cell: method of the run to plot (default curvenet; separation: "
+                                         "comma-separated methods, default all)")
     parser.add_argument("--preset", help="only runs of this preset (quick or paper)")
     parser.add_argument("--seed", type=int, help="training seed (default: the lowest stored)")
     parser.add_argument("--store", default=DEFAULT_STORE, help=f"results store to read (default ./{DEFAULT_STORE})")
@@ -261,8 +272,120 @@ def plot_weights(store, run: pd.Series, out: Path) -> Path:
     return out
 
 
+SEPARATION_GROUPS = (("clean, head", "tab:blue"), ("clean, tail", "tab:green"), ("mislabelled", "tab:red"))
+
+
+def separation_panels(store, runs: pd.DataFrame, seed: int | None = None) -> list[dict]:
+    """One panel per method row (``summary.row_labels`` of ``runs``, one cell's done runs) whose
+    run records a trust: its run (``seed``, else the row's lowest seed), the record, the trust of
+    each of :data:`SEPARATION_GROUPS` and its ``bench.analysis.separation``."""
+    from bench.analysis import TRUST_RECORDS, separation, tail_classes
+    from bench.summary import row_labels
+
+    runs = runs.assign(label=row_labels(runs)).sort_values(["label", "seed", "started"])
+    if seed is not None:
+        runs = runs[runs["seed"] == seed]
+    panels = []
+    for label, rows in runs.groupby("label", sort=True):
+        run = rows.iloc[0]
+        for name, sign in TRUST_RECORDS:
+            df = store.sample_record(run["key"], name)
+            if df is None:
+                continue
+            trust = sign * df["value"].to_numpy()
+            clean = ~df["is_noisy"].to_numpy()
+            tail = np.isin(df["clean_label"].to_numpy(), tail_classes(df["clean_label"]))
+            groups = dict(zip((g for g, _ in SEPARATION_GROUPS), (trust[clean & ~tail], trust[clean & tail],
+                                                                  trust[~clean])))
+            panels.append({"label": label, "run": run, "record": name,
+                           "groups": {g: v[~np.isnan(v)] for g, v in groups.items()},
+                           "separation": separation(df["clean_label"], df["is_noisy"], trust)})
+            break
+    return panels
+
+
+def plot_separation(panels: list[dict], out: Path, title: str) -> Path:
+    """Box plots of each panel's trust per group (:func:`separation_panels`), one axis per method."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 1, 4.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        shown = [(g, color) for g, color in SEPARATION_GROUPS if len(panel["groups"][g])]
+        bp = ax.boxplot([panel["groups"][g] for g, _ in shown], widths=0.6, patch_artist=True, showfliers=False,
+                        medianprops={"color": "black"})
+        for patch, (_, color) in zip(bp["boxes"], shown):
+            patch.set_facecolor(color)
+            patch.set_alpha(0.5)
+        ax.set_xticks(range(1, len(shown) + 1))
+        ax.set_xticklabels([f"{g}\n{len(panel['groups'][g])}" for g, _ in shown], fontsize=8)
+        sep = panel["separation"]
+        ax.set_title(f"{panel['label']}\nnoise {sep['noise_auroc']:.1f} · tail {sep['tail_auroc']:.1f}", fontsize=9)
+        ax.set_ylabel("final weight" if panel["record"] == "weight" else "− selection score", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def cell_argument(run) -> str:
+    """A run's cell as ``--cell`` takes it: ``DATASET:IMBALANCE:NOISE``."""
+    noise = "none" if run["noise_type"] == "none" or run["noise_rate"] == 0 else \
+        f"{run['noise_type']}:{run['noise_rate']:g}"
+    return f"{run['dataset']}:{run['imbalance']:g}:{noise}"
+
+
+def _plot_separation(store, args) -> int:
+    """``bench plot separation``: the cell's runs (one cell; --cell where the store holds several)."""
+    from bench.show import method_names
+
+    if args.run or args.classes:
+        raise BenchError("separation shows every method of a cell: drop --run/--classes, give --cell")
+    runs = store.runs("done")
+    if args.preset:
+        runs = runs[runs["preset"] == args.preset]
+    if args.cell:
+        cell = parse_cell(args.cell)
+        runs = runs[matches_cell(runs, cell)]
+    ordered = runs.sort_values(["dataset", "imbalance", "noise_type", "noise_rate"])
+    cells = list(dict.fromkeys(cell_argument(r) for _, r in ordered.iterrows()))
+    if len(cells) > 1:
+        raise BenchError(f"the store holds {len(cells)} cells; pick one with --cell: {', '.join(cells)}")
+    wanted = method_names(args.method)
+    if wanted:
+        runs = runs[runs["method"].isin(wanted)]
+    panels = separation_panels(store, runs, args.seed) if len(runs) else []
+    if not panels:
+        raise BenchError(f"no finished run{' on ' + cells[0] if cells else ''}"
+                         f"{' of seed ' + str(args.seed) if args.seed is not None else ''} records a per-sample "
+                         "weight or selection score (MW-Net, CurveNet, Class-Balanced, LDAM-DRW, O2U-Net, AUM and "
+                         "Co-teaching do)")
+    first = panels[0]["run"]
+    seeds = sorted({int(p["run"]["seed"]) for p in panels})
+    noise = "clean" if first["noise_type"] == "none" else f"{first['noise_type']} {first['noise_rate']:g}"
+    title = (f"Trust of clean head, clean tail and mislabelled training samples (box: quartiles, whiskers 1.5 IQR; "
+             f"AUROCs in %)\n{first['dataset']}, imbalance {first['imbalance']:g}, {noise} "
+             f"({first['preset']} preset, seed {', '.join(map(str, seeds))})")
+    name = f"separation_{first['dataset']}_imb{first['imbalance']:g}_{noise.replace(' ', '')}_seed{seeds[0]}.png"
+    path = plot_separation(panels, Path(args.out) if args.out else Path("figures") / name, title)
+    print(path)
+    print(f"{len(panels)} runs: " + ", ".join(f"{p['label']} {p['run']['key'][:12]}" for p in panels), file=sys.stderr)
+    return 0
+
+
 def main(args) -> int:
     from bench.store import Store
+
+    if args.figure == "separation":
+        store = Store(args.store, create=False)
+        try:
+            return _plot_separation(store, args)
+        finally:
+            store.close()
 
     if args.run:  # one run, by key: an option that would pick another is a mistake, not ignored
         chosen = [name for name, value in (("--cell", args.cell), ("--method", args.method),

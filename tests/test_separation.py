@@ -158,3 +158,33 @@ def test_reading_skips_noise_free_runs_and_reports_progress_every_hundred_runs()
     assert len(Records.read) == 200 and {key for key, _ in Records.read} == set(runs["key"][runs["noise_rate"] > 0])
     assert out["noise_auroc"][runs["noise_rate"] > 0].eq(100.0).all()
     assert out["noise_auroc"][runs["noise_rate"] == 0].isna().all() and list(out.index) == list(runs.index)
+
+
+def test_the_separation_figure_has_a_panel_per_method_with_trust_and_its_groups(trust_store, tmp_path, capsys):
+    from bench.plots import separation_panels
+
+    store = Store(trust_store, create=False)
+    panels = separation_panels(store, store.runs("done"), seed=1)
+    assert [p["label"] for p in panels] == ["CurveNet", "MW-Net(noise)", "O2U-Net"]  # CE records no trust
+    assert {int(p["run"]["seed"]) for p in panels} == {1}
+    clean, noisy, _ = fake_store.fake_samples(1)
+    tail = np.isin(clean, [2, 3])
+    sizes = {g: len(v) for g, v in panels[0]["groups"].items()}
+    assert sizes == {"clean, head": (~noisy & ~tail).sum(), "clean, tail": (~noisy & tail).sum(),
+                     "mislabelled": noisy.sum()}
+    assert set(panels[0]["groups"]["mislabelled"]) == {0.2} and set(panels[2]["groups"]["mislabelled"]) == {-3.0}
+    assert panels[0]["separation"]["tail_auroc"] == 100.0
+    assert [p["run"]["seed"] for p in separation_panels(store, store.runs("done"))] == [0, 0, 0]  # lowest seed
+    out = tmp_path / "fig.png"
+    assert main(["plot", "separation", "--store", str(trust_store), "--out", str(out), "--method", "mwnet,o2u"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and capsys.readouterr().out.strip() == str(out)
+
+
+def test_the_separation_figure_asks_for_one_cell_and_for_runs_with_trust(tmp_path, capsys):
+    path = tmp_path / "s.sqlite"
+    fake_store.build(path).close()
+    assert main(["plot", "separation", "--store", str(path)]) == 2
+    assert "holds 5 cells; pick one with --cell: cifar10:1:flip2:0.2, cifar10:1:flip2:0.4, cifar10:50:none, " \
+           "cifar10:100:none, cifar10:200:none" in capsys.readouterr().err
+    assert main(["plot", "separation", "--store", str(path), "--cell", "cifar10:1:flip2:0.4"]) == 2
+    assert "no finished run on cifar10:1:flip2:0.4 records a per-sample weight" in capsys.readouterr().err
