@@ -16,7 +16,8 @@ weights. Two numbers per run measure how a method's per-sample *trust* resolves 
                  one half, in %: 50 is chance, 100 every clean sample trusted above every
                  mislabelled one (the AUROC of the trust for "clean").
 ``tail_auroc``   the same with the clean samples restricted to the tail classes (``tail_classes``:
-                 the half of the classes with the fewest clean training samples), against every
+                 the half of the classes with the fewest training samples by true class, the
+                 imbalance profile's tail, mislabelled samples counted in their true class), against every
                  mislabelled sample: does a clean tail sample get more trust than a mislabelled
                  one? A loss-based weight scores low here however high its ``noise_auroc``.
 
@@ -130,14 +131,15 @@ SEPARATION_TITLES = {
     "noise_auroc": "noise AUROC (%): how often a clean training sample gets more trust (its final weight, or minus "
                    "its selection score) than a mislabelled one; 50 = chance",
     "tail_auroc": "tail AUROC (%): how often a clean sample of a tail class (the half of the classes with the fewest "
-                  "clean training samples) gets more trust than a mislabelled sample; 50 = chance",
+                  "training samples by true class) gets more trust than a mislabelled sample; 50 = chance",
 }
 
 
 def tail_classes(clean_label) -> np.ndarray:
-    """The tail: the floor(C / 2) of the C classes present with the fewest clean training samples
-    (ties: the higher class index first, as the imbalance profiles shrink the later classes), sorted;
-    none when every class has as many samples (no imbalance)."""
+    """The tail: the floor(C / 2) of the C classes present with the fewest training samples by true
+    (clean) label, mislabelled ones included, i.e. the imbalance profile's smallest classes (ties:
+    the higher class index first, as the profiles shrink the later classes), sorted; none when
+    every class has as many samples (no imbalance)."""
     classes, counts = np.unique(np.asarray(clean_label), return_counts=True)
     if len(classes) < 2 or counts.min() == counts.max():
         return classes[:0]
@@ -182,7 +184,7 @@ def run_separation(store, key: str) -> dict | None:
 
 def reading_progress(done: int, total: int) -> None:
     """``bench table`` and ``bench compare``'s line while :func:`with_separation` reads."""
-    print(f"bench: read the per-sample records of {done} of {total} runs", file=sys.stderr, flush=True)
+    print(f"bench: separation of {done} of {total} runs done", file=sys.stderr, flush=True)
 
 
 def with_separation(store, runs: pd.DataFrame, progress=None) -> pd.DataFrame:

@@ -146,15 +146,16 @@ def over_cells(table: pd.DataFrame) -> dict:
     """The comparison over all the cells of ``table`` (:func:`compare`), each cell one unit (Demšar,
     JMLR 2006, for two methods over several data sets): ``cells``, ``ahead`` (cells where A's mean
     is higher), ``mean_diff`` (the cells weighted equally) and ``p``, the two-sided Wilcoxon
-    signed-rank test of the cells' Δ (``scipy.stats.wilcoxon``, cells with Δ = 0 dropped; exact for
-    few cells, so with fewer than 6 cells p cannot fall below 0.05; NaN with fewer than 2)."""
+    signed-rank test of the cells' Δ (``scipy.stats.wilcoxon``, cells with Δ = 0 dropped; ``tested``
+    the cells left; exact for few cells, so with fewer than 6 p cannot fall below 0.05; NaN with
+    fewer than 2)."""
     from scipy import stats
 
     diffs = table["diff"].to_numpy(float)
     nonzero = diffs[diffs != 0]
     p = float(stats.wilcoxon(nonzero).pvalue) if len(nonzero) > 1 else math.nan
     return {"cells": len(diffs), "ahead": int((diffs > 0).sum()), "mean_diff": float(diffs.mean()) if len(diffs)
-            else math.nan, "p": p}
+            else math.nan, "tested": len(nonzero), "p": p}
 
 
 def _p_text(p: float) -> str:
@@ -221,8 +222,8 @@ def main(args) -> int:
         summary = over_cells(table)
         print(f"\nover the {summary['cells']} cells: {a} ahead in {summary['ahead']}, mean Δ "
               f"{summary['mean_diff']:+.2f} (cells weighted equally); Wilcoxon signed-rank test of the cells' Δ: "
-              f"p = {_p_text(summary['p'])}" + (" (fewer than 6 cells: p cannot fall below 0.05)"
-                                                  if summary["cells"] < 6 else ""))
+              f"p = {_p_text(summary['p'])}" + (f" ({summary['tested']} cells with Δ ≠ 0: with fewer than 6, p cannot "
+                                                  "fall below 0.05)" if summary["tested"] < 6 else ""))
     if args.format == "md" and not table.empty:
         print("\npaired: over the seeds both ran on the same data (t interval, paired t-test); Welch: unpaired "
               "(no shared seed with the same data). p is per cell, two-sided, not corrected for the number of "

@@ -304,13 +304,17 @@ def separation_panels(store, runs: pd.DataFrame, seed: int | None = None) -> lis
     return panels
 
 
+def _auroc_text(value: float) -> str:
+    return "—" if value != value else f"{value:.1f}"
+
+
 def plot_separation(panels: list[dict], out: Path, title: str) -> Path:
     """Box plots of each panel's trust per group (:func:`separation_panels`), one axis per method."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 1, 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(2.6 * len(panels) + 1, 8), 4.6), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         shown = [(g, color) for g, color in SEPARATION_GROUPS if len(panel["groups"][g])]
         bp = ax.boxplot([panel["groups"][g] for g, _ in shown], widths=0.6, patch_artist=True, showfliers=False,
@@ -321,7 +325,8 @@ def plot_separation(panels: list[dict], out: Path, title: str) -> Path:
         ax.set_xticks(range(1, len(shown) + 1))
         ax.set_xticklabels([f"{g}\n{len(panel['groups'][g])}" for g, _ in shown], fontsize=8)
         sep = panel["separation"]
-        ax.set_title(f"{panel['label']}\nnoise {sep['noise_auroc']:.1f} · tail {sep['tail_auroc']:.1f}", fontsize=9)
+        ax.set_title(f"{panel['label']}\nnoise {_auroc_text(sep['noise_auroc'])} · tail "
+                     f"{_auroc_text(sep['tail_auroc'])}", fontsize=9)
         ax.set_ylabel("final weight" if panel["record"] == "weight" else "− selection score", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title, fontsize=10)
@@ -346,18 +351,25 @@ def _plot_separation(store, args) -> int:
     if args.run or args.classes:
         raise BenchError("separation shows every method of a cell: drop --run/--classes, give --cell")
     runs = store.runs("done")
+    wanted = method_names(args.method)
+    if wanted:
+        absent = sorted(set(wanted) - set(runs["method"]))
+        if absent:
+            raise BenchError(f"no finished runs of {', '.join(absent)} in {store.path}"
+                             + (f" (its runs are of {', '.join(sorted(set(runs['method'])))})" if len(runs) else ""))
+        runs = runs[runs["method"].isin(wanted)]
     if args.preset:
         runs = runs[runs["preset"] == args.preset]
     if args.cell:
-        cell = parse_cell(args.cell)
-        runs = runs[matches_cell(runs, cell)]
-    ordered = runs.sort_values(["dataset", "imbalance", "noise_type", "noise_rate"])
+        runs = runs[matches_cell(runs, parse_cell(args.cell))]
+    ordered = runs.sort_values(["dataset", "imbalance", "noise_type", "noise_rate", "preset", "model"])
     cells = list(dict.fromkeys(cell_argument(r) for _, r in ordered.iterrows()))
     if len(cells) > 1:
-        raise BenchError(f"the store holds {len(cells)} cells; pick one with --cell: {', '.join(cells)}")
-    wanted = method_names(args.method)
-    if wanted:
-        runs = runs[runs["method"].isin(wanted)]
+        raise BenchError(f"the runs are on {len(cells)} cells; pick one with --cell: {', '.join(cells)}")
+    protocols = list(dict.fromkeys(f"preset {r['preset']}, model {r['model']}" for _, r in ordered.iterrows()))
+    if len(protocols) > 1:  # the same method under two protocols would share a label, one panel
+        raise BenchError(f"the cell's runs are of {len(protocols)} protocols ({'; '.join(protocols)}); pick one "
+                         "with --preset (or --method)")
     panels = separation_panels(store, runs, args.seed) if len(runs) else []
     if not panels:
         raise BenchError(f"no finished run{' on ' + cells[0] if cells else ''}"
@@ -370,7 +382,7 @@ def _plot_separation(store, args) -> int:
     title = (f"Trust of clean head, clean tail and mislabelled training samples (box: quartiles, whiskers 1.5 IQR; "
              f"AUROCs in %)\n{first['dataset']}, imbalance {first['imbalance']:g}, {noise} "
              f"({first['preset']} preset, seed {', '.join(map(str, seeds))})")
-    name = f"separation_{first['dataset']}_imb{first['imbalance']:g}_{noise.replace(' ', '')}_seed{seeds[0]}.png"
+    name = f"separation_{cell_argument(first).replace(':', '_')}_seed{seeds[0]}.png"
     path = plot_separation(panels, Path(args.out) if args.out else Path("figures") / name, title)
     print(path)
     print(f"{len(panels)} runs: " + ", ".join(f"{p['label']} {p['run']['key'][:12]}" for p in panels), file=sys.stderr)

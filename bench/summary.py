@@ -193,15 +193,14 @@ RECORD_COLUMNS = ("method", "cell", "dataset", "imbalance", "noise_type", "noise
                   "mean", "std", "n")
 
 
-CELL_FIELDS = ("dataset", "imbalance", "noise_type", "noise_rate", "preset", "model")
-
-
 def cell_average(runs: pd.DataFrame, column: str) -> pd.DataFrame:
     """Per row label, the mean over the table's cells (every cell any row has a value in; the
     paper tables' MA, bench/tables.py ``grid_mean``, for any set of cells): per training seed the
     mean over the cells if that seed's runs cover every cell, then ``mean``, ``std`` (ddof 1) and
     ``n`` over those seeds. A row no seed of which covers every cell has ``n`` 0 and NaNs;
-    ``cells`` is the number of cells."""
+    ``cells`` is the number of cells. Rows are :func:`row_labels`' rows: where a method ran other
+    settings on some cell, its runs there are labelled by their settings, so its plain row misses
+    that cell and gets no mean (as the table shows it)."""
     values = per_seed(runs, column)
     if values.empty:
         return pd.DataFrame(columns=["label", "mean", "std", "n", "cells"])

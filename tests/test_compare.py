@@ -126,7 +126,7 @@ def test_over_several_cells_the_markdown_sums_up_who_is_ahead(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "over the 3 cells: CE ahead in 2, mean Δ +2.00 (cells weighted equally)" in out
     # Δ = +2, -1, +5: ranks 2, 1, 3; W- = 1, and 2 of the 8 sign patterns reach it: two-sided p = 0.5
-    assert "Wilcoxon signed-rank test of the cells' Δ: p = 0.500 (fewer than 6 cells" in out
+    assert "Wilcoxon signed-rank test of the cells' Δ: p = 0.500 (3 cells with Δ ≠ 0: with fewer than 6" in out
 
 
 def test_over_seven_cells_the_wilcoxon_test_matches_its_exact_distribution(tmp_path, capsys):

@@ -178,13 +178,25 @@ def test_the_separation_figure_has_a_panel_per_method_with_trust_and_its_groups(
     out = tmp_path / "fig.png"
     assert main(["plot", "separation", "--store", str(trust_store), "--out", str(out), "--method", "mwnet,o2u"]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and capsys.readouterr().out.strip() == str(out)
+    from bench.plots import _auroc_text
+    assert _auroc_text(float("nan")) == "—" and _auroc_text(88.64) == "88.6"  # a cell without noise: no AUROC
 
 
 def test_the_separation_figure_asks_for_one_cell_and_for_runs_with_trust(tmp_path, capsys):
     path = tmp_path / "s.sqlite"
     fake_store.build(path).close()
     assert main(["plot", "separation", "--store", str(path)]) == 2
-    assert "holds 5 cells; pick one with --cell: cifar10:1:flip2:0.2, cifar10:1:flip2:0.4, cifar10:50:none, " \
+    assert "on 5 cells; pick one with --cell: cifar10:1:flip2:0.2, cifar10:1:flip2:0.4, cifar10:50:none, " \
            "cifar10:100:none, cifar10:200:none" in capsys.readouterr().err
     assert main(["plot", "separation", "--store", str(path), "--cell", "cifar10:1:flip2:0.4"]) == 2
     assert "no finished run on cifar10:1:flip2:0.4 records a per-sample weight" in capsys.readouterr().err
+    assert main(["plot", "separation", "--store", str(path), "--method", "ce,o2u"]) == 2
+    assert "no finished runs of ce, o2u in" in capsys.readouterr().err
+    # the cell's CurveNet of the quick preset beside one of the paper preset: one label, so two figures
+    store = Store(path)
+    paper = fake_store.paper_spec("curvenet", "cifar10", 200, "none", 0, 0, fake_store.CURVENET_PARAMS)
+    fake_store.add_run(store, paper, "CurveNet", 12.0)
+    store.close()
+    assert main(["plot", "separation", "--store", str(path), "--cell", "cifar10:200:none"]) == 2
+    assert "of 2 protocols (preset paper, model resnet32; preset quick, model small_cnn); pick one with " \
+           "--preset" in capsys.readouterr().err

@@ -593,10 +593,15 @@ def test_reading_commands_never_import_torch(tmp_path):
     import fake_store
 
     store = tmp_path / "s.sqlite"
-    fake_store.build(store).close()
+    built = fake_store.build(store)
+    fake_store.add_fake_curvenet_run(built)  # per-sample weights: the separation metrics read them
+    fake_store.add_fake_trust_run(built, "ce", "CE", {})
+    built.close()
     code = ("import sys; from bench.cli import main; "
             f"codes = [main(['table', '--store', {str(store)!r}]), main(['show', '--store', {str(store)!r}]), "
-            f"main(['compare', 'MW-Net(imb)', 'MW-Net(noise)', '--store', {str(store)!r}])]; "
+            f"main(['compare', 'MW-Net(imb)', 'MW-Net(noise)', '--store', {str(store)!r}]), "
+            f"main(['table', '--metric', 'tail_auroc', '--average', '--store', {str(store)!r}]), "
+            f"main(['compare', 'CurveNet', 'CE', '--metric', 'noise_auroc', '--store', {str(store)!r}])]; "
             "print(codes, 'torch' in sys.modules, file=sys.stderr)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert out.stderr.strip().splitlines()[-1] == "[0, 0, 0] False", out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "[0, 0, 0, 0, 0] False", out.stderr
