@@ -362,7 +362,7 @@ def _plot_separation(store, args) -> int:
         runs = runs[runs["preset"] == args.preset]
     if args.cell:
         runs = runs[matches_cell(runs, parse_cell(args.cell))]
-    ordered = runs.sort_values(["dataset", "imbalance", "noise_type", "noise_rate", "preset", "model"])
+    ordered = runs.sort_values(["dataset", "imbalance", "noise_rate", "noise_type", "preset", "model"])
     cells = list(dict.fromkeys(cell_argument(r) for _, r in ordered.iterrows()))
     if len(cells) > 1:
         raise BenchError(f"the runs are on {len(cells)} cells; pick one with --cell: {', '.join(cells)}")

@@ -251,7 +251,7 @@ def results_table(runs: pd.DataFrame, metric: str = "last", group: str = "all",
         return pd.DataFrame()
     agg = _with_cells(agg)
     agg["text"] = [format_cell(m, s, n) for m, s, n in zip(agg["mean"], agg["std"], agg["n"])]
-    cells = list(dict.fromkeys(agg.sort_values(["dataset", "imbalance", "noise_type", "noise_rate"])["cell"]))
+    cells = list(dict.fromkeys(agg.sort_values(["dataset", "imbalance", "noise_rate", "noise_type"])["cell"]))
     table = agg.pivot(index="label", columns="cell", values="text").reindex(columns=cells)
     table.index.name = "method"
     if average:
