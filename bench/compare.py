@@ -138,8 +138,9 @@ def compare(runs: pd.DataFrame, a: str, b: str, column: str = "acc_last", confid
                      "b_std": float(np.std(xb, ddof=1)) if len(xb) > 1 else math.nan, "b_n": len(xb),
                      "test": test, "n": n, "diff": diff, "ci_low": low, "ci_high": high, "p": p, "wins": wins})
     out = pd.DataFrame(rows, columns=list(COLUMNS))
-    out["cell"] = cell_labels(out)
-    return out
+    out["cell"] = cell_labels(out)  # in the table's column order: a cell's clean column first
+    return out.sort_values(["dataset", "imbalance", "noise_rate", "noise_type", "preset", "model"],
+                           kind="stable").reset_index(drop=True)
 
 
 def over_cells(table: pd.DataFrame) -> dict:
