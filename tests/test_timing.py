@@ -167,7 +167,12 @@ def test_lockstep_packing_steps_every_copy_once_per_iteration_from_its_own_seed(
 def test_a_fused_step_is_the_seeds_steps_alone(name, layout):
     """``--pack-mode fused``: build_step(runs=3) is the runs of seeds 5, 6, 7 as build_step builds
     each alone (classifier, weighting net, batches, curves), fused; two fused iterations leave
-    every run where two iterations alone leave it (float32 rounding apart)."""
+    every run where two iterations alone leave it, float32 rounding apart. That rounding differs
+    between a grouped and a plain convolution and can tip a ReLU sitting at its kink, whose
+    gradient then moves: on an AVX-512 CPU two MW-Net iterations left 108 of layer3.0.weight's
+    elements off by up to 5.3e-5 (and no element past 1e-5 after one). Hence atol 1e-4; a fusion
+    bug (another run's rows, a wrong B) moves parameters by 1e-2 and more. The exact check, in
+    float64, is tests/test_fused.py's."""
     import torch
 
     from bench.fused import run_state
@@ -190,7 +195,7 @@ def test_a_fused_step_is_the_seeds_steps_alone(name, layout):
         for fused, single in zip(nets(fused_step), nets(step)):
             state = run_state(fused, k)
             for n, v in single.state_dict().items():
-                torch.testing.assert_close(state[n], v, rtol=1e-4, atol=1e-5, msg=f"run {k} {n}")
+                torch.testing.assert_close(state[n], v, rtol=1e-4, atol=1e-4, msg=f"run {k} {n}")
 
 
 def test_fused_packing_times_the_fused_runs_in_turns_with_one_alone():
