@@ -126,6 +126,11 @@ def selection_rows(store, methods=None) -> list[dict]:
 
 # the record a method's trust in each sample is read from, and its sign (module docstring)
 TRUST_RECORDS = (("weight", 1.0), ("score", -1.0))
+TRUST_KEEPERS = "MW-Net, CurveNet, Class-Balanced, LDAM-DRW, O2U-Net, AUM and Co-teaching"  # CE, Focal: none
+_NEEDS_TRUST = f"it needs a per-sample weight or selection score ({TRUST_KEEPERS} record one; CE and Focal do not)"
+# why a run has no noise_auroc / tail_auroc (bench table's message for an empty table)
+NO_SEPARATION = {"noise_auroc": f"{_NEEDS_TRUST} and a cell with noise",
+                 "tail_auroc": f"{_NEEDS_TRUST} and a cell with noise and imbalance"}
 SEPARATION = ("noise_auroc", "tail_auroc")
 SEPARATION_TITLES = {
     "noise_auroc": "noise AUROC (%): how often a clean training sample gets more trust (its final weight, or minus "
@@ -172,14 +177,25 @@ def separation(clean_label, is_noisy, trust) -> dict:
             "mean_noisy": mean(is_noisy), "mean_clean": mean(~is_noisy), "mean_clean_tail": mean(clean_tail)}
 
 
-def run_separation(store, key: str) -> dict | None:
-    """:func:`separation` of a stored run (``key``: its full key) with ``record``, the record its
-    trust was read from; None for a run that records none (``TRUST_RECORDS``)."""
+def run_trust(store, key: str) -> tuple[str, pd.DataFrame, np.ndarray] | None:
+    """A stored run's per-sample trust (``key``: its full key): the record it is read from
+    (``TRUST_RECORDS``), the samples' labels (``Store.sample_record``) and the trust, in sample
+    order; None for a run that records none."""
     for name, sign in TRUST_RECORDS:
         df = store.sample_record(key, name)
         if df is not None:
-            return {"record": name, **separation(df["clean_label"], df["is_noisy"], sign * df["value"].to_numpy())}
+            return name, df, sign * df["value"].to_numpy()
     return None
+
+
+def run_separation(store, key: str) -> dict | None:
+    """:func:`separation` of a stored run (``key``: its full key) with ``record``, the record its
+    trust was read from; None for a run that records none (:func:`run_trust`)."""
+    found = run_trust(store, key)
+    if found is None:
+        return None
+    name, df, trust = found
+    return {"record": name, **separation(df["clean_label"], df["is_noisy"], trust)}
 
 
 def reading_progress(done: int, total: int) -> None:
@@ -195,8 +211,7 @@ def with_separation(store, runs: pd.DataFrame, progress=None) -> pd.DataFrame:
     for i, (key, rate) in enumerate(zip(runs["key"], runs["noise_rate"]) if len(runs) else []):
         if progress and i and i % 100 == 0:
             progress(i, len(runs))
-        found = run_separation(store, key) if rate > 0 else None
-        found = found or {}
+        found = (run_separation(store, key) if rate > 0 else None) or {}
         for column in SEPARATION:
             values[column].append(found.get(column, float("nan")))
     return runs.assign(**{column: pd.Series(v, index=runs.index, dtype=float) for column, v in values.items()})

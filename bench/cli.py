@@ -32,11 +32,6 @@ from bench.store import DEFAULT_STORE
 # the shot groups of ``bench table --group``: bench.train.shot_groups (MANY_SHOT_ABOVE, FEW_SHOT_BELOW),
 # written out here so that the parser needs no torch
 GROUP_RULE = {"all": "any number of", "many": "more than 100", "medium": "20 to 100", "few": "fewer than 20"}
-# why a run has no noise_auroc / tail_auroc (bench.analysis)
-_TRUST = ("it needs a per-sample weight or selection score (MW-Net, CurveNet, Class-Balanced, LDAM-DRW, O2U-Net, "
-          "AUM and Co-teaching record one; CE and Focal do not)")
-NO_SEPARATION = {"noise_auroc": f"{_TRUST} and a cell with noise",
-                 "tail_auroc": f"{_TRUST} and a cell with noise and imbalance"}
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -226,7 +221,7 @@ def _check_cache_dir(path: Path) -> None:
 
 
 def cmd_table(args) -> int:
-    from bench.analysis import SEPARATION, SEPARATION_TITLES, reading_progress, with_separation
+    from bench.analysis import NO_SEPARATION, SEPARATION, SEPARATION_TITLES, reading_progress, with_separation
     from bench.store import Store
     from bench.summary import render, render_records, results_records, results_table
 

@@ -279,7 +279,7 @@ def separation_panels(store, runs: pd.DataFrame, seed: int | None = None) -> lis
     """One panel per method row (``summary.row_labels`` of ``runs``, one cell's done runs) whose
     run records a trust: its run (``seed``, else the row's lowest seed), the record, the trust of
     each of :data:`SEPARATION_GROUPS` and its ``bench.analysis.separation``."""
-    from bench.analysis import TRUST_RECORDS, separation, tail_classes
+    from bench.analysis import run_trust, separation
     from bench.summary import row_labels
 
     runs = runs.assign(label=row_labels(runs)).sort_values(["label", "seed", "started"])
@@ -288,19 +288,17 @@ def separation_panels(store, runs: pd.DataFrame, seed: int | None = None) -> lis
     panels = []
     for label, rows in runs.groupby("label", sort=True):
         run = rows.iloc[0]
-        for name, sign in TRUST_RECORDS:
-            df = store.sample_record(run["key"], name)
-            if df is None:
-                continue
-            trust = sign * df["value"].to_numpy()
-            clean = ~df["is_noisy"].to_numpy()
-            tail = np.isin(df["clean_label"].to_numpy(), tail_classes(df["clean_label"]))
-            groups = dict(zip((g for g, _ in SEPARATION_GROUPS), (trust[clean & ~tail], trust[clean & tail],
-                                                                  trust[~clean])))
-            panels.append({"label": label, "run": run, "record": name,
-                           "groups": {g: v[~np.isnan(v)] for g, v in groups.items()},
-                           "separation": separation(df["clean_label"], df["is_noisy"], trust)})
-            break
+        found = run_trust(store, run["key"])
+        if found is None:
+            continue
+        name, df, trust = found
+        sep = separation(df["clean_label"], df["is_noisy"], trust)
+        clean = ~df["is_noisy"].to_numpy()
+        tail = np.isin(df["clean_label"].to_numpy(), sep["tail"])
+        groups = dict(zip((g for g, _ in SEPARATION_GROUPS), (trust[clean & ~tail], trust[clean & tail],
+                                                              trust[~clean])))
+        panels.append({"label": label, "run": run, "record": name,
+                       "groups": {g: v[~np.isnan(v)] for g, v in groups.items()}, "separation": sep})
     return panels
 
 
@@ -346,6 +344,7 @@ def cell_argument(run) -> str:
 
 def _plot_separation(store, args) -> int:
     """``bench plot separation``: the cell's runs (one cell; --cell where the store holds several)."""
+    from bench.analysis import TRUST_KEEPERS
     from bench.show import method_names
 
     if args.run or args.classes:
@@ -374,8 +373,7 @@ def _plot_separation(store, args) -> int:
     if not panels:
         raise BenchError(f"no finished run{' on ' + cells[0] if cells else ''}"
                          f"{' of seed ' + str(args.seed) if args.seed is not None else ''} records a per-sample "
-                         "weight or selection score (MW-Net, CurveNet, Class-Balanced, LDAM-DRW, O2U-Net, AUM and "
-                         "Co-teaching do)")
+                         f"weight or selection score ({TRUST_KEEPERS} do)")
     first = panels[0]["run"]
     seeds = sorted({int(p["run"]["seed"]) for p in panels})
     noise = "clean" if first["noise_type"] == "none" else f"{first['noise_type']} {first['noise_rate']:g}"
