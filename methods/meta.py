@@ -92,8 +92,9 @@ from bench.errors import BenchError
 from methods.jvp import Linearization, NotLinearizable, ce_tangent, is_linearizable
 
 # torch's forward-mode AD loads its batch-norm decompositions with torch.jit.script on first use,
-# which warns (a torch internal, not ours) in every run; silence exactly that message.
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+# which warns (a torch internal, not ours) in every run; silence exactly that message (a
+# FutureWarning in torch 2.14, a DeprecationWarning in 2.11).
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
 
 LOOKAHEADS = ("sgd", "full")
 # The step's phases, in order, as reported to ``MetaStep.on_phase`` (bench.timing's breakdown):
