@@ -223,7 +223,7 @@ def _check_cache_dir(path: Path) -> None:
 def cmd_table(args) -> int:
     from bench.analysis import NO_SEPARATION, SEPARATION, SEPARATION_TITLES, reading_progress, with_separation
     from bench.store import Store
-    from bench.summary import render, render_records, results_records, results_table
+    from bench.summary import metric_column, render, render_records, results_records, results_table
 
     if args.paper:
         if args.method or args.cell:
@@ -241,6 +241,7 @@ def cmd_table(args) -> int:
     if args.write:
         raise BenchError("--write writes the paper tables: give --paper N (or --paper all)")
     args.metric = args.metric or "last"
+    metric_column(args.metric, args.group)  # refuses a --group the metric has none of
     store = Store(args.store, create=False)
     runs = store.runs("done")
     if args.method or args.cell:  # whole (method, cell) groups: each row keeps its label
@@ -249,10 +250,6 @@ def cmd_table(args) -> int:
 
         runs = runs[select(runs, methods=method_names(args.method), cell=parse_cell(args.cell) if args.cell else None)]
     group = "" if args.group == "all" else f"{args.group}-shot classes"
-    if args.metric == "minutes" and group:
-        raise BenchError("--metric minutes is a run's training time: it has no --group")
-    if args.metric in SEPARATION and group:
-        raise BenchError(f"--metric {args.metric} is over a run's training samples: it has no --group")
     if args.metric in SEPARATION:
         runs = with_separation(store, runs, progress=reading_progress)
         title = f"{SEPARATION_TITLES[args.metric]}; mean ± sample std (ddof 1) over seeds"

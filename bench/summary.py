@@ -14,6 +14,7 @@ import json
 import numpy as np
 import pandas as pd
 
+from bench.errors import BenchError
 from bench.spec import OMITTED_WHEN_DEFAULT, SEED_FIELDS
 
 METRICS = {"last": "acc_last", "best": "acc_best", "minutes": "train_minutes",
@@ -22,9 +23,9 @@ GROUPS = ("all", "many", "medium", "few")
 TRAIN_MINUTES = "train_minutes"
 # columns that are not the store's accuracies: a run's training time, and the separation of its
 # per-sample trust (bench.analysis; the caller adds them with ``analysis.with_separation``)
-WHOLE_RUN = {"minutes": "training minutes are a run's, not a shot group's",
-             "noise_auroc": "the noise AUROC is over all the training samples",
-             "tail_auroc": "the tail AUROC has its own tail classes"}
+WHOLE_RUN = {"minutes": "is a run's training time",
+             "noise_auroc": "is over a run's training samples",
+             "tail_auroc": "is over a run's training samples"}
 
 
 def metric_column(metric: str = "last", group: str = "all") -> str:
@@ -36,7 +37,7 @@ def metric_column(metric: str = "last", group: str = "all") -> str:
         raise ValueError(f"group must be one of {', '.join(GROUPS)}")
     if metric in WHOLE_RUN:
         if group != "all":
-            raise ValueError(f"{WHOLE_RUN[metric]}: drop --group")
+            raise BenchError(f"--metric {metric} {WHOLE_RUN[metric]}: it has no --group")
         return METRICS[metric]
     return f"{'acc' if group == 'all' else group}_{metric}"
 

@@ -6,6 +6,7 @@ import json
 import pandas as pd
 
 from bench import tables
+from bench.errors import BenchError
 from bench.spec import RunSpec
 from bench.summary import RECORD_COLUMNS, results_table, row_labels
 
@@ -253,7 +254,7 @@ def test_training_minutes_from_the_runs_env_else_their_last_attempts_wall_time()
     assert results_table(runs, "minutes").loc["CE"].tolist() == ["2.17 ± 0.76 (n=3)"]
     records = results_records(runs, "minutes")
     assert records["metric"].tolist() == ["train_minutes"] and records["n"].tolist() == [3]
-    with pytest.raises(ValueError, match="not a shot group"):
+    with pytest.raises(BenchError, match="--metric minutes is a run's training time: it has no --group"):
         metric_column("minutes", "few")
     runs["env_json"] = [json.dumps({"train_s": 240.0, "fused": 4})] * 2 + [json.dumps({"train_s": 60.0})]
     assert training_minutes(runs).tolist() == [1.0, 1.0, 1.0]  # a fused group of 4's 4 minutes: 1 each
