@@ -36,9 +36,11 @@ Deviations from the official code (all as PROTOCOL.md §7 asks):
   paper's exponent form (notes/baselines.md §5: T^c) is not pinned down by our sources. At the
   default c = 1, the only value the paper's experiments and this suite's tables use, all agree.
 - ``num_remember`` = floor(R * B) as ``int(...)`` in the code, but at least 1 (a last batch of a
-  few samples never becomes empty). Deviation: the official train loader drops the short last
-  batch (``drop_last=True``, 390 batches on CIFAR; notes/baselines.md §5); every sample is
-  trained on here, as in every other method.
+  few samples never becomes empty), and floored after adding 1e-9: where float rounding puts a
+  whole-number R * B just below it (0.29 * 100 = 28.999999999999996), we keep 29 samples, the
+  code 28. Deviation: the official train loader drops the short last batch (``drop_last=True``,
+  390 batches on CIFAR; notes/baselines.md §5); every sample is trained on here, as in every
+  other method.
 - The official code evaluates with dropout left on (a bug of its 9-layer CNN); not applicable.
 - Quick preset: T_k = 1 (the paper's T_k/epochs = 10/200 scaled to 20 epochs).
 """
