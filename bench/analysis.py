@@ -33,6 +33,8 @@ import sys
 import numpy as np
 import pandas as pd
 
+from bench.data.bias import REAL_NOISE, noise_text
+
 
 def average_ranks(values) -> np.ndarray:
     """1-based ranks with ties given their average rank (``scipy.stats.rankdata`` 'average')."""
@@ -119,7 +121,7 @@ def selection_rows(store, methods=None) -> list[dict]:
         removed = df["kept"].to_numpy() == 0
         q = selection_quality(df["is_noisy"].to_numpy(), removed, df["score"].to_numpy())
         rows.append({"method": r["method"], "dataset": r["dataset"], "imbalance": r["imbalance"],
-                     "noise": f"{r['noise_type']}:{r['noise_rate']:g}", "seed": r["seed"],
+                     "noise": noise_text(r["noise_type"], r["noise_rate"], clean="none"), "seed": r["seed"],
                      "acc_last": r.get("acc_last"), **q})
     return rows
 
@@ -208,10 +210,11 @@ def with_separation(store, runs: pd.DataFrame, progress=None) -> pd.DataFrame:
     of cells without noise are not read: no sample is mislabelled). About 0.1 s a run of 50,000
     samples; ``progress(done, total)`` is called every 100 runs."""
     values = {column: [] for column in SEPARATION}
-    for i, (key, rate) in enumerate(zip(runs["key"], runs["noise_rate"]) if len(runs) else []):
+    noisy = (runs["noise_rate"] > 0) | (runs["noise_type"] == REAL_NOISE) if len(runs) else []
+    for i, (key, has_noise) in enumerate(zip(runs["key"], noisy)):
         if progress and i and i % 100 == 0:
             progress(i, len(runs))
-        found = (run_separation(store, key) if rate > 0 else None) or {}
+        found = (run_separation(store, key) if has_noise else None) or {}
         for column in SEPARATION:
             values[column].append(found.get(column, float("nan")))
     return runs.assign(**{column: pd.Series(v, index=runs.index, dtype=float) for column, v in values.items()})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import itertools
 
+from bench.data.bias import REAL_NOISE, noise_text
 from bench.data.cli import default_meta_per_class, parse_noise
 from bench.errors import BenchError
 from bench.spec import (
@@ -42,6 +43,16 @@ def _seeds(text: str) -> list[int]:
     if not seeds or any(s < 0 for s in seeds):
         raise BenchError(f"--seeds must be non-negative integers, got {text!r}")
     return seeds
+
+
+def _check_real_noise(dataset: str, data_dir: str | None) -> None:
+    """BenchError unless ``dataset`` carries noisy labels of its own (noise ``real``)."""
+    if not dataset.startswith("npz:"):
+        raise BenchError(f"--noise real trains on a dataset's own noisy labels; {dataset} has none (an npz:PATH "
+                         "file gives them as y_train_noisy)")
+    from bench.execute import _dataset
+    if _dataset(dataset, None if data_dir is None else str(data_dir)).y_train_noisy is None:
+        raise BenchError(f"--noise real trains on a dataset's own noisy labels; {dataset} has no y_train_noisy")
 
 
 def _check_dataset(name: str) -> None:
@@ -111,6 +122,8 @@ def build_specs(args) -> list[RunSpec]:
         if dataset.startswith("npz:"):  # your own file: its runs are keyed by its contents too
             from bench.execute import dataset_digest
             digests[dataset] = dataset_digest(dataset, args.data_dir)
+        if any(c.dataset == dataset and c.noise_type == REAL_NOISE for c in cells):
+            _check_real_noise(dataset, args.data_dir)
 
     method_names = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
     if not method_names:
@@ -163,7 +176,7 @@ def run_command(spec: RunSpec, data_dir: str | None = None) -> list[str]:
     if spec.imbalance != preset.get("imbalance", 1.0):
         argv += ["--imbalance", f"{spec.imbalance:g}"]
     if (spec.noise_type, spec.noise_rate) != (preset.get("noise_type", "none"), preset.get("noise_rate", 0.0)):
-        argv += ["--noise", "none" if spec.noise_type == "none" else f"{spec.noise_type}:{spec.noise_rate:g}"]
+        argv += ["--noise", noise_text(spec.noise_type, spec.noise_rate, clean="none")]
     if spec.seed != 0:
         argv += ["--seeds", str(spec.seed)]
     if spec.data_seed != spec.seed:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.data.bias import noise_text
 from bench.errors import BenchError
 from bench.spec import GRIDS, Cell
 
@@ -137,8 +138,7 @@ class PaperTable:
 
 
 def cell_title(c: Cell) -> str:
-    noise = "clean" if c.noise_type == "none" else f"{c.noise_type} {c.noise_rate:g}"
-    return f"imb {c.imbalance:g}, {noise}"
+    return f"imb {c.imbalance:g}, {noise_text(c.noise_type, c.noise_rate, sep=' ')}"
 
 
 def _mwnet(variant: str, **kw) -> Row:

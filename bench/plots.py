@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.data.bias import REAL_NOISE, noise_text
 from bench.errors import BenchError
 from bench.summary import cell_label
 
@@ -62,27 +63,34 @@ def add_arguments(parser) -> None:
 
 
 def parse_cell(text: str):
-    """``DATASET:IMBALANCE:NOISE`` -> bench.spec.Cell (NOISE = none or TYPE:RATE)."""
+    """``DATASET:IMBALANCE:NOISE`` -> bench.spec.Cell (NOISE = none, real or TYPE:RATE). Read from
+    the right, since an ``npz:PATH`` dataset has colons of its own."""
     from bench.spec import Cell
 
-    parts = text.strip().split(":")
+    text = text.strip()
     try:
-        if len(parts) == 3 and parts[2] == "none":
-            return Cell(parts[0], float(parts[1]), "none", 0.0)
-        if len(parts) == 4:
-            return Cell(parts[0], float(parts[1]), parts[2], float(parts[3]))
-    except ValueError:
+        for bare in ("none", "real"):
+            if text.endswith(":" + bare):
+                dataset, imbalance = text[: -len(bare) - 1].rsplit(":", 1)
+                return Cell(dataset, float(imbalance), bare, 0.0)
+        dataset, imbalance, kind, rate = text.rsplit(":", 3)
+        if dataset:
+            return Cell(dataset, float(imbalance), kind, float(rate))
+    except ValueError:  # too few parts, or an imbalance or rate that is no number
         pass
-    raise BenchError(f"malformed --cell {text!r}; expected DATASET:IMBALANCE:NOISE, e.g. fmnist-mini:10:flip2:0.4 "
-                     "or cifar10:50:none")
+    raise BenchError(f"malformed --cell {text!r}; expected DATASET:IMBALANCE:NOISE, e.g. fmnist-mini:10:flip2:0.4, "
+                     "cifar10:50:none or npz:mine.npz:1:real")
 
 
 def matches_cell(runs: pd.DataFrame, cell) -> pd.Series:
-    """Which of the stored ``runs`` are on ``cell`` (a bench.spec.Cell); without noise, any type."""
+    """Which of the stored ``runs`` are on ``cell`` (a bench.spec.Cell); without noise, any type
+    with rate 0 but real noise."""
     m = (runs["dataset"] == cell.dataset) & np.isclose(runs["imbalance"], cell.imbalance) & \
         np.isclose(runs["noise_rate"], cell.noise_rate)
-    if cell.noise_rate > 0:
+    if cell.noise_rate > 0 or cell.noise_type == REAL_NOISE:
         m &= runs["noise_type"] == cell.noise_type
+    else:
+        m &= runs["noise_type"] != REAL_NOISE
     return m
 
 
@@ -155,7 +163,7 @@ def load_curves(store, key: str, n_samples: int) -> tuple[np.ndarray, str]:
 
 
 def _title(run: pd.Series) -> str:
-    noise = "clean" if run["noise_type"] == "none" else f"{run['noise_type']} {run['noise_rate']:g}"
+    noise = noise_text(run["noise_type"], run["noise_rate"], sep=" ")
     return (f"{run['display_name']} — {run['dataset']}, imbalance {run['imbalance']:g}, {noise} "
             f"({run['preset']} preset, {run['model']}, seed {run['seed']}, run {run['key'][:12]})")
 
@@ -337,9 +345,7 @@ def plot_separation(panels: list[dict], out: Path, title: str) -> Path:
 
 def cell_argument(run) -> str:
     """A run's cell as ``--cell`` takes it: ``DATASET:IMBALANCE:NOISE``."""
-    noise = "none" if run["noise_type"] == "none" or run["noise_rate"] == 0 else \
-        f"{run['noise_type']}:{run['noise_rate']:g}"
-    return f"{run['dataset']}:{run['imbalance']:g}:{noise}"
+    return f"{run['dataset']}:{run['imbalance']:g}:{noise_text(run['noise_type'], run['noise_rate'], clean='none')}"
 
 
 def _plot_separation(store, args) -> int:
@@ -376,7 +382,7 @@ def _plot_separation(store, args) -> int:
                          f"weight or selection score ({TRUST_KEEPERS} do)")
     first = panels[0]["run"]
     seeds = sorted({int(p["run"]["seed"]) for p in panels})
-    noise = "clean" if first["noise_type"] == "none" else f"{first['noise_type']} {first['noise_rate']:g}"
+    noise = noise_text(first["noise_type"], first["noise_rate"], sep=" ")
     title = (f"Trust of clean head, clean tail and mislabelled training samples (box: quartiles, whiskers 1.5 IQR; "
              f"AUROCs in %)\n{first['dataset']}, imbalance {first['imbalance']:g}, {noise} "
              f"({first['preset']} preset, seed {', '.join(map(str, seeds))})")

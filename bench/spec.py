@@ -29,7 +29,7 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 
-from bench.data.bias import BiasSpec
+from bench.data.bias import REAL_NOISE, BiasSpec, noise_text
 from bench.errors import BenchError
 
 
@@ -44,12 +44,11 @@ class Cell:
 
     def __post_init__(self):
         BiasSpec(imbalance=self.imbalance, noise_type=self.noise_type, noise_rate=self.noise_rate).validate()
-        if self.noise_rate == 0:  # 'flip2:0' and 'none' are the same data: one key for both
-            object.__setattr__(self, "noise_type", "none")
+        if self.noise_rate == 0 and self.noise_type != REAL_NOISE:  # 'flip2:0' and 'none' are the same
+            object.__setattr__(self, "noise_type", "none")       # data: one key for both
 
     def label(self) -> str:
-        noise = "clean" if self.noise_type == "none" else f"{self.noise_type}:{self.noise_rate:g}"
-        return f"{self.dataset} imb{self.imbalance:g} {noise}"
+        return f"{self.dataset} imb{self.imbalance:g} {noise_text(self.noise_type, self.noise_rate)}"
 
 
 # Fields added after runs were first stored: left out of a spec's dict (and so of its key) at their

@@ -65,6 +65,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.data.bias import REAL_NOISE
 from bench.errors import BenchError
 from bench.train import lr_at, set_lr
 from methods.base import PerRun, check_int
@@ -423,13 +424,15 @@ def resolve_rate(run, value: str) -> float:
     """The noise rate a method assumes (Co-teaching's tau, O2U-Net's k; PROTOCOL.md §7).
 
     "nominal": the spec's noise rate (0 for clean data), as the official codes do (they take
-    ``forget_rate = noise_rate``). "realised": the fraction of training-pool samples whose observed
-    label differs from the clean one (an oracle; e.g. p(K-1)/K under uniform noise). A number:
-    that estimate.
+    ``forget_rate = noise_rate``); for a dataset's own noisy labels (noise ``real``), which have
+    no rate to set, the rate such a dataset states: the fraction of them that are wrong, here
+    over the training pool (as "realised"). "realised": the fraction of training-pool samples
+    whose observed label differs from the clean one (an oracle; e.g. p(K-1)/K under uniform
+    noise). A number: that estimate.
     """
     check_rate_option(value, "noise-rate option")
-    if value == "nominal":
+    if value == "nominal" and run.spec.noise_type != REAL_NOISE:
         return 0.0 if run.spec.noise_type == "none" else float(run.spec.noise_rate)
-    if value == "realised":
+    if value in ("nominal", "realised"):
         return float(np.mean(run.data.is_noisy))
     return float(value)

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bench.data.bias import REAL_NOISE
 from bench.errors import BenchError
 from bench.train import train_classifier
 from methods import register
@@ -108,7 +109,7 @@ class O2U(Method):
 
     name = "o2u"
     fusable = True  # bench run --fuse: stages 1-2 fused, each run's scores and kept subset its own
-    fuse_exceptions = "not with drop_rate=realised and retrain=pretrained"
+    fuse_exceptions = "not with drop_rate=realised, or nominal on real noise, and retrain=pretrained"
 
     Params = O2UParams
 
@@ -120,11 +121,13 @@ class O2U(Method):
 
     @classmethod
     def fuses(cls, spec) -> bool:
-        """Not with ``drop_rate=realised`` and ``retrain=pretrained``: each run's realised rate is its
+        """Not with ``drop_rate=realised`` (or ``nominal`` on real noise, whose rate is the realised
+        one: methods.curves.resolve_rate) and ``retrain=pretrained``: each run's realised rate is its
         own, so its kept subset has a size of its own and it retrains alone (``Run.alone``), from a
         fresh network (a pre-trained one would be its part of the fused stage-1 network)."""
         p = cls.params_from_spec(spec)
-        return not (p.drop_rate == "realised" and p.retrain == "pretrained")
+        own_rate = p.drop_rate == "realised" or (p.drop_rate == "nominal" and spec.noise_type == REAL_NOISE)
+        return not (own_rate and p.retrain == "pretrained")
 
     def fit(self, run):
         p = self.params

@@ -350,7 +350,7 @@ def test_bad_spec(changes, match):
     assert "\n" not in str(e.value)
     with pytest.raises(DataError):
         make_biased(synthetic(10, 30), spec)
-    assert set(NOISE_TYPES) == {"none", "uniform", "flip", "flip2", "uniform_freq"}
+    assert set(NOISE_TYPES) == {"none", "uniform", "flip", "flip2", "uniform_freq", "real"}
 
 
 def test_bad_spec_for_the_dataset():

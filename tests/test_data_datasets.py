@@ -417,6 +417,10 @@ def _malformed(rng):
                            r"x_train with shape \(30, 3, 8, 8\) looks channels-first"),
         "grey channels first": ({**g, "x_test": np.zeros((6, 1, 8, 8), np.uint8)},
                                 r"x_test .* looks channels-first .*np\.transpose\(x, \(0, 2, 3, 1\)\)"),
+        "noisy labels short": ({**g, "y_train_noisy": g["y_train"][:-1]},
+                               r"y_train_noisy must be 1-D integer labels, one per training image"),
+        "noisy labels float": ({**g, "y_train_noisy": g["y_train"].astype(float)}, "y_train_noisy must be 1-D"),
+        "noisy label >= K": ({**g, "y_train_noisy": g["y_train"] + 1}, r"y_train_noisy has labels outside 0..2"),
     }
 
 

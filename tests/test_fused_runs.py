@@ -86,7 +86,7 @@ def test_the_fusable_methods_are_the_documented_ones(capsys):  # README and `ben
     assert FUSABLE == ["aum", "cb", "ce", "coteaching", "curvenet", "focal", "ldam_drw", "mwnet", "o2u"]
     assert main(["list"]) == 0
     assert ("fused network by `bench run --fuse K`: aum, cb, ce, coteaching, curvenet, focal, "
-            "ldam_drw, mwnet, o2u (not with drop_rate=realised and retrain=pretrained)\n"
+            "ldam_drw, mwnet, o2u (not with drop_rate=realised, or nominal on real noise, and retrain=pretrained)\n"
             ) in capsys.readouterr().out
 
 
@@ -389,8 +389,8 @@ def test_bench_run_fuse_stores_every_run_of_every_group(jobs, tmp_path, capsys):
                  "--cache-dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert code == 0, err
-    assert ("--fuse applies to aum, cb, ce, coteaching, curvenet, focal, ldam_drw, mwnet, o2u (not with "
-            "drop_rate=realised and retrain=pretrained); runs of O2U-Net train one at a time") in err
+    assert ("--fuse applies to aum, cb, ce, coteaching, curvenet, focal, ldam_drw, mwnet, o2u (not with drop_rate="
+            "realised, or nominal on real noise, and retrain=pretrained); runs of O2U-Net train one at a time") in err
     assert "6 runs requested: 6 trained" in err
     runs = Store(store, create=False).runs("done")
     fused = {(m, s): json.loads(env).get("fused") for m, s, env in zip(runs["method"], runs["seed"], runs["env_json"])}

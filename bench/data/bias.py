@@ -16,7 +16,12 @@ Order (PROTOCOL.md §1; CurveNet ``feeder/feeder.py`` L109-208 and MW-Net
    (as the code's ``imblance: False``), so it may then be the data's natural imbalance.
 3. **Noise.** A K x K matrix C (:func:`transition_matrix`); every training sample's observed
    label is drawn independently from row C[clean label] (load_corrupted_data.py L219-221,
-   feeder.py L207-208): rates are expectations, not exact counts.
+   feeder.py L207-208): rates are expectations, not exact counts. *Real noise* (``real``, not
+   from the papers): a dataset that carries its own noisy labels beside the true ones (an npz
+   file's ``y_train_noisy``, e.g. CIFAR-10N's human labels, Wei et al., ICLR 2022) keeps them:
+   each pool sample's observed label is its noisy one, nothing is drawn, and C is their
+   realised transition matrix over the pool. The meta set keeps its true labels (a trusted
+   set), and the imbalance profile is by true class, as for synthetic noise.
 
 Randomness: everything is a pure function of (dataset, spec). Two independent numpy
 ``Generator`` streams are spawned from ``SeedSequence(spec.seed)``: one for the meta/imbalance
@@ -41,7 +46,18 @@ import numpy as np
 from bench.data.datasets import Dataset
 from bench.errors import DataError
 
-NOISE_TYPES = ("none", "uniform", "flip", "flip2", "uniform_freq")
+NOISE_TYPES = ("none", "uniform", "flip", "flip2", "uniform_freq", "real")
+REAL_NOISE = "real"  # the dataset's own noisy labels (Dataset.y_train_noisy): no rate, nothing drawn
+
+
+def noise_text(noise_type: str, noise_rate: float, clean: str = "clean", sep: str = ":") -> str:
+    """How a cell's noise is written: ``clean`` (or ``none``) without noise, ``real`` for a
+    dataset's own noisy labels, else ``TYPE:RATE`` (``sep`` between them), e.g. ``flip2:0.4``."""
+    if noise_type == REAL_NOISE:
+        return REAL_NOISE
+    if noise_type == "none" or noise_rate == 0:
+        return clean
+    return f"{noise_type}{sep}{noise_rate:g}"
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,8 @@ class BiasSpec:
         if self.noise_type == "none" and rate != 0:
             raise DataError(f"noise type 'none' needs rate 0, got {rate!r}; choose one of "
                             f"{', '.join(NOISE_TYPES[1:])} for noisy labels")
+        if self.noise_type == REAL_NOISE and rate != 0:
+            raise DataError(f"noise type 'real' (the dataset's own noisy labels) has no rate, got {rate!r}")
         m = self.meta_per_class
         if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 0:
             raise DataError(f"meta_per_class must be an integer >= 0, got {m!r}")
@@ -143,7 +161,18 @@ def transition_matrix(noise_type: str, noise_rate: float, num_classes: int,
         if n.shape != (K,) or n.sum() <= 0:
             raise DataError(f"uniform_freq needs {K} class counts with a positive sum")
         return p * np.tile(n / n.sum(), (K, 1)) + (1 - p) * np.eye(K)
+    if noise_type == REAL_NOISE:
+        raise DataError("noise 'real' is a dataset's own labels, not a matrix to draw from (realised_transition)")
     raise DataError(f"unknown noise type {noise_type!r}; choose one of {', '.join(NOISE_TYPES)}")
+
+
+def realised_transition(clean: np.ndarray, observed: np.ndarray, num_classes: int) -> np.ndarray:
+    """C[i, j] = the fraction of the samples of true class i labelled j (noise ``real``); a class
+    with no sample gets the identity row."""
+    K = int(num_classes)
+    counts = np.bincount(clean * K + observed, minlength=K * K).reshape(K, K).astype(np.float64)
+    rows = counts.sum(axis=1, keepdims=True)
+    return np.where(rows > 0, counts / np.maximum(rows, 1), np.eye(K))
 
 
 def _draw_labels(clean: np.ndarray, C: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -294,9 +323,16 @@ def make_biased(dataset: Dataset, spec: BiasSpec) -> BiasedData:
     train_index = np.sort(np.concatenate([p[:n] for p, n in zip(pools, keep)])).astype(np.int64)
     meta_index = np.sort(np.concatenate(meta_parts)).astype(np.int64)
     clean = y[train_index]
-    C = transition_matrix(spec.noise_type, spec.noise_rate, K,
-                          np.bincount(clean, minlength=K))
-    observed = _draw_labels(clean, C, np.random.default_rng(noise_ss))
+    if spec.noise_type == REAL_NOISE:
+        if dataset.y_train_noisy is None:
+            raise DataError(f"{dataset.name} has no noisy labels of its own for noise 'real' (an npz dataset "
+                            "gives them as y_train_noisy)")
+        observed = np.asarray(dataset.y_train_noisy, dtype=np.int64)[train_index]
+        C = realised_transition(clean, observed, K)
+    else:
+        C = transition_matrix(spec.noise_type, spec.noise_rate, K,
+                              np.bincount(clean, minlength=K))
+        observed = _draw_labels(clean, C, np.random.default_rng(noise_ss))
     return BiasedData(dataset=dataset, spec=spec, train_index=train_index, train_y=observed,
                       train_clean_y=clean, is_noisy=observed != clean, meta_index=meta_index,
                       transition=C)

@@ -15,7 +15,7 @@ import json
 import math
 import sys
 
-from bench.data.bias import NOISE_TYPES, BiasSpec, make_biased
+from bench.data.bias import NOISE_TYPES, REAL_NOISE, BiasSpec, make_biased, noise_text
 from bench.data.datasets import DATASET_NAMES, load_dataset
 from bench.errors import BenchError, DataError
 
@@ -36,17 +36,23 @@ def default_meta_per_class(dataset: str) -> int:
 
 
 def parse_noise(text: str) -> tuple[str, float]:
-    """``"none"`` or ``"TYPE:RATE"`` (e.g. ``"flip2:0.4"``) -> ``(type, rate)``; DataError if bad."""
-    kinds = ", ".join(NOISE_TYPES)
+    """``"none"``, ``"real"`` or ``"TYPE:RATE"`` (e.g. ``"flip2:0.4"``) -> ``(type, rate)``;
+    DataError if bad."""
+    kinds = ", ".join(t for t in NOISE_TYPES if t != REAL_NOISE)
     text = str(text).strip()
     kind, sep, rate_text = text.partition(":")
+    if kind == REAL_NOISE:
+        if sep:
+            raise DataError(f"--noise {text!r}: real noise (the dataset's own noisy labels) has no rate; "
+                            "give --noise real")
+        return REAL_NOISE, 0.0
     if not sep:
         if kind == "none":
             return "none", 0.0
-        raise DataError(f"--noise expects TYPE:RATE (e.g. flip2:0.4) or none, got {text!r}; "
+        raise DataError(f"--noise expects TYPE:RATE (e.g. flip2:0.4), none or real, got {text!r}; "
                         f"types: {kinds}")
     if kind not in NOISE_TYPES:
-        raise DataError(f"unknown noise type {kind!r} in --noise {text!r}; choose one of {kinds}")
+        raise DataError(f"unknown noise type {kind!r} in --noise {text!r}; choose one of {kinds}, or real")
     try:
         rate = float(rate_text)
     except ValueError:
@@ -71,7 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="n_max / n_min, class 0 the head (default 1: balanced; `bench run`'s quick "
                              "cell is --imbalance 10 --noise flip2:0.4)")
     parser.add_argument("--noise", default="none",
-                        help=f"TYPE:RATE or none; types: {', '.join(NOISE_TYPES)} (default none)")
+                        help=f"TYPE:RATE, none, or real (an npz's own y_train_noisy); types: "
+                             f"{', '.join(t for t in NOISE_TYPES if t != REAL_NOISE)} (default none)")
     parser.add_argument("--meta-per-class", type=int, default=None,
                         help="clean meta samples per class (default: "
                              + ", ".join(f"{k} {v}" for k, v in DEFAULT_META_PER_CLASS.items())
@@ -105,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
 
 def format_summary(s: dict) -> str:
     spec = s["spec"]
-    noise = "none" if spec["noise_type"] == "none" else f"{spec['noise_type']} {spec['noise_rate']:g}"
+    noise = noise_text(spec["noise_type"], spec["noise_rate"], clean="none", sep=" ")
     lines = [
         f"dataset {s['dataset']}: {len(s['classes'])} classes, train {s['num_train']}, "
         f"meta {s['num_meta']}, test {s['num_test']} (data seed {spec['seed']})",

@@ -83,6 +83,9 @@ class Dataset:
     std: tuple[float, ...]
     augment: bool
     digest: str = ""  # npz:PATH: the file's sha256 (its runs are keyed by it, not by the path alone)
+    # npz:PATH with y_train_noisy: the dataset's own noisy label of each training image (y_train the
+    # true ones), for noise type 'real' (bench.data.bias)
+    y_train_noisy: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def num_classes(self) -> int:
@@ -509,8 +512,10 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     label + 1), ``mean`` and ``std`` (per channel, in [0, 1] units of the image scaled from
     0-255, as the loader normalises ``(x / 255 - mean) / std``: finite, mean in [0, 1],
     0 < std <= 1, so CIFAR-10's red channel is 0.491 and 0.247, not 125.3 and 63.0; default:
-    computed from ``x_train``). Neither split may be empty. Every label must lie in 0..K-1 and
-    every class must have training samples.
+    computed from ``x_train``), ``y_train_noisy`` (a noisy label for every training image, with
+    ``y_train`` their true labels, as CIFAR-10N gives human labels beside CIFAR-10's: the cell's
+    noise ``real`` trains on them; bench.data.bias). Neither split may be empty. Every label must
+    lie in 0..K-1 and every class must have training samples.
     Augmentation (random crop + flip) is on for 32 x 32 x 3 images (CIFAR-like), off otherwise.
     A relative PATH is looked up in the working directory, then in the data directory. The file
     is loaded with ``allow_pickle=False``; no checksum to match (it is yours), but its sha256 is
@@ -535,9 +540,9 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
             if missing:
                 raise DataError(f"{where}: missing key(s) {', '.join(missing)}; an npz dataset "
                                 "needs x_train, y_train, x_test, y_test (optional: classes, "
-                                "mean, std)")
+                                "mean, std, y_train_noisy)")
             arrays = {k: z[k] for k in z.files if k in
-                      ("x_train", "y_train", "x_test", "y_test", "classes", "mean", "std")}
+                      ("x_train", "y_train", "x_test", "y_test", "classes", "mean", "std", "y_train_noisy")}
     except DataError:
         raise
     except Exception as e:  # not a zip, truncated member, object arrays, ...
@@ -578,6 +583,16 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     if len(classes) < 2:
         raise DataError(f"{where}: need at least 2 classes, got {len(classes)}")
     _check_labels(y_train, y_test, len(classes), where, inferred="classes" not in arrays)
+    y_noisy = None
+    if "y_train_noisy" in arrays:
+        y_noisy = arrays["y_train_noisy"]
+        if y_noisy.ndim != 1 or not np.issubdtype(y_noisy.dtype, np.integer) or len(y_noisy) != len(y_train):
+            raise DataError(f"{where}: y_train_noisy must be 1-D integer labels, one per training image "
+                            f"(got {y_noisy.dtype} with shape {y_noisy.shape} for {len(y_train)} images)")
+        y_noisy = y_noisy.astype(np.int64)
+        if y_noisy.min() < 0 or y_noisy.max() >= len(classes):
+            raise DataError(f"{where}: y_train_noisy has labels outside 0..{len(classes) - 1} "
+                            f"(min {y_noisy.min()}, max {y_noisy.max()})")
     channels = xs["train"].shape[-1]
     if ("mean" in arrays) != ("std" in arrays):
         raise DataError(f"{where}: give both mean and std, or neither")
@@ -598,4 +613,4 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     h, w, c = xs["train"].shape[1:]
     return Dataset(name=name, x_train=xs["train"], y_train=y_train, x_test=xs["test"],
                    y_test=y_test, classes=classes, mean=mean, std=std,
-                   augment=(h, w, c) == (32, 32, 3), digest=file_sha256(p))
+                   augment=(h, w, c) == (32, 32, 3), digest=file_sha256(p), y_train_noisy=y_noisy)

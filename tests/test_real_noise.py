@@ -1,0 +1,133 @@
+"""Real label noise (``--noise real``): a dataset that carries its own noisy labels beside the
+true ones (an npz file's ``y_train_noisy``, as CIFAR-10N gives human labels for CIFAR-10) trains
+on them as they are; nothing is drawn (bench/data/bias.py)."""
+
+import numpy as np
+import pytest
+
+from bench.cli import main
+from bench.data import BiasSpec, load_dataset, make_biased
+from bench.data.bias import noise_text, realised_transition
+from bench.data.cli import parse_noise
+from bench.errors import BenchError, DataError
+from bench.plots import matches_cell, parse_cell
+from bench.spec import Cell
+
+
+def human_noise_npz(path, n_per_class=40, k=4, seed=0):
+    """A small npz whose noisy labels confuse class c with c + 1 for a third of the samples."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(k), n_per_class)
+    noisy = np.where(rng.random(len(y)) < 1 / 3, (y + 1) % k, y)
+    np.savez(path, x_train=rng.integers(0, 256, (len(y), 8, 8), dtype=np.uint8), y_train=y,
+             x_test=rng.integers(0, 256, (4 * k, 8, 8), dtype=np.uint8), y_test=np.arange(4 * k) % k,
+             y_train_noisy=noisy)
+    return y, noisy
+
+
+def test_the_pool_keeps_the_datasets_own_noisy_labels_and_the_meta_set_its_true_ones(tmp_path):
+    y, noisy = human_noise_npz(tmp_path / "d.npz")
+    ds = load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    assert np.array_equal(ds.y_train_noisy, noisy)
+    data = make_biased(ds, BiasSpec(imbalance=4, noise_type="real", meta_per_class=5, seed=3))
+    assert np.array_equal(data.train_y, noisy[data.train_index])  # the file's labels, none drawn
+    assert np.array_equal(data.train_clean_y, y[data.train_index])
+    assert np.array_equal(data.is_noisy, noisy[data.train_index] != y[data.train_index])
+    assert 0 < data.is_noisy.mean() < 1
+    assert np.array_equal(data.y_meta, y[data.meta_index])  # a trusted set: true labels
+    assert not np.isin(data.meta_index, data.train_index).any()
+    # the imbalance profile is by true class, as for synthetic noise: the same pool as without noise
+    clean = make_biased(ds, BiasSpec(imbalance=4, noise_type="none", meta_per_class=5, seed=3))
+    assert np.array_equal(data.train_index, clean.train_index)
+    assert data.train_counts.tolist() == [35, 22, 13, 8]
+    # C is the realised transition: row i = where the samples of true class i went
+    summary = data.summary()
+    counts = np.array(summary["transition"])
+    assert np.allclose(data.transition, counts / counts.sum(1, keepdims=True))
+    assert summary["noise_rate_expected"] == pytest.approx(summary["noise_rate_realised"])
+
+
+def test_realised_transition_gives_a_class_without_samples_the_identity_row():
+    C = realised_transition(np.array([0, 0, 0, 1]), np.array([0, 0, 1, 0]), 3)
+    assert np.allclose(C, [[2 / 3, 1 / 3, 0], [1, 0, 0], [0, 0, 1]])
+
+
+def test_real_noise_needs_a_dataset_with_noisy_labels_and_takes_no_rate(tmp_path):
+    assert parse_noise("real") == ("real", 0.0)
+    with pytest.raises(DataError, match="has no rate; give --noise real"):
+        parse_noise("real:0.3")
+    with pytest.raises(DataError, match="noise type 'real' .* has no rate"):
+        BiasSpec(noise_type="real", noise_rate=0.2).validate()
+    with pytest.raises(DataError, match="fmnist-mini has no noisy labels of its own"):
+        make_biased(load_dataset("fmnist-mini"), BiasSpec(noise_type="real"))
+    with pytest.raises(BenchError, match="fmnist-mini has none"):  # refused before anything trains
+        from bench.arguments import build_specs
+        from bench.cli import make_parser
+        build_specs(make_parser().parse_args(["run", "--methods", "ce", "--noise", "real"]))
+
+
+def test_a_real_noise_cell_is_its_own_cell_written_real():
+    real = Cell("npz:a.npz", 10.0, "real", 0.0)
+    assert real.noise_type == "real"  # rate 0, but not collapsed into the noise-free cell
+    assert real.label() == "npz:a.npz imb10 real"
+    assert noise_text("real", 0.0) == "real" and noise_text("flip2", 0.4, sep=" ") == "flip2 0.4"
+    assert noise_text("none", 0.0, clean="none") == "none"
+    # --cell reads from the right, so npz paths with their colons parse
+    assert parse_cell("npz:a.npz:10:real") == real
+    assert parse_cell("npz:data/b.npz:1:none") == Cell("npz:data/b.npz", 1.0, "none", 0.0)
+    assert parse_cell("npz:b.npz:20:flip2:0.4") == Cell("npz:b.npz", 20.0, "flip2", 0.4)
+    with pytest.raises(BenchError, match="malformed --cell"):
+        parse_cell("10:real")
+    import pandas as pd
+    runs = pd.DataFrame({"dataset": ["npz:a.npz"] * 3, "imbalance": [10.0] * 3,
+                         "noise_type": ["real", "none", "flip2"], "noise_rate": [0.0, 0.0, 0.4]})
+    assert matches_cell(runs, real).tolist() == [True, False, False]
+    assert matches_cell(runs, parse_cell("npz:a.npz:10:none")).tolist() == [False, True, False]
+
+
+def test_nominal_rate_of_real_noise_is_the_rate_of_its_wrong_labels(tmp_path):
+    """Co-teaching's tau and O2U-Net's k default to the nominal rate; real noise has none to set,
+    so it is the fraction of the pool's labels that are wrong, as such datasets state their rate."""
+    import methods
+    from methods.curves import resolve_rate
+
+    o2u = methods.get("o2u")
+
+    human_noise_npz(tmp_path / "d.npz")
+    data = make_biased(load_dataset(f"npz:{tmp_path / 'd.npz'}"), BiasSpec(noise_type="real", meta_per_class=5))
+
+    class FakeRun:
+        def __init__(self, noise_type, noise_rate):
+            self.spec = type("Spec", (), {"noise_type": noise_type, "noise_rate": noise_rate})()
+            self.data = data
+
+    assert resolve_rate(FakeRun("real", 0.0), "nominal") == pytest.approx(data.is_noisy.mean())
+    assert resolve_rate(FakeRun("flip2", 0.4), "nominal") == 0.4  # synthetic noise: its set rate
+    # each run's own rate: a fused O2U-Net group cannot share one pre-trained network then
+    from bench.arguments import build_specs
+    from bench.cli import make_parser
+    specs = build_specs(make_parser().parse_args(
+        ["run", "--methods", "o2u", "--dataset", f"npz:{tmp_path / 'd.npz'}", "--noise", "real,flip2:0.2",
+         "--meta-per-class", "5", "--set", "o2u.retrain=pretrained"]))
+    assert [(s.noise_type, o2u.fuses(s)) for s in specs] == [("real", False), ("flip2", True)]
+
+
+def test_bench_run_table_and_separation_on_real_noise(tmp_path, capsys):
+    path = tmp_path / "d.npz"
+    human_noise_npz(path)
+    store = tmp_path / "s.sqlite"
+    common = ["--dataset", f"npz:{path}", "--imbalance", "2", "--meta-per-class", "5", "--epochs", "1",
+              "--store", str(store), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert main(["run", "--methods", "ce,coteaching", "--noise", "real,none", *common]) == 0
+    out = capsys.readouterr().out
+    assert f"npz:{path} imb2 real" in out and f"npz:{path} imb2 clean" in out
+    assert "data_sha256" not in out  # one version of the file: its name stands for it
+    assert main(["table", "--store", str(store), "--metric", "noise_auroc"]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith("| Co-teaching"))
+    assert "(n=1)" in row and f"npz:{path} imb2 real" in table  # real noise has mislabelled samples
+    assert "imb2 clean" not in table  # the noise-free cell has none
+    assert main(["show", "--store", str(store), "--cell", f"npz:{path}:2:real", "--format", "json"]) == 0
+    import json
+    shown = json.loads(capsys.readouterr().out)
+    assert sorted(r["method"] for r in shown) == ["CE", "Co-teaching"]
