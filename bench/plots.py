@@ -27,13 +27,14 @@ written ``DATASET:IMBALANCE:NOISE`` with NOISE = ``none`` or ``TYPE:RATE``, e.g.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bench.data.bias import REAL_NOISE, noise_text
+from bench.data.bias import noise_text, same_noise
 from bench.errors import BenchError
 from bench.summary import cell_label
 
@@ -72,9 +73,10 @@ def parse_cell(text: str):
         for bare in ("none", "real"):
             if text.endswith(":" + bare):
                 dataset, imbalance = text[: -len(bare) - 1].rsplit(":", 1)
-                return Cell(dataset, float(imbalance), bare, 0.0)
+                if dataset and (":" not in dataset or dataset.startswith("npz:")):
+                    return Cell(dataset, float(imbalance), bare, 0.0)
         dataset, imbalance, kind, rate = text.rsplit(":", 3)
-        if dataset:
+        if dataset and (":" not in dataset or dataset.startswith("npz:")):
             return Cell(dataset, float(imbalance), kind, float(rate))
     except ValueError:  # too few parts, or an imbalance or rate that is no number
         pass
@@ -85,13 +87,9 @@ def parse_cell(text: str):
 def matches_cell(runs: pd.DataFrame, cell) -> pd.Series:
     """Which of the stored ``runs`` are on ``cell`` (a bench.spec.Cell); without noise, any type
     with rate 0 but real noise."""
-    m = (runs["dataset"] == cell.dataset) & np.isclose(runs["imbalance"], cell.imbalance) & \
-        np.isclose(runs["noise_rate"], cell.noise_rate)
-    if cell.noise_rate > 0 or cell.noise_type == REAL_NOISE:
-        m &= runs["noise_type"] == cell.noise_type
-    else:
-        m &= runs["noise_type"] != REAL_NOISE
-    return m
+    return ((runs["dataset"] == cell.dataset) & np.isclose(runs["imbalance"], cell.imbalance)
+            & np.isclose(runs["noise_rate"], cell.noise_rate)
+            & same_noise(runs["noise_type"], cell.noise_type, cell.noise_rate))
 
 
 def select_run(store, *, run: str | None = None, cell=None, method: str = "curvenet", preset: str | None = None,
@@ -386,7 +384,7 @@ def _plot_separation(store, args) -> int:
     title = (f"Trust of clean head, clean tail and mislabelled training samples (box: quartiles, whiskers 1.5 IQR; "
              f"AUROCs in %)\n{first['dataset']}, imbalance {first['imbalance']:g}, {noise} "
              f"({first['preset']} preset, seed {', '.join(map(str, seeds))})")
-    name = f"separation_{cell_argument(first).replace(':', '_')}_seed{seeds[0]}.png"
+    name = f"separation_{re.sub(r'[^A-Za-z0-9.+-]+', '_', cell_argument(first))}_seed{seeds[0]}.png"
     path = plot_separation(panels, Path(args.out) if args.out else Path("figures") / name, title)
     print(path)
     print(f"{len(panels)} runs: " + ", ".join(f"{p['label']} {p['run']['key'][:12]}" for p in panels), file=sys.stderr)

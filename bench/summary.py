@@ -100,8 +100,8 @@ def row_labels(runs: pd.DataFrame) -> list[str]:
     differ in other settings (``--epochs``, ``--set``, ``--precision`` ...) the settings that set
     it apart, e.g. ``CE [epochs=3]``: runs that differ in more than their seeds are never
     averaged together. A run-wide setting away from its default (``CE [precision=bf16]``,
-    ``CE [train_on_meta=True]``) is always shown; an npz file's version (``data_sha256``) where
-    the runs hold two versions of that file."""
+    ``CE [train_on_meta=True]``), and so an npz file's version (``data_sha256``), is always
+    shown."""
     specs = [json.loads(s) for s in runs["spec_json"]]
     flat = [settings(s) for s in specs]
     group_of = [(name, *(s[f] for f in CELL_FIELDS)) for name, s in zip(runs["display_name"], specs)]
@@ -111,15 +111,9 @@ def row_labels(runs: pd.DataFrame) -> list[str]:
         if f not in variants[group]:
             variants[group].append(f)
     # settings that differ within a group, and always a run-wide setting away from its default
-    # (precision=bf16, train_on_meta=True: a lone such run is not labelled as the plain method),
-    # but for an npz file's digest, which the dataset's name stands for unless these runs hold
-    # two versions of the file (then every run on it is labelled with its version)
-    versions: dict[str, set] = {}
-    for s in specs:
-        versions.setdefault(s["dataset"], set()).add(s.get("data_sha256", ""))
+    # (precision=bf16, train_on_meta=True: a lone such run is not labelled as the plain method)
     differing = {group: sorted({k for v in vs for k in v if any(o.get(k) != v.get(k) for o in vs)}
-                               | {k for v in vs for k, d in OMITTED_WHEN_DEFAULT.items() if v.get(k) != d
-                                  and (k != "data_sha256" or len(versions[group[1]]) > 1)})
+                               | {k for v in vs for k, d in OMITTED_WHEN_DEFAULT.items() if v.get(k) != d})
                  for group, vs in variants.items()}
     labels = []
     for name, group, f in zip(runs["display_name"], group_of, flat):

@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.data.bias import same_noise
 from bench.data.cli import default_meta_per_class
 from bench.errors import BenchError
 from bench.paper_tables import (
@@ -134,9 +135,8 @@ def matching_runs(runs: pd.DataFrame, row: Row, cell: Cell, preset: str) -> pd.D
     m = ((runs["method"] == row.method) & (runs["dataset"] == cell.dataset)
          & np.isclose(runs["imbalance"].astype(float), cell.imbalance)
          & np.isclose(runs["noise_rate"].astype(float), cell.noise_rate)
-         & (runs["preset"] == preset) & (runs["model"] == row.model) & (runs["meta_per_class"] == meta))
-    if cell.noise_rate > 0:
-        m &= runs["noise_type"] == cell.noise_type
+         & (runs["preset"] == preset) & (runs["model"] == row.model) & (runs["meta_per_class"] == meta)
+         & same_noise(runs["noise_type"], cell.noise_type, cell.noise_rate))
     if row.display is not None:
         m &= runs["display_name"] == row.display
     if row.where:

@@ -200,7 +200,8 @@ class CurveNetParams:
 def probe_key(run, schedule: Schedule) -> str:
     """Hash of everything the probe's curves depend on (not the allocate-stage options). The
     precision (the probe trains under the run's autocast) enters only when it is not fp32, so the
-    keys of fp32 probes cached before it was added still hold."""
+    keys of fp32 probes cached before it was added still hold; so does an npz file's digest, for
+    the built-in datasets' keys."""
     s = run.spec
     blob = dict(version=PROBE_CACHE_VERSION, dataset=s.dataset, imbalance=s.imbalance, noise_type=s.noise_type,
                 noise_rate=s.noise_rate, meta_per_class=s.meta_per_class, data_seed=s.data_seed, model=s.model,
@@ -208,6 +209,8 @@ def probe_key(run, schedule: Schedule) -> str:
                 schedule=schedule.key(), seed=s.seed, num_train=int(len(run.data.train_y)))
     if s.precision != "fp32":
         blob["precision"] = s.precision
+    if s.data_sha256:  # your own npz file: its version (two versions may differ in images alone)
+        blob["data_sha256"] = s.data_sha256
     text = json.dumps(blob, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 

@@ -9,6 +9,7 @@ usage: python scripts/weight_separation.py STORE [METHOD ...]
 
 import sys
 
+from bench.data.bias import noise_text
 from bench.store import Store
 
 
@@ -41,7 +42,7 @@ def main(argv):
         if "weight" not in samples:
             continue
         s = separation(samples)
-        cell = f"{run['dataset']} imb{run['imbalance']:g} {run['noise_type']}:{run['noise_rate']:g}"
+        cell = f"{run['dataset']} imb{run['imbalance']:g} {noise_text(run['noise_type'], run['noise_rate'])}"
         print(f"{run['display_name']:15s} {cell:29s} {run['seed']:4d}  {s['clean']:.3f}  {s['noisy']:.3f}"
               f"  {s['clean_above_noisy']:4d}/{s['classes']:<6d} {s['clean_head']:.3f}  {s['clean_tail']:.3f}")
     return 0

@@ -76,8 +76,11 @@ def test_a_real_noise_cell_is_its_own_cell_written_real():
     assert parse_cell("npz:a.npz:10:real") == real
     assert parse_cell("npz:data/b.npz:1:none") == Cell("npz:data/b.npz", 1.0, "none", 0.0)
     assert parse_cell("npz:b.npz:20:flip2:0.4") == Cell("npz:b.npz", 20.0, "flip2", 0.4)
-    with pytest.raises(BenchError, match="malformed --cell"):
-        parse_cell("10:real")
+    for malformed in ("10:real", "fmnist-mini:10:10:flip2:0.4", "fmnist-mini:x:10:none"):  # colons: npz only
+        with pytest.raises(BenchError, match="malformed --cell"):
+            parse_cell(malformed)
+    with pytest.raises(DataError, match="choose one of uniform, flip, flip2, uniform_freq for noisy labels"):
+        parse_cell("fmnist-mini:10:none:0.3")
     import pandas as pd
     runs = pd.DataFrame({"dataset": ["npz:a.npz"] * 3, "imbalance": [10.0] * 3,
                          "noise_type": ["real", "none", "flip2"], "noise_rate": [0.0, 0.0, 0.4]})
@@ -121,7 +124,7 @@ def test_bench_run_table_and_separation_on_real_noise(tmp_path, capsys):
     assert main(["run", "--methods", "ce,coteaching", "--noise", "real,none", *common]) == 0
     out = capsys.readouterr().out
     assert f"npz:{path} imb2 real" in out and f"npz:{path} imb2 clean" in out
-    assert "data_sha256" not in out  # one version of the file: its name stands for it
+    assert "CE [data_sha256=" in out  # runs on your own file are labelled with its version
     assert main(["table", "--store", str(store), "--metric", "noise_auroc"]) == 0
     table = capsys.readouterr().out
     row = next(line for line in table.splitlines() if line.startswith("| Co-teaching"))
@@ -130,4 +133,27 @@ def test_bench_run_table_and_separation_on_real_noise(tmp_path, capsys):
     assert main(["show", "--store", str(store), "--cell", f"npz:{path}:2:real", "--format", "json"]) == 0
     import json
     shown = json.loads(capsys.readouterr().out)
-    assert sorted(r["method"] for r in shown) == ["CE", "Co-teaching"]
+    assert sorted(r["method"].split(" [")[0] for r in shown) == ["CE", "Co-teaching"]
+    import os
+    os.chdir(tmp_path)  # the figure's default folder: ./figures, its name without the npz path's folders
+    assert main(["plot", "separation", "--store", str(store), "--cell", f"npz:{path}:2:real"]) == 0
+    figure = capsys.readouterr().out.strip()
+    assert figure.startswith("figures/separation_npz_") and figure.count("/") == 1 and (tmp_path / figure).is_file()
+
+
+def test_the_curvenet_probe_cache_key_holds_the_npz_files_version():
+    """Two versions of your file may differ in images alone, so cached probe curves of one are not
+    taken for the other's; the built-in datasets' keys (digest '') are as before."""
+    from bench.spec import RunSpec
+    from methods.curvenet import probe_key
+    from methods.curves import Schedule
+
+    class FakeRun:
+        def __init__(self, **fields):
+            self.spec = RunSpec(method="curvenet", dataset="npz:d.npz", imbalance=1.0, noise_type="real",
+                                noise_rate=0.0, **fields)
+            self.data = type("Data", (), {"train_y": np.zeros(10)})()
+
+    schedule = Schedule((0.1,), (16,))
+    keys = {probe_key(FakeRun(data_sha256=d), schedule) for d in ("", "a" * 16, "b" * 16)}
+    assert len(keys) == 3

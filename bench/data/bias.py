@@ -50,6 +50,16 @@ NOISE_TYPES = ("none", "uniform", "flip", "flip2", "uniform_freq", "real")
 REAL_NOISE = "real"  # the dataset's own noisy labels (Dataset.y_train_noisy): no rate, nothing drawn
 
 
+def same_noise(noise_types, noise_type: str, noise_rate: float) -> np.ndarray:
+    """Which of the stored ``noise_types`` are a cell's noise (``noise_type``, ``noise_rate``),
+    the rates compared apart: its own type where it is noisy or ``real``; any type but ``real``
+    where it is noise-free (a real-noise cell has rate 0 too)."""
+    types = np.asarray(noise_types)
+    if noise_rate > 0 or noise_type == REAL_NOISE:
+        return types == noise_type
+    return types != REAL_NOISE
+
+
 def noise_text(noise_type: str, noise_rate: float, clean: str = "clean", sep: str = ":") -> str:
     """How a cell's noise is written: ``clean`` (or ``none``) without noise, ``real`` for a
     dataset's own noisy labels, else ``TYPE:RATE`` (``sep`` between them), e.g. ``flip2:0.4``."""
@@ -86,7 +96,7 @@ class BiasSpec:
             raise DataError(f"noise rate must lie in [0, 1), got {rate!r}")
         if self.noise_type == "none" and rate != 0:
             raise DataError(f"noise type 'none' needs rate 0, got {rate!r}; choose one of "
-                            f"{', '.join(NOISE_TYPES[1:])} for noisy labels")
+                            f"{', '.join(t for t in NOISE_TYPES[1:] if t != REAL_NOISE)} for noisy labels")
         if self.noise_type == REAL_NOISE and rate != 0:
             raise DataError(f"noise type 'real' (the dataset's own noisy labels) has no rate, got {rate!r}")
         m = self.meta_per_class
