@@ -45,14 +45,11 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-def _check_real_noise(dataset: str, data_dir: str | None) -> None:
-    """BenchError unless ``dataset`` carries noisy labels of its own (noise ``real``)."""
+def _check_real_noise(dataset: str) -> None:
+    """BenchError unless ``dataset`` is your own file (noise ``real``: its labels as they are)."""
     if not dataset.startswith("npz:"):
-        raise BenchError(f"--noise real trains on a dataset's own noisy labels; {dataset} has none (an npz:PATH "
-                         "file gives them as y_train_noisy)")
-    from bench.execute import _dataset
-    if _dataset(dataset, None if data_dir is None else str(data_dir)).y_train_noisy is None:
-        raise BenchError(f"--noise real trains on a dataset's own noisy labels; {dataset} has no y_train_noisy")
+        raise BenchError(f"--noise real trains on your own npz file's labels as they are; {dataset}'s are clean "
+                         "(add synthetic noise with --noise TYPE:RATE)")
 
 
 def _check_dataset(name: str) -> None:
@@ -123,7 +120,7 @@ def build_specs(args) -> list[RunSpec]:
             from bench.execute import dataset_digest
             digests[dataset] = dataset_digest(dataset, args.data_dir)
         if any(c.dataset == dataset and c.noise_type == REAL_NOISE for c in cells):
-            _check_real_noise(dataset, args.data_dir)
+            _check_real_noise(dataset)
 
     method_names = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
     if not method_names:

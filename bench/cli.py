@@ -308,8 +308,8 @@ def cmd_list(args) -> int:
         print(f"  {name:12s} {len(cells):3d} cell{'' if len(cells) == 1 else 's'}, preset {GRID_PRESET[name]}: "
               + "; ".join(c.label() for c in cells[:4]) + (" ..." if len(cells) > 4 else ""))
     print("presets:\n  " + ", ".join(PRESETS))
-    print("noise types:\n  " + ", ".join(t if t != "real" else "real (an npz dataset's own noisy labels, "
-                                          "y_train_noisy; no rate)" for t in NOISE_TYPES))
+    print("noise types:\n  " + ", ".join(t if t != "real" else "real (your npz file's own labels as they are, "
+                                          "y_train_noisy where it has them; no rate)" for t in NOISE_TYPES))
     return 0
 
 
@@ -371,8 +371,8 @@ def make_parser() -> ArgumentParser:
     run.add_argument("--data-dir", help="where datasets live (else $BENCH_DATA_DIR, else ~/.cache/reweight-bench/data)")
     run.add_argument("--grid", help=f"a named grid: {', '.join(GRIDS)}")
     run.add_argument("--imbalance", help="comma-separated imbalance ratios n_max/n_min, e.g. 1,20")
-    run.add_argument("--noise", help="comma-separated TYPE:RATE, none, or real (an npz dataset's own noisy "
-                                     "labels), e.g. flip2:0.4,none")
+    run.add_argument("--noise", help="comma-separated TYPE:RATE, none, or real (your npz file's own labels as "
+                                     "they are), e.g. flip2:0.4,none")
     run.add_argument("--meta-per-class", type=int, help="clean meta samples per class (default: per dataset)")
     run.add_argument("--train-on-meta", action="store_true",
                      help="methods without a meta set (all but MW-Net and CurveNet) also train on the clean "

@@ -426,7 +426,8 @@ def resolve_rate(run, value: str) -> float:
     "nominal": the spec's noise rate (0 for clean data), as the official codes do (they take
     ``forget_rate = noise_rate``); for a dataset's own noisy labels (noise ``real``), which have
     no rate to set, the rate such a dataset states: the fraction of them that are wrong, here
-    over the training pool (as "realised"). "realised": the fraction of training-pool samples
+    over the training pool (as "realised"; 0 where the file does not say which are wrong, so give
+    an estimate there). "realised": the fraction of training-pool samples
     whose observed label differs from the clean one (an oracle; e.g. p(K-1)/K under uniform
     noise). A number: that estimate.
     """

@@ -52,15 +52,15 @@ def test_realised_transition_gives_a_class_without_samples_the_identity_row():
     assert np.allclose(C, [[2 / 3, 1 / 3, 0], [1, 0, 0], [0, 0, 1]])
 
 
-def test_real_noise_needs_a_dataset_with_noisy_labels_and_takes_no_rate(tmp_path):
+def test_real_noise_needs_your_own_file_and_takes_no_rate(tmp_path):
     assert parse_noise("real") == ("real", 0.0)
     with pytest.raises(DataError, match="has no rate; give --noise real"):
         parse_noise("real:0.3")
     with pytest.raises(DataError, match="noise type 'real' .* has no rate"):
         BiasSpec(noise_type="real", noise_rate=0.2).validate()
-    with pytest.raises(DataError, match="fmnist-mini has no noisy labels of its own"):
+    with pytest.raises(DataError, match="fmnist-mini's labels are clean; noise 'real' is your own npz file's"):
         make_biased(load_dataset("fmnist-mini"), BiasSpec(noise_type="real"))
-    with pytest.raises(BenchError, match="fmnist-mini has none"):  # refused before anything trains
+    with pytest.raises(BenchError, match="fmnist-mini's are clean"):  # refused before anything trains
         from bench.arguments import build_specs
         from bench.cli import make_parser
         build_specs(make_parser().parse_args(["run", "--methods", "ce", "--noise", "real"]))
@@ -157,3 +157,63 @@ def test_the_curvenet_probe_cache_key_holds_the_npz_files_version():
     schedule = Schedule((0.1,), (16,))
     keys = {probe_key(FakeRun(data_sha256=d), schedule) for d in ("", "a" * 16, "b" * 16)}
     assert len(keys) == 3
+
+
+def own_meta_npz(path, n_per_class=40, meta_per_class=6, k=4, seed=0):
+    """Web-style data: training labels of unknown truth, and a small trusted set apart from them."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(k), n_per_class)
+    y_meta = np.repeat(np.arange(k), meta_per_class)
+    np.savez(path, x_train=rng.integers(0, 256, (len(y), 8, 8), dtype=np.uint8), y_train=y,
+             x_test=rng.integers(0, 256, (4 * k, 8, 8), dtype=np.uint8), y_test=np.arange(4 * k) % k,
+             x_meta=np.full((len(y_meta), 8, 8), 7, dtype=np.uint8), y_meta=y_meta)
+
+
+def test_a_files_own_meta_set_is_the_meta_set_and_every_training_image_trains(tmp_path):
+    own_meta_npz(tmp_path / "d.npz")
+    ds = load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    assert ds.meta_start == 160 and len(ds.x_train) == 160 + 24
+    data = make_biased(ds, BiasSpec(imbalance=1, noise_type="real", meta_per_class=4, seed=2))
+    assert (data.x_meta == 7).all() and np.bincount(data.y_meta).tolist() == [4, 4, 4, 4]  # from x_meta
+    assert (data.meta_index >= 160).all() and (data.train_index < 160).all()
+    assert len(data.train_index) == 160  # no training image was taken for the meta set
+    assert np.array_equal(data.train_y, ds.y_train[data.train_index]) and not data.is_noisy.any()  # truth unknown
+    assert np.array_equal(make_biased(ds, BiasSpec(imbalance=1, meta_per_class=4, seed=2)).train_index,
+                          data.train_index)
+    # --train-on-meta: the meta set joins the pool, its images from x_meta
+    pooled = data.with_meta_in_pool()
+    assert len(pooled.x_train) == 176 and (pooled.x_train[np.isin(pooled.train_index, data.meta_index)] == 7).all()
+    with pytest.raises(DataError, match=r"class 0 .* has 6 samples in .*own meta set \(x_meta, y_meta\); choose 0..6"):
+        make_biased(ds, BiasSpec(meta_per_class=7))
+    # a meta set the file supplies is not drawn from the training images
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "e.npz", x_train=rng.integers(0, 256, (8, 8, 8), dtype=np.uint8), y_train=np.arange(8) % 2,
+             x_test=rng.integers(0, 256, (2, 8, 8), dtype=np.uint8), y_test=np.arange(2), x_meta=np.zeros((2, 8, 8),
+             dtype=np.uint8))
+    with pytest.raises(DataError, match="give both x_meta and y_meta"):
+        load_dataset(f"npz:{tmp_path / 'e.npz'}")
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"x_meta": np.zeros((4, 6, 6), np.uint8)}, "x_meta and x_train must share H x W x C"),
+    ({"y_meta": np.array([0, 1, 2, 9])}, r"y_meta has labels outside 0..3"),
+    ({"x_meta": np.zeros((0, 8, 8), np.uint8), "y_meta": np.zeros(0, np.int64)}, "x_meta is empty"),
+    ({"y_meta": np.array([0, 1, 2])}, r"y_meta must be 1-D integer labels, one per image"),
+])
+def test_a_malformed_own_meta_set_is_a_one_line_error(tmp_path, bad, match):
+    rng = np.random.default_rng(0)
+    arrays = dict(x_train=rng.integers(0, 256, (8, 8, 8), dtype=np.uint8), y_train=np.arange(8) % 4,
+                  x_test=rng.integers(0, 256, (4, 8, 8), dtype=np.uint8), y_test=np.arange(4),
+                  x_meta=np.zeros((4, 8, 8), np.uint8), y_meta=np.arange(4))
+    np.savez(tmp_path / "d.npz", **{**arrays, **bad})
+    with pytest.raises(DataError, match=match):
+        load_dataset(f"npz:{tmp_path / 'd.npz'}")
+
+
+def test_mwnet_trains_on_a_files_own_meta_set_with_its_labels_as_they_are(tmp_path, capsys):
+    path = tmp_path / "d.npz"
+    own_meta_npz(path)
+    assert main(["run", "--methods", "mwnet", "--dataset", f"npz:{path}", "--noise", "real", "--imbalance", "1",
+                 "--meta-per-class", "5", "--epochs", "1", "--store", str(tmp_path / "s.sqlite"),
+                 "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert f"npz:{path} imb1 real" in capsys.readouterr().out

@@ -5,7 +5,10 @@ Order (PROTOCOL.md §1; CurveNet ``feeder/feeder.py`` L109-208 and MW-Net
 
 1. **Meta split.** Per class c, the indices of class c in the training split (in file order) are
    shuffled with the data seed; the first m go to the meta set, the rest form the class's pool
-   (feeder.py L164-177, load_corrupted_data.py L116-137). Meta labels are clean.
+   (feeder.py L164-177, load_corrupted_data.py L116-137). Meta labels are clean. *A dataset's
+   own meta set* (not from the papers): where a file supplies a trusted set apart from its
+   training images (an npz file's ``x_meta``, ``y_meta``, as Clothing1M has clean subsets), the
+   m per class come from that set and every training image is in its class's pool.
 2. **Imbalance.** Class i keeps the first n_i samples of its shuffled pool (the code shuffles
    the pool and slices: feeder.py L179-185), with
    ``n_i = int(n_max * (1/imb) ** (i / (K-1)))`` in python floats, exactly the official
@@ -17,11 +20,14 @@ Order (PROTOCOL.md §1; CurveNet ``feeder/feeder.py`` L109-208 and MW-Net
 3. **Noise.** A K x K matrix C (:func:`transition_matrix`); every training sample's observed
    label is drawn independently from row C[clean label] (load_corrupted_data.py L219-221,
    feeder.py L207-208): rates are expectations, not exact counts. *Real noise* (``real``, not
-   from the papers): a dataset that carries its own noisy labels beside the true ones (an npz
-   file's ``y_train_noisy``, e.g. CIFAR-10N's human labels, Wei et al., ICLR 2022) keeps them:
-   each pool sample's observed label is its noisy one, nothing is drawn, and C is their
-   realised transition matrix over the pool. The meta set keeps its true labels (a trusted
-   set), and the imbalance profile is by true class, as for synthetic noise.
+   from the papers): an npz file's own labels, as they are; nothing is drawn. Where the file
+   also has the true ones (``y_train`` beside its noisy ``y_train_noisy``, e.g. CIFAR-10N's
+   human labels, Wei et al., ICLR 2022), each pool sample's observed label is its noisy one, C
+   is their realised transition matrix over the pool, the meta set keeps its true labels and
+   the imbalance profile is by true class, as for synthetic noise. Without ``y_train_noisy``
+   the file's ``y_train`` are the observed labels and no sample is known to be mislabelled
+   (a dataset whose truth is unknown, e.g. web labels; its trusted meta set then comes with
+   it, ``x_meta``, step 1).
 
 Randomness: everything is a pure function of (dataset, spec). Two independent numpy
 ``Generator`` streams are spawned from ``SeedSequence(spec.seed)``: one for the meta/imbalance
@@ -47,7 +53,7 @@ from bench.data.datasets import Dataset
 from bench.errors import DataError
 
 NOISE_TYPES = ("none", "uniform", "flip", "flip2", "uniform_freq", "real")
-REAL_NOISE = "real"  # the dataset's own noisy labels (Dataset.y_train_noisy): no rate, nothing drawn
+REAL_NOISE = "real"  # an npz file's own labels as they are (Dataset.y_train_noisy where given): no rate
 
 
 def same_noise(noise_types, noise_type: str, noise_rate: float) -> np.ndarray:
@@ -98,7 +104,7 @@ class BiasSpec:
             raise DataError(f"noise type 'none' needs rate 0, got {rate!r}; choose one of "
                             f"{', '.join(t for t in NOISE_TYPES[1:] if t != REAL_NOISE)} for noisy labels")
         if self.noise_type == REAL_NOISE and rate != 0:
-            raise DataError(f"noise type 'real' (the dataset's own noisy labels) has no rate, got {rate!r}")
+            raise DataError(f"noise type 'real' (a file's own labels as they are) has no rate, got {rate!r}")
         m = self.meta_per_class
         if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 0:
             raise DataError(f"meta_per_class must be an integer >= 0, got {m!r}")
@@ -300,6 +306,24 @@ class BiasedData:
         }
 
 
+def _split_own_meta(dataset: Dataset, y: np.ndarray, m: int, rng: np.random.Generator):
+    """Meta split of a dataset that supplies its own trusted meta set (an npz file's ``x_meta``,
+    ``y_meta``; ``Dataset.meta_start``): per class, m of its meta samples, shuffled with the data
+    seed, and every training sample of the class as its pool (the rest of its meta samples go
+    unused)."""
+    own = np.arange(len(y)) >= dataset.meta_start
+    sizes = np.bincount(y[own], minlength=dataset.num_classes)
+    if m > sizes.min():
+        c = int(np.argmin(sizes))
+        raise DataError(f"meta_per_class {m}: class {c} ({dataset.classes[c]!r}) has {sizes[c]} samples in "
+                        f"{dataset.name}'s own meta set (x_meta, y_meta); choose 0..{sizes.min()}")
+    meta_parts, pools = [], []
+    for c in range(dataset.num_classes):
+        meta_parts.append(rng.permutation(np.flatnonzero((y == c) & own))[:m])
+        pools.append(rng.permutation(np.flatnonzero((y == c) & ~own)))
+    return meta_parts, pools
+
+
 def make_biased(dataset: Dataset, spec: BiasSpec) -> BiasedData:
     """Meta split, imbalance, noise (see the module docstring); DataError on bad input."""
     spec.validate()
@@ -307,19 +331,22 @@ def make_biased(dataset: Dataset, spec: BiasSpec) -> BiasedData:
     if K < 2:
         raise DataError(f"{dataset.name}: biasing needs at least 2 classes, got {K}")
     y = np.asarray(dataset.y_train, dtype=np.int64)
-    sizes = np.bincount(y, minlength=K)
     m = int(spec.meta_per_class)
-    if m >= sizes.min():
-        c = int(np.argmin(sizes))
-        raise DataError(f"meta_per_class {m} leaves class {c} ({dataset.classes[c]!r}, {sizes[c]} training "
-                        f"samples) none to train on; choose 0..{sizes.min() - 1}")
     split_ss, noise_ss = np.random.SeedSequence(spec.seed).spawn(2)
     rng = np.random.default_rng(split_ss)
-    meta_parts, pools = [], []
-    for c in range(K):
-        perm = rng.permutation(np.flatnonzero(y == c))
-        meta_parts.append(perm[:m])
-        pools.append(perm[m:])
+    if dataset.meta_start is not None:
+        meta_parts, pools = _split_own_meta(dataset, y, m, rng)
+    else:
+        sizes = np.bincount(y, minlength=K)
+        if m >= sizes.min():
+            c = int(np.argmin(sizes))
+            raise DataError(f"meta_per_class {m} leaves class {c} ({dataset.classes[c]!r}, {sizes[c]} training "
+                            f"samples) none to train on; choose 0..{sizes.min() - 1}")
+        meta_parts, pools = [], []
+        for c in range(K):
+            perm = rng.permutation(np.flatnonzero(y == c))
+            meta_parts.append(perm[:m])
+            pools.append(perm[m:])
     if spec.imbalance == 1:
         keep = [len(p) for p in pools]
     else:
@@ -334,10 +361,13 @@ def make_biased(dataset: Dataset, spec: BiasSpec) -> BiasedData:
     meta_index = np.sort(np.concatenate(meta_parts)).astype(np.int64)
     clean = y[train_index]
     if spec.noise_type == REAL_NOISE:
-        if dataset.y_train_noisy is None:
-            raise DataError(f"{dataset.name} has no noisy labels of its own for noise 'real' (an npz dataset "
-                            "gives them as y_train_noisy)")
-        observed = np.asarray(dataset.y_train_noisy, dtype=np.int64)[train_index]
+        if not dataset.name.startswith("npz:"):
+            raise DataError(f"{dataset.name}'s labels are clean; noise 'real' is your own npz file's labels as "
+                            "they are")
+        if dataset.y_train_noisy is not None:
+            observed = np.asarray(dataset.y_train_noisy, dtype=np.int64)[train_index]
+        else:  # the file's labels, true ones unknown: none can be told apart as mislabelled
+            observed = clean.copy()
         C = realised_transition(clean, observed, K)
     else:
         C = transition_matrix(spec.noise_type, spec.noise_rate, K,

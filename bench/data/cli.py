@@ -43,7 +43,7 @@ def parse_noise(text: str) -> tuple[str, float]:
     kind, sep, rate_text = text.partition(":")
     if kind == REAL_NOISE:
         if sep:
-            raise DataError(f"--noise {text!r}: real noise (the dataset's own noisy labels) has no rate; "
+            raise DataError(f"--noise {text!r}: real noise (your npz file's own labels) has no rate; "
                             "give --noise real")
         return REAL_NOISE, 0.0
     if not sep:
@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="n_max / n_min, class 0 the head (default 1: balanced; `bench run`'s quick "
                              "cell is --imbalance 10 --noise flip2:0.4)")
     parser.add_argument("--noise", default="none",
-                        help=f"TYPE:RATE, none, or real (an npz's own y_train_noisy); types: "
+                        help=f"TYPE:RATE, none, or real (your npz file's own labels as they are); types: "
                              f"{', '.join(t for t in NOISE_TYPES if t != REAL_NOISE)} (default none)")
     parser.add_argument("--meta-per-class", type=int, default=None,
                         help="clean meta samples per class (default: "

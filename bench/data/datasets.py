@@ -83,9 +83,12 @@ class Dataset:
     std: tuple[float, ...]
     augment: bool
     digest: str = ""  # npz:PATH: the file's sha256 (its runs are keyed by it, not by the path alone)
-    # npz:PATH with y_train_noisy: the dataset's own noisy label of each training image (y_train the
-    # true ones), for noise type 'real' (bench.data.bias)
+    # npz:PATH with y_train_noisy: the file's own noisy label of each training image (y_train the
+    # true ones), what noise type 'real' trains on (bench.data.bias)
     y_train_noisy: np.ndarray | None = field(default=None, repr=False)
+    # npz:PATH with x_meta, y_meta: the training arrays hold that trusted set after the training images,
+    # from this index on (its noisy labels, if any, its own); bench.data.bias draws the meta set there
+    meta_start: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -514,8 +517,11 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     0 < std <= 1, so CIFAR-10's red channel is 0.491 and 0.247, not 125.3 and 63.0; default:
     computed from ``x_train``), ``y_train_noisy`` (a noisy label for every training image, with
     ``y_train`` their true labels, as CIFAR-10N gives human labels beside CIFAR-10's: the cell's
-    noise ``real`` trains on them; bench.data.bias). Neither split may be empty. Every label must
-    lie in 0..K-1 and every class must have training samples.
+    noise ``real`` trains on them; bench.data.bias), ``x_meta`` and ``y_meta`` together (a
+    trusted, clean set apart from the training images, e.g. Clothing1M's clean subsets, in the
+    layout of ``x_train``: the meta set is drawn from it instead of from the training images,
+    which then all train; bench.data.bias). Neither split may be empty. Every label must lie in
+    0..K-1 and every class must have training samples.
     Augmentation (random crop + flip) is on for 32 x 32 x 3 images (CIFAR-like), off otherwise.
     A relative PATH is looked up in the working directory, then in the data directory. The file
     is loaded with ``allow_pickle=False``; no checksum to match (it is yours), but its sha256 is
@@ -540,16 +546,18 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
             if missing:
                 raise DataError(f"{where}: missing key(s) {', '.join(missing)}; an npz dataset "
                                 "needs x_train, y_train, x_test, y_test (optional: classes, "
-                                "mean, std, y_train_noisy)")
-            arrays = {k: z[k] for k in z.files if k in
-                      ("x_train", "y_train", "x_test", "y_test", "classes", "mean", "std", "y_train_noisy")}
+                                "mean, std, y_train_noisy, x_meta and y_meta)")
+            arrays = {k: z[k] for k in z.files if k in ("x_train", "y_train", "x_test", "y_test", "classes",
+                                                          "mean", "std", "y_train_noisy", "x_meta", "y_meta")}
     except DataError:
         raise
     except Exception as e:  # not a zip, truncated member, object arrays, ...
         raise DataError(f"{where} cannot be read as an npz of plain arrays "
                         f"({_why(e)})") from e
+    if ("x_meta" in arrays) != ("y_meta" in arrays):
+        raise DataError(f"{where}: give both x_meta and y_meta (your own meta set), or neither")
     xs = {}
-    for split in ("train", "test"):
+    for split in ("train", "test", "meta")[:3 if "x_meta" in arrays else 2]:
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.dtype != np.uint8 or x.ndim not in (3, 4):
             raise DataError(f"{where}: x_{split} must be uint8 N x H x W or N x H x W x C, "
@@ -566,7 +574,10 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     if xs["train"].shape[1:] != xs["test"].shape[1:] or min(xs["train"].shape[1:]) < 1:
         raise DataError(f"{where}: x_train and x_test must share H x W x C, got "
                         f"{xs['train'].shape[1:]} and {xs['test'].shape[1:]}")
-    for split in ("train", "test"):
+    if "meta" in xs and xs["meta"].shape[1:] != xs["train"].shape[1:]:
+        raise DataError(f"{where}: x_meta and x_train must share H x W x C, got "
+                        f"{xs['meta'].shape[1:]} and {xs['train'].shape[1:]}")
+    for split in xs:
         if len(xs[split]) == 0:
             raise DataError(f"{where}: x_{split} is empty")
     y_train = arrays["y_train"].astype(np.int64)
@@ -611,6 +622,18 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
         mean, std = _channel_stats(xs["train"])
         std = tuple(s if s > 0 else 1.0 for s in std)  # a constant channel: do not divide by 0
     h, w, c = xs["train"].shape[1:]
-    return Dataset(name=name, x_train=xs["train"], y_train=y_train, x_test=xs["test"],
+    x_train, meta_start = xs["train"], None
+    if "meta" in xs:  # your own meta set: kept after the training images, its labels clean
+        y_meta = arrays["y_meta"].astype(np.int64)
+        if y_meta.min() < 0 or y_meta.max() >= len(classes):
+            raise DataError(f"{where}: y_meta has labels outside 0..{len(classes) - 1} "
+                            f"(min {y_meta.min()}, max {y_meta.max()})")
+        meta_start = len(y_train)
+        x_train = np.concatenate([x_train, xs["meta"]])
+        y_train = np.concatenate([y_train, y_meta])
+        if y_noisy is not None:
+            y_noisy = np.concatenate([y_noisy, y_meta])
+    return Dataset(name=name, x_train=x_train, y_train=y_train, x_test=xs["test"],
                    y_test=y_test, classes=classes, mean=mean, std=std,
-                   augment=(h, w, c) == (32, 32, 3), digest=file_sha256(p), y_train_noisy=y_noisy)
+                   augment=(h, w, c) == (32, 32, 3), digest=file_sha256(p), y_train_noisy=y_noisy,
+                   meta_start=meta_start)
