@@ -52,6 +52,11 @@ def _check_real_noise(dataset: str) -> None:
                          "(add synthetic noise with --noise TYPE:RATE)")
 
 
+def _loaded(dataset: str, data_dir):
+    from bench.execute import _dataset
+    return _dataset(dataset, None if data_dir is None else str(data_dir))
+
+
 def _check_dataset(name: str) -> None:
     from bench.data import DATASET_NAMES
     if name not in DATASET_NAMES and not name.startswith("npz:"):
@@ -113,12 +118,14 @@ def build_specs(args) -> list[RunSpec]:
         noises = ([parse_noise(t) for t in args.noise.split(",")] if args.noise
                   else [(cell_defaults.get("noise_type", "none"), cell_defaults.get("noise_rate", 0.0))])
         cells = [Cell(dataset, imb, kind, rate) for imb, (kind, rate) in itertools.product(imbalances, noises)]
-    digests = {}
+    digests, own_meta = {}, {}
     for dataset in {c.dataset for c in cells}:
         _check_dataset(dataset)
         if dataset.startswith("npz:"):  # your own file: its runs are keyed by its contents too
+            from bench.data.bias import own_meta_per_class
             from bench.execute import dataset_digest
             digests[dataset] = dataset_digest(dataset, args.data_dir)
+            own_meta[dataset] = own_meta_per_class(_loaded(dataset, args.data_dir))  # x_meta: its default m
         if any(c.dataset == dataset and c.noise_type == REAL_NOISE for c in cells):
             _check_real_noise(dataset)
 
@@ -144,7 +151,12 @@ def build_specs(args) -> list[RunSpec]:
                          f"{', '.join(method_names)} learn from it already")
     specs = []
     for name, cell, seed in itertools.product(method_names, cells, seeds):
-        meta = meta_per_class if meta_per_class is not None else default_meta_per_class(cell.dataset)
+        meta = meta_per_class if meta_per_class is not None else (
+            own_meta[cell.dataset] if own_meta.get(cell.dataset) is not None else default_meta_per_class(cell.dataset))
+        if cell.dataset.startswith("npz:"):
+            from bench.data.bias import UNTRUSTED_META, untrusted_meta_set
+            if untrusted_meta_set(_loaded(cell.dataset, args.data_dir), cell.noise_type, meta):
+                raise BenchError(UNTRUSTED_META.format(name=cell.dataset))
         on_meta = train_on_meta and not method_classes[name].uses_meta_set
         if on_meta and meta == 0:
             raise BenchError(f"--train-on-meta: {cell.dataset} has no meta set to add (--meta-per-class 0)")

@@ -373,7 +373,8 @@ def make_parser() -> ArgumentParser:
     run.add_argument("--imbalance", help="comma-separated imbalance ratios n_max/n_min, e.g. 1,20")
     run.add_argument("--noise", help="comma-separated TYPE:RATE, none, or real (your npz file's own labels as "
                                      "they are), e.g. flip2:0.4,none")
-    run.add_argument("--meta-per-class", type=int, help="clean meta samples per class (default: per dataset)")
+    run.add_argument("--meta-per-class", type=int, help="clean meta samples per class (default: per dataset; an npz "
+                                                        "file's own meta set, x_meta: its smallest class's count)")
     run.add_argument("--train-on-meta", action="store_true",
                      help="methods without a meta set (all but MW-Net and CurveNet) also train on the clean "
                           "meta samples (PROTOCOL.md §7's fair-data option; part of their runs' keys)")

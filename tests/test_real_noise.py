@@ -217,3 +217,28 @@ def test_mwnet_trains_on_a_files_own_meta_set_with_its_labels_as_they_are(tmp_pa
                  "--meta-per-class", "5", "--epochs", "1", "--store", str(tmp_path / "s.sqlite"),
                  "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
     assert f"npz:{path} imb1 real" in capsys.readouterr().out
+
+
+def test_a_meta_set_is_never_drawn_from_labels_of_unknown_truth(tmp_path, capsys):
+    """--noise real on a file with neither y_train_noisy nor x_meta: its labels are of unknown
+    truth, so they give no clean meta set; a file's own meta set is used whole by default."""
+    from bench.arguments import build_specs
+    from bench.cli import make_parser
+
+    rng = np.random.default_rng(0)
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, x_train=rng.integers(0, 256, (40, 8, 8), dtype=np.uint8), y_train=np.arange(40) % 4,
+             x_test=rng.integers(0, 256, (8, 8, 8), dtype=np.uint8), y_test=np.arange(8) % 4)
+    with pytest.raises(DataError, match="of unknown truth, so they cannot give a clean meta set"):
+        make_biased(load_dataset(f"npz:{plain}"), BiasSpec(noise_type="real", meta_per_class=2))
+    with pytest.raises(BenchError, match="cannot give a clean meta set"):  # before anything trains
+        build_specs(make_parser().parse_args(["run", "--methods", "ce", "--dataset", f"npz:{plain}", "--noise",
+                                              "real", "--meta-per-class", "2"]))
+    assert make_biased(load_dataset(f"npz:{plain}"), BiasSpec(noise_type="none", meta_per_class=2)).y_meta.size
+    own = tmp_path / "own.npz"
+    own_meta_npz(own, meta_per_class=6)
+    (spec,) = build_specs(make_parser().parse_args(["run", "--methods", "mwnet", "--dataset", f"npz:{own}",
+                                                    "--noise", "real", "--imbalance", "1"]))
+    assert spec.meta_per_class == 6  # all of the file's own meta set that stays balanced
+    assert main(["data", "--dataset", f"npz:{own}", "--noise", "real"]) == 0
+    assert "meta 24," in capsys.readouterr().out

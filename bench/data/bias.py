@@ -306,6 +306,27 @@ class BiasedData:
         }
 
 
+def own_meta_per_class(dataset: Dataset) -> int | None:
+    """The default m of a dataset that supplies its own meta set: all of it that stays balanced
+    (its smallest class's count); None for a dataset without one."""
+    if dataset.meta_start is None:
+        return None
+    return int(np.bincount(dataset.y_train[dataset.meta_start:], minlength=dataset.num_classes).min())
+
+
+def untrusted_meta_set(dataset: Dataset, noise_type: str, meta_per_class: int) -> bool:
+    """Whether a meta set would be drawn from labels of unknown truth: noise ``real`` on a file
+    that says neither which labels are wrong (``y_train_noisy``) nor which set to trust
+    (``x_meta``)."""
+    return (noise_type == REAL_NOISE and meta_per_class > 0 and dataset.y_train_noisy is None
+            and dataset.meta_start is None)
+
+
+UNTRUSTED_META = ("noise 'real' takes {name}'s labels as they are, of unknown truth, so they cannot give a clean meta "
+                  "set: give the file a trusted set as x_meta, y_meta (or true labels beside y_train_noisy), or "
+                  "use --meta-per-class 0")
+
+
 def _split_own_meta(dataset: Dataset, y: np.ndarray, m: int, rng: np.random.Generator):
     """Meta split of a dataset that supplies its own trusted meta set (an npz file's ``x_meta``,
     ``y_meta``; ``Dataset.meta_start``): per class, m of its meta samples, shuffled with the data
@@ -332,6 +353,8 @@ def make_biased(dataset: Dataset, spec: BiasSpec) -> BiasedData:
         raise DataError(f"{dataset.name}: biasing needs at least 2 classes, got {K}")
     y = np.asarray(dataset.y_train, dtype=np.int64)
     m = int(spec.meta_per_class)
+    if untrusted_meta_set(dataset, spec.noise_type, m):
+        raise DataError(UNTRUSTED_META.format(name=dataset.name))
     split_ss, noise_ss = np.random.SeedSequence(spec.seed).spawn(2)
     rng = np.random.default_rng(split_ss)
     if dataset.meta_start is not None:

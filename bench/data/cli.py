@@ -11,11 +11,12 @@ noise): give the cell to see what a run trains on.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
 
-from bench.data.bias import NOISE_TYPES, REAL_NOISE, BiasSpec, make_biased, noise_text
+from bench.data.bias import NOISE_TYPES, REAL_NOISE, BiasSpec, make_biased, noise_text, own_meta_per_class
 from bench.data.datasets import DATASET_NAMES, load_dataset
 from bench.errors import BenchError, DataError
 
@@ -101,7 +102,10 @@ def spec_from_args(args: argparse.Namespace) -> BiasSpec:
 def main(args: argparse.Namespace) -> int:
     """Print the realised bias (a table, or one JSON object with ``--json``); 0 on success."""
     spec = spec_from_args(args)  # check the cheap things before loading anything
-    data = make_biased(load_dataset(args.dataset, args.data_dir, args.download), spec)
+    dataset = load_dataset(args.dataset, args.data_dir, args.download)
+    if args.meta_per_class is None and own_meta_per_class(dataset) is not None:  # a file's own meta set
+        spec = dataclasses.replace(spec, meta_per_class=own_meta_per_class(dataset))
+    data = make_biased(dataset, spec)
     summary = data.summary()
     if args.json:
         print(json.dumps(summary))
