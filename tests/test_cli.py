@@ -424,10 +424,12 @@ def test_a_run_killed_mid_way_is_never_done_and_the_rerun_completes_it(tmp_path)
                 status = row[0] if row else None
             except sqlite3.OperationalError:
                 pass
+    time.sleep(1.0)
+    # stopped mid-way, so that it cannot finish however long the next command takes on a busy machine
+    proc.send_signal(signal.SIGSTOP)
     # a second `bench run` on the store while the first trains is refused, before it trains anything
     second = bench("run", *run, "--epochs", "12")
     assert second.returncode == 2 and "is being written by another `bench run` (pid" in second.stderr
-    time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert status == "running"
