@@ -33,7 +33,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from bench.data.bias import REAL_NOISE, noise_text
+from bench.data.bias import has_noise, noise_text
 
 
 def average_ranks(values) -> np.ndarray:
@@ -210,11 +210,11 @@ def with_separation(store, runs: pd.DataFrame, progress=None) -> pd.DataFrame:
     of cells without noise are not read: no sample is mislabelled). About 0.1 s a run of 50,000
     samples; ``progress(done, total)`` is called every 100 runs."""
     values = {column: [] for column in SEPARATION}
-    noisy = (runs["noise_rate"] > 0) | (runs["noise_type"] == REAL_NOISE) if len(runs) else []
-    for i, (key, has_noise) in enumerate(zip(runs["key"], noisy)):
+    noisy = has_noise(runs["noise_type"], runs["noise_rate"]) if len(runs) else []
+    for i, (key, noisy_cell) in enumerate(zip(runs["key"], noisy)):
         if progress and i and i % 100 == 0:
             progress(i, len(runs))
-        found = (run_separation(store, key) if has_noise else None) or {}
+        found = (run_separation(store, key) if noisy_cell else None) or {}
         for column in SEPARATION:
             values[column].append(found.get(column, float("nan")))
     return runs.assign(**{column: pd.Series(v, index=runs.index, dtype=float) for column, v in values.items()})

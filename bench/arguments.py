@@ -118,16 +118,22 @@ def build_specs(args) -> list[RunSpec]:
         noises = ([parse_noise(t) for t in args.noise.split(",")] if args.noise
                   else [(cell_defaults.get("noise_type", "none"), cell_defaults.get("noise_rate", 0.0))])
         cells = [Cell(dataset, imb, kind, rate) for imb, (kind, rate) in itertools.product(imbalances, noises)]
-    digests, own_meta = {}, {}
+    digests, meta_of = {}, {}  # per dataset: its file's digest (npz), its meta set's size per class
     for dataset in {c.dataset for c in cells}:
         _check_dataset(dataset)
+        own = None
         if dataset.startswith("npz:"):  # your own file: its runs are keyed by its contents too
             from bench.data.bias import own_meta_per_class
             from bench.execute import dataset_digest
             digests[dataset] = dataset_digest(dataset, args.data_dir)
-            own_meta[dataset] = own_meta_per_class(_loaded(dataset, args.data_dir))  # x_meta: its default m
+            own = own_meta_per_class(_loaded(dataset, args.data_dir))  # x_meta: all of it that stays balanced
+        meta_of[dataset] = (meta_per_class if meta_per_class is not None else
+                            own if own is not None else default_meta_per_class(dataset))
         if any(c.dataset == dataset and c.noise_type == REAL_NOISE for c in cells):
             _check_real_noise(dataset)
+            from bench.data.bias import UNTRUSTED_META, untrusted_meta_set
+            if untrusted_meta_set(_loaded(dataset, args.data_dir), REAL_NOISE, meta_of[dataset]):
+                raise BenchError(UNTRUSTED_META.format(name=dataset))
 
     method_names = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
     if not method_names:
@@ -151,12 +157,7 @@ def build_specs(args) -> list[RunSpec]:
                          f"{', '.join(method_names)} learn from it already")
     specs = []
     for name, cell, seed in itertools.product(method_names, cells, seeds):
-        meta = meta_per_class if meta_per_class is not None else (
-            own_meta[cell.dataset] if own_meta.get(cell.dataset) is not None else default_meta_per_class(cell.dataset))
-        if cell.dataset.startswith("npz:"):
-            from bench.data.bias import UNTRUSTED_META, untrusted_meta_set
-            if untrusted_meta_set(_loaded(cell.dataset, args.data_dir), cell.noise_type, meta):
-                raise BenchError(UNTRUSTED_META.format(name=cell.dataset))
+        meta = meta_of[cell.dataset]
         on_meta = train_on_meta and not method_classes[name].uses_meta_set
         if on_meta and meta == 0:
             raise BenchError(f"--train-on-meta: {cell.dataset} has no meta set to add (--meta-per-class 0)")

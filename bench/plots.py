@@ -69,13 +69,12 @@ def parse_cell(text: str):
     from bench.spec import Cell
 
     text = text.strip()
+    bare = next((kind for kind in ("none", "real") if text.endswith(":" + kind)), None)  # noise without a rate
     try:
-        for bare in ("none", "real"):
-            if text.endswith(":" + bare):
-                dataset, imbalance = text[: -len(bare) - 1].rsplit(":", 1)
-                if dataset and (":" not in dataset or dataset.startswith("npz:")):
-                    return Cell(dataset, float(imbalance), bare, 0.0)
-        dataset, imbalance, kind, rate = text.rsplit(":", 3)
+        if bare:
+            (dataset, imbalance), kind, rate = text[: -len(bare) - 1].rsplit(":", 1), bare, 0.0
+        else:
+            dataset, imbalance, kind, rate = text.rsplit(":", 3)
         if dataset and (":" not in dataset or dataset.startswith("npz:")):
             return Cell(dataset, float(imbalance), kind, float(rate))
     except ValueError:  # too few parts, or an imbalance or rate that is no number

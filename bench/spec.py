@@ -29,7 +29,7 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 
-from bench.data.bias import REAL_NOISE, BiasSpec, noise_text
+from bench.data.bias import BiasSpec, has_noise, noise_text
 from bench.errors import BenchError
 
 
@@ -44,8 +44,8 @@ class Cell:
 
     def __post_init__(self):
         BiasSpec(imbalance=self.imbalance, noise_type=self.noise_type, noise_rate=self.noise_rate).validate()
-        if self.noise_rate == 0 and self.noise_type != REAL_NOISE:  # 'flip2:0' and 'none' are the same
-            object.__setattr__(self, "noise_type", "none")       # data: one key for both
+        if not has_noise(self.noise_type, self.noise_rate):  # 'flip2:0' and 'none' are the same data:
+            object.__setattr__(self, "noise_type", "none")  # one key for both
 
     def label(self) -> str:
         return f"{self.dataset} imb{self.imbalance:g} {noise_text(self.noise_type, self.noise_rate)}"

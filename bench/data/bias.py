@@ -52,16 +52,24 @@ import numpy as np
 from bench.data.datasets import Dataset
 from bench.errors import DataError
 
-NOISE_TYPES = ("none", "uniform", "flip", "flip2", "uniform_freq", "real")
+SYNTHETIC_NOISE = ("uniform", "flip", "flip2", "uniform_freq")  # drawn at a rate (transition_matrix)
 REAL_NOISE = "real"  # an npz file's own labels as they are (Dataset.y_train_noisy where given): no rate
+NOISE_TYPES = ("none", *SYNTHETIC_NOISE, REAL_NOISE)
+
+
+def has_noise(noise_type, noise_rate):
+    """Whether a cell (or, elementwise, each of arrays of cells) has noise: a synthetic type at a
+    rate above 0, or ``real`` (rate 0); 'flip2' at rate 0 is the noise-free cell."""
+    types = np.asarray(noise_type)
+    return (types == REAL_NOISE) | ((types != "none") & (np.asarray(noise_rate, dtype=float) > 0))
 
 
 def same_noise(noise_types, noise_type: str, noise_rate: float) -> np.ndarray:
     """Which of the stored ``noise_types`` are a cell's noise (``noise_type``, ``noise_rate``),
-    the rates compared apart: its own type where it is noisy or ``real``; any type but ``real``
-    where it is noise-free (a real-noise cell has rate 0 too)."""
+    the rates compared apart: its own type where it has noise (:func:`has_noise`); any type but
+    ``real`` where it is noise-free (a real-noise cell has rate 0 too)."""
     types = np.asarray(noise_types)
-    if noise_rate > 0 or noise_type == REAL_NOISE:
+    if has_noise(noise_type, noise_rate):
         return types == noise_type
     return types != REAL_NOISE
 
@@ -69,10 +77,10 @@ def same_noise(noise_types, noise_type: str, noise_rate: float) -> np.ndarray:
 def noise_text(noise_type: str, noise_rate: float, clean: str = "clean", sep: str = ":") -> str:
     """How a cell's noise is written: ``clean`` (or ``none``) without noise, ``real`` for a
     dataset's own noisy labels, else ``TYPE:RATE`` (``sep`` between them), e.g. ``flip2:0.4``."""
+    if not has_noise(noise_type, noise_rate):
+        return clean
     if noise_type == REAL_NOISE:
         return REAL_NOISE
-    if noise_type == "none" or noise_rate == 0:
-        return clean
     return f"{noise_type}{sep}{noise_rate:g}"
 
 
@@ -102,7 +110,7 @@ class BiasSpec:
             raise DataError(f"noise rate must lie in [0, 1), got {rate!r}")
         if self.noise_type == "none" and rate != 0:
             raise DataError(f"noise type 'none' needs rate 0, got {rate!r}; choose one of "
-                            f"{', '.join(t for t in NOISE_TYPES[1:] if t != REAL_NOISE)} for noisy labels")
+                            f"{', '.join(SYNTHETIC_NOISE)} for noisy labels")
         if self.noise_type == REAL_NOISE and rate != 0:
             raise DataError(f"noise type 'real' (a file's own labels as they are) has no rate, got {rate!r}")
         m = self.meta_per_class

@@ -16,7 +16,15 @@ import json
 import math
 import sys
 
-from bench.data.bias import NOISE_TYPES, REAL_NOISE, BiasSpec, make_biased, noise_text, own_meta_per_class
+from bench.data.bias import (
+    NOISE_TYPES,
+    REAL_NOISE,
+    SYNTHETIC_NOISE,
+    BiasSpec,
+    make_biased,
+    noise_text,
+    own_meta_per_class,
+)
 from bench.data.datasets import DATASET_NAMES, load_dataset
 from bench.errors import BenchError, DataError
 
@@ -39,7 +47,7 @@ def default_meta_per_class(dataset: str) -> int:
 def parse_noise(text: str) -> tuple[str, float]:
     """``"none"``, ``"real"`` or ``"TYPE:RATE"`` (e.g. ``"flip2:0.4"``) -> ``(type, rate)``;
     DataError if bad."""
-    kinds = ", ".join(t for t in NOISE_TYPES if t != REAL_NOISE)
+    kinds = ", ".join(("none", *SYNTHETIC_NOISE))
     text = str(text).strip()
     kind, sep, rate_text = text.partition(":")
     if kind == REAL_NOISE:
@@ -79,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "cell is --imbalance 10 --noise flip2:0.4)")
     parser.add_argument("--noise", default="none",
                         help=f"TYPE:RATE, none, or real (your npz file's own labels as they are); types: "
-                             f"{', '.join(t for t in NOISE_TYPES if t != REAL_NOISE)} (default none)")
+                             f"{', '.join(('none', *SYNTHETIC_NOISE))} (default none)")
     parser.add_argument("--meta-per-class", type=int, default=None,
                         help="clean meta samples per class (default: "
                              + ", ".join(f"{k} {v}" for k, v in DEFAULT_META_PER_CLASS.items())
@@ -103,8 +111,9 @@ def main(args: argparse.Namespace) -> int:
     """Print the realised bias (a table, or one JSON object with ``--json``); 0 on success."""
     spec = spec_from_args(args)  # check the cheap things before loading anything
     dataset = load_dataset(args.dataset, args.data_dir, args.download)
-    if args.meta_per_class is None and own_meta_per_class(dataset) is not None:  # a file's own meta set
-        spec = dataclasses.replace(spec, meta_per_class=own_meta_per_class(dataset))
+    own = own_meta_per_class(dataset)
+    if args.meta_per_class is None and own is not None:  # a file's own meta set: all of it that stays balanced
+        spec = dataclasses.replace(spec, meta_per_class=own)
     data = make_biased(dataset, spec)
     summary = data.summary()
     if args.json:
