@@ -195,25 +195,34 @@ RECORD_COLUMNS = ("method", "cell", "dataset", "imbalance", "noise_type", "noise
                   "mean", "std", "n")
 
 
+def mean_over_cells(by_seed: list[dict]) -> tuple[list, np.ndarray]:
+    """The paper tables' MA over a set of cells, each given as {training seed: value}: the seeds
+    every cell has, and per such seed the mean over the cells. Used by :func:`cell_average` and
+    by the paper tables (bench/tables.py ``grid_mean``)."""
+    seeds = sorted(set.intersection(*(set(cell) for cell in by_seed))) if by_seed else []
+    return seeds, np.array([np.mean([cell[s] for cell in by_seed]) for s in seeds])
+
+
 def cell_average(runs: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Per row label, the mean over the table's cells (every cell any row has a value in; the
-    paper tables' MA, bench/tables.py ``grid_mean``, for any set of cells): per training seed the
-    mean over the cells if that seed's runs cover every cell, then ``mean``, ``std`` (ddof 1) and
-    ``n`` over those seeds. A row no seed of which covers every cell has ``n`` 0 and NaNs;
-    ``cells`` is the number of cells. Rows are :func:`row_labels`' rows: where a method ran other
-    settings on some cell, its runs there are labelled by their settings, so its plain row misses
-    that cell and gets no mean (as the table shows it)."""
+    """Per row label, the mean over the table's cells (every cell any row has a value in), by
+    :func:`mean_over_cells`: per training seed the mean over the cells if that seed's runs cover
+    every cell, then ``mean``, ``std`` (ddof 1) and ``n`` over those seeds. A row no seed of which
+    covers every cell has ``n`` 0 and NaNs; ``cells`` is the number of cells. Rows are
+    :func:`row_labels`' rows: where a method ran other settings on some cell, its runs there are
+    labelled by their settings, so its plain row misses that cell and gets no mean (as the table
+    shows it)."""
     values = per_seed(runs, column)
     if values.empty:
         return pd.DataFrame(columns=["label", "mean", "std", "n", "cells"])
-    cells = len(values[list(CELL_FIELDS)].drop_duplicates())
-    by_seed = values.groupby(["label", "seed"])["value"].agg(["mean", "count"]).reset_index()
-    complete = by_seed[by_seed["count"] == cells]
+    cell = values.groupby(list(CELL_FIELDS), dropna=False, sort=False).ngroup()
+    cells = int(cell.max()) + 1
     rows = []
-    for label in sorted(set(values["label"])):
-        ma = complete.loc[complete["label"] == label, "mean"].to_numpy()
+    for label, own in values.assign(cell=cell).groupby("label", sort=True):
+        found = {c: dict(zip(part["seed"], part["value"])) for c, part in own.groupby("cell")}
+        _, ma = mean_over_cells([found.get(c, {}) for c in range(cells)])
         rows.append({"label": label, "mean": float(ma.mean()) if len(ma) else float("nan"),
-                     "std": float(np.std(ma, ddof=1)) if len(ma) > 1 else float("nan"), "n": len(ma), "cells": cells})
+                     "std": float(np.std(ma, ddof=1)) if len(ma) > 1 else float("nan"), "n": len(ma),
+                     "cells": cells})
     return pd.DataFrame(rows)
 
 

@@ -64,7 +64,7 @@ from bench.paper_tables import (
 )
 from bench.spec import OMITTED_WHEN_DEFAULT, PRESETS, SEED_FIELDS, Cell
 from bench.store import DEFAULT_STORE
-from bench.summary import text_table
+from bench.summary import mean_over_cells, text_table
 
 METRIC_COLUMNS = {"last": "acc_last", "best": "acc_best"}
 METRIC_TEXT = {"last": "last-epoch test accuracy (the returned model)",
@@ -195,12 +195,10 @@ def grid_mean(results: list[CellResult]) -> CellResult:
     keys = [k for r in results for k in r.keys]
     if covered == 0:
         return CellResult("missing", keys=keys, detail=f"0/{total} cells")
-    seed_sets = [set(r.extra.get("by_seed", {})) for r in results]
-    complete = sorted(set.intersection(*seed_sets)) if covered == total else []
+    complete, ma = mean_over_cells([r.extra["by_seed"] for r in results]) if covered == total else ([], None)
     if not complete:
         return CellResult("incomplete", keys=keys, detail=f"{covered}/{total} cells" if covered < total else
                           f"{total}/{total} cells, but no seed covers every cell")
-    ma = np.array([np.mean([r.extra["by_seed"][s] for r in results]) for s in complete])
     nonstandard = sorted({r.nonstandard for r in results if r.nonstandard})
     used = [k for r in results for s in complete for k in r.extra["keys_by_seed"][s]]  # the MA's runs only
     return CellResult("ok", mean=float(ma.mean()), std=float(ma.std(ddof=1)) if len(ma) > 1 else float("nan"),
