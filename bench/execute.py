@@ -45,7 +45,7 @@ class RunResult:
     arrays: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
     error: str | None = None
-    keep_checkpoint: bool = False   # a run given up after its process died: --retry-failed resumes it
+    keep_checkpoint: bool = False   # given up after its process died, or out of memory: --retry-failed resumes it
 
 
 @dataclass(frozen=True)
@@ -197,12 +197,29 @@ def _execute(spec: RunSpec, *, device, data_dir, cache_dir, progress, checkpoint
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # a bug in a method must not stop the grid; keep the reason
+        if out_of_memory(exc):  # not the method's fault: keep its checkpoint for --retry-failed
+            return RunResult(spec, "failed", history=run.history, env=env, error=out_of_memory_error(exc),
+                             keep_checkpoint=True)
         tb = traceback.format_exc(limit=6)
         print(tb, file=sys.stderr)
         return RunResult(spec, "failed", history=run.history, env=env, error=f"{type(exc).__name__}: {exc}")
     finally:  # every outcome's env (the RunResult holds this dict) says how the steps ran
         env.update(steps_env(run, device))
     return done_result(run, metrics, env)
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the run ran out of memory (CUDA's, or the CPU allocator's), a failure of
+    where it ran rather than of the method: its checkpoint is kept and the run is not retried."""
+    return (isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError))
+            or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)))
+
+
+def out_of_memory_error(exc: BaseException) -> str:
+    """The stored reason of a run that ran out of memory: the first line of the message, and what to do."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return (f"out of memory ({type(exc).__name__}: {first}); its checkpoint is kept: --retry-failed resumes "
+            "it (with fewer --jobs, a smaller --fuse, or other runs' memory freed)")
 
 
 def method_for(spec: RunSpec) -> type:
@@ -416,7 +433,7 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
                 if kind == "done":
                     for spec, result in zip(members(item), payload if isinstance(item, FusedGroup) else [payload]):
                         finish(spec, result)
-                    if isinstance(item, FusedGroup):
+                    if isinstance(item, FusedGroup) and not any(r.keep_checkpoint for r in payload):
                         drop_checkpoint(item, cache_dir)
                 elif kind == "crashed":
                     crashes[key] = crashes.get(key, 0) + 1

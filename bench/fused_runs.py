@@ -422,6 +422,8 @@ def _execute_fused(group: FusedGroup, *, device, data_dir, cache_dir, progress, 
         execute,
         load_data,
         method_for,
+        out_of_memory,
+        out_of_memory_error,
         steps_env,
         summarize,
     )
@@ -451,7 +453,7 @@ def _execute_fused(group: FusedGroup, *, device, data_dir, cache_dir, progress, 
     if lead.checkpoint_found:
         _say(progress, specs[0], f"resuming its fused group from the checkpoint ({lead.checkpoint_position()})")
     metrics: dict[int, dict] = {}
-    error = None
+    error, keep = None, False
     try:
         model = method_cls(params).fit(fused)
         for k, run in enumerate(runs):
@@ -462,12 +464,16 @@ def _execute_fused(group: FusedGroup, *, device, data_dir, cache_dir, progress, 
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # a bug in a method must not stop the grid; keep the reason
-        print(traceback.format_exc(limit=6), file=sys.stderr)
-        error = f"{type(exc).__name__}: {exc}"
+        if out_of_memory(exc):  # the group's checkpoint is kept for --retry-failed
+            error, keep = out_of_memory_error(exc), True
+        else:
+            print(traceback.format_exc(limit=6), file=sys.stderr)
+            error = f"{type(exc).__name__}: {exc}"
     finally:
         env.update(steps_env(fused, device), fused=len(runs))
     return [done_result(run, metrics[k], dict(env)) if k in metrics else
-            RunResult(run.spec, "failed", history=run.history, env=dict(env), error=fused.failed.get(k, error))
+            RunResult(run.spec, "failed", history=run.history, env=dict(env), error=fused.failed.get(k, error),
+                      keep_checkpoint=keep and k not in fused.failed)
             for k, run in enumerate(runs)]
 
 

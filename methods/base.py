@@ -213,7 +213,7 @@ class Run:
             _restore(state, saved["state"])
             start = saved["epoch"] + 1
             if stage == self._checkpoint.get("current"):  # where the killed run stopped
-                _set_rng(self._checkpoint["rng"], self.generator)
+                _set_rng(self._checkpoint["rng"], self.generator, self.device)
                 self.history = list(self._checkpoint["history"])
                 self.resumed_from = (stage, saved["epoch"])
         for epoch in range(start, count):
@@ -231,7 +231,7 @@ class Run:
         if not force and now - self._last_save < self.checkpoint_every_s:
             return
         payload = {"key": self.checkpoint_key or self.spec.key(), "current": stage, "stages": self._stages,
-                   "history": self.history, "rng": _get_rng(self.generator), "trained_s": self.trained_s()}
+                   "history": self.history, "rng": _get_rng(self.generator, self.device), "trained_s": self.trained_s()}
         path = Path(self.checkpoint_path)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         try:
@@ -559,15 +559,18 @@ def _restore(state: dict[str, Any], saved: dict[str, Any]) -> None:
             obj.load_state_dict(saved[name])
 
 
-def _get_rng(generator: torch.Generator) -> dict:
+def _get_rng(generator: torch.Generator, device: torch.device) -> dict:
+    """The random state a resumed run needs: torch's global one, the run's generator and, on CUDA,
+    the run's own device's (not every visible GPU's: a run resumed on a machine with fewer GPUs, or
+    by a worker given another device, restores it into the device it runs on)."""
     rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        rng["cuda_device"] = torch.cuda.get_rng_state(device)
     return rng
 
 
-def _set_rng(rng: dict, generator: torch.Generator) -> None:
+def _set_rng(rng: dict, generator: torch.Generator, device: torch.device) -> None:
     torch.set_rng_state(rng["torch"])
     generator.set_state(rng["generator"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    if device.type == "cuda" and "cuda_device" in rng:
+        torch.cuda.set_rng_state(rng["cuda_device"], device)

@@ -533,3 +533,47 @@ def test_a_resuming_runs_line_comes_through_the_progress_channel(tmp_path, capsy
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(f"[{spec.key()}]")]
     assert lines[0].endswith("seed 0: resuming from its checkpoint (train, 3 epochs done)")
     assert "acc 50.00" in lines[1]
+
+
+@pytest.mark.parametrize("fuse", [1, 2])
+def test_a_run_out_of_memory_keeps_its_checkpoint_and_retry_failed_resumes_it_to_the_same_result(
+        tmp_path, monkeypatch, capsys, fuse):
+    """CUDA's out-of-memory error is a failure of where the run ran, not of the method (e.g. too
+    many runs packed on one GPU): the run is recorded failed with the reason, its checkpoint (a
+    fused group's too) is kept, and --retry-failed resumes it to the numbers of a run never
+    stopped."""
+    from methods.base import Run
+
+    specs = specs_for("--methods", "ce", "--epochs", "3", "--imbalance", "100", "--noise", "none",
+                      "--seeds", "0,1"[:1 + 2 * (fuse > 1)])
+    reference = Store(tmp_path / "reference.sqlite")
+    run_grid(specs, reference, device=torch.device("cpu"), cache_dir=None, show_progress=False, fuse=fuse)
+    original, calls = Run._save, {"n": 0}
+
+    def save_then_run_out_of_memory(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:  # after the run's (or the group's) second epoch
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore text")
+
+    monkeypatch.setattr(Run, "_save", save_then_run_out_of_memory)
+    store, cache = Store(tmp_path / "s.sqlite"), tmp_path / "cache"
+    counts = run_grid(specs, store, device=torch.device("cpu"), cache_dir=cache, show_progress=False,
+                      checkpoint_every_s=0, fuse=fuse)
+    assert counts["failed"] == len(specs)
+    errors = {r[0] for r in store.conn.execute("SELECT error FROM runs")}
+    assert errors == {"out of memory (OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB); its "
+                      "checkpoint is kept: --retry-failed resumes it (with fewer --jobs, a smaller --fuse, or "
+                      "other runs' memory freed)"}
+    assert len(list((cache / "checkpoints").glob("*.pt"))) == 1
+    monkeypatch.setattr(Run, "_save", original)
+    capsys.readouterr()
+    counts = run_grid(specs, store, device=torch.device("cpu"), cache_dir=cache, show_progress=False,
+                      retry_failed=True, fuse=fuse)
+    assert counts["done"] == len(specs)
+    assert "(train, 2 epochs done)" in capsys.readouterr().err
+    assert not list((cache / "checkpoints").glob("*.pt"))
+    for spec in specs:
+        resumed = store.conn.execute("SELECT metrics_json FROM runs WHERE key = ?", (spec.key(),)).fetchone()
+        alone = reference.conn.execute("SELECT metrics_json FROM runs WHERE key = ?", (spec.key(),)).fetchone()
+        assert json.loads(resumed[0]) == json.loads(alone[0])
