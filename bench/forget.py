@@ -59,11 +59,16 @@ def main(args) -> int:
         raise BenchError("name the runs to forget: KEY..., --method, --cell or --status (every run: --status all)")
     cell = parse_cell(args.cell) if args.cell else None
     store = Store(args.store, create=False)
-    try:
+
+    def named():  # every run, and which of them were named
         every = store.runs(None)
         keep = select(every, status=args.status or "all", methods=method_names(args.method), cell=cell)
         if args.runs:
             keep &= every["key"].isin({store.resolve_key(prefix) for prefix in args.runs})
+        return every, keep
+
+    try:
+        every, keep = named()
         chosen = every[keep]
         if chosen.empty:
             print(f"bench: no run in {args.store} is all of what was named; nothing to forget", file=sys.stderr)
@@ -76,6 +81,10 @@ def main(args) -> int:
         if not store.writable:
             raise BenchError(f"store {args.store} is not writable")
         with writer_lock(args.store):  # StoreInUse while a bench run writes it
+            again, keep = named()  # a bench run may have changed a state since the listing
+            if set(again.loc[keep, "key"]) != set(chosen["key"]):
+                raise BenchError(f"the runs in {args.store} changed since they were listed; "
+                                 "run bench forget again to see what it would delete now")
             removed = store.remove(list(chosen["key"]))
             checkpoints = remove_checkpoints(set(chosen["key"]), Path(args.cache_dir))
     finally:

@@ -113,7 +113,7 @@ def writer_lock(path):
     except ImportError:  # not POSIX
         yield
         return
-    target = lock_path(path)
+    target = lock_path(Path(path).resolve())  # one lock however the store is reached (a symlink)
     try:
         fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
@@ -167,12 +167,17 @@ class Store:
             raise StoreNotWritable(f"store {self.path} is not writable ({where} is read-only); "
                                    "copy it somewhere writable or pass another --store")
         self.writable = file_writable and dir_writable
+        self.conn = None
         try:
             self.conn = self._connect(file_writable, dir_writable)
             self.conn.execute("PRAGMA foreign_keys = ON")
             self._check_and_init(create)
-        except sqlite3.DatabaseError as exc:
-            raise BenchError(f"{self.path} is not a readable reweight-bench store ({exc})") from None
+        except BaseException as exc:
+            if self.conn is not None:
+                self.conn.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise BenchError(f"{self.path} is not a readable reweight-bench store ({exc})") from None
+            raise
 
     def _connect(self, file_writable: bool, dir_writable: bool) -> sqlite3.Connection:
         if file_writable and dir_writable:
@@ -220,10 +225,13 @@ class Store:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
+            self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite has already rolled back after some errors (a full disk): a ROLLBACK then
+            # would raise 'no transaction is active' and hide the error that matters
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
 
     # --- writing --------------------------------------------------------------------------
     def status(self, key: str) -> str | None:
@@ -287,11 +295,13 @@ class Store:
     def fail(self, key: str, error: str, *, history: list[dict] | None = None, env: dict | None = None) -> None:
         now = time.time()
         with self.transaction() as c:
-            c.execute(
+            updated = c.execute(  # a finished run's result is never turned into a failure
                 "UPDATE runs SET status = 'failed', ended = ?, wall_s = ? - started, error = ?, env_json = ?"
-                " WHERE key = ?",
+                " WHERE key = ? AND status != 'done'",
                 (now, now, error, json.dumps(env or {}), key),
-            )
+            ).rowcount
+            if not updated:
+                return
             c.execute("DELETE FROM epochs WHERE run_key = ?", (key,))
             c.executemany(
                 "INSERT INTO epochs (run_key, stage, epoch, metrics_json) VALUES (?, ?, ?, ?)",
@@ -309,12 +319,17 @@ class Store:
         if source.path.resolve() == self.path.resolve():
             raise BenchError(f"cannot merge the store {self.path} into itself")
         counts = {"done": 0, "failed": 0, "kept": 0, "interrupted": 0}
-        columns = [row[1] for row in source.conn.execute("PRAGMA table_info(runs)")]
-        runs = source.conn.execute(f"SELECT {', '.join(columns)} FROM runs ORDER BY started").fetchall()
-        for n, row in enumerate(runs, 1):
-            counts[self._merge_run(source, columns, row)] += 1
-            if progress is not None:
-                progress(n, len(runs))
+        source.conn.execute("BEGIN")  # one snapshot of the source, should a bench run still write it
+        try:
+            columns = [row[1] for row in source.conn.execute("PRAGMA table_info(runs)")]
+            runs = source.conn.execute(f"SELECT {', '.join(columns)} FROM runs ORDER BY started").fetchall()
+            for n, row in enumerate(runs, 1):
+                counts[self._merge_run(source, columns, row)] += 1
+                if progress is not None:
+                    progress(n, len(runs))
+        finally:
+            if source.conn.in_transaction:
+                source.conn.execute("ROLLBACK")  # it only read
         return counts
 
     def _merge_run(self, source: Store, columns: list[str], row: tuple) -> str:

@@ -83,3 +83,30 @@ def test_forget_waits_for_no_bench_run_writing_the_store(tmp_path, capsys):
         assert main(["forget", "--store", str(path), "--status", "all", "--yes"]) == 2
     assert "is being written by another `bench run`" in capsys.readouterr().err
     assert rows_per_table(path) == before
+
+
+def test_forget_refuses_when_a_bench_run_changed_the_runs_after_they_were_listed(tmp_path, capsys, monkeypatch):
+    """The runs are chosen before the writer lock is taken; a bench run that finished in between
+    (a run --status failed named, now done) must not have its result deleted."""
+    import contextlib
+
+    import bench.store
+
+    path = tmp_path / "s.sqlite"
+    fake_store.build(path).close()
+    failed = Store(path, create=False).runs("failed")["key"].iloc[0]
+    real_lock = bench.store.writer_lock
+
+    @contextlib.contextmanager
+    def lock_after_a_rerun(store_path):
+        store = Store(store_path)  # a bench run retried the failed run and finished it meanwhile
+        store.conn.execute("UPDATE runs SET status = 'running' WHERE key = ?", (failed,))
+        store.finish(failed, metrics={"acc_last": 50.0}, history=[], env={})
+        store.close()
+        with real_lock(store_path):
+            yield
+
+    monkeypatch.setattr(bench.store, "writer_lock", lock_after_a_rerun)
+    assert main(["forget", "--store", str(path), "--status", "failed", "--yes"]) == 2
+    assert "changed since they were listed" in capsys.readouterr().err
+    assert Store(path, create=False).status(failed) == "done"

@@ -237,3 +237,41 @@ def test_merging_copies_finished_and_failed_runs_whole_and_keeps_what_is_finishe
     assert {key: _rows(here, key) for key in before} == before
     with pytest.raises(BenchError, match="into itself"):
         here.merge_from(Store(tmp_path / "all.sqlite", create=False))
+
+
+def test_a_store_reached_through_a_symlink_has_the_same_writer_lock(tmp_path):
+    from bench.store import StoreInUse, writer_lock
+
+    Store(tmp_path / "real.sqlite").close()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "link.sqlite").symlink_to(tmp_path / "real.sqlite")
+    with writer_lock(tmp_path / "real.sqlite"):
+        with pytest.raises(StoreInUse, match="being written by another"):
+            with writer_lock(tmp_path / "other" / "link.sqlite"):
+                pass
+
+
+def test_a_finished_run_is_never_turned_into_a_failure(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    key = _start(store)
+    _finish(store, key)
+    store.fail(key, "a late failure of another writer", history=[{"stage": "train", "epoch": 0}])
+    assert store.status(key) == "done"
+    assert store.conn.execute("SELECT error FROM runs").fetchone()[0] is None
+    assert store.history(key)["test_acc"].tolist() == [80.0]
+
+
+def test_a_full_disk_is_reported_as_such_and_leaves_the_store_usable(tmp_path):
+    """SQLite rolls a transaction back itself when the disk is full; the store must then report
+    that error, not 'cannot rollback - no transaction is active'."""
+    store = Store(tmp_path / "s.sqlite")
+    key = _start(store)
+    pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {pages + 2}")  # as a disk with 2 pages left
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        store.finish(key, metrics={"acc_last": 1.0}, env={}, history=[{"stage": "train", "epoch": 0}],
+                     arrays={"big": np.zeros(100_000)})
+    assert not store.conn.in_transaction and store.status(key) == "running"
+    store.conn.execute("PRAGMA max_page_count = 1073741823")
+    _finish(store, key)
+    assert store.status(key) == "done"
