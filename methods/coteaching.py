@@ -127,7 +127,7 @@ class CoTeachingParams:
     exponent: float = 1.0     # c in (T/T_k)^c
 
     def __post_init__(self):
-        check_rate_option(self.tau, "coteaching.tau")
+        self.tau = check_rate_option(self.tau, "coteaching.tau")
         check_int(self.t_k, "coteaching.t_k", 1)
         if not (self.exponent > 0 and math.isfinite(self.exponent)):
             raise BenchError(f"coteaching.exponent must be a positive number, got {self.exponent!r}")

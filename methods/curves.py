@@ -408,16 +408,20 @@ def _eval_pass(run, model, fn, recorder, epoch, y_all, indices, batch_size: int 
 # ----------------------------------------------------------------------- shared options
 
 
-def check_rate_option(value: str, what: str) -> None:
-    """Validate a noise-rate option: "nominal", "realised" or a number in [0, 1)."""
+def check_rate_option(value: str, what: str) -> str:
+    """Validate a noise-rate option, "nominal", "realised" or a number in [0, 1), and return it as
+    one text per value (``.35``, ``0.350`` and ``3.5e-1`` all read ``0.35``), so that the same
+    setting typed differently is one run (the text is part of the run's key)."""
     if value in ("nominal", "realised"):
-        return
+        return value
     try:
         rate = float(value)
     except (TypeError, ValueError):
         raise BenchError(f"{what} must be 'nominal', 'realised' or a number in [0, 1), got {value!r}") from None
     if not (0 <= rate < 1):
         raise BenchError(f"{what} must lie in [0, 1), got {value!r}")
+    text = repr(rate)
+    return text.removesuffix(".0")  # 0 as "0"
 
 
 def resolve_rate(run, value: str) -> float:

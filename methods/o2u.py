@@ -93,7 +93,7 @@ class O2UParams:
     retrain: str = "scratch"     # "scratch" or "pretrained" (the public code)
 
     def __post_init__(self):
-        check_rate_option(self.drop_rate, "o2u.drop_rate")
+        self.drop_rate = check_rate_option(self.drop_rate, "o2u.drop_rate")
         for name in ("cycle_length", "cycles", "cycle_batch_size"):
             check_int(getattr(self, name), f"o2u.{name}", 1)
         check_int(self.stage1_epochs, "o2u.stage1_epochs", 0)

@@ -396,3 +396,20 @@ def test_aum_scores_every_sample_across_two_runs_and_retrains():
     assert [r["stage"] for r in run.history] == ["aum1", "aum1_threshold", "aum2", "aum2_threshold",
                                                  "retrain", "retrain"]
     assert model.fc.out_features == k  # the retrained classifier has no threshold class
+
+
+@pytest.mark.parametrize("method, setting", [("coteaching", "tau"), ("o2u", "drop_rate")])
+def test_a_rate_typed_differently_is_one_run(method, setting):
+    """The rate options are texts ("nominal", "realised" or a number) and part of the run's key:
+    one number typed as .35, 0.350 or 3.5e-1 must be the same run, and the usual text keeps the
+    key it had."""
+    cls = methods.get(method)
+
+    def key(text):
+        params = cls.resolve_params("quick", {setting: text})
+        return RunSpec(method=method, params=params_items(params)).key(), getattr(params, setting)
+
+    assert {key(t) for t in (".35", "0.350", "3.5e-1", "0.35")} == {key("0.35")}
+    assert key("0.35")[1] == "0.35" and key("0.0") == key("0") and key("0")[1] == "0"
+    assert key("nominal")[1] == "nominal" and key("realised")[1] == "realised"
+    assert len({key(t) for t in ("0.35", "0.1", "nominal", "realised")}) == 4
