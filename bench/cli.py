@@ -244,11 +244,16 @@ def cmd_table(args) -> int:
     metric_column(args.metric, args.group)  # refuses a --group the metric has none of
     store = Store(args.store, create=False)
     runs = store.runs("done")
+    stored = len(runs)
     if args.method or args.cell:  # whole (method, cell) groups: each row keeps its label
         from bench.plots import parse_cell
-        from bench.show import method_names, select
+        from bench.show import absent_methods, method_names, select
 
-        runs = runs[select(runs, methods=method_names(args.method), cell=parse_cell(args.cell) if args.cell else None)]
+        wanted = method_names(args.method, runs)
+        absent = absent_methods(wanted, runs, args.store)
+        if absent:
+            print(f"bench: {absent.replace('no runs of', 'no finished runs of', 1)}", file=sys.stderr)
+        runs = runs[select(runs, methods=wanted, cell=parse_cell(args.cell) if args.cell else None)]
     group = "" if args.group == "all" else f"{args.group}-shot classes"
     if args.metric in SEPARATION:
         runs = with_separation(store, runs, progress=reading_progress)
@@ -261,7 +266,10 @@ def cmd_table(args) -> int:
         title = (f"test accuracy (%), {args.metric} epoch" + (f", {group}" if group else "")
                  + ", mean ± sample std (ddof 1) over seeds")
     if runs.empty:
-        empty = "no finished runs in the store"
+        named = " ".join(f"{flag} {value}" for flag, value in (("--method", args.method), ("--cell", args.cell))
+                         if value)
+        empty = (f"none of the {stored} finished run(s) in the store is of {named}" if stored
+                 else "no finished runs in the store")
     elif args.metric in SEPARATION:
         empty = f"none of the {len(runs)} finished run(s) has a {args.metric}: {NO_SEPARATION[args.metric]}"
     else:

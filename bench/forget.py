@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.show import STATUSES, listing, method_names, render_listing, select, writer
+from bench.show import STATUSES, absent_methods, listing, method_names, render_listing, select, writer
 
 
 def add_arguments(parser) -> None:  # (no torch: every command's parser is built at start-up)
@@ -62,7 +62,7 @@ def main(args) -> int:
 
     def named():  # every run, and which of them were named
         every = store.runs(None)
-        keep = select(every, status=args.status or "all", methods=method_names(args.method), cell=cell)
+        keep = select(every, status=args.status or "all", methods=method_names(args.method, every), cell=cell)
         if args.runs:
             keep &= every["key"].isin({store.resolve_key(prefix) for prefix in args.runs})
         return every, keep
@@ -70,6 +70,9 @@ def main(args) -> int:
     try:
         every, keep = named()
         chosen = every[keep]
+        absent = absent_methods(method_names(args.method, every), every, args.store)
+        if absent:
+            print(f"bench: {absent}", file=sys.stderr)
         if chosen.empty:
             print(f"bench: no run in {args.store} is all of what was named; nothing to forget", file=sys.stderr)
             return 0

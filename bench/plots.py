@@ -348,17 +348,16 @@ def cell_argument(run) -> str:
 def _plot_separation(store, args) -> int:
     """``bench plot separation``: the cell's runs (one cell; --cell where the store holds several)."""
     from bench.analysis import TRUST_KEEPERS
-    from bench.show import method_names
+    from bench.show import absent_methods, method_names
 
     if args.run or args.classes:
         raise BenchError("separation shows every method of a cell: drop --run/--classes, give --cell")
     runs = store.runs("done")
-    wanted = method_names(args.method)
+    wanted = method_names(args.method, runs)
     if wanted:
-        absent = sorted(set(wanted) - set(runs["method"]))
+        absent = absent_methods(wanted, runs, store.path)
         if absent:
-            raise BenchError(f"no finished runs of {', '.join(absent)} in {store.path}"
-                             + (f" (its runs are of {', '.join(sorted(set(runs['method'])))})" if len(runs) else ""))
+            raise BenchError(absent.replace("no runs of", "no finished runs of", 1))
         runs = runs[runs["method"].isin(wanted)]
     if args.preset:
         runs = runs[runs["preset"] == args.preset]

@@ -125,9 +125,38 @@ def _reason(error) -> str:
     return text.splitlines()[-1] if text else "no reason stored"
 
 
-def method_names(text: str | None) -> list[str] | None:
-    """``--method ce,focal`` as a list of names (None: no such option)."""
-    return [m.strip() for m in text.split(",") if m.strip()] if text else None
+def method_names(text: str | None, runs: pd.DataFrame | None = None) -> list[str] | None:
+    """``--method ce,focal`` as a list of registry names (None: no such option). Each name is a
+    registry name (``bench list``) or, case aside, a method's name as tables show it (``Focal``,
+    ``MW-Net``: the display names of ``runs``); anything else is a one-line error."""
+    import methods
+
+    if not text:
+        return None
+    known = set(methods.names()) | (set(runs["method"]) if runs is not None and len(runs) else set())
+    shown: dict[str, set] = {}
+    if runs is not None and len(runs):
+        for name, display in zip(runs["method"], runs["display_name"]):
+            shown.setdefault(str(display).lower(), set()).add(name)
+    out = []
+    for item in (m.strip() for m in text.split(",") if m.strip()):
+        matches = ([item] if item in known else sorted(n for n in known if n.lower() == item.lower())
+                   or sorted(shown.get(item.lower(), ())))
+        if not matches:
+            raise BenchError(f"unknown method {item!r}; the methods are {', '.join(methods.names())} "
+                             "(`bench list`), or their names as tables show them")
+        out.extend(matches)
+    return list(dict.fromkeys(out))
+
+
+def absent_methods(wanted: list[str] | None, runs: pd.DataFrame, store_path) -> str | None:
+    """Where some of ``wanted`` (registry names) have no run among ``runs``: a line saying so,
+    with the methods the runs are of (a method not run yet, or run into another store)."""
+    absent = [m for m in wanted or [] if m not in set(runs["method"])]
+    if not absent:
+        return None
+    return (f"no runs of {', '.join(absent)} in {store_path}"
+            + (f" (its runs are of {', '.join(sorted(set(runs['method'])))})" if len(runs) else ""))
 
 
 def select(runs: pd.DataFrame, *, status: str = "all", methods: list[str] | None = None, cell=None) -> pd.Series:
@@ -310,14 +339,12 @@ def main(args) -> int:
             d["command"], d["command_note"] = reproducing_command(d["spec"])
             print(json.dumps(d, indent=1) if args.format == "json" else render_detail(d))
             return 0
-        wanted = method_names(args.method)
         cell = parse_cell(args.cell) if args.cell else None
         every = store.runs(None)
-        absent = [m for m in wanted or [] if m not in set(every["method"])]
-        if absent:  # a typo, or a method not run yet (registry names: `bench list`)
-            print(f"bench: no runs of {', '.join(absent)} in {args.store}"
-                  + (f" (its runs are of {', '.join(sorted(set(every['method'])))})" if len(every) else ""),
-                  file=sys.stderr)
+        wanted = method_names(args.method, every)
+        absent = absent_methods(wanted, every, args.store)
+        if absent:  # a method not run yet, or run into another store
+            print(f"bench: {absent}", file=sys.stderr)
         keep = select(every, status=args.status, methods=wanted, cell=cell)
         shown = every[keep]
         # labelled among all the store's runs, as `bench table` labels them, whatever is shown

@@ -69,9 +69,14 @@ def test_the_listing_filters_by_status_method_and_cell(store_path, capsys):
     assert sorted(curvenet["method"]) == ["CurveNet [curvenet.skip_layers=0]"] * 2 + [SL2]
     both = records(capsys, "--store", str(store_path), "--method", "curvenet,ce", "--status", "running")
     assert both["method"].tolist() == ["CE"]
-    out, err = shown(capsys, "--store", str(store_path), "--method", "curvnet")
-    assert "no runs of curvnet" in err and "its runs are of ce, curvenet, mwnet" in err
+    out, err = shown(capsys, "--store", str(store_path), "--method", "focal")  # a method not run (yet)
+    assert "no runs of focal" in err and "its runs are of ce, curvenet, mwnet" in err
     assert "0 of the 11 runs" in err
+    assert main(["show", "--store", str(store_path), "--method", "curvnet"]) == 2  # a typo
+    assert "unknown method 'curvnet'; the methods are aum, cb, ce," in capsys.readouterr().err
+    # the names tables show, case aside, are the registry's
+    assert records(capsys, "--store", str(store_path), "--method", "CurveNet")["key"].tolist() == \
+        records(capsys, "--store", str(store_path), "--method", "curvenet")["key"].tolist()
     listed = json.loads(shown(capsys, "--store", str(store_path), "--cell", "cifar10:50:none", "--format", "json")[0])
     assert sorted(r["acc_best"] for r in listed) == [16.0, 17.0, 18.0] and all(len(r["key"]) == 16 for r in listed)
 

@@ -92,6 +92,15 @@ def test_bench_table_formats_and_empty_results(tmp_path, capsys):
     assert code == 0 and list(csv.reader(out.splitlines())) == [list(RECORD_COLUMNS)]
     code, _, err = table("--write")
     assert code == 2 and "give --paper" in err
+    # --method takes the names tables show, case aside; one no run is of, or a typo, is said
+    assert table("--method", "ce")[1] == table("--method", "CE")[1]
+    code, out, err = table("--method", "focal")
+    assert code == 0 and "none of the 1 finished run(s) in the store is of --method focal" in out
+    assert "no finished runs of focal in" in err and "(its runs are of ce)" in err
+    code, out, err = table("--method", "fokal")
+    assert code == 2 and "unknown method 'fokal'" in err
+    code, out, _ = table("--cell", "cifar10:10:none")
+    assert code == 0 and "none of the 1 finished run(s) in the store is of --cell cifar10:10:none" in out
 
 
 def test_bench_table_csv_and_json_give_numbers_one_record_per_method_and_cell(tmp_path, capsys):
