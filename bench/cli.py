@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.arguments import asked_specs, parse_shard, shard_specs
 from bench.cpu import keep_freed_memory, warn_if_slow_bf16
 from bench.data.bias import NOISE_TYPES
-from bench.errors import BenchError
+from bench.errors import BenchError, DataError
 from bench.spec import (
     GRID_PRESET,
     GRIDS,
@@ -59,11 +59,22 @@ def cmd_run(args) -> int:
     executor = executors.from_args(args)  # checks --jobs, --executor ... (and that Ray is installed)
     # on Ray the runs pick their device on the cluster; here, it must exist on this machine (a dry
     # run trains nothing: it may plan a GPU grid on a machine without one)
+    execute.check_device_name(args.device)
     device = execute.resolve_device(args.device) if executor.local and not args.dry_run else args.device
     if executor.local and not args.dry_run and any(spec.precision == "bf16" for spec in specs):
         warn_if_slow_bf16(device, "bf16")
+    unreadable: set[str] = set()
     for spec in specs:  # fail on missing data or an impossible bias before touching the store
-        execute.load_data(spec, args.data_dir)
+        if spec.dataset in unreadable:
+            continue
+        try:
+            execute.load_data(spec, args.data_dir)
+        except DataError as exc:  # a dry run plans a grid whose data is on another machine
+            if not args.dry_run:
+                raise
+            unreadable.add(spec.dataset)
+            print(f"bench: note: {spec.dataset}'s data cannot be read here ({str(exc).split(';')[0]}); "
+                  "--dry-run plans its runs without checking them", file=sys.stderr)
     _check_cache_dir(Path(args.cache_dir))
     if args.dry_run:
         return _dry_run(args, specs)

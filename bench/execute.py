@@ -58,15 +58,25 @@ class RunOptions:
     deterministic: bool = False   # --deterministic: deterministic kernels only (bench/capture.py, run_kernels)
 
 
-def resolve_device(name: str) -> torch.device:
+def check_device_name(name: str) -> torch.device | None:
+    """``--device`` as written: None for auto, else the device it names (whether or not this
+    machine has it); anything but auto, cpu, cuda and cuda:N is a one-line error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return None
     try:
         device = torch.device(name)
     except RuntimeError:
         device = None
     if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
         raise BenchError(f"unknown device {name!r}; choose from auto, cpu, cuda, cuda:N")
+    return device
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device ``--device`` names on this machine (auto: CUDA where present); one it lacks is an error."""
+    device = check_device_name(name)
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError(f"--device {name} was asked for but no CUDA device is available (use --device cpu)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

@@ -389,9 +389,24 @@ def _plot_separation(store, args) -> int:
     return 0
 
 
+def check_out(out: str | None) -> None:
+    """``--out``'s suffix must be a format matplotlib writes (png, pdf, svg ...); none means png."""
+    suffix = Path(out).suffix.lstrip(".").lower() if out else ""
+    if not suffix:
+        return
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if suffix not in formats:
+        raise BenchError(f"--out {out}: matplotlib cannot write .{suffix} files; use one of "
+                         + ", ".join(f".{f}" for f in sorted(formats)))
+
+
 def main(args) -> int:
     from bench.store import Store
 
+    check_out(args.out)
     if args.figure == "separation":
         store = Store(args.store, create=False)
         try:

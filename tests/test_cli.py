@@ -329,6 +329,22 @@ def test_a_dry_run_says_what_each_run_would_do_and_trains_and_writes_nothing(tmp
         "skip", "train in a fused group of 2", "train in a fused group of 2", "train in a fused group of 2",
         "train in a fused group of 2"]
     assert path.read_bytes() == before
+    assert main(["run", *args, "--dry-run", "--device", "tpu"]) == 2  # planned on any machine, but spelt right
+    assert "unknown device 'tpu'" in capsys.readouterr().err
+
+
+def test_a_dry_run_plans_a_grid_whose_data_is_not_on_this_machine(tmp_path, capsys):
+    """A paper grid can be planned where its data is not (a laptop, before copying CIFAR to the
+    cluster): the dry run says the data cannot be read and lists the runs; a real run refuses."""
+    args = ["run", "--methods", "ce", "--grid", "cifar10", "--data-dir", str(tmp_path), "--store",
+            str(tmp_path / "s.sqlite")]
+    assert main([*args, "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert "bench: note: cifar10's data cannot be read here (CIFAR-10: no usable files in" in err
+    assert err.count("bench: note:") == 1 and "18 runs requested: 18 to train" in err
+    assert len([line for line in out.splitlines() if "| train" in line]) == 18
+    assert main(args) == 2 and "CIFAR-10: no usable files in" in capsys.readouterr().err
+    assert not (tmp_path / "s.sqlite").exists()
 
 
 def test_a_dry_run_estimates_training_time_from_stored_runs_of_the_same_settings(tmp_path, capsys):

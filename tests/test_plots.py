@@ -105,6 +105,10 @@ def test_run_with_options_that_pick_another_run_is_an_error(store, tmp_path, cap
         code = main(["plot", "weights", "--run", key[:8], *extra, "--store", str(store.path), "--out", str(out)])
         assert code == 2 and f"--run picks one run by its key; drop {named}" in capsys.readouterr().err
     assert not out.exists()
+    for figure in ("weights", "separation"):  # a format matplotlib cannot write: said before any work
+        assert main(["plot", figure, "--store", str(store.path), "--out", str(tmp_path / "w.txt")]) == 2
+        assert "--out" in (err := capsys.readouterr().err) and "cannot write .txt files; use one of" in err
+        assert ".png" in err and ".pdf" in err and not (tmp_path / "w.txt").exists()
 
 
 def test_classes_out_of_range_are_an_error(store, tmp_path):
