@@ -143,7 +143,17 @@ def _run_locked(args, specs, executor, device, store) -> int:
     empty = ("the requested run did not finish" if len(specs) == 1 else
              f"none of the {len(specs)} requested runs finished")
     print(render(results_table(runs, args.metric), title=title, empty=empty))
+    _say_off_preset(runs)
     return 1 if counts["failed"] or earlier else 0
+
+
+def _say_off_preset(runs) -> None:
+    """Under a table: which rows did not train with their preset's protocol (--epochs 2 ...)."""
+    from bench.summary import off_preset_note
+
+    note = off_preset_note(runs)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def _dry_run(args, specs: list[RunSpec]) -> int:
@@ -297,6 +307,7 @@ def cmd_table(args) -> int:
             print(f"bench: {empty}", file=sys.stderr)
         else:
             print(render(table, args.format, title, empty=empty))
+    _say_off_preset(runs)
     failed = store.runs("failed")
     if len(failed):
         print(f"\n{len(failed)} failed run(s): `python -m bench show --status failed` says why, "

@@ -89,6 +89,59 @@ def settings(spec: dict) -> dict:
     return flat
 
 
+def off_preset(spec: dict) -> dict:
+    """A stored run's protocol settings away from its preset's (``bench/spec.py`` PRESETS and the
+    dataset's default meta size), each as (its value, the preset's), e.g. ``{"epochs": (2, 20)}``;
+    a schedule that ``--epochs`` scaled is the epochs alone. Run-wide flags (precision,
+    train_on_meta) are left to the row labels."""
+    from bench.data.cli import default_meta_per_class
+    from bench.spec import PRESETS, scale_schedule
+
+    preset = PRESETS.get(spec.get("preset"))
+    if preset is None:
+        return {}
+    standard = {k: v for k, v in preset.items() if k not in CELL_FIELDS}
+    try:
+        standard["meta_per_class"] = default_meta_per_class(spec["dataset"])
+    except BenchError:
+        pass
+    if spec.get("epochs", preset["epochs"]) != preset["epochs"]:
+        try:
+            standard.update(scale_schedule(preset, int(spec["epochs"])), epochs=preset["epochs"])
+        except BenchError:
+            pass
+    out = {}
+    for key, want in standard.items():
+        got = spec.get(key, want)
+        same = (list(got) == list(want) if isinstance(want, (tuple, list)) and isinstance(got, (tuple, list))
+                else bool(np.isclose(got, want)) if isinstance(want, float) and isinstance(got, (int, float))
+                else got == want)
+        if not same:
+            out[key] = (got, want)
+    return out
+
+
+def off_preset_note(runs: pd.DataFrame) -> str | None:
+    """A line for under a table of ``runs``: the rows whose runs' protocol is not their preset's
+    (``--epochs 2``, ``--set lr=0.05``), which a row's label shows only where it sets two rows of
+    one method apart; None where every run follows its preset."""
+    if runs.empty:
+        return None
+    rows: dict[str, list[str]] = {}
+    for label, text in zip(row_labels(runs), runs["spec_json"]):
+        spec = json.loads(text)
+        away = ", ".join(f"{k} {_shown(got)} (the {spec['preset']} preset: {_shown(want)})"
+                         for k, (got, want) in sorted(off_preset(spec).items()))
+        if away:
+            labels = rows.setdefault(away, [])
+            if label not in labels:
+                labels.append(label)
+    if not rows:
+        return None
+    return "rows trained away from their preset's protocol: " + "; ".join(
+        f"{', '.join(labels)}: {away}" for away, labels in rows.items())
+
+
 def _shown(value) -> str:
     if isinstance(value, list):
         return ",".join(map(str, value))

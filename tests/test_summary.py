@@ -334,3 +334,40 @@ def test_the_average_over_cells_counts_only_seeds_that_cover_every_cell(tmp_path
     assert "| mean over the 2 cells" in capsys.readouterr().out
     assert main(["table", "--store", str(path), "--average", "--paper", "1"]) == 2
     assert "--average is for the plain table" in capsys.readouterr().err
+
+
+def test_rows_trained_away_from_their_preset_are_said_under_the_table(tmp_path, capsys):
+    """A table of --epochs 2 runs must not pass for the quick preset's 20 epochs: the rows whose
+    runs left the preset's protocol are named under it, with the settings (a schedule --epochs
+    scaled counts as the epochs alone); runs at the preset's protocol give no note."""
+    import sys
+    from pathlib import Path
+
+    from bench.cli import main
+    from bench.spec import PRESETS, scale_schedule
+    from bench.store import Store
+    from bench.summary import off_preset
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
+    import fake_store
+
+    plain = RunSpec(method="ce")
+    short = plain.replace(**scale_schedule(PRESETS["quick"], 2))
+    assert off_preset(plain.to_dict()) == {}
+    assert off_preset(short.to_dict()) == {"epochs": (2, 20)}
+    assert off_preset(plain.replace(lr=0.05, meta_per_class=5).to_dict()) == {
+        "lr": (0.05, 0.1), "meta_per_class": (5, 20)}
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    fake_store.add_run(store, plain, "CE", 60.0)
+    store.close()
+    assert main(["table", "--store", str(path)]) == 0
+    assert "note:" not in capsys.readouterr().err
+    store = Store(path)
+    fake_store.add_run(store, short.replace(method="focal"), "Focal", 50.0)
+    fake_store.add_run(store, plain.replace(method="cb", weight_decay=1e-3), "CB", 55.0)
+    store.close()
+    assert main(["table", "--store", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert ("note: rows trained away from their preset's protocol: Focal: epochs 2 (the quick preset: 20); "
+            "CB: weight_decay 0.001 (the quick preset: 0.0005)") in err
