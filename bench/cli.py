@@ -56,6 +56,7 @@ def cmd_run(args) -> int:
         if not specs:
             return 0
     _check_fuse(args.fuse, specs)
+    _say_own_stages(specs)
     executor = executors.from_args(args)  # checks --jobs, --executor ... (and that Ray is installed)
     # on Ray the runs pick their device on the cluster; here, it must exist on this machine (a dry
     # run trains nothing: it may plan a GPU grid on a machine without one)
@@ -145,6 +146,29 @@ def _run_locked(args, specs, executor, device, store) -> int:
     print(render(results_table(runs, args.metric), title=title, empty=empty))
     _say_off_preset(runs)
     return 1 if counts["failed"] or earlier else 0
+
+
+def _say_own_stages(specs: list[RunSpec]) -> None:
+    """Where --epochs changed a preset's length: one note per method whose own stages (CurveNet's
+    probe, O2U-Net's cycles) it leaves as they are, unless --set changed those too."""
+    import dataclasses
+
+    import methods
+    from bench.spec import PRESETS
+
+    said = set()
+    for spec in specs:
+        cls = methods.get(spec.method)
+        if not cls.own_stages or spec.method in said or spec.epochs == PRESETS[spec.preset]["epochs"]:
+            continue
+        said.add(spec.method)
+        defaults, given = dataclasses.asdict(cls.resolve_params(spec.preset)), dict(spec.params)
+        kept = [f"{spec.method}.{k}={given.get(k, defaults[k])}" for k in cls.own_stages
+                if given.get(k, defaults[k]) == defaults[k]]
+        if kept:
+            print(f"bench: note: --epochs {spec.epochs} shortens the classifier's schedule, not "
+                  f"{cls.display_name(dict(spec.params))}'s own stages ({', '.join(kept)}); shorten those with --set",
+                  file=sys.stderr)
 
 
 def _say_off_preset(runs) -> None:

@@ -70,6 +70,9 @@ class Method:
     fusable: ClassVar[bool] = False
     # what keeps some of a fusable method's runs from fusing (see `fuses`), for `bench list` and notes
     fuse_exceptions: ClassVar[str] = ""
+    # the settings that give the length of the method's own stages (CurveNet's probe), which
+    # --epochs does not scale: `bench run --epochs N` says they keep their length
+    own_stages: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params=None):
         self.params = params if params is not None else self.Params()

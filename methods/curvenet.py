@@ -319,6 +319,7 @@ class CurveNetMethod(Method):
     # dropped as in the code: 28 curve values. The allocate stage is the quick protocol itself
     # (20 epochs, CurveNet until the first drop at epoch 8 = 80/200).
     presets = {"quick": dict(probe_epochs=12, half_period=3, periods=3, cycle_batch_size=32, drop_first=1)}
+    own_stages = ("probe_epochs", "half_period", "periods")  # the probe: --epochs leaves it as it is
 
     _said_no_meta_set = False
 

@@ -114,6 +114,7 @@ class O2U(Method):
     Params = O2UParams
 
     presets = {"quick": {"cycle_length": 5, "cycles": 2}}
+    own_stages = ("cycle_length", "cycles")  # stage 2's cycles: --epochs leaves them as they are
 
     @classmethod
     def display_name(cls, params: dict) -> str:
