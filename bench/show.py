@@ -304,8 +304,11 @@ def render_detail(d: dict) -> str:
              _field("settings", settings(spec)), _field("env", d["env"])]
     if "command" in d:
         lines.append(f"  command   {d['command']}" if d["command"] else f"  command   — {d['command_note']}")
-    if d["metrics"]:
-        lines.append(_field("result", d["metrics"]))
+    if d["metrics"]:  # epochs counted from 1 here, as in the progress lines (stored from 0)
+        metrics = dict(d["metrics"])
+        if isinstance(metrics.get("best_epoch"), int):
+            metrics["best_epoch"] += 1
+        lines.append(_field("result", metrics))
     if d["error"]:
         lines.append("  error     " + d["error"].strip().replace("\n", "\n            "))
     recorded = [f"{d['samples']} samples"] + [f"1-D {', '.join(d['sample_values'])}"] * bool(d["sample_values"]) \
@@ -315,10 +318,13 @@ def render_detail(d: dict) -> str:
         lines.append(_separation_line(d["separation"]))
     if d["history"]:
         history = pd.DataFrame(d["history"])
+        if "epoch" in history.columns:
+            history["epoch"] = [e + 1 if isinstance(e, (int, np.integer)) else e for e in history["epoch"]]
         for column in history.columns:
             history[column] = [_value(v) if isinstance(v, float) and pd.notna(v) else "" if v is None or pd.isna(v)
                                else str(v) for v in history[column]]
-        lines += ["", f"history ({len(history)} epoch{'s' * (len(history) != 1)}):", "", text_table(history)]
+        lines += ["", f"history ({len(history)} epoch{'s' * (len(history) != 1)}, counted from 1 as in the progress "
+                  "lines; --format json gives them as stored, from 0):", "", text_table(history)]
     return "\n".join(lines)
 
 

@@ -132,6 +132,9 @@ def test_one_run_in_full_spec_env_result_history_and_its_records(tmp_path, capsy
     assert "curvenet.skip_layers=0" in out and "fake=test fixture" in out and "acc_last=" in out
     history = Store(path, create=False).history(key)
     assert f"history ({len(history)} epoch" in out and out.rstrip().endswith("|")
+    # counted from 1 as in the progress lines: the table's last epoch row is the stored last + 1
+    epochs = [line.split("|")[2].strip() for line in out.splitlines() if line.startswith("| ") and "epoch" not in line]
+    assert epochs[-1] == str(int(history["epoch"].iloc[-1]) + 1)
     detail = json.loads(shown(capsys, key, "--store", str(path), "--format", "json")[0])
     assert detail["history"] == json.loads(history.to_json(orient="records"))
     assert detail["arrays"] and detail["sample_values"] and detail["samples"] == 75
