@@ -68,9 +68,12 @@ def _same_setting(option, text: str | None, key: str, kind):
     given and disagree."""
     if text is None:
         return option
-    value = parse_value(text, kind())
+    try:
+        value = parse_value(text, kind())
+    except BenchError as exc:
+        raise BenchError(f"--set {key}={text}: {exc}") from None
     if option is not None and option != value:
-        raise BenchError(f"--{key} {option} and --set {key}={text} disagree")
+        raise BenchError(f"--{key} {option} and {key}={text} (--set or --sweep) disagree; give it once")
     return value
 
 

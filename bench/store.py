@@ -151,7 +151,8 @@ class Store:
         self.path = Path(path)
         parent = self.path.parent if str(self.path.parent) else Path(".")
         if not parent.is_dir():
-            raise BenchError(f"cannot use the store {self.path}: {parent} is not a directory")
+            problem = "is not a directory" if parent.exists() else "does not exist"
+            raise BenchError(f"cannot use the store {self.path}: {parent} {problem}")
         if not self.path.exists() and not create:
             raise BenchError(f"no results store at {self.path} (run `python -m bench run` first, or pass --store)")
         if self.path.is_dir():

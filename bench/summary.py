@@ -294,7 +294,9 @@ def results_records(runs: pd.DataFrame, metric: str = "last", group: str = "all"
     agg = aggregate(runs, column)
     if agg.empty:
         return pd.DataFrame(columns=list(RECORD_COLUMNS))
-    agg = _with_cells(agg).rename(columns={"label": "method"})
+    # in the Markdown table's order: rows by label, cells as its columns (a cell's clean one first)
+    agg = _with_cells(agg).sort_values(["label", "dataset", "imbalance", "noise_rate", "noise_type", "preset", "model"],
+                                       kind="stable").rename(columns={"label": "method"})
     if average:
         means = cell_average(runs, column)
         means = means[means["n"] > 0].rename(columns={"label": "method"})

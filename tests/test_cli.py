@@ -70,7 +70,9 @@ BAD_RUN_ARGS = [
     (["--methods", "ce", "--checkpoint-every", "-5"], "--checkpoint-every must be non-negative"),
     (["--methods", "ce", "--checkpoint-every", "nan"], "--checkpoint-every must be non-negative"),
     # settings that conflict or do not fit the run (QUICK gives --epochs 2)
-    (["--methods", "ce", "--set", "epochs=3"], "--epochs 2 and --set epochs=3 disagree"),
+    (["--methods", "ce", "--set", "epochs=3"], "--epochs 2 and epochs=3 (--set or --sweep) disagree"),
+    (["--methods", "ce", "--sweep", "epochs=1,2"], "--epochs 2 and epochs=1 (--set or --sweep) disagree"),
+    (["--methods", "ce", "--set", "epochs=2.5"], "--set epochs=2.5: cannot read '2.5' as int"),
     (["--methods", "ce", "--precision", "bf16", "--set", "precision=fp32"], "disagree"),
     (["--methods", "ce", "--set", "milestones=1,3"], "milestones must be at most the 2 epochs"),
     (["--methods", "ce", "--set", "warmup_epochs=3"], "warmup_epochs must be at most the 2 epochs"),
@@ -221,6 +223,7 @@ BAD_PATHS = [
     ("table", lambda t: ["--store", str(t / "empty")], "directory"),
     ("table", lambda t: ["--store", str(t / "junk.sqlite" / "s.sqlite")], "junk.sqlite is not a directory"),
     ("run", lambda t: ["--methods", "ce", "--store", str(t / "junk.sqlite" / "s.sqlite")], "is not a directory"),
+    ("table", lambda t: ["--store", str(t / "new" / "m.sqlite")], "/new does not exist"),
     ("run", lambda t: ["--methods", "ce", "--cache-dir", str(t / "junk.sqlite" / "cache")], "a file, not a directory"),
 ]
 

@@ -434,9 +434,11 @@ def test_npz_malformed(tmp_path, case):
     assert str(path) in one_line(e)
 
 
-@pytest.mark.parametrize("damage", ["missing", "not a zip", "truncated"])
+@pytest.mark.parametrize("damage", ["missing", "not a zip", "truncated", "a directory"])
 def test_npz_unreadable(tmp_path, damage):
     path = tmp_path / "bad.npz"
+    if damage == "a directory":
+        path.mkdir()
     if damage == "not a zip":
         path.write_bytes(b"hello")
     elif damage == "truncated":
@@ -447,6 +449,8 @@ def test_npz_unreadable(tmp_path, damage):
     one_line(e)
     if damage == "not a zip":  # a text file passed as npz: said so, not numpy's pickle message
         assert "is not an .npz archive" in str(e.value)
+    if damage == "a directory":
+        assert "bad.npz is a directory, not an .npz file" in str(e.value)
 
 
 def test_npz_stray_label_is_named_when_the_classes_are_inferred(tmp_path):

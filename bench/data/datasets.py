@@ -533,6 +533,8 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     if not p.is_absolute() and not p.is_file():
         alt = resolve_data_dir(data_dir) / p
         p = alt if alt.is_file() else p
+    if p.is_dir():
+        raise DataError(f"{name}: {p} is a directory, not an .npz file")
     if not p.is_file():
         raise DataError(f"{name}: no such file {p} (looked in the working directory and the "
                         "data directory)")
