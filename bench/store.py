@@ -97,7 +97,9 @@ class StoreInUse(BenchError):
 
 
 def lock_path(path) -> Path:
-    return Path(str(path) + ".lock")
+    """The store's writer lock: beside the file the store's path resolves to (a store reached
+    through a symlink has one lock)."""
+    return Path(str(Path(path).resolve()) + ".lock")
 
 
 @contextmanager
@@ -113,7 +115,7 @@ def writer_lock(path):
     except ImportError:  # not POSIX
         yield
         return
-    target = lock_path(Path(path).resolve())  # one lock however the store is reached (a symlink)
+    target = lock_path(path)
     try:
         fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
