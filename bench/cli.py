@@ -502,7 +502,7 @@ def make_parser() -> ArgumentParser:
                             "training time (all attempts of a resumed run); noise_auroc / tail_auroc: how often "
                             "a clean (clean tail-class) training sample gets a larger final weight, or a smaller "
                             "selection score, than a mislabelled one (%%); the last three for the plain table")
-    table.add_argument("--method", help="only these methods (comma-separated registry names)")
+    table.add_argument("--method", help="only these methods (comma-separated registry names, or the names tables show)")
     table.add_argument("--cell", help="only this cell, DATASET:IMBALANCE:NOISE, e.g. fmnist-mini:10:flip2:0.4")
     table.add_argument("--average", action="store_true",
                        help="add each method's mean over the table's cells (per seed whose runs cover every "

@@ -25,7 +25,8 @@ def add_arguments(parser) -> None:  # (no torch: every command's parser is built
 
     parser.add_argument("runs", nargs="*", metavar="KEY", help="runs by key (or unique prefix)")
     parser.add_argument("--store", default=DEFAULT_STORE, help=f"results store (default ./{DEFAULT_STORE})")
-    parser.add_argument("--method", help="runs of these methods (comma-separated registry names)")
+    parser.add_argument("--method",
+                        help="runs of these methods (comma-separated registry names, or the names tables show)")
     parser.add_argument("--cell", help="runs on this cell, DATASET:IMBALANCE:NOISE, e.g. fmnist-mini:10:flip2:0.4")
     parser.add_argument("--status", choices=STATUSES, help="runs in this state (all: any)")
     parser.add_argument("--cache-dir", default=".bench_cache",

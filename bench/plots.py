@@ -53,7 +53,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--run", help="the run's key (or a unique prefix of it)")
     parser.add_argument("--cell", help="DATASET:IMBALANCE:NOISE, e.g. fmnist-mini:10:flip2:0.4 (with --method)")
     parser.add_argument("--method", help="with --cell: method of the run to plot (default curvenet; separation: "
-                                         "comma-separated methods, default all)")
+                                         "comma-separated methods, default all; registry names or the names "
+                                         "tables show)")
     parser.add_argument("--preset", help="only runs of this preset (quick or paper)")
     parser.add_argument("--seed", type=int, help="training seed (default: the lowest stored)")
     parser.add_argument("--store", default=DEFAULT_STORE, help=f"results store to read (default ./{DEFAULT_STORE})")
@@ -103,6 +104,12 @@ def select_run(store, *, run: str | None = None, cell=None, method: str = "curve
     runs = store.runs("done")
     if runs.empty:
         raise BenchError(f"no finished runs in {store.path}")
+    from bench.show import method_names
+
+    named = method_names(method, runs)  # a registry name, or the name tables show
+    if len(named) != 1:
+        raise BenchError(f"--method names one method here (a figure of one run), got {method!r}")
+    method = named[0]
     m = runs["method"] == method
     if cell is not None:
         m &= matches_cell(runs, cell)

@@ -44,7 +44,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("run", nargs="?", metavar="KEY", help="one run in full: its key or a unique prefix of it")
     parser.add_argument("--store", default=DEFAULT_STORE, help=f"results store to read (default ./{DEFAULT_STORE})")
     parser.add_argument("--status", choices=STATUSES, default="all", help="only runs in this state (default all)")
-    parser.add_argument("--method", help="only these methods (comma-separated registry names, e.g. curvenet,mwnet)")
+    parser.add_argument("--method", help="only these methods (comma-separated registry names, e.g. curvenet,mwnet, "
+                                         "or the names tables show)")
     parser.add_argument("--cell", help="only this cell, DATASET:IMBALANCE:NOISE, e.g. fmnist-mini:10:flip2:0.4")
     parser.add_argument("--format", choices=("md", "csv", "json"), default="md",
                         help="markdown (default), CSV or JSON (numbers as numbers; one run: its records)")

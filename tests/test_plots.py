@@ -72,8 +72,11 @@ def test_run_selection_errors(store, tmp_path):
     with pytest.raises(BenchError, match="no per-sample"):  # a run without curves
         run = plots.select_run(store, cell=Cell("cifar10", 20, "flip2", 0.4))
         plots.load_curves(store, run["key"], 0)
-    with pytest.raises(BenchError, match="finished runs are of curvenet"):  # a typo in --method
+    with pytest.raises(BenchError, match="unknown method 'curvenett'"):  # a typo in --method
         plots.select_run(store, method="curvenett")
+    with pytest.raises(BenchError, match="finished runs are of curvenet"):  # a method not run
+        plots.select_run(store, method="mwnet")
+    assert plots.select_run(store, method="CurveNet", seed=1)["seed"] == 1  # the name tables show
     with pytest.raises(BenchError, match="with preset papr in .*its curvenet runs: .*fmnist-mini imb8 flip2:0.25, "
                                          "preset quick, seed 0"):  # the filter that excluded them is named
         plots.select_run(store, cell=Cell("fmnist-mini", 8, "flip2", 0.25), preset="papr")
