@@ -415,10 +415,10 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
         if bar is not None:
             bar.close()
 
-    def finish(spec, result):
+    def finish(spec, result, drop=True):
         key = spec.key()
         close_bar(key)
-        commit(store, result, cache_dir)
+        commit(store, result, cache_dir if drop else None)
         counts[result.status] += 1
         grid_bar.update(1)
         outcome = (f"acc {result.metrics['acc_last']:.2f} (best {result.metrics.get('acc_best', float('nan')):.2f})"
@@ -440,11 +440,17 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
             for item, kind, payload in executor.wait():
                 key = item.key()
                 in_flight.discard(key)
-                if kind == "done":
-                    for spec, result in zip(members(item), payload if isinstance(item, FusedGroup) else [payload]):
-                        finish(spec, result)
-                    if isinstance(item, FusedGroup) and not any(r.keep_checkpoint for r in payload):
+                if kind == "done" and isinstance(item, FusedGroup):
+                    with store.transaction():  # its runs all stored, or none (a rerun resumes the group whole)
+                        for spec, result in zip(members(item), payload):
+                            finish(spec, result, drop=False)
+                    for result in payload:  # the checkpoints only once the results are stored
+                        if not result.keep_checkpoint:
+                            drop_checkpoint(result.spec, cache_dir)
+                    if not any(r.keep_checkpoint for r in payload):
                         drop_checkpoint(item, cache_dir)
+                elif kind == "done":
+                    finish(item, payload)
                 elif kind == "crashed":
                     crashes[key] = crashes.get(key, 0) + 1
                     for spec in members(item):

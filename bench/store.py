@@ -170,6 +170,7 @@ class Store:
             raise StoreNotWritable(f"store {self.path} is not writable ({where} is read-only); "
                                    "copy it somewhere writable or pass another --store")
         self.writable = file_writable and dir_writable
+        self._depth = 0  # transactions open (an inner one joins the outer: see transaction)
         self.conn = None
         try:
             self.conn = self._connect(file_writable, dir_writable)
@@ -224,8 +225,18 @@ class Store:
 
     @contextmanager
     def transaction(self):
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (including KeyboardInterrupt)."""
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (including KeyboardInterrupt).
+        One opened inside another joins it: ``with store.transaction(): store.finish(...); ...``
+        commits several runs together or none of them (a fused group's)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.conn
+            finally:
+                self._depth -= 1
+            return
         self.conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
         try:
             yield self.conn
             self.conn.execute("COMMIT")
@@ -235,6 +246,8 @@ class Store:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise
+        finally:
+            self._depth = 0
 
     # --- writing --------------------------------------------------------------------------
     def status(self, key: str) -> str | None:

@@ -442,3 +442,32 @@ def test_a_fused_groups_steps_replay_as_captured_graphs(method, monkeypatch, req
     for mine, theirs in zip(graphed, eager):
         assert mine.status == theirs.status == "done", (mine.error, theirs.error)
         assert mine.metrics == theirs.metrics and mine.history == theirs.history
+
+
+def test_a_fused_groups_runs_are_stored_together_so_a_kill_while_storing_resumes_the_whole_group(
+        tmp_path, monkeypatch, capsys):
+    """The runs of a fused group are committed in one transaction: a kill after the first run's
+    commit would leave the others running, and the next bench run would fuse them into another
+    group (another key) and train them from scratch beside the finished group's checkpoint."""
+    from bench.execute import run_grid
+
+    specs = [_spec(0), _spec(1)]
+    store, cache = Store(tmp_path / "s.sqlite"), tmp_path / "cache"
+    real_finish, calls = Store.finish, {"n": 0}
+
+    def finish_then_die(self, *args, **kwargs):
+        real_finish(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:  # killed after storing the group's first run
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Store, "finish", finish_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(specs, store, device=torch.device("cpu"), cache_dir=cache, show_progress=False, fuse=2)
+    assert [store.status(s.key()) for s in specs] == ["running", "running"]  # neither stored alone
+    assert checkpoint_path(FusedGroup(specs), cache).exists()
+    monkeypatch.setattr(Store, "finish", real_finish)
+    capsys.readouterr()
+    counts = run_grid(specs, store, device=torch.device("cpu"), cache_dir=cache, show_progress=False, fuse=2)
+    assert counts["done"] == 2 and "resuming its fused group from the checkpoint" in capsys.readouterr().err
+    assert not list((cache / "checkpoints").glob("*"))
