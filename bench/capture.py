@@ -115,15 +115,21 @@ def run_kernels(device, *, deterministic: bool = False, search: bool = True):
     kernels run, without the search (module docstring, "Deterministic kernels")."""
     saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    # torch.use_deterministic_algorithms imports torch._inductor the first time (about 1 s on a
+    # CPU), so it is called only to change the setting: a Ctrl-C in that import, and then again
+    # in the restore, gave a traceback instead of bench's one line
+    changed = deterministic != saved[0] or (deterministic and saved[1])
     try:
         if deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
-        torch.use_deterministic_algorithms(deterministic)
+        if changed:
+            torch.use_deterministic_algorithms(deterministic)
         torch.backends.cudnn.deterministic = deterministic
         search_conv_algorithms(device, search and not deterministic)
         yield
     finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        if changed:
+            torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
 
 

@@ -54,6 +54,9 @@ def cmd_run(args) -> int:
         asked, specs = len(specs), shard_specs(specs, index, count)
         print(f"bench: --shard {index}/{count}: {len(specs)} of the {asked} runs asked for", file=sys.stderr)
         if not specs:
+            if not args.dry_run:  # an empty store, so that `bench merge` of every shard's store works
+                from bench.store import Store
+                Store(args.store).close()
             return 0
     _check_fuse(args.fuse, specs)
     _say_own_stages(specs)
@@ -376,11 +379,15 @@ def cmd_merge(args) -> int:
     copied into one (:meth:`bench.store.Store.merge_from`)."""
     from tqdm.auto import tqdm
 
+    from bench.show import writer
     from bench.store import Store, writer_lock
 
     sources = []
     try:
         for path in args.sources:  # every source is a readable store, or nothing is written
+            if not Path(path).exists():
+                raise BenchError(f"no store at {path} to merge (a --shard job writes its --store, empty if its "
+                                 "share of the grid is)")
             sources.append(Store(path, create=False))
         with writer_lock(args.store):
             store = Store(args.store)
@@ -393,10 +400,13 @@ def cmd_merge(args) -> int:
 
                         n = store.merge_from(source, progress=show)
                     copied = n["done"] + n["failed"]
+                    live = (writer(source.path) or {}).get("held")  # a bench run is writing the source now
+                    left = (f"{n['interrupted']} running left out (a bench run is writing {source.path}: merge "
+                            "again once it ends)" if live else
+                            f"{n['interrupted']} interrupted left out (bench run trains them again)")
                     print(f"{source.path}: {copied} run{'s' * (copied != 1)} copied ({n['done']} done, "
                           f"{n['failed']} failed), {n['kept']} already in {args.store} (kept as they are there)"
-                          + (f", {n['interrupted']} interrupted left out (bench run trains them again)"
-                             if n["interrupted"] else ""), file=sys.stderr)
+                          + (f", {left}" if n["interrupted"] else ""), file=sys.stderr)
             finally:
                 store.close()
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
+from bench.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--epochs", "2", "--quiet"]
@@ -404,8 +405,9 @@ def test_shards_split_a_grid_into_near_equal_parts_of_whole_seed_groups(capsys):
 
 def test_shard_jobs_stores_merge_into_the_grids_store(tmp_path, capsys):
     """Two --shard jobs, each with its own store, merged: the grid's store, with nothing left to
-    train; a shard with no runs says so and trains nothing; a source that is no store is refused
-    before anything is written."""
+    train; a shard with no runs says so, trains nothing and leaves an empty store, so that the
+    merge of every shard's store works; a source that is no store is refused before anything is
+    written."""
     grid = ["--methods", "ce", "--imbalance", "10,100", "--epochs", "1", "--quiet",
             "--cache-dir", str(tmp_path / "cache")]
     for i in (1, 2):
@@ -413,12 +415,16 @@ def test_shard_jobs_stores_merge_into_the_grids_store(tmp_path, capsys):
         assert f"--shard {i}/2: 1 of the 2 runs asked for" in capsys.readouterr().err
     assert main(["run", *grid, "--shard", "3/3", "--store", str(tmp_path / "s3.sqlite")]) == 0
     assert "--shard 3/3: 0 of the 2 runs asked for" in capsys.readouterr().err
-    assert not (tmp_path / "s3.sqlite").exists()
+    assert Store(tmp_path / "s3.sqlite", create=False).runs(None).empty
+    assert main(["merge", str(tmp_path / "s3.sqlite"), str(tmp_path / "s4.sqlite"), "--store",
+                 str(tmp_path / "all.sqlite")]) == 2
+    assert "no store at " in capsys.readouterr().err and not (tmp_path / "all.sqlite").exists()
     (tmp_path / "junk.sqlite").write_text("not a store")
     merged = tmp_path / "all.sqlite"
     assert main(["merge", str(tmp_path / "s1.sqlite"), str(tmp_path / "junk.sqlite"), "--store", str(merged)]) == 2
     assert "junk.sqlite is not a readable reweight-bench store" in capsys.readouterr().err and not merged.exists()
-    assert main(["merge", str(tmp_path / "s1.sqlite"), str(tmp_path / "s2.sqlite"), "--store", str(merged)]) == 0
+    assert main(["merge", str(tmp_path / "s1.sqlite"), str(tmp_path / "s2.sqlite"), str(tmp_path / "s3.sqlite"),
+                 "--store", str(merged)]) == 0
     err = capsys.readouterr().err
     assert "s1.sqlite: 1 run copied (1 done, 0 failed), 0 already in" in err and "s2.sqlite: 1 run copied" in err
     assert main(["run", *grid, "--store", str(merged), "--dry-run"]) == 0
