@@ -69,10 +69,20 @@ def add_arguments(parser) -> None:
 def resolve(name: str, runs: pd.DataFrame) -> str:
     """The row label ``name`` stands for: itself if a row has that label, else the one label of
     the registry method ``name``; BenchError naming the choices otherwise."""
+    from bench.show import method_names
+
     labels = sorted(set(row_labels(runs))) if len(runs) else []
     if name in labels:
         return name
-    mine = sorted({label for label, method in zip(row_labels(runs), runs["method"]) if method == name}) \
+    same = [label for label in labels if label.lower() == name.lower()]  # case aside
+    if len(same) == 1:
+        return same[0]
+    try:  # a registry name, or a method's name as tables show it (MW-Net for MW-Net(noise))
+        named = set(method_names(name, runs))
+    except BenchError:
+        raise BenchError(f"unknown method or row {name!r}; the rows are: "
+                         f"{', '.join(labels) or 'none (empty store)'}") from None
+    mine = sorted({label for label, method in zip(row_labels(runs), runs["method"]) if method in named}) \
         if len(runs) else []
     if len(mine) == 1:
         return mine[0]
@@ -165,12 +175,16 @@ def _p_text(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def render(table: pd.DataFrame, a: str, b: str, confidence: float, fmt: str = "md") -> str:
+def render(table: pd.DataFrame, a: str, b: str, confidence: float, fmt: str = "md", metric: str = "acc_last") -> str:
+    """The comparison as Markdown, or as CSV / JSON records that say what was compared: ``a``,
+    ``b``, ``metric`` (the store's column, e.g. ``acc_last``) and ``confidence`` in every CSV row
+    and at the top of the JSON; numbers unrounded."""
     if fmt == "csv":
-        return table.to_csv(index=False).rstrip("\n")
+        return pd.concat([pd.DataFrame({"a": [a] * len(table), "b": [b] * len(table), "metric": metric,
+                                        "confidence": confidence}), table], axis=1).to_csv(index=False).rstrip("\n")
     if fmt == "json":
         rows = [json_ready(r) for r in table.to_dict(orient="records")]
-        return json.dumps({"a": a, "b": b, "confidence": confidence, "rows": rows,
+        return json.dumps({"a": a, "b": b, "metric": metric, "confidence": confidence, "rows": rows,
                            "over_cells": json_ready(over_cells(table)) if len(table) > 1 else None}, indent=1)
     ci = f"{confidence:.0%} CI"
     shown = pd.DataFrame({
@@ -183,6 +197,23 @@ def render(table: pd.DataFrame, a: str, b: str, confidence: float, fmt: str = "m
         "test": [f"{t} (n={n})" for t, n in zip(table["test"], table["n"])],
         "A > B (seeds)": table["wins"]})
     return text_table(shown)
+
+
+def _say_protocols(runs: pd.DataFrame, a: str, b: str) -> None:
+    """Under the comparison: the rows' runs that left their preset's protocol (as under bench
+    table), and a warning where A's and B's runs did not train with the same protocol."""
+    from bench.summary import off_preset, off_preset_note
+
+    labels = np.asarray(row_labels(runs)) if len(runs) else np.array([])
+    mine = np.isin(labels, [a, b])
+    note = off_preset_note(runs[mine], list(labels[mine]))
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    protocols = {row: {json.dumps(off_preset(json.loads(text)), sort_keys=True)
+                       for label, text in zip(labels, runs["spec_json"]) if label == row} for row in (a, b)}
+    if protocols[a] != protocols[b]:
+        print(f"bench: warning: {a} and {b} did not train with the same protocol (the note above): their "
+              "difference is not the methods' alone", file=sys.stderr)
 
 
 def main(args) -> int:
@@ -216,7 +247,7 @@ def main(args) -> int:
               file=sys.stderr)
         if args.format == "md":
             return 0
-    print(render(table, a, b, args.confidence, args.format))
+    print(render(table, a, b, args.confidence, args.format, column))
     if args.format == "md" and len(table) > 1:
         summary = over_cells(table)
         print(f"\nover the {summary['cells']} cells: {a} ahead in {summary['ahead']}, mean Δ "
@@ -227,4 +258,5 @@ def main(args) -> int:
         print("\npaired: over the seeds both ran on the same data (t interval, paired t-test); Welch: unpaired "
               "(no shared seed with the same data). p is per cell, two-sided, not corrected for the number of "
               "cells; with one value per side there is no interval.")
+    _say_protocols(runs, a, b)
     return 0

@@ -139,6 +139,7 @@ def method_names(text: str | None, runs: pd.DataFrame | None = None) -> list[str
     if runs is not None and len(runs):
         for name, display in zip(runs["method"], runs["display_name"]):
             shown.setdefault(str(display).lower(), set()).add(name)
+            shown.setdefault(str(display).split("(")[0].strip().lower(), set()).add(name)  # MW-Net(noise)
     out = []
     for item in (m.strip() for m in text.split(",") if m.strip()):
         matches = ([item] if item in known else sorted(n for n in known if n.lower() == item.lower())

@@ -101,10 +101,11 @@ def off_preset(spec: dict) -> dict:
     if preset is None:
         return {}
     standard = {k: v for k, v in preset.items() if k not in CELL_FIELDS}
-    try:
-        standard["meta_per_class"] = default_meta_per_class(spec["dataset"])
-    except BenchError:
-        pass
+    if not str(spec.get("dataset", "")).startswith("npz:"):  # an npz file's default is its own trusted set's size
+        try:
+            standard["meta_per_class"] = default_meta_per_class(spec["dataset"])
+        except BenchError:
+            pass
     if spec.get("epochs", preset["epochs"]) != preset["epochs"]:
         try:
             standard.update(scale_schedule(preset, int(spec["epochs"])), epochs=preset["epochs"])
@@ -121,14 +122,15 @@ def off_preset(spec: dict) -> dict:
     return out
 
 
-def off_preset_note(runs: pd.DataFrame) -> str | None:
+def off_preset_note(runs: pd.DataFrame, labels: list[str] | None = None) -> str | None:
     """A line for under a table of ``runs``: the rows whose runs' protocol is not their preset's
     (``--epochs 2``, ``--set lr=0.05``), which a row's label shows only where it sets two rows of
-    one method apart; None where every run follows its preset."""
+    one method apart; None where every run follows its preset. ``labels``: the runs' row labels
+    where the table labels them among more runs (default :func:`row_labels` of ``runs``)."""
     if runs.empty:
         return None
     rows: dict[str, list[str]] = {}
-    for label, text in zip(row_labels(runs), runs["spec_json"]):
+    for label, text in zip(row_labels(runs) if labels is None else labels, runs["spec_json"]):
         spec = json.loads(text)
         away = ", ".join(f"{k} {_shown(got)} (the {spec['preset']} preset: {_shown(want)})"
                          for k, (got, want) in sorted(off_preset(spec).items()))
@@ -143,7 +145,7 @@ def off_preset_note(runs: pd.DataFrame) -> str | None:
 
 
 def _shown(value) -> str:
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     return f"{value:g}" if isinstance(value, float) else str(value)
 

@@ -108,6 +108,17 @@ def test_names_resolve_to_rows_and_bad_ones_say_what_there_is(tmp_path, capsys):
         assert main(["compare", *args, "--store", str(path)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("bench: error:") and message in err, err
+    assert main(["compare", "cee", "focal", "--store", str(path)]) == 2  # a typo: neither a row nor a method
+    assert "unknown method or row 'cee'; the rows are: CE [epochs=200]" in capsys.readouterr().err
+    # case aside, a row's label; CSV and JSON say what was compared; the runs' protocols are said
+    table, err = compared(capsys, "FOCAL", "ce [epochs=3]", "--store", str(path))
+    assert table.loc[0, ["a", "b", "metric", "confidence"]].tolist() == ["Focal", "CE [epochs=3]", "acc_last", 0.95]
+    assert ("note: rows trained away from their preset's protocol: CE [epochs=3]: epochs 3 (the paper preset: 200), "
+            "milestones 80,100 (the paper preset: 1,2), warmup_epochs 5 (the paper preset: 0)") in err
+    assert "warning: Focal and CE [epochs=3] did not train with the same protocol" in err
+    assert main(["compare", "focal", "CE [epochs=200]", "--store", str(path), "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["metric"] == "acc_last" and "note:" not in err and "warning" not in err
 
 
 def test_no_shared_cell_is_said_and_is_not_an_error(tmp_path, capsys):
