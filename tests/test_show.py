@@ -77,6 +77,9 @@ def test_the_listing_filters_by_status_method_and_cell(store_path, capsys):
     # the names tables show, case aside, are the registry's
     assert records(capsys, "--store", str(store_path), "--method", "CurveNet")["key"].tolist() == \
         records(capsys, "--store", str(store_path), "--method", "curvenet")["key"].tolist()
+    mwnet = records(capsys, "--store", str(store_path), "--method", "mwnet")
+    assert len(mwnet) and mwnet["method"].str.startswith("MW-Net(").all()  # MW-Net(noise), MW-Net(imbalance)
+    assert records(capsys, "--store", str(store_path), "--method", "mw-net")["key"].tolist() == mwnet["key"].tolist()
     listed = json.loads(shown(capsys, "--store", str(store_path), "--cell", "cifar10:50:none", "--format", "json")[0])
     assert sorted(r["acc_best"] for r in listed) == [16.0, 17.0, 18.0] and all(len(r["key"]) == 16 for r in listed)
 
