@@ -191,7 +191,7 @@ def _dry_run(args, specs: list[RunSpec]) -> int:
 
     from bench.arguments import swept
     from bench.execute import checkpoint_path, display_name, pending
-    from bench.fused_runs import FusedGroup, group_runs
+    from bench.fused_runs import FusedGroup, group_runs, unused_group_checkpoints
     from bench.store import Store
     from bench.summary import settings_key, stored_minutes, text_table
 
@@ -207,6 +207,9 @@ def _dry_run(args, specs: list[RunSpec]) -> int:
             store.close()
     cache = Path(args.cache_dir)
     would = {}
+    unused = unused_group_checkpoints(group_runs(todo, args.fuse), cache)
+    if unused:
+        print(f"bench: note: {unused}", file=sys.stderr)
     for item in group_runs(todo, args.fuse):
         resumes = checkpoint_path(item, cache).exists()  # a fused group checkpoints as one
         for spec in item.specs if isinstance(item, FusedGroup) else [item]:
@@ -221,7 +224,9 @@ def _dry_run(args, specs: list[RunSpec]) -> int:
             for spec in specs]
     print(text_table(pd.DataFrame(rows)))
     done = sum(value == "done" for value in status.values())
-    print(f"{len(specs)} run{'s' * (len(specs) != 1)} requested: {len(todo)} to train, {done} already in the "
+    resumed = sum(value.startswith("resume") for value in would.values())
+    print(f"{len(specs)} run{'s' * (len(specs) != 1)} requested: {len(todo)} to train"
+          + (f" ({resumed} from a checkpoint)" if resumed else "") + f", {done} already in the "
           f"store, {len(specs) - len(todo) - done} failed earlier and not retried (store: {args.store}); "
           "--dry-run: nothing trained", file=sys.stderr)
     known = [value for value in estimate.values() if value is not None]

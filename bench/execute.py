@@ -345,7 +345,7 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
     from tqdm.auto import tqdm
 
     from bench.executors import SerialExecutor
-    from bench.fused_runs import FusedGroup, group_runs, members, sweep_group_checkpoints
+    from bench.fused_runs import FusedGroup, group_runs, members, sweep_group_checkpoints, unused_group_checkpoints
 
     executor = executor or SerialExecutor()
     todo = pending(store, specs, retry_failed)
@@ -354,6 +354,9 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
         if store.status(spec.key()) == "done":
             drop_checkpoint(spec, cache_dir)
     sweep_group_checkpoints(store, cache_dir)
+    unused = unused_group_checkpoints(items, cache_dir)
+    if unused and show_progress:
+        print(f"bench: note: {unused}", file=sys.stderr)
     keys = {s.key() for s in specs}
     failed_earlier = 0 if retry_failed else sum(store.status(k) == "failed" for k in keys)
     counts = {"skipped": len(keys) - len(todo) - failed_earlier, "failed_earlier": failed_earlier,

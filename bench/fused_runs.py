@@ -508,6 +508,33 @@ def sweep_group_checkpoints(store, cache_dir) -> None:
             remove_checkpoint(listing.with_suffix(".pt"))
 
 
+def unused_group_checkpoints(items: list, cache_dir) -> str | None:
+    """A note where runs about to train from scratch are held by the checkpoint of a fused group
+    that ``items`` (what the grid will train: specs and groups) does not form again (another
+    --fuse, or none): that group's --fuse resumes them instead."""
+    from bench.execute import MEMBERS_SUFFIX
+
+    if cache_dir is None or not (Path(cache_dir) / "checkpoints").is_dir():
+        return None
+    formed = {item.key() for item in items}
+    pending = {spec.key() for item in items for spec in members(item)}
+    held = []
+    for listing in sorted((Path(cache_dir) / "checkpoints").glob(f"*{MEMBERS_SUFFIX}")):
+        try:
+            keys = listing.read_text().split()
+        except OSError:
+            continue
+        if listing.stem not in formed and listing.with_suffix(".pt").exists() and pending & set(keys):
+            held.append(len(keys))
+    if not held:
+        return None
+    sizes = ", ".join(f"--fuse {k}" for k in sorted(set(held)))
+    whose = ("the checkpoint of a fused group holds" if len(held) == 1 else
+             f"{len(held)} checkpoints of fused groups hold")
+    return (f"{whose} some of these runs, which this command does not fuse so: they train from scratch; the "
+            f"same command with {sizes} resumes them")
+
+
 def _member_progress(progress, spec: RunSpec):
     """The group's progress channel, each row tagged with the run it is about."""
     if progress is None:

@@ -106,7 +106,7 @@ def running_note(lock: dict | None, started) -> str:
     """What a ``running`` run that started at ``started`` (epoch seconds) is: being trained if the
     store's writer (:func:`writer`) holds its lock and took it before the run started, else
     interrupted."""
-    resumes = "interrupted (the same bench run command resumes it from its checkpoint)"
+    resumes = "interrupted (the same bench run command resumes it, from its checkpoint if it wrote one)"
     if lock is None or pd.isna(started) or float(started) < lock["since"]:  # (since: whole seconds, rounded down)
         return resumes
     if lock["held"] is None:

@@ -328,7 +328,8 @@ def test_a_dry_run_says_what_each_run_would_do_and_trains_and_writes_nothing(tmp
     before = path.read_bytes()
     would, err = dry()
     assert would == ["skip", "skip (--retry-failed)", "resume", "train", "train"]
-    assert "5 runs requested: 3 to train, 1 already in the store, 1 failed earlier and not retried" in err
+    assert ("5 runs requested: 3 to train (1 from a checkpoint), 1 already in the store, 1 failed earlier and not "
+            "retried") in err
     assert dry("--retry-failed", "--fuse", "2", "--device", "cuda")[0] == [
         "skip", "train in a fused group of 2", "train in a fused group of 2", "train in a fused group of 2",
         "train in a fused group of 2"]

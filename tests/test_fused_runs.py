@@ -471,3 +471,27 @@ def test_a_fused_groups_runs_are_stored_together_so_a_kill_while_storing_resumes
     counts = run_grid(specs, store, device=torch.device("cpu"), cache_dir=cache, show_progress=False, fuse=2)
     assert counts["done"] == 2 and "resuming its fused group from the checkpoint" in capsys.readouterr().err
     assert not list((cache / "checkpoints").glob("*"))
+
+
+def test_a_fused_groups_checkpoint_that_this_command_would_not_resume_is_said(tmp_path, capsys):
+    """Runs killed in a --fuse 2 group and asked for again without --fuse train from scratch: the
+    dry run and the run say which --fuse resumes them; with it, the dry run says 'resume'."""
+    args = ["run", "--methods", "ce", "--epochs", "1", "--seeds", "0,1", "--store", str(tmp_path / "s.sqlite"),
+            "--cache-dir", str(tmp_path / "cache"), "--dry-run"]
+    from bench.arguments import build_specs
+    from bench.cli import make_parser
+
+    specs = build_specs(make_parser().parse_args(args))
+    group = FusedGroup(tuple(specs))
+    path = checkpoint_path(group, tmp_path / "cache")
+    note_members(group, path)
+    path.write_bytes(b"a killed group's checkpoint")
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert ("note: the checkpoint of a fused group holds some of these runs, which this command does not fuse so: "
+            "they train from scratch; the same command with --fuse 2 resumes them") in err
+    assert "2 runs requested: 2 to train, 0 already" in err
+    assert main([*args, "--fuse", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "note:" not in err and "2 runs requested: 2 to train (2 from a checkpoint)" in err
+    assert out.count("resume in a fused group of 2") == 2
