@@ -71,14 +71,15 @@ def cmd_run(args) -> int:
     for spec in specs:  # fail on missing data or an impossible bias before touching the store
         if spec.dataset in unreadable:
             continue
-        try:
-            execute.load_data(spec, args.data_dir)
-        except DataError as exc:  # a dry run plans a grid whose data is on another machine
-            if not args.dry_run:
-                raise
-            unreadable.add(spec.dataset)
-            print(f"bench: note: {spec.dataset}'s data cannot be read here ({str(exc).split(';')[0]}); "
-                  "--dry-run plans its runs without checking them", file=sys.stderr)
+        if args.dry_run:  # a dry run plans a grid whose data files are on another machine
+            try:
+                execute.dataset_files(spec.dataset, args.data_dir)
+            except DataError as exc:
+                unreadable.add(spec.dataset)
+                print(f"bench: note: {spec.dataset}'s data cannot be read here ({str(exc).split(';')[0]}); "
+                      "--dry-run plans its runs without checking them", file=sys.stderr)
+                continue
+        execute.load_data(spec, args.data_dir)
     _check_cache_dir(Path(args.cache_dir))
     if args.dry_run:
         return _dry_run(args, specs)

@@ -121,6 +121,12 @@ def biased_data(dataset: str, imbalance: float, noise_type: str, noise_rate: flo
     return make_biased(_dataset(dataset, data_dir), spec)
 
 
+def dataset_files(name: str, data_dir: str | None = None):
+    """Dataset ``name`` as its files hold it, before any bias: DataError where they are missing,
+    damaged or malformed."""
+    return _dataset(name, None if data_dir is None else str(data_dir))
+
+
 def dataset_digest(name: str, data_dir: str | None = None) -> str:
     """What ``RunSpec.data_sha256`` holds for dataset ``name``: the first 16 hex digits of an
     ``npz:PATH`` file's sha256 ('' for the built-in datasets)."""

@@ -242,3 +242,36 @@ def test_a_meta_set_is_never_drawn_from_labels_of_unknown_truth(tmp_path, capsys
     assert spec.meta_per_class == 6  # all of the file's own meta set that stays balanced
     assert main(["data", "--dataset", f"npz:{own}", "--noise", "real"]) == 0
     assert "meta 24," in capsys.readouterr().out
+
+
+def test_bench_data_says_which_labels_are_wrong_is_unknown_and_a_meta_set_missing_a_class(tmp_path, capsys):
+    """A file without y_train_noisy: --noise real takes its labels of unknown truth, so bench data
+    shows no noisy counts and no transitions rather than 'noisy 0' and a clean-looking matrix; a
+    trusted set that lacks a class gives no meta set, said by bench data and by a run asking for one."""
+    import json
+
+    own = tmp_path / "own.npz"
+    own_meta_npz(own, meta_per_class=6)
+    assert main(["data", "--dataset", f"npz:{own}", "--noise", "real"]) == 0
+    out = capsys.readouterr().out
+    assert "noise real (which labels are wrong is not known: the file has no y_train_noisy)" in out
+    assert "label transitions" not in out and " ? " in out
+    assert main(["data", "--dataset", f"npz:{own}", "--noise", "real", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["noise_known"] is False
+    human_noise_npz(tmp_path / "h.npz")
+    assert main(["data", "--dataset", f"npz:{tmp_path / 'h.npz'}", "--noise", "real", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["noise_known"] is True
+    # fmnist-mini: said to be clean before its lack of a trusted set
+    assert main(["data", "--dataset", "fmnist-mini", "--noise", "real"]) == 2
+    assert "fmnist-mini's labels are clean; noise 'real' is your own npz file's" in capsys.readouterr().err
+    lacking = tmp_path / "lacking.npz"
+    with np.load(own) as z:
+        arrays = dict(z)
+    keep = arrays["y_meta"] != 3
+    np.savez(lacking, **{**arrays, "x_meta": arrays["x_meta"][keep], "y_meta": arrays["y_meta"][keep]})
+    assert main(["data", "--dataset", f"npz:{lacking}"]) == 0
+    out, err = capsys.readouterr()
+    assert "meta 0 per class" in out and "own meta set (x_meta, y_meta) lacks a class" in err
+    assert main(["run", "--methods", "mwnet", "--dataset", f"npz:{lacking}", "--meta-per-class", "2",
+                 "--store", str(tmp_path / "s.sqlite"), "--dry-run"]) == 2
+    assert "own meta set (x_meta, y_meta) has no sample of class 3" in capsys.readouterr().err

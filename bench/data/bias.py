@@ -289,6 +289,12 @@ class BiasedData:
                           is_noisy=np.concatenate([self.is_noisy, np.zeros(len(meta_y), dtype=bool)])[order],
                           meta_index=self.meta_index[:0], transition=self.transition)
 
+    @property
+    def noise_known(self) -> bool:
+        """Whether it is known which training labels are wrong: not for noise ``real`` on a file
+        without ``y_train_noisy`` (its labels are taken as they are, of unknown truth)."""
+        return not (self.spec.noise_type == REAL_NOISE and self.dataset.y_train_noisy is None)
+
     def summary(self) -> dict:
         """JSON-able description of the realised bias (ints, floats, strings, lists)."""
         counts = self.train_counts
@@ -307,6 +313,7 @@ class BiasedData:
             "noisy_per_class": ints(noisy_per_class),
             "observed_per_class": ints(self.noisy_counts),
             "transition": [ints(row) for row in self.transition_counts()],
+            "noise_known": self.noise_known,
             "noise_rate_realised": float(self.is_noisy.mean()),
             "noise_rate_expected": self.expected_noise_rate(),
             "imbalance_realised": float(counts.max() / counts.min()),
@@ -344,6 +351,10 @@ def _split_own_meta(dataset: Dataset, y: np.ndarray, m: int, rng: np.random.Gene
     sizes = np.bincount(y[own], minlength=dataset.num_classes)
     if m > sizes.min():
         c = int(np.argmin(sizes))
+        if sizes[c] == 0:
+            raise DataError(f"meta_per_class {m}: {dataset.name}'s own meta set (x_meta, y_meta) has no sample of "
+                            f"class {c} ({dataset.classes[c]!r}), and a meta set holds m of every class: add some "
+                            "to the file, or use --meta-per-class 0")
         raise DataError(f"meta_per_class {m}: class {c} ({dataset.classes[c]!r}) has {sizes[c]} samples in "
                         f"{dataset.name}'s own meta set (x_meta, y_meta); choose 0..{sizes.min()}")
     meta_parts, pools = [], []
@@ -361,6 +372,9 @@ def make_biased(dataset: Dataset, spec: BiasSpec) -> BiasedData:
         raise DataError(f"{dataset.name}: biasing needs at least 2 classes, got {K}")
     y = np.asarray(dataset.y_train, dtype=np.int64)
     m = int(spec.meta_per_class)
+    if spec.noise_type == REAL_NOISE and not dataset.name.startswith("npz:"):
+        raise DataError(f"{dataset.name}'s labels are clean; noise 'real' is your own npz file's labels as "
+                        "they are")
     if untrusted_meta_set(dataset, spec.noise_type, m):
         raise DataError(UNTRUSTED_META.format(name=dataset.name))
     split_ss, noise_ss = np.random.SeedSequence(spec.seed).spawn(2)
@@ -392,9 +406,6 @@ def make_biased(dataset: Dataset, spec: BiasSpec) -> BiasedData:
     meta_index = np.sort(np.concatenate(meta_parts)).astype(np.int64)
     clean = y[train_index]
     if spec.noise_type == REAL_NOISE:
-        if not dataset.name.startswith("npz:"):
-            raise DataError(f"{dataset.name}'s labels are clean; noise 'real' is your own npz file's labels as "
-                            "they are")
         if dataset.y_train_noisy is not None:
             observed = np.asarray(dataset.y_train_noisy, dtype=np.int64)[train_index]
         else:  # the file's labels, true ones unknown: none can be told apart as mislabelled

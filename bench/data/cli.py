@@ -114,6 +114,9 @@ def main(args: argparse.Namespace) -> int:
     own = own_meta_per_class(dataset)
     if args.meta_per_class is None and own is not None:  # a file's own meta set: all of it that stays balanced
         spec = dataclasses.replace(spec, meta_per_class=own)
+        if own == 0:
+            print(f"bench: note: {args.dataset}'s own meta set (x_meta, y_meta) lacks a class, so it gives no "
+                  "meta set (a meta set holds m of every class)", file=sys.stderr)
     data = make_biased(dataset, spec)
     summary = data.summary()
     if args.json:
@@ -126,11 +129,13 @@ def main(args: argparse.Namespace) -> int:
 def format_summary(s: dict) -> str:
     spec = s["spec"]
     noise = noise_text(spec["noise_type"], spec["noise_rate"], clean="none", sep=" ")
+    known = s.get("noise_known", True)
+    rates = (f"realised {s['noise_rate_realised']:.4f}, expected {s['noise_rate_expected']:.4f}" if known else
+             "which labels are wrong is not known: the file has no y_train_noisy")
     lines = [
         f"dataset {s['dataset']}: {len(s['classes'])} classes, train {s['num_train']}, "
         f"meta {s['num_meta']}, test {s['num_test']} (data seed {spec['seed']})",
-        f"imbalance {spec['imbalance']:g} (realised {s['imbalance_realised']:.2f}), noise {noise} "
-        f"(realised {s['noise_rate_realised']:.4f}, expected {s['noise_rate_expected']:.4f}), "
+        f"imbalance {spec['imbalance']:g} (realised {s['imbalance_realised']:.2f}), noise {noise} ({rates}), "
         f"meta {spec['meta_per_class']} per class",
         "",
     ]
@@ -142,12 +147,12 @@ def format_summary(s: dict) -> str:
             "test_per_class")
     for i, name in enumerate(s["classes"]):
         tr, no, ob, me, te = (s[c][i] for c in cols)
-        lines.append(f"{i:>5}  {name:<{width}}  {tr:>6}  {no:>6}  {ob:>8}  {me:>5}  {te:>5}")
+        lines.append(f"{i:>5}  {name:<{width}}  {tr:>6}  {no if known else '?':>6}  {ob:>8}  {me:>5}  {te:>5}")
     tr, no, ob, me, te = (sum(s[c]) for c in cols)
     lines += ["-" * len(head),
-              f"{'':>5}  {'total':<{width}}  {tr:>6}  {no:>6}  {ob:>8}  {me:>5}  {te:>5}"]
+              f"{'':>5}  {'total':<{width}}  {tr:>6}  {no if known else '?':>6}  {ob:>8}  {me:>5}  {te:>5}"]
     K = len(s["classes"])
-    if spec["noise_type"] != "none" and K <= 20:
+    if spec["noise_type"] != "none" and K <= 20 and known:
         lines += ["", "label transitions over the training pool (row clean, column observed):"]
         w = max(len(str(v)) for row in s["transition"] for v in row) + 1
         lines.append("     " + "".join(f"{j:>{w}}" for j in range(K)))
