@@ -126,7 +126,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--pack", type=int, metavar="N",
                         help="instead: ms per iteration alone and with N processes at once on the device "
                              "(--jobs N packing; the ratio is the epoch-time cost of packing)")
-    parser.add_argument("--pack-mode", choices=PACK_MODES, default="processes",
+    parser.add_argument("--pack-mode", choices=PACK_MODES, default=None,
                         help="with --pack: N processes (as bench run --jobs N does; default), N copies "
                              "of the step in this process advanced in lockstep, each replayed on its own "
                              "CUDA stream (streams), or N runs fused into one network with grouped "
@@ -528,7 +528,8 @@ def render(results: dict) -> str:
             f"{', channels_last' if r0.get('channels_last') else ''}"
             f"{', cudnn.benchmark' if r0.get('cudnn_benchmark') else ''}"
             f"{', deterministic kernels' if r0.get('deterministic') else ''}, "
-            f"median of {r0['repeats']} rounds (the steps in turns) after {r0['warmup']} warm-up; data: {r0['data']}")
+            f"median of {r0['repeats']} round{'s' * (r0['repeats'] != 1)} (the steps in turns) after "
+            f"{r0['warmup']} warm-up; data: {r0['data']}")
     headers = ["step", "eager ms/iter", "× CE", "× SL=0"]
     if captured:
         headers += ["captured ms/iter", "× CE", "× SL=0"]
@@ -537,9 +538,9 @@ def render(results: dict) -> str:
     note = ("ms/iter = whole iteration (batch plans + step); × CE, × SL=0 = the median over rounds of the two "
             "steps' times in the same round (each round runs every step once, so a stall of the machine hits all "
             "of them alike); captured = the same step replayed as a CUDA graph "
-            "(bench/capture.py); meta ms = meta backward + weighting-net optimiser step of the eager step "
-            "(the paper's 'meta time'). Paper: meta time of ResNet-32 on the authors' GPU (not named in our "
-            "sources); compare ratios, not milliseconds.")
+            "(bench/capture.py); meta ms = the eager step's meta backward, JVP and weighting-net update "
+            "(meta bwd + JVP + V update below: the paper's 'meta time'). Paper: meta time of ResNet-32 on the "
+            "authors' GPU (not named in our sources); compare ratios, not milliseconds.")
     if not captured:
         note += " Captured steps: CUDA only (not measured on this device)."
     else:
@@ -594,7 +595,7 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
 
     device = resolve_device(args.device)
     warn_if_slow_bf16(device, args.precision)
-    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    steps = list(dict.fromkeys(s.strip() for s in args.steps.split(",") if s.strip()))  # each step once
     bad = [s for s in steps if s not in STEPS + EXTRA_STEPS]
     if bad or not steps:
         raise BenchError(f"unknown step {bad[0] if bad else ''!r}; choose from {', '.join(STEPS + EXTRA_STEPS)}")
@@ -608,6 +609,8 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
     progress = None if args.json else (lambda name: print(f"timing {name} ...", file=sys.stderr, flush=True))
     channels_last = uses_channels_last(device, None if args.memory_format is None
                                        else args.memory_format == "channels_last")
+    if args.pack_mode is not None and args.pack is None:
+        raise BenchError(f"--pack-mode {args.pack_mode} is for --pack N (N runs at once); give --pack, or drop it")
     if args.deterministic and args.pack is not None:
         raise BenchError("--deterministic times the steps in this process; it does not apply to --pack")
     with run_kernels(device, deterministic=args.deterministic, search=args.cudnn_benchmark):  # as training
@@ -628,7 +631,8 @@ def _measure(args, steps, device, repeats, warmup, progress, channels_last) -> i
             if progress:
                 progress(f"{name}, alone and {args.pack} packed")
             rows[name] = packing.measure(
-                args.pack_mode, name, args.pack, model_name=args.model, batch=args.batch_size, device=device,
+                args.pack_mode or "processes", name, args.pack, model_name=args.model, batch=args.batch_size,
+                device=device,
                 iters=max(repeats, 10), warmup=warmup, graph=args.graph, precision=args.precision, seed=args.seed,
                 second_order=args.second_order, channels_last=channels_last)
         print(json.dumps(rows, indent=1) if args.json else packing.render(rows, args, device, channels_last))

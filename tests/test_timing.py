@@ -106,6 +106,8 @@ def test_cli_json_and_table():
         assert v in text
     bad = subprocess.run(cmd + ["--steps", "ce,foo"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "unknown step" in bad.stderr
+    bad = subprocess.run(cmd + ["--pack-mode", "streams"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "--pack-mode streams is for --pack N" in bad.stderr
 
 
 def test_deterministic_timing_says_so_and_leaves_torch_as_it_was():
