@@ -234,7 +234,8 @@ class Run:
         if not force and now - self._last_save < self.checkpoint_every_s:
             return
         payload = {"key": self.checkpoint_key or self.spec.key(), "current": stage, "stages": self._stages,
-                   "history": self.history, "rng": _get_rng(self.generator, self.device), "trained_s": self.trained_s()}
+                   "history": self.history, "rng": _get_rng(self.generator, self.device), "trained_s": self.trained_s(),
+                   "threads": torch.get_num_threads()}
         path = Path(self.checkpoint_path)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         try:
@@ -269,7 +270,12 @@ class Run:
             return ""
         stage = self._checkpoint.get("current")
         done = self._checkpoint.get("stages", {}).get(stage, {}).get("epoch", -1) + 1
-        return f"{stage}, {done} epoch{'s' * (done != 1)} done"
+        text = f"{stage}, {done} epoch{'s' * (done != 1)} done"
+        threads = self._checkpoint.get("threads")
+        if self.device.type == "cpu" and threads is not None and threads != torch.get_num_threads():
+            text += (f"; it trained with {threads} torch thread{'s' * (threads != 1)}, now "
+                     f"{torch.get_num_threads()}: its numbers differ by float rounding from a run never stopped")
+        return text
 
     # --- speed (bench/capture.py) ---------------------------------------------------------
     @property

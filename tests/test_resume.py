@@ -189,3 +189,26 @@ def test_training_time_counts_every_attempt_up_to_its_checkpoint(tmp_path, monke
     fresh = Run(spec=_spec(), data=data, device=torch.device("cpu"))
     clock["now"] += 3.0
     assert fresh.trained_s() == 3.0
+
+
+def test_a_run_resumed_with_another_thread_count_says_its_numbers_differ_by_rounding(tmp_path):
+    """On the CPU a run is bit-for-bit the same only with the same thread count: resuming under
+    another one (a run killed under --jobs 2, resumed alone) is said with the resume note."""
+    data = load_data(_spec())
+    path = tmp_path / "ck.pt"
+    run = Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path, checkpoint_every_s=0)
+    try:
+        _train(run, kill_after=2)
+    except Killed:
+        pass
+    same = Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path, checkpoint_every_s=0)
+    assert same.checkpoint_position() == "a, 2 epochs done"
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(before + 1)
+        other = Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path, checkpoint_every_s=0)
+        assert other.checkpoint_position() == (
+            f"a, 2 epochs done; it trained with {before} torch thread{'s' * (before != 1)}, now {before + 1}: "
+            "its numbers differ by float rounding from a run never stopped")
+    finally:
+        torch.set_num_threads(before)
