@@ -80,6 +80,7 @@ def cmd_run(args) -> int:
                       "--dry-run plans its runs without checking them", file=sys.stderr)
                 continue
         execute.load_data(spec, args.data_dir)
+    _say_unknown_rates(specs, args.data_dir, unreadable)
     _check_cache_dir(Path(args.cache_dir))
     if args.dry_run:
         return _dry_run(args, specs)
@@ -173,6 +174,27 @@ def _say_own_stages(specs: list[RunSpec]) -> None:
             print(f"bench: note: --epochs {spec.epochs} shortens the classifier's schedule, not "
                   f"{cls.display_name(dict(spec.params))}'s own stages ({', '.join(kept)}); shorten those with --set",
                   file=sys.stderr)
+
+
+def _say_unknown_rates(specs: list[RunSpec], data_dir, unreadable: set) -> None:
+    """One note per method that assumes a noise rate (Co-teaching's tau, O2U-Net's drop rate) left
+    at nominal or realised on real noise whose wrong labels the file does not name: both are 0."""
+    import methods
+    from bench import execute
+    from bench.data.bias import REAL_NOISE
+
+    said = set()
+    for spec in specs:
+        cls = methods.get(spec.method)
+        if (spec.noise_type != REAL_NOISE or not cls.rate_setting or spec.method in said
+                or spec.dataset in unreadable):
+            continue
+        value = dict(spec.params).get(cls.rate_setting, "nominal")
+        if value in ("nominal", "realised") and execute.dataset_files(spec.dataset, data_dir).y_train_noisy is None:
+            said.add(spec.method)
+            print(f"bench: note: {spec.method}.{cls.rate_setting}={value} is 0 on {spec.dataset}'s real noise (the "
+                  f"file does not say which labels are wrong), so {cls.display_name(dict(spec.params))} removes "
+                  f"nothing; give your estimate with --set {spec.method}.{cls.rate_setting}=R", file=sys.stderr)
 
 
 def _say_off_preset(runs) -> None:

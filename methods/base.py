@@ -73,6 +73,10 @@ class Method:
     # the settings that give the length of the method's own stages (CurveNet's probe), which
     # --epochs does not scale: `bench run --epochs N` says they keep their length
     own_stages: ClassVar[tuple[str, ...]] = ()
+    # the setting that holds the noise rate the method assumes ("nominal", "realised" or a number,
+    # methods.curves.resolve_rate): on real noise whose wrong labels the file does not name, both
+    # words give 0, and `bench run` says so
+    rate_setting: ClassVar[str | None] = None
 
     def __init__(self, params=None):
         self.params = params if params is not None else self.Params()

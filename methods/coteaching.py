@@ -138,6 +138,7 @@ class CoTeaching(Method):
     """Two networks; each one's small-loss samples update the other (report network 1)."""
 
     name = "coteaching"
+    rate_setting = "tau"
     fusable = True  # bench run --fuse: both networks fused, each run ranking its own rows, keeping its own count
 
     Params = CoTeachingParams

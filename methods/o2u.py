@@ -115,6 +115,7 @@ class O2U(Method):
 
     presets = {"quick": {"cycle_length": 5, "cycles": 2}}
     own_stages = ("cycle_length", "cycles")  # stage 2's cycles: --epochs leaves them as they are
+    rate_setting = "drop_rate"
 
     @classmethod
     def display_name(cls, params: dict) -> str:

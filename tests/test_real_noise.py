@@ -275,3 +275,19 @@ def test_bench_data_says_which_labels_are_wrong_is_unknown_and_a_meta_set_missin
     assert main(["run", "--methods", "mwnet", "--dataset", f"npz:{lacking}", "--meta-per-class", "2",
                  "--store", str(tmp_path / "s.sqlite"), "--dry-run"]) == 2
     assert "own meta set (x_meta, y_meta) has no sample of class 3" in capsys.readouterr().err
+
+
+def test_a_noise_rate_left_nominal_on_real_noise_of_unknown_truth_is_said(tmp_path, capsys):
+    """Co-teaching's tau and O2U-Net's drop rate at nominal (or realised) are 0 where the file does
+    not say which labels are wrong: the method then removes nothing, and bench run says so once."""
+    own = tmp_path / "own.npz"
+    own_meta_npz(own)
+    args = ["run", "--dataset", f"npz:{own}", "--noise", "real", "--store", str(tmp_path / "s.sqlite"),
+            "--dry-run", "--seeds", "0,1"]
+    assert main([*args, "--methods", "coteaching,o2u,ce"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    assert len(notes) == 2 and "coteaching.tau=nominal is 0 on npz:" in notes[0] and "o2u.drop_rate" in notes[1]
+    assert main([*args, "--methods", "coteaching", "--set", "coteaching.tau=0.2"]) == 0
+    human_noise_npz(tmp_path / "h.npz")  # the file names its wrong labels: nominal is their fraction
+    assert main([*args[:2], f"npz:{tmp_path / 'h.npz'}", *args[3:], "--methods", "coteaching"]) == 0
+    assert "note:" not in capsys.readouterr().err
