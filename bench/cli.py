@@ -210,13 +210,15 @@ def _dry_run(args, specs: list[RunSpec]) -> int:
     """``bench run --dry-run``: what the command would do with each run, from the store as it is
     now (as DomainBed's sweep lists its jobs' states before it launches); nothing trains and
     nothing is written."""
+    import json
+
     import pandas as pd
 
     from bench.arguments import swept
     from bench.execute import checkpoint_path, display_name, pending
     from bench.fused_runs import FusedGroup, group_runs, unused_group_checkpoints
     from bench.store import Store
-    from bench.summary import settings_key, stored_minutes, text_table
+    from bench.summary import row_labels, settings_key, stored_minutes, text_table
 
     status, todo = dict.fromkeys((spec.key() for spec in specs), None), list(specs)
     minutes: dict[str, float] = {}
@@ -239,7 +241,10 @@ def _dry_run(args, specs: list[RunSpec]) -> int:
             group = f" in a fused group of {len(item.specs)}" if isinstance(item, FusedGroup) else ""
             would[spec.key()] = ("resume" if resumes else "train") + group
     estimate = {spec.key(): minutes.get(settings_key(spec.to_dict())) for spec in todo}
-    rows = [{"method": display_name(spec), "cell": spec.cell.label(),
+    labels = dict(zip((spec.key() for spec in specs), row_labels(pd.DataFrame({  # as bench table will label them
+        "display_name": [display_name(spec) for spec in specs],
+        "spec_json": [json.dumps(spec.to_dict()) for spec in specs]}))))
+    rows = [{"method": labels[spec.key()], "cell": spec.cell.label(),
              **({"sweep": swept(spec, args.sweep)} if getattr(args, "sweep", None) else {}),
              "seed": spec.seed, "key": spec.key()[:12], "in store": status[spec.key()] or "-",
              "est. min": _minutes_text(estimate.get(spec.key())),
@@ -526,7 +531,7 @@ def make_parser() -> ArgumentParser:
 
     table = sub.add_parser("table", help="print stored results: method x cell, mean ± sample std over seeds")
     table.add_argument("--store", default=DEFAULT_STORE, help=f"results store to read (default ./{DEFAULT_STORE})")
-    table.add_argument("--paper", help="the CurveNet paper's table N (1, 2, 3, 6, 7, 8, 9, 10 or all), "
+    table.add_argument("--paper", help="the CurveNet paper's table N (1, 2, 3, 6, 7, 8, 9, 10, anchors or all), "
                                        "side by side with the published numbers")
     table.add_argument("--write", nargs="?", const="tables", default=None, metavar="DIR",
                        help="with --paper: also write each table to DIR (default ./tables) as tableN.md "

@@ -278,9 +278,10 @@ def _separation_line(sep: dict) -> str:
     def pct(v, scale=1.0):
         return "—" if v is None or v != v else f"{scale * v:.1f}%"
     trust = "its weight" if sep["record"] == "weight" else "minus its score"
+    tail = (f"{sep['clean_tail']} clean samples of tail classes {','.join(map(str, sep['tail']))}" if sep["tail"]
+            else "no tail classes: the classes are balanced")
     text = (f"noise AUROC {pct(sep['noise_auroc'])} ({sep['clean']} clean vs {sep['noisy']} mislabelled samples), "
-            f"tail AUROC {pct(sep['tail_auroc'])} ({sep['clean_tail']} clean samples of tail classes "
-            f"{','.join(map(str, sep['tail'])) or '— (none)'}), trust = {trust}")
+            f"tail AUROC {pct(sep['tail_auroc'])} ({tail}), trust = {trust}")
     if sep["record"] == "weight":
         means = (sep["mean_clean"], sep["mean_noisy"], sep["mean_clean_tail"])
         text += "; mean weight: " + ", ".join(f"{name} {'—' if v is None else f'{v:.3g}'}" for name, v in

@@ -526,6 +526,8 @@ def main(args) -> int:
         if getattr(args, "write", None):
             name = f"table{n}" if n != "anchors" else "anchors"
             path = Path(args.write) / f"{name}.{ext}"
+            if Path(args.write).exists() and not Path(args.write).is_dir():
+                raise BenchError(f"--write {args.write}: it is a file; give a folder to write the tables into")
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)

@@ -403,7 +403,7 @@ def test_cli_write_all(tmp_path, store):
     bad = subprocess.run([sys.executable, "-m", "bench", "table", "--paper", "2", "--write", str(tmp_path / "afile"),
                           "--store", str(store.path)], capture_output=True, text=True, cwd=tmp_path, timeout=120,
                          env=env)
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "cannot write" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "it is a file; give a folder" in bad.stderr
 
 
 def test_runs_for_paper_specs_fill_exactly_their_table(tmp_path, ref):

@@ -73,6 +73,17 @@ def parse_noise(text: str) -> tuple[str, float]:
     return kind, rate
 
 
+def _one_number(text: str) -> float:
+    """``--imbalance``: one number (bench data shows one cell; bench run takes lists)."""
+    if "," in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: bench data shows one cell, so give one value "
+                                         "(bench run takes lists)")
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="fmnist-mini",
                         help=f"{', '.join(DATASET_NAMES)}, or npz:PATH (default fmnist-mini, "
@@ -82,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "~/.cache/reweight-bench/data)")
     parser.add_argument("--download", action="store_true",
                         help="download missing CIFAR / Fashion-MNIST files (needs a connection)")
-    parser.add_argument("--imbalance", type=float, default=1.0,
+    parser.add_argument("--imbalance", type=_one_number, default=1.0,
                         help="n_max / n_min, class 0 the head (default 1: balanced; `bench run`'s quick "
                              "cell is --imbalance 10 --noise flip2:0.4)")
     parser.add_argument("--noise", default="none",
@@ -97,6 +108,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(args: argparse.Namespace) -> BiasSpec:
+    if "," in str(args.noise):
+        raise DataError(f"--noise {args.noise}: bench data shows one cell, so give one noise (bench run takes lists)")
     noise_type, noise_rate = parse_noise(args.noise)
     meta = args.meta_per_class
     if meta is None:
