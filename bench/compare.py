@@ -31,7 +31,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from bench.analysis import SEPARATION, SEPARATION_TITLES, reading_progress, with_separation
+from bench.analysis import NO_SEPARATION, SEPARATION, SEPARATION_TITLES, reading_progress, with_separation
 from bench.errors import BenchError
 from bench.summary import (
     GROUPS,
@@ -242,8 +242,14 @@ def main(args) -> int:
     if args.format == "md":
         print(f"{a} vs {b}: {quantity}; Δ = {a} − {b}, mean ± sample std over seeds (n)\n")
     if table.empty:
+        why = ""
+        if args.metric in SEPARATION:
+            why = f" ({NO_SEPARATION[args.metric]})"
+        elif args.group != "all":
+            from bench.cli import GROUP_RULE
+            why = f" (a {args.group}-shot class has {GROUP_RULE[args.group]} training samples)"
         print(f"bench: no cell where both {a} and {b} have finished runs"
-              + (f" with a {column} value" if args.group != "all" or args.metric in SEPARATION else ""),
+              + (f" with a {column} value{why}" if args.group != "all" or args.metric in SEPARATION else ""),
               file=sys.stderr)
         if args.format == "md":
             return 0
