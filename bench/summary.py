@@ -156,7 +156,8 @@ def row_labels(runs: pd.DataFrame) -> list[str]:
     it apart, e.g. ``CE [epochs=3]``: runs that differ in more than their seeds are never
     averaged together. A run-wide setting away from its default (``CE [precision=bf16]``,
     ``CE [train_on_meta=True]``), and so an npz file's version (``data_sha256``), is always
-    shown."""
+    shown. The warm-up and milestones that ``--epochs`` scaled are told by the epochs alone
+    (``CE [epochs=3]``); they are shown where they are not the scaled ones."""
     specs = [json.loads(s) for s in runs["spec_json"]]
     flat = [settings(s) for s in specs]
     group_of = [(name, *(s[f] for f in CELL_FIELDS)) for name, s in zip(runs["display_name"], specs)]
@@ -171,10 +172,31 @@ def row_labels(runs: pd.DataFrame) -> list[str]:
                                | {k for v in vs for k, d in OMITTED_WHEN_DEFAULT.items() if v.get(k) != d})
                  for group, vs in variants.items()}
     labels = []
-    for name, group, f in zip(runs["display_name"], group_of, flat):
-        shown = " ".join(f"{k}={_shown(f[k])}" for k in differing[group] if k in f)
+    for name, group, f, spec in zip(runs["display_name"], group_of, flat, specs):
+        implied = _scaled_schedule(spec)  # the schedule --epochs scales: told by the epochs alone
+        shown = " ".join(f"{k}={_shown(f[k])}" for k in differing[group]
+                         if k in f and not (k in implied and _same(f[k], implied[k])))
         labels.append(f"{name} [{shown}]" if shown else name)
     return labels
+
+
+def _scaled_schedule(spec: dict) -> dict:
+    """The warm-up and milestones that ``--epochs`` gives a run of its epochs under its preset
+    (``bench/spec.py`` scale_schedule); {} where they cannot be told."""
+    from bench.spec import PRESETS, scale_schedule
+
+    preset = PRESETS.get(spec.get("preset"))
+    try:
+        scaled = scale_schedule(preset, int(spec["epochs"])) if preset else {}
+    except (BenchError, KeyError, TypeError, ValueError):
+        return {}
+    return {k: v for k, v in scaled.items() if k in ("milestones", "warmup_epochs")}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
 
 
 def aggregate(runs: pd.DataFrame, column: str) -> pd.DataFrame:

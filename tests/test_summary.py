@@ -26,14 +26,18 @@ def test_seeds_are_averaged_and_nothing_else_is():
     ce = RunSpec("ce")
     runs = frame((ce, "CE", 60.0), (ce.replace(seed=1), "CE", 62.0),
                  (ce.replace(precision="bf16"), "CE", 70.0),
-                 (ce.replace(epochs=3, warmup_epochs=0, milestones=(1, 2)), "CE", 40.0))
+                 (ce.replace(epochs=3, warmup_epochs=0, milestones=(1, 2)), "CE", 40.0),
+                 (ce.replace(epochs=3, warmup_epochs=0, milestones=(2,)), "CE", 45.0))
     labels = row_labels(runs)
-    assert labels[0] == labels[1] == "CE [epochs=20 milestones=8,10 precision=fp32 warmup_epochs=2]"
-    assert labels[2] == "CE [epochs=20 milestones=8,10 precision=bf16 warmup_epochs=2]"
-    assert labels[3] == "CE [epochs=3 milestones=1,2 precision=fp32 warmup_epochs=0]"
+    # the schedule --epochs scales is told by the epochs; one set apart from it is shown
+    assert labels[0] == labels[1] == "CE [epochs=20 precision=fp32]"
+    assert labels[2] == "CE [epochs=20 precision=bf16]"
+    assert labels[3] == "CE [epochs=3 precision=fp32]"
+    assert labels[4] == "CE [epochs=3 milestones=2 precision=fp32]"
     table = results_table(runs)
     assert table.loc[labels[0]].tolist() == ["61.00 ± 1.41 (n=2)"]
     assert table.loc[labels[2]].tolist() == ["70.00 (n=1)"] and table.loc[labels[3]].tolist() == ["40.00 (n=1)"]
+    assert table.loc[labels[4]].tolist() == ["45.00 (n=1)"]
 
 
 def test_one_setting_per_method_and_cell_keeps_the_plain_name():
