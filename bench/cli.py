@@ -232,10 +232,11 @@ def _dry_run(args, specs: list[RunSpec]) -> int:
             store.close()
     cache = Path(args.cache_dir)
     would = {}
-    unused = unused_group_checkpoints(group_runs(todo, args.fuse), cache)
+    items = group_runs(todo, args.fuse)
+    unused = unused_group_checkpoints(items, cache)
     if unused:
         print(f"bench: note: {unused}", file=sys.stderr)
-    for item in group_runs(todo, args.fuse):
+    for item in items:
         resumes = checkpoint_path(item, cache).exists()  # a fused group checkpoints as one
         for spec in item.specs if isinstance(item, FusedGroup) else [item]:
             group = f" in a fused group of {len(item.specs)}" if isinstance(item, FusedGroup) else ""

@@ -37,15 +37,10 @@ def add_arguments(parser) -> None:  # (no torch: every command's parser is built
 def remove_checkpoints(keys: set[str], cache_dir: Path) -> int:
     """Remove the checkpoints of the runs ``keys`` and of the fused groups holding one of them."""
     from bench.execute import MEMBERS_SUFFIX, remove_checkpoint
+    from bench.fused_runs import group_listings
 
-    folder = Path(cache_dir) / "checkpoints"
-    paths = [folder / f"{key}.pt" for key in keys]
-    for members in sorted(folder.glob(f"*{MEMBERS_SUFFIX}")) if folder.is_dir() else []:
-        try:
-            if keys & set(members.read_text().split()):
-                paths.append(members.with_suffix(".pt"))
-        except OSError:
-            continue
+    paths = [Path(cache_dir) / "checkpoints" / f"{key}.pt" for key in keys]
+    paths += [path for path, members in group_listings(cache_dir) if keys & set(members)]
     found = [path for path in paths if path.exists() or path.with_suffix(MEMBERS_SUFFIX).exists()]
     for path in found:
         remove_checkpoint(path)
@@ -61,17 +56,18 @@ def main(args) -> int:
     cell = parse_cell(args.cell) if args.cell else None
     store = Store(args.store, create=False)
 
-    def named():  # every run, and which of them were named
-        every = store.runs(None)
-        keep = select(every, status=args.status or "all", methods=method_names(args.method, every), cell=cell)
+    def named(every):  # which of the runs were named
+        keep = select(every, status=args.status or "all", methods=wanted, cell=cell)
         if args.runs:
             keep &= every["key"].isin({store.resolve_key(prefix) for prefix in args.runs})
-        return every, keep
+        return keep
 
     try:
-        every, keep = named()
+        every = store.runs(None)
+        wanted = method_names(args.method, every)
+        keep = named(every)
         chosen = every[keep]
-        absent = absent_methods(method_names(args.method, every), every, args.store)
+        absent = absent_methods(wanted, every, args.store)
         if absent:
             print(f"bench: {absent}", file=sys.stderr)
         if chosen.empty:
@@ -85,8 +81,8 @@ def main(args) -> int:
         if not store.writable:
             raise BenchError(f"store {args.store} is not writable")
         with writer_lock(args.store):  # StoreInUse while a bench run writes it
-            again, keep = named()  # a bench run may have changed a state since the listing
-            if set(again.loc[keep, "key"]) != set(chosen["key"]):
+            again = store.runs(None)  # a bench run may have changed a state since the listing
+            if set(again.loc[named(again), "key"]) != set(chosen["key"]):
                 raise BenchError(f"the runs in {args.store} changed since they were listed; "
                                  "run bench forget again to see what it would delete now")
             removed = store.remove(list(chosen["key"]))

@@ -491,41 +491,40 @@ def note_members(group: FusedGroup, path) -> None:
         pass  # the checkpoint itself says it cannot be written, once
 
 
-def sweep_group_checkpoints(store, cache_dir) -> None:
-    """Remove the checkpoints of groups whose runs are all done: left by a kill between the
-    commit of a group's results and the removal of its checkpoint (a later ``bench run`` forms no
-    group for runs already done, so nothing else would remove them)."""
-    from bench.execute import MEMBERS_SUFFIX, remove_checkpoint
+def group_listings(cache_dir):
+    """The fused groups that left a checkpoint under ``cache_dir``: (their checkpoint's path, the
+    keys of their runs), from the list :func:`note_members` writes beside it (unreadable ones
+    skipped)."""
+    from bench.execute import MEMBERS_SUFFIX
 
-    if cache_dir is None:
-        return
-    for listing in sorted((Path(cache_dir) / "checkpoints").glob(f"*{MEMBERS_SUFFIX}")):
+    folder = None if cache_dir is None else Path(cache_dir) / "checkpoints"
+    for listing in sorted(folder.glob(f"*{MEMBERS_SUFFIX}")) if folder is not None and folder.is_dir() else []:
         try:
             keys = listing.read_text().split()
         except OSError:
             continue
+        yield listing.with_suffix(".pt"), keys
+
+
+def sweep_group_checkpoints(store, cache_dir) -> None:
+    """Remove the checkpoints of groups whose runs are all done: left by a kill between the
+    commit of a group's results and the removal of its checkpoint (a later ``bench run`` forms no
+    group for runs already done, so nothing else would remove them)."""
+    from bench.execute import remove_checkpoint
+
+    for path, keys in list(group_listings(cache_dir)):
         if keys and all(store.status(key) == "done" for key in keys):
-            remove_checkpoint(listing.with_suffix(".pt"))
+            remove_checkpoint(path)
 
 
 def unused_group_checkpoints(items: list, cache_dir) -> str | None:
     """A note where runs about to train from scratch are held by the checkpoint of a fused group
     that ``items`` (what the grid will train: specs and groups) does not form again (another
     --fuse, or none): that group's --fuse resumes them instead."""
-    from bench.execute import MEMBERS_SUFFIX
-
-    if cache_dir is None or not (Path(cache_dir) / "checkpoints").is_dir():
-        return None
     formed = {item.key() for item in items}
     pending = {spec.key() for item in items for spec in members(item)}
-    held = []
-    for listing in sorted((Path(cache_dir) / "checkpoints").glob(f"*{MEMBERS_SUFFIX}")):
-        try:
-            keys = listing.read_text().split()
-        except OSError:
-            continue
-        if listing.stem not in formed and listing.with_suffix(".pt").exists() and pending & set(keys):
-            held.append(len(keys))
+    held = [len(keys) for path, keys in group_listings(cache_dir)
+            if path.stem not in formed and path.exists() and pending & set(keys)]
     if not held:
         return None
     sizes = ", ".join(f"--fuse {k}" for k in sorted(set(held)))

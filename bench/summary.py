@@ -95,7 +95,7 @@ def off_preset(spec: dict) -> dict:
     a schedule that ``--epochs`` scaled is the epochs alone. Run-wide flags (precision,
     train_on_meta) are left to the row labels."""
     from bench.data.cli import default_meta_per_class
-    from bench.spec import PRESETS, scale_schedule
+    from bench.spec import PRESETS
 
     preset = PRESETS.get(spec.get("preset"))
     if preset is None:
@@ -106,11 +106,7 @@ def off_preset(spec: dict) -> dict:
             standard["meta_per_class"] = default_meta_per_class(spec["dataset"])
         except BenchError:
             pass
-    if spec.get("epochs", preset["epochs"]) != preset["epochs"]:
-        try:
-            standard.update(scale_schedule(preset, int(spec["epochs"])), epochs=preset["epochs"])
-        except BenchError:
-            pass
+    standard.update(_scaled_schedule(spec))  # the warm-up and milestones its epochs give
     out = {}
     for key, want in standard.items():
         got = spec.get(key, want)

@@ -143,7 +143,8 @@ def test_a_checkpoint_that_cannot_be_written_is_warned_once_and_training_goes_on
     assert capsys.readouterr().err.count("cannot write the checkpoint") == 1
 
 
-def test_a_checkpoint_of_another_run_or_a_corrupt_one_is_ignored(tmp_path, capsys):
+def _killed_after_two_epochs(tmp_path):
+    """The data of ``_spec()`` and the checkpoint its run left, killed after 2 epochs."""
     data = load_data(_spec())
     path = tmp_path / "ck.pt"
     run = Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path, checkpoint_every_s=0)
@@ -151,6 +152,11 @@ def test_a_checkpoint_of_another_run_or_a_corrupt_one_is_ignored(tmp_path, capsy
         _train(run, kill_after=2)
     except Killed:
         pass
+    return data, path
+
+
+def test_a_checkpoint_of_another_run_or_a_corrupt_one_is_ignored(tmp_path, capsys):
+    data, path = _killed_after_two_epochs(tmp_path)
     assert Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path).checkpoint_found
     other = RunSpec(method="ce", epochs=5, warmup_epochs=1, milestones=(2, 3))  # another key, same file
     stranger = Run(spec=other, data=data, device=torch.device("cpu"), checkpoint_path=path)
@@ -194,13 +200,7 @@ def test_training_time_counts_every_attempt_up_to_its_checkpoint(tmp_path, monke
 def test_a_run_resumed_with_another_thread_count_says_its_numbers_differ_by_rounding(tmp_path):
     """On the CPU a run is bit-for-bit the same only with the same thread count: resuming under
     another one (a run killed under --jobs 2, resumed alone) is said with the resume note."""
-    data = load_data(_spec())
-    path = tmp_path / "ck.pt"
-    run = Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path, checkpoint_every_s=0)
-    try:
-        _train(run, kill_after=2)
-    except Killed:
-        pass
+    data, path = _killed_after_two_epochs(tmp_path)
     same = Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path, checkpoint_every_s=0)
     assert same.checkpoint_position() == "a, 2 epochs done"
     before = torch.get_num_threads()
