@@ -540,3 +540,56 @@ def test_trains_on_fmnist_mini(method_cls, params):
     if method_cls is LDAMDRW:  # cosine head, and DRW was on at the last epoch (first drop = 2)
         assert isinstance(model.fc, NormedLinear)
         assert np.allclose(run.records["weight"], class_balanced_weights(counts).numpy()[run.data.train_y])
+
+
+# ------------------------------------------------- settings that reach the loss (mutation-tested)
+
+@pytest.mark.parametrize("loss", ["focal", "softmax_focal"])
+def test_cb_focal_fit_uses_its_gamma(monkeypatch, loss):
+    """The focal variants' modulator uses the cb.gamma setting (Cui et al. eq. 6-7; official
+    ``--gamma``), times w_y and averaged over the batch (official SUM/B)."""
+    gamma, beta = 2.0, 0.95
+    seen = _fit_capture(monkeypatch, ClassBalanced, ClassBalancedParams(loss=loss, gamma=gamma, beta=beta))
+    w = _cb_by_hand([50, 30, 20], beta)
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    total = 0.0
+    for row, t in zip(_LOGITS.tolist(), _Y.tolist()):
+        if loss == "focal":  # one-vs-all sigmoid focal, summed over classes
+            pts = [sig(v) if j == t else 1 - sig(v) for j, v in enumerate(row)]
+            per = sum(-((1 - q) ** gamma) * math.log(q) for q in pts)
+        else:
+            p = _softmax_p(row, t)
+            per = -((1 - p) ** gamma) * math.log(p)
+        total += w[t] * per
+    assert seen["loss_fn"](_LOGITS, _Y, None, 0).item() == pytest.approx(total / len(_Y), rel=1e-5)
+
+
+def test_cb_softmax_focal_keeps_the_plain_head_and_optimiser(monkeypatch):
+    """The -log(K-1) bias init and the bias without weight decay are the official *sigmoid* code's
+    (``src/model_base.py:196``, lines 344-351); the softmax variants train the plain head."""
+    seen = _fit_capture(monkeypatch, ClassBalanced, ClassBalancedParams(loss="softmax_focal"))
+    assert seen["optimizer"] is None
+    assert not torch.allclose(seen["model"].fc.bias, torch.full((3,), -math.log(2.0)))
+
+
+class _NetWithNorm(torch.nn.Module):
+    def __init__(self, k: int = 3, d: int = 4):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(d)  # 1-d parameters that are not the last layer's bias
+        self.fc = torch.nn.Linear(d, k)
+
+    def forward(self, x):
+        return self.fc(self.norm(x))
+
+
+def test_cb_sigmoid_optimiser_trains_every_parameter_with_decay_but_the_fc_bias(monkeypatch):
+    """Only the last-layer bias is exempt from weight decay (official lines 344-351); every other
+    parameter (norm layers' too) is trained with the protocol's decay."""
+    run = _FakeRun()
+    run.model = lambda **_: _NetWithNorm()
+    seen = _fit_capture(monkeypatch, ClassBalanced, ClassBalancedParams(loss="sigmoid"), run)
+    model, opt = seen["model"], seen["optimizer"]
+    decayed = {id(q) for g in opt.param_groups if g["weight_decay"] == 5e-4 for q in g["params"]}
+    undecayed = {id(q) for g in opt.param_groups if g["weight_decay"] == 0.0 for q in g["params"]}
+    assert undecayed == {id(model.fc.bias)}
+    assert decayed == {id(q) for q in model.parameters()} - undecayed

@@ -44,7 +44,10 @@ def test_remember_rate_is_papers_schedule():
 
 def test_num_remember_is_floor_of_rate_times_batch():
     assert num_remember(0.6, 128) == 76          # int(76.8)
-    assert num_remember(1 - 0.29, 100) == 71     # floor despite 0.71 * 100 = 70.99999999999999
+    assert num_remember(1 - 0.29, 100) == 71
+    # floor despite float rounding just below a whole number (module docstring): 0.29 * 100 and
+    # 0.57 * 100 are 28.999999999999996 and 56.99999999999999 (0.71 * 100 is exactly 71.0)
+    assert num_remember(0.29, 100) == 29 and num_remember(0.57, 100) == 57
     assert num_remember(0.6, 1) == 1             # never an empty batch
     assert num_remember(1.0, 16) == 16
 
@@ -308,13 +311,19 @@ def test_o2u_fit_replayed_by_hand(monkeypatch, retrain):
         assert torch.allclose(value, start[name], atol=1e-5), name
 
 
-def test_aum_fit_replayed_by_hand(monkeypatch):
+@pytest.mark.parametrize("params", [AUMParams(), AUMParams(threshold_count="code", percentile=90.0,
+                                                          skip_epochs=1, aum_epochs=2)], ids=["defaults", "settings"])
+def test_aum_fit_replayed_by_hand(monkeypatch, params):
+    """Defaults: N // (K+1) threshold samples, every epoch up to the first drop, 99th percentile
+    (PROTOCOL.md §7); the settings variant (the code's N // K, skip epoch 0, a given length and
+    percentile) checks that each setting reaches the selection."""
     n, k = 400, 3
     run, initial, x = _tiny_full_batch_run(n, k, epochs=4, milestones=(3,))
     seen = _retrain_spy(monkeypatch, aum_module)
-    AUM(AUMParams()).fit(run)
+    AUM(params).fit(run)
     which = run.records["threshold_set"]
-    assert (which == 1).sum() == (which == 2).sum() == n // (k + 1)
+    size = n // (k + 1) if params.threshold_count == "paper" else n // k
+    assert (which == 1).sum() == (which == 2).sum() == size
     y = np.asarray(run.data.train_y)
     removed = np.ones(n, dtype=bool)
     thresholds = []
@@ -326,12 +335,12 @@ def test_aum_fit_replayed_by_hand(monkeypatch):
         assert net[1].out_features == k + 1
         opt = _protocol_sgd(net)
         margins = []
-        for lr in (0.1, 0.1, 0.1):  # every epoch up to the first drop (epoch 3)
+        for lr in (0.1,) * (params.aum_epochs or 3):  # default: every epoch up to the first drop (3)
             logits = net(x)
             margins.append(_hand_margin(logits.detach(), labels))
             _sgd_step(opt, lr, F.cross_entropy(logits, labels))
-        aum = torch.stack(margins).mean(0).numpy()
-        thresholds.append(np.percentile(aum[which == r], 99))
+        aum = torch.stack(margins[params.skip_epochs:]).mean(0).numpy()
+        thresholds.append(np.percentile(aum[which == r], params.percentile))
         np.testing.assert_allclose(run.records[f"aum_run{r}"][which != r], aum[which != r], atol=1e-5)
         # removed only when below the threshold in every run where the sample was scored
         removed &= (aum < thresholds[-1]) | (which == r)
@@ -413,3 +422,36 @@ def test_a_rate_typed_differently_is_one_run(method, setting):
     assert key("0.35")[1] == "0.35" and key("0.0") == key("0") and key("0")[1] == "0"
     assert key("nominal")[1] == "nominal" and key("realised")[1] == "realised"
     assert len({key(t) for t in ("0.35", "0.1", "nominal", "realised")}) == 4
+
+
+# ------------------------------------------------- settings that reach the selection (mutation-tested)
+
+
+def test_coteaching_fit_ramps_the_forget_rate_with_its_exponent():
+    """R(T) = 1 - min((T / T_k)^c tau, tau) with the run's c (Han et al. 2018, Alg. 1; module
+    docstring): c = 2 gives 1 - (1/4)^2 0.5 and 1 - (2/4)^2 0.5 at T = 1, 2 for T_k = 4."""
+    n = 60
+    run, _, _ = _tiny_full_batch_run(n, epochs=3, milestones=(2,))
+    CoTeaching(CoTeachingParams(tau="0.5", t_k=4, exponent=2.0)).fit(run)
+    rates = [1.0, 1 - 0.0625 * 0.5, 1 - 0.25 * 0.5]
+    assert [r["remember_rate"] for r in run.history] == pytest.approx(rates)
+    assert [r["kept"] for r in run.history] == [int(rate * n) for rate in rates]
+
+
+def test_o2u_defaults_are_the_documented_ones():
+    """PROTOCOL.md §7 / module docstring: 10-epoch cycles from r1 = 0.01 to r2 = 0.001 at batch 16,
+    5 cycles, k = the nominal noise rate, stage 1 up to the first drop, retrain from scratch."""
+    p = O2UParams()
+    assert (p.cycle_length, p.cycles, p.lr_high, p.lr_low, p.cycle_batch_size) == (10, 5, 0.01, 0.001, 16)
+    assert (p.drop_rate, p.stage1_epochs, p.retrain) == ("nominal", 0, "scratch")
+
+
+def test_aum_scoring_runs_use_their_batch_size_setting(monkeypatch):
+    """``aum_batch_size`` (the code's 64) sets the scoring runs' batch; 0 keeps the protocol's."""
+    n, k = 400, 3
+    _retrain_spy(monkeypatch, aum_module)
+    for setting, expected in ((100, 100), (0, n)):
+        run, _, _ = _tiny_full_batch_run(n, k, epochs=4, milestones=(3,))
+        AUM(AUMParams(aum_batch_size=setting)).fit(run)
+        sizes = {r["batch_size"] for r in run.history if r["stage"] in ("aum1", "aum2")}
+        assert sizes == {expected}, setting
