@@ -16,6 +16,7 @@ from bench.data import (
     make_biased,
     transition_matrix,
 )
+from bench.data.bias import has_noise, noise_text, same_noise
 from bench.errors import DataError
 
 CIFAR10_FLIP = {0: 6, 1: 9, 2: 6, 3: 0, 4: 0, 5: 1, 6: 8, 7: 6, 8: 2, 9: 4}
@@ -104,6 +105,16 @@ def test_profile(request, source, meta, n_max, imbalance):
     assert np.all(np.diff(d.train_index) > 0)  # documented order: ascending file order
 
 
+def test_profile_truncates_in_double_precision_as_the_official_code():
+    """``get_img_num_per_cls`` (CurveNet feeder.py L18-46, MW-Net-LT data_utils.py L69-97) works in
+    python floats and ``int()`` truncates: a count just above an integer keeps it, e.g. class 48 of
+    100 at n_max 4990, imbalance 10: 4990 * 0.1 ** (48/99) = 1634.00003 -> 1634 (1633 in float32)."""
+    assert imbalance_profile(4990, 100, 10)[48] == 1634
+    for n_max, imb in ((4990, 10), (4990, 100), (490, 100), (4900, 20), (4990, 200)):
+        official = [int(n_max * (1 / imb) ** (i / (100 - 1.0))) for i in range(100)]  # imb_factor = 1/imb
+        assert imbalance_profile(n_max, 100, imb) == official
+
+
 def test_unequal_pools_use_the_smallest():
     y = np.repeat(np.arange(3), [50, 30, 40])
     ds = labels_dataset(y, 3)
@@ -165,6 +176,20 @@ def test_uniform_matrices():
     assert np.isclose(C[1, 0], 0.6 * 100 / 185) and np.isclose(C[2, 2], 0.4 + 0.6 * 25 / 185)
     assert np.allclose(n @ C, n)  # CurveNet's "unif" keeps the observed marginal
     assert np.array_equal(transition_matrix("none", 0, 5), np.eye(5))
+
+
+def test_every_noise_type_at_rate_zero_is_the_clean_cell():
+    """PROTOCOL.md §1 "Noise": the rate p is the off-diagonal mass of C, so at p = 0 every
+    synthetic type's C is the identity and 'flip2' at rate 0 is the noise-free cell (has_noise),
+    written clean and grouped with the clean runs; 'real' (a file's own labels) has no rate."""
+    for kind in ("uniform", "flip", "flip2", "uniform_freq"):
+        assert np.array_equal(transition_matrix(kind, 0.0, 10, np.arange(1, 11)), np.eye(10))
+        assert not has_noise(kind, 0.0) and noise_text(kind, 0.0) == "clean"
+        assert has_noise(kind, 0.2) and noise_text(kind, 0.2) == f"{kind}:0.2"
+    assert has_noise("real", 0.0) and noise_text("real", 0.0) == "real" and not has_noise("none", 0.0)
+    cells = np.array(["none", "flip2", "flip2", "real"]), np.array([0.0, 0.0, 0.4, 0.0])
+    assert has_noise(*cells).tolist() == [False, False, True, True]
+    assert same_noise(cells[0], "flip2", 0.0).tolist() == [True, True, True, False]
 
 
 def expected_flip_probability(kind, rate, K, counts):

@@ -369,6 +369,31 @@ def test_npz_channels_last_shapes_load(tmp_path, shape):
     assert ds.x_train.shape == (30, *shape[:2], shape[2] if len(shape) == 3 else 1)
 
 
+@pytest.mark.parametrize("shape,augment", [((32, 32, 3), True), ((32, 32), False), ((32, 32, 1), False),
+                                           ((32, 32, 4), False), ((28, 28, 3), False), ((32, 28, 3), False)])
+def test_npz_is_augmented_only_when_cifar_like(tmp_path, shape, augment):
+    """The random crop (reflect-pad 4) and flip are the CIFAR transform (PROTOCOL.md §1
+    "Transforms"): on for 32 x 32 x 3 images only (load_npz's docstring), off for grayscale or
+    other sizes."""
+    np.savez(tmp_path / "d.npz", **good_arrays(np.random.default_rng(0), shape=shape))
+    assert load_dataset(f"npz:{tmp_path / 'd.npz'}").augment is augment
+
+
+def test_npz_constant_channel_is_not_divided_by_a_zero_std(tmp_path):
+    """Computed normalisation ``(x / 255 - mean) / std``: a channel with one value everywhere has
+    std 0 and is given std 1, so its batches stay finite."""
+    from bench.data import Loader
+
+    arrays = good_arrays(np.random.default_rng(0), shape=(8, 8, 2))
+    arrays["x_train"][..., 1] = 9
+    np.savez(tmp_path / "d.npz", **arrays)
+    ds = load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    assert ds.std[1] == 1.0 and np.isclose(ds.mean[1], 9 / 255) and 0 < ds.std[0] < 1
+    xb, _, _ = next(iter(Loader(ds.x_train, ds.y_train, batch_size=30, device="cpu", mean=ds.mean, std=ds.std,
+                                augment=False)))
+    assert np.isfinite(xb.numpy()).all() and np.allclose(xb[:, 1].numpy(), 0, atol=1e-6)
+
+
 def test_npz_mean_std_at_the_edges_of_their_range(tmp_path):
     np.savez(tmp_path / "d.npz", **good_arrays(np.random.default_rng(0), shape=(8, 8, 2)),
              mean=np.array([0.0, 1.0]), std=np.array([1.0, 1e-3]))
@@ -461,3 +486,10 @@ def test_npz_stray_label_is_named_when_the_classes_are_inferred(tmp_path):
     with pytest.raises(DataError, match=r"classes 3, 4, 5, 6, 7 \.\.\. have no training samples.*"
                                         r"0\.\.42; is label 42 a stray\?"):
         load_dataset(f"npz:{tmp_path / 'stray.npz'}")
+    # K = max label + 1 over y_train and y_test: a stray test label is named as a stray too
+    arrays = good_arrays(np.random.default_rng(0))
+    arrays["y_test"] = arrays["y_test"].copy()
+    arrays["y_test"][0] = 5
+    np.savez(tmp_path / "stray_test.npz", **arrays)
+    with pytest.raises(DataError, match=r"classes 3, 4, 5 have no training samples.*0\.\.5; is label 5 a stray\?"):
+        load_dataset(f"npz:{tmp_path / 'stray_test.npz'}")

@@ -125,6 +125,22 @@ def test_crops_and_flips_are_reflect_padded_crops(device):
     assert 3.5 < np.mean(offsets) < 4.5
 
 
+def test_a_sample_alone_in_the_last_batch_is_augmented_like_any_other():
+    """The training transform (MW-Net.py L79-101, feeder.py L88-105) crops and flips every image
+    on its own, so the one sample of a last short batch (a pool of 129 at batch 128) is too."""
+    x, y = random_images(9, seed=4)
+    loader = make_loader(x, y, batch_size=8, augment=True, mean=CIFAR_MEAN, std=CIFAR_STD)
+    seen = set()
+    for _ in range(12):
+        *_, (xb, _, ib) = loader
+        assert len(ib) == 1
+        img = denormalise(xb, CIFAR_MEAN, CIFAR_STD)[0]
+        match = np.argwhere(np.all(crop_candidates(x[int(ib)]) == img, axis=(3, 4, 5)))
+        assert len(match) == 1
+        seen.add(tuple(match[0]))
+    assert len(seen) > 1 and any(m != (0, 4, 4) for m in seen)  # not always the unaugmented image
+
+
 def test_augmentation_on_cifar_images_and_none_at_test_time(cifar10_npz):
     with np.load(cifar10_npz) as z:
         x, y = z["x_test"][:128], z["y_test"][:128]

@@ -12,11 +12,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bench.data.loader import Loader
 from bench.errors import BenchError
 from bench.fused import (
     FusedBatchNorm2d,
     FusedConv2d,
     FusedLinear,
+    FusedLoader,
     GroupedConv2d,
     RunsShortcutA,
     RunsToRowsLinear,
@@ -202,3 +204,110 @@ def test_fusing_needs_one_architecture_and_known_layers():
         fuse(models(), "columns")
     with pytest.raises(BenchError, match="run 3"):
         run_state(fuse(models()), 3)
+
+
+@pytest.mark.parametrize("layout", ["rows", "runs"])
+def test_fusing_models_in_eval_mode_gives_a_network_in_eval_mode(layout):
+    """A fused network of K models in eval mode is in eval mode too (its BatchNorms use each run's
+    running statistics, not the batch's), without a further ``.eval()``."""
+    separate = models("resnet32", 3)
+    for m in separate:  # running statistics of their own, then eval mode
+        m(torch.randn(N, 3, 8, 8))
+        m.eval()
+    fused = fuse(separate, layout)
+    assert not any(m.training for m in fused.modules() if isinstance(m, nn.BatchNorm2d))
+    xs = [torch.randn(N, 3, 8, 8) for _ in range(RUNS)]
+    out = fused(batch(xs, layout))
+    for k, model in enumerate(separate):
+        torch.testing.assert_close(run_rows(out, RUNS, k), model(xs[k]))
+
+
+def test_fused_layers_keep_each_layers_own_groups_eps_and_momentum():
+    """Any network fuses (rows layout), not only the backbones' defaults: a grouped convolution
+    stays grouped within each run, and a BatchNorm keeps its eps and momentum (running statistics
+    then move as in each run alone)."""
+    def net(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, groups=2), nn.BatchNorm2d(4, eps=0.5, momentum=0.7),
+                             nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, CLASSES)).double().train()
+
+    separate = [net(seed) for seed in range(RUNS)]
+    fused = fuse(copy.deepcopy(separate))
+    for _ in range(2):
+        xs = [torch.randn(N, 2, 5, 5) for _ in range(RUNS)]
+        out = fused(interleave(xs))
+        for k, model in enumerate(separate):
+            torch.testing.assert_close(run_rows(out, RUNS, k), model(xs[k]))
+    assert_same_state(fused, separate)
+
+
+def _loaders(pools, seeds, **kwargs):
+    from bench.data.datasets import CIFAR_MEAN, CIFAR_STD
+
+    return [Loader(x, y, batch_size=8, device="cpu", mean=CIFAR_MEAN, std=CIFAR_STD, augment=True,
+                   generator=torch.Generator().manual_seed(seed), **kwargs) for (x, y), seed in zip(pools, seeds)]
+
+
+def _pools(size=21):
+    out = []
+    for k in range(RUNS):
+        g = torch.Generator().manual_seed(k)
+        out.append((torch.randint(0, 256, (size, 8, 8, 3), generator=g, dtype=torch.uint8),
+                    torch.randint(0, CLASSES, (size,), generator=g)))
+    return out
+
+
+@pytest.mark.parametrize("layout", ["rows", "runs"])
+def test_a_fused_loader_gives_each_run_the_batches_it_draws_alone(layout):
+    """``bench run --fuse``: run k's part of every fused batch is the batch its own loader (its own
+    pool and generator: order, crops, flips) yields alone, the last short batch included; the images
+    in the classifier's layout, and row n K + k's index i K + k reads run k's sample i of a
+    per-sample table of the K pools, interleaved."""
+    pools, seeds = _pools(), [10, 11, 12]
+    alone = [[b for _ in range(2) for b in ld] for ld in _loaders(pools, seeds)]
+    fused = FusedLoader(_loaders(pools, seeds), layout)
+    got = [b for _ in range(2) for b in fused]
+    assert len(fused) == 3 and len(got) == 6 and [len(b[1]) for b in got] == [8 * RUNS, 8 * RUNS, 5 * RUNS] * 2
+    table = interleave([y for _, y in pools])
+    for step, (x, y, idx) in enumerate(got):
+        for k in range(RUNS):
+            xa, ya, ia = alone[k][step]
+            mine = run_rows(x, RUNS, k) if layout == "rows" else x[:, 3 * k:3 * (k + 1)]
+            assert torch.equal(mine, xa) and torch.equal(run_rows(y, RUNS, k), ya)
+            assert torch.equal(run_rows(idx, RUNS, k), ia * RUNS + k)
+        assert torch.equal(table[idx], y)
+    assert not torch.equal(alone[0][0][2], alone[1][0][2])  # the runs' orders differ: the check can tell
+
+
+def test_a_fused_meta_cycle_is_each_runs_own_cycle_and_resumes_each_ones_position():
+    """The meta sets: each run cycles through its own set (a fresh order each pass, as alone), and a
+    checkpointed fused cycle resumes every run at its own position."""
+    pools, seeds = _pools(20), [3, 4, 5]
+    alone = [ld.cycle() for ld in _loaders(pools, seeds)]
+    cycle = FusedLoader(_loaders(pools, seeds), "rows").cycle()
+    for _ in range(6):  # two passes of three batches (8, 8, 4)
+        _, y, idx = next(cycle)
+        for k, c in enumerate(alone):
+            _, ya, ia = next(c)
+            assert torch.equal(run_rows(idx, RUNS, k), ia * RUNS + k) and torch.equal(run_rows(y, RUNS, k), ya)
+    next(cycle)
+    state = cycle.state_dict()
+    rest = [next(cycle)[2] for _ in range(2)]  # the rest of the pass
+    resumed = FusedLoader(_loaders(pools, [7, 8, 9]), "rows").cycle()  # other generators: orders come from state
+    resumed.load_state_dict(state)
+    assert all(torch.equal(idx, next(resumed)[2]) for idx in rest)
+
+
+def test_a_fused_loader_needs_pools_of_one_size_batch_size_and_drop_last():
+    pools = _pools()
+    FusedLoader(_loaders(pools, [0, 1, 2]), "rows")
+    for changed in ({"batch_size": 7}, {"drop_last": True}):
+        loaders = _loaders(pools, [0, 1, 2])
+        options = dict(batch_size=8, device="cpu", mean=(0.5,) * 3, std=(0.25,) * 3, augment=True)
+        options.update(changed)
+        loaders[1] = Loader(*pools[1], **options)
+        with pytest.raises(BenchError, match="pools of one size and one batch size"):
+            FusedLoader(loaders, "rows")
+    shorter = _pools(20)
+    with pytest.raises(BenchError, match="pools of one size"):
+        FusedLoader(_loaders(pools[:2], [0, 1]) + _loaders(shorter[2:], [2]), "rows")

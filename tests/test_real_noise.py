@@ -194,6 +194,43 @@ def test_a_files_own_meta_set_is_the_meta_set_and_every_training_image_trains(tm
         load_dataset(f"npz:{tmp_path / 'e.npz'}")
 
 
+def test_a_files_own_meta_set_is_drawn_per_class_with_the_data_seed(tmp_path):
+    """Step 1 of bench/data/bias.py with a file's own meta set: per class, m of its trusted samples
+    after a shuffle with the data seed (as feeder.py L164-177 shuffles each class before taking
+    the first m): one seed always picks the same m, other seeds pick other ones."""
+    own_meta_npz(tmp_path / "d.npz", meta_per_class=6)
+    ds = load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    picks = {}
+    for seed in range(6):
+        data = make_biased(ds, BiasSpec(imbalance=1, meta_per_class=2, seed=seed))
+        assert np.bincount(data.y_meta).tolist() == [2, 2, 2, 2] and (data.meta_index >= ds.meta_start).all()
+        assert np.array_equal(make_biased(ds, BiasSpec(imbalance=1, meta_per_class=2, seed=seed)).meta_index,
+                              data.meta_index)
+        picks[seed] = tuple(data.meta_index.tolist())
+    assert len(set(picks.values())) > 1
+    first_two = tuple(np.sort(np.concatenate([ds.meta_start + 6 * c + np.arange(2) for c in range(4)])).tolist())
+    assert set(picks.values()) != {first_two}  # not simply the first m of each class in file order
+
+
+def test_a_files_own_meta_set_beside_noisy_labels_keeps_its_trusted_labels(tmp_path):
+    """A file with noisy labels (y_train_noisy) and a trusted set (x_meta, y_meta): the pool trains
+    on the noisy labels, the meta set on its own trusted labels, which are also its entries of
+    ``Dataset.y_train_noisy`` (a trusted set has no other label)."""
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(4), 30)
+    noisy = np.where(rng.random(len(y)) < 0.4, (y + 1) % 4, y)
+    y_meta = np.repeat(np.arange(4), 3)
+    np.savez(tmp_path / "d.npz", x_train=rng.integers(0, 256, (len(y), 8, 8), dtype=np.uint8), y_train=y,
+             y_train_noisy=noisy, x_test=rng.integers(0, 256, (8, 8, 8), dtype=np.uint8), y_test=np.arange(8) % 4,
+             x_meta=np.full((len(y_meta), 8, 8), 7, dtype=np.uint8), y_meta=y_meta)
+    ds = load_dataset(f"npz:{tmp_path / 'd.npz'}")
+    assert ds.meta_start == len(y) and np.array_equal(ds.y_train_noisy[ds.meta_start:], y_meta)
+    data = make_biased(ds, BiasSpec(noise_type="real", meta_per_class=3, seed=1))
+    assert (data.meta_index >= ds.meta_start).all() and np.array_equal(data.y_meta, ds.y_train[data.meta_index])
+    assert np.array_equal(data.train_y, noisy[data.train_index]) and data.is_noisy.any()
+    assert np.array_equal(data.train_clean_y, y[data.train_index])
+
+
 @pytest.mark.parametrize("bad, match", [
     ({"x_meta": np.zeros((4, 6, 6), np.uint8)}, "x_meta and x_train must share H x W x C"),
     ({"y_meta": np.array([0, 1, 2, 9])}, r"y_meta has labels outside 0..3"),
