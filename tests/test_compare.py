@@ -156,3 +156,145 @@ def test_over_seven_cells_the_wilcoxon_test_matches_its_exact_distribution(tmp_p
     summary = json.loads(capsys.readouterr().out)["over_cells"]
     assert summary["cells"] == 7 and summary["ahead"] == 6 and math.isclose(summary["p"], 4 / 128)
     assert math.isclose(summary["mean_diff"], sum(diffs) / 7)
+
+
+def test_paired_cell_matches_scipy_and_counts_a_tied_seed_as_no_win(tmp_path, capsys):
+    """Per-seed differences 1, 3, 0: Δ, its t interval (n - 1 = 2 df) and p as scipy's paired t-test
+    gives them; a seed where A and B tie is not one A won; a_std and b_std are sample stds (ddof 1)."""
+    import statistics
+
+    from scipy import stats
+    a, b = [70.0, 72.0, 75.0], [69.0, 69.0, 75.0]
+    path = make_store(tmp_path / "s.sqlite", [("ce", s, v, {}) for s, v in enumerate(a)]
+                      + [("mwnet", s, v, {}) for s, v in enumerate(b)])
+    row = compared(capsys, "ce", "mwnet", "--store", str(path))[0].iloc[0]
+    d = [x - y for x, y in zip(a, b)]
+    half = stats.t.ppf(0.975, 2) * statistics.stdev(d) / math.sqrt(3)
+    assert (row["test"], row["n"], row["wins"]) == ("paired", 3, "2/3")
+    assert math.isclose(row["diff"], 4 / 3) and math.isclose(row["p"], stats.ttest_rel(a, b).pvalue, rel_tol=1e-9)
+    assert math.isclose(row["ci_low"], 4 / 3 - half, rel_tol=1e-9) and math.isclose(row["ci_high"], 4 / 3 + half,
+                                                                                    rel_tol=1e-9)
+    assert math.isclose(row["a_std"], statistics.stdev(a)) and math.isclose(row["b_std"], statistics.stdev(b))
+
+
+def test_two_pairs_already_give_an_interval_on_one_degree_of_freedom(tmp_path, capsys):
+    """Differences 1 and 3: mean 2, sample std sqrt(2), sem 1; t_0.975(1 df) = 12.7062."""
+    from scipy import stats
+    path = make_store(tmp_path / "s.sqlite", [("ce", 0, 71.0, {}), ("ce", 1, 73.0, {}),
+                                               ("mwnet", 0, 70.0, {}), ("mwnet", 1, 70.0, {})])
+    row = compared(capsys, "ce", "mwnet", "--store", str(path))[0].iloc[0]
+    assert (row["test"], row["n"], row["diff"]) == ("paired", 2, 2.0)
+    assert math.isclose(row["ci_low"], 2 - 12.706205, rel_tol=1e-6) and math.isclose(row["ci_high"], 2 + 12.706205,
+                                                                                    rel_tol=1e-6)
+    assert math.isclose(row["p"], stats.ttest_rel([71.0, 73.0], [70.0, 70.0]).pvalue, rel_tol=1e-9)  # 0.2048
+
+
+def test_the_same_difference_on_every_seed_gives_a_zero_width_interval_and_no_p(tmp_path, capsys):
+    """No spread: the interval is the difference itself, and there is no p (not 0, not 1)."""
+    path = make_store(tmp_path / "s.sqlite", [("ce", 0, 70.0, {}), ("ce", 1, 71.0, {}), ("ce", 2, 75.0, {}),
+                                               ("mwnet", 0, 68.0, {}), ("mwnet", 1, 69.0, {}), ("mwnet", 2, 73.0, {})])
+    row = compared(capsys, "ce", "mwnet", "--store", str(path))[0].iloc[0]
+    assert (row["test"], row["diff"], row["ci_low"], row["ci_high"]) == ("paired", 2.0, 2.0, 2.0)
+    assert pd.isna(row["p"])
+    path = make_store(tmp_path / "w.sqlite", [("ce", 0, 70.0, {}), ("ce", 1, 70.0, {}),     # Welch, both constant
+                                               ("mwnet", 5, 68.0, {}), ("mwnet", 6, 68.0, {})])
+    row = compared(capsys, "ce", "mwnet", "--store", str(path))[0].iloc[0]
+    assert (row["test"], row["diff"], row["ci_low"], row["ci_high"]) == ("Welch", 2.0, 2.0, 2.0)
+    assert pd.isna(row["p"])
+
+
+def test_welch_with_one_value_on_a_side_gives_the_difference_only_and_no_warning(tmp_path, capsys):
+    import warnings
+    path = make_store(tmp_path / "s.sqlite", [("ce", 0, 70.0, {}), ("ce", 1, 72.0, {}), ("ce", 2, 75.0, {}),
+                                               ("mwnet", 5, 60.0, {})])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "degrees of freedom <= 0" on the user's terminal
+        row = compared(capsys, "ce", "mwnet", "--store", str(path))[0].iloc[0]
+    assert (row["test"], row["n"]) == ("Welch", 4) and math.isclose(row["diff"], 217 / 3 - 60)
+    assert pd.isna(row["ci_low"]) and pd.isna(row["ci_high"]) and pd.isna(row["p"]) and pd.isna(row["b_std"])
+
+
+def test_a_training_seed_run_on_several_data_seeds_is_no_pair_for_one_run_on_one(tmp_path, capsys):
+    """A's seed 0 averages its runs on data seeds 0 and 7; B's seed 0 saw data seed 0 only: the
+    two did not see the same data, so the cell is compared unpaired."""
+    path = make_store(tmp_path / "s.sqlite", [("ce", 0, 70.0, {}), ("ce", 0, 72.0, {"data_seed": 7}),
+                                               ("ce", 1, 73.0, {}), ("mwnet", 0, 68.0, {}), ("mwnet", 1, 69.0, {})])
+    row = compared(capsys, "ce", "mwnet", "--store", str(path))[0].iloc[0]
+    assert (row["test"], row["a_n"]) == ("Welch", 2) and math.isclose(row["diff"], (71.0 + 73.0) / 2 - 68.5)
+
+
+def test_p_values_between_a_thousandth_and_a_hundredth_are_shown_with_three_decimals(tmp_path, capsys):
+    from scipy import stats
+    a, b = [71.0, 73.1, 74.9], [70.0, 72.0, 74.0]  # differences 1.0, 1.1, 0.9
+    path = make_store(tmp_path / "s.sqlite", [("ce", s, v, {}) for s, v in enumerate(a)]
+                      + [("mwnet", s, v, {}) for s, v in enumerate(b)]
+                      + [("ce", s, 60.0 + s + 0.001 * s, {"imbalance": 100.0}) for s in range(3)]
+                      + [("mwnet", s, 50.0 + s, {"imbalance": 100.0}) for s in range(3)])
+    p = stats.ttest_rel(a, b).pvalue
+    assert 0.001 < p < 0.01
+    assert main(["compare", "ce", "mwnet", "--store", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"| {p:.3f} " in out and "| <0.001 |" in out  # the imb100 cell: differences 10, 10.001, 10.002
+
+
+def _cells_store(path, diffs):
+    """One seed per cell (imbalances 1, 2, ...), A − B = ``diffs``."""
+    runs = [run for imb, d in enumerate(diffs, start=1)
+            for run in (("ce", 0, 60.0 + d, {"imbalance": float(imb)}), ("mwnet", 0, 60.0, {"imbalance": float(imb)}))]
+    return make_store(path, runs)
+
+
+def test_over_cells_cells_with_no_difference_are_neither_ahead_nor_tested(tmp_path, capsys):
+    """Δ = +2, 0, -1, +5: A ahead in 2 of the 4 cells; the Wilcoxon test leaves the Δ = 0 cell out
+    (over_cells' docstring; with one zero Demšar's rule, split the zeros' ranks and drop one if
+    their number is odd, leaves it out too) and is scipy's exact test of the other three, p = 0.5."""
+    from scipy import stats
+    path = _cells_store(tmp_path / "s.sqlite", [2.0, 0.0, -1.0, 5.0])
+    assert main(["compare", "ce", "mwnet", "--store", str(path), "--format", "json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["over_cells"]
+    assert (summary["cells"], summary["ahead"], summary["tested"]) == (4, 2, 3)
+    assert math.isclose(summary["p"], stats.wilcoxon([2.0, -1.0, 5.0]).pvalue) and math.isclose(summary["p"], 0.5)
+    assert math.isclose(summary["mean_diff"], 1.5)
+    assert main(["compare", "ce", "mwnet", "--store", str(path)]) == 0
+    assert "p = 0.500 (3 cells with Δ ≠ 0: with fewer than 6" in capsys.readouterr().out
+
+
+def test_over_two_cells_one_of_them_tied_there_is_no_wilcoxon_p(tmp_path, capsys):
+    path = _cells_store(tmp_path / "s.sqlite", [2.0, 0.0])
+    assert main(["compare", "ce", "mwnet", "--store", str(path), "--format", "json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["over_cells"]  # two cells: JSON sums them up too
+    assert (summary["cells"], summary["ahead"], summary["tested"], summary["p"]) == (2, 1, 1, None)
+    assert main(["compare", "ce", "mwnet", "--store", str(path)]) == 0
+    assert "Wilcoxon signed-rank test of the cells' Δ: p = — (1 cells with Δ ≠ 0" in capsys.readouterr().out
+
+
+def test_the_few_cells_caveat_is_said_below_six_tested_cells_only(tmp_path, capsys):
+    """With 5 cells all in A's favour the exact two-sided p is 2/32 = 0.0625, its smallest; with 6
+    it is 2/64 = 0.03125, so the caveat is for fewer than 6."""
+    for cells, p in ((5, "0.062"), (6, "0.031")):
+        path = _cells_store(tmp_path / f"s{cells}.sqlite", [float(d) for d in range(1, cells + 1)])
+        assert main(["compare", "ce", "mwnet", "--store", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert f"Wilcoxon signed-rank test of the cells' Δ: p = {p}" in out
+        assert ("with fewer than 6, p cannot fall below 0.05" in out) == (cells < 6), cells
+
+
+def test_the_confidence_option_sets_the_interval(tmp_path, capsys):
+    from scipy import stats
+    a, b = [70.0, 72.0, 75.0], [68.0, 71.0, 71.0]  # differences 2, 1, 4 (sem sqrt(7/9))
+    path = make_store(tmp_path / "s.sqlite", [("ce", s, v, {}) for s, v in enumerate(a)]
+                      + [("mwnet", s, v, {}) for s, v in enumerate(b)])
+    row = compared(capsys, "ce", "mwnet", "--store", str(path), "--confidence", "0.8")[0].iloc[0]
+    half = stats.t.ppf(0.9, 2) * math.sqrt(7 / 9)
+    assert row["confidence"] == 0.8 and math.isclose(row["ci_high"] - row["diff"], half, rel_tol=1e-9)
+    assert main(["compare", "ce", "mwnet", "--store", str(path), "--confidence", "0.8"]) == 0
+    assert "| 80% CI" in capsys.readouterr().out
+
+
+def test_a_paired_cell_shows_each_methods_mean_over_all_its_seeds(tmp_path, capsys):
+    """A ran seeds 0-2, B seeds 0-1: Δ is over the two shared seeds, the A column over A's three."""
+    path = make_store(tmp_path / "s.sqlite", [("ce", 0, 70.0, {}), ("ce", 1, 72.0, {}), ("ce", 2, 80.0, {}),
+                                               ("mwnet", 0, 69.0, {}), ("mwnet", 1, 70.0, {})])
+    row = compared(capsys, "ce", "mwnet", "--store", str(path))[0].iloc[0]
+    assert (row["test"], row["n"], row["wins"], row["diff"]) == ("paired", 2, "2/2", 1.5)
+    assert (row["a_n"], row["b_n"], row["a_mean"], row["b_mean"]) == (3, 2, 74.0, 69.5)

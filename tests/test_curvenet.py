@@ -344,3 +344,28 @@ def test_curvenet_without_a_meta_set_says_once_that_it_is_ce(monkeypatch, capsys
     assert capsys.readouterr().err == ""  # a meta set, or the pseudo-meta set: nothing to say
     assert len(specs("--meta-per-class", "0", "--seeds", "0,1,2")) == 3  # it still trains (Table 7's row)
     assert capsys.readouterr().err.count("has no meta set to learn from") == 1
+
+
+def test_the_std_norm_option_reaches_the_recorded_curve_input(monkeypatch):
+    """``curvenet.std_norm=true`` (the paper's text: divide by the class's std; the official code
+    centres only, notes/curvenet_mwnet.md §2.4) changes the curves CurveNet reads: each observed
+    class's curve values have unit (population) std at every kept epoch."""
+    params = CurveNetParams(**TINY, std_norm=True)
+    run = make_run(params, epochs=1, warmup_epochs=2, milestones=())
+    n = len(run.data.train_y)
+    raw = torch.rand(4, n, generator=torch.Generator().manual_seed(0)) * 3
+    monkeypatch.setattr(cn, "probe_curves", lambda run_, schedule: raw.clone())
+
+    def fake_step(self, x, y, idx, x_meta, y_meta, lr=None, **kw):
+        zero = torch.zeros(())
+        return dict(meta_loss=zero, loss=zero, weights=torch.ones(len(y)), losses=torch.zeros(len(y)))
+
+    monkeypatch.setattr(cn.MetaStep, "__call__", fake_step)
+    CurveNetMethod(params).fit(run)
+    observed = torch.as_tensor(np.asarray(run.data.train_y))
+    curve = torch.as_tensor(run.records["curve"])
+    assert torch.allclose(curve, curve_input(raw, observed, 1, 1, std_norm=True), atol=1e-5)
+    assert not torch.allclose(curve, curve_input(raw, observed, 1, 1), atol=1e-2)
+    for c in observed.unique():
+        if (observed == c).sum() > 1:
+            assert torch.allclose(curve[observed == c].std(0, unbiased=False), torch.ones(2), atol=1e-4)

@@ -23,6 +23,7 @@ from bench.train import lr_at
 from methods.base import Run
 from methods.curves import (
     CurveRecorder,
+    Curves,
     Schedule,
     centre,
     constant_schedule,
@@ -265,3 +266,25 @@ def test_auroc_matches_mann_whitney_with_ties():
     assert auroc(pos, score) == pytest.approx(u / (pos.sum() * (~pos).sum()))
     assert np.allclose(average_ranks(score), stats.rankdata(score))
     assert auroc(pos, -score) == pytest.approx(1 - auroc(pos, score))
+
+
+def test_curves_mean_is_over_epochs_start_to_stop_minus_one():
+    """``Curves.mean(start, stop)``: the per-sample mean over epochs start .. stop-1 (AUM's mean
+    margin over a window), an empty window refused."""
+    values = torch.tensor([[1.0, 10.0], [2.0, 20.0], [4.0, 40.0], [8.0, 80.0]])
+    curves = Curves(values, "margin", torch.zeros(2, dtype=torch.long), None, constant_schedule(0.1, 4, 16))
+    assert torch.equal(curves.mean(1, 3), torch.tensor([3.0, 30.0]))
+    assert torch.equal(curves.mean(2), torch.tensor([6.0, 60.0])) and torch.equal(curves.mean(0, 1), values[0])
+    assert torch.equal(curves.mean(), values.mean(0))
+    with pytest.raises(BenchError):
+        curves.mean(3, 3)
+
+
+def test_auroc_without_both_classes_is_nan_without_a_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 0/0 "invalid value" warning on the user's terminal
+        assert math.isnan(auroc(np.ones(4, bool), [0.1, 0.2, 0.3, 0.4]))
+        assert math.isnan(auroc(np.zeros(4, bool), [0.1, 0.2, 0.3, 0.4]))
+        assert math.isnan(auroc(np.zeros(0, bool), []))

@@ -203,3 +203,55 @@ def test_the_separation_figure_asks_for_one_cell_and_for_runs_with_trust(tmp_pat
     assert main(["plot", "separation", "--store", str(path), "--cell", "cifar10:200:none"]) == 2
     assert "of 2 protocols (preset paper, model resnet32; preset quick, model small_cnn); pick one with " \
            "--preset" in capsys.readouterr().err
+
+
+def test_the_tail_is_the_classes_with_fewest_samples_whatever_their_index():
+    assert tail_classes(np.repeat([0, 1, 2, 3], [5, 40, 20, 10])).tolist() == [0, 3]
+    assert tail_classes(np.repeat([0, 1, 2, 3, 4], [3, 50, 2, 40, 30])).tolist() == [0, 2]
+
+
+def test_a_stored_runs_tail_and_clean_samples_come_from_the_true_labels_not_the_observed_ones():
+    """The tail is chosen by *true* class (mislabelled samples counted in their true class), as
+    the module docstring and `bench table --metric tail_auroc` say: here the observed labels would
+    make classes 0 and 1 the smallest, the true labels make 2 and 3 the tail."""
+    clean = np.repeat([0, 1, 2, 3], [12, 10, 4, 2])
+    observed = clean.copy()
+    observed[:8], observed[12:18] = 3, 2  # 8 of class 0 seen as 3, 6 of class 1 seen as 2
+    noisy = observed != clean
+    trust = np.where(noisy, 0.1, 0.9)
+    trust[22:28] = 0.5  # the clean tail: trusted less than the clean head, more than the noise
+    record = pd.DataFrame({"clean_label": clean, "observed_label": observed, "is_noisy": noisy, "value": trust})
+
+    class OneRecord:
+        def sample_record(self, key, name):
+            return record if name == "weight" else None
+
+    s = run_separation(OneRecord(), "k")
+    assert s["record"] == "weight" and s["tail"] == [2, 3]
+    assert (s["noisy"], s["clean"], s["clean_tail"]) == (14, 14, 6)
+    assert s["tail_auroc"] == 100.0 and s["mean_clean_tail"] == 0.5
+    assert s == {"record": "weight", **separation(clean, noisy, trust)}
+
+
+def test_samples_without_a_trust_value_are_left_out_of_the_counts_too():
+    clean = np.array([0, 0, 0, 0, 1, 1])
+    noisy = np.array([False, False, True, False, False, True])
+    s = separation(clean, noisy, np.array([0.9, 0.8, 0.1, np.nan, np.nan, 0.5]))
+    assert (s["noisy"], s["clean"], s["clean_tail"]) == (2, 2, 0)
+    assert math.isnan(s["mean_clean_tail"]) and s["mean_clean"] == pytest.approx(0.85)
+
+
+def test_selection_rows_give_each_selecting_runs_precision_and_recall(trust_store):
+    """bench.analysis.selection_rows: the runs that record ``kept`` and ``score`` (the fake
+    O2U-Net: every mislabelled sample scored high, the even-indexed ones kept), removed = not kept."""
+    from bench.analysis import selection_rows
+
+    rows = selection_rows(Store(trust_store, create=False))
+    assert sorted((r["method"], int(r["seed"])) for r in rows) == [("o2u", 0), ("o2u", 1)]
+    for r in rows:
+        clean, noisy, _ = fake_store.fake_samples(int(r["seed"]))
+        removed = noisy & (np.arange(75) % 2 == 1)
+        assert (r["removed"], r["noisy"], r["n"]) == (removed.sum(), noisy.sum(), 75)
+        assert r["precision"] == 1.0 and r["recall"] == pytest.approx(removed.sum() / noisy.sum())
+        assert r["auroc"] == 1.0 and r["noise"] == "flip2:0.25"
+    assert selection_rows(Store(trust_store, create=False), methods={"curvenet"}) == []

@@ -375,3 +375,29 @@ def test_rows_trained_away_from_their_preset_are_said_under_the_table(tmp_path, 
     err = capsys.readouterr().err
     assert ("note: rows trained away from their preset's protocol: Focal: epochs 2 (the quick preset: 20); "
             "CB: weight_decay 0.001 (the quick preset: 0.0005)") in err
+
+
+def test_the_average_over_cells_is_the_mean_and_sample_std_of_the_per_seed_means():
+    """Three seeds covering both cells, per-seed means 65, 66, 71 (mean 67.33, not the median 66;
+    sample std ddof 1, statistics.stdev); a seed that misses a cell does not count."""
+    import statistics
+
+    from bench.summary import cell_average, mean_over_cells
+
+    ce = RunSpec("ce")
+    other = {"imbalance": 1.0, "noise_type": "none", "noise_rate": 0.0}
+    runs = frame(*[(ce.replace(seed=s), "CE", a) for s, a in ((0, 60.0), (1, 62.0), (2, 70.0), (3, 50.0))],
+                 *[(ce.replace(seed=s, **other), "CE", a) for s, a in ((0, 70.0), (1, 70.0), (2, 72.0))])
+    row = cell_average(runs, "acc_last").iloc[0]
+    assert (row["label"], row["n"], row["cells"]) == ("CE", 3, 2)
+    assert abs(row["mean"] - statistics.mean([65.0, 66.0, 71.0])) < 1e-9
+    assert abs(row["std"] - statistics.stdev([65.0, 66.0, 71.0])) < 1e-9
+    seeds, ma = mean_over_cells([{0: 1.0, 1: 2.0, 2: 3.0}, {1: 4.0, 2: 5.0, 5: 0.0}, {2: 7.0, 1: 6.0}])
+    assert seeds == [1, 2] and ma.tolist() == [4.0, 5.0]
+
+
+def test_seeds_with_equal_values_each_count():
+    """Two seeds that happen to score the same are two seeds: 60, 60, 63 is 61.00 ± 1.73 (n=3)."""
+    ce = RunSpec("ce")
+    runs = frame((ce, "CE", 60.0), (ce.replace(seed=1), "CE", 60.0), (ce.replace(seed=2), "CE", 63.0))
+    assert results_table(runs).loc["CE"].tolist() == ["61.00 ± 1.73 (n=3)"]
