@@ -16,10 +16,10 @@ their accuracies Δ = A − B with a confidence interval and a two-sided p-value
 With fewer than two values there is no interval. The p-values are per cell: comparing over many
 cells, some will fall below 0.05 by chance (no correction is applied). Over several cells, the
 question "is A better than B on this grid" is answered with the cells as the units: the two-sided
-Wilcoxon signed-rank test of the cells' Δ (Demšar, JMLR 2006; :func:`over_cells`). "wins" counts the seeds
-where A beat B (paired only). A and B are rows as ``bench table`` labels them (``CurveNet``,
-``MW-Net(noise)``, ``CE [epochs=3]``) or registry names that stand for one row. Reads the store
-only (no torch), as ``bench table`` does.
+Wilcoxon signed-rank test of the cells' Δ (Demšar, JMLR 2006; cells with Δ = 0 dropped, see
+:func:`over_cells`). "wins" counts the seeds where A beat B (paired only). A and B are rows as
+``bench table`` labels them (``CurveNet``, ``MW-Net(noise)``, ``CE [epochs=3]``) or registry names
+that stand for one row. Reads the store only (no torch), as ``bench table`` does.
 """
 
 from __future__ import annotations
@@ -155,11 +155,19 @@ def compare(runs: pd.DataFrame, a: str, b: str, column: str = "acc_last", confid
 
 def over_cells(table: pd.DataFrame) -> dict:
     """The comparison over all the cells of ``table`` (:func:`compare`), each cell one unit (Demšar,
-    JMLR 2006, for two methods over several data sets): ``cells``, ``ahead`` (cells where A's mean
-    is higher), ``mean_diff`` (the cells weighted equally) and ``p``, the two-sided Wilcoxon
-    signed-rank test of the cells' Δ (``scipy.stats.wilcoxon``, cells with Δ = 0 dropped; ``tested``
-    the cells left; exact for few cells, so with fewer than 6 p cannot fall below 0.05; NaN with
-    fewer than 2)."""
+    JMLR 2006, for two methods over several data sets): ``cells``, ``ahead`` (cells with Δ > 0; a
+    paired cell's Δ is over the seeds both ran, so A's mean over all its seeds may be higher there
+    and the cell still not count), ``mean_diff`` (the cells weighted equally) and ``p``, the
+    two-sided Wilcoxon signed-rank test of the cells' Δ (``scipy.stats.wilcoxon``; ``tested`` the
+    cells it uses; exact for few cells, so with fewer than 6 p cannot fall below 0.05; NaN with
+    fewer than 2).
+
+    Cells with Δ = 0 are dropped before ranking (Wilcoxon's own rule, scipy's default). This
+    deviates from Demšar (§3.1.3), who splits the zeros' ranks evenly between the two sums and
+    drops one zero only if their number is odd: with one zero the two agree; with more they can
+    differ, e.g. Δ = 0, 0, +1, ..., +5 gives p = 0.0625 here and 0.047 by Demšar's rule with the
+    exact table. Dropping keeps the null distribution exact (a zero has no sign to flip); exact
+    zeros between two methods' mean accuracies are rare."""
     from scipy import stats
 
     diffs = table["diff"].to_numpy(float)
