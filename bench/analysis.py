@@ -33,7 +33,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from bench.data.bias import has_noise, noise_text
+from bench.data.bias import has_noise
 
 
 def average_ranks(values) -> np.ndarray:
@@ -87,43 +87,6 @@ def selection_quality(is_noisy, removed, score=None) -> dict:
         "noisy": n_noisy,
         "n": int(is_noisy.size),
     }
-
-
-def selection_quality_by_class(is_noisy, removed, score, clean_y) -> list[dict]:
-    """:func:`selection_quality` within each clean class (e.g. to see tail classes removed)."""
-    clean_y = np.asarray(clean_y)
-    out = []
-    for c in np.unique(clean_y):
-        m = clean_y == c
-        row = selection_quality(np.asarray(is_noisy)[m], np.asarray(removed)[m],
-                                None if score is None else np.asarray(score)[m])
-        row["class"] = int(c)
-        row["removed_clean"] = int((np.asarray(removed)[m] & ~np.asarray(is_noisy, bool)[m]).sum())
-        out.append(row)
-    return out
-
-
-def selection_rows(store, methods=None) -> list[dict]:
-    """:func:`selection_quality` of every finished run in ``store`` (a ``bench.store.Store`` or a
-    path) whose per-sample table holds ``kept`` and ``score``, one dict per run with its cell."""
-    from bench.store import Store
-
-    if not hasattr(store, "samples"):
-        store = Store(store, create=False)
-    runs = store.runs()
-    rows = []
-    for _, r in runs.iterrows():
-        if methods is not None and r["method"] not in methods:
-            continue
-        df = store.samples(r["key"])
-        if "kept" not in df or "score" not in df:
-            continue
-        removed = df["kept"].to_numpy() == 0
-        q = selection_quality(df["is_noisy"].to_numpy(), removed, df["score"].to_numpy())
-        rows.append({"method": r["method"], "dataset": r["dataset"], "imbalance": r["imbalance"],
-                     "noise": noise_text(r["noise_type"], r["noise_rate"], clean="none"), "seed": r["seed"],
-                     "acc_last": r.get("acc_last"), **q})
-    return rows
 
 
 # the record a method's trust in each sample is read from, and its sign (module docstring)

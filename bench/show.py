@@ -229,9 +229,12 @@ def detail(store, prefix: str, lock: dict | None = None) -> dict:
     history = store.history(key)
     found = run_separation(store, key) if row["status"] == "done" else None
     kept = store.sample_record(key, "kept") if found and found["record"] == "score" else None
-    if kept is not None:  # a selection method: its removed set against the true noise
-        quality = selection_quality(kept["is_noisy"], kept["value"].to_numpy() == 0)
-        found.update(removed=quality["removed"], precision=quality["precision"], recall=quality["recall"])
+    if kept is not None:  # a selection method: its removed set against the true noise, and the clean tail it cost
+        removed = kept["value"].to_numpy() == 0
+        quality = selection_quality(kept["is_noisy"], removed)
+        clean_tail = ~kept["is_noisy"].to_numpy() & np.isin(kept["clean_label"].to_numpy(), found["tail"])
+        found.update(removed=quality["removed"], precision=quality["precision"], recall=quality["recall"],
+                     removed_clean_tail=int((removed & clean_tail).sum()), clean_tail_pool=int(clean_tail.sum()))
     return {"key": key, "method": row["method"], "display_name": row["display_name"], "cell": cell_label(row),
             "status": row["status"], "attempts": int(row["attempts"]),
             "note": running_note(lock, row["started"]) if row["status"] == "running" else "",
@@ -289,6 +292,9 @@ def _separation_line(sep: dict) -> str:
     if "removed" in sep:
         text += (f"; removed {sep['removed']}: precision {pct(sep['precision'], 100)}, recall "
                  f"{pct(sep['recall'], 100)} of the mislabelled")
+        if sep["tail"] and sep.get("clean_tail_pool"):  # what removing cost the tail (CurveNet, Sec. 1)
+            text += (f", and {sep['removed_clean_tail']} of the {sep['clean_tail_pool']} clean tail samples "
+                     f"({pct(sep['removed_clean_tail'] / sep['clean_tail_pool'], 100)})")
     return textwrap.fill(text, width=100, initial_indent="  separate  ", subsequent_indent=" " * 12,
                          break_on_hyphens=False)
 

@@ -243,19 +243,13 @@ def test_selection_quality_by_hand():
 
 
 
-def test_selection_quality_with_unequal_removed_and_noisy_and_by_class():
-    from bench.analysis import selection_quality_by_class
-
+def test_selection_quality_with_unequal_removed_and_noisy():
     is_noisy = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], bool)
     removed = np.array([1, 0, 0, 0, 1, 1, 0, 0, 0, 0], bool)
-    clean_y = np.array([0, 0, 1, 1, 0, 1, 1, 0, 1, 0])
     q = selection_quality(is_noisy, removed)
     assert q["precision"] == pytest.approx(1 / 3) and q["recall"] == pytest.approx(1 / 4)
-    rows = selection_quality_by_class(is_noisy, removed, None, clean_y)
-    assert [r["class"] for r in rows] == [0, 1]
-    # class 0: samples 0, 1, 4, 7, 9 (noisy 0, 1; removed 0, 4); class 1: 2, 3, 5, 6, 8 (removed 5)
-    assert [(r["removed"], r["noisy"], r["removed_clean"]) for r in rows] == [(2, 2, 1), (1, 2, 1)]
-    assert rows[0]["precision"] == pytest.approx(1 / 2) and rows[1]["recall"] == 0.0
+    assert (q["removed"], q["noisy"], q["n"]) == (3, 4, 10)
+
 
 def test_auroc_matches_mann_whitney_with_ties():
     stats = pytest.importorskip("scipy.stats")

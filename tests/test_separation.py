@@ -241,17 +241,22 @@ def test_samples_without_a_trust_value_are_left_out_of_the_counts_too():
     assert math.isnan(s["mean_clean_tail"]) and s["mean_clean"] == pytest.approx(0.85)
 
 
-def test_selection_rows_give_each_selecting_runs_precision_and_recall(trust_store):
-    """bench.analysis.selection_rows: the runs that record ``kept`` and ``score`` (the fake
-    O2U-Net: every mislabelled sample scored high, the even-indexed ones kept), removed = not kept."""
-    from bench.analysis import selection_rows
-
-    rows = selection_rows(Store(trust_store, create=False))
-    assert sorted((r["method"], int(r["seed"])) for r in rows) == [("o2u", 0), ("o2u", 1)]
-    for r in rows:
-        clean, noisy, _ = fake_store.fake_samples(int(r["seed"]))
-        removed = noisy & (np.arange(75) % 2 == 1)
-        assert (r["removed"], r["noisy"], r["n"]) == (removed.sum(), noisy.sum(), 75)
-        assert r["precision"] == 1.0 and r["recall"] == pytest.approx(removed.sum() / noisy.sum())
-        assert r["auroc"] == 1.0 and r["noise"] == "flip2:0.25"
-    assert selection_rows(Store(trust_store, create=False), methods={"curvenet"}) == []
+def test_show_says_how_many_clean_tail_samples_a_selection_method_removed(tmp_path, capsys):
+    """CurveNet's premise (Sec. 1): a loss-based selection removes clean tail samples with the
+    mislabelled ones. A fake AUM removes every mislabelled sample and the clean samples of class 3
+    (one of the tail classes 2, 3); bench show counts them against the pool's clean tail samples."""
+    clean, noisy, _ = fake_store.fake_samples(0)
+    kept = ~noisy & (clean != 3)
+    store = Store(tmp_path / "s.sqlite")
+    key = fake_store.add_fake_trust_run(store, "aum", "AUM", {"score": np.where(kept, 0.0, 1.0), "kept": kept})
+    store.close()
+    assert main(["show", key, "--store", str(tmp_path / "s.sqlite"), "--format", "json"]) == 0
+    sep = json.loads(capsys.readouterr().out)["separation"]
+    clean_tail = ~noisy & np.isin(clean, [2, 3])
+    assert sep["tail"] == [2, 3] and sep["clean_tail_pool"] == clean_tail.sum()
+    assert sep["removed_clean_tail"] == (~noisy & (clean == 3)).sum() > 0
+    assert sep["removed"] == (~kept).sum() and sep["recall"] == 1.0 and sep["precision"] < 1.0
+    assert main(["show", key, "--store", str(tmp_path / "s.sqlite")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    share = 100 * sep["removed_clean_tail"] / clean_tail.sum()
+    assert f"and {sep['removed_clean_tail']} of the {clean_tail.sum()} clean tail samples ({share:.1f}%)" in out
