@@ -81,6 +81,22 @@ BAD_RUN_ARGS = [
     (["--methods", "mwnet", "--meta-per-class", "0"], "MW-Net needs a clean meta set"),
     (["--methods", "ce", "--device", "cuda:99"], "--device cuda:99"),
     (["--paper", "2", "--methods", "ce"], "--paper 2 picks the table's own methods and cells; drop --methods"),
+    # bounds: each just past what a run can take
+    (["--methods", "ce", "--seeds", ","], "--seeds must be non-negative integers, got ','"),
+    (["--methods", "ce", "--seeds", "1,x"], "--seeds must be a comma-separated list of integers"),
+    (["--methods", "ce", "--data-seed", "-1"], "--data-seed must be non-negative, got -1"),
+    (["--methods", "ce", "--meta-per-class", "-1"], "--meta-per-class must be non-negative, got -1"),
+    (["--methods", "ce", "--imbalance", "10,x"], "--imbalance must be a comma-separated list of numbers"),
+    (["--methods", "ce", "--grid", "quick", "--noise", "none"], "either --grid"),
+    (["--methods", "ce", "--grid", "cifar10", "--dataset", "fmnist-mini"], "defined on cifar10, not fmnist-mini"),
+    (["--methods", "ce", "--set", "lr=0"], "lr must be positive"),
+    (["--methods", "ce", "--set", "lr=inf"], "--set lr=inf: cannot read 'inf' as float"),
+    (["--methods", "ce", "--set", "momentum=1"], "momentum must be in [0, 1)"),
+    (["--methods", "ce", "--set", "milestones=1,1"], "milestones must be increasing"),
+    (["--methods", "ce", "--set", "milestones=0,1"], "milestones must be increasing"),
+    (["--methods", "ce", "--set", "meta_batch_size=0"], "meta_batch_size must be at least 1"),
+    (["--methods", "ce", "--set", "seed=3"], "unknown setting 'seed'"),
+    (["--methods", "ce", "--set", "nesterov=maybe"], "--set nesterov=maybe: cannot read 'maybe' as bool"),
 ]
 
 
@@ -729,3 +745,115 @@ def test_epochs_says_which_methods_keep_their_own_stages(tmp_path, capsys):
                  "--set", "curvenet.periods=1", "--set", "curvenet.half_period=1"]) == 0
     assert main([*args, "--methods", "curvenet,o2u"]) == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def _asked(*args):
+    from bench.arguments import asked_specs
+    from bench.cli import make_parser
+
+    return asked_specs(make_parser().parse_args(["run", *args]))
+
+
+def test_runs_are_methods_by_cells_by_seeds_in_the_commands_order():
+    """The command's order (what --shard deals out and --fuse groups): methods outermost, then the
+    cells (imbalance before noise), then the seeds."""
+    specs = _asked("--methods", "ce,focal", "--imbalance", "1,10", "--noise", "none,flip2:0.2", "--seeds", "0,1")
+    assert [(s.method, s.imbalance, s.noise_type, s.noise_rate, s.seed) for s in specs] == [
+        (m, imb, kind, rate, seed) for m in ("ce", "focal") for imb in (1.0, 10.0)
+        for kind, rate in (("none", 0.0), ("flip2", 0.2)) for seed in (0, 1)]
+
+
+def test_the_same_run_asked_for_twice_is_one_run():
+    (one,) = _asked("--methods", "ce", "--seeds", "0,0")
+    assert _asked("--methods", "ce,ce", "--seeds", "3,3", "--noise", "flip2:0.4,flip2:0.40") == [
+        one.replace(seed=3, data_seed=3)]
+    specs = _asked("--methods", "ce", "--seeds", "2,0,2,1")
+    assert [s.seed for s in specs] == [2, 0, 1]
+
+
+def test_equal_values_written_differently_or_left_at_their_default_ask_for_the_same_run():
+    (plain,) = _asked("--methods", "focal")
+    for args in (["--noise", "flip2:0.40"], ["--noise", "flip2:.4"], ["--imbalance", "10.0"], ["--imbalance", "1e1"],
+                 ["--seeds", "0", "--data-seed", "0"], ["--epochs", "20"], ["--set", "lr=0.10"],
+                 ["--set", "milestones=8,10"], ["--set", "focal.gamma=1"], ["--set", "focal.gamma=1.0"],
+                 ["--precision", "fp32"], ["--meta-per-class", "20"], ["--preset", "quick"],
+                 ["--set", "nesterov=yes"], ["--set", "train_on_meta=false"], ["--model", "small_cnn"]):
+        (spec,) = _asked("--methods", "focal", *args)
+        assert spec.key() == plain.key(), args
+    (clean,) = _asked("--methods", "ce", "--noise", "none")
+    for args in (["--noise", "flip2:0"], ["--noise", "uniform:0.0"]):
+        assert _asked("--methods", "ce", *args)[0].key() == clean.key(), args
+
+
+def test_the_data_seed_defaults_to_each_runs_training_seed():
+    specs = _asked("--methods", "ce", "--seeds", "3,5")
+    assert [(s.seed, s.data_seed) for s in specs] == [(3, 3), (5, 5)]
+    assert [(s.seed, s.data_seed) for s in _asked("--methods", "ce", "--seeds", "3,5", "--data-seed", "0")] == \
+        [(3, 0), (5, 0)]
+
+
+def test_a_grid_runs_under_its_own_preset_unless_one_is_given():
+    specs = _asked("--methods", "ce", "--grid", "cifar10")
+    assert len(specs) == 18 and {(s.preset, s.model, s.epochs, s.dataset) for s in specs} == {
+        ("paper", "resnet32", 200, "cifar10")}
+    quick = _asked("--methods", "ce", "--grid", "cifar10", "--preset", "quick")
+    assert {(s.preset, s.model, s.epochs) for s in quick} == {("quick", "small_cnn", 20)}
+
+
+def test_the_paper_preset_defaults_to_a_clean_balanced_cifar10_cell_and_scales_its_own_schedule():
+    (spec,) = _asked("--methods", "ce", "--preset", "paper")
+    assert (spec.dataset, spec.imbalance, spec.noise_type, spec.noise_rate, spec.model) == \
+        ("cifar10", 1.0, "none", 0.0, "resnet32")
+    (short,) = _asked("--methods", "ce", "--preset", "paper", "--epochs", "100")
+    assert (short.epochs, short.milestones, short.warmup_epochs) == (100, (40, 50), 2)  # the paper's 5 of 200
+    (short,) = _asked("--methods", "ce", "--preset", "paper", "--set", "epochs=100")
+    assert (short.epochs, short.milestones, short.warmup_epochs) == (100, (40, 50), 2)
+
+
+def test_protocol_values_at_their_bounds_are_taken_by_bench_run():
+    for args in (["--set", "weight_decay=0"], ["--set", "meta_per_class=0"], ["--meta-per-class", "0"],
+                 ["--set", "milestones=1,2", "--epochs", "2"], ["--set", "warmup_epochs=2", "--epochs", "2"],
+                 ["--shard", "2/2"], ["--shard", "1/1"]):
+        assert main(["run", "--methods", "ce", *args, "--dry-run"]) == 0, args
+
+
+def test_shard_texts_are_read_as_index_and_count():
+    from bench.arguments import parse_shard
+
+    assert parse_shard("1/1") == (1, 1) and parse_shard("2/2") == (2, 2) and parse_shard("3/8") == (3, 8)
+
+
+def test_the_paper_tables_runs_take_the_users_preset_and_settings_on_top():
+    from bench.arguments import paper_specs
+    from bench.cli import make_parser
+
+    def specs(*args):
+        return paper_specs(make_parser().parse_args(["runs-for", "--paper", "8", "--seeds", "0", *args]))
+
+    assert {s.preset for s in specs()} == {"paper"}
+    assert {s.preset for s in specs("--preset", "quick")} == {"quick"}
+    rows = specs("--set", "curvenet.skip_layers=3")  # the rows' own skip_layers=1, 2, 3 give way to the user's
+    assert {dict(s.params)["skip_layers"] for s in rows} == {3}
+
+
+def test_the_command_for_a_run_keeps_every_digit_of_its_settings():
+    from bench.arguments import run_command
+
+    (spec,) = _asked("--methods", "focal", "--set", "lr=0.123456789", "--set", "focal.gamma=1.23456789")
+    argv = run_command(spec)
+    assert "lr=0.123456789" in argv and "focal.gamma=1.23456789" in argv
+
+
+def test_empty_sweep_values_are_skipped():
+    from bench.arguments import sweep_sets
+
+    assert sweep_sets(["lr=0.1,,0.2,"]) == [["lr=0.1"], ["lr=0.2"]]
+
+
+def test_shards_deal_the_seed_groups_out_in_the_commands_order():
+    from bench.arguments import shard_specs
+
+    specs = _asked("--methods", "mwnet,ce,focal,cb", "--seeds", "0,1")
+    parts = [[(s.method, s.seed) for s in shard_specs(specs, i, 3)] for i in (1, 2, 3)]
+    assert parts == [[("mwnet", 0), ("mwnet", 1), ("cb", 0), ("cb", 1)], [("ce", 0), ("ce", 1)],
+                     [("focal", 0), ("focal", 1)]]

@@ -1,6 +1,7 @@
 """`bench run --fuse K` (bench/fused_runs.py): seeds of one cell trained as one fused network are
 the runs trained alone, each with its own data, weights, history and result."""
 
+import dataclasses
 import itertools
 import json
 import math
@@ -495,3 +496,176 @@ def test_a_fused_groups_checkpoint_that_this_command_would_not_resume_is_said(tm
     out, err = capsys.readouterr()
     assert "note:" not in err and "2 runs requested: 2 to train (2 from a checkpoint)" in err
     assert out.count("resume in a fused group of 2") == 2
+
+
+def test_runs_fuse_only_when_their_specs_differ_in_the_seeds_alone():
+    """A fused group trains every member with the lead's protocol and settings: a run differing in
+    anything but seed and data_seed must never join it."""
+    from bench.fused_runs import fuse_key
+
+    base = _spec(0, "focal", params=params_items(methods.get("focal").resolve_params("quick")))
+    assert fuse_key(base) == fuse_key(base.replace(seed=7)) == fuse_key(base.replace(data_seed=7)) == \
+        fuse_key(base.replace(seed=3, data_seed=5))
+    keys = {fuse_key(base)}
+    for f in dataclasses.fields(RunSpec):
+        value = getattr(base, f.name)
+        if f.name in ("seed", "data_seed"):
+            continue
+        if f.name == "params":
+            changed = tuple((k, v * 2 if k == "gamma" else v) for k, v in value)
+        elif f.name == "precision":
+            changed = "bf16"
+        elif isinstance(value, bool):
+            changed = not value
+        elif isinstance(value, (int, float)):
+            changed = value + 1
+        elif isinstance(value, tuple):
+            changed = value + (99,)
+        else:
+            changed = value + "x"
+        other = base.replace(**{f.name: changed}, seed=1, data_seed=1)
+        assert fuse_key(other) not in keys, f.name
+        keys.add(fuse_key(other))
+    a, b = base.replace(seed=1, data_seed=1), base.replace(seed=2, data_seed=2, lr=0.05)
+    assert group_runs([base, a, b], 3) == [FusedGroup((base, a)), b]
+
+
+def test_a_fused_groups_key_is_the_hash_of_its_members_keys_in_order():
+    """Its checkpoint is named after it: a changed hashing orphans the checkpoints of killed groups."""
+    import hashlib
+
+    specs = (_spec(0), _spec(1))
+    assert FusedGroup(specs).key() == hashlib.sha256(
+        f"fused:{specs[0].key()},{specs[1].key()}".encode()).hexdigest()[:16]
+
+
+class _StubRun:
+    """What FusedRun reads of a member Run outside training: its spec, test set, records, reseeding."""
+
+    def __init__(self, seed, data_seed=0, y_test=(0, 1, 2, 3)):
+        self.spec = _spec(seed).replace(data_seed=data_seed)
+        self.data = type("Data", (), {"x_test": np.zeros((len(y_test), 2)), "y_test": np.array(y_test)})()
+        self.records = {}
+
+    def record(self, name, values):
+        self.records[name] = values
+
+    def reseeded(self, seed_of):
+        import contextlib
+        return contextlib.nullcontext()
+
+
+def _stream(seed, draws):
+    torch.manual_seed(seed)
+    return [torch.rand(3) for _ in range(draws)]
+
+
+def test_each_member_draws_its_networks_from_its_own_training_seeds_stream():
+    """Same data seed, other training seeds (--data-seed 0 --seeds 3,5): each member's draws are
+    those of its training seed's stream, in order, as the run alone draws them."""
+    fused = FusedRun([_StubRun(3, data_seed=0), _StubRun(5, data_seed=0)], "rows")
+    draws = [[fused._drawn(k, lambda: torch.rand(3)) for k in (0, 1)] for _ in range(2)]
+    for k, seed in enumerate((3, 5)):
+        assert all(torch.equal(mine, theirs) for mine, theirs in zip([d[k] for d in draws], _stream(seed, 2)))
+    with fused.reseeded(lambda spec: spec.seed + 100):  # a stage of its own seed (CurveNet's probe)
+        assert torch.equal(fused._drawn(0, lambda: torch.rand(3)), _stream(103, 1)[0])
+        assert torch.equal(fused._drawn(1, lambda: torch.rand(3)), _stream(105, 1)[0])
+    assert torch.equal(fused._drawn(1, lambda: torch.rand(3)), _stream(5, 3)[2])  # back on its own stream
+
+
+def test_a_fused_groups_members_need_one_test_set():
+    with pytest.raises(BenchError, match="one test set"):
+        FusedRun([_StubRun(0), _StubRun(1, y_test=(0, 1, 2, 2))], "rows")
+    with pytest.raises(BenchError, match="one test set"):
+        FusedRun([_StubRun(0), _StubRun(1, y_test=(0, 1, 2))], "rows")
+
+
+def test_per_sample_tables_interleave_the_members_and_split_back_into_each_runs_records():
+    """Row i K + k of the fused pool is run k's sample i: pooled() builds it, record() and
+    run_losses() give each run its own rows (and its own pool positions)."""
+    from methods.base import PerRun
+
+    fused = FusedRun([_StubRun(0), _StubRun(1), _StubRun(2)], "rows")
+    table = fused.pooled(lambda run: np.arange(4) + 10 * run.spec.seed)
+    assert table.tolist() == [0, 10, 20, 1, 11, 21, 2, 12, 22, 3, 13, 23]
+    assert fused.pooled(lambda run: torch.arange(2) + 10 * run.spec.seed).tolist() == [0, 10, 20, 1, 11, 21]
+    fused.record("weight", table)
+    assert [run.records["weight"].tolist() for run in fused.members] == [[0, 1, 2, 3], [10, 11, 12, 13],
+                                                                         [20, 21, 22, 23]]
+    logits, y = torch.zeros(6, 2), torch.zeros(6, dtype=torch.long)
+    seen = []
+
+    def loss(logits_k, y_k, idx_k, epoch):
+        seen.append(idx_k.tolist())
+        return idx_k.sum().float()
+
+    # batch row n K + k is run k's, its idx the fused pool row i K + k of run k's sample i
+    idx = torch.tensor([0 * 3 + 0, 2 * 3 + 1, 1 * 3 + 2, 3 * 3 + 0, 0 * 3 + 1, 3 * 3 + 2])
+    losses = fused.run_losses(loss, logits, y, idx, 0)
+    assert seen == [[0, 3], [2, 0], [1, 3]]  # each run's own pool positions
+    assert losses.tolist() == [3.0, 2.0, 4.0]
+    seen.clear()
+    fused.run_losses(PerRun([loss, lambda *a: torch.tensor(-1.0), loss]), logits, y, idx, 0)
+    assert seen == [[0, 3], [1, 3]]
+
+
+def test_a_metric_of_k_values_gives_each_member_its_own():
+    from bench.fused_runs import _member_value
+
+    losses = torch.tensor([0.5, 1.5, 2.5])
+    assert [_member_value(losses, k, 3) for k in range(3)] == [0.5, 1.5, 2.5]
+    assert _member_value(torch.tensor(7), 1, 3) == 7 and _member_value(torch.tensor([4.0]), 0, 1) == 4.0
+    assert _member_value(np.float32(0.25), 2, 3) == 0.25 and _member_value(3, 0, 3) == 3
+
+
+def test_each_run_of_a_group_that_fails_gets_its_own_result_and_reason(monkeypatch):
+    """Results are stored under result.spec's key: a failed member's result must be its own run's,
+    with its own reason, and only a run that did not fail on its own keeps its checkpoint."""
+    specs = (_spec(0), _spec(1))
+
+    def fail(self, fused):
+        fused.failed[1] = "diverged at train epoch 1: loss is nan"
+        raise BenchError("the method refused the data")
+
+    monkeypatch.setattr(methods.get("ce"), "fit", fail)
+    results = execute_fused(FusedGroup(specs), device=CPU)
+    assert [r.spec for r in results] == list(specs) and [r.status for r in results] == ["failed", "failed"]
+    assert [r.error for r in results] == ["the method refused the data", "diverged at train epoch 1: loss is nan"]
+    assert [r.keep_checkpoint for r in results] == [False, False]
+
+    def out_of_memory(self, fused):
+        fused.failed[1] = "diverged at train epoch 1: loss is nan"
+        raise MemoryError("can't allocate memory")
+
+    monkeypatch.setattr(methods.get("ce"), "fit", out_of_memory)
+    results = execute_fused(FusedGroup(specs), device=CPU)
+    assert [r.spec for r in results] == list(specs)
+    assert results[0].error.startswith("out of memory") and results[1].error.startswith("diverged")
+    assert [r.keep_checkpoint for r in results] == [True, False]
+
+
+def test_the_progress_of_a_fused_groups_runs_is_tagged_with_each_runs_key():
+    from bench.fused_runs import _member_progress
+
+    rows = []
+    spec = _spec(3)
+    _member_progress(rows.append, spec)({"epoch": 1})
+    assert rows == [{"epoch": 1, "key": spec.key()}] and _member_progress(None, spec) is None
+
+
+def test_a_group_listing_names_every_member_and_notes_only_checkpoints_holding_pending_runs(tmp_path):
+    from bench.fused_runs import group_listings, unused_group_checkpoints
+
+    specs = (_spec(0), _spec(1))
+    group = FusedGroup(specs)
+    path = checkpoint_path(group, tmp_path)
+    note_members(group, path)
+    assert list(group_listings(tmp_path)) == [(path, [s.key() for s in specs])]
+    # no checkpoint beside the listing: nothing to resume, nothing to say
+    assert unused_group_checkpoints(list(specs), tmp_path) is None
+    path.write_bytes(b"a killed group's checkpoint")
+    assert "--fuse 2 resumes them" in unused_group_checkpoints(list(specs), tmp_path)
+    assert unused_group_checkpoints([group], tmp_path) is None  # this command forms that group again
+    others = [_spec(2), _spec(3)]
+    assert unused_group_checkpoints(others, tmp_path) is None  # it holds none of these runs
+    assert "--fuse 2" in unused_group_checkpoints([others[0], specs[1]], tmp_path)
