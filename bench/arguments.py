@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import itertools
 
-from bench.data.bias import REAL_NOISE, noise_text
+from bench.data.bias import REAL_NOISE, noise_text, number_text
 from bench.data.cli import default_meta_per_class, parse_noise
 from bench.errors import BenchError
 from bench.spec import (
@@ -187,7 +187,7 @@ def run_command(spec: RunSpec, data_dir: str | None = None) -> list[str]:
     if spec.dataset != preset["dataset"]:
         argv += ["--dataset", spec.dataset]
     if spec.imbalance != preset.get("imbalance", 1.0):
-        argv += ["--imbalance", f"{spec.imbalance:g}"]
+        argv += ["--imbalance", number_text(spec.imbalance)]
     if (spec.noise_type, spec.noise_rate) != (preset.get("noise_type", "none"), preset.get("noise_rate", 0.0)):
         argv += ["--noise", noise_text(spec.noise_type, spec.noise_rate, clean="none")]
     if spec.seed != 0:
@@ -344,7 +344,7 @@ def swept(spec: RunSpec, sweeps: list[str] | None) -> str:
             value = dict(spec.params).get(name)
         else:
             continue
-        text = ",".join(map(str, value)) if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) \
-            else str(value)
+        text = (",".join(map(str, value)) if isinstance(value, tuple)
+                else number_text(value) if isinstance(value, float) else str(value))
         shown.append(f"{key}={text}")
     return " ".join(shown)

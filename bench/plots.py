@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.data.bias import noise_text, same_noise
+from bench.data.bias import noise_text, number_text, same_noise
 from bench.errors import BenchError
 from bench.summary import cell_label
 
@@ -349,7 +349,8 @@ def plot_separation(panels: list[dict], out: Path, title: str) -> Path:
 
 def cell_argument(run) -> str:
     """A run's cell as ``--cell`` takes it: ``DATASET:IMBALANCE:NOISE``."""
-    return f"{run['dataset']}:{run['imbalance']:g}:{noise_text(run['noise_type'], run['noise_rate'], clean='none')}"
+    noise = noise_text(run["noise_type"], run["noise_rate"], clean="none")
+    return f"{run['dataset']}:{number_text(run['imbalance'])}:{noise}"
 
 
 def _plot_separation(store, args) -> int:

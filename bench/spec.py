@@ -29,7 +29,7 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 
-from bench.data.bias import BiasSpec, has_noise, noise_text
+from bench.data.bias import BiasSpec, has_noise, noise_text, number_text
 from bench.errors import BenchError
 
 
@@ -48,7 +48,7 @@ class Cell:
             object.__setattr__(self, "noise_type", "none")  # one key for both
 
     def label(self) -> str:
-        return f"{self.dataset} imb{self.imbalance:g} {noise_text(self.noise_type, self.noise_rate)}"
+        return f"{self.dataset} imb{number_text(self.imbalance)} {noise_text(self.noise_type, self.noise_rate)}"
 
 
 # Fields added after runs were first stored: left out of a spec's dict (and so of its key) at their

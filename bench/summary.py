@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from bench.data.bias import noise_text
+from bench.data.bias import noise_text, number_text
 from bench.errors import BenchError
 from bench.spec import OMITTED_WHEN_DEFAULT, SEED_FIELDS
 
@@ -74,7 +74,7 @@ def stored_minutes(runs) -> dict[str, float]:
 
 
 def cell_label(row) -> str:
-    return f"{row['dataset']} imb{row['imbalance']:g} {noise_text(row['noise_type'], row['noise_rate'])}"
+    return f"{row['dataset']} imb{number_text(row['imbalance'])} {noise_text(row['noise_type'], row['noise_rate'])}"
 
 
 CELL_FIELDS = ("dataset", "imbalance", "noise_type", "noise_rate", "preset", "model")
@@ -143,7 +143,7 @@ def off_preset_note(runs: pd.DataFrame, labels: list[str] | None = None) -> str 
 def _shown(value) -> str:
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return number_text(value) if isinstance(value, float) else str(value)
 
 
 def row_labels(runs: pd.DataFrame) -> list[str]:

@@ -640,6 +640,8 @@ def test_output_into_a_closed_pipe_ends_quietly():
       "--set", "mwnet.meta_lr=0.01", "--set", "nesterov=false"], None),
     (["--methods", "o2u", "--imbalance", "1,100", "--noise", "none,uniform:0.2", "--set", "o2u.drop_rate=realised"],
      None),
+    # values :g would shorten (12.3457, 1.23457e+06, 0.123457) keep every digit
+    (["--methods", "ce", "--imbalance", "12.3456789,1234567", "--noise", "flip2:0.123456789"], None),
 ])
 def test_the_command_for_a_run_asks_for_exactly_that_run(asked, expected):
     """bench show KEY's command (bench.arguments.run_command): what differs from the defaults, and
@@ -842,6 +844,21 @@ def test_the_command_for_a_run_keeps_every_digit_of_its_settings():
     (spec,) = _asked("--methods", "focal", "--set", "lr=0.123456789", "--set", "focal.gamma=1.23456789")
     argv = run_command(spec)
     assert "lr=0.123456789" in argv and "focal.gamma=1.23456789" in argv
+
+
+def test_cells_and_rows_differing_past_six_digits_keep_distinct_labels():
+    """Labels (cells, sweep rows, --cell texts) write a value in full where ``:g`` would round it,
+    so two cells or settings never share a label; the usual values stay short."""
+    from bench.arguments import swept
+    from bench.data.bias import noise_text, number_text
+
+    assert [number_text(v) for v in (10.0, 0.4, 1.0, 200.0)] == ["10", "0.4", "1", "200"]
+    assert number_text(12.3456789) == "12.3456789" and number_text(1234567.0) == "1234567.0"
+    a, b = _asked("--methods", "ce", "--imbalance", "12.3456789,12.3457", "--noise", "flip2:0.4000001")
+    assert a.cell.label() != b.cell.label() and a.cell.label() == "fmnist-mini imb12.3456789 flip2:0.4000001"
+    assert noise_text("flip2", 0.4) == "flip2:0.4"
+    (spec,) = _asked("--methods", "ce", "--set", "lr=0.1000001")
+    assert swept(spec, ["lr=0.1000001"]) == "lr=0.1000001"
 
 
 def test_empty_sweep_values_are_skipped():

@@ -74,6 +74,14 @@ def same_noise(noise_types, noise_type: str, noise_rate: float) -> np.ndarray:
     return types != REAL_NOISE
 
 
+def number_text(value: float) -> str:
+    """``value`` as short as ``:g`` writes it where that reads back as the same float, else in
+    full (``repr``): labels, commands and cell texts of values such as 12.3456789 stay exact and
+    distinct (``:g`` alone writes 12.3457)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
+
+
 def noise_text(noise_type: str, noise_rate: float, clean: str = "clean", sep: str = ":") -> str:
     """How a cell's noise is written: ``clean`` (or ``none``) without noise, ``real`` for a
     dataset's own noisy labels, else ``TYPE:RATE`` (``sep`` between them), e.g. ``flip2:0.4``."""
@@ -81,7 +89,7 @@ def noise_text(noise_type: str, noise_rate: float, clean: str = "clean", sep: st
         return clean
     if noise_type == REAL_NOISE:
         return REAL_NOISE
-    return f"{noise_type}{sep}{noise_rate:g}"
+    return f"{noise_type}{sep}{number_text(noise_rate)}"
 
 
 @dataclass(frozen=True)
