@@ -156,7 +156,10 @@ PROTOCOL_FIELDS = tuple(f.name for f in fields(RunSpec) if f.name not in
 
 
 def scale_schedule(preset: dict, epochs: int) -> dict:
-    """Warm-up and milestones of ``preset`` rescaled to ``epochs`` (rounded, at least 1 apart)."""
+    """Warm-up and milestones of ``preset`` rescaled to ``epochs``: each rounded (Python's round,
+    half to even), at least epoch 1; milestones that round to the same epoch merge into one drop
+    (the quick preset at ``--epochs 9``: 3.6 and 4.5 give one drop at 4, so the lr ends x0.1, not
+    x0.01), as a schedule this short has no room for both."""
     if epochs < 1:
         raise BenchError(f"epochs must be at least 1, got {epochs}")
     base = preset["epochs"]
