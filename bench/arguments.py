@@ -26,6 +26,7 @@ from bench.spec import (
     parse_value,
     scale_schedule,
 )
+from bench.summary import setting_text
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -344,7 +345,5 @@ def swept(spec: RunSpec, sweeps: list[str] | None) -> str:
             value = dict(spec.params).get(name)
         else:
             continue
-        text = (",".join(map(str, value)) if isinstance(value, tuple)
-                else number_text(value) if isinstance(value, float) else str(value))
-        shown.append(f"{key}={text}")
+        shown.append(f"{key}={setting_text(value)}")
     return " ".join(shown)

@@ -128,7 +128,7 @@ def off_preset_note(runs: pd.DataFrame, labels: list[str] | None = None) -> str 
     rows: dict[str, list[str]] = {}
     for label, text in zip(row_labels(runs) if labels is None else labels, runs["spec_json"]):
         spec = json.loads(text)
-        away = ", ".join(f"{k} {_shown(got)} (the {spec['preset']} preset: {_shown(want)})"
+        away = ", ".join(f"{k} {setting_text(got)} (the {spec['preset']} preset: {setting_text(want)})"
                          for k, (got, want) in sorted(off_preset(spec).items()))
         if away:
             labels = rows.setdefault(away, [])
@@ -140,7 +140,9 @@ def off_preset_note(runs: pd.DataFrame, labels: list[str] | None = None) -> str 
         f"{', '.join(labels)}: {away}" for away, labels in rows.items())
 
 
-def _shown(value) -> str:
+def setting_text(value) -> str:
+    """A setting's value as labels and notes write it: a list joined by commas, a float by
+    :func:`~bench.data.bias.number_text` (exact), anything else as ``str``."""
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     return number_text(value) if isinstance(value, float) else str(value)
@@ -170,7 +172,7 @@ def row_labels(runs: pd.DataFrame) -> list[str]:
     labels = []
     for name, group, f, spec in zip(runs["display_name"], group_of, flat, specs):
         implied = _scaled_schedule(spec)  # the schedule --epochs scales: told by the epochs alone
-        shown = " ".join(f"{k}={_shown(f[k])}" for k in differing[group]
+        shown = " ".join(f"{k}={setting_text(f[k])}" for k in differing[group]
                          if k in f and not (k in implied and _same(f[k], implied[k])))
         labels.append(f"{name} [{shown}]" if shown else name)
     return labels
