@@ -31,6 +31,32 @@ def small_pools(monkeypatch):
     monkeypatch.setattr(bench.execute, "load_data", small)
 
 
+def _field_changed(value, name: str, params):
+    if name == "params":
+        return params
+    if name == "precision":
+        return "bf16"
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, tuple):
+        return value + (99,)
+    return value + "x"
+
+
+@pytest.fixture
+def changed_fields():
+    """``changed_fields(spec, params)``: for every ``RunSpec`` field, ``(name, spec with that field
+    alone changed)``; ``params`` is the changed ``params`` value (a setting's other value)."""
+    import dataclasses
+
+    def each(spec, params):
+        for f in dataclasses.fields(spec):
+            yield f.name, spec.replace(**{f.name: _field_changed(getattr(spec, f.name), f.name, params)})
+    return each
+
+
 @pytest.fixture
 def float64():
     """torch's default dtype float64 for the test (exactness checks to rounding), then back."""
