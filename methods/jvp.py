@@ -158,10 +158,11 @@ class Linearization:
                 if dw is not None:
                     term = _affine(module, x, dw, None)
                     out = term if out is None else out + term
+                if out is None:  # no input tangent and no weight tangent: the layer's output is constant but its bias
+                    out = torch.zeros_like(_affine(module, x, module.weight, None))
                 if db is not None:
-                    shape = (1, -1) + (1,) * (x.dim() - 2)
-                    out = (db.view(shape).expand_as(out) if out is None else out + db.view(shape))
-                return torch.zeros_like(_affine(module, x, module.weight, None)) if out is None else out
+                    out = out + db.view((1, -1) + (1,) * (x.dim() - 2))
+                return out
             return affine
 
         def batch_norm(dx):
