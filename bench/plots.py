@@ -58,7 +58,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--preset", help="only runs of this preset (quick or paper)")
     parser.add_argument("--seed", type=int, help="training seed (default: the lowest stored)")
     parser.add_argument("--store", default=DEFAULT_STORE, help=f"results store to read (default ./{DEFAULT_STORE})")
-    parser.add_argument("--out", help="PNG path (default figures/<figure>_<key>.png)")
+    parser.add_argument("--out", help="figure file: .png, .pdf, .svg ... (no suffix: .png; default "
+                                      "figures/<figure>_<key>.png)")
     parser.add_argument("--classes", help="curves: the two classes to show, HEAD,TAIL (default: most and "
                                           "fewest training samples among the classes holding both clean "
                                           "and noisy samples)")
@@ -397,11 +398,14 @@ def _plot_separation(store, args) -> int:
     return 0
 
 
-def check_out(out: str | None) -> None:
-    """``--out``'s suffix must be a format matplotlib writes (png, pdf, svg ...); none means png."""
-    suffix = Path(out).suffix.lstrip(".").lower() if out else ""
+def check_out(out: str | None) -> str | None:
+    """``--out`` as the file to write: its suffix must be a format matplotlib writes (png, pdf, svg
+    ...); without one, ``.png`` is added (so the path printed is the file written)."""
+    if not out:
+        return out
+    suffix = Path(out).suffix.lstrip(".").lower()
     if not suffix:
-        return
+        return out + ".png"
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -409,12 +413,15 @@ def check_out(out: str | None) -> None:
     if suffix not in formats:
         raise BenchError(f"--out {out}: matplotlib cannot write .{suffix} files; use one of "
                          + ", ".join(f".{f}" for f in sorted(formats)))
+    return out
 
 
 def main(args) -> int:
     from bench.store import Store
 
-    check_out(args.out)
+    args.out = check_out(args.out)
+    if args.figure == "weights" and args.classes:
+        raise BenchError("--classes picks the curves figure's two classes; the weights figure shows every class")
     if args.figure == "separation":
         store = Store(args.store, create=False)
         try:

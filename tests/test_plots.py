@@ -119,3 +119,25 @@ def test_classes_out_of_range_are_an_error(store, tmp_path):
     with pytest.raises(BenchError, match="class indices lie in 0..3"):
         plots.plot_curves(store, run, tmp_path / "c.png", (0, 42))
     assert not (tmp_path / "c.png").exists()
+
+
+def test_out_without_a_suffix_is_a_png_and_the_printed_path_is_the_file_written(store, tmp_path, capsys):
+    from bench.cli import main
+
+    key = plots.select_run(store)["key"]
+    assert main(["plot", "weights", "--run", key[:8], "--store", str(store.path), "--out", str(tmp_path / "fig")]) == 0
+    printed = Path(capsys.readouterr().out.strip())
+    assert printed == tmp_path / "fig.png" and printed.read_bytes()[:8] == PNG
+    assert plots.check_out(None) is None and plots.check_out("a/b.pdf") == "a/b.pdf"
+    with pytest.raises(BenchError, match="matplotlib cannot write .v2 files"):
+        plots.check_out("fig.v2")
+
+
+def test_classes_for_the_weights_figure_is_refused_not_ignored(store, tmp_path, capsys):
+    from bench.cli import main
+
+    key = plots.select_run(store)["key"]
+    assert main(["plot", "weights", "--run", key[:8], "--classes", "1,2", "--store", str(store.path),
+                 "--out", str(tmp_path / "w.png")]) == 2
+    assert "--classes picks the curves figure's two classes" in capsys.readouterr().err
+    assert not (tmp_path / "w.png").exists()
