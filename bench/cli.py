@@ -53,17 +53,19 @@ def cmd_run(args) -> int:
         index, count = parse_shard(args.shard)
         asked, specs = len(specs), shard_specs(specs, index, count)
         print(f"bench: --shard {index}/{count}: {len(specs)} of the {asked} runs asked for", file=sys.stderr)
-        if not specs:
-            if not args.dry_run:  # an empty store, so that `bench merge` of every shard's store works
-                from bench.store import Store
-                Store(args.store).close()
-            return 0
+    # the options are checked on every shard, an empty one too: one bad command fails on all of them
     _check_fuse(args.fuse, specs)
-    _say_own_stages(specs)
     executor = executors.from_args(args)  # checks --jobs, --executor ... (and that Ray is installed)
     # on Ray the runs pick their device on the cluster; here, it must exist on this machine (a dry
     # run trains nothing: it may plan a GPU grid on a machine without one)
     execute.check_device_name(args.device)
+    _check_cache_dir(Path(args.cache_dir))
+    if args.shard and not specs:  # a shard without runs
+        if not args.dry_run:  # an empty store, so that `bench merge` of every shard's store works
+            from bench.store import Store
+            Store(args.store).close()
+        return 0
+    _say_own_stages(specs)
     device = execute.resolve_device(args.device) if executor.local and not args.dry_run else args.device
     if executor.local and not args.dry_run and any(spec.precision == "bf16" for spec in specs):
         warn_if_slow_bf16(device, "bf16")
@@ -81,7 +83,6 @@ def cmd_run(args) -> int:
                 continue
         execute.load_data(spec, args.data_dir)
     _say_unknown_rates(specs, args.data_dir, unreadable)
-    _check_cache_dir(Path(args.cache_dir))
     if args.dry_run:
         return _dry_run(args, specs)
     store = _existing_store(args.store, specs, args.retry_failed)  # a broken store is refused here

@@ -874,3 +874,20 @@ def test_shards_deal_the_seed_groups_out_in_the_commands_order():
     parts = [[(s.method, s.seed) for s in shard_specs(specs, i, 3)] for i in (1, 2, 3)]
     assert parts == [[("mwnet", 0), ("mwnet", 1), ("cb", 0), ("cb", 1)], [("ce", 0), ("ce", 1)],
                      [("focal", 0), ("focal", 1)]]
+
+
+@pytest.mark.parametrize("bad,message", [
+    (["--fuse", "0"], "--fuse must be at least 1"),
+    (["--jobs", "0"], "--jobs must be at least 1"),
+    (["--max-retries", "-1"], "--max-retries must be non-negative"),
+    (["--device", "tpu"], "unknown device"),
+])
+def test_an_empty_shard_refuses_bad_options_as_every_other_shard_does(bad, message, tmp_path, capsys):
+    """In an array job of N shards one bad command fails on every shard: a shard without runs checks
+    --fuse, --jobs / --max-retries (executors.from_args) and --device too, and writes no store."""
+    grid = ["run", "--methods", "ce", "--imbalance", "10,100", "--epochs", "1", "--quiet", *bad]
+    assert main([*grid, "--shard", "1/3", "--store", str(tmp_path / "s1.sqlite")]) == 2  # a shard with runs
+    assert message in capsys.readouterr().err
+    assert main([*grid, "--shard", "3/3", "--store", str(tmp_path / "s3.sqlite")]) == 2  # the empty shard
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "s3.sqlite").exists()
