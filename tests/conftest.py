@@ -109,3 +109,18 @@ def cifar10_npz(cifar10_jpeg_file, tmp_path_factory) -> Path:
     subprocess.run([sys.executable, str(tool), str(cifar10_jpeg_file), str(out)], check=True,
                    capture_output=True)
     return out
+
+
+@pytest.fixture()
+def figures(monkeypatch):
+    """The figures bench.plots draws, kept (plt.close records them instead of closing)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kept = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
+    yield kept
+    monkeypatch.undo()
+    for fig in kept:
+        plt.close(fig)

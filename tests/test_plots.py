@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from bench import plots
@@ -119,6 +120,163 @@ def test_classes_out_of_range_are_an_error(store, tmp_path):
     with pytest.raises(BenchError, match="class indices lie in 0..3"):
         plots.plot_curves(store, run, tmp_path / "c.png", (0, 42))
     assert not (tmp_path / "c.png").exists()
+
+
+# --- what the figures show: the drawn figure is kept (the figures fixture), not closed ---
+
+class OtherSamples:
+    """A store whose samples of every run are ``samples`` (the real store's arrays otherwise)."""
+
+    def __init__(self, store, samples):
+        self.store, self._samples = store, samples
+
+    def samples(self, key):
+        return self._samples
+
+    def array(self, key, name):
+        return self.store.array(key, name)
+
+
+class Arrays:
+    """A store holding just the given per-sample arrays."""
+
+    def __init__(self, **arrays):
+        self.arrays = arrays
+
+    def array(self, key, name):
+        if name not in self.arrays:
+            raise KeyError(name)
+        return self.arrays[name]
+
+
+def test_the_curves_figure_shows_the_head_and_tail_groups_of_the_stored_curves(store, tmp_path, figures):
+    run = plots.select_run(store)
+    samples = store.samples(run["key"])
+    curves = store.array(run["key"], "probe_loss")
+    plots.plot_curves(store, run, tmp_path / "c.png")
+    (fig,) = figures
+    head, tail = fig.axes[:2]
+    assert head.get_title() == "head class 0 (40 training samples with that clean label)"
+    assert tail.get_title() == "tail class 3 (5 training samples with that clean label)"
+    assert head.get_ylabel() == "raw probe loss" and "raw probe loss (array 'probe_loss')" in fig.get_suptitle()
+    obs, noisy = samples["observed_label"].to_numpy(), samples["is_noisy"].to_numpy()
+    for ax, cls in ((head, 0), (tail, 3)):
+        (clean_line, noisy_line) = ax.get_lines()
+        for line, mask in ((clean_line, (obs == cls) & ~noisy), (noisy_line, (obs == cls) & noisy)):
+            assert list(line.get_xdata()) == list(range(12))  # raw probe losses: from probe epoch 0
+            assert np.allclose(line.get_ydata(), curves[mask].mean(0))
+        band = ax.collections[0].get_paths()[0].vertices[:, 1]  # the clean band: mean ± std (ddof 0)
+        sel = curves[(obs == cls) & ~noisy]
+        assert np.isclose(band.max(), (sel.mean(0) + sel.std(0)).max())
+        assert np.isclose(band.min(), (sel.mean(0) - sel.std(0)).min())
+        assert clean_line.get_label() == f"clean (n={((obs == cls) & ~noisy).sum()})"
+
+
+def test_normalised_curves_are_drawn_from_probe_epoch_drop_first(tmp_path, figures):
+    s = Store(tmp_path / "n.sqlite")
+    fake_store.add_fake_curvenet_run(s, raw=False)
+    plots.plot_curves(s, plots.select_run(s), tmp_path / "c.png")
+    s.close()
+    ax = figures[0].axes[0]
+    assert list(ax.get_lines()[0].get_xdata()) == list(range(5, 17))  # drop_first=5 of CURVENET_PARAMS
+    assert ax.get_ylabel() == "normalised curve"
+
+
+def test_a_class_without_noisy_samples_is_drawn_with_a_note(store, tmp_path, figures):
+    run = plots.select_run(store)
+    samples = store.samples(run["key"]).copy()
+    samples.loc[samples["observed_label"] == 3, "is_noisy"] = False
+    plots.plot_curves(OtherSamples(store, samples), run, tmp_path / "c.png", (0, 3))
+    tail = figures[0].axes[1]
+    assert len(tail.get_lines()) == 1 and tail.get_lines()[0].get_label().startswith("clean")
+    assert [t.get_text() for t in tail.texts] == ["no noisy samples with this label"]
+
+
+def test_head_and_tail_are_among_the_classes_holding_clean_and_noisy_samples():
+    samples = pd.DataFrame({"observed_label": [0, 0, 1, 1, 2, 2, 3, 3], "is_noisy": [True, True] + [True, False] * 3})
+    counts = np.array([40, 20, 10, 5])
+    assert plots.head_and_tail(samples, counts) == (1, 3)  # class 0 holds no clean sample with its label
+    clean_only = samples.assign(is_noisy=False)  # no noise at all: every class
+    assert plots.head_and_tail(clean_only, counts) == (0, 3)
+
+
+def test_train_counts_are_the_stored_ones_else_the_clean_labels(store):
+    run = plots.select_run(store)
+    samples = store.samples(run["key"])
+    assert list(plots._train_counts(pd.Series({"train_counts": [7, 6, 5, 4]}), samples)) == [7, 6, 5, 4]
+    assert list(plots._train_counts(pd.Series({"train_counts": None}), samples)) == [40, 20, 10, 5]
+
+
+def test_raw_probe_losses_are_preferred_and_a_transposed_array_is_read(tmp_path):
+    raw, normalised = np.ones((4, 3)), np.zeros((4, 3))
+    curves, kind = plots.load_curves(Arrays(curve=normalised, probe_loss=raw), "k", 4)
+    assert kind == "raw probe loss (array 'probe_loss')" and (curves == 1).all()
+    curves, kind = plots.load_curves(Arrays(curve=np.arange(12.0).reshape(3, 4)), "k", 4)  # (T, N) stored
+    assert curves.shape == (4, 3) and list(curves[1]) == [1.0, 5.0, 9.0]
+    with pytest.raises(BenchError, match="no per-sample loss curves"):
+        plots.load_curves(Arrays(curve=np.ones(4), probe_loss=np.ones((5, 3))), "k", 4)
+
+
+def test_the_classes_can_be_picked_and_are_checked(store, tmp_path, figures, capsys):
+    from bench.cli import main
+
+    run = plots.select_run(store)
+    plots.plot_curves(store, run, tmp_path / "a.png", (0, 3))  # the first and the last class
+    with pytest.raises(BenchError, match="class indices lie in 0..3"):
+        plots.plot_curves(store, run, tmp_path / "b.png", (0, 4))
+    assert main(["plot", "curves", "--run", run["key"][:8], "--classes", "2,1", "--store", str(store.path), "--out",
+                 str(tmp_path / "c.png")]) == 0
+    assert [ax.get_title().split(" (")[0] for ax in figures[-1].axes[:2]] == ["head class 2", "tail class 1"]
+    assert main(["plot", "curves", "--run", run["key"][:8], "--classes", "2", "--store", str(store.path)]) == 2
+    assert "--classes must be HEAD,TAIL (two class indices), got '2'" in capsys.readouterr().err
+
+
+def test_a_cell_picks_curvenet_by_default_and_the_figure_is_named_by_the_runs_key(store, tmp_path, monkeypatch,
+                                                                                  capsys):
+    from bench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    key = plots.select_run(store)["key"]
+    assert main(["plot", "curves", "--cell", "fmnist-mini:8:flip2:0.25", "--store", str(store.path)]) == 0
+    assert capsys.readouterr().out.strip() == f"figures/curves_{key[:12]}.png"
+    assert (tmp_path / "figures" / f"curves_{key[:12]}.png").read_bytes()[:8] == PNG
+    assert main(["plot", "weights", "--run", key[:8], "--store", str(store.path), "--out", "w.PNG"]) == 0  # any case
+    assert (tmp_path / "w.PNG").read_bytes()[:8] == PNG
+
+
+def test_selecting_a_run_that_is_not_done_or_by_two_methods_is_an_error(store):
+    spec = fake_store.paper_spec("curvenet", "cifar10", 20, "flip2", 0.4, 0, fake_store.CURVENET_PARAMS)
+    store.start(spec.key(), spec.to_dict(), "CurveNet")
+    with pytest.raises(BenchError, match=f"run {spec.key()} is running, not done"):
+        plots.select_run(store, run=spec.key()[:8])
+    with pytest.raises(BenchError, match="--method names one method here"):
+        plots.select_run(store, method="curvenet,mwnet")
+
+
+def test_weights_need_a_stored_weight_and_every_class_is_shown(store, tmp_path, figures):
+    run = plots.select_run(store)
+    samples = store.samples(run["key"])
+    with pytest.raises(BenchError, match="stored no per-sample 'weight'"):
+        plots.weight_groups(samples.assign(weight=np.nan))
+    samples = samples.copy()
+    samples.loc[samples["observed_label"] == 2, "is_noisy"] = False  # class 2: clean samples only
+    plots.plot_weights(OtherSamples(store, samples), run, tmp_path / "w.png")
+    ax = figures[0].axes[0]
+    obs, noisy = samples["observed_label"].to_numpy(), samples["is_noisy"].to_numpy()
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        f"{c}\n{((obs == c) & ~noisy).sum()} / {((obs == c) & noisy).sum()}" for c in range(4)]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"clean (n={(~noisy).sum()})",
+                                                                   f"noisy (n={noisy.sum()})"]
+
+
+def test_seeds_of_one_configuration_differ_in_their_data_seed_too(store):
+    import json
+
+    from bench.spec import RunSpec
+
+    spec = RunSpec.from_dict(json.loads(plots.select_run(store)["spec_json"]))
+    fake_store.add_run(store, spec.replace(seed=1, data_seed=1), "CurveNet", 15.0)  # as `bench run --seeds 0,1`
+    assert plots.select_run(store)["seed"] == 0 and plots.select_run(store, seed=1)["seed"] == 1
 
 
 def test_out_without_a_suffix_is_a_png_and_the_printed_path_is_the_file_written(store, tmp_path, capsys):

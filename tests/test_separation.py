@@ -260,3 +260,81 @@ def test_show_says_how_many_clean_tail_samples_a_selection_method_removed(tmp_pa
     out = " ".join(capsys.readouterr().out.split())
     share = 100 * sep["removed_clean_tail"] / clean_tail.sum()
     assert f"and {sep['removed_clean_tail']} of the {clean_tail.sum()} clean tail samples ({share:.1f}%)" in out
+
+
+# --- the separation figure (mutation-tested) ---
+
+def test_samples_without_trust_are_left_out_of_the_separation_figures_groups(tmp_path):
+    from bench.plots import separation_panels
+
+    clean, noisy, _ = fake_store.fake_samples(0)
+    weight = np.where(noisy, 0.2, 0.9)
+    weight[:10] = np.nan  # class 0 (head): ten samples without a weight
+    store = Store(tmp_path / "s.sqlite")
+    fake_store.add_fake_trust_run(store, "mwnet", "MW-Net(noise)", {"weight": weight})
+    (panel,) = separation_panels(store, store.runs("done"))
+    store.close()
+    has = ~np.isnan(weight)
+    tail = np.isin(clean, [2, 3])
+    assert {g: len(v) for g, v in panel["groups"].items()} == {
+        "clean, head": (has & ~noisy & ~tail).sum(), "clean, tail": (has & ~noisy & tail).sum(),
+        "mislabelled": (has & noisy).sum()}
+
+
+def test_the_separation_figure_shows_the_groups_that_have_samples_and_what_the_trust_is(tmp_path, figures):
+    from bench.plots import plot_separation
+
+    sep = {"noise_auroc": 88.64, "tail_auroc": float("nan")}
+    panels = [{"label": "O2U-Net", "record": "score", "separation": sep,
+               "groups": {"clean, head": np.array([-1.0, -1.5, -2.0]), "clean, tail": np.array([]),
+                          "mislabelled": np.array([-3.0, -3.5])}},
+              {"label": "MW-Net(noise)", "record": "weight", "separation": sep,
+               "groups": {"clean, head": np.array([0.9]), "clean, tail": np.array([0.5, 0.6]),
+                          "mislabelled": np.array([0.1])}}]
+    plot_separation(panels, tmp_path / "f.png", "the title")
+    score, weight = figures[0].axes
+    assert [t.get_text() for t in score.get_xticklabels()] == ["clean, head\n3", "mislabelled\n2"]
+    assert score.get_ylabel() == "− selection score" and weight.get_ylabel() == "final weight"
+    assert score.get_title() == "O2U-Net\nnoise 88.6 · tail —"
+    assert len(weight.get_xticklabels()) == 3 and figures[0].get_suptitle() == "the title"
+
+
+def test_bench_plot_separation_shows_the_asked_methods_and_seed(trust_store, tmp_path, monkeypatch, capsys, figures):
+    monkeypatch.chdir(tmp_path)
+    runs = Store(trust_store, create=False).runs("done")
+    assert main(["plot", "separation", "--store", str(trust_store), "--method", "mwnet,o2u", "--seed", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == "figures/separation_fmnist-mini_8_flip2_0.25_seed1.png"
+    seed1 = runs[runs["seed"] == 1].set_index("method")["key"]
+    assert err.strip() == f"2 runs: MW-Net(noise) {seed1['mwnet'][:12]}, O2U-Net {seed1['o2u'][:12]}"
+    assert figures[0].get_suptitle().endswith("(quick preset, seed 1)")
+    assert main(["plot", "separation", "--store", str(trust_store), "--classes", "0,1"]) == 2
+    assert "separation shows every method of a cell: drop --run/--classes" in capsys.readouterr().err
+
+
+def test_the_separation_figure_names_each_panels_seed_and_the_lowest_in_its_file_name(tmp_path, monkeypatch, capsys,
+                                                                                      figures):
+    clean, noisy, _ = fake_store.fake_samples(0)
+    store = Store(tmp_path / "s.sqlite")
+    fake_store.add_fake_trust_run(store, "curvenet", "CurveNet", {"weight": np.where(noisy, 0.2, 0.9)}, seed=0)
+    clean, noisy, _ = fake_store.fake_samples(1)
+    fake_store.add_fake_trust_run(store, "mwnet", "MW-Net(noise)", {"weight": np.where(noisy, 0.2, 0.9)}, seed=1)
+    store.close()
+    monkeypatch.chdir(tmp_path)
+    assert main(["plot", "separation", "--store", str(tmp_path / "s.sqlite")]) == 0
+    assert capsys.readouterr().out.strip() == "figures/separation_fmnist-mini_8_flip2_0.25_seed0.png"
+    assert figures[0].get_suptitle().endswith("(quick preset, seed 0, 1)")
+
+
+def test_the_separation_figure_takes_the_preset_that_tells_two_protocols_apart(tmp_path, capsys):
+    path = tmp_path / "s.sqlite"
+    store = fake_store.build(path)
+    paper = fake_store.paper_spec("curvenet", "cifar10", 200, "none", 0, 0, fake_store.CURVENET_PARAMS)
+    fake_store.add_run(store, paper, "CurveNet", 12.0)
+    store.close()
+    assert main(["plot", "separation", "--store", str(path), "--cell", "cifar10:200:none", "--preset", "quick"]) == 2
+    err = capsys.readouterr().err
+    assert "no finished run on cifar10:200:none records a per-sample weight" in err and "protocols" not in err
+    assert main(["plot", "separation", "--store", str(path), "--method", "curvenet", "--preset", "paper"]) == 2
+    assert "the runs are on 2 cells; pick one with --cell: cifar10:1:flip2:0.4, cifar10:200:none" in \
+        capsys.readouterr().err

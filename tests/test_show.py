@@ -192,3 +192,143 @@ def test_the_listing_names_the_suites_commit_of_each_run(store_path, capsys):
     conn.close()
     table = records(capsys, "--store", str(store_path))
     assert dict(zip(table["key"], table["commit"]))[key] == "01234567+"
+
+
+# --- details a user reads (mutation-tested) ---
+
+def test_a_running_run_in_full_says_what_it_is_and_when_it_started(store_path, capsys):
+    running = Store(store_path, create=False).runs("running")
+    key = running["key"].iloc[0]
+    out, _ = shown(capsys, key, "--store", str(store_path))
+    assert "  status    running after 1 attempt: interrupted (the same bench run command resumes it" in out
+    started = next(line for line in out.splitlines() if line.startswith("  started"))
+    assert started == f"  started   {show._when(running['started'].iloc[0])}" and started.strip() != "started   —"
+    table = records(capsys, "--store", str(store_path), "--status", "running")
+    assert table["when"].tolist() == [show._when(running["started"].iloc[0])]  # when it started: it has not ended
+    failed = records(capsys, "--store", str(store_path), "--status", "failed")
+    assert failed["minutes"].isna().all() and failed["when"].str.startswith("20").all()
+
+
+def test_only_an_flock_on_the_lock_file_counts_as_held(tmp_path):
+    import fcntl
+
+    lock = tmp_path / "s.sqlite.lock"
+    lock.write_text("x")
+    with open(lock, "r+") as f:
+        fcntl.lockf(f, fcntl.LOCK_EX)  # a POSIX lock is not bench run's writer lock
+        assert not show._flock_held(lock, os.getpid())
+        fcntl.flock(f, fcntl.LOCK_EX)
+        assert show._flock_held(lock, os.getpid())
+
+
+def test_without_the_kernel_lock_table_another_users_process_counts_as_alive(tmp_path, monkeypatch):
+    lock = tmp_path / "s.sqlite.lock"
+    lock.write_text("x")
+    real = show.Path
+
+    def no_proc(p, *a):
+        return real("/nonexistent/locks") if str(p) == "/proc/locks" else real(p, *a)
+
+    def not_yours(pid, sig):
+        raise PermissionError(pid)
+
+    monkeypatch.setattr(show, "Path", no_proc)
+    monkeypatch.setattr(show.os, "kill", not_yours)
+    assert show._flock_held(lock, 12345)
+
+
+def test_a_run_started_in_the_second_the_lock_was_taken_is_being_trained():
+    lock = {"pid": 7, "host": "here", "since": 1000.0, "held": True}
+    assert show.running_note(lock, 1000.0) == "being trained (bench run pid 7)"
+    assert show.running_note(lock, 999.5).startswith("interrupted")
+
+
+def test_a_lock_file_that_names_no_pid_is_no_writer(tmp_path):
+    for text in ("xid 12 on host, since 2020-01-01 00:00:00", "pid x on host, since 2020-01-01 00:00:00",
+                 "pid 12 on host, since yesterday"):
+        (tmp_path / "s.sqlite.lock").write_text(text)
+        assert show.writer(tmp_path / "s.sqlite") is None
+    (tmp_path / "s.sqlite.lock").write_text("pid 12 on host, since 2020-01-01 00:00:00")
+    assert show.writer(tmp_path / "s.sqlite")["host"] == "host"
+
+
+def test_small_values_read_as_users_expect():
+    assert show._commit(json.dumps({"suite_commit": "unknown"})) == "" and show._commit(None) == ""
+    assert show._when(None) == "" and show._when(float("nan")) == ""  # never "1970" nor an error
+    assert show._reason("Traceback (most recent call last):\n  File 'x'\nValueError: boom\n") == "ValueError: boom"
+    assert show._reason(None) == "no reason stored"
+    assert show._value(0.123456) == "0.1235" and show._value(None) == "—"
+    assert show._value(list(range(12))) == "[" + ", ".join(map(str, range(12))) + "]"
+    assert show._value(list(range(13))) == "[13 values]"
+
+
+def test_method_names_are_case_blind_and_each_named_once(store_path):
+    runs = Store(store_path, create=False).runs(None)
+    assert show.method_names("FOCAL", runs) == ["focal"]  # a registry name not run yet
+    assert show.method_names("curvenet,CurveNet, curvenet", runs) == ["curvenet"]
+    assert show.method_names("", runs) is None
+
+
+def test_the_listing_shows_the_data_seed_where_it_is_not_the_training_seed_and_two_decimals(tmp_path, capsys):
+    store = Store(tmp_path / "s.sqlite")
+    spec = fake_store.paper_spec("ce", "cifar10", 10, "flip2", 0.4, 0)
+    fake_store.add_run(store, spec, "CE", 12.345)
+    store.close()
+    assert "data_seed" not in records(capsys, "--store", str(tmp_path / "s.sqlite")).columns
+    row = [c.strip() for c in shown(capsys, "--store", str(tmp_path / "s.sqlite"))[0].splitlines()[2].split("|")]
+    assert row[7:9] == ["12.35", "13.35"]  # acc_last, acc_best: two decimals
+    store = Store(tmp_path / "s.sqlite")
+    fake_store.add_run(store, spec.replace(data_seed=7), "CE", 12.0)
+    store.close()
+    table = records(capsys, "--store", str(tmp_path / "s.sqlite"))
+    assert sorted(zip(table["seed"], table["data_seed"])) == [(0, 0), (0, 7)]
+    out, _ = shown(capsys, spec.replace(data_seed=7).key(), "--store", str(tmp_path / "s.sqlite"))
+    assert "preset paper, model resnet32, seed 0, data seed 7" in out
+
+
+def test_a_resumed_run_counts_its_attempts_and_its_best_epoch_from_1(tmp_path, capsys):
+    store = Store(tmp_path / "s.sqlite")
+    spec = fake_store.paper_spec("ce", "cifar10", 10, "flip2", 0.4, 0)
+    store.start(spec.key(), spec.to_dict(), "CE")
+    store.start(spec.key(), spec.to_dict(), "CE")  # killed and run again
+    store.finish(spec.key(), metrics={"acc_last": 12.0, "acc_best": 13.0, "best_epoch": 4}, env=fake_store.FAKE_ENV,
+                 history=[{"stage": "train", "epoch": 0, "loss": 1.0}])
+    store.close()
+    assert records(capsys, "--store", str(tmp_path / "s.sqlite"))["attempts"].tolist() == [2]
+    out, _ = shown(capsys, spec.key(), "--store", str(tmp_path / "s.sqlite"))
+    assert "status    done after 2 attempts" in out and "best_epoch=5" in out
+
+
+def test_a_spec_of_another_version_gives_no_command_and_says_why():
+    command, why = show.reproducing_command({"method": "ce"})
+    assert command is None and why.startswith("its spec does not fit this version of the suite")
+
+
+def test_the_separation_line_says_what_the_trust_is_and_what_is_unknown():
+    sep = {"record": "score", "noise_auroc": float("nan"), "tail_auroc": 75.0, "clean": 10, "noisy": 0,
+           "clean_tail": 3, "tail": [2, 3], "removed": 4, "precision": None, "recall": None, "removed_clean_tail": 0,
+           "clean_tail_pool": 0}
+    text = " ".join(show._separation_line(sep).split())
+    assert "noise AUROC — (10 clean vs 0 mislabelled samples)" in text and "trust = minus its score" in text
+    assert "3 clean samples of tail classes 2,3" in text and "clean tail samples" not in text  # no pool: no share
+    balanced = " ".join(show._separation_line({**sep, "tail": [], "record": "weight", "mean_clean": 0.9,
+                                               "mean_noisy": None, "mean_clean_tail": None}).split())
+    assert "tail AUROC 75.0% (no tail classes: the classes are balanced), trust = its weight" in balanced
+
+
+def test_the_listing_labels_runs_as_among_all_the_stores_runs(store_path, capsys):
+    store = Store(store_path)
+    spec = fake_store.paper_spec("curvenet", "cifar10", 1, "flip2", 0.4, 1,
+                                 {**fake_store.CURVENET_PARAMS, "skip_layers": 2})
+    store.start(spec.key(), spec.to_dict(), "CurveNet")
+    store.close()
+    table = records(capsys, "--store", str(store_path), "--status", "running", "--method", "curvenet")
+    assert table["method"].tolist() == [SL2]  # as among the cell's done CurveNet runs of skip_layers 0 and 2
+    _, err = shown(capsys, "--store", str(store_path))
+    assert f"12 of the 12 runs in {store_path}: 9 done, 1 failed, 2 running;" in err
+
+
+def test_an_empty_store_lists_nothing(tmp_path, capsys):
+    Store(tmp_path / "s.sqlite").close()
+    out, err = shown(capsys, "--store", str(tmp_path / "s.sqlite"))
+    assert out.startswith("| key ") and "0 of the 0 runs" in err
