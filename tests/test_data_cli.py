@@ -126,3 +126,59 @@ def test_bad_npz_is_a_one_line_error_before_training(tmp_path, case, match):
     with pytest.raises(DataError, match=re.escape(match)) as e:
         main(parse("--dataset", f"npz:{tmp_path / 'd.npz'}", "--noise", "none"))
     assert "\n" not in str(e.value)
+
+
+def test_table_output_shows_the_numbers_of_the_json_summary(capsys):
+    """What `bench data` prints is what was realised: each class's train / noisy / observed / meta /
+    test counts, the totals, the realised and expected noise rates (in that order) and the
+    transitions, as the JSON summary holds them."""
+    argv = ("--imbalance", "10", "--noise", "flip2:0.4", "--seed", "1")
+    assert main(parse(*argv, "--json")) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert main(parse(*argv)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert s["noise_rate_realised"] != s["noise_rate_expected"]
+    assert (f"noise flip2 0.4 (realised {s['noise_rate_realised']:.4f}, expected {s['noise_rate_expected']:.4f}), "
+            "meta 20 per class") in lines[1]
+    cols = ("train_per_class", "noisy_per_class", "observed_per_class", "meta_per_class", "test_per_class")
+    for i, name in enumerate(s["classes"]):
+        (line,) = [ln for ln in lines if ln.startswith(f"{i:>5}  {name} ")]
+        assert [int(v) for v in line.split()[-5:]] == [s[c][i] for c in cols], name
+    (total,) = [ln for ln in lines if ln.split()[:1] == ["total"]]
+    assert [int(v) for v in total.split()[-5:]] == [sum(s[c]) for c in cols]
+    start = lines.index("label transitions over the training pool (row clean, column observed):")
+    for i, row in enumerate(s["transition"]):
+        assert [int(v) for v in lines[start + 2 + i].split()] == [i, *row]
+
+
+def test_one_cell_only_errors_name_the_list(capsys):
+    with pytest.raises(SystemExit):
+        parse("--imbalance", "10,20")
+    assert "bench data shows one cell, so give one value" in capsys.readouterr().err
+    with pytest.raises(DataError, match="bench data shows one cell, so give one noise"):
+        main(parse("--noise", "flip2:0.4,uniform:0.2"))
+
+
+def _own_meta_npz(path, y_meta, k=4):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(k), 20)
+    np.savez(path, x_train=rng.integers(0, 256, (len(y), 8, 8), dtype=np.uint8), y_train=y,
+             x_test=rng.integers(0, 256, (2 * k, 8, 8), dtype=np.uint8), y_test=np.arange(2 * k) % k,
+             x_meta=np.full((len(y_meta), 8, 8), 7, dtype=np.uint8), y_meta=np.asarray(y_meta))
+
+
+def test_a_files_own_meta_set_is_the_default_and_the_users_meta_per_class_wins(tmp_path, capsys):
+    _own_meta_npz(tmp_path / "d.npz", np.repeat(np.arange(4), 5))
+    dataset = f"npz:{tmp_path / 'd.npz'}"
+    assert main(parse("--dataset", dataset, "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["meta_per_class"] == [5] * 4  # all of the file's own meta set
+    assert main(parse("--dataset", dataset, "--meta-per-class", "2", "--json")) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["meta_per_class"] == [2] * 4 and s["spec"]["meta_per_class"] == 2
+
+
+def test_a_bad_cell_is_refused_before_any_data_is_loaded(tmp_path):
+    """The cheap checks come first: a bad --imbalance on CIFAR-10 is named even where no CIFAR-10
+    files are (not a missing-data error)."""
+    with pytest.raises(DataError, match="imbalance"):
+        main(parse("--dataset", "cifar10", "--data-dir", str(tmp_path / "empty"), "--imbalance", "0.5"))

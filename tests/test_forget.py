@@ -110,3 +110,48 @@ def test_forget_refuses_when_a_bench_run_changed_the_runs_after_they_were_listed
     assert main(["forget", "--store", str(path), "--status", "failed", "--yes"]) == 2
     assert "changed since they were listed" in capsys.readouterr().err
     assert Store(path, create=False).status(failed) == "done"
+
+
+def test_forget_by_method_and_cell_takes_runs_in_every_state_and_says_which_methods_have_none(tmp_path, capsys):
+    """Without --status every state is selected (a failed run too); a named method without runs
+    is said on stderr; no checkpoint is mentioned when none was removed."""
+    path = tmp_path / "s.sqlite"
+    fake_store.build(path).close()
+    failed = Store(path, create=False).runs("failed")["key"].iloc[0]
+    assert main(["forget", "--store", str(path), "--cache-dir", str(tmp_path / "cache"), "--method", "mwnet",
+                 "--cell", "cifar10:200:none", "--yes"]) == 0
+    err = capsys.readouterr().err
+    assert "forgot 1 run in" in err and "checkpoint" not in err
+    assert Store(path, create=False).status(failed) is None
+    assert main(["forget", "--store", str(path), "--method", "ce"]) == 0
+    err = capsys.readouterr().err
+    assert f"no runs of ce in {path}" in err and "nothing to forget" in err
+
+
+def test_forget_removes_the_run_list_of_a_fused_group_whose_checkpoint_is_gone(tmp_path, capsys):
+    path, cache = tmp_path / "s.sqlite", tmp_path / "cache"
+    fake_store.build(path).close()
+    failed = Store(path, create=False).runs("failed")["key"].iloc[0]
+    folder = cache / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "group1.members").write_text(f"{failed}\n")  # its .pt already removed
+    (folder / "group2.members").write_text("somethingelse\n")
+    assert main(["forget", "--store", str(path), "--cache-dir", str(cache), "--status", "failed", "--yes"]) == 0
+    assert "forgot 1 run in" in capsys.readouterr().err
+    assert {p.name for p in folder.iterdir()} == {"group2.members"}
+
+
+def test_forget_refuses_a_read_only_store_and_deletes_nothing(tmp_path, capsys, monkeypatch):
+    import os
+
+    path = tmp_path / "s.sqlite"
+    fake_store.build(path).close()
+    before = rows_per_table(path)
+    real_access = os.access
+    # a read-only file (faked: the tests may run as root, who may write anything)
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if (mode == os.W_OK and Path(p) == path)
+                        else real_access(p, mode, **kw))
+    assert main(["forget", "--store", str(path), "--status", "all", "--yes"]) == 2
+    assert "is not writable" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert rows_per_table(path) == before

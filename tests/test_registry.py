@@ -136,3 +136,45 @@ def test_a_method_file_that_registers_nothing_is_warned_about(monkeypatch, tmp_p
     with pytest.warns(UserWarning, match=r"methods/forgot_register\.py registers no method"):
         methods.names()
     assert "forgot" not in methods.names()
+
+
+def test_get_finds_a_method_in_a_fresh_process_before_anything_listed_them():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", "import methods; print(methods.get('focal').__name__)"],
+                       cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == methods._REGISTRY["focal"].__name__
+
+
+def test_registering_the_same_class_again_is_harmless():
+    ce = methods.get("ce")
+    assert methods.register(ce) is ce and methods.get("ce") is ce
+
+
+def test_an_empty_method_name_is_refused():
+    from methods.base import NoParams
+
+    cls = type("Blank", (Method,), {"name": "", "Params": NoParams, "__module__": "methods.blank"})
+    with pytest.raises(BenchError, match=r"methods/blank\.py: Blank needs a class attribute name"):
+        methods.register(cls)
+    assert "" not in methods.names()
+
+
+def test_shared_and_private_modules_are_not_taken_for_method_files(monkeypatch, tmp_path):
+    """Discovery imports only method files: the shared pieces (base, meta, ...) and modules whose
+    name starts with _ register nothing and are not warned about (nor imported)."""
+    import sys
+    import warnings
+
+    (tmp_path / "_private_helper.py").write_text("raise RuntimeError('a private module was imported')\n")
+    monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(tmp_path)])
+    monkeypatch.setattr(methods, "_discovered", False)
+    monkeypatch.setattr(methods, "_SILENT", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        names = methods.names()
+    assert "ce" in names and "methods._private_helper" not in sys.modules

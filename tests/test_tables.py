@@ -605,3 +605,58 @@ def test_reading_commands_never_import_torch(tmp_path):
             "print(codes, 'torch' in sys.modules, file=sys.stderr)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.stderr.strip().splitlines()[-1] == "[0, 0, 0, 0, 0] False", out.stderr
+
+
+def test_paper_requests_of_the_ablation_tables_9_and_10_and_the_anchors():
+    """Table 9 varies CurveNet's embedding size P (32, 64, 96), Table 10 the dropped leading probe
+    epochs S (5, 30, 60), each on the ablation cell with the defaults elsewhere; the anchors run on
+    the long-tailed clean CIFAR cells with 10 clean meta samples per class removed (MW-Net's code)."""
+    for n, expected in (("9", [(), ("curvenet.embed_dim=32",), ("curvenet.embed_dim=96",)]),
+                        ("10", [(), ("curvenet.drop_first=30",), ("curvenet.drop_first=60",)])):
+        reqs = paper_tables.paper_requests(n)
+        assert sorted(tuple(r["set"]) for r in reqs) == expected, n
+        assert all(r["methods"] == "curvenet" and r["cells"] == [paper_tables.ABLATION_CELL]
+                   and r["model"] == "resnet32" and "meta_per_class" not in r for r in reqs), n
+    anchors = paper_tables.paper_requests("anchors")
+    cells = [Cell("cifar10", float(i), "none", 0.0) for i in (200, 100, 50, 20, 10, 1)] + [
+        Cell("cifar100", float(i), "none", 0.0) for i in (100, 10)]
+    assert all(r["cells"] == cells and r["meta_per_class"] == 10 and r["preset"] == "paper" for r in anchors)
+    assert sorted((tuple(sorted(r["methods"].split(","))), tuple(r["set"])) for r in anchors) == [
+        (("cb", "ce", "focal", "ldam_drw"), ()), (("mwnet",), ("mwnet.variant=imb",))]
+
+
+def test_table_numbers_read_all_lists_and_any_case():
+    assert paper_tables.table_numbers("all") == ["1", "2", "3", "6", "7", "8", "9", "10", "anchors"]
+    assert paper_tables.table_numbers(" 2, 8 ,") == ["2", "8"]
+    assert paper_tables.get_table(" Anchors ").number == "anchors"
+    with pytest.raises(BenchError, match="no paper table '5'"):
+        paper_tables.table_numbers("2,5")
+
+
+def test_paper_requests_of_all_tables_ask_for_each_method_once_per_request():
+    for r in paper_tables.paper_requests("all"):
+        names = r["methods"].split(",")
+        assert len(names) == len(set(names)), r
+
+
+def test_the_reference_dir_is_bench_reference_dir_first_and_only_a_folder_with_csvs(tmp_path, monkeypatch):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "x.csv").write_text("paper,value\n")
+    monkeypatch.setenv("BENCH_REFERENCE_DIR", str(tmp_path / "mine"))
+    assert paper_tables.reference_dir() == tmp_path / "mine"
+    (tmp_path / "empty" / "tables" / "reference").mkdir(parents=True)  # a folder without csv files is skipped
+    monkeypatch.setenv("BENCH_REFERENCE_DIR", str(tmp_path / "empty" / "tables" / "reference"))
+    monkeypatch.chdir(tmp_path / "empty")
+    assert paper_tables.reference_dir() == ROOT / "tables" / "reference"
+
+
+def test_published_tells_noise_types_of_one_cell_apart(ref):
+    """Two published values on one dataset, imbalance and rate, of different noise types: each
+    cell gets its own."""
+    row = ref[(ref["paper"] == "curvenet_aaai2022") & (ref["table"] == "3") & (ref["method"] == "CurveNet")].iloc[[0]]
+    other = row.assign(noise_type="flip2", value=1.25)
+    both = pd.concat([ref, other], ignore_index=True)
+    cell = Cell(row["dataset"].iloc[0], float(row["imbalance"].iloc[0]), "uniform", float(row["noise_rate"].iloc[0]))
+    assert paper_tables.published(both, "3", "CurveNet", cell=cell)["value"] == float(row["value"].iloc[0])
+    flip = Cell(cell.dataset, cell.imbalance, "flip2", cell.noise_rate)
+    assert paper_tables.published(both, "3", "CurveNet", cell=flip)["value"] == 1.25
