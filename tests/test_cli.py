@@ -876,6 +876,97 @@ def test_shards_deal_the_seed_groups_out_in_the_commands_order():
                      [("focal", 0), ("focal", 1)]]
 
 
+def test_every_run_option_reaches_the_grid_and_the_defaults_are_documented(tmp_path, monkeypatch, capsys):
+    """What `bench run` hands bench.execute.run_grid (replaced here: nothing trains): each option's
+    value, and without them their documented defaults; the seeds default to 0."""
+    import torch
+
+    from bench import execute, executors
+    from bench.execute import RunOptions
+
+    seen = {}
+
+    def fake_run_grid(specs, store, **kw):
+        seen.clear()
+        seen.update(kw, specs=list(specs))
+        return dict(done=0, skipped=0, failed=0, failed_earlier=0)
+
+    monkeypatch.setattr(execute, "run_grid", fake_run_grid)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # --deterministic sets it: absent again after the test
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    base = ["run", "--methods", "ce", "--epochs", "1", "--store", str(tmp_path / "s.sqlite")]
+    assert main([*base, "--device", "cpu", "--cache-dir", str(tmp_path / "c"), "--data-dir", str(tmp_path),
+                 "--retry-failed", "--quiet", "--max-retries", "5", "--checkpoint-every", "7.5", "--no-graph",
+                 "--compile", "--deterministic", "--fuse", "3", "--jobs", "2", "--seeds", "4,6"]) == 0
+    assert seen["device"] == torch.device("cpu") and seen["cache_dir"] == tmp_path / "c"
+    assert seen["data_dir"] == str(tmp_path) and seen["retry_failed"] is True and seen["show_progress"] is False
+    assert seen["max_retries"] == 5 and seen["checkpoint_every_s"] == 7.5 and seen["fuse"] == 3
+    assert seen["options"] == RunOptions(graph=False, compile=True, deterministic=True)
+    assert isinstance(seen["executor"], executors.LocalExecutor) and seen["executor"].capacity == 2
+    assert [s.seed for s in seen["specs"]] == [4, 6]
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"]  # set before any CUDA work, here and in the workers
+    capsys.readouterr()
+    assert main(base) == 0
+    assert seen["cache_dir"] == Path(".bench_cache") and seen["data_dir"] is None
+    assert seen["retry_failed"] is False and seen["show_progress"] is True
+    assert seen["max_retries"] == 2 and seen["checkpoint_every_s"] == 60.0 and seen["fuse"] == 1
+    assert seen["options"] == RunOptions(graph=True, compile=False, deterministic=False)
+    assert isinstance(seen["executor"], executors.SerialExecutor)
+    assert [(s.seed, s.data_seed) for s in seen["specs"]] == [(0, 0)]
+
+
+def test_bf16_runs_are_checked_for_slow_bf16_on_their_device_except_in_a_dry_run(tmp_path, monkeypatch, capsys):
+    import bench.cli
+    from bench import execute
+
+    checked = []
+    monkeypatch.setattr(bench.cli, "warn_if_slow_bf16", lambda device, precision: checked.append((str(device),
+                                                                                                precision)))
+    monkeypatch.setattr(execute, "run_grid", lambda specs, store, **kw: dict(done=0, skipped=0, failed=0,
+                                                                             failed_earlier=0))
+    base = ["run", "--methods", "ce", "--epochs", "1", "--device", "cpu", "--store", str(tmp_path / "s.sqlite")]
+    assert main([*base, "--precision", "bf16", "--dry-run"]) == 0 and checked == []
+    assert main(base) == 0 and checked == []
+    assert main([*base, "--precision", "bf16"]) == 0 and checked == [("cpu", "bf16")]
+
+
+def test_an_unwritable_cache_dir_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    """--cache-dir under a directory this user cannot write (os.access says so: as root the mode
+    bits would not) is one line and exit 2, before a store is created."""
+    import bench.cli
+
+    locked, real_access = tmp_path / "locked", os.access
+    locked.mkdir()
+    monkeypatch.setattr(bench.cli.os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    store = tmp_path / "s.sqlite"
+    code = main(["run", "--methods", "ce", *QUICK, "--cache-dir", str(locked / "cache"), "--store", str(store)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"bench: error: --cache-dir {locked / 'cache'}: {locked} is not writable"
+    assert not store.exists() and not any(locked.iterdir())
+
+
+@pytest.mark.parametrize("extra", [["--method", "ce"], ["--cell", "fmnist-mini:10:flip2:0.4"]])
+def test_a_paper_table_refuses_method_and_cell_filters(extra, tmp_path, capsys):
+    assert main(["table", "--paper", "2", *extra, "--store", str(tmp_path / "none.sqlite")]) == 2
+    assert "--paper 2 shows the table's own rows and cells; drop --method/--cell" in capsys.readouterr().err
+
+
+def test_a_short_output_into_a_closed_pipe_ends_quietly_too(tmp_path):
+    """``bench table ... | head -1`` where the table fits in stdout's buffer: the flush at the end
+    of the command meets the closed pipe inside main, not at the interpreter's exit."""
+    sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+    import fake_store
+
+    fake_store.build(tmp_path / "s.sqlite").close()
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONPATH": str(REPO)}  # buffered
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "table", "--store", str(tmp_path / "s.sqlite"),
+                             "--format", "csv", "--method", "ce"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, cwd=REPO)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "BrokenPipeError" not in err
+
+
 @pytest.mark.parametrize("bad,message", [
     (["--fuse", "0"], "--fuse must be at least 1"),
     (["--jobs", "0"], "--jobs must be at least 1"),

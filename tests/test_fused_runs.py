@@ -656,3 +656,19 @@ def test_a_group_listing_names_every_member_and_notes_only_checkpoints_holding_p
     others = [_spec(2), _spec(3)]
     assert unused_group_checkpoints(others, tmp_path) is None  # it holds none of these runs
     assert "--fuse 2" in unused_group_checkpoints([others[0], specs[1]], tmp_path)
+
+
+def test_a_fused_groups_optimisers_and_schedule_are_its_runs_own():
+    """A group's runs share every setting but their seeds: its SGD is the protocol's at the lr a
+    method asks for (O2U-Net's lr_high) or else the runs' lr, and each epoch's lr is the runs' schedule."""
+    specs = [_spec(s, epochs=6, warmup_epochs=2, milestones=(4,), lr=0.2) for s in (0, 1)]
+    params = methods.get("ce").params_from_spec(specs[0])
+    runs = [Run(spec=s, data=load_data(s), device=CPU, params=params) for s in specs]
+    fused = FusedRun(runs, "rows")
+    weights = [torch.nn.Parameter(torch.zeros(2))]
+    assert fused.sgd(weights, lr=0.05).param_groups[0]["lr"] == 0.05
+    group = fused.sgd(weights).param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.2, specs[0].momentum, specs[0].weight_decay)
+    schedule = [fused.lr_at(e) for e in range(6)]
+    assert schedule == pytest.approx([0.1, 0.2, 0.2, 0.2, 0.02, 0.02])
+    assert all(schedule == [run.lr_at(e) for e in range(6)] for run in runs)

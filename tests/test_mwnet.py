@@ -129,3 +129,25 @@ def test_fit_steps_at_the_scheduled_lr_on_the_next_meta_batch(monkeypatch):
     assert np.array_equal(np.bincount(first_pass, minlength=10), np.bincount(y_meta, minlength=10))
     assert len(calls[per_pass]["y_meta"]) == run.spec.meta_batch_size
     assert run.history[0]["mean_weight"] == pytest.approx(0.5)
+
+
+def test_meta_batches_are_the_meta_sets_own_pairs_at_the_meta_batch_size_augmented_as_training_batches():
+    """Run.loader('meta'): the clean meta set (its images with their own labels, not the training
+    pool's), in batches of meta_batch_size, shuffled, and augmented (crops, flips) wherever the
+    dataset augments its training batches, unless augment=False; the test split never is."""
+    import dataclasses
+
+    run = make_run(MWNet, MWNetParams(), batch_size=16, meta_batch_size=7)
+    augmenting = dataclasses.replace(run.data, dataset=dataclasses.replace(run.data.dataset, augment=True))
+    run = Run(spec=run.spec, data=augmenting, device=torch.device("cpu"), params=run.params)
+    meta, train = run.loader("meta"), run.loader("train")
+    assert meta.augment and train.augment and meta.shuffle
+    assert not run.loader("meta", augment=False).augment and not run.loader("test").augment
+    assert meta.batch_size == 7 and train.batch_size == 16 and run.loader("meta", batch_size=5).batch_size == 5
+    x_meta = torch.as_tensor(np.asarray(run.data.x_meta))
+    assert torch.equal(meta.y, torch.as_tensor(np.asarray(run.data.y_meta), dtype=torch.int64))
+    assert torch.equal(meta.x, x_meta.reshape(*x_meta.shape[:3], -1).permute(0, 3, 1, 2))
+    # unaugmented and in order, the batches are the meta images with their labels
+    plain = run.loader("meta", augment=False, shuffle=False)
+    ys = torch.cat([y for _, y, _ in plain])
+    assert torch.equal(ys, meta.y) and len(list(plain)) == math.ceil(len(meta.y) / 7)

@@ -325,6 +325,9 @@ def test_a_noise_rate_left_nominal_on_real_noise_of_unknown_truth_is_said(tmp_pa
     notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
     assert len(notes) == 2 and "coteaching.tau=nominal is 0 on npz:" in notes[0] and "o2u.drop_rate" in notes[1]
     assert main([*args, "--methods", "coteaching", "--set", "coteaching.tau=0.2"]) == 0
+    assert "note:" not in capsys.readouterr().err  # the user's own estimate
+    assert main([*args, "--methods", "coteaching", "--set", "coteaching.tau=realised"]) == 0
+    assert "coteaching.tau=realised is 0 on npz:" in capsys.readouterr().err
     human_noise_npz(tmp_path / "h.npz")  # the file names its wrong labels: nominal is their fraction
     assert main([*args[:2], f"npz:{tmp_path / 'h.npz'}", *args[3:], "--methods", "coteaching"]) == 0
     assert "note:" not in capsys.readouterr().err

@@ -471,12 +471,14 @@ def test_cli_options_reach_the_packing_and_cudnn_and_the_layout_is_channels_last
 
 
 def test_packing_gives_each_of_n_processes_cores_over_n_threads(monkeypatch):
+    """Each of N packed processes gets cores // N threads (alone: all), one barrier of N, and the
+    iterations and warm-up asked for."""
     import multiprocessing
     import queue
 
     from bench import executors
 
-    threads = []
+    threads, barriers, timed = [], [], []
 
     class Process:
         exitcode = 0
@@ -484,9 +486,10 @@ def test_packing_gives_each_of_n_processes_cores_over_n_threads(monkeypatch):
         def __init__(self, target, args):
             self.args = args
 
-        def start(self):  # reports at once: 24 ms per iteration over its threads
+        def start(self):  # reports at once: 24 ms per iteration over its threads, + 0, 1, 2 ms
+            self.args[-1].put(("ok", 24.0 / self.args[2] + len(threads)))
             threads.append(self.args[2])
-            self.args[-1].put(("ok", 24.0 / self.args[2]))
+            timed.append(self.args[4:6])  # (iters, warmup)
 
         def is_alive(self):
             return False
@@ -494,13 +497,16 @@ def test_packing_gives_each_of_n_processes_cores_over_n_threads(monkeypatch):
         def join(self):
             pass
 
-    ctx = type("Ctx", (), {"Barrier": lambda self, n: None, "Queue": lambda self: queue.Queue(),
+    ctx = type("Ctx", (), {"Barrier": lambda self, n: barriers.append(n), "Queue": lambda self: queue.Queue(),
                            "Process": lambda self, target, args: Process(target, args)})()
     monkeypatch.setattr(multiprocessing, "get_context", lambda kind: ctx)
     monkeypatch.setattr(executors, "available_cores", lambda: 4)
-    r = packing.packing("ce", 2, model_name="small_cnn", batch=8, device="cpu")
+    r = packing.packing("ce", 2, model_name="small_cnn", batch=8, device="cpu", iters=7, warmup=3)
     assert threads == [4, 2, 2]
-    assert (r["alone_ms_per_iter"], r["packed_ms_per_iter"], r["ratio"]) == (6.0, 12.0, 2.0)
+    assert barriers == [1, 2]  # the packed processes start their timed iterations together
+    assert timed == [(7, 3)] * 3
+    # the packed figure is the mean of the processes' (13 and 14 ms)
+    assert (r["alone_ms_per_iter"], r["packed_ms_per_iter"], r["ratio"]) == (6.0, 13.5, 2.25)
 
 
 def test_steps_are_built_with_the_protocols_optimisers_and_stay_eager_off_cuda():
@@ -603,3 +609,66 @@ def test_the_compiled_ce_step_is_the_ce_step_on_cuda():
     assert compiled.graphed.mode == "captured"
     for (name, a), b in zip(compiled.model.state_dict().items(), plain.model.state_dict().values()):
         torch.testing.assert_close(a.float(), b.float(), rtol=1e-3, atol=1e-4, msg=name)
+
+
+def _fake_steps(monkeypatch, calls):
+    """packing's build_step replaced: each built step records (its label, torch's thread count) per call."""
+    import torch
+
+    built = []
+
+    def fake_build_step(name, **kw):
+        label = f"runs={kw.get('runs', 1)}"
+
+        def step():
+            calls.append((label, torch.get_num_threads()))
+        step.graphed = type("G", (), {"mode": "eager", "warmup": 2, "enabled": False})()
+        built.append((name, kw))
+        return step, None
+    monkeypatch.setattr(packing, "build_step", fake_build_step)
+    return built
+
+
+def test_fused_packing_times_jobs_runs_fused_against_one_run_alone(monkeypatch):
+    """--pack-mode fused: the packed step is build_step(runs=jobs) from the same seed and settings as
+    the step alone; both warm up, then each steps once per timed round."""
+    calls = []
+    built = _fake_steps(monkeypatch, calls)
+    r = packing.packing_fused("mwnet", 3, model_name="small_cnn", batch=8, device="cpu", iters=4, warmup=2, seed=5)
+    assert [(name, kw.get("runs"), kw["seed"], kw["batch"]) for name, kw in built] == [
+        ("mwnet", None, 5, 8), ("mwnet", 3, 5, 8)]
+    assert sorted(label for label, _ in calls) == ["runs=1"] * 6 + ["runs=3"] * 6
+    assert r["jobs"] == 3 and r["mode"] == "fused" and r["iters"] == 4
+
+
+def test_a_packed_worker_sets_its_threads_warms_up_waits_for_the_others_then_times_its_iterations(monkeypatch):
+    """One packed process (run here in this process): torch gets the worker's thread share before
+    its step is built and run; warm-up, the barrier, then the timed iterations; its ms per iteration
+    on the queue."""
+    import queue
+
+    import torch
+
+    calls, events = [], []
+    built = _fake_steps(monkeypatch, calls)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+
+    class Barrier:
+        def wait(self, timeout):
+            events.append(len(calls))
+
+        def abort(self):
+            events.append("abort")
+
+    before = torch.get_num_threads()
+    share = before + 1
+    q = queue.Queue()
+    try:
+        packing._packed_worker("ce", dict(device="cpu", seed=3, batch=8), share, False, 4, 2, Barrier(), q)
+    finally:
+        torch.set_num_threads(before)
+    assert [(name, kw["seed"]) for name, kw in built] == [("ce", 3)]
+    assert calls == [("runs=1", share)] * 6  # 2 warm-up, 4 timed, all on the worker's threads
+    assert events == [2]  # the barrier after the warm-up, before the timed iterations
+    kind, ms = q.get_nowait()
+    assert kind == "ok" and ms >= 0 and q.empty()

@@ -72,3 +72,98 @@ def test_models_build_by_name_and_reject_unknown():
     assert build_model("small_cnn", 10, in_channels=1)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     with pytest.raises(BenchError, match="resnet32"):
         build_model("resnet18", 10)
+
+
+def _ce_run(**spec_kw):
+    import torch
+
+    from bench.data import BiasSpec, load_dataset, make_biased
+    from bench.spec import RunSpec
+    from methods.base import Run, params_items
+    from methods.ce import CE
+
+    params = CE.resolve_params("quick")
+    spec = RunSpec(method="ce", params=params_items(params), **spec_kw)
+    data = make_biased(load_dataset(spec.dataset), BiasSpec(spec.imbalance, spec.noise_type, spec.noise_rate,
+                                                            spec.meta_per_class, spec.data_seed))
+    return Run(spec=spec, data=data, device=torch.device("cpu"), params=params)
+
+
+def test_set_lr_fills_a_captured_steps_tensor_lr_in_place():
+    """A captured step reads its lr from a tensor: set_lr must change that tensor, not replace it."""
+    import torch
+
+    from bench.train import set_lr
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    tensor_lr = torch.tensor(0.1)
+    opt = torch.optim.SGD([{"params": [p], "lr": tensor_lr}, {"params": [torch.nn.Parameter(torch.zeros(1))]}],
+                          lr=0.1)
+    set_lr(opt, 0.25)
+    assert opt.param_groups[0]["lr"] is tensor_lr and tensor_lr.item() == 0.25
+    assert opt.param_groups[1]["lr"] == 0.25
+
+
+def test_train_classifier_steps_at_each_epochs_lr_on_the_given_loader_optimizer_and_epochs():
+    """train_classifier sets the epoch's scheduled lr on the optimiser it is given before the epoch
+    starts (on_epoch_start sees it), trains the given loader's samples, the given number of epochs,
+    and logs each epoch's loss as the mean over samples (batches weighted by their size)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from bench.train import train_classifier
+
+    run = _ce_run(epochs=1, warmup_epochs=2, milestones=(), lr=0.1)
+    torch.manual_seed(0)
+    model = run.model()
+    optimizer = run.sgd(model.parameters())
+    loader = run.loader("train", indices=np.arange(40), batch_size=16)  # batches of 16, 16, 8
+    seen, started = [], []
+
+    def loss_fn(logits, y, idx, epoch):
+        seen.append((epoch, idx.tolist()))
+        return F.cross_entropy(logits, y) * 0 + (1.0 if len(y) == 16 else 4.0)  # batch loss by batch size
+
+    train_classifier(run, model, loss_fn, epochs=2, optimizer=optimizer, loader=loader,
+                     on_epoch_start=lambda e: started.append((e, optimizer.param_groups[0]["lr"])))
+    assert started == [(0, 0.05), (1, 0.1)]  # warm-up: 0.05 then 0.1
+    assert [row["lr"] for row in run.history] == [0.05, 0.1]
+    for epoch in (0, 1):
+        idx = sorted(i for e, batch in seen if e == epoch for i in batch)
+        assert idx == list(range(40))  # every sample of the given loader once, nothing else
+    losses = [row["loss"] for row in run.history]
+    assert losses == [(16 * 1.0 + 16 * 1.0 + 8 * 4.0) / 40] * 2  # 2.0: per sample, not per batch
+
+
+def test_a_class_with_no_test_sample_is_left_out_of_its_groups_mean():
+    target = np.array([0, 0, 2, 2])
+    pred = np.array([0, 1, 2, 2])
+    report = accuracy_report(pred, target, 3, train_counts=[500, 500, 10])  # class 1: no test sample
+    assert np.isnan(report["per_class"][1])
+    assert report["many"] == 50.0 and report["few"] == 100.0 and report["medium"] is None
+
+
+def test_predict_runs_the_model_in_eval_mode_and_leaves_it_as_it_was():
+    import torch
+
+    from bench.train import predict
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.5),
+                                torch.nn.Linear(8, 3))
+    model[1].running_mean.fill_(5.0)  # eval mode reads these: outputs differ from train mode's
+    x, y = torch.randn(16, 4), torch.arange(16) % 3
+    batches = [(x[:8], y[:8], None), (x[8:], y[8:], None)]
+    expected = model.eval()(x).argmax(1).numpy()
+    for training in (True, False):
+        model.train(training)
+        pred, target = predict(model, batches)
+        assert model.training is training
+        assert pred.tolist() == expected.tolist() and target.tolist() == y.tolist()
+    assert model[1].running_mean.eq(5.0).all()  # no batch statistics updated
+
+
+def test_lr_is_the_base_lr_times_lr_decay_per_milestone_passed():
+    kw = dict(lr=0.2, warmup_epochs=0, milestones=(2, 4), lr_decay=0.5)  # lr != lr_decay: not symmetric
+    assert [lr_at(e, **kw) for e in range(6)] == pytest.approx([0.2, 0.2, 0.1, 0.1, 0.05, 0.05])
