@@ -6,11 +6,12 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from test_fused_runs import Killed
 
 import methods
 from bench.cli import main
-from bench.compiled import CHECK_STEPS, CompileFailed, CompileMismatch, compile_checked
+from bench.compiled import CHECK_STEPS, CompileFailed, CompileMismatch, compile_checked, gradient_errors
 from bench.execute import RunOptions, execute
 from bench.fused_runs import FusedGroup, execute_fused
 from bench.models import build_model
@@ -228,3 +229,119 @@ def test_bench_run_compile_on_cuda_captures_the_compiled_steps():
     assert compiled.env["compile"] == "compiled", compiled.env["compile"]
     assert compiled.env["steps"] == eager.env["steps"] == "captured"
     assert abs(compiled.metrics["acc_last"] - eager.metrics["acc_last"]) < 5.0
+
+
+# ------------------------------------------------------------------ the check itself, sharper
+
+
+def _grads(model, scale=1.0, drop=()):
+    for name, p in model.named_parameters():
+        p.grad = None if name in drop else torch.full_like(p, scale)
+
+
+def test_gradient_errors_are_relative_to_the_eager_gradient_and_infinite_for_a_missing_one():
+    torch.manual_seed(0)
+    compiled, eager = build_model("small_cnn", 10, 1), build_model("small_cnn", 10, 1)
+    _grads(eager)
+    _grads(compiled, 3.0, drop=("fc.bias",))
+    errors = gradient_errors(compiled, eager)
+    assert errors.pop("fc.bias") == float("inf")
+    assert all(e == pytest.approx(2.0) for e in errors.values())  # |3g - g| / |g|, not / |3g|
+    _grads(eager, drop=("fc.bias",))
+    assert "fc.bias" not in gradient_errors(compiled, eager)  # no gradient on either side: skipped
+
+
+class _OneWrongGradient(_Faithful):
+    """Right values; from the second call, fc.bias's gradient alone is 1.5 times too large."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        if self.calls == 1:
+            return out
+        bias = 0.5 * self.model.fc.bias
+        return out + (bias - bias.detach())
+
+
+def test_one_wrong_parameter_gradient_is_refused_and_named():
+    model, _ = _model_and_state()
+    with pytest.raises(CompileMismatch, match=r"gradient of fc\.bias is off by 5\.0e-01 .* check pass 2 of"):
+        compile_checked(model, torch.empty(8, 1, 28, 28), compiler=_OneWrongGradient)
+
+
+class _NanFromSecondCall(_Faithful):
+    def forward(self, x):
+        out = super().forward(x)
+        return out if self.calls == 1 else out * float("nan")
+
+
+def test_nan_gradients_are_refused():
+    model, _ = _model_and_state()
+    with pytest.raises(CompileMismatch, match="off by nan"):
+        compile_checked(model, torch.empty(8, 1, 28, 28), compiler=_NanFromSecondCall)
+
+
+class _NoBiasGradient(_Faithful):
+    """fc.bias enters as a constant: no gradient for it."""
+
+    def forward(self, x):
+        self.calls += 1
+        fc = self.model.fc
+        return F.linear(self.model.features(x), fc.weight, fc.bias.detach())
+
+
+def test_a_parameter_without_a_gradient_is_refused():
+    model, _ = _model_and_state()
+    with pytest.raises(CompileMismatch, match=r"gradient of fc\.bias is off by inf .* pass 1 of"):
+        compile_checked(model, torch.empty(8, 1, 28, 28), compiler=_NoBiasGradient)
+
+
+class _StaleWeights(_Faithful):
+    """Computes with the parameter values of its first call (as a compiled graph that baked the
+    weights in as constants), its gradients still reaching the model's parameters."""
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 1:
+            self.first = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        params = {n: p + (self.first[n] - p).detach() for n, p in self.model.named_parameters()}
+        return torch.func.functional_call(self.model, params, (x,))
+
+
+def test_a_compiler_that_keeps_the_first_weights_is_refused_after_the_checks_update():
+    """Between passes both models take the same SGD step, so a compiled forward that does not
+    see parameter updates differs from the second pass on."""
+    model, _ = _model_and_state()
+    with pytest.raises(CompileMismatch, match="check pass 2 of"):
+        compile_checked(model, torch.empty(8, 1, 28, 28), compiler=_StaleWeights)
+
+
+class _RecordsAutocast(_Faithful):
+    seen: list = []
+
+    def forward(self, x):
+        _RecordsAutocast.seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return super().forward(x)
+
+
+def test_the_compiled_forward_runs_under_the_precisions_autocast(monkeypatch):
+    """bf16: the compiled model is checked (and so compared) under bf16 autocast, as training runs
+    it; checked_forwards passes the loop's precision on."""
+    import bench.compiled
+
+    _RecordsAutocast.seen = []
+    model, _ = _model_and_state()
+    compile_checked(model, torch.empty(8, 1, 28, 28), precision="bf16", compiler=_RecordsAutocast)
+    assert _RecordsAutocast.seen == [(True, torch.bfloat16)] * CHECK_STEPS
+    _RecordsAutocast.seen = []
+    monkeypatch.setattr(bench.compiled, "_compile", _RecordsAutocast)
+    forwards, status = bench.compiled.checked_forwards([model], torch.empty(8, 1, 28, 28), "bf16")
+    assert status == "compiled" and _RecordsAutocast.seen == [(True, torch.bfloat16)] * CHECK_STEPS
+
+
+def test_the_compiler_is_asked_for_a_fixed_shape_graph(monkeypatch):
+    import bench.compiled
+
+    asked = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: asked.append(kw) or model)
+    model = nn.Linear(2, 2)
+    assert bench.compiled._compile(model) is model and asked == [{"dynamic": False}]
