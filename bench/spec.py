@@ -48,7 +48,13 @@ class Cell:
             object.__setattr__(self, "noise_type", "none")  # one key for both
 
     def label(self) -> str:
-        return f"{self.dataset} imb{number_text(self.imbalance)} {noise_text(self.noise_type, self.noise_rate)}"
+        return cell_text(self.dataset, self.imbalance, self.noise_type, self.noise_rate)
+
+
+def cell_text(dataset: str, imbalance: float, noise_type: str, noise_rate: float) -> str:
+    """How labels write a cell, e.g. ``cifar10 imb10 flip2:0.4`` (numbers exact: ``number_text``);
+    :meth:`Cell.label` and the tables' ``bench.summary.cell_label`` of a stored run both use it."""
+    return f"{dataset} imb{number_text(imbalance)} {noise_text(noise_type, noise_rate)}"
 
 
 # Fields added after runs were first stored: left out of a spec's dict (and so of its key) at their

@@ -14,9 +14,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from bench.data.bias import noise_text, number_text
+from bench.data.bias import number_text
 from bench.errors import BenchError
-from bench.spec import OMITTED_WHEN_DEFAULT, SEED_FIELDS
+from bench.spec import OMITTED_WHEN_DEFAULT, SEED_FIELDS, cell_text
 
 METRICS = {"last": "acc_last", "best": "acc_best", "minutes": "train_minutes",
            "noise_auroc": "noise_auroc", "tail_auroc": "tail_auroc"}
@@ -74,7 +74,7 @@ def stored_minutes(runs) -> dict[str, float]:
 
 
 def cell_label(row) -> str:
-    return f"{row['dataset']} imb{number_text(row['imbalance'])} {noise_text(row['noise_type'], row['noise_rate'])}"
+    return cell_text(row["dataset"], row["imbalance"], row["noise_type"], row["noise_rate"])
 
 
 CELL_FIELDS = ("dataset", "imbalance", "noise_type", "noise_rate", "preset", "model")
