@@ -78,8 +78,35 @@ def names() -> list[str]:
 
 
 def get(name: str) -> type:
-    """The method class registered as ``name``; a BenchError listing the names otherwise."""
+    """The method class registered as ``name``; a BenchError listing the names otherwise (and the
+    one meant, where :func:`suggestion` finds it: ``CurveNet`` or ``MW-Net`` as tables write them)."""
     _discover()
     if name not in _REGISTRY:
-        raise BenchError(f"unknown method {name!r}; registered methods: {', '.join(names())}")
+        guess = suggestion(name)
+        raise BenchError(f"unknown method {name!r}; " + (f"did you mean {guess!r}? " if guess else "")
+                         + f"registered methods: {', '.join(names())}")
     return _REGISTRY[name]
+
+
+def _plain(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def suggestion(text: str) -> str | None:
+    """The registered name a user most likely meant by ``text``: the one whose name, or whose
+    name in tables (``display_name`` with its default parameters: CurveNet, MW-Net(noise),
+    O2U-Net, Class-Balanced), equals ``text`` with case, hyphens and spaces aside (a table's
+    variant in brackets too); else the closest name by ``difflib``; None if nothing is close."""
+    import difflib
+
+    _discover()
+    wanted, bare = _plain(text), _plain(text.split("(")[0])
+    for name, cls in sorted(_REGISTRY.items()):
+        try:
+            shown = cls.display_name(dataclasses.asdict(cls.Params()))
+        except Exception:  # a method's display_name is its own code: the suggestion must not fail
+            shown = name
+        if wanted in (_plain(name), _plain(shown)) or bare in (_plain(name), _plain(shown.split("(")[0])):
+            return name
+    close = difflib.get_close_matches(text.lower(), names(), n=1, cutoff=0.6)
+    return close[0] if close else None

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 import methods
@@ -9,6 +11,24 @@ def test_unknown_method_lists_the_registered_names():
     with pytest.raises(BenchError) as err:
         methods.get("no_such_method")
     assert "ce" in str(err.value) and "registered" in str(err.value)
+
+
+@pytest.mark.parametrize("typed, meant", [
+    ("CurveNet", "curvenet"), ("MW-Net", "mwnet"), ("MW-Net(imb)", "mwnet"), ("O2U-Net", "o2u"),
+    ("Class-Balanced", "cb"), ("LDAM-DRW", "ldam_drw"), ("Co-teaching", "coteaching"), ("CE", "ce"),
+    ("curvnet", "curvenet"), ("fokal", "focal")])
+def test_an_unknown_method_names_the_one_meant(typed, meant):
+    """A method typed as the tables write it, or with a typo, gets the registry name to use."""
+    with pytest.raises(BenchError, match=rf"^unknown method '{re.escape(typed)}'; did you mean '{meant}'\? "
+                                         r"registered methods: aum, cb, ce,"):
+        methods.get(typed)
+
+
+def test_nothing_is_suggested_for_a_name_like_no_method():
+    with pytest.raises(BenchError) as err:
+        methods.get("xyz")
+    assert str(err.value).startswith("unknown method 'xyz'; registered methods: aum, cb, ce,")
+    assert methods.suggestion("xyz") is None
 
 
 def test_ce_is_registered_and_names_are_sorted():
