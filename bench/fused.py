@@ -183,8 +183,11 @@ def _fuse_leaf(parts: list[nn.Module], layout: str) -> nn.Module | None:
     else:
         return None
     fused.runs = runs
-    device, dtype = first.weight.device, first.weight.dtype
-    fused.to(device=device, dtype=dtype)
+    # the layer's floating state gives device and dtype (a BatchNorm without affine has no weight)
+    ref = next((t for t in (*first.parameters(recurse=False), *first.buffers(recurse=False))
+                if t.is_floating_point()), None)
+    if ref is not None:
+        fused.to(device=ref.device, dtype=ref.dtype)
     with torch.no_grad():
         for name, value in tensors.items():
             if value is not None:
@@ -218,6 +221,8 @@ def fuse(models: Sequence[nn.Module], layout: str = "rows") -> nn.Module:
     if layout not in LAYOUTS:
         raise BenchError(f"unknown fused layout {layout!r}; choose from {', '.join(LAYOUTS)}")
     names = _leaves(models[0])
+    if not names:  # a bare layer has no leaves to replace: refuse it rather than return model 0 unfused
+        raise BenchError(f"fuse needs a network of layers, got a bare {type(models[0]).__name__}")
     for m in models[1:]:
         if _leaves(m) != names or [p.shape for p in m.parameters()] != [p.shape for p in models[0].parameters()]:
             raise BenchError("fuse needs models of one architecture")

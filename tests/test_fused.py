@@ -6,6 +6,7 @@ every backbone, CE steps with the protocol's SGD, and MW-Net / CurveNet meta ste
 both look-aheads, normalised weights), in float64 so that agreement is to rounding."""
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -182,15 +183,38 @@ def test_fused_meta_steps_are_each_runs_meta_steps(weighting, skip_layers, looka
         xms = [torch.randn(N, 1, 12, 12) for _ in range(RUNS)]
         yms = [torch.randint(0, CLASSES, (N,)) for _ in range(RUNS)]
         idx = [torch.randperm(pool)[:N] for _ in range(RUNS)]
-        outs = [step(x, y, i, xm, ym) for step, x, y, i, xm, ym in zip(steps, xs, ys, idx, xms, yms)]
         rows_idx = interleave([i * RUNS + k for k, i in enumerate(idx)])
-        out = fused_step(batch(xs, layout), interleave(ys), rows_idx, batch(xms, layout), interleave(yms))
+        fused_args = (batch(xs, layout), interleave(ys), rows_idx, batch(xms, layout), interleave(yms))
+        # meta_loss_at (no update): the sum of the runs' look-ahead meta losses
+        torch.testing.assert_close(fused_step.meta_loss_at(*fused_args), sum(
+            step.meta_loss_at(x, y, i, xm, ym) for step, x, y, i, xm, ym in zip(steps, xs, ys, idx, xms, yms)))
+        outs = [step(x, y, i, xm, ym) for step, x, y, i, xm, ym in zip(steps, xs, ys, idx, xms, yms)]
+        out = fused_step(*fused_args)
         torch.testing.assert_close(out["meta_loss"], sum(o["meta_loss"] for o in outs))
+        torch.testing.assert_close(out["meta_losses"], torch.stack([o["meta_loss"] for o in outs]))  # run k's at k
         torch.testing.assert_close(out["loss"], sum(o["loss"] for o in outs))
         for k, o in enumerate(outs):
             torch.testing.assert_close(run_rows(out["weights"], RUNS, k), o["weights"])
     assert_same_state(fused, separate)
     assert_same_state(fused_net, nets)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_a_fused_meta_steps_epoch_sums_are_each_runs_own(normalize):
+    """MetaStep.on_plans on fused runs: one row per run, (run k's weighted loss x its batch size B,
+    its meta loss, the sum of its recomputed weights), as each run's own step returns them."""
+    separate, nets, steps, fused, fused_net, fused_step, pool = _meta_case("curvenet", 0, "full", normalize, "rows")
+    xs, xms = [torch.randn(N, 1, 12, 12) for _ in range(RUNS)], [torch.randn(N, 1, 12, 12) for _ in range(RUNS)]
+    ys = [torch.randint(0, CLASSES, (N,)) for _ in range(RUNS)]
+    yms = [torch.randint(0, CLASSES, (N,)) for _ in range(RUNS)]
+    idx = [torch.randperm(pool)[:N] for _ in range(RUNS)]
+    outs = [step(x, y, i, xm, ym) for step, x, y, i, xm, ym in zip(steps, xs, ys, idx, xms, yms)]
+    rows_idx = interleave([i * RUNS + k for k, i in enumerate(idx)])
+    train = SimpleNamespace(assemble=lambda *plan: (interleave(xs), interleave(ys), rows_idx))
+    meta = SimpleNamespace(assemble=lambda *plan: (interleave(xms), interleave(yms), None))
+    rows = fused_step.on_plans(train, meta)("p", "m")
+    expected = torch.stack([torch.stack([o["loss"] * N, o["meta_loss"], o["weights"].sum()]) for o in outs])
+    torch.testing.assert_close(rows, expected)
 
 
 def test_fusing_needs_one_architecture_and_known_layers():
@@ -241,6 +265,129 @@ def test_fused_layers_keep_each_layers_own_groups_eps_and_momentum():
     assert_same_state(fused, separate)
 
 
+def test_fused_layers_keep_dilation_and_leave_out_what_the_runs_do_not_have():
+    """A dilated convolution without bias, a BatchNorm without running statistics, a linear layer
+    without bias: the fused network computes the runs in train and eval mode and holds exactly the
+    runs' parameters (no bias of its own to train)."""
+    def net(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(2, 3, 3, padding=2, dilation=2, bias=False),
+                             nn.BatchNorm2d(3, track_running_stats=False), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(3 * 5 * 5, CLASSES, bias=False)).double().train()
+
+    separate = [net(seed) for seed in range(RUNS)]
+    fused = fuse(copy.deepcopy(separate))
+    assert sum(p.numel() for p in fused.parameters()) == RUNS * sum(p.numel() for p in separate[0].parameters())
+    xs = [torch.randn(N, 2, 5, 5) for _ in range(RUNS)]
+    for mode in ("train", "eval"):  # eval: still each run's batch statistics (none tracked)
+        for m in (fused, *separate):
+            m.train(mode == "train")
+        out = fused(interleave(xs))
+        for k, model in enumerate(separate):
+            torch.testing.assert_close(run_rows(out, RUNS, k), model(xs[k]), msg=mode)
+
+
+def test_fused_embeddings_give_each_run_its_own_rows_and_gradients():
+    """K ``Embedding`` s as one table: row n K + k looks up run k's table, and a batch that repeats
+    an index gives each run's table the gradient it gets alone (plain sums, no rescaling)."""
+    separate = []
+    for seed in range(RUNS):
+        torch.manual_seed(seed)
+        separate.append(nn.Sequential(nn.Embedding(6, 4)).double())
+    fused = fuse(copy.deepcopy(separate))
+    idx = [torch.tensor([1, 1, 5, 0]), torch.tensor([2, 3, 3, 3]), torch.tensor([0, 0, 0, 4])]
+    scale = [torch.randn(N, 4) for _ in range(RUNS)]
+    out = fused(interleave(idx))
+    (out * interleave(scale)).sum().backward()
+    for k, model in enumerate(separate):
+        alone = model(idx[k])
+        torch.testing.assert_close(run_rows(out, RUNS, k), alone)
+        (alone * scale[k]).sum().backward()
+        torch.testing.assert_close(fused[0].weight.grad.chunk(RUNS)[k], model[0].weight.grad)
+
+
+def test_layers_without_a_faithful_fused_form_are_refused():
+    """What the fused forms cannot compute exactly is a one-line error, not a silently different
+    network: a padded convolution other than zeros, an Embedding with padding_idx or max_norm, a
+    layer with buffers only; models of one parameter shape but different layers do not fuse."""
+    def refused(make, match):
+        with pytest.raises(BenchError, match=match):
+            fuse([make() for _ in range(RUNS)])
+
+    refused(lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect")), "padding_mode")
+    refused(lambda: nn.Sequential(nn.Embedding(5, 2, padding_idx=0)), "padding_idx or max_norm")
+    refused(lambda: nn.Sequential(nn.Embedding(5, 2, max_norm=1.0)), "padding_idx or max_norm")
+
+    class Scale(nn.Module):  # state in a buffer only
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("factor", torch.ones(1))
+
+        def forward(self, x):
+            return x * self.factor
+
+    refused(lambda: nn.Sequential(nn.Linear(2, 2), Scale()), "no fused form")
+    from collections import OrderedDict
+    with pytest.raises(BenchError, match="one architecture"):
+        fuse([nn.Sequential(OrderedDict(a=nn.Linear(3, 3))), nn.Sequential(OrderedDict(b=nn.Linear(3, 3)))])
+
+
+def test_run_state_gives_copies_and_refuses_a_run_outside_the_group():
+    """``run_state(fused, k)`` is run k's state as copies (changing it leaves the fused network as
+    it was), for 0 <= k < K only (no negative index from the end)."""
+    fused = fuse(models())
+    before = copy.deepcopy(fused.state_dict())
+    state = run_state(fused, 1)
+    for value in state.values():
+        value.add_(1)
+    for name, value in fused.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    for k in (-1, RUNS):
+        with pytest.raises(BenchError, match=f"run {k} of a fusion of {RUNS}"):
+            run_state(fused, k)
+
+
+def test_the_fused_network_keeps_the_models_dtype():
+    """Fused layers take the models' dtype, not torch's default (float64 in this module): float32
+    models give a float32 fused network that computes each run's float32 forward."""
+    separate = [m.float() for m in models()]
+    fused = fuse(separate)
+    assert {t.dtype for t in fused.state_dict().values() if t.is_floating_point()} == {torch.float32}
+    xs = [torch.randn(N, 1, 12, 12, dtype=torch.float32) for _ in range(RUNS)]
+    out = fused(interleave(xs))
+    assert out.dtype == torch.float32
+    for k, model in enumerate(separate):
+        torch.testing.assert_close(run_rows(out, RUNS, k), model(xs[k]))
+
+
+def test_a_methods_own_fused_layer_is_split_back_into_runs():
+    """A layer class of a method's own with ``fused(parts, layout)`` (as LDAM's cosine classifier):
+    its fused form is told K (``runs``), so ``run_state`` splits its tensors back into each run's."""
+    class Gain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gain = nn.Parameter(torch.randn(4))
+
+        def forward(self, x):
+            return x * self.gain
+
+        @classmethod
+        def fused(cls, parts, layout):
+            one = Gain()  # a form that leaves `runs` to fuse(): (N K, 4) rows times each run's gain
+            one.gain = nn.Parameter(torch.cat([p.gain.detach() for p in parts]))
+            one.forward = lambda x: (x.view(-1, len(parts), 4) * one.gain.view(len(parts), 4)).view(-1, 4)
+            return one
+
+    separate = [nn.Sequential(nn.Linear(3, 4), Gain()).double() for _ in range(RUNS)]
+    fused = fuse(separate)
+    assert fused[1].runs == RUNS
+    assert_same_state(fused, separate)
+    xs = [torch.randn(N, 3) for _ in range(RUNS)]
+    out = fused(interleave(xs))
+    for k, model in enumerate(separate):
+        torch.testing.assert_close(run_rows(out, RUNS, k), model(xs[k]))
+
+
 def _loaders(pools, seeds, **kwargs):
     from bench.data.datasets import CIFAR_MEAN, CIFAR_STD
 
@@ -277,6 +424,10 @@ def test_a_fused_loader_gives_each_run_the_batches_it_draws_alone(layout):
             assert torch.equal(run_rows(idx, RUNS, k), ia * RUNS + k)
         assert torch.equal(table[idx], y)
     assert not torch.equal(alone[0][0][2], alone[1][0][2])  # the runs' orders differ: the check can tell
+    assert fused.num_samples == 21  # each run's pool, not the K pools together
+    example = fused.example()  # a full fused batch, as a compile check feeds the classifier
+    parts = [ld.example() for ld in _loaders(pools, seeds)]
+    assert torch.equal(example, interleave(parts) if layout == "rows" else stack_runs(parts))
 
 
 def test_a_fused_meta_cycle_is_each_runs_own_cycle_and_resumes_each_ones_position():
@@ -311,3 +462,26 @@ def test_a_fused_loader_needs_pools_of_one_size_batch_size_and_drop_last():
     shorter = _pools(20)
     with pytest.raises(BenchError, match="pools of one size"):
         FusedLoader(_loaders(pools[:2], [0, 1]) + _loaders(shorter[2:], [2]), "rows")
+
+
+def test_a_batchnorm_without_affine_parameters_fuses():
+    """A BatchNorm2d(affine=False) (no weight to take the device and dtype from) fuses and computes
+    each run's normalisation with its own statistics."""
+    separate = []
+    for seed in range(RUNS):
+        torch.manual_seed(seed)
+        separate.append(nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3, affine=False)).double().train())
+    fused = fuse(copy.deepcopy(separate))
+    assert sum(p.numel() for p in fused.parameters()) == RUNS * sum(p.numel() for p in separate[0].parameters())
+    xs = [torch.randn(N, 2, 5, 5) for _ in range(RUNS)]
+    out = fused(interleave(xs))
+    for k, model in enumerate(separate):
+        torch.testing.assert_close(run_rows(out, RUNS, k), model(xs[k]))
+    assert_same_state(fused, separate)
+
+
+def test_a_bare_layer_is_refused_not_returned_unfused():
+    """fuse() replaces the leaves of a network; a bare layer (no submodules) is a one-line error
+    rather than model 0's layer for every run."""
+    with pytest.raises(BenchError, match="network of layers"):
+        fuse([nn.Linear(3, 2) for _ in range(RUNS)])
