@@ -2,7 +2,9 @@
 pseudo-meta set, and the allocate schedule (meta-learning until the first drop, then frozen
 weights), on tiny inputs plus one short real run."""
 
+import dataclasses
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -369,3 +371,104 @@ def test_the_std_norm_option_reaches_the_recorded_curve_input(monkeypatch):
     for c in observed.unique():
         if (observed == c).sum() > 1:
             assert torch.allclose(curve[observed == c].std(0, unbiased=False), torch.ones(2), atol=1e-4)
+
+
+def test_linear_weights_are_xavier_normal_and_the_embedding_xavier_uniform():
+    """net/curvenet.py's init: Xavier *normal* linear weights (values beyond the uniform bound
+    sqrt(6 / (fan_in + fan_out)) occur), Xavier *uniform* embedding (all within its bound)."""
+    torch.manual_seed(0)
+    net = CurveNet(294, 10, 64)
+    for layer in (*net.before[::2], *net.after[::2]):
+        bound = math.sqrt(6 / (layer.in_features + layer.out_features))
+        if layer.weight.numel() > 1000:  # P(|N| > bound) = 8 %: thousands of draws
+            assert layer.weight.abs().max() > bound
+            assert layer.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)
+    emb_bound = math.sqrt(6 / (10 + 64))
+    assert net.embed.weight.abs().max() <= emb_bound and net.embed.weight.abs().max() > 0.9 * emb_bound
+
+
+def test_the_probe_key_covers_exactly_what_the_probe_depends_on(changed_fields):
+    """The cached curves are reused exactly when the probe would be the same: the key changes with
+    every data, model, optimiser, seed and precision field of the spec and with nothing else (the
+    allocate stage's schedule, batch sizes, method options). An fp32 key is the one cached before
+    the precision entered it (a pinned value: changing the hashing orphans every cached probe)."""
+    schedule = CurveNetParams(**TINY).schedule()
+    data = SimpleNamespace(train_y=np.zeros(50, dtype=np.int64))
+    base = RunSpec(method="curvenet", seed=3)
+
+    def key(spec):
+        return probe_key(SimpleNamespace(spec=spec, data=data), schedule)
+
+    depends = {"dataset", "imbalance", "noise_type", "noise_rate", "meta_per_class", "seed", "data_seed", "model",
+               "init", "momentum", "nesterov", "weight_decay", "precision", "data_sha256"}
+    for name, other in changed_fields(base, (("drop_first", 2),)):
+        assert (key(other) != key(base)) == (name in depends), name
+    assert key(base) == "e475f4453d039bfd38a8"
+
+
+def test_the_probe_cache_is_ignored_when_stale_or_unreadable(tmp_path):
+    """_read_probe_cache returns None (train again) for another schedule length, other labels or a
+    damaged file, and the curves when everything matches."""
+    schedule = CurveNetParams(**TINY).schedule()
+    labels = np.array([0, 1, 1, 2, 0])
+    run = SimpleNamespace(data=SimpleNamespace(train_y=labels), device=torch.device("cpu"))
+    values = torch.rand(len(schedule), len(labels))
+    path = tmp_path / "curvenet_probe" / "k.npz"
+    cn._write_probe_cache(path, run, values)
+    assert torch.equal(cn._read_probe_cache(path, run, schedule), values)
+    assert cn._read_probe_cache(path, run, CurveNetParams(**{**TINY, "periods": 2}).schedule()) is None
+    relabelled = SimpleNamespace(data=SimpleNamespace(train_y=labels[::-1].copy()), device=run.device)
+    assert cn._read_probe_cache(path, relabelled, schedule) is None
+    path.write_bytes(b"not an npz file")
+    assert cn._read_probe_cache(path, run, schedule) is None
+    assert cn._read_probe_cache(tmp_path / "absent.npz", run, schedule) is None
+
+
+def test_the_probe_seed_is_derived_from_the_training_seed():
+    """The probe's own seed (a cached probe's curves depend on it: the derivation is pinned)."""
+    assert [cn._probe_seed(s) for s in (0, 1)] == [137302937713759, 77053553962365]
+
+
+def test_pseudo_meta_batches_and_fused_sizes(monkeypatch):
+    """meta_set=pseudo: batches of meta_batch_size from the pseudo-meta set; a fused group's
+    pseudo-meta size is sum over observed classes of min(pseudo_per_class, n_c)."""
+    params = CurveNetParams(**TINY, meta_set="pseudo", pseudo_per_class=3)
+    run = make_run(params, meta_batch_size=5, batch_size=64)
+    probe_mean = torch.rand(len(run.data.train_y), generator=torch.Generator().manual_seed(0))
+    loader = CurveNetMethod(params)._meta_loader(run, probe_mean)
+    picks = pseudo_meta_indices(probe_mean.numpy(), np.asarray(run.data.train_y), 3)
+    assert loader.batch_size == 5 and loader.num_samples == len(picks)
+    small = SimpleNamespace(train_y=np.array([0, 0, 0, 0, 1, 2, 2]))
+    assert CurveNetMethod.fused_sizes(params, small) == (6,)
+    assert CurveNetMethod.fused_sizes(CurveNetParams(**TINY), small) == ()
+
+
+def test_without_a_meta_set_every_sample_keeps_curvenets_initial_weight(monkeypatch):
+    """--meta-per-class 0 with the clean meta set: CurveNet is never updated, so each sample's
+    weight is the initial network's on its curve (about 1.009), i.e. CE; the fixed-weight step's
+    loss is sum_i w_i l_i / B (lr 0 and one batch: the epoch's loss is that of the returned model)."""
+    params = CurveNetParams(**TINY)
+    run = make_run(params, epochs=1, warmup_epochs=0, milestones=(), meta_per_class=0, batch_size=4096, lr=0.0)
+    d, every = run.data, slice(None, None, 8)  # every 8th pool sample and 200 test images: fast
+    small = dataclasses.replace(d, dataset=dataclasses.replace(d.dataset, x_test=d.dataset.x_test[:200],
+                                                                y_test=d.dataset.y_test[:200]),
+                                train_index=d.train_index[every], train_y=d.train_y[every],
+                                train_clean_y=d.train_clean_y[every], is_noisy=d.is_noisy[every])
+    run = Run(spec=run.spec, data=small, device=torch.device("cpu"), params=params)
+    n = len(run.data.train_y)
+    raw = torch.rand(4, n, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(cn, "probe_curves", lambda run_, schedule: raw.clone())
+    nets = []
+    monkeypatch.setattr(cn, "CurveNet", lambda *a, **k: nets.append(CurveNet(*a, **k)) or nets[-1])
+    model = CurveNetMethod(params).fit(run)
+    labels = torch.as_tensor(np.asarray(run.data.train_y))
+    with torch.no_grad():
+        expected = nets[0](torch.as_tensor(run.records["curve"]), labels)
+    assert np.allclose(run.records["weight"], expected.numpy(), atol=1e-6)
+    assert np.allclose(run.records["weight"], torch.sigmoid(torch.tensor(4.5)).item() + 0.02, atol=0.05)
+    assert [("meta_loss" in h) for h in run.history] == [False]
+    x, y, idx = next(iter(run.loader("train", batch_size=n, shuffle=False)))
+    with torch.no_grad():
+        losses = F.cross_entropy(model.train()(x), y, reduction="none")
+    w = torch.as_tensor(run.records["weight"])[idx]
+    assert run.history[0]["loss"] == pytest.approx((w * losses).sum().item() / n, rel=1e-5)

@@ -94,6 +94,7 @@ def test_step_and_protocol_schedules_follow_lr_at():
     first = protocol_schedule(run, 8)
     assert len(first) == 8 and first.lrs == (0.05,) + (0.1,) * 7 and first.batch_sizes == (128,) * 8
     assert len(protocol_schedule(run)) == 20
+    assert protocol_schedule(run, 3, batch_size=16).batch_sizes == (16,) * 3
 
 
 def test_schedule_composes_hashes_and_validates():
@@ -105,6 +106,20 @@ def test_schedule_composes_hashes_and_validates():
         Schedule((0.1,), (0,))
     with pytest.raises(BenchError):
         linear_cycle_schedule(cycle=0)
+
+
+def test_schedule_validation_and_pinned_key():
+    """lr 0 is a schedule (AUM's frozen checks), a negative, infinite or NaN lr, a fractional batch
+    size or a missing batch size is not; the key of a schedule is pinned (cached probe curves are
+    found by it)."""
+    assert Schedule((0.0,), (16,)).lrs == (0.0,)
+    for lrs, sizes in (((-0.1,), (16,)), ((math.inf,), (16,)), ((math.nan,), (16,)), ((0.1,), (1.5,)),
+                       ((0.1, 0.1), (16,))):
+        with pytest.raises(BenchError):
+            Schedule(lrs, sizes)
+    assert constant_schedule(0.1, 2, 128).key() == "424696cf265557a7"
+    assert (constant_schedule(0.1, 1, 128) + square_wave_schedule(0.01, 0.001, half_period=1, periods=1,
+                                                                   batch_size=16)).key() == "4c1114d58849515f"
 
 
 # ------------------------------------------------------------------------------- recording
@@ -197,8 +212,42 @@ def test_train_and_record_eval_pass_on_request():
     assert torch.allclose(curves.values[0], expected.detach(), atol=1e-5)
 
 
+def test_train_and_record_logs_the_per_sample_mean_loss_and_evaluates_the_last_epoch():
+    """Each epoch's logged loss is the mean over samples (batches of unequal size weighted by their
+    size); evaluate_every=2 evaluates epochs 1 and 2 (every second one and the last)."""
+    run = _tiny_run(batch_size=20)  # batches of 20, 20 and 8
+    run.evaluate = lambda model: dict(acc=0.5, many=0.5, medium=0.5, few=0.5)  # no test split here
+    model = _linear()
+    train_and_record(run, model, constant_schedule(0.0, 3, 20), "loss", evaluate_every=2)
+    expected = F.cross_entropy(model(_inputs(run)), torch.as_tensor(run.data.train_y)).item()
+    assert [h["loss"] for h in run.history] == pytest.approx([expected] * 3, rel=1e-5)
+    assert [("test_acc" in h) for h in run.history] == [False, True, True]
+
+
+def test_train_and_record_records_without_an_extra_forward():
+    """record="train" reads the training forward's logits: BatchNorm statistics move once per batch."""
+    run = _tiny_run()  # batches of 16: 3 per epoch
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    train_and_record(run, model, constant_schedule(0.0, 2, 16), "loss", evaluate_every=0)
+    assert model[2].num_batches_tracked.item() == 6
+
+
+def test_train_and_record_eval_pass_runs_in_eval_mode_and_restores_train_mode():
+    """record="eval": the values of an eval-mode pass (BatchNorm running statistics), then the
+    model is back in train mode."""
+    run = _tiny_run()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    curves = train_and_record(run, model, constant_schedule(0.0, 1, 16), "loss", record="eval", evaluate_every=0)
+    assert model.training
+    model.eval()
+    expected = F.cross_entropy(model(_inputs(run)), torch.as_tensor(run.data.train_y), reduction="none")
+    assert torch.allclose(curves.values[0], expected.detach(), atol=1e-5)
+
+
 def test_train_and_record_rejects_bad_options():
     run = _tiny_run()
+    with pytest.raises(BenchError):
+        train_and_record(run, _linear(), constant_schedule(0.1, 1, 16), labels=np.zeros(47, dtype=np.int64))
     with pytest.raises(BenchError):
         train_and_record(run, _linear(), constant_schedule(0.1, 1, 16), "entropy")
     with pytest.raises(BenchError):
@@ -217,6 +266,17 @@ def test_centre_global_and_per_group():
     assert torch.allclose(scaled[0], torch.tensor([-1.0, 1.0, -1.0, 1.0]))
 
 
+def test_centre_keeps_float64_and_a_constant_group_at_zero():
+    """float64 stays float64 (exactness tests); with scale a group of equal values is 0, not NaN
+    (std clamped at eps); one group per sample or a BenchError."""
+    v = torch.tensor([[1.0, 1.0, 2.0, 1e-9]], dtype=torch.float64)
+    out = centre(v, by=[0, 0, 1, 1], scale=True)
+    assert out.dtype == torch.float64 and torch.equal(out[0, :2], torch.zeros(2, dtype=torch.float64))
+    assert centre(v)[0, 3].item() == pytest.approx(1e-9 - (4 + 1e-9) / 4, abs=1e-15)  # float32 would lose it
+    with pytest.raises(BenchError):
+        centre(v, by=[0, 0, 1])
+
+
 def test_resolve_rate_options():
     run = _tiny_run()
     assert resolve_rate(run, "nominal") == 0.4
@@ -225,6 +285,8 @@ def test_resolve_rate_options():
     for bad in ("half", "1.0", "-0.1"):
         with pytest.raises(BenchError):
             resolve_rate(run, bad)
+    clean = Run(spec=RunSpec(method="ce", noise_type="none", noise_rate=0.4), data=run.data, device=run.device)
+    assert resolve_rate(clean, "nominal") == 0.0  # clean data: nominal rate 0 whatever noise_rate says
 
 
 # -------------------------------------------------------------------------------- analysis

@@ -476,3 +476,89 @@ def test_linearized_jvp_with_eval_mode_batch_norm_equals_forward_mode_ad(skip_la
     tangents = [torch.randn_like(p) for p in step.params]
     c_lin, c_fwd = both_jvps(step, batch[0], batch[1], tangents)
     assert torch.allclose(c_lin, c_fwd, rtol=1e-9, atol=1e-11), (c_lin - c_fwd).abs().max()
+
+
+# ------------------------------------------------------------ validation, bookkeeping, weight-net update
+
+
+def test_meta_step_refuses_options_and_optimisers_it_cannot_step():
+    """One-line BenchErrors: a bool SLMO depth, an unknown second_order, a classifier optimiser that
+    does not hold every look-ahead parameter, and maximize=True."""
+    model, opt, vnet, _, _ = setup(momentum_state=False)
+    for bad in (dict(skip_layers=True), dict(second_order="hessian")):
+        with pytest.raises(BenchError):
+            MetaStep(model, opt, vnet, None, **bad)
+    without_fc = torch.optim.SGD([p for n, p in model.named_parameters() if not n.startswith("fc.")], lr=0.1)
+    with pytest.raises(BenchError, match="does not hold 'fc.weight'"):
+        MetaStep(model, without_fc, vnet, None)
+    with pytest.raises(BenchError, match="maximize"):
+        MetaStep(model, torch.optim.SGD(model.parameters(), lr=0.1, maximize=True), vnet, None)
+
+
+def test_normalised_weights_that_sum_to_zero_are_kept():
+    """MW-Net(imb): a_i = w_i / sum_j w_j, but w itself when the sum is 0 (no division by 0)."""
+    model, opt, vnet, _, _ = setup(momentum_state=False)
+    step = MetaStep(model, opt, vnet, None, normalize=True)
+    assert torch.equal(step.coefficients(torch.zeros(4)), torch.zeros(4))
+    assert torch.allclose(step.coefficients(torch.tensor([1.0, 3.0])), torch.tensor([0.25, 0.75]))
+
+
+def test_the_weighting_net_takes_one_step_on_the_fresh_meta_gradient():
+    """Each call leaves d meta / d phi of *this* step in .grad (not summed over calls) and steps the
+    weighting net's optimiser once with it; the real step then reads the updated net."""
+    model, opt, vnet, batch, meta = setup(seed=11)
+    wopt = torch.optim.SGD(vnet.parameters(), lr=0.5)
+    step = MetaStep(model, opt, vnet, wopt)
+    for _ in range(2):
+        state = copy.deepcopy((model, opt, vnet))
+        expected, _ = analytic_grad(*state, batch, meta)  # weight_opt None: the gradient alone
+        before = flat(vnet.parameters()).detach().clone()
+        out = step(*batch, *meta)
+        assert torch.allclose(flat([p.grad for p in vnet.parameters()]), expected, rtol=1e-9, atol=1e-14)
+        assert expected.norm() > 1e-8
+        assert torch.allclose(flat(vnet.parameters()), before - 0.5 * expected, rtol=1e-12, atol=1e-14)
+        with torch.no_grad():
+            assert torch.allclose(out["weights"], vnet(out["losses"][:, None]).squeeze(1), rtol=1e-12)
+
+
+def test_frozen_parameters_of_either_network_are_left_out():
+    """Parameters with requires_grad=False (a frozen stem, a frozen weighting-net bias) are not in
+    the look-ahead nor in d meta / d phi, and stay as they are."""
+    model, opt, vnet, batch, meta = setup(seed=13)
+    model.stem.requires_grad_(False)
+    vnet[0].bias.requires_grad_(False)
+    frozen = [t.detach().clone() for t in (*model.stem.parameters(), vnet[0].bias)]
+    step = MetaStep(model, opt, vnet, torch.optim.SGD(vnet.parameters(), lr=0.5), skip_layers=0)
+    assert not any(n.startswith("stem.") for n in step.names)
+    step(*batch, *meta)
+    assert vnet[0].bias.grad is None and vnet[0].weight.grad is not None
+    for before, after in zip(frozen, (*model.stem.parameters(), vnet[0].bias)):
+        assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("skip_layers", [0, 2])
+def test_an_eval_mode_model_stays_in_eval_mode(skip_layers):
+    """The frozen bottom is switched to eval for its no_grad pass and back to each module's own mode."""
+    model, opt, vnet, batch, meta = setup(seed=12)
+    model.eval()
+    step = MetaStep(model, opt, vnet, None, skip_layers=skip_layers)
+    step.meta_loss_at(*batch, *meta)
+    step(*batch, *meta, update_classifier=False)
+    assert not any(m.training for m in model.modules())
+
+
+def test_on_plans_returns_the_epoch_sums_and_fills_weights_into():
+    """The captured step's row: (weighted loss x B, meta loss, sum of the recomputed weights), and
+    each sample's recomputed weight written at its pool index."""
+    model, opt, vnet, (x, y, _), meta = setup(seed=14)
+    idx = torch.tensor([9, 2, 7, 0, 4, 5])
+    ref = copy.deepcopy((model, opt, vnet))
+    out = MetaStep(*ref[:3], None)(x, y, idx, *meta)
+    train = SimpleNamespace(assemble=lambda *plan: (x, y, idx))
+    meta_loader = SimpleNamespace(assemble=lambda *plan: (*meta, None))
+    into = torch.full((10,), -1.0)
+    row = MetaStep(model, opt, vnet, None).on_plans(train, meta_loader, weights_into=into)("p", "m")
+    expected = torch.stack([out["loss"] * B, out["meta_loss"], out["weights"].sum()])
+    assert torch.allclose(row, expected, rtol=1e-12)
+    assert torch.allclose(into[idx], out["weights"], rtol=1e-12)
+    assert torch.equal(into[[1, 3, 6, 8]], torch.full((4,), -1.0))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from bench.errors import BenchError
 from bench.models import build_model
@@ -14,7 +15,7 @@ from bench.spec import RunSpec
 from methods import get
 from methods.base import Run, params_items
 from methods.meta import MetaStep
-from methods.mwnet import MWNet, MWNetParams, WeightNet
+from methods.mwnet import VARIANTS, MWNet, MWNetParams, WeightNet
 
 
 def test_weight_net_is_1_100_1_sigmoid():
@@ -38,8 +39,12 @@ def test_variants_are_the_official_configurations():
     assert (opt.defaults["lr"], opt.defaults["momentum"], opt.defaults["nesterov"],
             opt.defaults["weight_decay"]) == (1e-5, 0.9, True, 5e-4)
     assert MWNetParams(variant="imb", meta_lr=0.01).weight_optimizer(vnet.parameters()).defaults["lr"] == 0.01
+    for variant in VARIANTS:  # mwnet.meta_weight_decay overrides either variant's
+        override = MWNetParams(variant=variant, meta_weight_decay=0.0).weight_optimizer(vnet.parameters())
+        assert override.defaults["weight_decay"] == 0.0
     assert MWNet.display_name({"variant": "noise"}) == "MW-Net(noise)"
     assert MWNet.display_name({"variant": "imb"}) == "MW-Net(imb)"
+    assert MWNet.display_name({}) == "MW-Net(noise)"  # the default variant
     assert get("mwnet") is MWNet
     assert MWNet.resolve_params("quick", {"variant": "imb"}).variant == "imb"
 
@@ -82,7 +87,11 @@ def make_run(method_cls, params, **spec_kw):
     return Run(spec=spec, data=data, device=torch.device("cpu"), params=params)
 
 
-def test_short_real_run_records_final_weights():
+def test_short_real_run_records_final_weights(monkeypatch):
+    import methods.mwnet as mw
+
+    nets = []
+    monkeypatch.setattr(mw, "WeightNet", lambda *a: nets.append(WeightNet(*a)) or nets[-1])
     params = MWNetParams()
     run = make_run(MWNet, params, epochs=1, warmup_epochs=0, milestones=())
     torch.manual_seed(0)
@@ -95,6 +104,8 @@ def test_short_real_run_records_final_weights():
     from methods.mwnet import final_losses
     assert model.training
     assert np.isfinite(final_losses(run, model).numpy()).all()
+    with torch.no_grad():
+        assert np.allclose(w, nets[0](final_losses(run, model)).numpy(), atol=1e-6)
 
 
 def test_fit_steps_at_the_scheduled_lr_on_the_next_meta_batch(monkeypatch):
@@ -120,6 +131,7 @@ def test_fit_steps_at_the_scheduled_lr_on_the_next_meta_batch(monkeypatch):
     assert all(c["step"] is step for c in calls)
     assert (step.normalize, step.lookahead, step.skip_layers) == (True, "sgd", 0)
     assert isinstance(step.weight_opt, torch.optim.SGD) and step.weight_opt.defaults["lr"] == 1e-5
+    assert [m.out_features for m in step.weight_net.modules() if isinstance(m, nn.Linear)] == [100, 1]  # 1-100-1
     assert all(c["lr"] == pytest.approx(0.05) and c["lr_arg"] is None for c in calls)
     # the meta batches of one pass are a partition of the meta set; the next pass starts again
     y_meta = np.asarray(run.data.y_meta)
@@ -151,3 +163,57 @@ def test_meta_batches_are_the_meta_sets_own_pairs_at_the_meta_batch_size_augment
     plain = run.loader("meta", augment=False, shuffle=False)
     ys = torch.cat([y for _, y, _ in plain])
     assert torch.equal(ys, meta.y) and len(list(plain)) == math.ceil(len(meta.y) / 7)
+
+
+def test_fit_hands_every_option_to_the_bilevel_step(monkeypatch):
+    """mwnet.lookahead, skip_layers, second_order, hidden and meta_weight_decay reach the step
+    (stubbed); the epoch's row has the mean weighted loss per sample and meta loss per step."""
+    params = MWNetParams(lookahead="full", skip_layers=2, second_order="autograd", hidden=7, meta_weight_decay=0.0)
+    run = make_run(MWNet, params, epochs=1, warmup_epochs=0, milestones=(), batch_size=512)
+    steps = []
+
+    def fake_step(self, x, y, idx, x_meta, y_meta, lr=None, **kw):
+        steps.append(self)
+        return dict(meta_loss=torch.tensor(2.0), loss=torch.tensor(3.0), weights=torch.full((len(y),), 0.5),
+                    losses=torch.zeros(len(y)))
+
+    monkeypatch.setattr(MetaStep, "__call__", fake_step)
+    MWNet(params).fit(run)
+    step = steps[0]
+    assert (step.lookahead, step.skip_layers, step.second_order, step.normalize) == ("full", 2, "autograd", False)
+    assert [m.out_features for m in step.weight_net.modules() if isinstance(m, nn.Linear)] == [7, 1]
+    assert isinstance(step.weight_opt, torch.optim.Adam) and step.weight_opt.defaults["weight_decay"] == 0.0
+    (row,) = run.history
+    assert len(steps) > 1 and (row["loss"], row["meta_loss"], row["mean_weight"]) == pytest.approx((3.0, 2.0, 0.5))
+
+
+def test_mwnet_needs_a_clean_meta_set():
+    with pytest.raises(BenchError, match="meta-per-class"):
+        MWNet.check_spec(RunSpec(method="mwnet", meta_per_class=0))
+    MWNet.check_spec(RunSpec(method="mwnet", meta_per_class=1))
+
+
+def test_final_losses_are_eval_mode_unaugmented_and_in_pool_order():
+    """The recorded weight's input: each pool sample's CE in eval mode (running statistics, left
+    unchanged), without augmentation even where training batches are augmented; train mode after."""
+    import dataclasses
+
+    from methods.mwnet import final_losses
+
+    run = make_run(MWNet, MWNetParams())
+    d, every = run.data, slice(None, None, 8)  # every 8th pool sample: fast
+    small = dataclasses.replace(d, dataset=dataclasses.replace(d.dataset, augment=True),
+                                train_index=d.train_index[every], train_y=d.train_y[every],
+                                train_clean_y=d.train_clean_y[every], is_noisy=d.is_noisy[every])
+    run = Run(spec=run.spec, data=small, device=torch.device("cpu"), params=run.params)
+    torch.manual_seed(0)
+    model = run.model().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = final_losses(run, model, batch_size=100)
+    assert model.training
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    x, y, idx = next(iter(run.loader("train", batch_size=len(losses), shuffle=False, augment=False)))
+    assert torch.equal(idx, torch.arange(len(losses)))
+    with torch.no_grad():
+        expected = F.cross_entropy(model.eval()(x), y, reduction="none")
+    assert torch.allclose(losses, expected, atol=1e-5)
