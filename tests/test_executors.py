@@ -129,6 +129,59 @@ def test_packing_runs_on_one_gpu_without_mps_is_said(monkeypatch, tmp_path, caps
     assert capsys.readouterr().err == "hint for 3 on cpu\n"
 
 
+def test_keep_freed_memory_sets_glibcs_malloc_thresholds_once_per_process(monkeypatch):
+    """bench/cpu.py, the workers' allocator setting: mallopt(M_MMAP_THRESHOLD, 32 MiB), then
+    M_TRIM_THRESHOLD 2^31 - 1 (never trim) and M_TOP_PAD 64 MiB, with glibc's option numbers
+    (-3, -1, -2 in malloc.h); once per process; False where mallopt refuses or off Linux."""
+    import types
+
+    from bench import cpu
+
+    calls = []
+
+    def libc_whose_mallopt_returns(result):
+        def mallopt(option, value):
+            calls.append((option, value))
+            return result
+        return lambda name: types.SimpleNamespace(mallopt=mallopt)
+
+    monkeypatch.setattr(cpu, "_done", None)
+    monkeypatch.setattr(cpu.ctypes, "CDLL", libc_whose_mallopt_returns(1))
+    assert cpu.keep_freed_memory() is True
+    assert calls == [(-3, 32 * 2**20), (-1, 2**31 - 1), (-2, 64 * 2**20)]
+    assert cpu.keep_freed_memory() is True and len(calls) == 3  # once per process
+    monkeypatch.setattr(cpu, "_done", None)
+    monkeypatch.setattr(cpu.ctypes, "CDLL", libc_whose_mallopt_returns(0))
+    assert cpu.keep_freed_memory() is False
+    calls.clear()
+    monkeypatch.setattr(cpu, "_done", None)
+    monkeypatch.setattr(cpu.sys, "platform", "darwin")
+    assert cpu.keep_freed_memory() is False and calls == []
+
+
+def test_the_slow_bf16_note_is_for_bf16_on_a_cpu_without_native_bf16_only(monkeypatch, capsys):
+    """bench/cpu.py: one stderr line for --precision bf16 on a CPU that emulates bf16; nothing for
+    fp32, on CUDA, or where the CPU has it; a torch without oneDNN's probe counts as no bf16."""
+    from bench import cpu
+
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)
+    cpu.warn_if_slow_bf16(torch.device("cpu"), "bf16")
+    assert "no native bf16" in capsys.readouterr().err
+    for device, precision in ((torch.device("cpu"), "fp32"), (torch.device("cuda"), "bf16"), ("cuda:1", "bf16")):
+        cpu.warn_if_slow_bf16(device, precision)
+        assert capsys.readouterr().err == "", (device, precision)
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: True)
+    cpu.warn_if_slow_bf16("cpu", "bf16")
+    assert capsys.readouterr().err == ""
+    monkeypatch.undo()
+
+    def probe_fails():
+        raise RuntimeError("no oneDNN in this build")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", probe_fails, raising=False)
+    assert cpu.has_native_bf16() is False
+
+
 def test_exit_codes_are_described():
     assert "SIGKILL" in executors.describe_exit(-9) and "out of memory" in executors.describe_exit(-9)
     assert "SIGSEGV" in executors.describe_exit(-11)
@@ -279,6 +332,180 @@ def test_execute_keeps_per_sample_records_as_values_and_larger_ones_as_arrays(mo
     n = len(result.samples["is_noisy"])
     assert result.status == "done" and set(result.values) == {"weight"} and set(result.arrays) == {"curve"}
     assert result.values["weight"].tolist() == (np.arange(n) / n).tolist() and result.arrays["curve"].shape == (n, 2)
+
+
+def test_device_names_are_checked_and_resolved_against_the_machine(monkeypatch):
+    """``--device``: auto, cpu, cuda and cuda:N only (not cpu:1, meta or mps); auto is CUDA where
+    present; cuda without a GPU, or cuda:N past the last GPU, is a one-line error."""
+    from bench.execute import check_device_name, resolve_device
+
+    assert check_device_name("auto") is None and check_device_name("cuda:1") == torch.device("cuda", 1)
+    for bad in ("cpu:1", "meta", "mps", "tpu"):
+        with pytest.raises(BenchError, match="unknown device"):
+            check_device_name(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(BenchError, match="2 CUDA device"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(BenchError, match="no CUDA device is available"):
+        resolve_device("cuda")
+
+
+def test_a_runs_env_records_the_suites_commit_dirty_or_not_and_the_thread_count(monkeypatch):
+    """What each run's ``env`` keeps of where it ran: the commit (``+dirty`` with uncommitted
+    changes to tracked files, ``unknown`` outside git) and torch's thread count."""
+    from types import SimpleNamespace
+
+    from bench.execute import environment, suite_commit
+
+    status = {"out": " M bench/execute.py\n"}
+
+    def fake_git(cmd, **kwargs):
+        if "rev-parse" in cmd:
+            return SimpleNamespace(returncode=0, stdout="0123abcd\n")
+        return SimpleNamespace(returncode=0, stdout=status["out"])
+
+    monkeypatch.setattr(bench.execute.subprocess, "run", fake_git)
+    assert suite_commit.__wrapped__() == "0123abcd+dirty"
+    status["out"] = ""
+    assert suite_commit.__wrapped__() == "0123abcd"
+    monkeypatch.setattr(bench.execute.subprocess, "run", lambda cmd, **kw: SimpleNamespace(returncode=128, stdout=""))
+    assert suite_commit.__wrapped__() == "unknown"
+    env = environment(torch.device("cpu"))
+    assert env["threads"] == torch.get_num_threads() and env["device"] == "cpu" and env["torch"] == torch.__version__
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("DefaultCPUAllocator: can't allocate memory: you "
+                                                                  "tried to allocate 8589934592 bytes\nmore")])
+def test_a_run_out_of_the_cpus_memory_keeps_its_checkpoint_and_says_how_it_ran(monkeypatch, error):
+    """The CPU allocator's out-of-memory (a MemoryError, or torch's RuntimeError "can't allocate
+    memory") is a failure of where the run ran, as CUDA's is: its checkpoint is kept; a failed
+    run's env says how its steps ran, as a done run's does."""
+    (spec,) = specs_for(*TINY)
+
+    def fit_out_of_memory(self, run):
+        raise error
+
+    from methods.base import Run
+
+    monkeypatch.setattr(methods.get("ce"), "fit", fit_out_of_memory)
+    monkeypatch.setattr(Run, "trained_s", lambda self: 12.3456)
+    result = execute(spec, device=torch.device("cpu"), cache_dir=None)
+    assert result.status == "failed" and result.keep_checkpoint
+    assert result.error.startswith(f"out of memory ({type(error).__name__}: ") and "more" not in result.error
+    assert result.env["steps"] == "eager" and result.env["train_s"] == 12.346
+
+
+def test_a_runs_networks_start_from_its_own_seed(monkeypatch):
+    """``execute`` seeds torch with the run's seed before the method builds its networks: seeds
+    0 and 4 start from different weights, the same seed from the same ones."""
+    def untrained(self, run):
+        return run.model()  # nothing trained: only the initial weights matter
+
+    monkeypatch.setattr(methods.get("ce"), "fit", untrained)
+    models = {}
+    monkeypatch.setattr(bench.execute, "summarize", lambda run, model: models.setdefault(run.spec.seed, [])
+                        .append(torch.cat([p.detach().flatten() for p in model.parameters()])) or {})
+    for spec in specs_for(*TINY, "--seeds", "0,4,0"):
+        execute(spec, device=torch.device("cpu"), cache_dir=None)
+    assert torch.equal(models[0][0], models[0][1]) and not torch.equal(models[0][0], models[4][0])
+
+
+def test_a_run_asked_to_train_on_the_meta_set_gets_it_in_its_pool():
+    """``train_on_meta`` (PROTOCOL.md §7's fair-data option) reaches the data a run trains on: its
+    pool is the plain run's plus the meta set, which it no longer has apart."""
+    from bench.execute import load_data
+    from bench.spec import RunSpec
+
+    plain = load_data(RunSpec(method="ce", meta_per_class=5))
+    fair = load_data(RunSpec(method="ce", meta_per_class=5, train_on_meta=True))
+    assert len(plain.y_meta) == 5 * plain.num_classes and len(fair.y_meta) == 0
+    assert len(fair.train_y) == len(plain.train_y) + len(plain.y_meta)
+
+
+def test_a_done_runs_samples_keep_observed_and_clean_labels_apart(monkeypatch):
+    """What ``execute`` stores per sample of a noisy run: its dataset index, clean label, observed
+    (noisy) label and noise flag, each from the run's own data."""
+    from bench.execute import load_data
+
+    (spec,) = specs_for("--methods", "ce", "--epochs", "1", "--imbalance", "100", "--noise", "flip2:0.4")
+    monkeypatch.setattr(methods.get("ce"), "fit", lambda self, run: run.model())  # untrained: the samples matter
+    result = execute(spec, device=torch.device("cpu"), cache_dir=None)
+    data = load_data(spec)
+    assert result.status == "done" and data.is_noisy.any()
+    for name, expected in (("dataset_index", data.train_index), ("clean_label", data.train_clean_y),
+                           ("observed_label", data.train_y), ("is_noisy", data.is_noisy)):
+        assert np.array_equal(result.samples[name], expected), name
+
+
+def test_steps_env_says_how_the_steps_ran(monkeypatch):
+    """A run's ``env`` entry for its steps: captured or eager, memory format, cuDNN's search, its
+    training seconds (to the millisecond); with --compile how that went, with --deterministic that
+    its kernels were."""
+    from types import SimpleNamespace
+
+    from bench.execute import steps_env
+
+    run = SimpleNamespace(step_mode="captured", channels_last=True, trained_s=lambda: 3.21049, compile_mode=None)
+    monkeypatch.setattr(bench.execute, "searches_conv_algorithms", lambda device: True)
+    monkeypatch.setattr(bench.execute, "deterministic_kernels", lambda: False)
+    assert steps_env(run, torch.device("cpu")) == {"steps": "captured", "channels_last": True,
+                                                   "cudnn_benchmark": True, "train_s": 3.21}
+    run.compile_mode = "uncompiled: refused"
+    monkeypatch.setattr(bench.execute, "deterministic_kernels", lambda: True)
+    env = steps_env(run, torch.device("cpu"))
+    assert env["compile"] == "uncompiled: refused" and env["deterministic"] is True
+
+
+def test_a_failed_run_is_stored_with_its_history_its_reason_and_its_env(tmp_path):
+    """``commit`` of a failed run keeps the epochs it trained (where it diverged shows in its
+    curves), the reason and how it ran."""
+    from bench.execute import commit
+
+    (spec,) = specs_for(*TINY)
+    store = Store(tmp_path / "s.sqlite")
+    store.start(spec.key(), spec.to_dict(), "CE")
+    history = [{"stage": "train", "epoch": 0, "loss": 2.5}, {"stage": "train", "epoch": 1, "loss": 1.5}]
+    commit(store, RunResult(spec, "failed", history=history, env={"steps": "eager"}, error="diverged at train epoch 2"))
+    assert store.history(spec.key()).to_dict("records") == history
+    status, _, error, _ = rows(tmp_path / "s.sqlite")[spec.key()]
+    assert (status, error) == ("failed", "diverged at train epoch 2")
+    env = store.conn.execute("SELECT env_json FROM runs WHERE key = ?", (spec.key(),)).fetchone()[0]
+    assert json.loads(env) == {"steps": "eager"}
+
+
+def test_removing_a_checkpoint_removes_its_group_listing_and_temp_files_only(tmp_path):
+    """``remove_checkpoint``: the checkpoint, a fused group's list of its runs beside it and the
+    temp files of its writes go; another run's checkpoint stays."""
+    from bench.execute import MEMBERS_SUFFIX, remove_checkpoint
+
+    path = tmp_path / "checkpoints" / "0123abcd.pt"
+    path.parent.mkdir()
+    for leftover in (path, path.with_suffix(MEMBERS_SUFFIX), path.with_name(path.name + ".tmp4242")):
+        leftover.write_text("x")
+    (path.parent / "0123abce.pt").write_text("another run's")
+    remove_checkpoint(path)
+    assert [p.name for p in path.parent.iterdir()] == ["0123abce.pt"]
+
+
+def test_execute_says_a_resume_through_the_progress_channel_when_it_has_one(monkeypatch, capsys):
+    """A run resuming from a checkpoint says so as a progress note (the grid writes it between its
+    bars), on stderr only without a progress channel."""
+    from methods.base import Run
+
+    (spec,) = specs_for(*TINY)
+    monkeypatch.setattr(Run, "checkpoint_found", property(lambda self: True))
+    monkeypatch.setattr(Run, "checkpoint_position", lambda self: "train, 3 epochs done")
+    monkeypatch.setattr(methods.get("ce"), "fit", lambda self, run: run.model())  # untrained: the note matters
+    notes = []
+    execute(spec, device=torch.device("cpu"), cache_dir=None, progress=notes.append)
+    assert notes[0] == {"note": "resuming from its checkpoint (train, 3 epochs done)"}
+    assert "resuming" not in capsys.readouterr().err
+    execute(spec, device=torch.device("cpu"), cache_dir=None)
+    assert f"[{spec.key()}] resuming from its checkpoint (train, 3 epochs done)" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ local worker pool

@@ -21,6 +21,7 @@ from methods.drw import DRW, drw_weights
 from methods.focal import Focal, FocalParams
 from methods.ldam_drw import LDAMDRW, LDAMDRWParams, NormedLinear, use_normed_linear
 from methods.losses import (
+    REDUCTIONS,
     class_balanced_weights,
     ldam_margins,
     ldam_per_sample,
@@ -593,3 +594,102 @@ def test_cb_sigmoid_optimiser_trains_every_parameter_with_decay_but_the_fc_bias(
     undecayed = {id(q) for g in opt.param_groups if g["weight_decay"] == 0.0 for q in g["params"]}
     assert undecayed == {id(model.fc.bias)}
     assert decayed == {id(q) for q in model.parameters()} - undecayed
+
+
+# ------------------------------------------- input checks, defaults and precision (mutation-tested)
+
+@pytest.mark.parametrize("bad", [[], [10, -1, 5], [10, float("nan")], [10, float("inf")]])
+def test_class_counts_must_be_a_finite_non_negative_vector(bad):
+    """Empty, negative or non-finite class counts are refused by both weight formulas (a NaN count
+    would otherwise slip through the n >= 1 floor and poison every weight)."""
+    with pytest.raises(ValueError, match="class counts"):
+        class_balanced_weights(bad, 0.9999)
+    with pytest.raises(ValueError, match="class counts"):
+        ldam_margins(bad, 0.5)
+
+
+def test_out_of_range_beta_max_m_and_reduction_are_refused():
+    """beta = 1 would give 0/0 weights; max_m = 0 all-zero margins (not LDAM); an unknown reduction
+    or a negative DRW switch epoch is a mistake, not a silent default."""
+    for beta in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="beta"):
+            class_balanced_weights([10, 5], beta)
+    for max_m in (0.0, -0.5):
+        with pytest.raises(ValueError, match="max_m"):
+            ldam_margins([10, 5], max_m)
+    with pytest.raises(ValueError, match="unknown reduction"):
+        reduce_weighted(torch.ones(2), torch.tensor([0, 1]), None, "sum")
+    with pytest.raises(ValueError, match="unknown reduction"):
+        DRW([10, 5], 0, reduction="mean")
+    with pytest.raises(ValueError, match="switch_epoch"):
+        DRW([10, 5], -1)
+
+
+def test_loss_functions_default_to_the_protocols_settings():
+    """Called without settings, the formulas use the protocol's values (PROTOCOL.md §7, notes §2-4):
+    focal gamma 1 (softmax and sigmoid), LDAM s = 30 and max_m = 0.5, CB beta = 0.9999."""
+    logits, y = torch.tensor([[1.0, 0.2, -0.5], [0.3, 0.1, 1.5]]), torch.tensor([0, 1])
+    assert torch.equal(softmax_focal_per_sample(logits, y), softmax_focal_per_sample(logits, y, 1.0))
+    assert torch.equal(sigmoid_focal_per_sample(logits, y), sigmoid_focal_per_sample(logits, y, 1.0))
+    margins = torch.tensor([0.2, 0.4, 0.1])
+    assert torch.equal(ldam_per_sample(logits, y, margins), ldam_per_sample(logits, y, margins, 30.0))
+    counts = [500, 50, 5]
+    assert torch.equal(ldam_margins(counts), ldam_margins(counts, 0.5))
+    assert torch.equal(class_balanced_weights(counts), class_balanced_weights(counts, 0.9999))
+    assert torch.equal(drw_weights(0, 0, counts), class_balanced_weights(counts, 0.9999))
+    assert torch.equal(DRW(counts, 0).weights, class_balanced_weights(counts, 0.9999))
+    run = SimpleNamespace(data=SimpleNamespace(noisy_counts=np.array(counts)), device=torch.device("cpu"), first_drop=3)
+    drw = DRW.from_run(run)  # the LDAM-DRW code's weighted mean (torch's weight=), beta 0.9999
+    assert drw.reduction == DRW(counts, 0).reduction == "weight" and drw.switch_epoch == 3
+    assert torch.equal(drw.weights, class_balanced_weights(counts, 0.9999))
+
+
+def test_weights_and_margins_in_float64_keep_float64_precision():
+    """``dtype=float64`` gives float64 weights and margins computed in float64 (not float32 values
+    cast up), and LDAM applies float64 margins without rounding them to float32."""
+    counts = [1000, 100, 10]
+    w = class_balanced_weights(counts, 0.9999, dtype=torch.float64)
+    assert w.dtype == torch.float64
+    assert torch.allclose(w, torch.tensor(_cb_by_hand(counts, 0.9999), dtype=torch.float64), rtol=1e-12, atol=0)
+    m = ldam_margins(counts, 0.3, dtype=torch.float64)
+    assert m.dtype == torch.float64
+    expected_m = [0.3 * (10 / n) ** 0.25 for n in counts]
+    assert torch.allclose(m, torch.tensor(expected_m, dtype=torch.float64), rtol=1e-12, atol=0)
+    logits, y = torch.tensor([[0.5, 0.2, -0.1]], dtype=torch.float64), torch.tensor([1])
+    z = [30 * (v - (expected_m[1] if j == 1 else 0.0)) for j, v in enumerate(logits[0].tolist())]
+    by_hand = -z[1] + math.log(sum(math.exp(v) for v in z))
+    assert ldam_per_sample(logits, y, m).item() == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_reduce_weighted_keeps_the_losses_dtype():
+    """Class weights (float64 here) are cast to the per-sample losses' dtype, so the batch loss has
+    the losses' dtype whatever the weights'."""
+    per, y = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0, 1, 1])
+    w = torch.tensor([0.5, 1.5], dtype=torch.float64)
+    for reduction in REDUCTIONS:
+        assert reduce_weighted(per, y, w, reduction).dtype == torch.float32
+
+
+def test_focal_floor_is_far_below_any_real_modulator():
+    """1 - p_t ~ 1e-7 (a confident, right sample) keeps its own (1 - p_t)^gamma, not a floor like
+    1e-6: the floor is the smallest normal float only (float64 for float64 logits)."""
+    logits, y = torch.tensor([[16.0, 0.0]], dtype=torch.float64), torch.tensor([0])
+    q = 1 / (1 + math.exp(16.0))  # 1 - p_t ~ 1.1e-7
+    for gamma in (0.5, 1.0, 2.0):
+        got = softmax_focal_per_sample(logits, y, gamma).item()
+        assert got == pytest.approx(q ** gamma * -math.log1p(-q), rel=1e-6), gamma
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_sigmoid_focal_gradient_flows_through_its_modulator(gamma):
+    """The one-vs-all focal modulator (1 - p_t,j)^gamma is part of the graph (the CB official code
+    differentiates through it), so the gradient is that of the whole formula."""
+    logits = torch.tensor([[1.0, -0.5, 0.25], [0.3, 2.0, -1.0]], dtype=torch.float64)
+    y = torch.tensor([0, 2])
+    a = logits.clone().requires_grad_(True)
+    sigmoid_focal_per_sample(a, y, gamma).sum().backward()
+    b = logits.clone().requires_grad_(True)
+    onehot = F.one_hot(y, 3).double()
+    p_t = torch.where(onehot.bool(), torch.sigmoid(b), 1 - torch.sigmoid(b))
+    (-((1 - p_t) ** gamma) * torch.log(p_t)).sum().backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-10)

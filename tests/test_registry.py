@@ -198,3 +198,21 @@ def test_shared_and_private_modules_are_not_taken_for_method_files(monkeypatch, 
         warnings.simplefilter("error")
         names = methods.names()
     assert "ce" in names and "methods._private_helper" not in sys.modules
+
+
+def test_params_checks_refuse_bools_and_non_finite_numbers_and_keep_their_bounds_inclusive():
+    """``check_int`` / ``check_number`` (methods/base.py, used by every Params): True is not 1,
+    inf and NaN are not numbers here, the minimum (0 for numbers) is allowed."""
+    from methods.base import check_int, check_number
+
+    check_int(0, "x")
+    check_int(3, "x", minimum=3)
+    check_number(0, "x")
+    check_number(0.0, "x")
+    check_number(2.5, "x")
+    for bad, minimum in ((True, 0), (False, 0), (2, 3), (1.0, 0), ("1", 0)):
+        with pytest.raises(BenchError, match="integer >="):
+            check_int(bad, "x", minimum)
+    for bad in (True, False, -0.1, float("inf"), float("nan"), "1"):
+        with pytest.raises(BenchError, match="number >= 0"):
+            check_number(bad, "x")

@@ -1,5 +1,7 @@
 """Per-epoch checkpoints: a run resumed after a kill ends exactly as an uninterrupted one."""
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -212,3 +214,56 @@ def test_a_run_resumed_with_another_thread_count_says_its_numbers_differ_by_roun
             "its numbers differ by float rounding from a run never stopped")
     finally:
         torch.set_num_threads(before)
+
+
+def test_checkpoints_are_written_at_most_once_per_interval_and_at_each_stages_end(tmp_path, monkeypatch):
+    """``checkpoint_every_s``: an epoch's checkpoint is written only once that long has passed since
+    the last one written (the clock restarts at each write), and always when a stage ends."""
+    import methods.base as base
+
+    clock = {"now": 0.0}
+    writes = []
+    real_save = torch.save
+    monkeypatch.setattr(base.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (writes.append(obj["stages"]["a"]["epoch"]),
+                                                                real_save(obj, f, *a, **k)))
+    run = Run(spec=_spec(), data=load_data(_spec()), device=torch.device("cpu"), checkpoint_path=tmp_path / "ck.pt",
+              checkpoint_every_s=10.0)
+    for _ in run.epochs(6, stage="a"):
+        clock["now"] += 6.0  # epochs end at 6, 12, 18, 24, 30, 36 s
+    assert writes == [1, 3, 5]  # 12 s (>= 10 since 0), 24 s (>= 10 since 12), the stage's end
+
+
+def test_a_half_written_checkpoint_is_removed_when_the_write_fails(tmp_path, monkeypatch, capsys):
+    """A write that fails midway (disk full) leaves no temp file behind, and no checkpoint."""
+    def half_write(obj, f, *a, **k):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_write)
+    path = tmp_path / "ck.pt"
+    run = Run(spec=_spec(), data=load_data(_spec()), device=torch.device("cpu"), checkpoint_path=path,
+              checkpoint_every_s=0)
+    list(run.epochs(2, stage="a"))
+    assert not path.exists() and not list(tmp_path.glob("ck.pt.tmp*"))
+    assert capsys.readouterr().err.count("No space left on device") == 1
+
+
+def test_a_stages_saved_state_is_a_copy_that_later_training_does_not_change():
+    """What a finished epoch saved (tensors, modules, optimisers) is a deep copy: training on after
+    it leaves the saved state as it was (a later checkpoint writes the earlier stage's true end)."""
+    from methods.base import _snapshot
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    counter = torch.zeros(4)
+    saved = _snapshot({"model": model, "opt": opt, "c": counter})
+    weight = model.weight.detach().clone()
+    momentum = opt.state[model.weight]["momentum_buffer"].clone()
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    counter.add_(1)
+    assert torch.equal(saved["model"]["weight"], weight) and torch.equal(saved["c"], torch.zeros(4))
+    assert torch.equal(saved["opt"]["state"][0]["momentum_buffer"], momentum)
