@@ -290,6 +290,42 @@ def test_a_user_error_stops_the_grid_once_the_run_in_flight_is_committed(tmp_pat
     assert [store.status(s.key()) for s in specs] == ["done", "running", None]  # not retried, nothing after it
 
 
+def test_a_user_error_stops_dispatching_while_another_run_is_still_in_flight(tmp_path):
+    """With --jobs 2: seed 1's user error arrives while seed 0 still trains; seed 4 is not started,
+    seed 0 is committed when it ends, then the grid raises the error."""
+    specs = specs_for(*TINY, "--seeds", "0,1,4")
+
+    class TwoSlots:
+        capacity = 2
+
+        def __init__(self):
+            self.submitted, self.waits = [], 0
+
+        def start(self, **kwargs):
+            pass
+
+        def submit(self, item):
+            self.submitted.append(item.seed)
+
+        def wait(self):
+            self.waits += 1
+            seed = {1: 1, 2: 0}[self.waits]  # the user error first, then the run in flight
+            spec = next(s for s in specs if s.seed == seed)
+            return [(spec, "error", "seed 1: a user error")] if seed == 1 else [(spec, "done", scripted_task(spec))]
+
+        def abort(self):
+            pass
+
+        def close(self):
+            pass
+
+    store, pool = Store(tmp_path / "s.sqlite"), TwoSlots()
+    with pytest.raises(BenchError, match="seed 1: a user error"):
+        run_grid(specs, store, device=torch.device("cpu"), cache_dir=tmp_path, show_progress=False, executor=pool)
+    assert pool.submitted == [0, 1] and pool.waits == 2
+    assert [store.status(s.key()) for s in specs] == ["done", "running", None]
+
+
 def test_each_run_has_its_own_checkpoint(tmp_path):
     specs = specs_for(*TINY, "--imbalance", "50,100", "--noise", "none,flip2:0.2", "--seeds", "0,1")
     assert len({checkpoint_path(s, tmp_path) for s in specs}) == len(specs) == 8
