@@ -58,6 +58,14 @@ def batch(xs, layout):
     return interleave(xs) if layout == "rows" else stack_runs(xs)
 
 
+def assert_each_runs_forward(fused, separate, xs, msg=None):
+    """The fused network on the runs' interleaved batches gives each run's own output; returns it."""
+    out = fused(interleave(xs))
+    for k, model in enumerate(separate):
+        torch.testing.assert_close(run_rows(out, RUNS, k), model(xs[k]), msg=msg)
+    return out
+
+
 def assert_same_state(fused, separate, rtol=1e-9, atol=1e-10):
     for k, model in enumerate(separate):
         state = run_state(fused, k)
@@ -258,10 +266,7 @@ def test_fused_layers_keep_each_layers_own_groups_eps_and_momentum():
     separate = [net(seed) for seed in range(RUNS)]
     fused = fuse(copy.deepcopy(separate))
     for _ in range(2):
-        xs = [torch.randn(N, 2, 5, 5) for _ in range(RUNS)]
-        out = fused(interleave(xs))
-        for k, model in enumerate(separate):
-            torch.testing.assert_close(run_rows(out, RUNS, k), model(xs[k]))
+        assert_each_runs_forward(fused, separate, [torch.randn(N, 2, 5, 5) for _ in range(RUNS)])
     assert_same_state(fused, separate)
 
 
@@ -282,9 +287,7 @@ def test_fused_layers_keep_dilation_and_leave_out_what_the_runs_do_not_have():
     for mode in ("train", "eval"):  # eval: still each run's batch statistics (none tracked)
         for m in (fused, *separate):
             m.train(mode == "train")
-        out = fused(interleave(xs))
-        for k, model in enumerate(separate):
-            torch.testing.assert_close(run_rows(out, RUNS, k), model(xs[k]), msg=mode)
+        assert_each_runs_forward(fused, separate, xs, msg=mode)
 
 
 def test_fused_embeddings_give_each_run_its_own_rows_and_gradients():
@@ -354,10 +357,7 @@ def test_the_fused_network_keeps_the_models_dtype():
     fused = fuse(separate)
     assert {t.dtype for t in fused.state_dict().values() if t.is_floating_point()} == {torch.float32}
     xs = [torch.randn(N, 1, 12, 12, dtype=torch.float32) for _ in range(RUNS)]
-    out = fused(interleave(xs))
-    assert out.dtype == torch.float32
-    for k, model in enumerate(separate):
-        torch.testing.assert_close(run_rows(out, RUNS, k), model(xs[k]))
+    assert assert_each_runs_forward(fused, separate, xs).dtype == torch.float32
 
 
 def test_a_methods_own_fused_layer_is_split_back_into_runs():
@@ -382,10 +382,7 @@ def test_a_methods_own_fused_layer_is_split_back_into_runs():
     fused = fuse(separate)
     assert fused[1].runs == RUNS
     assert_same_state(fused, separate)
-    xs = [torch.randn(N, 3) for _ in range(RUNS)]
-    out = fused(interleave(xs))
-    for k, model in enumerate(separate):
-        torch.testing.assert_close(run_rows(out, RUNS, k), model(xs[k]))
+    assert_each_runs_forward(fused, separate, [torch.randn(N, 3) for _ in range(RUNS)])
 
 
 def _loaders(pools, seeds, **kwargs):
@@ -473,10 +470,7 @@ def test_a_batchnorm_without_affine_parameters_fuses():
         separate.append(nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3, affine=False)).double().train())
     fused = fuse(copy.deepcopy(separate))
     assert sum(p.numel() for p in fused.parameters()) == RUNS * sum(p.numel() for p in separate[0].parameters())
-    xs = [torch.randn(N, 2, 5, 5) for _ in range(RUNS)]
-    out = fused(interleave(xs))
-    for k, model in enumerate(separate):
-        torch.testing.assert_close(run_rows(out, RUNS, k), model(xs[k]))
+    assert_each_runs_forward(fused, separate, [torch.randn(N, 2, 5, 5) for _ in range(RUNS)])
     assert_same_state(fused, separate)
 
 
