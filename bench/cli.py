@@ -1,4 +1,4 @@
-"""The command line: ``python -m bench run|runs-for|table|show|compare|forget|merge|list|plot|timing|data``.
+"""The command line: ``python -m bench run|runs-for|table|show|compare|rank|forget|merge|list|plot|timing|data``.
 
 Every user error (unknown name, value out of range, missing data, unreadable store) is one line
 on stderr, ``bench: error: ...``, and exit code 2.
@@ -581,6 +581,8 @@ def make_parser() -> ArgumentParser:
                                                 "failed), or one run in full (KEY)"),
                                ("compare", "compare", "is method A better than B: per cell, A - B with a confidence "
                                                       "interval and p, paired over seeds"),
+                               ("rank", "rank", "several methods over the cells: average ranks, Friedman test and "
+                                                "Nemenyi critical difference (Demšar 2006)"),
                                ("forget", "forget", "remove runs from a store (listed; --yes deletes them), so that "
                                                     "bench run trains them again")):
         p = sub.add_parser(name, help=text)
