@@ -34,8 +34,8 @@ import pandas as pd
 from bench.analysis import NO_SEPARATION, SEPARATION, SEPARATION_TITLES, reading_progress, with_separation
 from bench.errors import BenchError
 from bench.summary import (
+    CELL_FIELDS,
     GROUPS,
-    ROW_KEYS,
     cell_labels,
     format_cell,
     json_ready,
@@ -125,7 +125,7 @@ def welch(a: np.ndarray, b: np.ndarray, confidence: float) -> tuple[float, float
 def compare(runs: pd.DataFrame, a: str, b: str, column: str = "acc_last", confidence: float = 0.95) -> pd.DataFrame:
     """One row per cell where both rows ``a`` and ``b`` (labels) have values (``COLUMNS``)."""
     values = per_seed(runs, column)
-    cell_keys = [k for k in ROW_KEYS if k != "label"]
+    cell_keys = list(CELL_FIELDS)
     rows = []
     for cell, group in values[values["label"].isin([a, b])].groupby(cell_keys, sort=True):
         va, vb = group[group["label"] == a], group[group["label"] == b]
@@ -177,7 +177,8 @@ def over_cells(table: pd.DataFrame) -> dict:
             else math.nan, "tested": len(nonzero), "p": p}
 
 
-def _p_text(p: float) -> str:
+def p_text(p: float) -> str:
+    """A p-value as the comparisons print it: three decimals, <0.001, or — for none."""
     if math.isnan(p):
         return "—"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
@@ -201,7 +202,7 @@ def render(table: pd.DataFrame, a: str, b: str, confidence: float, fmt: str = "m
         b: [format_cell(m, s, n) for m, s, n in zip(table["b_mean"], table["b_std"], table["b_n"])],
         "Δ": [f"{d:+.2f}" for d in table["diff"]],
         ci: ["—" if math.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]" for lo, hi in zip(table["ci_low"], table["ci_high"])],
-        "p": [_p_text(p) for p in table["p"]],
+        "p": [p_text(p) for p in table["p"]],
         "test": [f"{t} (n={n})" for t, n in zip(table["test"], table["n"])],
         "A > B (seeds)": table["wins"]})
     return text_table(shown)
@@ -266,7 +267,7 @@ def main(args) -> int:
         summary = over_cells(table)
         print(f"\nover the {summary['cells']} cells: {a} ahead in {summary['ahead']}, mean Δ "
               f"{summary['mean_diff']:+.2f} (cells weighted equally); Wilcoxon signed-rank test of the cells' Δ: "
-              f"p = {_p_text(summary['p'])}" + (f" ({summary['tested']} cells with Δ ≠ 0: with fewer than 6, p cannot "
+              f"p = {p_text(summary['p'])}" + (f" ({summary['tested']} cells with Δ ≠ 0: with fewer than 6, p cannot "
                                                   "fall below 0.05)" if summary["tested"] < 6 else ""))
     if args.format == "md" and not table.empty:
         print("\npaired: over the seeds both ran on the same data (t interval, paired t-test); Welch: unpaired "

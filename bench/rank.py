@@ -32,10 +32,9 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis import average_ranks
+from bench.compare import p_text, resolve
 from bench.errors import BenchError
-from bench.summary import GROUPS, ROW_KEYS, cell_labels, json_ready, metric_column, per_seed, row_labels, text_table
-
-CELL_KEYS = [k for k in ROW_KEYS if k != "label"]
+from bench.summary import CELL_FIELDS, GROUPS, cell_labels, json_ready, metric_column, per_seed, row_labels, text_table
 
 
 def add_arguments(parser) -> None:
@@ -60,7 +59,7 @@ def cell_means(runs: pd.DataFrame, labels: list[str], column: str = "acc_last") 
     values = values[values["label"].isin(labels)]
     if values.empty:
         return pd.DataFrame(columns=labels, dtype=float)
-    means = values.groupby(CELL_KEYS + ["label"], sort=True)["value"].mean().unstack("label")
+    means = values.groupby([*CELL_FIELDS, "label"], sort=True)["value"].mean().unstack("label")
     return means.reindex(columns=labels).astype(float)
 
 
@@ -101,8 +100,6 @@ def friedman_nemenyi(means: pd.DataFrame, alpha: float = 0.05) -> dict:
 
 
 def _resolve_rows(names: list[str], runs: pd.DataFrame) -> list[str]:
-    from bench.compare import resolve
-
     if not names:
         return sorted(set(row_labels(runs))) if len(runs) else []
     rows = [resolve(name, runs) for name in names]
@@ -110,10 +107,6 @@ def _resolve_rows(names: list[str], runs: pd.DataFrame) -> list[str]:
     if repeated:
         raise BenchError(f"a row is named twice: {', '.join(repeated)}")
     return rows
-
-
-def _p_text(p: float) -> str:
-    return "—" if math.isnan(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def main(args) -> int:
@@ -164,7 +157,7 @@ def main(args) -> int:
         "ranked first": [f"{f}/{result['cells']}" for f in table["first"]]})))
     k, n = result["methods"], result["cells"]
     print(f"\nFriedman test, Iman-Davenport F_F (Demšar §3.2.2): F({result['df'][0]}, {result['df'][1]}) = "
-          f"{result['F']:.2f}, p = {_p_text(result['p'])} (chi2_F = {result['chi2']:.2f}, {k} methods, {n} cells)")
+          f"{result['F']:.2f}, p = {p_text(result['p'])} (chi2_F = {result['chi2']:.2f}, {k} methods, {n} cells)")
     if result["p"] < args.alpha:
         pairs = "; ".join(f"{b} ahead of {w} (by {g:.2f})" for b, w, g in result["differ"]) or "no pair"
         print(f"Nemenyi critical difference at alpha {args.alpha:g}: CD = {result['cd']:.2f} (q = {result['q']:.3f}); "

@@ -214,7 +214,7 @@ def aggregate(runs: pd.DataFrame, column: str) -> pd.DataFrame:
     return out
 
 
-ROW_KEYS = ("label", "dataset", "imbalance", "noise_type", "noise_rate", "preset", "model")
+ROW_KEYS = ("label", *CELL_FIELDS)
 
 
 def per_seed(runs: pd.DataFrame, column: str) -> pd.DataFrame:

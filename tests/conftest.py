@@ -10,25 +10,36 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _every_eighth_sample(data, test_images=None, **dataset_changes):
+    """``data`` with every 8th sample of its pool, its first ``test_images`` test images (all if
+    None) and ``dataset_changes`` made to its dataset (e.g. ``augment=True``)."""
+    import dataclasses
+
+    dataset = data.dataset
+    if test_images is not None:
+        dataset_changes = {"x_test": dataset.x_test[:test_images], "y_test": dataset.y_test[:test_images],
+                           **dataset_changes}
+    every = slice(None, None, 8)
+    return dataclasses.replace(data, dataset=dataclasses.replace(dataset, **dataset_changes),
+                               train_index=data.train_index[every], train_y=data.train_y[every],
+                               train_clean_y=data.train_clean_y[every], is_noisy=data.is_noisy[every])
+
+
+@pytest.fixture
+def every_eighth_sample():
+    """The function that thins a run's data to every 8th pool sample (tests that build a Run)."""
+    return _every_eighth_sample
+
+
 @pytest.fixture
 def small_pools(monkeypatch):
     """Every 8th sample of each run's pool and the first 500 test images (CurveNet's probe must see
     its whole pool every epoch, so tests shorten epochs this way instead of cutting them)."""
-    import dataclasses
-
     import bench.execute
 
     real = bench.execute.load_data
-
-    def small(spec, data_dir=None):
-        data = real(spec, data_dir)
-        dataset = dataclasses.replace(data.dataset, x_test=data.dataset.x_test[:500], y_test=data.dataset.y_test[:500])
-        every = slice(None, None, 8)
-        return dataclasses.replace(data, dataset=dataset, train_index=data.train_index[every],
-                                   train_y=data.train_y[every], train_clean_y=data.train_clean_y[every],
-                                   is_noisy=data.is_noisy[every])
-
-    monkeypatch.setattr(bench.execute, "load_data", small)
+    monkeypatch.setattr(bench.execute, "load_data",
+                        lambda spec, data_dir=None: _every_eighth_sample(real(spec, data_dir), test_images=500))
 
 
 def _field_changed(value, name: str, params):

@@ -2,7 +2,6 @@
 pseudo-meta set, and the allocate schedule (meta-learning until the first drop, then frozen
 weights), on tiny inputs plus one short real run."""
 
-import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -443,17 +442,13 @@ def test_pseudo_meta_batches_and_fused_sizes(monkeypatch):
     assert CurveNetMethod.fused_sizes(CurveNetParams(**TINY), small) == ()
 
 
-def test_without_a_meta_set_every_sample_keeps_curvenets_initial_weight(monkeypatch):
+def test_without_a_meta_set_every_sample_keeps_curvenets_initial_weight(monkeypatch, every_eighth_sample):
     """--meta-per-class 0 with the clean meta set: CurveNet is never updated, so each sample's
     weight is the initial network's on its curve (about 1.009), i.e. CE; the fixed-weight step's
     loss is sum_i w_i l_i / B (lr 0 and one batch: the epoch's loss is that of the returned model)."""
     params = CurveNetParams(**TINY)
     run = make_run(params, epochs=1, warmup_epochs=0, milestones=(), meta_per_class=0, batch_size=4096, lr=0.0)
-    d, every = run.data, slice(None, None, 8)  # every 8th pool sample and 200 test images: fast
-    small = dataclasses.replace(d, dataset=dataclasses.replace(d.dataset, x_test=d.dataset.x_test[:200],
-                                                                y_test=d.dataset.y_test[:200]),
-                                train_index=d.train_index[every], train_y=d.train_y[every],
-                                train_clean_y=d.train_clean_y[every], is_noisy=d.is_noisy[every])
+    small = every_eighth_sample(run.data, test_images=200)  # fast
     run = Run(spec=run.spec, data=small, device=torch.device("cpu"), params=params)
     n = len(run.data.train_y)
     raw = torch.rand(4, n, generator=torch.Generator().manual_seed(0))

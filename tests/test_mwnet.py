@@ -193,18 +193,13 @@ def test_mwnet_needs_a_clean_meta_set():
     MWNet.check_spec(RunSpec(method="mwnet", meta_per_class=1))
 
 
-def test_final_losses_are_eval_mode_unaugmented_and_in_pool_order():
+def test_final_losses_are_eval_mode_unaugmented_and_in_pool_order(every_eighth_sample):
     """The recorded weight's input: each pool sample's CE in eval mode (running statistics, left
     unchanged), without augmentation even where training batches are augmented; train mode after."""
-    import dataclasses
-
     from methods.mwnet import final_losses
 
     run = make_run(MWNet, MWNetParams())
-    d, every = run.data, slice(None, None, 8)  # every 8th pool sample: fast
-    small = dataclasses.replace(d, dataset=dataclasses.replace(d.dataset, augment=True),
-                                train_index=d.train_index[every], train_y=d.train_y[every],
-                                train_clean_y=d.train_clean_y[every], is_noisy=d.is_noisy[every])
+    small = every_eighth_sample(run.data, augment=True)  # fast
     run = Run(spec=run.spec, data=small, device=torch.device("cpu"), params=run.params)
     torch.manual_seed(0)
     model = run.model().train()
