@@ -582,7 +582,8 @@ def make_parser() -> ArgumentParser:
                                ("compare", "compare", "is method A better than B: per cell, A - B with a confidence "
                                                       "interval and p, paired over seeds"),
                                ("rank", "rank", "several methods over the cells: average ranks, Friedman test and "
-                                                "Nemenyi critical difference (Demšar 2006)"),
+                                                "Nemenyi critical difference, or Holm's test against a control "
+                                                "(Demšar 2006)"),
                                ("forget", "forget", "remove runs from a store (listed; --yes deletes them), so that "
                                                     "bench run trains them again")):
         p = sub.add_parser(name, help=text)

@@ -16,10 +16,24 @@ average rank; then
   studentized range quantile for k groups and infinite degrees of freedom over sqrt 2 (Demšar's
   Table 5a: 2.343 for k = 3, 2.569 for 4, ..., 3.164 for 10).
 
-The table also gives each row's mean over the cells and the cells where it alone ranked first.
-Both tests are approximations that want many cells: with few (Demšar's example has 14 data sets)
-read the ranks, not the p-value. Two rows: ``bench compare A B`` (per cell intervals, Wilcoxon
-over cells). Reads the store only (no torch).
+With ``--control C`` (a new method against the baselines, say), each other row is compared with C
+alone, as Demšar recommends for that question instead of Nemenyi's all-pairs test (fewer
+hypotheses, more power): z = (R_j - R_C) / sqrt(k (k+1) / (6 N)), its two-sided normal p-value,
+and **Holm's step-down procedure**: the p-values in ascending order p_1 <= ... <= p_(k-1), H_i
+rejected while p_i < alpha / (k - i), and every later one kept from the first that is not. The
+Bonferroni-Dunn critical difference, CD = q sqrt(k (k+1) / (6 N)) with q the normal quantile at
+1 - alpha / (2 (k-1)) (Demšar's Table 5b: 2.241 for k = 3, 2.394 for 4, ..., 2.773 for 10), is
+given beside it (Holm rejects whatever it rejects, and more). As with Nemenyi, the verdicts are
+drawn only where the Friedman test rejects (Demšar's post-hoc tests).
+
+``--metric noise_auroc|tail_auroc`` ranks how each row separates clean from mislabelled training
+samples (``bench.analysis``) instead of accuracy; rows that keep no trust (CE, Focal) have no
+value there, and are left out when no rows are named.
+
+The table also gives each row's mean over the cells and the cells where it ranked first, alone
+or tied with others. Both tests are approximations that want many cells: with few (Demšar's
+example has 14 data sets) read the ranks, not the p-value. Two rows: ``bench compare A B`` (per
+cell intervals, Wilcoxon over cells). Reads the store only (no torch).
 """
 
 from __future__ import annotations
@@ -31,7 +45,14 @@ import sys
 import numpy as np
 import pandas as pd
 
-from bench.analysis import average_ranks
+from bench.analysis import (
+    NO_SEPARATION,
+    SEPARATION,
+    SEPARATION_TITLES,
+    average_ranks,
+    reading_progress,
+    with_separation,
+)
 from bench.compare import p_text, resolve
 from bench.errors import BenchError
 from bench.summary import CELL_FIELDS, GROUPS, cell_labels, json_ready, metric_column, per_seed, row_labels, text_table
@@ -44,10 +65,15 @@ def add_arguments(parser) -> None:
                         help="rows as `bench table` labels them (CurveNet, MW-Net(noise), 'CE [epochs=3]') or registry "
                              "names; at least 3 (default: every row of the store)")
     parser.add_argument("--store", default=DEFAULT_STORE, help=f"results store to read (default ./{DEFAULT_STORE})")
-    parser.add_argument("--metric", choices=("last", "best"), default="last",
-                        help="last-epoch test accuracy (the returned model; default) or best-epoch")
+    parser.add_argument("--metric", choices=("last", "best", *SEPARATION), default="last",
+                        help="last-epoch test accuracy (the returned model; default) or best-epoch; or how well the "
+                             "method's trust separates clean from mislabelled training samples (all of them, or "
+                             "the tail classes'; `bench table --metric noise_auroc`)")
     parser.add_argument("--group", choices=GROUPS, default="all", help="all classes, or one shot group")
-    parser.add_argument("--alpha", type=float, default=0.05, help="significance level of both tests (default 0.05)")
+    parser.add_argument("--control", metavar="METHOD",
+                        help="compare every other row with this one only (Holm's step-down procedure, Demšar "
+                             "§3.2.2), not every pair (Nemenyi)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the tests (default 0.05)")
     parser.add_argument("--format", choices=("md", "csv", "json"), default="md",
                         help="markdown (default), CSV (one row per method) or JSON (numbers as numbers)")
 
@@ -99,6 +125,32 @@ def friedman_nemenyi(means: pd.DataFrame, alpha: float = 0.05) -> dict:
             "p": p, "alpha": alpha, "q": q, "cd": cd, "differ": differ}
 
 
+def holm_versus_control(average_rank: pd.Series, control: str, cells: int, alpha: float = 0.05) -> dict:
+    """Demšar §3.2.2's comparison of every method with a ``control`` from their average ranks over
+    ``cells`` data sets: per other method (the most significant first) its ``z`` = (R_j - R_control)
+    / SE with SE = sqrt(k (k+1) / (6 N)) (positive: ranked below the control), the two-sided normal
+    ``p``, Holm's threshold ``alpha / (k - i)`` for the i-th smallest p, and ``differs`` (rejected:
+    p under its threshold, and every smaller p under its own); and the Bonferroni-Dunn ``q`` (the normal
+    quantile at 1 - alpha / (2 (k-1))) and critical difference ``cd`` = q SE."""
+    from scipy import stats
+
+    k = len(average_rank)
+    if control not in average_rank.index or k < 2 or cells < 1:
+        raise ValueError(f"needs the control {control!r} among at least 2 ranked methods and 1 cell")
+    se = math.sqrt(k * (k + 1) / (6 * cells))
+    others = [m for m in average_rank.index if m != control]
+    z = {m: (float(average_rank[m]) - float(average_rank[control])) / se for m in others}
+    p = {m: float(2 * stats.norm.sf(abs(z[m]))) for m in others}
+    rows, rejecting = [], True
+    for i, m in enumerate(sorted(others, key=lambda m: p[m]), start=1):
+        threshold = alpha / (k - i)
+        rejecting = rejecting and p[m] < threshold
+        rows.append({"method": m, "average_rank": float(average_rank[m]), "z": z[m], "p": p[m],
+                     "holm_alpha": threshold, "differs": rejecting})
+    q = float(stats.norm.ppf(1 - alpha / (2 * (k - 1))))
+    return {"control": control, "se": se, "rows": rows, "q": q, "cd": q * se, "alpha": alpha}
+
+
 def _resolve_rows(names: list[str], runs: pd.DataFrame) -> list[str]:
     if not names:
         return sorted(set(row_labels(runs))) if len(runs) else []
@@ -109,18 +161,45 @@ def _resolve_rows(names: list[str], runs: pd.DataFrame) -> list[str]:
     return rows
 
 
-def main(args) -> int:
+def _read(args, column: str) -> tuple[pd.DataFrame, list[str], str | None]:
+    """The store's finished runs (with the separation columns of the compared rows' runs for a
+    separation metric), the rows to rank, those without a value of ``column`` left out (with a
+    note) when none were named, an error when one named has none, and the control's row."""
     from bench.store import Store
 
-    if not 0 < args.alpha < 1:
-        raise BenchError(f"--alpha must lie in (0, 1), got {args.alpha:g}")
-    column = metric_column(args.metric, args.group)
     store = Store(args.store, create=False)
     try:
         runs = store.runs("done")
+        rows = _resolve_rows(args.rows, runs)
+        control = resolve(args.control, runs) if args.control else None
+        if control is not None and control not in rows:
+            if args.rows:
+                raise BenchError(f"the control {control} is not among the rows named; name it with them")
+            rows.append(control)
+        if column in SEPARATION:
+            mine = np.isin(row_labels(runs), rows) if len(runs) else np.array([], bool)
+            runs = runs.assign(**{c: np.nan for c in SEPARATION})
+            runs.loc[mine, list(SEPARATION)] = with_separation(store, runs[mine], progress=reading_progress)[
+                list(SEPARATION)]
     finally:
         store.close()
-    rows = _resolve_rows(args.rows, runs)
+    values = per_seed(runs, column)
+    has_value = set(values.loc[values["value"].notna(), "label"])
+    lacking = [r for r in rows if r not in has_value]
+    if lacking:
+        why = f" ({NO_SEPARATION[column]})" if column in SEPARATION else ""
+        if args.rows or (control is not None and control in lacking):
+            raise BenchError(f"no {column} value for {', '.join(lacking)}{why}")
+        rows = [r for r in rows if r in has_value]
+        print(f"note: left out, as they have no {column} value{why}: {', '.join(lacking)}", file=sys.stderr)
+    return runs, rows, control
+
+
+def main(args) -> int:
+    if not 0 < args.alpha < 1:
+        raise BenchError(f"--alpha must lie in (0, 1), got {args.alpha:g}")
+    column = metric_column(args.metric, args.group)
+    runs, rows, control_row = _read(args, column)
     if len(rows) < 3:
         raise BenchError(f"bench rank compares at least 3 rows, got {len(rows)} ({', '.join(rows) or 'none'}); "
                          "for two, `bench compare A B`")
@@ -132,39 +211,41 @@ def main(args) -> int:
                          f"finished run ({column}); ranking needs at least 2: name fewer rows, or see which are "
                          "missing with `bench table`")
     result = friedman_nemenyi(complete, args.alpha)
+    control = holm_versus_control(result["average_rank"], control_row, result["cells"],
+                                  args.alpha) if control_row else None
+    if control is not None and not result["p"] < args.alpha:  # post hoc: no verdict unless Friedman rejects
+        control["rows"] = [{**row, "differs": None} for row in control["rows"]]
     avg = result["average_rank"]
     order = list(avg.sort_values(kind="stable").index)
+    best = complete.max(axis=1)
+    winners = complete.eq(best, axis=0)
+    alone = winners.sum(axis=1) == 1
     table = pd.DataFrame({"method": order, "average_rank": [float(avg[r]) for r in order],
                           "mean": [float(complete[r].mean()) for r in order],
-                          "first": [int((result["ranks"][r] == 1).sum()) for r in order],
+                          "first": [int((winners[r] & alone).sum()) for r in order],
+                          "first_tied": [int((winners[r] & ~alone).sum()) for r in order],
                           "cells": result["cells"]})
+    if control is not None:
+        versus = {row["method"]: row for row in control["rows"]}
+        table = table.assign(**{f"{key}_vs_control": [versus[m][key] if m in versus else None for m in order]
+                                for key in ("z", "p", "holm_alpha", "differs")})
     if args.format == "csv":
         print(table.to_csv(index=False).rstrip("\n"))
         return 0
     if args.format == "json":
         tests = {k: result[k] for k in ("cells", "methods", "chi2", "F", "p", "alpha", "q", "cd")}
-        print(json.dumps({"metric": column, "rows": [json_ready(r) for r in table.to_dict(orient="records")],
-                          **json_ready(tests), "df": list(result["df"]),
-                          "differ": [{"better": b, "worse": w, "gap": g} for b, w, g in result["differ"]],
-                          "cells_left_out": list(cell_labels(left_out.reset_index()))}, indent=1))
+        out = {"metric": column, "rows": [json_ready(r) for r in table.to_dict(orient="records")],
+               **json_ready(tests), "df": list(result["df"]),
+               "differ": [{"better": b, "worse": w, "gap": g} for b, w, g in result["differ"]],
+               "cells_left_out": list(cell_labels(left_out.reset_index()))}
+        if control is not None:
+            out["control"] = {"method": control["control"], "se": control["se"], "bonferroni_dunn_q": control["q"],
+                              "bonferroni_dunn_cd": control["cd"], "drawn": result["p"] < args.alpha,
+                              "holm": [json_ready(r) for r in control["rows"]]}
+        print(json.dumps(out, indent=1))
         return 0
-    group = "" if args.group == "all" else f", {args.group}-shot classes"
-    print(f"average ranks over {result['cells']} cells (1 = best in a cell; test accuracy (%), {args.metric} "
-          f"epoch{group}, each method's mean over its seeds per cell)\n")
-    print(text_table(pd.DataFrame({
-        "method": order, "average rank": [f"{avg[r]:.2f}" for r in order],
-        "mean over the cells": [f"{m:.2f}" for m in table["mean"]],
-        "ranked first": [f"{f}/{result['cells']}" for f in table["first"]]})))
-    k, n = result["methods"], result["cells"]
-    print(f"\nFriedman test, Iman-Davenport F_F (Demšar §3.2.2): F({result['df'][0]}, {result['df'][1]}) = "
-          f"{result['F']:.2f}, p = {p_text(result['p'])} (chi2_F = {result['chi2']:.2f}, {k} methods, {n} cells)")
-    if result["p"] < args.alpha:
-        pairs = "; ".join(f"{b} ahead of {w} (by {g:.2f})" for b, w, g in result["differ"]) or "no pair"
-        print(f"Nemenyi critical difference at alpha {args.alpha:g}: CD = {result['cd']:.2f} (q = {result['q']:.3f}); "
-              f"average ranks at least CD apart differ: {pairs}")
-    else:
-        print(f"at alpha {args.alpha:g} the Friedman test does not reject that the methods perform alike, so no "
-              f"pair is tested (Nemenyi CD would be {result['cd']:.2f})")
+    _print_markdown(args, column, result, table, order, control)
+    n = result["cells"]
     if n < 10:
         print(f"note: {n} cells are few for these approximate tests (Demšar's example has 14 data sets): read "
               "the ranks more than p", file=sys.stderr)
@@ -173,3 +254,48 @@ def main(args) -> int:
         print(f"note: {len(left_out)} cell{'s' * (len(left_out) > 1)} left out, where not every method has a "
               f"finished run: {shown}", file=sys.stderr)
     return 0
+
+
+def _print_markdown(args, column: str, result: dict, table: pd.DataFrame, order: list[str], control) -> None:
+    avg, k, n = result["average_rank"], result["methods"], result["cells"]
+    if column in SEPARATION:
+        quantity = SEPARATION_TITLES[column].split(":")[0]
+    else:
+        group = "" if args.group == "all" else f", {args.group}-shot classes"
+        quantity = f"test accuracy (%), {args.metric} epoch{group}"
+    print(f"average ranks over {n} cells (1 = best in a cell; {quantity}, each method's mean over its seeds "
+          "per cell)\n")
+    print(text_table(pd.DataFrame({
+        "method": order, "average rank": [f"{avg[r]:.2f}" for r in order],
+        "mean over the cells": [f"{m:.2f}" for m in table["mean"]],
+        "ranked first": [f"{f}/{n}" + (f" (+{t} tied)" if t else "")
+                         for f, t in zip(table["first"], table["first_tied"])]})))
+    rejected = result["p"] < args.alpha
+    print(f"\nFriedman test, Iman-Davenport F_F (Demšar §3.2.2): F({result['df'][0]}, {result['df'][1]}) = "
+          f"{result['F']:.2f}, p = {p_text(result['p'])} (chi2_F = {result['chi2']:.2f}, {k} methods, {n} cells)")
+    if control is None and rejected:
+        pairs = "; ".join(f"{b} ahead of {w} (by {g:.2f})" for b, w, g in result["differ"]) or "no pair"
+        print(f"Nemenyi critical difference at alpha {args.alpha:g}: CD = {result['cd']:.2f} (q = {result['q']:.3f}); "
+              f"average ranks at least CD apart differ: {pairs}")
+    elif control is None:
+        print(f"at alpha {args.alpha:g} the Friedman test does not reject that the methods perform alike, so no "
+              f"pair is tested (Nemenyi CD would be {result['cd']:.2f})")
+    else:
+        c = control["control"]
+        print(f"\nagainst the control {c} (Demšar §3.2.2): z = (R_j - R_{c}) / SE with R_{c} = {avg[c]:.2f} and SE "
+              f"= sqrt(k (k+1) / (6 N)) = {control['se']:.3f}, two-sided p, Holm's step-down procedure at alpha "
+              f"{args.alpha:g} (the smallest p first)\n")
+        print(text_table(pd.DataFrame({
+            "method": [r["method"] for r in control["rows"]],
+            "average rank": [f"{r['average_rank']:.2f}" for r in control["rows"]],
+            "z": [f"{r['z']:+.2f}" for r in control["rows"]], "p": [p_text(r["p"]) for r in control["rows"]],
+            "Holm's alpha": [f"{r['holm_alpha']:.4f}" for r in control["rows"]],
+            f"differs from {c}": ["not drawn" if r["differs"] is None else "no" if not r["differs"] else
+                                  f"yes: {'below' if r['z'] > 0 else 'above'} {c}" for r in control["rows"]]})))
+        if rejected:
+            print(f"Bonferroni-Dunn critical difference: CD = {control['cd']:.2f} (q = {control['q']:.3f}): average "
+                  f"ranks at least CD from {c}'s differ from it; Holm's procedure (above) rejects whatever this "
+                  "rejects, and may reject more")
+        else:
+            print(f"at alpha {args.alpha:g} the Friedman test does not reject that the methods perform alike, so no "
+                  "verdict is drawn from these p-values")

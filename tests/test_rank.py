@@ -2,6 +2,7 @@
 and Nemenyi's critical difference (Demšar, JMLR 2006, §3.2.2), checked against the paper's worked
 example and scipy, and on a store of made-up accuracies worked out by hand."""
 
+import io
 import json
 import math
 import sys
@@ -13,7 +14,7 @@ import pytest
 from scipy import stats
 
 from bench.cli import main
-from bench.rank import friedman_nemenyi
+from bench.rank import friedman_nemenyi, holm_versus_control
 from bench.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
@@ -42,6 +43,36 @@ def test_demsars_worked_example():
     looser = friedman_nemenyi(table, alpha=0.10)
     assert round(looser["q"], 3) == 2.291 and round(looser["cd"], 2) == 1.12
     assert [(b, w) for b, w, _ in looser["differ"]] == [("C4.5+m+cf", "C4.5"), ("C4.5+m", "C4.5")]
+
+
+def test_holm_against_a_control_on_demsars_example():
+    """§3.2.2's example with C4.5 as the control: SE = sqrt(4 * 5 / (6 * 14)) = 0.488; z = -2.42
+    (C4.5+m+cf, p = 0.016 < 0.05/3), -2.34 (C4.5+m, p = 0.019 < 0.05/2) and -0.51 (C4.5+cf, p =
+    0.608 > 0.05): Holm rejects the first two, where Nemenyi's CD (1.25, above) finds no pair; the
+    Bonferroni-Dunn q for k = 4 is 2.394 (Demšar's Table 5b), CD = 1.17."""
+    table = -pd.DataFrame(EXAMPLE_RANKS, columns=["C4.5", "C4.5+m", "C4.5+cf", "C4.5+m+cf"], dtype=float)
+    ranks = friedman_nemenyi(table)["average_rank"]
+    result = holm_versus_control(ranks, "C4.5", 14, alpha=0.05)
+    assert round(result["se"], 3) == 0.488 and round(result["q"], 3) == 2.394 and round(result["cd"], 2) == 1.17
+    rows = result["rows"]
+    assert [r["method"] for r in rows] == ["C4.5+m+cf", "C4.5+m", "C4.5+cf"]
+    assert [round(r["z"], 2) for r in rows] == [-2.42, -2.34, -0.51]
+    assert [round(r["p"], 3) for r in rows] == [0.016, 0.019, 0.608]
+    assert [round(r["holm_alpha"], 4) for r in rows] == [0.0167, 0.025, 0.05]
+    assert [r["differs"] for r in rows] == [True, True, False]
+
+
+def test_holm_stops_at_the_first_hypothesis_it_keeps():
+    """p = 0.02 and 0.02 against thresholds 0.05/3 and 0.05/2: the first is kept, so the second is
+    too, though 0.02 < 0.025; with the first at p = 0.01 both are rejected."""
+    se = math.sqrt(4 * 5 / (6 * 14))
+    z02, z01 = stats.norm.isf(0.01), stats.norm.isf(0.005)
+    ranks = pd.Series({"control": 1.0, "a": 1 + z02 * se, "b": 1 + z02 * se, "c": 1.1})
+    assert [r["differs"] for r in holm_versus_control(ranks, "control", 14)["rows"]] == [False, False, False]
+    ranks["a"] = 1 + z01 * se
+    rows = holm_versus_control(ranks, "control", 14)["rows"]
+    assert [(r["method"], r["differs"]) for r in rows] == [("a", True), ("b", True), ("c", False)]
+    assert rows[1]["p"] == pytest.approx(0.02) and rows[0]["z"] > 0  # ranked below the control: z > 0
 
 
 def test_friedman_statistic_is_scipys_without_ties_and_f_f_follows_it():
@@ -116,8 +147,73 @@ def test_rank_over_a_store_by_hand(tmp_path, capsys):
     assert "1 cell left out" in err and "imb200" in err.replace(" ", "") and "few" in err
 
 
+def test_rank_against_a_control_by_hand(tmp_path, capsys):
+    """Against MW-Net (average rank 4/3) over 3 cells, k = 3: SE = sqrt(3 * 4 / 18); Focal (3) z =
+    (5/3) / SE = 2.04, p = 0.041, CE (5/3) z = 0.41, p = 0.683. The Friedman test rejects at 0.05 (F(2,
+    4) = 7, p = 1 / 20.25 = 0.049); at 0.05 Holm's first threshold is 0.025, so neither differs; at
+    0.10 (0.05, then 0.10) Focal does; at 0.04 the Friedman test does not reject: no verdict."""
+    path = make_store(tmp_path / "s.sqlite", ACCURACIES)
+    assert main(["rank", "--control", "mwnet", "--store", str(path), "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["p"] == pytest.approx(1 / 20.25) and out["control"]["drawn"] is True
+    se = math.sqrt(3 * 4 / 18)
+    holm = {r["method"]: r for r in out["control"]["holm"]}
+    assert out["control"]["method"] == "MW-Net(noise)" and out["control"]["se"] == pytest.approx(se)
+    assert holm["Focal"]["z"] == pytest.approx(5 / 3 / se) and holm["CE"]["z"] == pytest.approx(1 / 3 / se)
+    assert holm["Focal"]["p"] == pytest.approx(2 * stats.norm.sf(5 / 3 / se))
+    assert [r["method"] for r in out["control"]["holm"]] == ["Focal", "CE"]
+    assert not holm["Focal"]["differs"] and holm["Focal"]["holm_alpha"] == 0.025
+    rows = {r["method"]: r for r in out["rows"]}
+    assert rows["Focal"]["differs_vs_control"] is False and rows["MW-Net(noise)"]["z_vs_control"] is None
+    assert main(["rank", "--control", "MW-Net", "--alpha", "0.1", "--store", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "against the control MW-Net(noise)" in text and "| Focal  " in text
+    assert "yes: below MW-Net(noise)" in text and text.count("| no ") == 1 and "Bonferroni-Dunn" in text
+    assert "Nemenyi" not in text
+    assert main(["rank", "--control", "mwnet", "--alpha", "0.04", "--store", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert text.count("not drawn") == 2 and "no verdict is drawn" in text
+    assert main(["rank", "--control", "mwnet", "--alpha", "0.04", "--store", str(path), "--format", "csv"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("method")
+    assert table["differs_vs_control"].isna().all() and table.loc["Focal", "holm_alpha_vs_control"] == 0.02
+
+
+def test_rank_of_separation_leaves_out_rows_without_trust_and_counts_shared_firsts(tmp_path, capsys):
+    """Two cells of the fake pool: CurveNet's weights (0.9 clean, 0.2 noisy) and O2U-Net's score
+    (high for noise) both separate perfectly (noise AUROC 100: tied first, rank 1.5 in each cell),
+    MW-Net's weight falls with a loss that is high for noise and tail alike; CE keeps no trust."""
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    for imbalance in (8, 16):
+        clean, noisy, _ = fake_store.fake_samples(0)
+        loss = np.where(noisy | np.isin(clean, [2, 3]), 2.0, 0.3) + np.random.default_rng(imbalance).normal(0, 0.1, 75)
+        fake_store.add_fake_trust_run(store, "curvenet", "CurveNet", {"weight": np.where(noisy, 0.2, 0.9)},
+                                      imbalance=imbalance)
+        fake_store.add_fake_trust_run(store, "mwnet", "MW-Net(noise)", {"weight": 1 / (1 + loss)}, imbalance=imbalance)
+        fake_store.add_fake_trust_run(store, "o2u", "O2U-Net", {"score": np.where(noisy, 3.0, 1.0)},
+                                      imbalance=imbalance)
+        fake_store.add_fake_trust_run(store, "ce", "CE", {}, imbalance=imbalance)
+    store.close()
+    assert main(["rank", "--metric", "noise_auroc", "--store", str(path), "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    assert "left out, as they have no noise_auroc value" in err and "CE" in err
+    result = json.loads(out)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) == {"CurveNet", "MW-Net(noise)", "O2U-Net"} and result["metric"] == "noise_auroc"
+    assert rows["CurveNet"]["average_rank"] == 1.5 and rows["O2U-Net"]["mean"] == 100.0
+    assert rows["CurveNet"]["first"] == 0 and rows["CurveNet"]["first_tied"] == 2
+    assert rows["MW-Net(noise)"]["average_rank"] == 3.0 and rows["MW-Net(noise)"]["first_tied"] == 0
+    assert main(["rank", "--metric", "tail_auroc", "--store", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("average ranks over 2 cells (1 = best in a cell; tail AUROC (%)") and "0/2 (+2 tied)" in text
+    assert main(["rank", "ce", "curvenet", "o2u", "--metric", "noise_auroc", "--store", str(path)]) == 2
+    assert "no noise_auroc value for CE (it needs a per-sample weight or selection score" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, message", [
     (["ce", "mwnet"], "at least 3 rows, got 2"),
+    (["--control", "nope"], "unknown method or row 'nope'"),
+    (["ce", "mwnet", "--control", "focal"], "the control Focal is not among the rows named"),
     (["ce", "mwnet", "CE"], "named twice: CE"),
     (["--alpha", "1"], "--alpha must lie in (0, 1)"),
     (["ce", "mwnet", "nope"], "unknown method or row 'nope'"),
