@@ -74,6 +74,9 @@ def add_arguments(parser) -> None:
                         help="compare every other row with this one only (Holm's step-down procedure, Demšar "
                              "§3.2.2), not every pair (Nemenyi)")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the tests (default 0.05)")
+    parser.add_argument("--plot", metavar="FILE",
+                        help="also draw the critical difference diagram (Demšar's Fig. 1, or Fig. 2 with --control) "
+                             "to FILE (.png, .pdf, .svg ...)")
     parser.add_argument("--format", choices=("md", "csv", "json"), default="md",
                         help="markdown (default), CSV (one row per method) or JSON (numbers as numbers)")
 
@@ -198,6 +201,10 @@ def _read(args, column: str) -> tuple[pd.DataFrame, list[str], str | None]:
 def main(args) -> int:
     if not 0 < args.alpha < 1:
         raise BenchError(f"--alpha must lie in (0, 1), got {args.alpha:g}")
+    if args.plot:
+        from bench.plots import check_out
+
+        args.plot = check_out(args.plot)
     column = metric_column(args.metric, args.group)
     runs, rows, control_row = _read(args, column)
     if len(rows) < 3:
@@ -215,6 +222,8 @@ def main(args) -> int:
                                   args.alpha) if control_row else None
     if control is not None and not result["p"] < args.alpha:  # post hoc: no verdict unless Friedman rejects
         control["rows"] = [{**row, "differs": None} for row in control["rows"]]
+    if args.plot:
+        _plot(args, column, result, control)
     avg = result["average_rank"]
     order = list(avg.sort_values(kind="stable").index)
     best = complete.max(axis=1)
@@ -256,15 +265,31 @@ def main(args) -> int:
     return 0
 
 
+def _quantity(args, column: str) -> str:
+    if column in SEPARATION:
+        return SEPARATION_TITLES[column].split(":")[0]
+    group = "" if args.group == "all" else f", {args.group}-shot classes"
+    return f"test accuracy (%), {args.metric} epoch{group}"
+
+
+def _plot(args, column: str, result: dict, control: dict | None) -> None:
+    from pathlib import Path
+
+    from bench.cd_diagram import draw
+
+    test = (f"Holm against {control['control']} (* differs)" if control else "Nemenyi: ranks joined by a line do "
+            "not differ")
+    verdict = (f"{test} at alpha {args.alpha:g}" if result["p"] < args.alpha
+               else f"the Friedman test does not reject at alpha {args.alpha:g}: no test drawn")
+    title = (f"average ranks over {result['cells']} cells, {_quantity(args, column)}\n"
+             f"Friedman p = {p_text(result['p'])}; {verdict}")
+    print(f"figure: {draw(result, Path(args.plot), title, control)}", file=sys.stderr)
+
+
 def _print_markdown(args, column: str, result: dict, table: pd.DataFrame, order: list[str], control) -> None:
     avg, k, n = result["average_rank"], result["methods"], result["cells"]
-    if column in SEPARATION:
-        quantity = SEPARATION_TITLES[column].split(":")[0]
-    else:
-        group = "" if args.group == "all" else f", {args.group}-shot classes"
-        quantity = f"test accuracy (%), {args.metric} epoch{group}"
-    print(f"average ranks over {n} cells (1 = best in a cell; {quantity}, each method's mean over its seeds "
-          "per cell)\n")
+    print(f"average ranks over {n} cells (1 = best in a cell; {_quantity(args, column)}, each method's mean over "
+          "its seeds per cell)\n")
     print(text_table(pd.DataFrame({
         "method": order, "average rank": [f"{avg[r]:.2f}" for r in order],
         "mean over the cells": [f"{m:.2f}" for m in table["mean"]],

@@ -229,3 +229,44 @@ def test_too_few_complete_cells_is_said(tmp_path, capsys):
     assert main(["rank", "--store", str(path)]) == 2
     assert "1 cell where all of CE, Focal, MW-Net(noise) have a finished run (acc_last); ranking needs at least 2" \
         in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the critical difference diagram
+
+def test_nemenyi_groups_on_demsars_example():
+    """At alpha 0.10 (CD 1.12) C4.5+m+cf, C4.5+m and C4.5+cf lie within CD of each other, and
+    C4.5+cf and C4.5 (gap 0.25), but not C4.5+m and C4.5 (1.14): two lines, as in Demšar's Fig. 1;
+    at 0.05 (CD 1.25) one line joins all four."""
+    from bench.cd_diagram import nemenyi_groups
+
+    table = -pd.DataFrame(EXAMPLE_RANKS, columns=["C4.5", "C4.5+m", "C4.5+cf", "C4.5+m+cf"], dtype=float)
+    looser = friedman_nemenyi(table, alpha=0.10)
+    assert nemenyi_groups(looser["average_rank"], looser["cd"]) == [["C4.5+m+cf", "C4.5+m", "C4.5+cf"],
+                                                                     ["C4.5+cf", "C4.5"]]
+    strict = friedman_nemenyi(table, alpha=0.05)
+    assert nemenyi_groups(strict["average_rank"], strict["cd"]) == [["C4.5+m+cf", "C4.5+m", "C4.5+cf", "C4.5"]]
+    apart = pd.Series({"a": 1.0, "b": 3.0, "c": 5.0})
+    assert nemenyi_groups(apart, 2.0) == [] and nemenyi_groups(apart, 2.01) == [["a", "b"], ["b", "c"]]
+
+
+def test_rank_plot_draws_the_diagram_beside_any_format(tmp_path, capsys):
+    import matplotlib
+
+    path = make_store(tmp_path / "s.sqlite", ACCURACIES)
+    out = tmp_path / "figs" / "cd.svg"
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text as text, to read it back
+        assert main(["rank", "--control", "mwnet", "--alpha", "0.1", "--store", str(path), "--plot", str(out),
+                     "--format", "json"]) == 0
+    stdout, err = capsys.readouterr()
+    assert json.loads(stdout)["control"]["method"] == "MW-Net(noise)" and f"figure: {out}" in err
+    svg = out.read_text()
+    assert "Focal * (3.00)" in svg and "CE (1.67)" in svg and "MW-Net(noise) (1.33)" in svg
+    assert "Holm against MW-Net(noise) (* differs) at alpha 0.1" in svg and "Bonferroni-Dunn CD" in svg
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        assert main(["rank", "--alpha", "0.04", "--store", str(path), "--plot", str(out)]) == 0
+    svg = out.read_text()
+    assert "no test drawn" in svg and "CD =" not in svg and "Focal (3.00)" in svg
+    assert main(["rank", "--store", str(path), "--plot", str(tmp_path / "cd")]) == 0
+    assert (tmp_path / "cd.png").stat().st_size > 0 and "figure:" in capsys.readouterr().err
+    assert main(["rank", "--store", str(path), "--plot", str(tmp_path / "cd.nope")]) == 2
+    assert "matplotlib cannot write .nope files" in capsys.readouterr().err
