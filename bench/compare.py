@@ -184,6 +184,12 @@ def p_text(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def p_is(p: float) -> str:
+    """A p-value in a sentence: ``p = 0.032``, ``p < 0.001`` or ``p = —``."""
+    text = p_text(p)
+    return f"p < {text[1:]}" if text.startswith("<") else f"p = {text}"
+
+
 def render(table: pd.DataFrame, a: str, b: str, confidence: float, fmt: str = "md", metric: str = "acc_last") -> str:
     """The comparison as Markdown, or as CSV / JSON records that say what was compared: ``a``,
     ``b``, ``metric`` (the store's column, e.g. ``acc_last``) and ``confidence`` in every CSV row
@@ -267,7 +273,7 @@ def main(args) -> int:
         summary = over_cells(table)
         print(f"\nover the {summary['cells']} cells: {a} ahead in {summary['ahead']}, mean Δ "
               f"{summary['mean_diff']:+.2f} (cells weighted equally); Wilcoxon signed-rank test of the cells' Δ: "
-              f"p = {p_text(summary['p'])}" + (f" ({summary['tested']} cells with Δ ≠ 0: with fewer than 6, p cannot "
+              f"{p_is(summary['p'])}" + (f" ({summary['tested']} cells with Δ ≠ 0: with fewer than 6, p cannot "
                                                   "fall below 0.05)" if summary["tested"] < 6 else ""))
     if args.format == "md" and not table.empty:
         print("\npaired: over the seeds both ran on the same data (t interval, paired t-test); Welch: unpaired "

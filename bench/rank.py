@@ -53,7 +53,7 @@ from bench.analysis import (
     reading_progress,
     with_separation,
 )
-from bench.compare import p_text, resolve
+from bench.compare import p_is, p_text, resolve
 from bench.errors import BenchError
 from bench.summary import CELL_FIELDS, GROUPS, cell_labels, json_ready, metric_column, per_seed, row_labels, text_table
 
@@ -282,7 +282,7 @@ def _plot(args, column: str, result: dict, control: dict | None) -> None:
     verdict = (f"{test} at alpha {args.alpha:g}" if result["p"] < args.alpha
                else f"the Friedman test does not reject at alpha {args.alpha:g}: no test drawn")
     title = (f"average ranks over {result['cells']} cells, {_quantity(args, column)}\n"
-             f"Friedman p = {p_text(result['p'])}; {verdict}")
+             f"Friedman {p_is(result['p'])}; {verdict}")
     print(f"figure: {draw(result, Path(args.plot), title, control)}", file=sys.stderr)
 
 
@@ -297,7 +297,7 @@ def _print_markdown(args, column: str, result: dict, table: pd.DataFrame, order:
                          for f, t in zip(table["first"], table["first_tied"])]})))
     rejected = result["p"] < args.alpha
     print(f"\nFriedman test, Iman-Davenport F_F (Demšar §3.2.2): F({result['df'][0]}, {result['df'][1]}) = "
-          f"{result['F']:.2f}, p = {p_text(result['p'])} (chi2_F = {result['chi2']:.2f}, {k} methods, {n} cells)")
+          f"{result['F']:.2f}, {p_is(result['p'])} (chi2_F = {result['chi2']:.2f}, {k} methods, {n} cells)")
     if control is None and rejected:
         pairs = "; ".join(f"{b} ahead of {w} (by {g:.2f})" for b, w, g in result["differ"]) or "no pair"
         print(f"Nemenyi critical difference at alpha {args.alpha:g}: CD = {result['cd']:.2f} (q = {result['q']:.3f}); "

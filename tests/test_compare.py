@@ -298,3 +298,9 @@ def test_a_paired_cell_shows_each_methods_mean_over_all_its_seeds(tmp_path, caps
     row = compared(capsys, "ce", "mwnet", "--store", str(path))[0].iloc[0]
     assert (row["test"], row["n"], row["wins"], row["diff"]) == ("paired", 2, "2/2", 1.5)
     assert (row["a_n"], row["b_n"], row["a_mean"], row["b_mean"]) == (3, 2, 74.0, 69.5)
+
+
+def test_p_values_read_as_sentences():
+    from bench.compare import p_is
+
+    assert p_is(0.0004) == "p < 0.001" and p_is(0.0316) == "p = 0.032" and p_is(math.nan) == "p = —"
