@@ -30,8 +30,9 @@ Choices and deviations:
   momentum 0.9, wd 5e-4, no Nesterov).
 - Augmentation: the protocol's, in all stages (the code's default ``--transforms false`` has
   none; its author recommends ``true``, issue #1).
-- Drop count: ``round(k N)``; the code keeps ``int((1 - k) N)``, i.e. drops ``N - int((1-k)N)``
-  (the same up to one sample from floating-point rounding).
+- Drop count: ``round(k N)``; the code keeps ``int((1 - k) N)``, i.e. drops ``N - int((1-k)N)``,
+  which is ``ceil(k N)`` for a kN that is not whole: one sample more than here where kN's
+  fraction lies below one half (k = 0.4, N = 16,683: 6,673 here, 6,674 there).
 - The cycle starts at epoch 0 (the code's loop starts at 1, so its first cycle is one epoch short).
 - Quick preset: 2 cycles of 5 epochs (lr 0.0082, 0.0064, 0.0046, 0.0028, 0.001), batch 16.
 

@@ -732,17 +732,19 @@ def test_a_sweep_trains_a_table_row_per_value_and_the_dry_run_names_the_values(t
 
 
 def test_epochs_says_which_methods_keep_their_own_stages(tmp_path, capsys):
-    """--epochs scales the classifier's schedule only: CurveNet's probe and O2U-Net's cycles keep
-    their length unless set, and the run says so once per method (a 2-epoch CurveNet run trains
-    30 probe epochs first)."""
+    """--epochs scales the classifier's schedule only: CurveNet's probe, O2U-Net's cycles and
+    Co-teaching's forget-rate ramp keep their length unless set, and the run says so once per
+    method (a 2-epoch CurveNet run trains 30 probe epochs first)."""
     args = ["run", "--dry-run", "--store", str(tmp_path / "s.sqlite"), "--seeds", "0,1"]
-    assert main([*args, "--methods", "curvenet,o2u,ce", "--epochs", "2"]) == 0
+    assert main([*args, "--methods", "curvenet,o2u,ce,coteaching", "--epochs", "2"]) == 0
     notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
     assert notes == [
         "bench: note: --epochs 2 shortens the classifier's schedule, not CurveNet's own stages "
         "(curvenet.probe_epochs=12, curvenet.half_period=3, curvenet.periods=3); shorten those with --set",
         "bench: note: --epochs 2 shortens the classifier's schedule, not O2U-Net's own stages "
-        "(o2u.cycle_length=5, o2u.cycles=2); shorten those with --set"]
+        "(o2u.cycle_length=5, o2u.cycles=2); shorten those with --set",
+        "bench: note: --epochs 2 shortens the classifier's schedule, not Co-teaching's own stages "
+        "(coteaching.t_k=1); shorten those with --set"]
     assert main([*args, "--methods", "curvenet", "--epochs", "2", "--set", "curvenet.probe_epochs=2",
                  "--set", "curvenet.periods=1", "--set", "curvenet.half_period=1"]) == 0
     assert main([*args, "--methods", "curvenet,o2u"]) == 0
