@@ -45,7 +45,8 @@ def draw(result: dict, out: Path, title: str, control: dict | None = None) -> Pa
     half = (k + 1) // 2
     rows = max(half, k - half)
     fig, ax = plt.subplots(figsize=(8, 1.6 + 0.32 * rows))
-    ax.set_xlim(0.3 - 0.9 * k / 4, k + 0.7 + 0.9 * k / 4)
+    left_edge, right_edge = 0.3 - 0.9 * k / 4, k + 0.7 + 0.9 * k / 4  # room for the names beside the axis
+    ax.set_xlim(left_edge, right_edge)
     ax.set_ylim(-(0.9 * rows + 0.6), 2.2)
     ax.axis("off")
     ax.hlines(0, 1, k, color="black", lw=1)
@@ -55,7 +56,7 @@ def draw(result: dict, out: Path, title: str, control: dict | None = None) -> Pa
     for i, (name, rank) in enumerate(avg.items()):
         left = i < half
         level = -(i + 1 if left else k - i) * 0.9
-        end = 0.3 - 0.9 * k / 4 + 0.9 if left else k + 0.7 + 0.9 * k / 4 - 0.9
+        end = left_edge + 0.9 if left else right_edge - 0.9
         ax.plot([rank, rank, end], [0, level, level], color="black", lw=0.8)
         label = f"{name}{' *' if name in differs else ''} ({rank:.2f})"
         weight = "bold" if control and name == control["control"] else "normal"
