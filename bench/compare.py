@@ -14,7 +14,9 @@ their accuracies Δ = A − B with a confidence interval and a two-sided p-value
   the means, Welch's interval and t-test (``scipy.stats.ttest_ind(equal_var=False)``).
 
 With fewer than two values there is no interval. The p-values are per cell: comparing over many
-cells, some will fall below 0.05 by chance (no correction is applied). Over several cells, the
+cells, some will fall below 0.05 by chance. ``p_holm`` ("Holm p") corrects them for the number of
+cells by Holm's step-down procedure (:func:`holm_adjusted`): the cells whose Holm p lies below
+alpha differ with at most an alpha chance that any of them does not. Over several cells, the
 question "is A better than B on this grid" is answered with the cells as the units: the two-sided
 Wilcoxon signed-rank test of the cells' Δ (Demšar, JMLR 2006; cells with Δ = 0 dropped, see
 :func:`over_cells`). "wins" counts the seeds where A beat B (paired only). A and B are rows as
@@ -46,7 +48,7 @@ from bench.summary import (
 )
 
 COLUMNS = ("cell", "dataset", "imbalance", "noise_type", "noise_rate", "preset", "model", "a_mean", "a_std", "a_n",
-           "b_mean", "b_std", "b_n", "test", "n", "diff", "ci_low", "ci_high", "p", "wins")
+           "b_mean", "b_std", "b_n", "test", "n", "diff", "ci_low", "ci_high", "p", "p_holm", "wins")
 
 
 def add_arguments(parser) -> None:
@@ -122,6 +124,19 @@ def welch(a: np.ndarray, b: np.ndarray, confidence: float) -> tuple[float, float
     return diff, diff - half, diff + half, p
 
 
+def holm_adjusted(p) -> np.ndarray:
+    """Holm's step-down adjusted p-values (Holm 1979), NaN kept as NaN: with the m finite p in
+    ascending order p_(1) <= ... <= p_(m), p_(i) becomes min(1, max_(j <= i) (m - j + 1) p_(j)). A
+    hypothesis is rejected by Holm's procedure at alpha exactly when its adjusted p is below alpha."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(len(p), np.nan)
+    finite = np.flatnonzero(~np.isnan(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = len(order)
+    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out
+
+
 def compare(runs: pd.DataFrame, a: str, b: str, column: str = "acc_last", confidence: float = 0.95) -> pd.DataFrame:
     """One row per cell where both rows ``a`` and ``b`` (labels) have values (``COLUMNS``)."""
     values = per_seed(runs, column)
@@ -149,6 +164,7 @@ def compare(runs: pd.DataFrame, a: str, b: str, column: str = "acc_last", confid
                      "test": test, "n": n, "diff": diff, "ci_low": low, "ci_high": high, "p": p, "wins": wins})
     out = pd.DataFrame(rows, columns=list(COLUMNS))
     out["cell"] = cell_labels(out)  # in the table's column order: a cell's clean column first
+    out["p_holm"] = holm_adjusted(out["p"])
     return out.sort_values(["dataset", "imbalance", "noise_rate", "noise_type", "preset", "model"],
                            kind="stable").reset_index(drop=True)
 
@@ -209,8 +225,11 @@ def render(table: pd.DataFrame, a: str, b: str, confidence: float, fmt: str = "m
         "Δ": [f"{d:+.2f}" for d in table["diff"]],
         ci: ["—" if math.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]" for lo, hi in zip(table["ci_low"], table["ci_high"])],
         "p": [p_text(p) for p in table["p"]],
+        "Holm p": [p_text(p) for p in table["p_holm"]],
         "test": [f"{t} (n={n})" for t, n in zip(table["test"], table["n"])],
         "A > B (seeds)": table["wins"]})
+    if len(table) < 2:  # one cell: nothing to correct for
+        shown = shown.drop(columns="Holm p")
     return text_table(shown)
 
 
@@ -277,7 +296,8 @@ def main(args) -> int:
                                                   "fall below 0.05)" if summary["tested"] < 6 else ""))
     if args.format == "md" and not table.empty:
         print("\npaired: over the seeds both ran on the same data (t interval, paired t-test); Welch: unpaired "
-              "(no shared seed with the same data). p is per cell, two-sided, not corrected for the number of "
-              "cells; with one value per side there is no interval.")
+              "(no shared seed with the same data). p is per cell, two-sided; Holm p corrects it for the number "
+              "of cells (Holm's step-down procedure: the cells whose Holm p lies below 0.05 differ, with at most a "
+              "5% chance that any of them does not); with one value per side there is no interval.")
     _say_protocols(runs, a, b)
     return 0

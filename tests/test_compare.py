@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from bench.cli import main
 from bench.store import Store
@@ -235,6 +236,20 @@ def test_p_values_between_a_thousandth_and_a_hundredth_are_shown_with_three_deci
     assert main(["compare", "ce", "mwnet", "--store", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"| {p:.3f} " in out and "| <0.001 |" in out  # the imb100 cell: differences 10, 10.001, 10.002
+    table, _ = compared(capsys, "ce", "mwnet", "--store", str(path))  # Holm over 2 cells: 2 p_min, then p
+    p_min = table["p"].min()
+    assert table["p_holm"].tolist() == pytest.approx([p, 2 * p_min]) and 2 * p_min < p
+    assert "Holm p corrects it for the number of cells" in out
+
+
+def test_holm_adjusted_p_values():
+    """Sorted 0.01, 0.03, 0.04 of m = 3: 3 x 0.01, then max(0.03, 2 x 0.03), then max(0.06, 1 x 0.04);
+    NaN stays NaN and is not counted; 0.5 and 0.6 of m = 2: 1.0 (capped), then max(1.0, 0.6)."""
+    from bench.compare import holm_adjusted
+
+    out = holm_adjusted([0.01, 0.04, 0.03, math.nan])
+    assert out[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(out[3])
+    assert holm_adjusted([0.5, 0.6]).tolist() == [1.0, 1.0] and len(holm_adjusted([])) == 0
 
 
 def _cells_store(path, diffs):
