@@ -53,7 +53,7 @@ from bench.analysis import (
     reading_progress,
     with_separation,
 )
-from bench.compare import p_is, p_text, resolve
+from bench.compare import holm_adjusted, p_is, p_text, resolve
 from bench.errors import BenchError
 from bench.summary import CELL_FIELDS, GROUPS, cell_labels, json_ready, metric_column, per_seed, row_labels, text_table
 
@@ -132,8 +132,9 @@ def holm_versus_control(average_rank: pd.Series, control: str, cells: int, alpha
     """Demšar §3.2.2's comparison of every method with a ``control`` from their average ranks over
     ``cells`` data sets: per other method (the most significant first) its ``z`` = (R_j - R_control)
     / SE with SE = sqrt(k (k+1) / (6 N)) (positive: ranked below the control), the two-sided normal
-    ``p``, Holm's threshold ``alpha / (k - i)`` for the i-th smallest p, and ``differs`` (rejected:
-    p under its threshold, and every smaller p under its own); and the Bonferroni-Dunn ``q`` (the normal
+    ``p``, Holm's threshold ``alpha / (k - i)`` for the i-th smallest p, ``p_holm`` (the Holm-adjusted
+    p, :func:`bench.compare.holm_adjusted`: below alpha exactly when rejected) and ``differs``
+    (rejected: p under its threshold, and every smaller p under its own); and the Bonferroni-Dunn ``q`` (the normal
     quantile at 1 - alpha / (2 (k-1))) and critical difference ``cd`` = q SE."""
     from scipy import stats
 
@@ -144,12 +145,14 @@ def holm_versus_control(average_rank: pd.Series, control: str, cells: int, alpha
     others = [m for m in average_rank.index if m != control]
     z = {m: (float(average_rank[m]) - float(average_rank[control])) / se for m in others}
     p = {m: float(2 * stats.norm.sf(abs(z[m]))) for m in others}
+    ordered = sorted(others, key=lambda m: p[m])
+    adjusted = holm_adjusted([p[m] for m in ordered])
     rows, rejecting = [], True
-    for i, m in enumerate(sorted(others, key=lambda m: p[m]), start=1):
+    for i, m in enumerate(ordered, start=1):
         threshold = alpha / (k - i)
         rejecting = rejecting and p[m] < threshold
         rows.append({"method": m, "average_rank": float(average_rank[m]), "z": z[m], "p": p[m],
-                     "holm_alpha": threshold, "differs": rejecting})
+                     "holm_alpha": threshold, "p_holm": float(adjusted[i - 1]), "differs": rejecting})
     q = float(stats.norm.ppf(1 - alpha / (2 * (k - 1))))
     return {"control": control, "se": se, "rows": rows, "q": q, "cd": q * se, "alpha": alpha}
 
@@ -235,7 +238,7 @@ def main(args) -> int:
     if control is not None:
         versus = {row["method"]: row for row in control["rows"]}
         table = table.assign(**{f"{key}_vs_control": [versus[m][key] if m in versus else None for m in order]
-                                for key in ("z", "p", "holm_alpha", "differs")})
+                                for key in ("z", "p", "holm_alpha", "p_holm", "differs")})
     if args.format == "csv":
         print(table.to_csv(index=False).rstrip("\n"))
         return 0
@@ -313,6 +316,7 @@ def _print_markdown(args, column: str, result: dict, table: pd.DataFrame, order:
             "average rank": [f"{r['average_rank']:.2f}" for r in control["rows"]],
             "z": [f"{r['z']:+.2f}" for r in control["rows"]], "p": [p_text(r["p"]) for r in control["rows"]],
             "Holm's alpha": [f"{r['holm_alpha']:.4f}" for r in control["rows"]],
+            "Holm p": [p_text(r["p_holm"]) for r in control["rows"]],
             f"differs from {c}": ["not drawn" if r["differs"] is None else "no" if not r["differs"] else
                                   f"yes: {'below' if r['z'] > 0 else 'above'} {c}" for r in control["rows"]]})))
         if rejected:

@@ -60,6 +60,8 @@ def test_holm_against_a_control_on_demsars_example():
     assert [round(r["p"], 3) for r in rows] == [0.016, 0.019, 0.608]
     assert [round(r["holm_alpha"], 4) for r in rows] == [0.0167, 0.025, 0.05]
     assert [r["differs"] for r in rows] == [True, True, False]
+    # adjusted: 3 x 0.0157, then max(that, 2 x 0.0192) = 0.047 (monotone), then 0.608
+    assert [r["p_holm"] for r in rows] == pytest.approx([3 * rows[0]["p"], 3 * rows[0]["p"], rows[2]["p"]])
 
 
 def test_holm_stops_at_the_first_hypothesis_it_keeps():
@@ -72,6 +74,7 @@ def test_holm_stops_at_the_first_hypothesis_it_keeps():
     ranks["a"] = 1 + z01 * se
     rows = holm_versus_control(ranks, "control", 14)["rows"]
     assert [(r["method"], r["differs"]) for r in rows] == [("a", True), ("b", True), ("c", False)]
+    assert [r["p_holm"] < 0.05 for r in rows] == [True, True, False]  # rejected exactly below alpha
     assert rows[1]["p"] == pytest.approx(0.02) and rows[0]["z"] > 0  # ranked below the control: z > 0
 
 
