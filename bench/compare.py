@@ -295,9 +295,10 @@ def main(args) -> int:
               f"{p_is(summary['p'])}" + (f" ({summary['tested']} cells with Δ ≠ 0: with fewer than 6, p cannot "
                                                   "fall below 0.05)" if summary["tested"] < 6 else ""))
     if args.format == "md" and not table.empty:
+        holm = ("; Holm p corrects it for the number of cells (Holm's step-down procedure: the cells whose Holm p "
+                "lies below 0.05 differ, with at most a 5% chance that any of them does not)" if len(table) > 1 else "")
         print("\npaired: over the seeds both ran on the same data (t interval, paired t-test); Welch: unpaired "
-              "(no shared seed with the same data). p is per cell, two-sided; Holm p corrects it for the number "
-              "of cells (Holm's step-down procedure: the cells whose Holm p lies below 0.05 differ, with at most a "
-              "5% chance that any of them does not); with one value per side there is no interval.")
+              f"(no shared seed with the same data). p is per cell, two-sided{holm}; with one value per side there "
+              "is no interval.")
     _say_protocols(runs, a, b)
     return 0

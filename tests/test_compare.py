@@ -92,6 +92,7 @@ def test_one_pair_gives_the_difference_without_an_interval(tmp_path, capsys):
     assert main(["compare", "ce", "mwnet", "--store", str(path)]) == 0
     out = capsys.readouterr().out
     assert "| +1.50 | —  " in out and "paired (n=1)" in out and out.startswith("CE vs MW-Net(noise)")
+    assert "Holm" not in out  # one cell: nothing to correct for
     data = json.loads((main(["compare", "ce", "mwnet", "--store", str(path), "--format", "json"]),
                        capsys.readouterr().out)[1])
     assert data["rows"][0]["p"] is None and data["a"] == "CE"
