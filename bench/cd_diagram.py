@@ -40,7 +40,7 @@ def draw(result: dict, out: Path, title: str, control: dict | None = None) -> Pa
     import matplotlib.pyplot as plt
 
     avg = result["average_rank"].sort_values(kind="stable")
-    k, drawn = len(avg), result["p"] < result["alpha"]
+    k, drawn = len(avg), result["rejects"]
     differs = {r["method"] for r in control["rows"] if r["differs"]} if control else set()
     half = (k + 1) // 2
     rows = max(half, k - half)

@@ -124,6 +124,22 @@ def welch(a: np.ndarray, b: np.ndarray, confidence: float) -> tuple[float, float
     return diff, diff - half, diff + half, p
 
 
+def with_rows_separation(store, runs: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
+    """``runs`` with the :data:`SEPARATION` columns, read from the samples of the runs of ``rows``
+    (labels) only; NaN for the others."""
+    mine = np.isin(row_labels(runs), rows) if len(runs) else np.array([], bool)
+    runs = runs.assign(**{c: np.nan for c in SEPARATION})
+    runs.loc[mine, list(SEPARATION)] = with_separation(store, runs[mine], progress=reading_progress)[list(SEPARATION)]
+    return runs
+
+
+def quantity(metric: str, group: str = "all") -> str:
+    """What ``--metric`` and ``--group`` measure, as the comparisons' headings say it."""
+    if metric in SEPARATION:
+        return SEPARATION_TITLES[metric].split(":")[0]
+    return f"test accuracy (%), {metric} epoch{'' if group == 'all' else f', {group}-shot classes'}"
+
+
 def holm_adjusted(p) -> np.ndarray:
     """Holm's step-down adjusted p-values (Holm 1979), NaN kept as NaN: with the m finite p in
     ascending order p_(1) <= ... <= p_(m), p_(i) becomes min(1, max_(j <= i) (m - j + 1) p_(j)). A
@@ -262,19 +278,13 @@ def main(args) -> int:
         a, b = resolve(args.a, runs), resolve(args.b, runs)
         if a == b:
             raise BenchError(f"A and B are the same row ({a})")
-        if args.metric in SEPARATION:  # read from the samples of A's and B's runs only
-            mine = np.isin(row_labels(runs), [a, b])
-            runs = runs.assign(**{c: np.nan for c in SEPARATION})
-            runs.loc[mine, list(SEPARATION)] = with_separation(store, runs[mine], progress=reading_progress)[
-                list(SEPARATION)]
+        if args.metric in SEPARATION:
+            runs = with_rows_separation(store, runs, [a, b])
     finally:
         store.close()
     table = compare(runs, a, b, column, args.confidence)
-    group = "" if args.group == "all" else f", {args.group}-shot classes"
-    quantity = (SEPARATION_TITLES[args.metric].split(":")[0] if args.metric in SEPARATION
-                else f"test accuracy (%), {args.metric} epoch{group}")
     if args.format == "md":
-        print(f"{a} vs {b}: {quantity}; Δ = {a} − {b}, mean ± sample std over seeds (n)\n")
+        print(f"{a} vs {b}: {quantity(args.metric, args.group)}; Δ = {a} − {b}, mean ± sample std over seeds (n)\n")
     if table.empty:
         why = ""
         if args.metric in SEPARATION:

@@ -45,15 +45,8 @@ import sys
 import numpy as np
 import pandas as pd
 
-from bench.analysis import (
-    NO_SEPARATION,
-    SEPARATION,
-    SEPARATION_TITLES,
-    average_ranks,
-    reading_progress,
-    with_separation,
-)
-from bench.compare import holm_adjusted, p_is, p_text, resolve
+from bench.analysis import NO_SEPARATION, SEPARATION, average_ranks
+from bench.compare import holm_adjusted, p_is, p_text, quantity, resolve, with_rows_separation
 from bench.errors import BenchError
 from bench.summary import CELL_FIELDS, GROUPS, cell_labels, json_ready, metric_column, per_seed, row_labels, text_table
 
@@ -96,8 +89,8 @@ def friedman_nemenyi(means: pd.DataFrame, alpha: float = 0.05) -> dict:
     """Demšar §3.2.2 on a complete cells x methods table of values (higher is better): ``ranks``
     (the per-cell ranks, 1 the best, ties averaged), ``average_rank`` per method, ``chi2``, the
     Iman-Davenport ``F`` with its degrees of freedom ``df`` and ``p``, the Nemenyi ``q`` and ``cd``,
-    and ``differ``: the pairs (better, worse, rank gap) whose average ranks are at least ``cd``
-    apart, listed only when ``p < alpha``."""
+    ``rejects`` (p < alpha: the post-hoc tests may be read), and ``differ``: the pairs (better, worse,
+    rank gap) whose average ranks are at least ``cd`` apart, listed only when it rejects."""
     from scipy import stats
 
     n, k = means.shape
@@ -116,8 +109,8 @@ def friedman_nemenyi(means: pd.DataFrame, alpha: float = 0.05) -> dict:
         p = float(stats.f.sf(f_stat, *df)) if math.isfinite(f_stat) else 0.0
     q = float(stats.studentized_range.ppf(1 - alpha, k, np.inf)) / math.sqrt(2)
     cd = q * math.sqrt(k * (k + 1) / (6 * n))
-    differ = []
-    if p < alpha:
+    differ, rejects = [], p < alpha
+    if rejects:
         order = avg.sort_values(kind="stable")
         for i, better in enumerate(order.index):
             for worse in order.index[i + 1:]:
@@ -125,7 +118,7 @@ def friedman_nemenyi(means: pd.DataFrame, alpha: float = 0.05) -> dict:
                 if gap >= cd:
                     differ.append((better, worse, gap))
     return {"cells": n, "methods": k, "ranks": ranks, "average_rank": avg, "chi2": chi2, "F": f_stat, "df": df,
-            "p": p, "alpha": alpha, "q": q, "cd": cd, "differ": differ}
+            "p": p, "alpha": alpha, "rejects": rejects, "q": q, "cd": cd, "differ": differ}
 
 
 def holm_versus_control(average_rank: pd.Series, control: str, cells: int, alpha: float = 0.05) -> dict:
@@ -146,13 +139,10 @@ def holm_versus_control(average_rank: pd.Series, control: str, cells: int, alpha
     z = {m: (float(average_rank[m]) - float(average_rank[control])) / se for m in others}
     p = {m: float(2 * stats.norm.sf(abs(z[m]))) for m in others}
     ordered = sorted(others, key=lambda m: p[m])
-    adjusted = holm_adjusted([p[m] for m in ordered])
-    rows, rejecting = [], True
-    for i, m in enumerate(ordered, start=1):
-        threshold = alpha / (k - i)
-        rejecting = rejecting and p[m] < threshold
-        rows.append({"method": m, "average_rank": float(average_rank[m]), "z": z[m], "p": p[m],
-                     "holm_alpha": threshold, "p_holm": float(adjusted[i - 1]), "differs": rejecting})
+    adjusted = holm_adjusted([p[m] for m in ordered])  # below alpha exactly where Holm's steps reject
+    rows = [{"method": m, "average_rank": float(average_rank[m]), "z": z[m], "p": p[m], "holm_alpha": alpha / (k - i),
+             "p_holm": float(adjusted[i - 1]), "differs": bool(adjusted[i - 1] < alpha)}
+            for i, m in enumerate(ordered, start=1)]
     q = float(stats.norm.ppf(1 - alpha / (2 * (k - 1))))
     return {"control": control, "se": se, "rows": rows, "q": q, "cd": q * se, "alpha": alpha}
 
@@ -181,10 +171,7 @@ def _read(args, column: str) -> tuple[pd.DataFrame, list[str], str | None]:
         if control is not None and control not in rows:  # `bench rank ce focal --control curvenet`: all three
             rows.append(control)
         if column in SEPARATION:
-            mine = np.isin(row_labels(runs), rows) if len(runs) else np.array([], bool)
-            runs = runs.assign(**{c: np.nan for c in SEPARATION})
-            runs.loc[mine, list(SEPARATION)] = with_separation(store, runs[mine], progress=reading_progress)[
-                list(SEPARATION)]
+            runs = with_rows_separation(store, runs, rows)
     finally:
         store.close()
     values = per_seed(runs, column)
@@ -221,10 +208,10 @@ def main(args) -> int:
     result = friedman_nemenyi(complete, args.alpha)
     control = holm_versus_control(result["average_rank"], control_row, result["cells"],
                                   args.alpha) if control_row else None
-    if control is not None and not result["p"] < args.alpha:  # post hoc: no verdict unless Friedman rejects
+    if control is not None and not result["rejects"]:  # post hoc: no verdict unless Friedman rejects
         control["rows"] = [{**row, "differs": None} for row in control["rows"]]
     if args.plot:
-        _plot(args, column, result, control)
+        _plot(args, result, control)
     avg = result["average_rank"]
     order = list(avg.sort_values(kind="stable").index)
     best = complete.max(axis=1)
@@ -250,11 +237,11 @@ def main(args) -> int:
                "cells_left_out": list(cell_labels(left_out.reset_index()))}
         if control is not None:
             out["control"] = {"method": control["control"], "se": control["se"], "bonferroni_dunn_q": control["q"],
-                              "bonferroni_dunn_cd": control["cd"], "drawn": result["p"] < args.alpha,
+                              "bonferroni_dunn_cd": control["cd"], "drawn": result["rejects"],
                               "holm": [json_ready(r) for r in control["rows"]]}
         print(json.dumps(out, indent=1))
         return 0
-    _print_markdown(args, column, result, table, order, control)
+    _print_markdown(args, result, table, order, control)
     n = result["cells"]
     if n < 10:
         print(f"note: {n} cells are few for these approximate tests (Demšar's example has 14 data sets): read "
@@ -266,40 +253,32 @@ def main(args) -> int:
     return 0
 
 
-def _quantity(args, column: str) -> str:
-    if column in SEPARATION:
-        return SEPARATION_TITLES[column].split(":")[0]
-    group = "" if args.group == "all" else f", {args.group}-shot classes"
-    return f"test accuracy (%), {args.metric} epoch{group}"
-
-
-def _plot(args, column: str, result: dict, control: dict | None) -> None:
+def _plot(args, result: dict, control: dict | None) -> None:
     from pathlib import Path
 
     from bench.cd_diagram import draw
 
     test = (f"Holm against {control['control']} (* differs)" if control else "Nemenyi: ranks joined by a line do "
             "not differ")
-    verdict = (f"{test} at alpha {args.alpha:g}" if result["p"] < args.alpha
+    verdict = (f"{test} at alpha {args.alpha:g}" if result["rejects"]
                else f"the Friedman test does not reject at alpha {args.alpha:g}: no test drawn")
-    title = (f"average ranks over {result['cells']} cells, {_quantity(args, column)}\n"
+    title = (f"average ranks over {result['cells']} cells, {quantity(args.metric, args.group)}\n"
              f"Friedman {p_is(result['p'])}; {verdict}")
     print(f"figure: {draw(result, Path(args.plot), title, control)}", file=sys.stderr)
 
 
-def _print_markdown(args, column: str, result: dict, table: pd.DataFrame, order: list[str], control) -> None:
+def _print_markdown(args, result: dict, table: pd.DataFrame, order: list[str], control) -> None:
     avg, k, n = result["average_rank"], result["methods"], result["cells"]
-    print(f"average ranks over {n} cells (1 = best in a cell; {_quantity(args, column)}, each method's mean over "
-          "its seeds per cell)\n")
+    print(f"average ranks over {n} cells (1 = best in a cell; {quantity(args.metric, args.group)}, each method's "
+          "mean over its seeds per cell)\n")
     print(text_table(pd.DataFrame({
         "method": order, "average rank": [f"{avg[r]:.2f}" for r in order],
         "mean over the cells": [f"{m:.2f}" for m in table["mean"]],
         "ranked first": [f"{f}/{n}" + (f" (+{t} tied)" if t else "")
                          for f, t in zip(table["first"], table["first_tied"])]})))
-    rejected = result["p"] < args.alpha
     print(f"\nFriedman test, Iman-Davenport F_F (Demšar §3.2.2): F({result['df'][0]}, {result['df'][1]}) = "
           f"{result['F']:.2f}, {p_is(result['p'])} (chi2_F = {result['chi2']:.2f}, {k} methods, {n} cells)")
-    if control is None and rejected:
+    if control is None and result["rejects"]:
         pairs = "; ".join(f"{b} ahead of {w} (by {g:.2f})" for b, w, g in result["differ"]) or "no pair"
         print(f"Nemenyi critical difference at alpha {args.alpha:g}: CD = {result['cd']:.2f} (q = {result['q']:.3f}); "
               f"average ranks at least CD apart differ: {pairs}")
@@ -319,7 +298,7 @@ def _print_markdown(args, column: str, result: dict, table: pd.DataFrame, order:
             "Holm p": [p_text(r["p_holm"]) for r in control["rows"]],
             f"differs from {c}": ["not drawn" if r["differs"] is None else "no" if not r["differs"] else
                                   f"yes: {'below' if r['z'] > 0 else 'above'} {c}" for r in control["rows"]]})))
-        if rejected:
+        if result["rejects"]:
             print(f"Bonferroni-Dunn critical difference: CD = {control['cd']:.2f} (q = {control['q']:.3f}): average "
                   f"ranks at least CD from {c}'s differ from it; Holm's procedure (above) rejects whatever this "
                   "rejects, and may reject more")
