@@ -39,6 +39,8 @@ def draw(result: dict, out: Path, title: str, control: dict | None = None) -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bench.plots import save_figure
+
     avg = result["average_rank"].sort_values(kind="stable")
     k, drawn = len(avg), result["rejects"]
     differs = {r["method"] for r in control["rows"] if r["differs"]} if control else set()
@@ -75,7 +77,4 @@ def draw(result: dict, out: Path, title: str, control: dict | None = None) -> Pa
         ax.text(rank, 1.2, f"Bonferroni-Dunn CD = {cd:.2f} around {control['control']}", ha="center",
                 va="bottom", fontsize=9)
     ax.set_title(title, fontsize=9)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=150, bbox_inches="tight")

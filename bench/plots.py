@@ -9,7 +9,8 @@
     reads (array ``curve``); the title says which.
 ``python -m bench plot weights --run KEY | --cell ...``
     Fig. 5: the final per-sample weights (per-sample value ``weight``, recorded by MW-Net and
-    CurveNet) of clean vs noisy samples, for every class (box plots, grouped by observed label).
+    CurveNet, and by Class-Balanced and LDAM-DRW as their classes' weights) of clean vs noisy
+    samples, for every class (box plots, grouped by observed label).
 
 ``python -m bench plot separation --cell DATASET:IMB:NOISE [--method M,...] [--seed S]``
     Noise against tail, every method of a cell side by side (our figure, not the paper's): each
@@ -27,6 +28,7 @@ written ``DATASET:IMBALANCE:NOISE`` with NOISE = ``none`` or ``TYPE:RATE``, e.g.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -55,7 +57,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--method", help="with --cell: method of the run to plot (default curvenet; separation: "
                                          "comma-separated methods, default all; registry names or the names "
                                          "tables show)")
-    parser.add_argument("--preset", help="only runs of this preset (quick or paper)")
+    from bench.spec import PRESETS
+
+    parser.add_argument("--preset", choices=tuple(PRESETS), help="only runs of this preset")
     parser.add_argument("--seed", type=int, help="training seed (default: the lowest stored)")
     parser.add_argument("--store", default=DEFAULT_STORE, help=f"results store to read (default ./{DEFAULT_STORE})")
     parser.add_argument("--out", help="figure file: .png, .pdf, .svg ... (no suffix: .png; default "
@@ -78,11 +82,23 @@ def parse_cell(text: str):
         else:
             dataset, imbalance, kind, rate = text.rsplit(":", 3)
         if dataset and (":" not in dataset or dataset.startswith("npz:")):
-            return Cell(dataset, float(imbalance), kind, float(rate))
+            return Cell(_dataset_name(dataset, text), float(imbalance), kind, float(rate))
     except ValueError:  # too few parts, or an imbalance or rate that is no number
         pass
     raise BenchError(f"malformed --cell {text!r}; expected DATASET:IMBALANCE:NOISE, e.g. fmnist-mini:10:flip2:0.4, "
                      "cifar10:50:none or npz:mine.npz:1:real")
+
+
+def _dataset_name(dataset: str, text: str) -> str:
+    """A cell's dataset: a built-in name (case aside) or ``npz:PATH``; else a BenchError."""
+    from bench.data.datasets import DATASET_NAMES
+
+    if dataset.startswith("npz:") or dataset in DATASET_NAMES:
+        return dataset
+    if dataset.lower() in DATASET_NAMES:
+        return dataset.lower()
+    raise BenchError(f"--cell {text!r}: unknown dataset {dataset!r}; the datasets are {', '.join(DATASET_NAMES)}, "
+                     "or npz:PATH")
 
 
 def matches_cell(runs: pd.DataFrame, cell) -> pd.Series:
@@ -229,16 +245,14 @@ def plot_curves(store, run: pd.Series, out: Path, classes: tuple[int, int] | Non
     axes[0].set_ylabel(kind.split(" (")[0])
     fig.suptitle(f"Fig. 1: {kind}, mean ± std over samples, by observed label\n{_title(run)}", fontsize=10)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
 
 
 def weight_groups(samples: pd.DataFrame) -> list[dict]:
     """Per observed class: the weights of its clean and of its noisy samples."""
     if "weight" not in samples.columns or samples["weight"].isna().all():
-        raise BenchError("the run stored no per-sample 'weight' (MW-Net and CurveNet record it)")
+        raise BenchError("the run stored no per-sample 'weight' (MW-Net and CurveNet record their weighting "
+                         "network's, Class-Balanced and LDAM-DRW their classes' weights; see `bench show KEY`)")
     out = []
     obs, noisy, w = samples["observed_label"].to_numpy(), samples["is_noisy"].to_numpy(), samples["weight"].to_numpy()
     for cls in range(int(obs.max()) + 1):
@@ -279,10 +293,7 @@ def plot_weights(store, run: pd.Series, out: Path) -> Path:
     ax.set_title(f"Fig. 5: weights of clean vs noisy samples per class (box: quartiles, whiskers 1.5 IQR)\n"
                  f"{_title(run)}", fontsize=10)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
 
 
 SEPARATION_GROUPS = (("clean, head", "tab:blue"), ("clean, tail", "tab:green"), ("mislabelled", "tab:red"))
@@ -342,10 +353,7 @@ def plot_separation(panels: list[dict], out: Path, title: str) -> Path:
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=110)
 
 
 def cell_argument(run) -> str:
@@ -398,21 +406,50 @@ def _plot_separation(store, args) -> int:
     return 0
 
 
-def check_out(out: str | None) -> str | None:
-    """``--out`` as the file to write: its suffix must be a format matplotlib writes (png, pdf, svg
-    ...); without one, ``.png`` is added (so the path printed is the file written)."""
-    if not out:
-        return out
+def check_out(out: str | None, option: str = "--out") -> str | None:
+    """``option``'s value as the file to write, checked before anything is drawn: its suffix must be
+    a format matplotlib writes (png, pdf, svg ...); without one, ``.png`` is added (so the path
+    printed is the file written); not a folder, and somewhere a file can be created (the nearest
+    existing folder above it writable). None: not given."""
+    if out is None:
+        return None
+    if not out.strip():
+        raise BenchError(f"{option} needs a file name, e.g. {option} figures/fig.png")
+    if out.endswith(("/", os.sep)) or Path(out).is_dir():
+        raise BenchError(f"{option} {out}: is a folder; give a file name in it, e.g. {Path(out) / 'fig.png'}")
     suffix = Path(out).suffix.lstrip(".").lower()
-    if not suffix:
-        return out + ".png"
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    if suffix:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
-    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
-    if suffix not in formats:
-        raise BenchError(f"--out {out}: matplotlib cannot write .{suffix} files; use one of "
-                         + ", ".join(f".{f}" for f in sorted(formats)))
+        formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
+        if suffix not in formats:
+            raise BenchError(f"{option} {out}: matplotlib cannot write .{suffix} files; use one of "
+                             + ", ".join(f".{f}" for f in sorted(formats)))
+    else:
+        out += ".png"
+    folder = Path(out).absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise BenchError(f"{option} {out}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BenchError(f"{option} {out}: cannot write in {folder} (permission denied)")
+    return out
+
+
+def save_figure(fig, out: Path, **savefig_options) -> Path:
+    """Write ``fig`` to ``out`` (creating its folder) and close it; a file system error (a read-only
+    mount, a full disk) is a one-line BenchError rather than a traceback."""
+    import matplotlib.pyplot as plt
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, **savefig_options)
+    except OSError as exc:
+        raise BenchError(f"cannot write the figure {out}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -420,6 +457,8 @@ def main(args) -> int:
     from bench.store import Store
 
     args.out = check_out(args.out)
+    if args.seed is not None and args.seed < 0:
+        raise BenchError(f"--seed must be 0 or more, got {args.seed}")
     if args.figure == "weights" and args.classes:
         raise BenchError("--classes picks the curves figure's two classes; the weights figure shows every class")
     if args.figure == "separation":
@@ -446,6 +485,8 @@ def main(args) -> int:
                 head, tail = (int(t) for t in args.classes.split(","))
             except ValueError:
                 raise BenchError(f"--classes must be HEAD,TAIL (two class indices), got {args.classes!r}") from None
+            if head == tail:
+                raise BenchError(f"--classes needs two different classes, got {args.classes!r}")
             classes = (head, tail)
         path = plot_curves(store, run, out, classes)
     else:

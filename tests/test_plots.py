@@ -289,6 +289,27 @@ def test_out_without_a_suffix_is_a_png_and_the_printed_path_is_the_file_written(
     assert plots.check_out(None) is None and plots.check_out("a/b.pdf") == "a/b.pdf"
     with pytest.raises(BenchError, match="matplotlib cannot write .v2 files"):
         plots.check_out("fig.v2")
+    for out, message in ((str(tmp_path) + "/", "--out .*/: is a folder"), (str(tmp_path), "is a folder"),
+                         ("  ", "--out needs a file name"),
+                         (str(tmp_path / "fig.png" / "x.png"), "fig.png is a file, not a folder")):
+        with pytest.raises(BenchError, match=message):
+            plots.check_out(out)
+    deeper = tmp_path / "new" / "deeper"
+    assert plots.check_out(str(deeper / "f"), "--plot") == str(deeper / "f.png")
+    assert not (tmp_path / "new").exists()  # checked, not created, until the figure is written
+
+
+def test_bad_figure_choices_are_refused(store, tmp_path, capsys):
+    from bench.cli import main
+
+    for args, message in ((["curves", "--classes", "1,1"], "--classes needs two different classes"),
+                          (["curves", "--seed", "-1"], "--seed must be 0 or more"),
+                          (["curves", "--preset", "bogus"], "invalid choice: 'bogus'")):
+        assert main(["plot", *args, "--store", str(store.path), "--out", str(tmp_path / "f.png")]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(BenchError, match="unknown dataset 'nosuch'; the datasets are fmnist-mini"):
+        plots.parse_cell("nosuch:10:flip2:0.4")
+    assert plots.parse_cell("FMNIST-MINI:10:none").dataset == "fmnist-mini"  # a built-in name, case aside
 
 
 def test_classes_for_the_weights_figure_is_refused_not_ignored(store, tmp_path, capsys):
