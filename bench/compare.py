@@ -45,6 +45,7 @@ from bench.summary import (
     per_seed,
     row_labels,
     text_table,
+    to_json,
 )
 
 COLUMNS = ("cell", "dataset", "imbalance", "noise_type", "noise_rate", "preset", "model", "a_mean", "a_std", "a_n",
@@ -126,10 +127,13 @@ def welch(a: np.ndarray, b: np.ndarray, confidence: float) -> tuple[float, float
 
 def with_rows_separation(store, runs: pd.DataFrame, rows: list[str]) -> pd.DataFrame:
     """``runs`` with the :data:`SEPARATION` columns, read from the samples of the runs of ``rows``
-    (labels) only; NaN for the others."""
+    (labels) only; NaN for the others (those of an earlier call's rows kept)."""
     mine = np.isin(row_labels(runs), rows) if len(runs) else np.array([], bool)
-    runs = runs.assign(**{c: np.nan for c in SEPARATION})
-    runs.loc[mine, list(SEPARATION)] = with_separation(store, runs[mine], progress=reading_progress)[list(SEPARATION)]
+    if not set(SEPARATION) <= set(runs.columns):
+        runs = runs.assign(**{c: np.nan for c in SEPARATION})
+    if mine.any():
+        read = with_separation(store, runs[mine], progress=reading_progress)
+        runs.loc[mine, list(SEPARATION)] = read[list(SEPARATION)]
     return runs
 
 
@@ -185,6 +189,18 @@ def compare(runs: pd.DataFrame, a: str, b: str, column: str = "acc_last", confid
                            kind="stable").reset_index(drop=True)
 
 
+def one_sided_cells(runs: pd.DataFrame, a: str, b: str, column: str = "acc_last") -> dict[str, list[str]]:
+    """The cells :func:`compare` leaves out: for each of rows ``a`` and ``b``, the labels of the
+    cells where it alone has values."""
+    values = per_seed(runs, column)
+    values = values[values["label"].isin([a, b])]
+    cells = values.groupby(list(CELL_FIELDS), sort=True)["label"].agg(lambda labels: tuple(sorted(set(labels))))
+    alone = cells[cells.map(len) == 1].reset_index()
+    alone = alone.sort_values(["dataset", "imbalance", "noise_rate", "noise_type"], kind="stable")  # as compare's
+    alone["cell"] = cell_labels(alone)
+    return {row: [cell for cell, labels in zip(alone["cell"], alone["label"]) if labels == (row,)] for row in (a, b)}
+
+
 def over_cells(table: pd.DataFrame) -> dict:
     """The comparison over all the cells of ``table`` (:func:`compare`), each cell one unit (Demšar,
     JMLR 2006, for two methods over several data sets): ``cells``, ``ahead`` (cells with Δ > 0; a
@@ -231,8 +247,8 @@ def render(table: pd.DataFrame, a: str, b: str, confidence: float, fmt: str = "m
                                         "confidence": confidence}), table], axis=1).to_csv(index=False).rstrip("\n")
     if fmt == "json":
         rows = [json_ready(r) for r in table.to_dict(orient="records")]
-        return json.dumps({"a": a, "b": b, "metric": metric, "confidence": confidence, "rows": rows,
-                           "over_cells": json_ready(over_cells(table)) if len(table) > 1 else None}, indent=1)
+        return to_json({"a": a, "b": b, "metric": metric, "confidence": confidence, "rows": rows,
+                        "over_cells": json_ready(over_cells(table)) if len(table) > 1 else None})
     ci = f"{confidence:.0%} CI"
     shown = pd.DataFrame({
         "cell": table["cell"],
@@ -283,6 +299,11 @@ def main(args) -> int:
     finally:
         store.close()
     table = compare(runs, a, b, column, args.confidence)
+    for row, cells in one_sided_cells(runs, a, b, column).items():
+        if cells:
+            print(f"note: {len(cells)} cell{'s' * (len(cells) > 1)} left out, where only {row} has finished runs"
+                  f"{f' with a {column} value' if args.metric in SEPARATION else ''}: {', '.join(cells)}",
+                  file=sys.stderr)
     if args.format == "md":
         print(f"{a} vs {b}: {quantity(args.metric, args.group)}; Δ = {a} − {b}, mean ± sample std over seeds (n)\n")
     if table.empty:
@@ -305,10 +326,12 @@ def main(args) -> int:
               f"{p_is(summary['p'])}" + (f" ({summary['tested']} cells with Δ ≠ 0: with fewer than 6, p cannot "
                                                   "fall below 0.05)" if summary["tested"] < 6 else ""))
     if args.format == "md" and not table.empty:
+        alpha = 1 - args.confidence
         holm = ("; Holm p corrects it for the number of cells (Holm's step-down procedure: the cells whose Holm p "
-                "lies below 0.05 differ, with at most a 5% chance that any of them does not)" if len(table) > 1 else "")
+                f"lies below {alpha:.3g} differ, with at most a {alpha * 100:.3g}% chance that any of them does not)"
+                if len(table) > 1 else "")
         print("\npaired: over the seeds both ran on the same data (t interval, paired t-test); Welch: unpaired "
               f"(no shared seed with the same data). p is per cell, two-sided{holm}; with one value per side there "
-              "is no interval.")
+              "is no interval, and where every seed gives the same Δ (no spread) neither interval nor p.")
     _say_protocols(runs, a, b)
     return 0

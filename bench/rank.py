@@ -38,7 +38,6 @@ cell intervals, Wilcoxon over cells). Reads the store only (no torch).
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 
@@ -48,7 +47,17 @@ import pandas as pd
 from bench.analysis import NO_SEPARATION, SEPARATION, average_ranks
 from bench.compare import holm_adjusted, p_is, p_text, quantity, resolve, with_rows_separation
 from bench.errors import BenchError
-from bench.summary import CELL_FIELDS, GROUPS, cell_labels, json_ready, metric_column, per_seed, row_labels, text_table
+from bench.summary import (
+    CELL_FIELDS,
+    GROUPS,
+    cell_labels,
+    json_ready,
+    metric_column,
+    per_seed,
+    row_labels,
+    text_table,
+    to_json,
+)
 
 
 def add_arguments(parser) -> None:
@@ -170,29 +179,42 @@ def _read(args, column: str) -> tuple[pd.DataFrame, list[str], str | None]:
         control = resolve(args.control, runs) if args.control else None
         if control is not None and control not in rows:  # `bench rank ce focal --control curvenet`: all three
             rows.append(control)
-        if column in SEPARATION:
-            runs = with_rows_separation(store, runs, rows)
+        named = rows if args.rows else [control] if control else []  # rows that must have a value
+        if column in SEPARATION:  # the named rows' values first: a named row without one is refused at once
+            runs = with_rows_separation(store, runs, named)
+            _lacking(runs, named, column, refuse=True)
+            runs = with_rows_separation(store, runs, [r for r in rows if r not in named])
     finally:
         store.close()
+    _lacking(runs, named, column, refuse=True)
+    lacking = _lacking(runs, rows, column)
+    if lacking:
+        rows = [r for r in rows if r not in lacking]
+        print(f"note: left out, as they have no {column} value{_why(column)}: {', '.join(lacking)}", file=sys.stderr)
+    return runs, rows, control
+
+
+def _why(column: str) -> str:
+    return f" ({NO_SEPARATION[column]})" if column in SEPARATION else ""
+
+
+def _lacking(runs: pd.DataFrame, rows: list[str], column: str, refuse: bool = False) -> list[str]:
+    """The ``rows`` without a value of ``column`` in ``runs``; with ``refuse``, a BenchError naming them."""
     values = per_seed(runs, column)
     has_value = set(values.loc[values["value"].notna(), "label"])
     lacking = [r for r in rows if r not in has_value]
-    if lacking:
-        why = f" ({NO_SEPARATION[column]})" if column in SEPARATION else ""
-        if args.rows or (control is not None and control in lacking):
-            raise BenchError(f"no {column} value for {', '.join(lacking)}{why}")
-        rows = [r for r in rows if r in has_value]
-        print(f"note: left out, as they have no {column} value{why}: {', '.join(lacking)}", file=sys.stderr)
-    return runs, rows, control
+    if lacking and refuse:
+        raise BenchError(f"no {column} value for {', '.join(lacking)}{_why(column)}")
+    return lacking
 
 
 def main(args) -> int:
     if not 0 < args.alpha < 1:
         raise BenchError(f"--alpha must lie in (0, 1), got {args.alpha:g}")
-    if args.plot:
+    if args.plot is not None:
         from bench.plots import check_out
 
-        args.plot = check_out(args.plot)
+        args.plot = check_out(args.plot, "--plot")
     column = metric_column(args.metric, args.group)
     runs, rows, control_row = _read(args, column)
     if len(rows) < 3:
@@ -210,8 +232,6 @@ def main(args) -> int:
                                   args.alpha) if control_row else None
     if control is not None and not result["rejects"]:  # post hoc: no verdict unless Friedman rejects
         control["rows"] = [{**row, "differs": None} for row in control["rows"]]
-    if args.plot:
-        _plot(args, result, control)
     avg = result["average_rank"]
     order = list(avg.sort_values(kind="stable").index)
     best = complete.max(axis=1)
@@ -228,8 +248,7 @@ def main(args) -> int:
                                 for key in ("z", "p", "holm_alpha", "p_holm", "differs")})
     if args.format == "csv":
         print(table.to_csv(index=False).rstrip("\n"))
-        return 0
-    if args.format == "json":
+    elif args.format == "json":
         tests = {k: result[k] for k in ("cells", "methods", "chi2", "F", "p", "alpha", "q", "cd")}
         out = {"metric": column, "rows": [json_ready(r) for r in table.to_dict(orient="records")],
                **json_ready(tests), "df": list(result["df"]),
@@ -239,10 +258,16 @@ def main(args) -> int:
             out["control"] = {"method": control["control"], "se": control["se"], "bonferroni_dunn_q": control["q"],
                               "bonferroni_dunn_cd": control["cd"], "drawn": result["rejects"],
                               "holm": [json_ready(r) for r in control["rows"]]}
-        print(json.dumps(out, indent=1))
-        return 0
-    _print_markdown(args, result, table, order, control)
-    n = result["cells"]
+        print(to_json(out))
+    else:
+        _print_markdown(args, result, table, order, control)
+        _print_notes(result["cells"], left_out)
+    if args.plot is not None:  # after the table, which a figure that cannot be written must not cost
+        _plot(args, result, control)
+    return 0
+
+
+def _print_notes(n: int, left_out: pd.DataFrame) -> None:
     if n < 10:
         print(f"note: {n} cells are few for these approximate tests (Demšar's example has 14 data sets): read "
               "the ranks more than p", file=sys.stderr)
@@ -250,7 +275,6 @@ def main(args) -> int:
         shown = ", ".join(cell_labels(left_out.reset_index()))
         print(f"note: {len(left_out)} cell{'s' * (len(left_out) > 1)} left out, where not every method has a "
               f"finished run: {shown}", file=sys.stderr)
-    return 0
 
 
 def _plot(args, result: dict, control: dict | None) -> None:

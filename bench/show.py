@@ -31,7 +31,16 @@ import pandas as pd
 
 from bench.analysis import run_separation, selection_quality
 from bench.errors import BenchError
-from bench.summary import cell_label, cell_labels, json_ready, row_labels, settings, text_table, training_minutes
+from bench.summary import (
+    cell_label,
+    cell_labels,
+    json_ready,
+    row_labels,
+    settings,
+    text_table,
+    to_json,
+    training_minutes,
+)
 
 STATUSES = ("all", "done", "failed", "running")
 LIST_COLUMNS = ("key", "method", "cell", "seed", "status", "attempts", "acc_last", "acc_best", "minutes", "when",
@@ -208,7 +217,7 @@ def render_listing(table: pd.DataFrame, fmt: str = "md") -> str:
     if fmt == "csv":
         return table.to_csv(index=False, float_format="%.4g").rstrip("\n")
     if fmt == "json":
-        return json.dumps([json_ready(r) for r in table.to_dict(orient="records")], indent=1)
+        return to_json([json_ready(r) for r in table.to_dict(orient="records")])
     shown = table.copy()
     shown["key"] = shown["key"].str[:12]  # as tables and figure names show it; any unique prefix selects
     for column in ("acc_last", "acc_best", "minutes"):
@@ -352,7 +361,7 @@ def main(args) -> int:
                 raise BenchError("one run has no CSV form: use --format json (or md)")
             d = detail(store, args.run, lock)
             d["command"], d["command_note"] = reproducing_command(d["spec"])
-            print(json.dumps(d, indent=1) if args.format == "json" else render_detail(d))
+            print(to_json(d) if args.format == "json" else render_detail(d))
             return 0
         cell = parse_cell(args.cell) if args.cell else None
         every = store.runs(None)

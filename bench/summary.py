@@ -10,6 +10,7 @@ row of its own, labelled with the settings that set it apart.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -255,9 +256,27 @@ def cell_labels(frame: pd.DataFrame) -> pd.Series:
 
 
 def json_ready(record: dict) -> dict:
-    """A record for JSON: NaN as null, numpy scalars as Python numbers."""
-    return {k: (None if isinstance(v, float) and np.isnan(v) else v.item() if isinstance(v, np.generic) else v)
-            for k, v in record.items()}
+    """A record for JSON: numpy scalars as Python numbers, NaN and infinities as null."""
+    return {k: _finite(v) for k, v in record.items()}
+
+
+def _finite(value):
+    value = value.item() if isinstance(value, np.generic) else value
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return _finite(value)
+
+
+def to_json(obj, indent: int | None = 1) -> str:
+    """``obj`` as standard JSON, which has no NaN or Infinity (Python's json writes them, and
+    other readers, e.g. JavaScript's JSON.parse, refuse them): such values, at any depth, as null."""
+    return json.dumps(_json_safe(obj), indent=indent, allow_nan=False)
 
 
 def _with_cells(agg: pd.DataFrame) -> pd.DataFrame:
@@ -376,4 +395,4 @@ def render_records(records: pd.DataFrame, fmt: str = "csv", title: str = "") -> 
     if fmt == "csv":
         return records.to_csv(index=False).rstrip("\n")  # print() ends the line
     rows = [json_ready(rec) for rec in records.to_dict(orient="records")]
-    return json.dumps({"title": title, "rows": rows}, indent=1)
+    return to_json({"title": title, "rows": rows})

@@ -64,7 +64,7 @@ from bench.paper_tables import (
 )
 from bench.spec import OMITTED_WHEN_DEFAULT, PRESETS, SEED_FIELDS, Cell
 from bench.store import DEFAULT_STORE
-from bench.summary import mean_over_cells, text_table
+from bench.summary import mean_over_cells, text_table, to_json
 
 METRIC_COLUMNS = {"last": "acc_last", "best": "acc_best"}
 METRIC_TEXT = {"last": "last-epoch test accuracy (the returned model)",
@@ -416,8 +416,8 @@ def render(built: Built, fmt: str = "md", store_path: str = "") -> str:
     if fmt == "csv":
         return pd.DataFrame(long_records(built)).to_csv(index=False)
     if fmt == "json":
-        return json.dumps({"table": t.number, "title": t.title, "metric": built.metric, "counts": counts(built),
-                           "entries": long_records(built)}, indent=1)
+        return to_json({"table": t.number, "title": t.title, "metric": built.metric, "counts": counts(built),
+                        "entries": long_records(built)})
     c = counts(built)
     lines = []
     title = f"Table {t.number}" if t.number != "anchors" else "Anchors"

@@ -73,10 +73,11 @@ meta times on the authors' GPU: compare ratios (to SL = 0, to CE), not milliseco
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
+
+from bench.summary import to_json
 
 STEPS = ("ce", "mwnet", "curvenet_sl0", "curvenet_sl1", "curvenet_sl2", "curvenet_sl3")
 # timed only when named in --steps: the CE step with the classifier under torch.compile (fused
@@ -635,10 +636,10 @@ def _measure(args, steps, device, repeats, warmup, progress, channels_last) -> i
                 device=device,
                 iters=max(repeats, 10), warmup=warmup, graph=args.graph, precision=args.precision, seed=args.seed,
                 second_order=args.second_order, channels_last=channels_last)
-        print(json.dumps(rows, indent=1) if args.json else packing.render(rows, args, device, channels_last))
+        print(to_json(rows) if args.json else packing.render(rows, args, device, channels_last))
         return 0
     results = run_all(steps, model_name=args.model, batch=args.batch_size, device=device, repeats=repeats,
                       warmup=warmup, seed=args.seed, progress=progress, graph=args.graph, precision=args.precision,
                       second_order=args.second_order, channels_last=channels_last)
-    print(json.dumps(results, indent=1) if args.json else render(results))
+    print(to_json(results) if args.json else render(results))
     return 0

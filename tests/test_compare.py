@@ -320,3 +320,17 @@ def test_p_values_read_as_sentences():
     from bench.compare import p_is
 
     assert p_is(0.0004) == "p < 0.001" and p_is(0.0316) == "p = 0.032" and p_is(math.nan) == "p = —"
+
+
+def test_cells_only_one_row_has_are_named_and_the_holm_note_follows_the_confidence(tmp_path, capsys):
+    path = make_store(tmp_path / "s.sqlite", [("ce", 0, 70.0, {}), ("mwnet", 0, 68.0, {}),
+                                               ("ce", 0, 50.0, {"imbalance": 50.0}),
+                                               ("mwnet", 0, 51.0, {"imbalance": 50.0}),
+                                               ("ce", 0, 40.0, {"imbalance": 100.0}),
+                                               ("mwnet", 0, 30.0, {"imbalance": 200.0})])
+    assert main(["compare", "ce", "mwnet", "--store", str(path), "--confidence", "0.99"]) == 0
+    out, err = capsys.readouterr()
+    assert "note: 1 cell left out, where only CE has finished runs: " in err and "imb100" in err
+    assert "note: 1 cell left out, where only MW-Net(noise) has finished runs: " in err and "imb200" in err
+    assert "over the 2 cells" in out
+    assert "Holm p lies below 0.01 differ, with at most a 1% chance" in out

@@ -272,3 +272,60 @@ def test_rank_plot_draws_the_diagram_beside_any_format(tmp_path, capsys):
     assert (tmp_path / "cd.png").stat().st_size > 0 and "figure:" in capsys.readouterr().err
     assert main(["rank", "--store", str(path), "--plot", str(tmp_path / "cd.nope")]) == 2
     assert "matplotlib cannot write .nope files" in capsys.readouterr().err
+
+
+def test_a_figure_that_cannot_be_written_is_one_line_after_the_table(tmp_path, capsys, monkeypatch):
+    """The output is checked before anything is computed (a folder, a file as its parent, no
+    name); a failure while writing (a full disk, a read-only mount) comes after the table, which
+    it does not cost."""
+    path = make_store(tmp_path / "s.sqlite", ACCURACIES)
+    (tmp_path / "plain").write_text("a file")
+    for plot, message in ((str(tmp_path) + "/", "is a folder; give a file name in it"),
+                          (str(tmp_path), "is a folder"),
+                          (str(tmp_path / "plain" / "cd.png"), "is a file, not a folder"),
+                          ("", "--plot needs a file name")):
+        assert main(["rank", "--store", str(path), "--plot", plot]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and message in err and err.count("\n") == 1, err
+    import matplotlib.figure
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full_disk)
+    assert main(["rank", "--store", str(path), "--plot", str(tmp_path / "figs" / "cd.png")]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith("average ranks over 3 cells") and "Friedman test" in out
+    assert f"bench: error: cannot write the figure {tmp_path / 'figs' / 'cd.png'}: No space left on device" in err
+
+
+def test_infinite_statistics_are_null_in_the_json(tmp_path, capsys):
+    """The same order in every cell makes the Iman-Davenport F infinite: JSON has no Infinity
+    (JavaScript's JSON.parse refuses it), so it is null, as NaN is."""
+    path = make_store(tmp_path / "s.sqlite", {i: {"ce": [3.0], "mwnet": [2.0], "focal": [1.0]} for i in (10, 50, 100)})
+    assert main(["rank", "--store", str(path), "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    assert "Infinity" not in out and "NaN" not in out
+    result = json.loads(out)
+    assert result["F"] is None and result["p"] == 0.0
+
+
+def test_a_named_control_without_trust_is_refused_before_the_others_are_read(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    clean, noisy, _ = fake_store.fake_samples(0)
+    fake_store.add_fake_trust_run(store, "curvenet", "CurveNet", {"weight": np.where(noisy, 0.2, 0.9)})
+    fake_store.add_fake_trust_run(store, "o2u", "O2U-Net", {"score": np.where(noisy, 3.0, 1.0)})
+    fake_store.add_fake_trust_run(store, "ce", "CE", {})
+    fake_store.add_fake_trust_run(store, "focal", "Focal", {})
+    store.close()
+    import bench.compare
+
+    read = []
+    real = bench.compare.with_separation
+    monkeypatch.setattr(bench.compare, "with_separation", lambda store, runs, progress=None: (
+        read.extend(runs["display_name"]), real(store, runs, progress))[1])
+    assert main(["rank", "--metric", "noise_auroc", "--control", "ce", "--store", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "no noise_auroc value for CE (" in err and "Focal" not in err.split("(")[0]
+    assert read == ["CE"]  # only the control's runs were read before refusing

@@ -401,3 +401,18 @@ def test_seeds_with_equal_values_each_count():
     ce = RunSpec("ce")
     runs = frame((ce, "CE", 60.0), (ce.replace(seed=1), "CE", 60.0), (ce.replace(seed=2), "CE", 63.0))
     assert results_table(runs).loc["CE"].tolist() == ["61.00 ± 1.73 (n=3)"]
+
+
+def test_to_json_writes_standard_json_with_non_finite_numbers_as_null():
+    import json
+
+    import numpy as np
+
+    from bench.summary import json_ready, to_json
+
+    obj = {"F": float("inf"), "p": np.float64("nan"), "nested": [{"q": -np.inf, "ok": np.float32(1.5)}],
+           "n": np.int64(3), "text": "x"}
+    text = to_json(obj)
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text) == {"F": None, "p": None, "nested": [{"q": None, "ok": 1.5}], "n": 3, "text": "x"}
+    assert json_ready({"a": np.float32("nan"), "b": np.float64(2.0)}) == {"a": None, "b": 2.0}
