@@ -21,6 +21,7 @@ from bench.spec import (
     RunSpec,
     apply_protocol_overrides,
     check_protocol,
+    comma_items,
     get_grid,
     parse_sets,
     parse_value,
@@ -31,14 +32,14 @@ from bench.summary import setting_text
 
 def _floats(text: str, what: str) -> list[float]:
     try:
-        return [float(t) for t in text.split(",") if t.strip()]
+        return [float(t) for t in comma_items(text, what)]
     except ValueError:
         raise BenchError(f"{what} must be a comma-separated list of numbers, got {text!r}") from None
 
 
 def _seeds(text: str) -> list[int]:
     try:
-        seeds = [int(t) for t in text.split(",") if t.strip()]
+        seeds = [int(t) for t in comma_items(text, "--seeds")]
     except ValueError:
         raise BenchError(f"--seeds must be a comma-separated list of integers, got {text!r}") from None
     if not seeds or any(s < 0 for s in seeds):
@@ -139,7 +140,7 @@ def build_specs(args) -> list[RunSpec]:
             if untrusted_meta_set(_loaded(dataset, args.data_dir), REAL_NOISE, meta_of[dataset]):
                 raise BenchError(UNTRUSTED_META.format(name=dataset))
 
-    method_names = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
+    method_names = comma_items(args.methods, "--methods") if args.methods else []
     if not method_names:
         raise BenchError("--methods needs at least one method name (see `python -m bench list`)")
     method_classes = {name: methods.get(name) for name in method_names}
@@ -278,7 +279,9 @@ def paper_specs(args) -> list[RunSpec]:
         ns = argparse.Namespace(**vars(args))
         ns.methods = request["methods"]
         ns.cells, ns.grid, ns.imbalance, ns.noise = request["cells"], None, None, None
-        ns.set = list(request.get("set", [])) + list(args.set or [])
+        mine = {item.partition("=")[0].strip() for item in args.set or []}  # the user's settings replace the row's
+        ns.set = [item for item in request.get("set", []) if item.partition("=")[0].strip() not in mine]
+        ns.set += list(args.set or [])
         ns.preset = args.preset or request.get("preset", "paper")
         ns.model = args.model or request.get("model")
         if "meta_per_class" in request:  # Table 7 varies the meta-set size per row
@@ -318,9 +321,9 @@ def sweep_sets(sweeps: list[str] | None, sets: list[str] | None = None) -> list[
     for item in sweeps or []:
         key, sep, text = item.partition("=")
         key = key.strip()
-        values = [v.strip() for v in text.split(",") if v.strip()]
-        if not sep or not key or not values:
+        if not sep or not key or not text.strip():
             raise BenchError(f"malformed --sweep {item!r}; expected KEY=V1,V2,..., e.g. focal.gamma=0.5,1,2")
+        values = comma_items(text, f"--sweep {key}:")
         if key in axes:
             raise BenchError(f"--sweep {key} is given twice; put all its values in one --sweep")
         if len(set(values)) < len(values):

@@ -206,6 +206,15 @@ def get_grid(name: str) -> list[Cell]:
 
 # ------------------------------------------------------------------------------- overrides
 
+def comma_items(text: str, what: str) -> list[str]:
+    """The stripped items of a comma-separated list; an empty one (``0,,1``, ``10,``) is a
+    BenchError naming ``what`` (the option), not silently dropped."""
+    items = [t.strip() for t in text.split(",")]
+    if not all(items):
+        raise BenchError(f"{what} {text!r} has an empty item (two commas in a row, or one at an end)")
+    return items
+
+
 def parse_value(text: str, current):
     """Parse ``text`` to the type of ``current`` (bool, int, float, str or a tuple of ints/floats)."""
     try:
@@ -224,7 +233,10 @@ def parse_value(text: str, current):
             return value
         if isinstance(current, tuple):
             kind = type(current[0]) if current else int
-            return tuple(kind(t) for t in text.split(",") if t.strip())
+            items = [t.strip() for t in text.split(",")]
+            if not all(items):
+                raise ValueError(text)
+            return tuple(kind(t) for t in items)
         if current is None:
             return _guess(text)
         return text
@@ -254,11 +266,12 @@ def parse_sets(items: list[str]) -> tuple[dict[str, str], dict[str, dict[str, st
         key = key.strip()
         if not sep or not key or not value.strip():
             raise BenchError(f"malformed --set {item!r}; expected key=value, e.g. lr=0.05 or focal.gamma=2")
-        if "." in key:
-            method, _, name = key.partition(".")
-            per_method.setdefault(method, {})[name] = value.strip()
-        else:
-            protocol[key] = value.strip()
+        method, dot, name = key.partition(".")
+        into = per_method.setdefault(method, {}) if dot else protocol
+        setting = name if dot else key
+        if into.get(setting, value.strip()) != value.strip():
+            raise BenchError(f"--set {key} is given twice ({into[setting]} and {value.strip()}); give it once")
+        into[setting] = value.strip()
     return protocol, per_method
 
 

@@ -170,6 +170,7 @@ class Store:
             raise StoreNotWritable(f"store {self.path} is not writable ({where} is read-only); "
                                    "copy it somewhere writable or pass another --store")
         self.writable = file_writable and dir_writable
+        existed = self.path.exists()
         self._depth = 0  # transactions open (an inner one joins the outer: see transaction)
         self.conn = None
         try:
@@ -179,6 +180,8 @@ class Store:
         except BaseException as exc:
             if self.conn is not None:
                 self.conn.close()
+            if isinstance(exc, sqlite3.DatabaseError) and not existed:
+                raise BenchError(f"cannot create the store {self.path} ({exc})") from None
             if isinstance(exc, sqlite3.DatabaseError):
                 raise BenchError(f"{self.path} is not a readable reweight-bench store ({exc})") from None
             raise
@@ -443,12 +446,16 @@ class Store:
         return np.load(io.BytesIO(row[0]), allow_pickle=False)
 
     def resolve_key(self, prefix: str) -> str:
-        """The full key of the one run whose key starts with ``prefix``."""
+        """The full key of the one run whose key starts with ``prefix`` (keys are lower-case hex, so
+        case aside); an error listing the candidates where several match."""
         # a plain prefix comparison: with LIKE, a typed "_" or "%" would match any character
-        rows = self.conn.execute("SELECT key FROM runs WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)).fetchall()
+        prefix = prefix.strip().lower()
+        rows = self.conn.execute("SELECT key FROM runs WHERE substr(key, 1, ?) = ? ORDER BY key",
+                                 (len(prefix), prefix)).fetchall()
         if len(rows) != 1:
             found = "no run" if not rows else f"{len(rows)} runs"
-            raise BenchError(f"{found} with a key starting {prefix!r} in {self.path}")
+            shown = ", ".join(r[0][:max(12, len(prefix) + 1)] for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
+            raise BenchError(f"{found} with a key starting {prefix!r} in {self.path}" + (f": {shown}" if rows else ""))
         return rows[0][0]
 
 

@@ -82,7 +82,17 @@ BAD_RUN_ARGS = [
     (["--methods", "ce", "--device", "cuda:99"], "--device cuda:99"),
     (["--paper", "2", "--methods", "ce"], "--paper 2 picks the table's own methods and cells; drop --methods"),
     # bounds: each just past what a run can take
-    (["--methods", "ce", "--seeds", ","], "--seeds must be non-negative integers, got ','"),
+    (["--methods", "ce", "--seeds", ","], "--seeds ',' has an empty item"),
+    # an empty item in a list, or a setting given twice, is refused rather than dropped or overwritten
+    (["--methods", "ce", "--seeds", "0,,1"], "--seeds '0,,1' has an empty item"),
+    (["--methods", "ce", "--imbalance", "10,"], "--imbalance '10,' has an empty item"),
+    (["--methods", "ce,,focal"], "--methods 'ce,,focal' has an empty item"),
+    (["--methods", "focal", "--sweep", "focal.gamma=1,,2"], "--sweep focal.gamma: '1,,2' has an empty item"),
+    (["--methods", "ce", "--set", "milestones=1,,2"], "--set milestones=1,,2: cannot read '1,,2' as tuple"),
+    (["--methods", "focal", "--set", "focal.gamma=1", "--set", "focal.gamma=2"],
+     "--set focal.gamma is given twice (1 and 2)"),
+    (["--methods", "ce", "--set", "lr=0.1", "--set", "lr=0.2"], "--set lr is given twice (0.1 and 0.2)"),
+    (["--methods", "ce", "--dataset", "npz:"], "npz: needs the file's path"),
     (["--methods", "ce", "--seeds", "1,x"], "--seeds must be a comma-separated list of integers"),
     (["--methods", "ce", "--data-seed", "-1"], "--data-seed must be non-negative, got -1"),
     (["--methods", "ce", "--meta-per-class", "-1"], "--meta-per-class must be non-negative, got -1"),
@@ -863,10 +873,14 @@ def test_cells_and_rows_differing_past_six_digits_keep_distinct_labels():
     assert swept(spec, ["lr=0.1000001"]) == "lr=0.1000001"
 
 
-def test_empty_sweep_values_are_skipped():
+def test_empty_sweep_values_are_refused_not_skipped():
     from bench.arguments import sweep_sets
+    from bench.errors import BenchError
 
-    assert sweep_sets(["lr=0.1,,0.2,"]) == [["lr=0.1"], ["lr=0.2"]]
+    assert sweep_sets(["lr=0.1, 0.2"]) == [["lr=0.1"], ["lr=0.2"]]
+    for item in ("lr=0.1,,0.2", "lr=0.1,0.2,", "lr=,"):
+        with pytest.raises(BenchError, match="has an empty item"):
+            sweep_sets([item])
 
 
 def test_shards_deal_the_seed_groups_out_in_the_commands_order():

@@ -64,6 +64,14 @@ def test_parse_noise(text, expected):
     assert parse_noise(text) == expected
 
 
+def test_a_flip_rate_past_the_true_labels_majority_is_warned(capsys):
+    assert parse_noise("flip:0.5") == ("flip", 0.5) and parse_noise("flip2:0.6") == ("flip2", 0.6)
+    assert capsys.readouterr().err == ""  # the true label still the most frequent
+    assert parse_noise("flip:0.6") == ("flip", 0.6) and parse_noise("flip2:0.7") == ("flip2", 0.7)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "above 0.5, a flip target's label is more frequent" in err[0] and "above 0.667" in err[1]
+
+
 @pytest.mark.parametrize("text", ["uniform:1.2", "uniform:1", "flip:-0.1", "flip2", "gauss:0.2",
                                   "flip2:abc", "flip:nan", "none:0.3", ""])
 def test_parse_noise_rejects(text):

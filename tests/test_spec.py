@@ -156,8 +156,11 @@ def test_non_finite_and_non_boolean_texts_are_refused():
         parse_value("2.5", 3)  # an int setting takes no fraction
 
 
-def test_list_settings_skip_empty_items_and_keep_the_type_of_their_default():
-    assert parse_value("60, 80,", (80, 100)) == (60, 80)
+def test_list_settings_refuse_empty_items_and_keep_the_type_of_their_default():
+    assert parse_value("60, 80", (80, 100)) == (60, 80)
+    for text in ("60, 80,", "60,,80", ","):  # a value left out is not silently dropped
+        with pytest.raises(BenchError, match="as tuple"):
+            parse_value(text, (80, 100))
     assert parse_value("0.5,1", (0.25, 2.0)) == (0.5, 1.0) and isinstance(parse_value("1", (0.5,))[0], float)
     assert parse_value("3", ()) == (3,)
 
@@ -173,6 +176,9 @@ def test_a_blank_set_value_is_malformed():
         with pytest.raises(BenchError, match="malformed --set"):
             parse_sets([bad])
     assert parse_sets([" lr = 0.05 ", "focal.gamma= 2"]) == ({"lr": "0.05"}, {"focal": {"gamma": "2"}})
+    assert parse_sets(["lr=0.05", "lr=0.05 "]) == ({"lr": "0.05"}, {})  # the same value twice is one
+    with pytest.raises(BenchError, match="--set focal.gamma is given twice"):
+        parse_sets(["focal.gamma=2", "focal.gamma=1"])
 
 
 def _protocol(**changes):

@@ -275,3 +275,25 @@ def test_a_full_disk_is_reported_as_such_and_leaves_the_store_usable(tmp_path):
     store.conn.execute("PRAGMA max_page_count = 1073741823")
     _finish(store, key)
     assert store.status(key) == "done"
+
+
+def test_resolve_key_ignores_case_and_lists_the_candidates(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    keys = sorted(_start(store, seed=s) for s in range(20))
+    assert store.resolve_key(keys[0][:8].upper()) == keys[0]  # keys are lower-case hex
+    first = max("0123456789abcdef", key=lambda c: sum(k.startswith(c) for k in keys))
+    several = [k for k in keys if k.startswith(first)]  # 20 keys, 16 first characters: at least 2
+    with pytest.raises(BenchError, match=f"{len(several)} runs with a key starting '{first}' in .*: "
+                                         f"{several[0][:12]}, {several[1][:12]}"):
+        store.resolve_key(first.upper())
+
+
+def test_a_store_that_cannot_be_created_says_so(tmp_path, monkeypatch):
+    import sqlite3
+
+    def refuse(*args, **kwargs):
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(sqlite3, "connect", refuse)
+    with pytest.raises(BenchError, match="cannot create the store .*new.sqlite"):
+        Store(tmp_path / "new.sqlite")

@@ -70,7 +70,17 @@ def parse_noise(text: str) -> tuple[str, float]:
         raise DataError(f"--noise {text!r}: the rate must lie in [0, 1)")
     if kind == "none" and rate != 0:
         raise DataError(f"--noise {text!r}: noise type 'none' takes rate 0")
+    most = MAJORITY_KEPT_UP_TO.get(kind)
+    if most is not None and rate > most:
+        print(f"bench: warning: --noise {text}: above {most:.3g}, a flip target's label is more frequent among a "
+              "class's samples than the class's own, so training on them teaches the flip (the papers stay at or "
+              "below 0.45)", file=sys.stderr)
     return kind, rate
+
+
+# the rate up to which a flip noise leaves each class's true label the most frequent of its
+# samples' observed labels: flip moves p to one class (1 - p >= p), flip2 p / 2 to each of two
+MAJORITY_KEPT_UP_TO = {"flip": 0.5, "flip2": 2 / 3}
 
 
 def _one_number(text: str) -> float:

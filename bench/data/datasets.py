@@ -122,6 +122,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None,
     if not isinstance(name, str):
         raise DataError(f"dataset name must be a string, got {name!r}")
     if name.startswith("npz:"):
+        if not name[4:].strip():
+            raise DataError("npz: needs the file's path, e.g. npz:mine.npz")
         return load_npz(name[4:], data_dir=data_dir, name=name)
     if name == "fmnist-mini":
         return load_fmnist_mini()
