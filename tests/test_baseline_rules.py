@@ -161,7 +161,8 @@ def test_log_rows_hold_python_numbers_and_the_reports_groups_and_reach_progress(
                               "medium": 40.0, "few": 20.0}
     run.log_row(1, "train", {"loss": 0.5})  # logged again (a resumed run replays code between stages)
     assert len(run.history) == 2 and run.history[1] == {"stage": "train", "epoch": 1, "loss": 0.5}
-    assert shown == [run.history[0], shown[1], run.history[1]]
+    assert shown == [run.history[0], {"stage": "train", "epoch": 1, "loss": 1.0, "test_acc": 50.0, "many": 60.0,
+                                      "medium": 40.0, "few": 20.0}, run.history[1]]  # each row as it was logged
 
 
 def test_records_need_one_number_per_pool_sample_and_take_booleans():

@@ -229,11 +229,11 @@ def _foreign_sqlite(path):
 
 
 def _unwritable_dir(tmp_path):
+    """tmp_path/locked, mode 0o500; as root the mode bits do not stop writes, so the test also has
+    os.access refuse it (what the store's checks ask)."""
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
-    if os.access(locked, os.W_OK):  # root: mode bits do not stop writes
-        pytest.skip("running as root: a 0o500 directory is writable (see the /proc/self case)")
     return locked
 
 
@@ -257,7 +257,11 @@ BAD_PATHS = [
 
 @pytest.mark.parametrize("command,make_args,message", BAD_PATHS,
                          ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(BAD_PATHS)])
-def test_bad_paths_give_one_line_and_exit_2_and_write_nothing(command, make_args, message, tmp_path, capsys):
+def test_bad_paths_give_one_line_and_exit_2_and_write_nothing(command, make_args, message, tmp_path, capsys,
+                                                              monkeypatch):
+    real_access, locked = os.access, tmp_path / "locked"
+    monkeypatch.setattr(os, "access", lambda path, mode: not (Path(path) == locked and mode & os.W_OK)
+                        and real_access(path, mode))
     (tmp_path / "empty").mkdir()
     _foreign_sqlite(tmp_path / "foreign.sqlite")
     (tmp_path / "junk.sqlite").write_bytes(b"not a database" * 100)

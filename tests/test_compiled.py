@@ -127,14 +127,18 @@ def test_a_killed_compiled_run_resumes_to_the_uninterrupted_result(compilers, tm
     spec = RunSpec(method="ce", epochs=2)
     reference = execute(spec, device=CPU, cache_dir=tmp_path / "ref", options=COMPILED)
 
-    def kill_after_the_first_epoch(row):
-        if row.get("epoch") == 0:
+    def kill_in_the_second_epoch(row):  # (epoch 0's checkpoint is written after its row is logged)
+        if row.get("epoch") == 1:
             raise Killed
 
     with pytest.raises(Killed):
         execute(spec, device=CPU, cache_dir=tmp_path, checkpoint_every_s=0, options=COMPILED,
-                progress=kill_after_the_first_epoch)
-    resumed = execute(spec, device=CPU, cache_dir=tmp_path, checkpoint_every_s=0, options=COMPILED)
+                progress=kill_in_the_second_epoch)
+    rows = []
+    resumed = execute(spec, device=CPU, cache_dir=tmp_path, checkpoint_every_s=0, options=COMPILED,
+                      progress=rows.append)
+    assert rows[0] == {"note": "resuming from its checkpoint (train, 1 epoch done)"}
+    assert [row["epoch"] for row in rows[1:]] == [1]  # epoch 0 restored, not trained again
     assert resumed.env["compile"] == "compiled"
     assert resumed.history == reference.history and resumed.metrics == reference.metrics
 

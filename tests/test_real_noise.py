@@ -2,8 +2,11 @@
 true ones (an npz file's ``y_train_noisy``, as CIFAR-10N gives human labels for CIFAR-10) trains
 on them as they are; nothing is drawn (bench/data/bias.py)."""
 
+import json
+
 import numpy as np
 import pytest
+import torch
 
 from bench.cli import main
 from bench.data import BiasSpec, load_dataset, make_biased
@@ -12,6 +15,7 @@ from bench.data.cli import parse_noise
 from bench.errors import BenchError, DataError
 from bench.plots import matches_cell, parse_cell
 from bench.spec import Cell
+from bench.store import Store
 
 
 def human_noise_npz(path, n_per_class=40, k=4, seed=0):
@@ -247,13 +251,33 @@ def test_a_malformed_own_meta_set_is_a_one_line_error(tmp_path, bad, match):
         load_dataset(f"npz:{tmp_path / 'd.npz'}")
 
 
-def test_mwnet_trains_on_a_files_own_meta_set_with_its_labels_as_they_are(tmp_path, capsys):
+def test_mwnet_trains_on_a_files_own_meta_set_with_its_labels_as_they_are(tmp_path, capsys, monkeypatch):
+    """Every meta batch MW-Net's steps see comes from the file's x_meta (all pixels 7, so one value
+    after normalisation; the training images are random) with its y_meta, 5 per class."""
+    from methods.meta import MetaStep
+
     path = tmp_path / "d.npz"
     own_meta_npz(path)
+    seen, step = [], MetaStep.__call__
+
+    def recording(self, x, y, idx, x_meta, y_meta, *args, **kwargs):
+        seen.append((x_meta.detach().clone(), y_meta.detach().clone(), x.detach().clone()))
+        return step(self, x, y, idx, x_meta, y_meta, *args, **kwargs)
+
+    monkeypatch.setattr(MetaStep, "__call__", recording)
     assert main(["run", "--methods", "mwnet", "--dataset", f"npz:{path}", "--noise", "real", "--imbalance", "1",
                  "--meta-per-class", "5", "--epochs", "1", "--store", str(tmp_path / "s.sqlite"),
                  "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
     assert f"npz:{path} imb1 real" in capsys.readouterr().out
+    assert seen
+    meta_value = seen[0][0].flatten()[0]
+    for x_meta, y_meta, x in seen:
+        assert torch.all(x_meta == meta_value) and x.std() > 0  # the trusted images, not training ones
+        assert torch.bincount(y_meta, minlength=4).max() <= 5 and set(y_meta.tolist()) <= {0, 1, 2, 3}
+    labels = torch.cat([y for _, y, _ in seen])
+    assert torch.bincount(labels[:20], minlength=4).tolist() == [5, 5, 5, 5]  # a pass over 5 per class
+    run = Store(tmp_path / "s.sqlite", create=False).runs("done").iloc[0]
+    assert json.loads(run["spec_json"])["meta_per_class"] == 5
 
 
 def test_a_meta_set_is_never_drawn_from_labels_of_unknown_truth(tmp_path, capsys):

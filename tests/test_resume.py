@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from bench.execute import load_data
@@ -18,8 +19,9 @@ class Killed(Exception):
     pass
 
 
-def _train(run, kill_after=None, stages=("a", "b")):
-    """A two-stage loop touching every kind of state: model, optimiser, meta cycle, a tensor."""
+def _train(run, kill_after=None, stages=("a", "b"), trained=None):
+    """A two-stage loop touching every kind of state: model, optimiser, meta cycle, a tensor.
+    ``trained`` (a list) receives the (stage, epoch) of each epoch this call trains."""
     torch.manual_seed(0)
     model = torch.nn.Linear(784, 10)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -43,6 +45,8 @@ def _train(run, kill_after=None, stages=("a", "b")):
                 counter[idx] += torch.rand(len(idx))
             run.log(epoch, stage=stage, loss=float(loss.detach()))
             done += 1
+            if trained is not None:
+                trained.append((stage, epoch))
     return model, counter
 
 
@@ -60,7 +64,13 @@ def test_resume_from_any_epoch_is_bit_for_bit(tmp_path):
         resumed = Run(spec=_spec(), data=data, device=torch.device("cpu"), checkpoint_path=path,
                       checkpoint_every_s=0)
         assert resumed.checkpoint_found
-        model, counter = _train(resumed)
+        trained = []
+        model, counter = _train(resumed, trained=trained)
+        # the restore did its work: only the epochs the kill lost are trained again (a restore
+        # that did nothing would retrain all six from the same seeds and end the same)
+        everything = [(s, e) for s in "ab" for e in range(3)]
+        assert trained == everything[kill_after:], kill_after
+        assert resumed.resumed_from == everything[kill_after - 1]
         assert torch.equal(model.weight, reference_model.weight), kill_after
         assert torch.equal(counter, reference_counter)
         assert [(h["stage"], h["epoch"]) for h in resumed.history] == [(s, e) for s in "ab" for e in range(3)]
@@ -104,13 +114,15 @@ def test_execute_resumes_a_killed_ce_run_to_the_same_result(tmp_path, monkeypatc
             raise KeyboardInterrupt
 
     monkeypatch.setattr(Run, "log", log_then_die)
-    try:
+    with pytest.raises(KeyboardInterrupt):  # killed during its second epoch, after the first was saved
         ex.execute(spec, device=torch.device("cpu"), cache_dir=tmp_path, checkpoint_every_s=0)
-    except KeyboardInterrupt:
-        pass
     monkeypatch.setattr(Run, "log", original)
     assert ex.checkpoint_path(spec, tmp_path).exists()
-    resumed = ex.execute(spec, device=torch.device("cpu"), cache_dir=tmp_path, checkpoint_every_s=0)
+    notes, epochs = [], []
+    resumed = ex.execute(spec, device=torch.device("cpu"), cache_dir=tmp_path, checkpoint_every_s=0,
+                         progress=lambda row: (notes if "note" in row else epochs).append(row))
+    assert notes == [{"note": "resuming from its checkpoint (train, 1 epoch done)"}]
+    assert [row["epoch"] for row in epochs] == [1, 2, 3]  # the first epoch was not trained again
     assert resumed.metrics == reference.metrics
     assert np.allclose([h["loss"] for h in resumed.history], [h["loss"] for h in reference.history], rtol=0, atol=0)
 

@@ -43,8 +43,21 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(name, tmp_path, monkey
         monkeypatch.setattr(Run, "log", log_then_die)
         with pytest.raises(KeyboardInterrupt):
             ex.execute(spec, device=torch.device("cpu"), cache_dir=cache, checkpoint_every_s=0)
+        assert ex.checkpoint_path(spec, cache).exists(), (name, kill_at)
+        notes, relogged = [], {"n": 0}
+
+        def count_logs(self, *args, relogged=relogged, **kwargs):
+            original(self, *args, **kwargs)
+            relogged["n"] += 1
+
+        monkeypatch.setattr(Run, "log", count_logs)
+        resumed = ex.execute(spec, device=torch.device("cpu"), cache_dir=cache, checkpoint_every_s=0,
+                             progress=lambda row, notes=notes: notes.append(row["note"]) if "note" in row else None)
         monkeypatch.setattr(Run, "log", original)
-        resumed = ex.execute(spec, device=torch.device("cpu"), cache_dir=cache, checkpoint_every_s=0)
+        # resumed from the checkpoint, not trained again from scratch: the kill came in the epoch of
+        # the kill_at-th log, so epochs before it are restored, not trained (logged) again
+        assert len(notes) == 1 and notes[0].startswith("resuming from its checkpoint ("), notes
+        assert relogged["n"] < logs, (name, kill_at, relogged["n"], logs)
         assert resumed.status == "done", resumed.error
         assert resumed.metrics == reference.metrics, (name, kill_at)
         for record, values in reference.values.items():  # NaN == NaN here
