@@ -20,7 +20,7 @@ from pathlib import Path
 from bench.arguments import asked_specs, parse_shard, shard_specs
 from bench.cpu import keep_freed_memory, warn_if_slow_bf16
 from bench.data.bias import NOISE_TYPES
-from bench.errors import BenchError, DataError
+from bench.errors import BenchError, DataError, check_creatable
 from bench.spec import (
     GRID_PRESET,
     GRIDS,
@@ -59,7 +59,7 @@ def cmd_run(args) -> int:
     # on Ray the runs pick their device on the cluster; here, it must exist on this machine (a dry
     # run trains nothing: it may plan a GPU grid on a machine without one)
     execute.check_device_name(args.device)
-    _check_cache_dir(Path(args.cache_dir))
+    check_creatable(args.cache_dir, f"--cache-dir {args.cache_dir}")
     if args.shard and not specs:  # a shard without runs
         if not args.dry_run:  # an empty store, so that `bench merge` of every shard's store works
             from bench.store import Store
@@ -289,18 +289,6 @@ def _existing_store(path: str, specs: list[RunSpec], retry_failed: bool):
             reader.close()
             raise
         return reader
-
-
-def _check_cache_dir(path: Path) -> None:
-    """BenchError unless checkpoints and probe curves can be written under ``path`` (checked
-    before anything trains; nothing is created here)."""
-    existing = path.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise BenchError(f"--cache-dir {path}: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise BenchError(f"--cache-dir {path}: {existing} is not writable")
 
 
 def cmd_table(args) -> int:

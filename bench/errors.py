@@ -8,6 +8,9 @@ outcome: the run is stored as failed with the message, and the grid goes on. Eve
 bug and keeps its traceback.
 """
 
+import os
+from pathlib import Path
+
 
 class BenchError(Exception):
     """A one-line, user-facing error (exit code 2 from the CLI)."""
@@ -15,3 +18,16 @@ class BenchError(Exception):
 
 class DataError(BenchError):
     """Missing, corrupt or malformed data, or an invalid bias specification."""
+
+
+def check_creatable(path, what: str) -> None:
+    """BenchError unless a file or folder can be created at ``path`` (the option ``what`` names it
+    in the message): the nearest existing folder above it is a folder and writable. Checked before
+    any work; nothing is created here."""
+    existing = Path(path).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BenchError(f"{what}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BenchError(f"{what}: {existing} is not writable")

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.bias import noise_text, number_text, same_noise
-from bench.errors import BenchError
+from bench.errors import BenchError, check_creatable
 from bench.summary import cell_label
 
 # names of the per-sample arrays, in order of preference: raw probe losses, then normalised curves
@@ -428,13 +428,7 @@ def check_out(out: str | None, option: str = "--out") -> str | None:
                              + ", ".join(f".{f}" for f in sorted(formats)))
     else:
         out += ".png"
-    folder = Path(out).absolute().parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise BenchError(f"{option} {out}: {folder} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise BenchError(f"{option} {out}: cannot write in {folder} (permission denied)")
+    check_creatable(Path(out).absolute().parent, f"{option} {out}")  # the folder it goes in
     return out
 
 

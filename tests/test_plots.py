@@ -291,7 +291,7 @@ def test_out_without_a_suffix_is_a_png_and_the_printed_path_is_the_file_written(
         plots.check_out("fig.v2")
     for out, message in ((str(tmp_path) + "/", "--out .*/: is a folder"), (str(tmp_path), "is a folder"),
                          ("  ", "--out needs a file name"),
-                         (str(tmp_path / "fig.png" / "x.png"), "fig.png is a file, not a folder")):
+                         (str(tmp_path / "fig.png" / "x.png"), "fig.png is a file, not a directory")):
         with pytest.raises(BenchError, match=message):
             plots.check_out(out)
     deeper = tmp_path / "new" / "deeper"

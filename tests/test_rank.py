@@ -282,7 +282,7 @@ def test_a_figure_that_cannot_be_written_is_one_line_after_the_table(tmp_path, c
     (tmp_path / "plain").write_text("a file")
     for plot, message in ((str(tmp_path) + "/", "is a folder; give a file name in it"),
                           (str(tmp_path), "is a folder"),
-                          (str(tmp_path / "plain" / "cd.png"), "is a file, not a folder"),
+                          (str(tmp_path / "plain" / "cd.png"), "is a file, not a directory"),
                           ("", "--plot needs a file name")):
         assert main(["rank", "--store", str(path), "--plot", plot]) == 2
         out, err = capsys.readouterr()
