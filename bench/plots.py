@@ -31,6 +31,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -347,7 +348,8 @@ def plot_separation(panels: list[dict], out: Path, title: str) -> Path:
         ax.set_xticks(range(1, len(shown) + 1))
         ax.set_xticklabels([f"{g}\n{len(panel['groups'][g])}" for g, _ in shown], fontsize=8)
         sep = panel["separation"]
-        ax.set_title(f"{panel['label']}\nnoise {_auroc_text(sep['noise_auroc'])} · tail "
+        label = textwrap.fill(panel["label"], 26, break_on_hyphens=False)  # "CE [data_sha256=...]" fits its panel
+        ax.set_title(f"{label}\nnoise {_auroc_text(sep['noise_auroc'])} · tail "
                      f"{_auroc_text(sep['tail_auroc'])}", fontsize=9)
         ax.set_ylabel("final weight" if panel["record"] == "weight" else "− selection score", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
