@@ -40,7 +40,6 @@ from bench.summary import (
     GROUPS,
     cell_labels,
     format_cell,
-    json_ready,
     metric_column,
     per_seed,
     row_labels,
@@ -48,6 +47,8 @@ from bench.summary import (
     to_json,
 )
 
+# the order of a comparison's cells: as the table's columns, a cell's clean column first
+CELL_ORDER = ["dataset", "imbalance", "noise_rate", "noise_type", "preset", "model"]
 COLUMNS = ("cell", "dataset", "imbalance", "noise_type", "noise_rate", "preset", "model", "a_mean", "a_std", "a_n",
            "b_mean", "b_std", "b_n", "test", "n", "diff", "ci_low", "ci_high", "p", "p_holm", "wins")
 
@@ -185,8 +186,7 @@ def compare(runs: pd.DataFrame, a: str, b: str, column: str = "acc_last", confid
     out = pd.DataFrame(rows, columns=list(COLUMNS))
     out["cell"] = cell_labels(out)  # in the table's column order: a cell's clean column first
     out["p_holm"] = holm_adjusted(out["p"])
-    return out.sort_values(["dataset", "imbalance", "noise_rate", "noise_type", "preset", "model"],
-                           kind="stable").reset_index(drop=True)
+    return out.sort_values(CELL_ORDER, kind="stable").reset_index(drop=True)
 
 
 def one_sided_cells(runs: pd.DataFrame, a: str, b: str, column: str = "acc_last") -> dict[str, list[str]]:
@@ -196,7 +196,7 @@ def one_sided_cells(runs: pd.DataFrame, a: str, b: str, column: str = "acc_last"
     values = values[values["label"].isin([a, b])]
     cells = values.groupby(list(CELL_FIELDS), sort=True)["label"].agg(lambda labels: tuple(sorted(set(labels))))
     alone = cells[cells.map(len) == 1].reset_index()
-    alone = alone.sort_values(["dataset", "imbalance", "noise_rate", "noise_type"], kind="stable")  # as compare's
+    alone = alone.sort_values(CELL_ORDER, kind="stable")
     alone["cell"] = cell_labels(alone)
     return {row: [cell for cell, labels in zip(alone["cell"], alone["label"]) if labels == (row,)] for row in (a, b)}
 
@@ -246,9 +246,9 @@ def render(table: pd.DataFrame, a: str, b: str, confidence: float, fmt: str = "m
         return pd.concat([pd.DataFrame({"a": [a] * len(table), "b": [b] * len(table), "metric": metric,
                                         "confidence": confidence}), table], axis=1).to_csv(index=False).rstrip("\n")
     if fmt == "json":
-        rows = [json_ready(r) for r in table.to_dict(orient="records")]
-        return to_json({"a": a, "b": b, "metric": metric, "confidence": confidence, "rows": rows,
-                        "over_cells": json_ready(over_cells(table)) if len(table) > 1 else None})
+        return to_json({"a": a, "b": b, "metric": metric, "confidence": confidence,
+                        "rows": table.to_dict(orient="records"),
+                        "over_cells": over_cells(table) if len(table) > 1 else None})
     ci = f"{confidence:.0%} CI"
     shown = pd.DataFrame({
         "cell": table["cell"],

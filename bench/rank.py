@@ -51,7 +51,6 @@ from bench.summary import (
     CELL_FIELDS,
     GROUPS,
     cell_labels,
-    json_ready,
     metric_column,
     per_seed,
     row_labels,
@@ -182,11 +181,11 @@ def _read(args, column: str) -> tuple[pd.DataFrame, list[str], str | None]:
         named = rows if args.rows else [control] if control else []  # rows that must have a value
         if column in SEPARATION:  # the named rows' values first: a named row without one is refused at once
             runs = with_rows_separation(store, runs, named)
-            _lacking(runs, named, column, refuse=True)
+        _lacking(runs, named, column, refuse=True)
+        if column in SEPARATION:
             runs = with_rows_separation(store, runs, [r for r in rows if r not in named])
     finally:
         store.close()
-    _lacking(runs, named, column, refuse=True)
     lacking = _lacking(runs, rows, column)
     if lacking:
         rows = [r for r in rows if r not in lacking]
@@ -250,14 +249,13 @@ def main(args) -> int:
         print(table.to_csv(index=False).rstrip("\n"))
     elif args.format == "json":
         tests = {k: result[k] for k in ("cells", "methods", "chi2", "F", "p", "alpha", "q", "cd")}
-        out = {"metric": column, "rows": [json_ready(r) for r in table.to_dict(orient="records")],
-               **json_ready(tests), "df": list(result["df"]),
+        out = {"metric": column, "rows": table.to_dict(orient="records"), **tests, "df": list(result["df"]),
                "differ": [{"better": b, "worse": w, "gap": g} for b, w, g in result["differ"]],
                "cells_left_out": list(cell_labels(left_out.reset_index()))}
         if control is not None:
             out["control"] = {"method": control["control"], "se": control["se"], "bonferroni_dunn_q": control["q"],
                               "bonferroni_dunn_cd": control["cd"], "drawn": result["rejects"],
-                              "holm": [json_ready(r) for r in control["rows"]]}
+                              "holm": control["rows"]}
         print(to_json(out))
     else:
         _print_markdown(args, result, table, order, control)

@@ -217,7 +217,7 @@ def render_listing(table: pd.DataFrame, fmt: str = "md") -> str:
     if fmt == "csv":
         return table.to_csv(index=False, float_format="%.4g").rstrip("\n")
     if fmt == "json":
-        return to_json([json_ready(r) for r in table.to_dict(orient="records")])
+        return to_json(table.to_dict(orient="records"))
     shown = table.copy()
     shown["key"] = shown["key"].str[:12]  # as tables and figure names show it; any unique prefix selects
     for column in ("acc_last", "acc_best", "minutes"):

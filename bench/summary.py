@@ -394,5 +394,4 @@ def render_records(records: pd.DataFrame, fmt: str = "csv", title: str = "") -> 
     (what their readers expect). A one-seed std is empty in CSV and null in JSON."""
     if fmt == "csv":
         return records.to_csv(index=False).rstrip("\n")  # print() ends the line
-    rows = [json_ready(rec) for rec in records.to_dict(orient="records")]
-    return to_json({"title": title, "rows": rows})
+    return to_json({"title": title, "rows": records.to_dict(orient="records")})
