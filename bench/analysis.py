@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.bias import has_noise
+from bench.store import RUNS_ONLY
 
 
 def average_ranks(values) -> np.ndarray:
@@ -171,13 +172,20 @@ def reading_progress(done: int, total: int) -> None:
 def with_separation(store, runs: pd.DataFrame, progress=None) -> pd.DataFrame:
     """``runs`` (``Store.runs()``) with the :data:`SEPARATION` columns, NaN where undefined (runs
     of cells without noise are not read: no sample is mislabelled). About 0.1 s a run of 50,000
-    samples; ``progress(done, total)`` is called every 100 runs."""
+    samples; ``progress(done, total)`` is called every 100 runs. Runs without per-sample rows
+    (a ``bench merge --runs-only`` copy) get NaN, and a note on stderr says how many."""
     values = {column: [] for column in SEPARATION}
     noisy = has_noise(runs["noise_type"], runs["noise_rate"]) if len(runs) else []
+    without_rows = 0
     for i, (key, noisy_cell) in enumerate(zip(runs["key"], noisy)):
         if progress and i and i % 100 == 0:
             progress(i, len(runs))
         found = (run_separation(store, key) if noisy_cell else None) or {}
+        if noisy_cell and not found and not store.has_samples(key):
+            without_rows += 1
         for column in SEPARATION:
             values[column].append(found.get(column, float("nan")))
+    if without_rows:
+        print(f"note: {without_rows} of the {len(runs)} runs have no per-sample rows in {store.path} ({RUNS_ONLY}): "
+              "no separation for them; read the store they were trained into", file=sys.stderr)
     return runs.assign(**{column: pd.Series(v, index=runs.index, dtype=float) for column, v in values.items()})

@@ -421,14 +421,15 @@ def cmd_merge(args) -> int:
                             bar.total = total
                             bar.update(done - bar.n)
 
-                        n = store.merge_from(source, progress=show)
+                        n = store.merge_from(source, progress=show, runs_only=args.runs_only)
                     copied = n["done"] + n["failed"]
                     live = (writer(source.path) or {}).get("held")  # a bench run is writing the source now
                     left = (f"{n['interrupted']} running left out (a bench run is writing {source.path}: merge "
                             "again once it ends)" if live else
                             f"{n['interrupted']} interrupted left out (bench run trains them again)")
                     print(f"{source.path}: {copied} run{'s' * (copied != 1)} copied ({n['done']} done, "
-                          f"{n['failed']} failed), {n['kept']} already in {args.store} (kept as they are there)"
+                          f"{n['failed']} failed{', without per-sample rows' * args.runs_only}), {n['kept']} "
+                          f"already in {args.store} (kept as they are there)"
                           + (f", {left}" if n["interrupted"] else ""), file=sys.stderr)
             finally:
                 store.close()
@@ -549,6 +550,11 @@ def make_parser() -> ArgumentParser:
     merge.add_argument("sources", nargs="+", metavar="SOURCE", help="stores to read")
     merge.add_argument("--store", default=DEFAULT_STORE,
                        help=f"the store to write (default ./{DEFAULT_STORE}; created if missing)")
+    merge.add_argument("--runs-only", action="store_true",
+                       help="copy each run's results and per-epoch history but not its per-sample rows (labels, "
+                            "weights, curves): a small store to publish or share, that bench table (accuracy, "
+                            "minutes), compare and rank read as they read the full one; separation and the "
+                            "per-sample figures need the full store. A full copy merged later completes the run")
     merge.set_defaults(func=cmd_merge)
 
     lst = sub.add_parser("list", help="methods, datasets, models, grids, presets")

@@ -39,6 +39,7 @@ import pandas as pd
 
 from bench.data.bias import noise_text, number_text, same_noise
 from bench.errors import BenchError, check_creatable
+from bench.store import RUNS_ONLY
 from bench.summary import cell_label
 
 # names of the per-sample arrays, in order of preference: raw probe losses, then normalised curves
@@ -391,6 +392,9 @@ def _plot_separation(store, args) -> int:
         raise BenchError(f"the cell's runs are of {len(protocols)} protocols ({'; '.join(protocols)}); pick one "
                          "with --preset (or --method)")
     panels = separation_panels(store, runs, args.seed) if len(runs) else []
+    if not panels and len(runs) and not any(store.has_samples(key) for key in runs["key"]):
+        raise BenchError(f"the {len(runs)} finished run(s){' on ' + cells[0] if cells else ''} have no per-sample "
+                         f"rows in {store.path} ({RUNS_ONLY}); plot them from the store they were trained into")
     if not panels:
         raise BenchError(f"no finished run{' on ' + cells[0] if cells else ''}"
                          f"{' of seed ' + str(args.seed) if args.seed is not None else ''} records a per-sample "
@@ -473,6 +477,9 @@ def main(args) -> int:
     cell = parse_cell(args.cell) if args.cell else None
     run = select_run(store, run=args.run, cell=cell, method=args.method or "curvenet", preset=args.preset,
                      seed=args.seed)
+    if not store.has_samples(run["key"]):
+        raise BenchError(f"run {run['key'][:12]} has no per-sample rows in {store.path} ({RUNS_ONLY}); plot it "
+                         "from the store it was trained into")
     out = Path(args.out) if args.out else Path("figures") / f"{args.figure}_{run['key'][:12]}.png"
     if args.figure == "curves":
         classes = None

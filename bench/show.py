@@ -31,6 +31,7 @@ import pandas as pd
 
 from bench.analysis import run_separation, selection_quality
 from bench.errors import BenchError
+from bench.store import RUNS_ONLY
 from bench.summary import (
     cell_label,
     cell_labels,
@@ -331,7 +332,10 @@ def render_detail(d: dict) -> str:
         lines.append("  error     " + d["error"].strip().replace("\n", "\n            "))
     recorded = [f"{d['samples']} samples"] + [f"1-D {', '.join(d['sample_values'])}"] * bool(d["sample_values"]) \
         + [f"2-D {', '.join(d['arrays'])}"] * bool(d["arrays"])
-    lines.append("  recorded  " + "; ".join(recorded) + " (Store.samples(key), Store.array(key, name))")
+    if d["status"] == "done" and not d["samples"]:
+        lines.append(f"  recorded  no per-sample rows in this store ({RUNS_ONLY})")
+    else:
+        lines.append("  recorded  " + "; ".join(recorded) + " (Store.samples(key), Store.array(key, name))")
     if d.get("separation"):
         lines.append(_separation_line(d["separation"]))
     if d["history"]:

@@ -138,6 +138,8 @@ def writer_lock(path):
 
 SPEC_COLUMNS = ("method", "dataset", "imbalance", "noise_type", "noise_rate", "seed", "preset", "model")
 RUN_TABLES = ("epochs", "samples", "sample_values", "arrays")  # a run's rows beside its row in runs
+PER_SAMPLE_TABLES = RUN_TABLES[1:]  # what `bench merge --runs-only` leaves out
+RUNS_ONLY = "copied by `bench merge --runs-only`, which leaves per-sample rows out"  # why a done run has none
 
 
 class Store:
@@ -328,13 +330,18 @@ class Store:
                  for h in history or []],
             )
 
-    def merge_from(self, source: Store, progress=None) -> dict[str, int]:
+    def merge_from(self, source: Store, progress=None, *, runs_only: bool = False) -> dict[str, int]:
         """Copy ``source``'s runs into this store (``bench merge``), each in one transaction with
         all its rows (history, per-sample rows, records): a finished run where this store has not
         finished it, a failed one where this store has no run of its key. Kept as they are: runs
         finished here (``kept``), and a failed one where this store has the run in any state.
         Left out: ``source``'s interrupted runs (``running``; ``bench run`` trains them again).
-        Merging again changes nothing. ``progress(done, total)`` is called after each run."""
+        Merging again changes nothing. ``progress(done, total)`` is called after each run.
+
+        ``runs_only`` copies each run's row and per-epoch history but not its per-sample rows
+        (:data:`PER_SAMPLE_TABLES`: labels, weights, curves): a store a hundred times smaller, that
+        accuracy tables, ``bench compare`` and ``bench rank`` read alike, e.g. to publish results.
+        A finished run held here without per-sample rows is replaced by a full copy of it."""
         if source.path.resolve() == self.path.resolve():
             raise BenchError(f"cannot merge the store {self.path} into itself")
         counts = {"done": 0, "failed": 0, "kept": 0, "interrupted": 0}
@@ -343,7 +350,7 @@ class Store:
             columns = [row[1] for row in source.conn.execute("PRAGMA table_info(runs)")]
             runs = source.conn.execute(f"SELECT {', '.join(columns)} FROM runs ORDER BY started").fetchall()
             for n, row in enumerate(runs, 1):
-                counts[self._merge_run(source, columns, row)] += 1
+                counts[self._merge_run(source, columns, row, runs_only)] += 1
                 if progress is not None:
                     progress(n, len(runs))
         finally:
@@ -351,23 +358,32 @@ class Store:
                 source.conn.execute("ROLLBACK")  # it only read
         return counts
 
-    def _merge_run(self, source: Store, columns: list[str], row: tuple) -> str:
+    def _merge_run(self, source: Store, columns: list[str], row: tuple, runs_only: bool) -> str:
         """One run of :meth:`merge_from`: its outcome, ``done`` or ``failed`` (copied), ``kept``
         or ``interrupted``."""
         run = dict(zip(columns, row))
         key, status, mine = run["key"], run["status"], self.status(run["key"])
         if status == "running":
             return "interrupted"
-        if mine == "done" or (status == "failed" and mine is not None):
+        completes = (mine == "done" and status == "done" and not runs_only and not self.has_samples(key)
+                     and source.has_samples(key))  # a runs-only copy here, the full run there
+        if (mine == "done" and not completes) or (status == "failed" and mine is not None):
             return "kept"
         with self.transaction() as c:
             _delete_rows(c, key, run=True)
             c.execute(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})", row)
             for table in RUN_TABLES:
+                if runs_only and table in PER_SAMPLE_TABLES:
+                    continue
                 records = source.conn.execute(f"SELECT * FROM {table} WHERE run_key = ?", (key,)).fetchall()
                 if records:
                     c.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(records[0]))})", records)
         return status
+
+    def has_samples(self, key: str) -> bool:
+        """Whether run ``key`` (its full key) has per-sample rows here: every finished run has,
+        unless it was copied by ``bench merge --runs-only``."""
+        return self.conn.execute("SELECT 1 FROM samples WHERE run_key = ? LIMIT 1", (key,)).fetchone() is not None
 
     def remove(self, keys: list[str]) -> int:
         """Delete the runs ``keys`` with all their rows, in one transaction; how many were there."""

@@ -192,9 +192,15 @@ def test_the_separation_figure_asks_for_one_cell_and_for_runs_with_trust(tmp_pat
     assert "on 5 cells; pick one with --cell: cifar10:1:flip2:0.2, cifar10:1:flip2:0.4, cifar10:50:none, " \
            "cifar10:100:none, cifar10:200:none" in capsys.readouterr().err
     assert main(["plot", "separation", "--store", str(path), "--cell", "cifar10:1:flip2:0.4"]) == 2
-    assert "no finished run on cifar10:1:flip2:0.4 records a per-sample weight" in capsys.readouterr().err
+    # the fixture's runs hold no per-sample rows at all, as a `bench merge --runs-only` copy's
+    assert "the 3 finished run(s) on cifar10:1:flip2:0.4 have no per-sample rows" in capsys.readouterr().err
     assert main(["plot", "separation", "--store", str(path), "--method", "ce,o2u"]) == 2
     assert "no finished runs of ce, o2u in" in capsys.readouterr().err
+    trust = Store(path)
+    fake_store.add_fake_trust_run(trust, "ce", "CE", {})  # rows, and no trust record
+    trust.close()
+    assert main(["plot", "separation", "--store", str(path), "--cell", "fmnist-mini:8:flip2:0.25"]) == 2
+    assert "no finished run on fmnist-mini:8:flip2:0.25 records a per-sample weight" in capsys.readouterr().err
     # the cell's CurveNet of the quick preset beside one of the paper preset: one label, so two figures
     store = Store(path)
     paper = fake_store.paper_spec("curvenet", "cifar10", 200, "none", 0, 0, fake_store.CURVENET_PARAMS)
@@ -334,7 +340,35 @@ def test_the_separation_figure_takes_the_preset_that_tells_two_protocols_apart(t
     store.close()
     assert main(["plot", "separation", "--store", str(path), "--cell", "cifar10:200:none", "--preset", "quick"]) == 2
     err = capsys.readouterr().err
-    assert "no finished run on cifar10:200:none records a per-sample weight" in err and "protocols" not in err
+    assert "the 1 finished run(s) on cifar10:200:none have no per-sample rows" in err and "protocols" not in err
     assert main(["plot", "separation", "--store", str(path), "--method", "curvenet", "--preset", "paper"]) == 2
     assert "the runs are on 2 cells; pick one with --cell: cifar10:1:flip2:0.4, cifar10:200:none" in \
         capsys.readouterr().err
+
+
+def test_a_runs_only_copy_reads_alike_and_says_why_it_has_no_separation(trust_store, tmp_path, capsys):
+    """``bench merge --runs-only``: accuracy tables, compare and show print the same from the small
+    copy as from the store the runs were trained into; separation tables, ``show`` and the figures
+    say the copy holds no per-sample rows instead of blaming the method."""
+    slim = tmp_path / "slim.sqlite"
+    assert main(["merge", str(trust_store), "--store", str(slim), "--runs-only"]) == 0
+    assert "8 runs copied (8 done, 0 failed, without per-sample rows)" in capsys.readouterr().err
+    assert slim.stat().st_size < trust_store.stat().st_size
+    for command in (["table", "--average"], ["table", "--metric", "minutes"], ["compare", "curvenet", "mwnet"],
+                    ["show"]):
+        outputs = []
+        for path in (trust_store, slim):
+            assert main([*command, "--store", str(path)]) == 0
+            outputs.append(capsys.readouterr().out)
+        assert outputs[0] == outputs[1] and outputs[0], command
+    assert main(["table", "--metric", "noise_auroc", "--store", str(slim)]) == 0
+    err = capsys.readouterr().err
+    assert "8 of the 8 runs have no per-sample rows" in err and "bench merge --runs-only" in err
+    key = Store(slim, create=False).runs()["key"].iloc[0]
+    assert main(["show", key, "--store", str(slim)]) == 0
+    assert "recorded  no per-sample rows in this store (copied by `bench merge --runs-only`" in capsys.readouterr().out
+    assert main(["plot", "weights", "--method", "curvenet", "--seed", "0", "--store", str(slim),
+                 "--out", str(tmp_path / "w.png")]) == 2
+    assert "has no per-sample rows" in capsys.readouterr().err and not (tmp_path / "w.png").exists()
+    assert main(["plot", "separation", "--store", str(slim), "--out", str(tmp_path / "s.png")]) == 2
+    assert "have no per-sample rows" in capsys.readouterr().err and not (tmp_path / "s.png").exists()

@@ -297,3 +297,22 @@ def test_a_store_that_cannot_be_created_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(sqlite3, "connect", refuse)
     with pytest.raises(BenchError, match="cannot create the store .*new.sqlite"):
         Store(tmp_path / "new.sqlite")
+
+
+def test_a_runs_only_merge_copies_results_and_history_and_a_full_merge_completes_it(tmp_path):
+    """``bench merge --runs-only``: the run's row and per-epoch history arrive, none of its
+    per-sample rows; a full merge of the same run later brings them (it is not "kept" as it is);
+    a runs-only merge never strips a run that is here in full."""
+    source, slim = Store(tmp_path / "full.sqlite"), Store(tmp_path / "slim.sqlite")
+    key = _start(source)
+    _finish(source, key)
+    assert slim.merge_from(source, runs_only=True) == {"done": 1, "failed": 0, "kept": 0, "interrupted": 0}
+    rows, full = _rows(slim, key), _rows(source, key)
+    assert rows["runs"] == full["runs"] and rows["epochs"] == full["epochs"] and full["samples"]
+    assert all(rows[table] == [] for table in store_module.PER_SAMPLE_TABLES)
+    assert not slim.has_samples(key) and source.has_samples(key)
+    assert slim.runs()["acc_last"].tolist() == source.runs()["acc_last"].tolist() == [80.0]
+    assert slim.merge_from(source, runs_only=True)["kept"] == 1
+    assert slim.merge_from(source) == {"done": 1, "failed": 0, "kept": 0, "interrupted": 0}  # completed
+    assert _rows(slim, key) == full
+    assert slim.merge_from(source, runs_only=True)["kept"] == 1 and _rows(slim, key) == full
