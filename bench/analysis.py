@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.bias import has_noise
+from bench.errors import BenchError
 from bench.store import RUNS_ONLY
 
 
@@ -173,7 +174,8 @@ def with_separation(store, runs: pd.DataFrame, progress=None) -> pd.DataFrame:
     """``runs`` (``Store.runs()``) with the :data:`SEPARATION` columns, NaN where undefined (runs
     of cells without noise are not read: no sample is mislabelled). About 0.1 s a run of 50,000
     samples; ``progress(done, total)`` is called every 100 runs. Runs without per-sample rows
-    (a ``bench merge --runs-only`` copy) get NaN, and a note on stderr says how many."""
+    (a ``bench merge --runs-only`` copy) get NaN, and a note on stderr says how many; where no run
+    with noise has them, a BenchError says so."""
     values = {column: [] for column in SEPARATION}
     noisy = has_noise(runs["noise_type"], runs["noise_rate"]) if len(runs) else []
     without_rows = 0
@@ -185,6 +187,9 @@ def with_separation(store, runs: pd.DataFrame, progress=None) -> pd.DataFrame:
             without_rows += 1
         for column in SEPARATION:
             values[column].append(found.get(column, float("nan")))
+    if without_rows and without_rows == sum(noisy):
+        raise BenchError(f"none of the {without_rows} run(s) with noise has per-sample rows in {store.path} "
+                         f"({RUNS_ONLY}); separation needs the store they were trained into")
     if without_rows:
         print(f"note: {without_rows} of the {len(runs)} runs have no per-sample rows in {store.path} ({RUNS_ONLY}): "
               "no separation for them; read the store they were trained into", file=sys.stderr)

@@ -131,7 +131,9 @@ def test_bad_separation_requests_are_one_line(trust_store, capsys, args, message
 
 def test_a_store_without_trust_records_says_why_the_table_is_empty(tmp_path, capsys):
     path = tmp_path / "s.sqlite"
-    fake_store.build(path).close()
+    store = fake_store.build(path)
+    fake_store.add_fake_trust_run(store, "ce", "CE", {})  # per-sample rows, no weight or score
+    store.close()
     assert main(["table", "--store", str(path), "--metric", "noise_auroc"]) == 0
     assert "has a noise_auroc: it needs a per-sample weight or selection score" in capsys.readouterr().out
 
@@ -361,9 +363,11 @@ def test_a_runs_only_copy_reads_alike_and_says_why_it_has_no_separation(trust_st
             assert main([*command, "--store", str(path)]) == 0
             outputs.append(capsys.readouterr().out)
         assert outputs[0] == outputs[1] and outputs[0], command
-    assert main(["table", "--metric", "noise_auroc", "--store", str(slim)]) == 0
+    assert main(["table", "--metric", "noise_auroc", "--store", str(slim)]) == 2
     err = capsys.readouterr().err
-    assert "8 of the 8 runs have no per-sample rows" in err and "bench merge --runs-only" in err
+    assert "none of the 8 run(s) with noise has per-sample rows" in err and "bench merge --runs-only" in err
+    assert main(["compare", "curvenet", "mwnet", "--metric", "tail_auroc", "--store", str(slim)]) == 2
+    assert "has per-sample rows" in capsys.readouterr().err
     key = Store(slim, create=False).runs()["key"].iloc[0]
     assert main(["show", key, "--store", str(slim)]) == 0
     assert "recorded  no per-sample rows in this store (copied by `bench merge --runs-only`" in capsys.readouterr().out
@@ -372,3 +376,11 @@ def test_a_runs_only_copy_reads_alike_and_says_why_it_has_no_separation(trust_st
     assert "has no per-sample rows" in capsys.readouterr().err and not (tmp_path / "w.png").exists()
     assert main(["plot", "separation", "--store", str(slim), "--out", str(tmp_path / "s.png")]) == 2
     assert "have no per-sample rows" in capsys.readouterr().err and not (tmp_path / "s.png").exists()
+    one = Store(tmp_path / "one.sqlite")  # one run in full: the copy's others are left out, and said so
+    one.merge_from(Store(trust_store, create=False))
+    runs = one.runs()
+    one.remove(runs.loc[(runs["method"] != "curvenet") | (runs["seed"] != 0), "key"].tolist())
+    assert Store(slim).merge_from(one)["done"] == 1
+    assert main(["table", "--metric", "noise_auroc", "--store", str(slim)]) == 0
+    captured = capsys.readouterr()
+    assert "note: 7 of the 8 runs have no per-sample rows" in captured.err and "CurveNet" in captured.out
