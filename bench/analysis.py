@@ -187,10 +187,11 @@ def with_separation(store, runs: pd.DataFrame, progress=None) -> pd.DataFrame:
             without_rows += 1
         for column in SEPARATION:
             values[column].append(found.get(column, float("nan")))
-    if without_rows and without_rows == sum(noisy):
+    with_noise = int(sum(noisy))
+    if without_rows and without_rows == with_noise:
         raise BenchError(f"none of the {without_rows} run(s) with noise has per-sample rows in {store.path} "
                          f"({RUNS_ONLY}); separation needs the store they were trained into")
     if without_rows:
-        print(f"note: {without_rows} of the {len(runs)} runs have no per-sample rows in {store.path} ({RUNS_ONLY}): "
-              "no separation for them; read the store they were trained into", file=sys.stderr)
+        print(f"note: {without_rows} of the {with_noise} runs with noise have no per-sample rows in {store.path} "
+              f"({RUNS_ONLY}): no separation for them; read the store they were trained into", file=sys.stderr)
     return runs.assign(**{column: pd.Series(v, index=runs.index, dtype=float) for column, v in values.items()})

@@ -13,6 +13,9 @@ Tables
 Every write that finishes a run is one transaction: the run turns ``done`` together with its
 metrics, history and per-sample rows, or not at all. A run killed mid-way stays ``running`` (never
 ``done``) and is trained again by the next ``bench run``. The store imports no torch.
+
+``bench merge --runs-only`` (:meth:`Store.merge_from`) copies runs without their rows in the
+per-sample tables: a store a few hundred times smaller, to publish beside results.
 """
 
 from __future__ import annotations
@@ -339,7 +342,7 @@ class Store:
         Merging again changes nothing. ``progress(done, total)`` is called after each run.
 
         ``runs_only`` copies each run's row and per-epoch history but not its per-sample rows
-        (:data:`PER_SAMPLE_TABLES`: labels, weights, curves): a store a hundred times smaller, that
+        (:data:`PER_SAMPLE_TABLES`: labels, weights, curves): a store a few hundred times smaller, that
         accuracy tables, ``bench compare`` and ``bench rank`` read alike, e.g. to publish results.
         A finished run held here without per-sample rows is replaced by a full copy of it."""
         if source.path.resolve() == self.path.resolve():

@@ -383,4 +383,4 @@ def test_a_runs_only_copy_reads_alike_and_says_why_it_has_no_separation(trust_st
     assert Store(slim).merge_from(one)["done"] == 1
     assert main(["table", "--metric", "noise_auroc", "--store", str(slim)]) == 0
     captured = capsys.readouterr()
-    assert "note: 7 of the 8 runs have no per-sample rows" in captured.err and "CurveNet" in captured.out
+    assert "note: 7 of the 8 runs with noise have no per-sample rows" in captured.err and "CurveNet" in captured.out
