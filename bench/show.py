@@ -330,11 +330,11 @@ def render_detail(d: dict) -> str:
         lines.append(_field("result", metrics))
     if d["error"]:
         lines.append("  error     " + d["error"].strip().replace("\n", "\n            "))
-    recorded = [f"{d['samples']} samples"] + [f"1-D {', '.join(d['sample_values'])}"] * bool(d["sample_values"]) \
-        + [f"2-D {', '.join(d['arrays'])}"] * bool(d["arrays"])
     if d["status"] == "done" and not d["samples"]:
         lines.append(f"  recorded  no per-sample rows in this store ({RUNS_ONLY})")
     else:
+        recorded = [f"{d['samples']} samples"] + [f"1-D {', '.join(d['sample_values'])}"] * bool(d["sample_values"]) \
+            + [f"2-D {', '.join(d['arrays'])}"] * bool(d["arrays"])
         lines.append("  recorded  " + "; ".join(recorded) + " (Store.samples(key), Store.array(key, name))")
     if d.get("separation"):
         lines.append(_separation_line(d["separation"]))
