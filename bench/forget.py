@@ -6,13 +6,15 @@ selects runs as ``bench show`` does (every selector given must hold) and lists t
 ``--yes`` are they deleted, each with all its rows (history, per-sample records), in one
 transaction, under the store's writer lock (not while a ``bench run`` writes the store). Their
 checkpoints in ``--cache-dir`` go too, and those of fused groups that hold one of them, so that
-nothing resumes from them. CurveNet's cached probe curves (``CACHE/curvenet_probe``) stay: they
-are shared by CurveNet runs that differ only after the probe; delete that folder by hand after
-changing the probe's code.
+nothing resumes from them. The file is then compacted (SQLite's ``VACUUM``), so that forgetting
+runs frees their space on disk, as one expects before publishing a store. CurveNet's cached
+probe curves (``CACHE/curvenet_probe``) stay: they are shared by CurveNet runs that differ only
+after the probe; delete that folder by hand after changing the probe's code.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -32,6 +34,10 @@ def add_arguments(parser) -> None:  # (no torch: every command's parser is built
     parser.add_argument("--cache-dir", default=".bench_cache",
                         help="where their checkpoints are (as for bench run; default ./.bench_cache)")
     parser.add_argument("--yes", action="store_true", help="delete them (without it: only list them)")
+
+
+def kib(size: int) -> str:
+    return f"{size / 1024:,.0f} KiB"
 
 
 def remove_checkpoints(keys: set[str], cache_dir: Path) -> int:
@@ -85,11 +91,16 @@ def main(args) -> int:
             if set(again.loc[named(again), "key"]) != set(chosen["key"]):
                 raise BenchError(f"the runs in {args.store} changed since they were listed; "
                                  "run bench forget again to see what it would delete now")
+            size = store.path.stat().st_size
             removed = store.remove(list(chosen["key"]))
             checkpoints = remove_checkpoints(set(chosen["key"]), Path(args.cache_dir))
+            try:
+                file = f" (its file: {kib(size)} -> {kib(store.compact())})"
+            except sqlite3.OperationalError as exc:  # e.g. no room for VACUUM's copy: the runs are gone all the same
+                file = f" (its file was not compacted: {exc})"
     finally:
         store.close()
-    print(f"forgot {removed} run{'s' * (removed != 1)} in {args.store}"
+    print(f"forgot {removed} run{'s' * (removed != 1)} in {args.store}{file}"
           + (f" and {checkpoints} checkpoint{'s' * (checkpoints != 1)} in {args.cache_dir}" if checkpoints else "")
           + "; the next bench run that asks for them trains them again", file=sys.stderr)
     return 0

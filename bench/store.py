@@ -396,6 +396,14 @@ class Store:
                 removed += _delete_rows(c, key, run=True)
         return removed
 
+    def compact(self) -> int:
+        """Give the pages of deleted rows back to the file system, so that the file shrinks now:
+        SQLite's ``VACUUM`` (it rewrites the file, needing room for one more copy of it), then a
+        checkpoint that empties the write-ahead log. Returns the file's size in bytes."""
+        self.conn.execute("VACUUM")
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return self.path.stat().st_size
+
     # --- reading --------------------------------------------------------------------------
     def runs(self, status: str | None = "done", keys: list[str] | None = None) -> pd.DataFrame:
         """Runs as a DataFrame, metrics expanded into columns (``acc_last``, ``acc_best`` ...)."""

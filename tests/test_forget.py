@@ -155,3 +155,22 @@ def test_forget_refuses_a_read_only_store_and_deletes_nothing(tmp_path, capsys, 
     assert "is not writable" in capsys.readouterr().err
     monkeypatch.undo()
     assert rows_per_table(path) == before
+
+
+def test_forget_gives_the_space_of_the_forgotten_runs_back_to_the_disk(tmp_path, capsys):
+    path = tmp_path / "s.sqlite"
+    store = fake_store.build(path)
+    for seed in range(3):  # runs with per-sample rows and arrays: most of a real store's bytes
+        fake_store.add_fake_curvenet_run(store, seed=seed)
+    every = store.runs(None)
+    others = sorted((key,) for key in every.loc[every["method"] != "curvenet", "key"])
+    store.close()
+    before = path.stat().st_size
+    assert main(["forget", "--store", str(path), "--method", "curvenet", "--yes"]) == 0
+    err = capsys.readouterr().err
+    after = path.stat().st_size
+    assert after < before / 2, (before, after)  # compacted, not just rows marked free inside the file
+    assert f"(its file: {before / 1024:,.0f} KiB -> {after / 1024:,.0f} KiB)" in err
+    assert not (tmp_path / "s.sqlite-wal").exists() or (tmp_path / "s.sqlite-wal").stat().st_size == 0
+    assert rows_per_table(path)["runs"] == others  # the other runs are all still there, and read
+    assert sorted(Store(path, create=False).runs(None)["key"]) == [key for key, in others]
