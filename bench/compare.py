@@ -71,8 +71,10 @@ def add_arguments(parser) -> None:
 
 
 def resolve(name: str, runs: pd.DataFrame) -> str:
-    """The row label ``name`` stands for: itself if a row has that label, else the one label of
-    the registry method ``name``; BenchError naming the choices otherwise."""
+    """The row label ``name`` stands for: itself if a row has that label (case aside), else the one
+    label that reads ``name`` before its ``[...]`` qualifiers (``CurveNet(SL=3)`` for ``CurveNet(SL=3)
+    [data_sha256=...]``), else the one label of the registry method ``name``; BenchError naming the
+    choices otherwise."""
     from bench.show import method_names
 
     labels = sorted(set(row_labels(runs))) if len(runs) else []
@@ -81,6 +83,9 @@ def resolve(name: str, runs: pd.DataFrame) -> str:
     same = [label for label in labels if label.lower() == name.lower()]  # case aside
     if len(same) == 1:
         return same[0]
+    unqualified = [label for label in labels if label.split(" [")[0] == name]  # a row as the table names it
+    if len(unqualified) == 1:
+        return unqualified[0]
     try:  # a registry name, or a method's name as tables show it (MW-Net for MW-Net(noise))
         named = set(method_names(name, runs))
     except BenchError:

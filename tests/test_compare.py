@@ -123,6 +123,24 @@ def test_names_resolve_to_rows_and_bad_ones_say_what_there_is(tmp_path, capsys):
     assert json.loads(out)["metric"] == "acc_last" and "note:" not in err and "warning" not in err
 
 
+def test_a_row_is_named_without_its_qualifiers_where_that_leaves_one_row(tmp_path, capsys):
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    for method, shown, variant, acc in (("mwnet", "MW-Net(noise)", "noise", 50.0),
+                                        ("mwnet", "MW-Net(imb)", "imb", 47.0), ("ce", "CE", None, 40.0)):
+        params = fake_store.MWNET_PARAMS[variant] if variant else {}
+        run = dataclasses.replace(fake_store.paper_spec(method, "cifar10", 10, "flip2", 0.4, 0, params),
+                                  data_sha256="abcdef0123456789aa")  # an npz file's runs: every label qualified
+        fake_store.add_run(store, run, shown, acc)
+    store.close()
+    table, _ = compared(capsys, "MW-Net(imb)", "CE", "--store", str(path))
+    assert table.loc[0, ["a", "b", "diff"]].tolist() == ["MW-Net(imb) [data_sha256=abcdef0123456789aa]",
+                                                         "CE [data_sha256=abcdef0123456789aa]", 7.0]
+    assert compared(capsys, "MW-Net(noise)", "MW-Net(imb)", "--store", str(path))[0]["diff"][0] == 3.0
+    assert main(["compare", "mwnet", "ce", "--store", str(path)]) == 2  # the method: still two rows
+    assert "mwnet stands for 2 rows of the table; name one: MW-Net(imb) [" in capsys.readouterr().err
+
+
 def test_no_shared_cell_is_said_and_is_not_an_error(tmp_path, capsys):
     path = make_store(tmp_path / "s.sqlite", [("ce", 0, 70.0, {}), ("mwnet", 0, 68.0, {"imbalance": 100.0})])
     table, err = compared(capsys, "ce", "mwnet", "--store", str(path))
