@@ -77,22 +77,22 @@ def resolve(name: str, runs: pd.DataFrame) -> str:
     choices otherwise."""
     from bench.show import method_names
 
-    labels = sorted(set(row_labels(runs))) if len(runs) else []
+    rows = row_labels(runs) if len(runs) else []  # each run's row
+    labels = sorted(set(rows))
     if name in labels:
         return name
     same = [label for label in labels if label.lower() == name.lower()]  # case aside
     if len(same) == 1:
         return same[0]
-    unqualified = [label for label in labels if label.split(" [")[0] == name]  # a row as the table names it
-    if len(unqualified) == 1:
+    unqualified = sorted({row for row, shown in zip(rows, runs["display_name"]) if shown == name}) if rows else []
+    if len(unqualified) == 1:  # a row as the table names it, its [...] qualifiers aside
         return unqualified[0]
     try:  # a registry name, or a method's name as tables show it (MW-Net for MW-Net(noise))
         named = set(method_names(name, runs))
     except BenchError:
         raise BenchError(f"unknown method or row {name!r}; the rows are: "
                          f"{', '.join(labels) or 'none (empty store)'}") from None
-    mine = sorted({label for label, method in zip(row_labels(runs), runs["method"]) if method in named}) \
-        if len(runs) else []
+    mine = sorted({row for row, method in zip(rows, runs["method"]) if method in named}) if rows else []
     if len(mine) == 1:
         return mine[0]
     if len(mine) > 1:
