@@ -318,9 +318,9 @@ def cmd_table(args) -> int:
     stored = len(runs)
     if args.method or args.cell:  # whole (method, cell) groups: each row keeps its label
         from bench.plots import parse_cell
-        from bench.show import absent_methods, method_names, select
+        from bench.show import absent_methods, method_selection, select
 
-        wanted = method_names(args.method, runs)
+        wanted = method_selection(args.method, runs)
         absent = absent_methods(wanted, runs, args.store)
         if absent:
             print(f"bench: {absent.replace('no runs of', 'no finished runs of', 1)}", file=sys.stderr)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.show import STATUSES, absent_methods, listing, method_names, render_listing, select, writer
+from bench.show import STATUSES, absent_methods, listing, method_selection, render_listing, select, writer
 
 
 def add_arguments(parser) -> None:  # (no torch: every command's parser is built at start-up)
@@ -70,7 +70,7 @@ def main(args) -> int:
 
     try:
         every = store.runs(None)
-        wanted = method_names(args.method, every)
+        wanted = method_selection(args.method, every)
         keep = named(every)
         chosen = every[keep]
         absent = absent_methods(wanted, every, args.store)

@@ -123,13 +123,13 @@ def select_run(store, *, run: str | None = None, cell=None, method: str = "curve
     runs = store.runs("done")
     if runs.empty:
         raise BenchError(f"no finished runs in {store.path}")
-    from bench.show import method_names
+    from bench.show import method_selection, select
 
-    named = method_names(method, runs)  # a registry name, or the name tables show
+    named = method_selection(method, runs)  # a registry name, or the name tables show (a variant: its runs)
     if len(named) != 1:
         raise BenchError(f"--method names one method here (a figure of one run), got {method!r}")
-    method = named[0]
-    m = runs["method"] == method
+    m = select(runs, methods=named)
+    method = next(iter(named))
     if cell is not None:
         m &= matches_cell(runs, cell)
     if preset:
@@ -368,17 +368,17 @@ def cell_argument(run) -> str:
 def _plot_separation(store, args) -> int:
     """``bench plot separation``: the cell's runs (one cell; --cell where the store holds several)."""
     from bench.analysis import TRUST_KEEPERS
-    from bench.show import absent_methods, method_names
+    from bench.show import absent_methods, method_selection, select
 
     if args.run or args.classes:
         raise BenchError("separation shows every method of a cell: drop --run/--classes, give --cell")
     runs = store.runs("done")
-    wanted = method_names(args.method, runs)
+    wanted = method_selection(args.method, runs)
     if wanted:
         absent = absent_methods(wanted, runs, store.path)
         if absent:
             raise BenchError(absent.replace("no runs of", "no finished runs of", 1))
-        runs = runs[runs["method"].isin(wanted)]
+        runs = runs[select(runs, methods=wanted)]
     if args.preset:
         runs = runs[runs["preset"] == args.preset]
     if args.cell:

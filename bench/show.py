@@ -140,25 +140,43 @@ def method_names(text: str | None, runs: pd.DataFrame | None = None) -> list[str
     """``--method ce,focal`` as a list of registry names (None: no such option). Each name is a
     registry name (``bench list``) or, case aside, a method's name as tables show it (``Focal``,
     ``MW-Net``: the display names of ``runs``); anything else is a one-line error."""
+    chosen = method_selection(text, runs)
+    return None if chosen is None else list(chosen)
+
+
+def method_selection(text: str | None, runs: pd.DataFrame | None = None) -> dict[str, set[str] | None] | None:
+    """``--method`` as {registry name: the display names (lower case) of the runs it names, or None
+    for all the method's runs} (None: no such option). A registry name or a method's plain table
+    name (``CurveNet``, ``MW-Net``) names every run of the method; a table name with its variant
+    (``CurveNet(SL=3)``, ``MW-Net(noise)``) names only the runs shown under it, so that ``bench
+    forget --method 'CurveNet(SL=3)'`` leaves the other CurveNet runs alone."""
     import methods
 
     if not text:
         return None
     known = set(methods.names()) | (set(runs["method"]) if runs is not None and len(runs) else set())
     shown: dict[str, set] = {}
+    variants: dict[str, set] = {}
     if runs is not None and len(runs):
         for name, display in zip(runs["method"], runs["display_name"]):
-            shown.setdefault(str(display).lower(), set()).add(name)
-            shown.setdefault(str(display).split("(")[0].strip().lower(), set()).add(name)  # MW-Net(noise)
-    out = []
+            plain = str(display).split("(")[0].strip().lower()  # MW-Net(noise) -> mw-net
+            shown.setdefault(plain, set()).add(name)
+            if str(display).lower() != plain:
+                variants.setdefault(str(display).lower(), set()).add(name)
+    out: dict[str, set[str] | None] = {}
     for item in (m.strip() for m in text.split(",") if m.strip()):
         matches = ([item] if item in known else sorted(n for n in known if n.lower() == item.lower())
                    or sorted(shown.get(item.lower(), ())))
-        if not matches:
+        if matches:
+            out.update(dict.fromkeys(matches))  # every run of these methods
+        elif item.lower() in variants:
+            for name in sorted(variants[item.lower()]):
+                if out.get(name, set()) is not None:
+                    out[name] = out.get(name, set()) | {item.lower()}
+        else:
             raise BenchError(f"unknown method {item!r}; the methods are {', '.join(methods.names())} "
                              "(`bench list`), or their names as tables show them")
-        out.extend(matches)
-    return list(dict.fromkeys(out))
+    return out
 
 
 def absent_methods(wanted: list[str] | None, runs: pd.DataFrame, store_path) -> str | None:
@@ -171,15 +189,19 @@ def absent_methods(wanted: list[str] | None, runs: pd.DataFrame, store_path) -> 
             + (f" (its runs are of {', '.join(sorted(set(runs['method'])))})" if len(runs) else ""))
 
 
-def select(runs: pd.DataFrame, *, status: str = "all", methods: list[str] | None = None, cell=None) -> pd.Series:
-    """Which runs (of a ``Store.runs(None)`` frame) are in ``status``, of ``methods``, on ``cell``."""
+def select(runs: pd.DataFrame, *, status: str = "all", methods=None, cell=None) -> pd.Series:
+    """Which runs (of a ``Store.runs(None)`` frame) are in ``status``, of ``methods``, on ``cell``.
+    ``methods``: registry names, or :func:`method_selection`'s dict (a variant's runs only)."""
     from bench.plots import matches_cell
 
     keep = pd.Series(True, index=runs.index)
     if status != "all":
         keep &= runs["status"] == status
     if methods:
-        keep &= runs["method"].isin(methods)
+        keep &= runs["method"].isin(list(methods))
+        if isinstance(methods, dict):
+            keep &= pd.Series([methods.get(name) is None or str(display).lower() in methods[name]
+                               for name, display in zip(runs["method"], runs["display_name"])], index=runs.index)
     if cell is not None:
         keep &= matches_cell(runs, cell)
     return keep
@@ -369,7 +391,7 @@ def main(args) -> int:
             return 0
         cell = parse_cell(args.cell) if args.cell else None
         every = store.runs(None)
-        wanted = method_names(args.method, every)
+        wanted = method_selection(args.method, every)
         absent = absent_methods(wanted, every, args.store)
         if absent:  # a method not run yet, or run into another store
             print(f"bench: {absent}", file=sys.stderr)

@@ -174,3 +174,24 @@ def test_forget_gives_the_space_of_the_forgotten_runs_back_to_the_disk(tmp_path,
     assert not (tmp_path / "s.sqlite-wal").exists() or (tmp_path / "s.sqlite-wal").stat().st_size == 0
     assert rows_per_table(path)["runs"] == others  # the other runs are all still there, and read
     assert sorted(Store(path, create=False).runs(None)["key"]) == [key for key, in others]
+
+
+def test_a_method_named_with_its_variant_forgets_only_that_variants_runs(tmp_path, capsys):
+    path = tmp_path / "s.sqlite"
+    fake_store.build(path).close()
+    every = Store(path, create=False).runs(None)
+    noise = set(every["key"][every["display_name"] == "MW-Net(noise)"])
+    imb = set(every["key"][every["display_name"] == "MW-Net(imb)"])
+    assert noise and imb
+
+    assert main(["show", "--store", str(path), "--method", "MW-Net(imb)"]) == 0  # bench show selects alike
+    out = capsys.readouterr().out
+    assert out.count("| MW-Net(imb)") == len(imb) and "MW-Net(noise)" not in out
+
+    assert main(["forget", "--store", str(path), "--method", "mw-net(noise)", "--yes"]) == 0
+    assert f"forgot {len(noise)} runs in" in capsys.readouterr().err
+    left = set(Store(path, create=False).runs(None)["key"])
+    assert not left & noise and imb <= left  # MW-Net(imb)'s runs stay
+
+    assert main(["forget", "--store", str(path), "--method", "MW-Net(imb),MW-Net", "--yes"]) == 0  # the plain name: all
+    assert not set(Store(path, create=False).runs(None)["key"]) & imb
