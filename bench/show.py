@@ -171,8 +171,9 @@ def method_selection(text: str | None, runs: pd.DataFrame | None = None) -> dict
             out.update(dict.fromkeys(matches))  # every run of these methods
         elif item.lower() in variants:
             for name in sorted(variants[item.lower()]):
-                if out.get(name, set()) is not None:
-                    out[name] = out.get(name, set()) | {item.lower()}
+                shown_as = out.setdefault(name, set())
+                if shown_as is not None:  # None: the method was named whole already
+                    shown_as.add(item.lower())
         else:
             raise BenchError(f"unknown method {item!r}; the methods are {', '.join(methods.names())} "
                              "(`bench list`), or their names as tables show them")
