@@ -72,8 +72,8 @@ def add_arguments(parser) -> None:
 
 def resolve(name: str, runs: pd.DataFrame) -> str:
     """The row label ``name`` stands for: itself if a row has that label (case aside), else the one
-    label that reads ``name`` before its ``[...]`` qualifiers (``CurveNet(SL=3)`` for ``CurveNet(SL=3)
-    [data_sha256=...]``), else the one label of the registry method ``name``; BenchError naming the
+    label that reads ``name`` (case aside) before its ``[...]`` qualifiers (``CurveNet(SL=3)`` or
+    ``curvenet(sl=3)`` for ``CurveNet(SL=3) [data_sha256=...]``), else the one label of the registry method ``name``; BenchError naming the
     choices otherwise."""
     from bench.show import method_names
 
@@ -84,7 +84,8 @@ def resolve(name: str, runs: pd.DataFrame) -> str:
     same = [label for label in labels if label.lower() == name.lower()]  # case aside
     if len(same) == 1:
         return same[0]
-    unqualified = sorted({row for row, shown in zip(rows, runs["display_name"]) if shown == name}) if rows else []
+    unqualified = sorted({row for row, shown in zip(rows, runs["display_name"])
+                          if str(shown).lower() == name.lower()}) if rows else []
     if len(unqualified) == 1:  # a row as the table names it, its [...] qualifiers aside
         return unqualified[0]
     try:  # a registry name, or a method's name as tables show it (MW-Net for MW-Net(noise))

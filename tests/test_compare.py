@@ -137,6 +137,7 @@ def test_a_row_is_named_without_its_qualifiers_where_that_leaves_one_row(tmp_pat
     assert table.loc[0, ["a", "b", "diff"]].tolist() == ["MW-Net(imb) [data_sha256=abcdef0123456789aa]",
                                                          "CE [data_sha256=abcdef0123456789aa]", 7.0]
     assert compared(capsys, "MW-Net(noise)", "MW-Net(imb)", "--store", str(path))[0]["diff"][0] == 3.0
+    assert compared(capsys, "mw-net(NOISE)", "mw-net(imb)", "--store", str(path))[0]["diff"][0] == 3.0  # case aside
     assert main(["compare", "mwnet", "ce", "--store", str(path)]) == 2  # the method: still two rows
     assert "mwnet stands for 2 rows of the table; name one: MW-Net(imb) [" in capsys.readouterr().err
 
