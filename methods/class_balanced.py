@@ -22,8 +22,8 @@ Loss variants (``loss``, the official ``--loss-type`` names plus one):
 - ``focal``: the official CB focal loss, which is the *sigmoid* focal loss (Cui et al. eq. 6-7):
   one-vs-all BCE with modulator (1 - p_t,j)^gamma, summed over classes, times w_y; gamma = 1
   (all official CIFAR scripts).
-- ``softmax_focal``: the softmax focal loss of :mod:`methods.focal` times w_y (Cui et al. also
-  define a class-balanced softmax focal form; not in their code).
+- ``softmax_focal``: the softmax focal loss of :mod:`methods.focal` times w_y (an option of this
+  suite: Cui et al.'s class-balanced focal loss, in the paper and the code, is the sigmoid one above).
 For ``sigmoid`` and ``focal`` the official code initialises the last-layer bias to -log(K - 1)
 (``src/model_base.py:196``) and exempts it from weight decay (lines 344-351); ``sigmoid_init``
 (default True) does both, and does nothing for the softmax variants.

@@ -1,4 +1,4 @@
-"""Deferred re-weighting (DRW; Cao et al., NeurIPS 2019, §3.2 and Algorithm 1), as a reusable piece.
+"""Deferred re-weighting (DRW; Cao et al., NeurIPS 2019, §3.3 and Algorithm 1), as a reusable piece.
 
 DRW trains with unweighted loss until ``switch_epoch`` (the first learning-rate drop), then
 multiplies each sample's loss by the class-balanced weight of its (observed) label,

@@ -1,5 +1,6 @@
 """Focal loss baseline (Lin, Goyal, Girshick, He, Dollar, "Focal Loss for Dense Object Detection",
-ICCV 2017, eq. 5): FL(p_t) = -(1 - p_t)^gamma log p_t, in its multi-class softmax form.
+ICCV 2017, eq. 4; eq. 5 with alpha_t = 1): FL(p_t) = -(1 - p_t)^gamma log p_t, in its multi-class
+softmax form.
 
 This is the "Focal" baseline of the long-tail literature as the LDAM-DRW official code runs it
 (``kaidic/LDAM-DRW`` ``losses.py:7-21`` with ``gamma=1`` from ``cifar_train.py:214-215``; PROTOCOL.md

@@ -7,7 +7,7 @@ Public API (all functions take logits ``[B, K]`` and integer targets ``[B]`` on 
 ``ldam_margins(counts, max_m=0.5, *, device=None, dtype=float32) -> Tensor[K]``
     Cao et al. 2019, the LDAM loss: m_c = C / n_c^(1/4), C chosen so that max_c m_c = max_m.
 ``softmax_focal_per_sample(logits, target, gamma=1.0) -> Tensor[B]``
-    Lin et al. 2017, eq. 5 in softmax form: -(1 - p_t)^gamma log p_t.
+    Lin et al. 2017, eq. 4 (eq. 5 with alpha = 1) in softmax form: -(1 - p_t)^gamma log p_t.
 ``sigmoid_focal_per_sample(logits, target, gamma=1.0) -> Tensor[B]``
     One-vs-all sigmoid (focal when gamma > 0) loss summed over the K classes (CB official code).
 ``ldam_per_sample(logits, target, margins, s=30.0) -> Tensor[B]``
@@ -86,7 +86,7 @@ def _log_p_true(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def softmax_focal_per_sample(logits: torch.Tensor, target: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
-    """Per-sample softmax focal loss FL(p_t) = -(1 - p_t)^gamma log p_t (Lin et al., ICCV 2017, eq. 5).
+    """Per-sample softmax focal loss FL(p_t) = -(1 - p_t)^gamma log p_t (Lin et al., ICCV 2017, eq. 4).
 
     Multi-class softmax form, as the LDAM-DRW code's ``FocalLoss`` (``losses.py:7-21``), alpha = 1.
     Numerically safe: log p_t comes from ``log_softmax`` (never positive, so no tiny negative CE
