@@ -73,8 +73,8 @@ def add_arguments(parser) -> None:
 def resolve(name: str, runs: pd.DataFrame) -> str:
     """The row label ``name`` stands for: itself if a row has that label (case aside), else the one
     label that reads ``name`` (case aside) before its ``[...]`` qualifiers (``CurveNet(SL=3)`` or
-    ``curvenet(sl=3)`` for ``CurveNet(SL=3) [data_sha256=...]``), else the one label of the registry method ``name``; BenchError naming the
-    choices otherwise."""
+    ``curvenet(sl=3)`` for ``CurveNet(SL=3) [data_sha256=...]``), else the one label of the registry
+    method ``name``; BenchError naming the choices otherwise."""
     from bench.show import method_names
 
     rows = row_labels(runs) if len(runs) else []  # each run's row
