@@ -27,6 +27,7 @@ from bench.capture import deterministic_kernels, run_kernels, searches_conv_algo
 from bench.errors import BenchError
 from bench.spec import RunSpec
 from bench.store import Store
+from methods.base import params_items
 
 DEFAULT_CACHE_DIR = Path(".bench_cache")
 PLAIN_PROGRESS_EVERY_S = 30.0  # off a terminal: at most one progress line per run this often
@@ -274,6 +275,20 @@ def display_name(spec: RunSpec) -> str:
     return methods.get(spec.method).display_name(spec.method_params)
 
 
+def unnamed_settings(spec: RunSpec) -> dict[str, list]:
+    """The method's ``--set`` settings that ``spec`` changed from its preset's defaults and that its
+    display name does not show, as {name: [value, default]}: CurveNet's embedding size P
+    (``curvenet.embed_dim=32``) but not its SL, which names the row ``CurveNet(SL=3)``. Kept in the
+    run's ``env`` (``method_settings``), so that ``bench table``, which reads the store without
+    torch, can say them under a row that would otherwise read as the plain method."""
+    cls = methods.get(spec.method)
+    defaults = dict(params_items(cls.resolve_params(spec.preset)))
+    given = spec.method_params
+    name = cls.display_name(given)
+    return {k: [v, defaults[k]] for k, v in sorted(given.items())
+            if k in defaults and v != defaults[k] and cls.display_name({**given, k: defaults[k]}) == name}
+
+
 def run_labels(specs: list[RunSpec]) -> dict[str, str]:
     """Each run's name in progress lines: its row in ``bench table`` (the method, and the settings
     that set it apart from the other runs asked for on its cell, e.g. ``CE [lr=0.05]`` in a
@@ -293,11 +308,13 @@ def commit(store: Store, result: RunResult, cache_dir: Path | None = None) -> No
     """Write the result in one transaction, then drop the run's checkpoint (and any temp file a
     killed attempt left half-written)."""
     key = result.spec.key()
+    unnamed = unnamed_settings(result.spec)
+    env = {**result.env, "method_settings": unnamed} if unnamed else result.env
     if result.status == "done":
-        store.finish(key, metrics=result.metrics, history=result.history, env=result.env,
+        store.finish(key, metrics=result.metrics, history=result.history, env=env,
                      samples=result.samples, values=result.values, arrays=result.arrays)
     else:
-        store.fail(key, result.error or "unknown error", history=result.history, env=result.env)
+        store.fail(key, result.error or "unknown error", history=result.history, env=env)
     if not result.keep_checkpoint:
         drop_checkpoint(result.spec, cache_dir)
 

@@ -121,16 +121,22 @@ def off_preset(spec: dict) -> dict:
 
 def off_preset_note(runs: pd.DataFrame, labels: list[str] | None = None) -> str | None:
     """A line for under a table of ``runs``: the rows whose runs' protocol is not their preset's
-    (``--epochs 2``, ``--set lr=0.05``), which a row's label shows only where it sets two rows of
-    one method apart; None where every run follows its preset. ``labels``: the runs' row labels
-    where the table labels them among more runs (default :func:`row_labels` of ``runs``)."""
+    (``--epochs 2``, ``--set lr=0.05``), or whose method settings are not its preset's defaults
+    where the method's name does not show them (``--set curvenet.embed_dim=32``; the run's env
+    holds them, :func:`bench.execute.unnamed_settings`), which a row's label shows only where it
+    sets two rows of one method apart; None where every run follows its preset. ``labels``: the
+    runs' row labels where the table labels them among more runs (default :func:`row_labels` of
+    ``runs``)."""
     if runs.empty:
         return None
     rows: dict[str, list[str]] = {}
-    for label, text in zip(row_labels(runs) if labels is None else labels, runs["spec_json"]):
+    envs = runs["env_json"] if "env_json" in runs else [None] * len(runs)
+    for label, text, env in zip(row_labels(runs) if labels is None else labels, runs["spec_json"], envs):
         spec = json.loads(text)
+        changed = {**off_preset(spec), **{f"{spec['method']}.{k}": tuple(pair)
+                                          for k, pair in method_settings(env).items()}}
         away = ", ".join(f"{k} {setting_text(got)} (the {spec['preset']} preset: {setting_text(want)})"
-                         for k, (got, want) in sorted(off_preset(spec).items()))
+                         for k, (got, want) in sorted(changed.items()))
         if away:
             labels = rows.setdefault(away, [])
             if label not in labels:
@@ -139,6 +145,13 @@ def off_preset_note(runs: pd.DataFrame, labels: list[str] | None = None) -> str 
         return None
     return "rows trained away from their preset's protocol: " + "; ".join(
         f"{', '.join(labels)}: {away}" for away, labels in rows.items())
+
+
+def method_settings(env_json) -> dict:
+    """A stored run's method settings away from its preset's defaults that its name does not show,
+    {name: [value, default]}, from its env (written since these notes; {} for older runs)."""
+    env = json.loads(env_json) if isinstance(env_json, str) and env_json else {}
+    return env.get("method_settings") or {}
 
 
 def setting_text(value) -> str:

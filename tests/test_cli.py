@@ -1002,3 +1002,24 @@ def test_an_empty_shard_refuses_bad_options_as_every_other_shard_does(bad, messa
     assert main([*grid, "--shard", "3/3", "--store", str(tmp_path / "s3.sqlite")]) == 2  # the empty shard
     assert message in capsys.readouterr().err
     assert not (tmp_path / "s3.sqlite").exists()
+
+
+def test_a_method_setting_its_name_does_not_show_is_kept_and_said_under_the_table(tmp_path, capsys):
+    """`--set coteaching.t_k=5` leaves the row named Co-teaching (its name shows tau, not T_k): the
+    run's env keeps the setting and its default, and the notes under `bench run`'s and `bench
+    table`'s tables say it, so a lone such run does not pass for the method at its defaults."""
+    from bench.store import Store
+
+    store = tmp_path / "store.sqlite"
+    args = ["--methods", "coteaching", "--set", "coteaching.t_k=5", "--store", str(store),
+            "--cache-dir", str(tmp_path / "cache"), *QUICK]
+    assert main(["run", *args]) == 0
+    said = "Co-teaching: coteaching.t_k 5 (the quick preset: 1), epochs 2 (the quick preset: 20)"
+    assert said in capsys.readouterr().err
+    opened = Store(store, create=False)
+    (env,) = [json.loads(text) for text in opened.runs("done")["env_json"]]
+    opened.close()
+    assert env["method_settings"] == {"t_k": [5, 1]}
+    assert main(["table", "--store", str(store)]) == 0
+    out, err = capsys.readouterr()
+    assert "| Co-teaching " in out and said in err

@@ -375,6 +375,31 @@ def test_rows_trained_away_from_their_preset_are_said_under_the_table(tmp_path, 
     err = capsys.readouterr().err
     assert ("note: rows trained away from their preset's protocol: Focal: epochs 2 (the quick preset: 20); "
             "CB: weight_decay 0.001 (the quick preset: 0.0005)") in err
+    # a method setting the row's name does not show (CurveNet's P), from the run's env
+    store = Store(path)
+    fake_store.add_run(store, plain.replace(method="curvenet", params=(("embed_dim", 32),)), "CurveNet", 45.0,
+                       env={"method_settings": {"embed_dim": [32, 64]}})
+    store.close()
+    assert main(["table", "--store", str(path)]) == 0
+    assert "; CurveNet: curvenet.embed_dim 32 (the quick preset: 64)" in capsys.readouterr().err
+
+
+def test_a_runs_env_keeps_the_method_settings_its_name_does_not_show():
+    """What the note above reads: a run's method settings away from its preset's defaults, less
+    those its display name shows (CurveNet's SL, MW-Net's variant); none at the defaults."""
+    import methods
+    from bench.execute import unnamed_settings
+    from bench.spec import RunSpec
+    from methods.base import params_items
+
+    def spec(method, **sets):
+        params = methods.get(method).resolve_params("quick", {k: str(v) for k, v in sets.items()})
+        return RunSpec(method=method, preset="quick", params=params_items(params))
+
+    assert unnamed_settings(spec("curvenet", embed_dim=32, skip_layers=3, drop_first=3)) == {
+        "drop_first": [3, 1], "embed_dim": [32, 64]}  # the quick preset's S is 1, its P 64
+    assert unnamed_settings(spec("mwnet", variant="imb")) == {}  # MW-Net(imb) says it
+    assert unnamed_settings(spec("curvenet")) == {} and unnamed_settings(spec("ce")) == {}
 
 
 def test_the_average_over_cells_is_the_mean_and_sample_std_of_the_per_seed_means():
