@@ -308,7 +308,10 @@ def commit(store: Store, result: RunResult, cache_dir: Path | None = None) -> No
     """Write the result in one transaction, then drop the run's checkpoint (and any temp file a
     killed attempt left half-written)."""
     key = result.spec.key()
-    unnamed = unnamed_settings(result.spec)
+    try:
+        unnamed = unnamed_settings(result.spec)
+    except Exception:  # noqa: BLE001 - a note for the tables must never cost a run its result
+        unnamed = {}
     env = {**result.env, "method_settings": unnamed} if unnamed else result.env
     if result.status == "done":
         store.finish(key, metrics=result.metrics, history=result.history, env=env,

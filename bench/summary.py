@@ -138,9 +138,9 @@ def off_preset_note(runs: pd.DataFrame, labels: list[str] | None = None) -> str 
         away = ", ".join(f"{k} {setting_text(got)} (the {spec['preset']} preset: {setting_text(want)})"
                          for k, (got, want) in sorted(changed.items()))
         if away:
-            labels = rows.setdefault(away, [])
-            if label not in labels:
-                labels.append(label)
+            named = rows.setdefault(away, [])
+            if label not in named:
+                named.append(label)
     if not rows:
         return None
     return "rows trained away from their preset's protocol: " + "; ".join(
@@ -149,7 +149,7 @@ def off_preset_note(runs: pd.DataFrame, labels: list[str] | None = None) -> str 
 
 def method_settings(env_json) -> dict:
     """A stored run's method settings away from its preset's defaults that its name does not show,
-    {name: [value, default]}, from its env (written since these notes; {} for older runs)."""
+    {name: [value, default]}, from its env ({} for runs stored before 2026-12-07, which lack it)."""
     env = json.loads(env_json) if isinstance(env_json, str) and env_json else {}
     return env.get("method_settings") or {}
 
