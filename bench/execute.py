@@ -8,6 +8,7 @@ commits the result (or the failure) in one transaction. Runs already ``done`` ar
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import platform
@@ -27,7 +28,6 @@ from bench.capture import deterministic_kernels, run_kernels, searches_conv_algo
 from bench.errors import BenchError
 from bench.spec import RunSpec
 from bench.store import Store
-from methods.base import params_items
 
 DEFAULT_CACHE_DIR = Path(".bench_cache")
 PLAIN_PROGRESS_EVERY_S = 30.0  # off a terminal: at most one progress line per run this often
@@ -282,7 +282,7 @@ def unnamed_settings(spec: RunSpec) -> dict[str, list]:
     run's ``env`` (``method_settings``), so that ``bench table``, which reads the store without
     torch, can say them under a row that would otherwise read as the plain method."""
     cls = methods.get(spec.method)
-    defaults = dict(params_items(cls.resolve_params(spec.preset)))
+    defaults = dataclasses.asdict(cls.resolve_params(spec.preset))  # every field, those params_items omits too
     given = spec.method_params
     name = cls.display_name(given)
     return {k: [v, defaults[k]] for k, v in sorted(given.items())
