@@ -8,6 +8,7 @@ command that asks for one stored run
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 
 from bench.data.bias import REAL_NOISE, noise_text, number_text
@@ -79,8 +80,10 @@ def _same_setting(option, text: str | None, key: str, kind):
     return value
 
 
-def build_specs(args) -> list[RunSpec]:
-    """The RunSpecs that ``bench run`` asks for: methods x cells x seeds."""
+def build_specs(args, notes: list[str] | None = None) -> list[RunSpec]:
+    """The RunSpecs that ``bench run`` asks for: methods x cells x seeds. A method setting given
+    where it does nothing (:meth:`methods.base.Method.inert_settings`) stays at its preset's value,
+    and a line saying so goes to ``notes``."""
     import methods
 
     if args.grid and (args.imbalance or args.noise):
@@ -148,6 +151,8 @@ def build_specs(args) -> list[RunSpec]:
         if name not in method_classes:
             raise BenchError(f"--set {name}.* names a method that is not in --methods ({', '.join(method_names)})")
     params = {name: cls.resolve_params(preset_name, method_sets.get(name)) for name, cls in method_classes.items()}
+    for name, cls in method_classes.items():
+        params[name] = without_inert(cls, preset_name, params[name], notes)
 
     from methods.base import params_items
     seeds = _seeds(args.seeds)
@@ -173,6 +178,20 @@ def build_specs(args) -> list[RunSpec]:
                              train_on_meta=on_meta, data_sha256=digests.get(cell.dataset, ""), **protocol))
         method_classes[name].check_spec(specs[-1])
     return specs
+
+
+def without_inert(cls, preset_name: str, params, notes: list[str] | None = None):
+    """``params`` with each setting that does nothing under them (``cls.inert_settings``) back at
+    the preset's value: ``--sweep cb.loss=softmax,focal --set cb.gamma=2`` trains the plain
+    softmax run, not a copy of it under another key. Says each one reset in ``notes``."""
+    preset_params = cls.resolve_params(preset_name)
+    reset = {k: getattr(preset_params, k) for k in cls.inert_settings(params)
+             if getattr(params, k) != getattr(preset_params, k)}
+    if notes is not None:
+        why = cls.inert_settings(params)
+        notes.extend(f"{cls.name}.{k}={getattr(params, k)} does nothing {why[k]}; those runs keep "
+                     f"{cls.name}.{k}={v}, the same runs as without it" for k, v in reset.items())
+    return dataclasses.replace(params, **reset) if reset else params
 
 
 def run_command(spec: RunSpec, data_dir: str | None = None) -> list[str]:
@@ -290,10 +309,10 @@ def paper_specs(args) -> list[RunSpec]:
     return specs
 
 
-def asked_specs(args) -> list[RunSpec]:
+def asked_specs(args, notes: list[str] | None = None) -> list[RunSpec]:
     """Every run a ``bench run`` command asks for: a paper table's (``--paper N``), or methods x
     cells x seeds for every combination of the ``--sweep`` values (:func:`sweep_sets`), in the
-    command's order, each run once."""
+    command's order, each run once (``notes``: :func:`build_specs`)."""
     if getattr(args, "paper", None):
         if getattr(args, "sweep", None):
             raise BenchError(f"--paper {args.paper} runs the table's own settings; drop --sweep")
@@ -307,7 +326,7 @@ def asked_specs(args) -> list[RunSpec]:
                                  f"({args.methods})")
         specs = []
         for sets in sweep_sets(getattr(args, "sweep", None), args.set):
-            specs.extend(build_specs(argparse.Namespace(**{**vars(args), "set": list(args.set or []) + sets})))
+            specs.extend(build_specs(argparse.Namespace(**{**vars(args), "set": list(args.set or []) + sets}), notes))
     return list({spec.key(): spec for spec in specs}.values())  # --seeds 0,0 asks for one run
 
 

@@ -48,7 +48,10 @@ def cmd_run(args) -> int:
     if args.deterministic:  # cuBLAS reads it when it starts: before any CUDA work, here and in workers
         from bench.capture import CUBLAS_DETERMINISTIC_WORKSPACE
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC_WORKSPACE)
-    specs = asked_specs(args)
+    notes: list[str] = []
+    specs = asked_specs(args, notes)
+    for note in dict.fromkeys(notes):  # once each, over the --sweep combinations
+        print(f"bench: note: {note}", file=sys.stderr)
     if args.shard:
         index, count = parse_shard(args.shard)
         asked, specs = len(specs), shard_specs(specs, index, count)

@@ -27,7 +27,8 @@ def register(cls: type) -> type:
     """Class decorator: make ``cls`` available as ``get(cls.name)``.
 
     Checks what the harness relies on, so that a new method file's slip is one line naming it:
-    ``Params`` is a dataclass, and ``display_name`` and ``check_spec`` stay classmethods.
+    ``Params`` is a dataclass, and ``display_name``, ``inert_settings`` and ``check_spec`` stay
+    classmethods.
     """
     where = f"{_file(cls.__module__)}: {cls.__name__}"
     name = getattr(cls, "name", None)
@@ -35,7 +36,7 @@ def register(cls: type) -> type:
         raise BenchError(f"{where} needs a class attribute name = '...' (the --methods name)")
     if not dataclasses.is_dataclass(cls.Params):
         raise BenchError(f"{where}.Params must be a @dataclass (every field with a default)")
-    for hook in ("display_name", "check_spec"):
+    for hook in ("display_name", "inert_settings", "check_spec"):
         if not isinstance(inspect.getattr_static(cls, hook), classmethod):
             raise BenchError(f"{where}.{hook} must be a @classmethod (it is called on the class)")
     if name in _REGISTRY and _REGISTRY[name] is not cls:

@@ -103,6 +103,14 @@ class Method:
         return ()
 
     @classmethod
+    def inert_settings(cls, params) -> dict[str, str]:
+        """The settings that do nothing under ``params`` (a Params instance), each with the setting
+        that makes it so (Class-Balanced's ``gamma`` "with cb.loss=softmax"). ``bench run`` keeps
+        such a setting at its preset's value, so that the run is the one asked for without it (one
+        key, one row), and says so. Most methods use every setting."""
+        return {}
+
+    @classmethod
     def check_spec(cls, spec: RunSpec) -> None:
         """BenchError for a run this method cannot train (e.g. no meta set), raised by the CLI
         before anything is written to the store. Most methods train on any spec."""

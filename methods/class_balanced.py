@@ -114,6 +114,16 @@ class ClassBalanced(Method):
             extras.append("sigmoid_init=False")
         return base + (f" [{', '.join(extras)}]" if extras else "")
 
+    @classmethod
+    def inert_settings(cls, params) -> dict[str, str]:
+        """gamma enters only the focal variants (``sigmoid`` is the focal loss at gamma 0);
+        sigmoid_init only the sigmoid ones (module docstring)."""
+        why = f"with cb.loss={params.loss}"
+        inert = {} if "focal" in params.loss else {"gamma": why}
+        if params.loss not in ("sigmoid", "focal"):
+            inert["sigmoid_init"] = why
+        return inert
+
     def fit(self, run):
         p = self.params
         model = run.model()

@@ -765,6 +765,33 @@ def test_epochs_says_which_methods_keep_their_own_stages(tmp_path, capsys):
     assert "note:" not in capsys.readouterr().err
 
 
+def test_a_setting_that_does_nothing_keeps_its_preset_value_and_is_said(tmp_path, capsys):
+    """Class-Balanced's gamma enters only its focal losses and sigmoid_init only its sigmoid ones:
+    given with the softmax loss, each stays at the preset's value, so the run is the plain one
+    (same key, same row, nothing trained twice), and `bench run` says so once."""
+    from bench.arguments import asked_specs
+    from bench.cli import make_parser
+
+    plain = _asked("--methods", "cb")
+    given = ["--methods", "cb", "--set", "cb.gamma=2", "--set", "cb.sigmoid_init=false"]
+    notes = []
+    assert [s.key() for s in asked_specs(make_parser().parse_args(["run", *given]), notes)] == [plain[0].key()]
+    assert notes == [
+        "cb.gamma=2.0 does nothing with cb.loss=softmax; those runs keep cb.gamma=1.0, the same runs as without it",
+        "cb.sigmoid_init=False does nothing with cb.loss=softmax; those runs keep cb.sigmoid_init=True, "
+        "the same runs as without it"]
+    swept = _asked("--methods", "cb", "--sweep", "cb.loss=softmax,softmax_focal,sigmoid", "--set", "cb.gamma=2")
+    params = [dict(s.params) for s in swept]
+    assert [(p["loss"], p["gamma"]) for p in params] == [("softmax", 1.0), ("softmax_focal", 2.0), ("sigmoid", 1.0)]
+    assert swept[0].key() == plain[0].key()
+    assert main(["run", "--dry-run", "--store", str(tmp_path / "s.sqlite"), *given]) == 0
+    err = capsys.readouterr().err
+    assert err.count("bench: note: cb.gamma=2.0 does nothing") == 1 and "cb.sigmoid_init=False does nothing" in err
+    assert main(["run", "--dry-run", "--store", str(tmp_path / "s.sqlite"), "--methods", "cb",
+                 "--set", "cb.loss=focal", "--set", "cb.gamma=2"]) == 0
+    assert "does nothing" not in capsys.readouterr().err
+
+
 def _asked(*args):
     from bench.arguments import asked_specs
     from bench.cli import make_parser

@@ -61,6 +61,7 @@ def test_a_new_method_files_slips_are_one_line_errors_naming_it(monkeypatch, tmp
         (made(Params=NoDataclassParams), r"methods/mine\.py: Mine\.Params must be a @dataclass"),
         (made(display_name=lambda self, params: "Mine"), r"Mine\.display_name must be a @classmethod"),
         (made(check_spec=staticmethod(lambda spec: None)), r"Mine\.check_spec must be a @classmethod"),
+        (made(inert_settings=lambda self, params: {}), r"Mine\.inert_settings must be a @classmethod"),
         (type("Nameless", (Method,), {"Params": NoParams}), r"Nameless needs a class attribute name"),
     ]
     for cls, message in cases:
