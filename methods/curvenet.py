@@ -172,8 +172,6 @@ class CurveNetParams:
         check_options(self.lookahead, self.skip_layers, self.second_order)
         if self.drw_counts not in DRW_COUNTS:
             raise BenchError(f"curvenet.drw_counts must be one of {', '.join(DRW_COUNTS)}, got {self.drw_counts!r}")
-        if self.drw_counts != "observed" and not self.drw:
-            raise BenchError("curvenet.drw_counts applies only with curvenet.drw=true")
         if self.meta_set not in META_SETS:
             raise BenchError(f"curvenet.meta_set must be one of {', '.join(META_SETS)}, got {self.meta_set!r}")
         if self.input_dim < 1:
@@ -340,6 +338,14 @@ class CurveNetMethod(Method):
         if params.meta_set != "pseudo":
             return ()
         return (int(np.minimum(np.bincount(np.asarray(data.train_y)), params.pseudo_per_class).sum()),)
+
+    @classmethod
+    def inert_settings(cls, params) -> dict[str, str]:
+        """drw_counts enters only DRW (``drw=true``), pseudo_per_class only the pseudo-meta set."""
+        inert = {} if params.drw else {"drw_counts": "with curvenet.drw=False"}
+        if params.meta_set != "pseudo":
+            inert["pseudo_per_class"] = f"with curvenet.meta_set={params.meta_set}"
+        return inert
 
     @classmethod
     def display_name(cls, params: dict) -> str:

@@ -144,6 +144,11 @@ class LDAMDRW(Method):
                   if k in params and params[k] != getattr(defaults, k)]
         return base + (f" [{', '.join(extras)}]" if extras else "")
 
+    @classmethod
+    def inert_settings(cls, params) -> dict[str, str]:
+        """Without DRW the loss is plain LDAM: DRW's beta, switch epoch and batch averaging unused."""
+        return {} if params.drw else dict.fromkeys(("beta", "drw_epoch", "reduction"), "with ldam_drw.drw=False")
+
     def fit(self, run):
         p = self.params
         s = float(p.s)

@@ -792,6 +792,23 @@ def test_a_setting_that_does_nothing_keeps_its_preset_value_and_is_said(tmp_path
     assert "does nothing" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("method, unused, switch", [
+    ("ldam_drw", ["ldam_drw.beta=0.99", "ldam_drw.reduction=batch"], "ldam_drw.drw=false,true"),
+    ("curvenet", ["curvenet.drw_counts=clean"], "curvenet.drw=false,true"),
+    ("curvenet", ["curvenet.pseudo_per_class=5"], "curvenet.meta_set=clean,pseudo"),
+])
+def test_settings_of_a_switched_off_part_do_nothing_until_it_is_on(method, unused, switch):
+    """LDAM's DRW settings without DRW, CurveNet's DRW counts without DRW and its pseudo-meta size
+    with the clean meta set: the run is the one without them; with the part on, they count."""
+    sets = [a for item in unused for a in ("--set", item)]
+    off, on = _asked("--methods", method, "--sweep", switch, *sets)
+    switched_off = switch.split(",")[0]
+    assert off.key() == _asked("--methods", method, "--set", switched_off)[0].key()
+    for item in unused:  # with the part on, each keeps the value given
+        name, value = item.split(".", 1)[1].split("=")
+        assert str(dict(on.params)[name]) in (value, str(float(value)) if value[0].isdigit() else value)
+
+
 def _asked(*args):
     from bench.arguments import asked_specs
     from bench.cli import make_parser
