@@ -10,10 +10,14 @@ their accuracies Δ = A − B with a confidence interval and a two-sided p-value
   t interval (n − 1 degrees of freedom) and the paired t-test (``scipy.stats.ttest_rel``).
   Pairing removes what the seed's data does to both methods, which is often most of the spread
   on a small cell;
-* **Welch** otherwise (no shared seed, or a shared seed whose data differ): the difference of
-  the means, Welch's interval and t-test (``scipy.stats.ttest_ind(equal_var=False)``).
+  Seeds only one of them ran are left out of Δ (the A and B columns are over all of each one's
+  seeds, as in ``bench table``; a note says where);
+* **Welch** otherwise (no shared seed, a shared seed whose data differ, or one shared seed where
+  each has two or more): the difference of the means, Welch's interval and t-test
+  (``scipy.stats.ttest_ind(equal_var=False)``).
 
-With fewer than two values there is no interval. The p-values are per cell: comparing over many
+With fewer than two values there is no interval; where every seed gives the same Δ (up to
+rounding), neither interval nor p. The p-values are per cell: comparing over many
 cells, some will fall below 0.05 by chance. ``p_holm`` ("Holm p") corrects them for the number of
 cells by Holm's step-down procedure (:func:`holm_adjusted`): the cells whose Holm p lies below
 alpha differ with at most an alpha chance that any of them does not. Over several cells, the
@@ -108,9 +112,9 @@ def interval(values: np.ndarray, confidence: float) -> tuple[float, float, float
     n, mean = len(values), float(np.mean(values))
     if n < 2:
         return mean, math.nan, math.nan, math.nan
+    if np.ptp(values) <= 1e-9 * max(1.0, abs(mean)):  # every seed gave the same difference (up to
+        return mean, mean, mean, math.nan  # rounding, 70.3 - 70.2 != 71.1 - 71.0): no spread to test against
     sem = float(np.std(values, ddof=1)) / math.sqrt(n)
-    if sem == 0.0:  # every seed gave the same difference: no spread to test against
-        return mean, mean, mean, math.nan
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem
     p = float(stats.ttest_1samp(values, 0.0).pvalue)  # = ttest_rel(a, b) on the pairs
     return mean, mean - half, mean + half, p
@@ -174,8 +178,10 @@ def compare(runs: pd.DataFrame, a: str, b: str, column: str = "acc_last", confid
         if va.empty or vb.empty:
             continue
         pairs = va.merge(vb, on="seed", suffixes=("_a", "_b"))
-        paired = len(pairs) > 0 and (pairs["data_seeds_a"] == pairs["data_seeds_b"]).all()
         xa, xb = va["value"].to_numpy(float), vb["value"].to_numpy(float)
+        # one shared seed gives no interval: Welch over all the seeds does, where each side has two
+        paired = (len(pairs) > 0 and (pairs["data_seeds_a"] == pairs["data_seeds_b"]).all()
+                  and (len(pairs) > 1 or min(len(xa), len(xb)) < 2))
         if paired:
             d = pairs["value_a"].to_numpy(float) - pairs["value_b"].to_numpy(float)
             diff, low, high, p = interval(d, confidence)
@@ -337,7 +343,20 @@ def main(args) -> int:
                 f"lies below {alpha:.3g} differ, with at most a {alpha * 100:.3g}% chance that any of them does not)"
                 if len(table) > 1 else "")
         print("\npaired: over the seeds both ran on the same data (t interval, paired t-test); Welch: unpaired "
-              f"(no shared seed with the same data). p is per cell, two-sided{holm}; with one value per side there "
-              "is no interval, and where every seed gives the same Δ (no spread) neither interval nor p.")
+              f"(fewer than two shared seeds with the same data). p is per cell, two-sided{holm}; with one value "
+              "per side there is no interval, and where every seed gives the same Δ (no spread) neither interval "
+              "nor p.")
+    _say_unpaired_seeds(table, a, b)
     _say_protocols(runs, a, b)
     return 0
+
+
+def _say_unpaired_seeds(table: pd.DataFrame, a: str, b: str) -> None:
+    """Where a paired cell has seeds that only one row ran: Δ and p are over the shared seeds, the
+    A and B columns over all of each row's seeds, so Δ need not be their difference."""
+    partial = table[(table["test"] == "paired") & ((table["a_n"] > table["n"]) | (table["b_n"] > table["n"]))]
+    if len(partial):
+        cells = "; ".join(f"{cell} ({a} {an}, {b} {bn}, both {n})"
+                          for cell, an, bn, n in zip(partial["cell"], partial["a_n"], partial["b_n"], partial["n"]))
+        print(f"note: Δ, its interval and p are over the seeds both rows ran, the {a} and {b} columns over "
+              f"all of each row's seeds: {cells}", file=sys.stderr)

@@ -9,6 +9,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -333,6 +334,38 @@ def test_a_paired_cell_shows_each_methods_mean_over_all_its_seeds(tmp_path, caps
     row = compared(capsys, "ce", "mwnet", "--store", str(path))[0].iloc[0]
     assert (row["test"], row["n"], row["wins"], row["diff"]) == ("paired", 2, "2/2", 1.5)
     assert (row["a_n"], row["b_n"], row["a_mean"], row["b_mean"]) == (3, 2, 74.0, 69.5)
+
+
+def test_seeds_only_one_row_ran_are_said_and_one_shared_seed_falls_back_to_welch(tmp_path, capsys):
+    """A ran seeds 0-2, B seeds 2-4: one pair gives no interval, so the cell is Welch over all six
+    values (A 70, 72, 74; B 60, 61, 62). With two shared seeds it is paired, and a note says that
+    Δ is over those two while the columns are over all the seeds."""
+    from scipy import stats
+
+    a, b = [(0, 70.0), (1, 72.0), (2, 74.0)], [(2, 60.0), (3, 61.0), (4, 62.0)]
+    path = make_store(tmp_path / "s.sqlite", [("ce", s, v, {}) for s, v in a] + [("mwnet", s, v, {}) for s, v in b])
+    row, err = compared(capsys, "ce", "mwnet", "--store", str(path))
+    assert (row["test"][0], row["n"][0], row["diff"][0]) == ("Welch", 6, 11.0)
+    assert math.isclose(row["p"][0], stats.ttest_ind([70, 72, 74], [60, 61, 62], equal_var=False).pvalue)
+    assert "note: Δ" not in err
+    path = make_store(tmp_path / "t.sqlite", [("ce", s, v, {}) for s, v in a]
+                      + [("mwnet", s, v, {}) for s, v in ((1, 60.0), (2, 61.0))])
+    row, err = compared(capsys, "ce", "mwnet", "--store", str(path))
+    assert (row["test"][0], row["n"][0], row["diff"][0]) == ("paired", 2, 12.5)
+    assert ("note: Δ, its interval and p are over the seeds both rows ran, the CE and MW-Net(noise) columns over "
+            "all of each row's seeds: cifar10 imb10 flip2:0.4 (CE 3, MW-Net(noise) 2, both 2)") in err
+
+
+def test_a_difference_equal_on_every_seed_up_to_rounding_has_no_p():
+    """70.3 - 70.2, 71.1 - 71.0 and 69.9 - 69.8 differ in the last bits: the t-test would read that
+    as p ~ 1e-27; it is the same Δ on every seed, which has no spread to test against."""
+    from bench.compare import interval
+
+    d = np.array([70.3, 71.1, 69.9]) - np.array([70.2, 71.0, 69.8])
+    assert np.ptp(d) > 0  # the rounding this test is about
+    mean, low, high, p = interval(d, 0.95)
+    assert math.isclose(mean, 0.1) and low == high == mean and math.isnan(p)
+    assert interval(np.array([0.1, 0.1, 0.2]), 0.95)[3] < 1  # a real spread still gets its p
 
 
 def test_p_values_read_as_sentences():
