@@ -219,8 +219,8 @@ def over_cells(table: pd.DataFrame) -> dict:
     paired cell's Δ is over the seeds both ran, so A's mean over all its seeds may be higher there
     and the cell still not count), ``mean_diff`` (the cells weighted equally) and ``p``, the
     two-sided Wilcoxon signed-rank test of the cells' Δ (``scipy.stats.wilcoxon``; ``tested`` the
-    cells it uses; exact for few cells, so with fewer than 6 p cannot fall below 0.05; NaN with
-    fewer than 2).
+    cells it uses; exact for few cells, so with fewer than 6 p cannot fall below 0.05, exact by
+    permutation too where cells tie in |Δ| (scipy >= 1.15); NaN with fewer than 2).
 
     Cells with Δ = 0 are dropped before ranking (Wilcoxon's own rule, scipy's default). This
     deviates from Demšar (§3.1.3), who splits the zeros' ranks evenly between the two sums and
@@ -230,7 +230,7 @@ def over_cells(table: pd.DataFrame) -> dict:
     zeros between two methods' mean accuracies are rare."""
     from scipy import stats
 
-    diffs = table["diff"].to_numpy(float)
+    diffs = np.round(table["diff"].to_numpy(float), 9)  # equal Δ tie, whatever the subtraction's last bits
     nonzero = diffs[diffs != 0]
     p = float(stats.wilcoxon(nonzero).pvalue) if len(nonzero) > 1 else math.nan
     return {"cells": len(diffs), "ahead": int((diffs > 0).sum()), "mean_diff": float(diffs.mean()) if len(diffs)

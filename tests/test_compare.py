@@ -295,6 +295,26 @@ def test_over_cells_cells_with_no_difference_are_neither_ahead_nor_tested(tmp_pa
     assert "p = 0.500 (3 cells with Δ ≠ 0: with fewer than 6" in capsys.readouterr().out
 
 
+def test_cells_tied_in_their_difference_get_the_exact_wilcoxon_p():
+    """|Δ| = 1, 1, 1, 2, 2, 3, 3, 4 (one negative): the tied ranks' exact null distribution, all 2^8
+    sign flips, gives p = 8/256; the normal approximation (scipy < 1.15) gave 0.023. Δ equal up to
+    the subtraction's last bits tie too."""
+    import itertools
+
+    from bench.compare import over_cells
+
+    diffs = np.array([1.0, 1.0, -1.0, 2.0, 2.0, 3.0, 3.0, 4.0])
+    ranks = np.array([2, 2, 2, 4.5, 4.5, 6.5, 6.5, 8])
+    observed = min(ranks[diffs < 0].sum(), ranks[diffs > 0].sum())
+    flips = [min(w, ranks.sum() - w) for w in (ranks[list(s)].sum() for s in itertools.product(*[[0, 1]] * 8)
+                                                for s in [np.flatnonzero(s)])]
+    exact = np.mean(np.array(flips) <= observed)
+    assert exact == 8 / 256
+    assert math.isclose(over_cells(pd.DataFrame({"diff": diffs}))["p"], exact)
+    rounded = diffs + np.array([0, 3e-15, 0, 0, -4e-15, 0, 0, 0])  # e.g. 71.1 - 70.1 against 70.3 - 69.3
+    assert math.isclose(over_cells(pd.DataFrame({"diff": rounded}))["p"], exact)
+
+
 def test_over_two_cells_one_of_them_tied_there_is_no_wilcoxon_p(tmp_path, capsys):
     path = _cells_store(tmp_path / "s.sqlite", [2.0, 0.0])
     assert main(["compare", "ce", "mwnet", "--store", str(path), "--format", "json"]) == 0
