@@ -612,6 +612,8 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
                                        else args.memory_format == "channels_last")
     if args.pack_mode is not None and args.pack is None:
         raise BenchError(f"--pack-mode {args.pack_mode} is for --pack N (N runs at once); give --pack, or drop it")
+    if args.pack is not None and args.pack_mode is None:
+        args.pack_mode = "processes"  # the default --pack-mode (its help), as the table's footnote says it
     if args.deterministic and args.pack is not None:
         raise BenchError("--deterministic times the steps in this process; it does not apply to --pack")
     with run_kernels(device, deterministic=args.deterministic, search=args.cudnn_benchmark):  # as training
@@ -632,7 +634,7 @@ def _measure(args, steps, device, repeats, warmup, progress, channels_last) -> i
             if progress:
                 progress(f"{name}, alone and {args.pack} packed")
             rows[name] = packing.measure(
-                args.pack_mode or "processes", name, args.pack, model_name=args.model, batch=args.batch_size,
+                args.pack_mode, name, args.pack, model_name=args.model, batch=args.batch_size,
                 device=device,
                 iters=max(repeats, 10), warmup=warmup, graph=args.graph, precision=args.precision, seed=args.seed,
                 second_order=args.second_order, channels_last=channels_last)

@@ -137,6 +137,23 @@ def test_deterministic_timing_says_so_and_leaves_torch_as_it_was():
         timing.main(parser.parse_args([*argv, "--pack", "2"]))
 
 
+def test_pack_without_a_mode_measures_and_renders_the_default_processes(monkeypatch, capsys):
+    """``--pack N`` alone is ``--pack-mode processes`` (its help): measured so, and the table's
+    footnote says so (it failed with KeyError: None after the whole measurement)."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    timing.add_arguments(parser)
+    modes = []
+    row = {"alone_ms_per_iter": 10.0, "packed_ms_per_iter": 15.0, "ratio": 1.5}
+    monkeypatch.setattr(packing, "measure", lambda mode, name, jobs, **kw: modes.append(mode) or row)
+    argv = ["--device", "cpu", "--model", "small_cnn", "--batch-size", "8", "--repeats", "1", "--steps", "ce"]
+    assert timing.main(parser.parse_args([*argv, "--pack", "2"])) == 0
+    assert modes == ["processes"]
+    out = capsys.readouterr().out
+    assert "| ce     | 10.00" in out and "packed = 2 processes at once on the same device" in out
+
+
 def test_packing_reports_alone_and_packed_times_and_their_ratio():
     r = packing.packing("ce", 2, model_name="small_cnn", batch=8, device="cpu", iters=3, warmup=1)
     assert r["jobs"] == 2 and r["alone_ms_per_iter"] > 0 and r["packed_ms_per_iter"] > 0
