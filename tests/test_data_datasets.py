@@ -446,6 +446,9 @@ def _malformed(rng):
                                r"y_train_noisy must be 1-D integer labels, one per training image"),
         "noisy labels float": ({**g, "y_train_noisy": g["y_train"].astype(float)}, "y_train_noisy must be 1-D"),
         "noisy label >= K": ({**g, "y_train_noisy": g["y_train"] + 1}, r"y_train_noisy has labels outside 0..2"),
+        "mean strings": ({**g, "mean": np.array(["a"]), "std": np.array([0.25])}, "mean and std must be numbers"),
+        "huge label": ({**g, "y_train": np.where(np.arange(len(g["y_train"])) == 0, 10 ** 9, g["y_train"])},
+                       r"the labels run up to 1000000000, more classes than the \d+ images have"),
     }
 
 
@@ -457,6 +460,17 @@ def test_npz_malformed(tmp_path, case):
     with pytest.raises(DataError, match=match) as e:
         load_dataset(f"npz:{path}")
     assert str(path) in one_line(e)
+
+
+def test_a_download_into_a_data_dir_that_cannot_be_made_is_one_line(tmp_path):
+    """--data-dir a file, or under one: a DataError naming it before any connection is tried."""
+    from bench.data.datasets import download_file
+
+    (tmp_path / "afile").write_text("x")
+    for where in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        with pytest.raises(DataError, match="give --data-dir a folder you can write to") as e:
+            download_file("https://example.invalid/x.tar.gz", where / "x.tar.gz", "0" * 32)
+        assert str(where) in one_line(e)
 
 
 @pytest.mark.parametrize("damage", ["missing", "not a zip", "truncated", "a directory"])

@@ -181,7 +181,11 @@ def _fetch(url: str, path: Path, md5: str) -> None:
 
 def download_file(url: str, dest: Path, md5: str) -> None:
     """Download ``url`` to ``dest`` via a temporary file, verify its md5, then rename it."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # --data-dir a file, under a file, or somewhere nothing can be made
+        raise DataError(f"cannot create {dest.parent} to download into ({_why(e)}); "
+                        "give --data-dir a folder you can write to") from None
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
     try:
         _fetch(url, tmp, md5)
@@ -594,6 +598,10 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
         classes = [c.decode() if isinstance(c, bytes) else str(c) for c in cls.tolist()]
     else:
         k = int(max(y_train.max(), y_test.max() if len(y_test) else 0)) + 1
+        if k > len(y_train) + len(y_test):  # (one label of 10**9 would make a billion class names)
+            raise DataError(f"{where}: the labels run up to {k - 1}, more classes than the "
+                            f"{len(y_train) + len(y_test)} images have; labels must be class indices "
+                            "0..K-1 (or name the classes with a classes array)")
         classes = [str(i) for i in range(k)]
     if len(classes) < 2:
         raise DataError(f"{where}: need at least 2 classes, got {len(classes)}")
@@ -612,7 +620,11 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
     if ("mean" in arrays) != ("std" in arrays):
         raise DataError(f"{where}: give both mean and std, or neither")
     if "mean" in arrays:
-        mean, std = (tuple(float(v) for v in np.ravel(arrays[k])) for k in ("mean", "std"))
+        try:
+            mean, std = (tuple(float(v) for v in np.ravel(arrays[k])) for k in ("mean", "std"))
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: mean and std must be numbers, got {arrays['mean'].dtype} "
+                            f"and {arrays['std'].dtype}") from None
         if len(mean) != channels or len(std) != channels or min(std) <= 0:
             raise DataError(f"{where}: mean and std need {channels} value(s) each, std > 0")
         for key, values in (("mean", mean), ("std", std)):
