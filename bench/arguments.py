@@ -38,6 +38,9 @@ def _floats(text: str, what: str) -> list[float]:
         raise BenchError(f"{what} must be a comma-separated list of numbers, got {text!r}") from None
 
 
+MAX_SEED = 2 ** 63 - 1
+
+
 def _seeds(text: str) -> list[int]:
     try:
         seeds = [int(t) for t in comma_items(text, "--seeds")]
@@ -45,6 +48,8 @@ def _seeds(text: str) -> list[int]:
         raise BenchError(f"--seeds must be a comma-separated list of integers, got {text!r}") from None
     if not seeds or any(s < 0 for s in seeds):
         raise BenchError(f"--seeds must be non-negative integers, got {text!r}")
+    if any(s > MAX_SEED for s in seeds):  # the store keeps a seed as an SQLite (64-bit signed) integer
+        raise BenchError(f"--seeds must be at most 2**63 - 1, got {text!r}")
     return seeds
 
 
@@ -98,8 +103,9 @@ def build_specs(args, notes: list[str] | None = None) -> list[RunSpec]:
     epochs = _same_setting(args.epochs, protocol_sets.pop("epochs", None), "epochs", int)
     if epochs is not None:  # --set epochs=N is --epochs N: the schedule scales with it
         preset.update(scale_schedule(PRESETS[preset_name], epochs))
-    if args.model:
-        preset["model"] = args.model
+    model = _same_setting(args.model, protocol_sets.pop("model", None), "model", str)
+    if model:
+        preset["model"] = model
     precision = _same_setting(getattr(args, "precision", None), protocol_sets.pop("precision", None),
                               "precision", str)
     if precision:
@@ -123,7 +129,7 @@ def build_specs(args, notes: list[str] | None = None) -> list[RunSpec]:
     else:
         dataset = args.dataset or preset["dataset"]
         imbalances = _floats(args.imbalance, "--imbalance") if args.imbalance else [cell_defaults.get("imbalance", 1.0)]
-        noises = ([parse_noise(t) for t in args.noise.split(",")] if args.noise
+        noises = ([parse_noise(t) for t in comma_items(args.noise, "--noise")] if args.noise
                   else [(cell_defaults.get("noise_type", "none"), cell_defaults.get("noise_rate", 0.0))])
         cells = [Cell(dataset, imb, kind, rate) for imb, (kind, rate) in itertools.product(imbalances, noises)]
     digests, meta_of = {}, {}  # per dataset: its file's digest (npz), its meta set's size per class
@@ -156,8 +162,8 @@ def build_specs(args, notes: list[str] | None = None) -> list[RunSpec]:
 
     from methods.base import params_items
     seeds = _seeds(args.seeds)
-    if args.data_seed is not None and args.data_seed < 0:
-        raise BenchError(f"--data-seed must be non-negative, got {args.data_seed}")
+    if args.data_seed is not None and not 0 <= args.data_seed <= MAX_SEED:
+        raise BenchError(f"--data-seed must lie in 0 .. 2**63 - 1, got {args.data_seed}")
     if meta_per_class is not None and meta_per_class < 0:
         raise BenchError(f"--meta-per-class must be non-negative, got {meta_per_class}")
     protocol = {k: v for k, v in preset.items() if k not in ("dataset", "train_on_meta")}
@@ -313,6 +319,9 @@ def asked_specs(args, notes: list[str] | None = None) -> list[RunSpec]:
     """Every run a ``bench run`` command asks for: a paper table's (``--paper N``), or methods x
     cells x seeds for every combination of the ``--sweep`` values (:func:`sweep_sets`), in the
     command's order, each run once (``notes``: :func:`build_specs`)."""
+    for option in ("dataset", "imbalance", "noise", "grid", "preset", "model"):  # (an empty shell variable)
+        if getattr(args, option, None) == "":
+            raise BenchError(f"--{option} is empty; give a value or leave the option out")
     if getattr(args, "paper", None):
         if getattr(args, "sweep", None):
             raise BenchError(f"--paper {args.paper} runs the table's own settings; drop --sweep")

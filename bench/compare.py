@@ -96,13 +96,13 @@ def resolve(name: str, runs: pd.DataFrame) -> str:
         named = set(method_names(name, runs))
     except BenchError:
         raise BenchError(f"unknown method or row {name!r}; the rows are: "
-                         f"{', '.join(labels) or 'none (empty store)'}") from None
+                         f"{', '.join(labels) or 'none finished'}") from None
     mine = sorted({row for row, method in zip(rows, runs["method"]) if method in named}) if rows else []
     if len(mine) == 1:
         return mine[0]
     if len(mine) > 1:
         raise BenchError(f"{name} stands for {len(mine)} rows of the table; name one: {', '.join(mine)}")
-    raise BenchError(f"no finished runs of {name!r}; the rows are: {', '.join(labels) or 'none (empty store)'}")
+    raise BenchError(f"no finished runs of {name!r}; the rows are: {', '.join(labels) or 'none finished'}")
 
 
 def interval(values: np.ndarray, confidence: float) -> tuple[float, float, float, float]:
