@@ -31,6 +31,7 @@ import pandas as pd
 
 from bench.analysis import run_separation, selection_quality
 from bench.errors import BenchError
+from bench.spec import comma_items
 from bench.store import RUNS_ONLY
 from bench.summary import (
     cell_label,
@@ -164,7 +165,7 @@ def method_selection(text: str | None, runs: pd.DataFrame | None = None) -> dict
             if str(display).lower() != plain:
                 variants.setdefault(str(display).lower(), set()).add(name)
     out: dict[str, set[str] | None] = {}
-    for item in (m.strip() for m in text.split(",") if m.strip()):
+    for item in comma_items(text, "--method"):
         matches = ([item] if item in known else sorted(n for n in known if n.lower() == item.lower())
                    or sorted(shown.get(item.lower(), ())))
         if matches:

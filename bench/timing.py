@@ -593,10 +593,11 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
     from bench.cpu import warn_if_slow_bf16
     from bench.errors import BenchError
     from bench.execute import resolve_device
+    from bench.spec import comma_items
 
     device = resolve_device(args.device)
     warn_if_slow_bf16(device, args.precision)
-    steps = list(dict.fromkeys(s.strip() for s in args.steps.split(",") if s.strip()))  # each step once
+    steps = list(dict.fromkeys(comma_items(args.steps, "--steps")))  # each step once
     bad = [s for s in steps if s not in STEPS + EXTRA_STEPS]
     if bad or not steps:
         raise BenchError(f"unknown step {bad[0] if bad else ''!r}; choose from {', '.join(STEPS + EXTRA_STEPS)}")

@@ -74,6 +74,8 @@ def test_the_listing_filters_by_status_method_and_cell(store_path, capsys):
     assert "0 of the 11 runs" in err
     assert main(["show", "--store", str(store_path), "--method", "curvnet"]) == 2  # a typo
     assert "unknown method 'curvnet'; the methods are aum, cb, ce," in capsys.readouterr().err
+    assert main(["show", "--store", str(store_path), "--method", "ce,,curvenet"]) == 2  # as bench run says it
+    assert "--method 'ce,,curvenet' has an empty item" in capsys.readouterr().err
     # the names tables show, case aside, are the registry's
     assert records(capsys, "--store", str(store_path), "--method", "CurveNet")["key"].tolist() == \
         records(capsys, "--store", str(store_path), "--method", "curvenet")["key"].tolist()

@@ -107,6 +107,8 @@ def test_cli_json_and_table():
         assert v in text
     bad = subprocess.run(cmd + ["--steps", "ce,foo"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "unknown step" in bad.stderr
+    bad = subprocess.run(cmd + ["--steps", "ce,,mwnet"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "--steps 'ce,,mwnet' has an empty item" in bad.stderr
     bad = subprocess.run(cmd + ["--pack-mode", "streams"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and "--pack-mode streams is for --pack N" in bad.stderr
 
