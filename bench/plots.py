@@ -383,6 +383,9 @@ def _plot_separation(store, args) -> int:
         runs = runs[runs["preset"] == args.preset]
     if args.cell:
         runs = runs[matches_cell(runs, parse_cell(args.cell))]
+        if runs.empty:
+            raise BenchError(f"no finished runs on --cell {args.cell} in {store.path}"
+                             f"{' (with --method/--preset as given)' if args.method or args.preset else ''}")
     ordered = runs.sort_values(["dataset", "imbalance", "noise_rate", "noise_type", "preset", "model"])
     cells = list(dict.fromkeys(cell_argument(r) for _, r in ordered.iterrows()))
     if len(cells) > 1:

@@ -198,6 +198,8 @@ def test_the_separation_figure_asks_for_one_cell_and_for_runs_with_trust(tmp_pat
     assert "the 3 finished run(s) on cifar10:1:flip2:0.4 have no per-sample rows" in capsys.readouterr().err
     assert main(["plot", "separation", "--store", str(path), "--method", "ce,o2u"]) == 2
     assert "no finished runs of ce, o2u in" in capsys.readouterr().err
+    assert main(["plot", "separation", "--store", str(path), "--cell", "cifar10:10:none"]) == 2  # no run there
+    assert f"no finished runs on --cell cifar10:10:none in {path}" in capsys.readouterr().err
     trust = Store(path)
     fake_store.add_fake_trust_run(trust, "ce", "CE", {})  # rows, and no trust record
     trust.close()
