@@ -223,9 +223,10 @@ def main(args) -> int:
     complete = means.dropna()
     left_out = means[means.isna().any(axis=1)]
     if len(complete) < 2:
+        fix = ("name fewer rows, or see which are missing with `bench table`" if len(left_out)
+               else "train the rows on more cells (the cells are the units ranked), or for two rows `bench compare`")
         raise BenchError(f"{len(complete)} cell{'s' * (len(complete) != 1)} where all of {', '.join(rows)} have a "
-                         f"finished run ({column}); ranking needs at least 2: name fewer rows, or see which are "
-                         "missing with `bench table`")
+                         f"finished run ({column}); ranking needs at least 2: {fix}")
     result = friedman_nemenyi(complete, args.alpha)
     control = holm_versus_control(result["average_rank"], control_row, result["cells"],
                                   args.alpha) if control_row else None

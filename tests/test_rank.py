@@ -229,8 +229,11 @@ def test_bad_requests_are_one_line_errors(tmp_path, capsys, args, message):
 def test_too_few_complete_cells_is_said(tmp_path, capsys):
     path = make_store(tmp_path / "s.sqlite", {10: ACCURACIES[10], 200: ACCURACIES[200]})
     assert main(["rank", "--store", str(path)]) == 2
-    assert "1 cell where all of CE, Focal, MW-Net(noise) have a finished run (acc_last); ranking needs at least 2" \
-        in capsys.readouterr().err
+    assert "1 cell where all of CE, Focal, MW-Net(noise) have a finished run (acc_last); ranking needs at least 2: " \
+        "name fewer rows" in capsys.readouterr().err
+    path = make_store(tmp_path / "one.sqlite", {10: ACCURACIES[10]})  # every row there: fewer rows cannot help
+    assert main(["rank", "--store", str(path)]) == 2
+    assert "ranking needs at least 2: train the rows on more cells" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ the critical difference diagram
