@@ -155,6 +155,10 @@ def build_specs(args, notes: list[str] | None = None) -> list[RunSpec]:
     method_classes = {name: methods.get(name) for name in method_names}
     for name in method_sets:
         if name not in method_classes:
+            if not name:
+                raise BenchError(f"--set .{next(iter(method_sets[name]))}=...: no method before the dot "
+                                 "(METHOD.KEY=VALUE, e.g. focal.gamma=2)")
+            methods.get(name)  # a typo: "unknown method 'curvnet'; did you mean 'curvenet'? ..."
             raise BenchError(f"--set {name}.* names a method that is not in --methods ({', '.join(method_names)})")
     params = {name: cls.resolve_params(preset_name, method_sets.get(name)) for name, cls in method_classes.items()}
     for name, cls in method_classes.items():

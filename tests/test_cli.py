@@ -97,6 +97,8 @@ BAD_RUN_ARGS = [
     (["--methods", "ce", "--data-seed", "-1"], "--data-seed must lie in 0 .. 2**63 - 1, got -1"),
     (["--methods", "ce", "--seeds", "0,9223372036854775808"], "--seeds must be at most 2**63 - 1"),
     (["--methods", "ce", "--dataset", ""], "--dataset is empty; give a value or leave the option out"),
+    (["--methods", "ce", "--set", "curvnet.embed_dim=32"], "unknown method 'curvnet'; did you mean 'curvenet'?"),
+    (["--methods", "ce", "--set", ".gamma=1"], "--set .gamma=...: no method before the dot"),
     (["--methods", "ce", "--noise", ""], "--noise is empty"),
     (["--methods", "ce", "--model", ""], "--model is empty"),
     (["--methods", "ce", "--noise", "flip2:0.4,"], "--noise 'flip2:0.4,' has an empty item"),
