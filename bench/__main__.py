@@ -1,4 +1,5 @@
-"""``python -m bench run|runs-for|table|show|compare|forget|merge|list|plot|timing|data ...`` (see bench/cli.py)."""
+"""``python -m bench run|runs-for|table|show|compare|rank|forget|merge|list|plot|timing|data ...``
+(see bench/cli.py)."""
 
 import sys
 

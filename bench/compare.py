@@ -77,8 +77,9 @@ def add_arguments(parser) -> None:
 def resolve(name: str, runs: pd.DataFrame) -> str:
     """The row label ``name`` stands for: itself if a row has that label (case aside), else the one
     label that reads ``name`` (case aside) before its ``[...]`` qualifiers (``CurveNet(SL=3)`` or
-    ``curvenet(sl=3)`` for ``CurveNet(SL=3) [data_sha256=...]``), else the one label of the registry
-    method ``name``; BenchError naming the choices otherwise."""
+    ``curvenet(sl=3)`` for ``CurveNet(SL=3) [data_sha256=...]``), else the one label with some of
+    them (``CE [train_on_meta=True]`` for ``CE [data_sha256=... train_on_meta=True]``), else the one
+    label of the registry method ``name``; BenchError naming the choices otherwise."""
     from bench.show import method_names
 
     rows = row_labels(runs) if len(runs) else []  # each run's row
@@ -92,6 +93,16 @@ def resolve(name: str, runs: pd.DataFrame) -> str:
                           if str(shown).lower() == name.lower()}) if rows else []
     if len(unqualified) == 1:  # a row as the table names it, its [...] qualifiers aside
         return unqualified[0]
+    base, bracket, given = name.partition(" [")
+    if bracket and given.endswith("]") and rows:  # some of its qualifiers: 'CE [train_on_meta=True]'
+        wanted = set(given[:-1].lower().split())
+        some = sorted({row for row, shown in zip(rows, runs["display_name"])
+                       if str(shown).lower() == base.strip().lower() and row.endswith("]")
+                       and wanted <= set(row[len(str(shown)):].strip(" []").lower().split())})
+        if len(some) == 1:
+            return some[0]
+        if len(some) > 1:
+            raise BenchError(f"{name} stands for {len(some)} rows of the table; name one: {', '.join(some)}")
     try:  # a registry name, or a method's name as tables show it (MW-Net for MW-Net(noise))
         named = set(method_names(name, runs))
     except BenchError:

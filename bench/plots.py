@@ -19,8 +19,9 @@
     box plots, with the run's noise and tail AUROCs. One run per method row (the lowest seed, or
     ``--seed``); methods that record no trust (CE, Focal) are left out.
 
-All write a PNG (``--out``, default ``figures/<fig>_<key>.png``; the separation figure
-``figures/separation_<cell>_seed<S>.png``) and print its path. Cells are
+All write a figure, a PNG by default (``--out``, default ``figures/<fig>_<key>.png``; the
+separation figure ``figures/separation_<cell>_seed<S>.png``; ``--out`` ending .pdf or .svg
+writes that format) and print its path. Cells are
 written ``DATASET:IMBALANCE:NOISE`` with NOISE = ``none`` or ``TYPE:RATE``, e.g.
 ``fmnist-mini:10:flip2:0.4`` (the quick preset's default cell) or ``cifar10:20:flip2:0.4``.
 """

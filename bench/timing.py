@@ -3,7 +3,7 @@
 ``python -m bench timing [--device cpu|cuda|auto] [--model resnet32|small_cnn|wrn16_8] [--batch-size 128]
 [--repeats R] [--warmup W] [--steps ce,mwnet,curvenet_sl0,...] [--precision fp32|bf16] [--no-graph]
 [--second-order jvp|autograd] [--memory-format channels_last|contiguous] [--no-cudnn-benchmark]
-[--pack N [--pack-mode processes|streams|fused]] [--json]``
+[--pack N [--pack-mode processes|streams|fused]] [--deterministic] [--seed S] [--json]``
 
 Every step is built from the code training runs, in one process on one device, and called
 through :class:`bench.capture.StepGraph` on the loader's batch plans as the methods call it:
@@ -577,11 +577,11 @@ def render_phases(results: dict, labels: dict) -> str:
             "+ JVP + V update.")
     passes = ("lookahead_forward", "lookahead_backward", "meta_forward", "meta_backward", "real_forward",
               "real_backward")
-    if ce:
+    floors = [f"{labels[k]} {sum(r['phase_ms'].get(p, 0.0) for p in passes) / ce:.2f}"
+              for k, r in results.items() if ce and not k.startswith("ce") and r.get("phase_ms")]
+    if floors:  # (none with --steps ce alone)
         note += (" The forward and backward passes alone (look-ahead, meta, real: all but batch, JVP and V update) "
-                 "cost, in CE iterations: " + ", ".join(
-                     f"{labels[k]} {sum(r['phase_ms'].get(p, 0.0) for p in passes) / ce:.2f}"
-                     for k, r in results.items() if not k.startswith("ce") and r.get("phase_ms")) + ".")
+                 "cost, in CE iterations: " + ", ".join(floors) + ".")
     return f"{table}\n\n{note}"
 
 

@@ -143,6 +143,25 @@ def test_a_row_is_named_without_its_qualifiers_where_that_leaves_one_row(tmp_pat
     assert "mwnet stands for 2 rows of the table; name one: MW-Net(imb) [" in capsys.readouterr().err
 
 
+def test_a_row_is_named_by_some_of_its_qualifiers_where_that_leaves_one_row(tmp_path, capsys):
+    """'CE [train_on_meta=True]' for 'CE [data_sha256=... train_on_meta=True]' (case aside); a
+    qualifier both rows share names neither."""
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    for on_meta, acc in ((False, 40.0), (True, 44.0)):
+        run = dataclasses.replace(fake_store.paper_spec("ce", "cifar10", 10, "flip2", 0.4, 0, {}),
+                                  data_sha256="abcdef0123456789aa", train_on_meta=on_meta)
+        fake_store.add_run(store, run, "CE", acc)
+    store.close()
+    table, _ = compared(capsys, "CE [train_on_meta=True]", "ce [TRAIN_ON_META=false]", "--store", str(path))
+    assert table.loc[0, ["a", "b", "diff"]].tolist() == ["CE [data_sha256=abcdef0123456789aa train_on_meta=True]",
+                                                         "CE [data_sha256=abcdef0123456789aa train_on_meta=False]",
+                                                         4.0]
+    assert main(["compare", "CE [data_sha256=abcdef0123456789aa]", "CE [train_on_meta=True]",
+                 "--store", str(path)]) == 2
+    assert "CE [data_sha256=abcdef0123456789aa] stands for 2 rows of the table; name one:" in capsys.readouterr().err
+
+
 def test_no_shared_cell_is_said_and_is_not_an_error(tmp_path, capsys):
     path = make_store(tmp_path / "s.sqlite", [("ce", 0, 70.0, {}), ("mwnet", 0, 68.0, {"imbalance": 100.0})])
     table, err = compared(capsys, "ce", "mwnet", "--store", str(path))
