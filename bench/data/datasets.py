@@ -43,6 +43,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import itertools
 import lzma
 import math
 import os
@@ -477,13 +478,14 @@ def _check_labels(y_train: np.ndarray, y_test: np.ndarray, num_classes: int, whe
         if len(y) and (y.min() < 0 or y.max() >= num_classes):
             raise DataError(f"{where}: {split} has labels outside 0..{num_classes - 1} "
                             f"(min {y.min()}, max {y.max()})")
-    present = np.bincount(y_train, minlength=num_classes)
-    if (present == 0).any():
-        missing = np.flatnonzero(present == 0)
-        listed = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+    present = set(np.unique(y_train).tolist())  # (not a bincount: num_classes may be a stray 10**9 + 1)
+    if len(present) < num_classes:
+        missing = list(itertools.islice((c for c in range(num_classes) if c not in present), 6))
+        listed = ", ".join(map(str, missing[:5])) + (" ..." if num_classes - len(present) > 5 else "")
         hint = (f" (without a classes array the classes are 0..max label = 0..{num_classes - 1}; "
                 f"is label {num_classes - 1} a stray?)" if inferred else "")
-        raise DataError(f"{where}: class{'es' * (len(missing) > 1)} {listed} {'have' if len(missing) > 1 else 'has'} "
+        many = num_classes - len(present) > 1
+        raise DataError(f"{where}: class{'es' * many} {listed} {'have' if many else 'has'} "
                         f"no training samples; every class needs at least one{hint}")
 
 
@@ -598,10 +600,7 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
         classes = [c.decode() if isinstance(c, bytes) else str(c) for c in cls.tolist()]
     else:
         k = int(max(y_train.max(), y_test.max() if len(y_test) else 0)) + 1
-        if k > len(y_train) + len(y_test):  # (one label of 10**9 would make a billion class names)
-            raise DataError(f"{where}: the labels run up to {k - 1}, more classes than the "
-                            f"{len(y_train) + len(y_test)} images have; labels must be class indices "
-                            "0..K-1 (or name the classes with a classes array)")
+        _check_labels(y_train, y_test, k, where, inferred=True)  # before K names: a stray 10**9 is named, not built
         classes = [str(i) for i in range(k)]
     if len(classes) < 2:
         raise DataError(f"{where}: need at least 2 classes, got {len(classes)}")
