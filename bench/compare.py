@@ -9,9 +9,8 @@ their accuracies Δ = A − B with a confidence interval and a two-sided p-value
   the noise, the imbalance subset and the meta set): the mean of the per-seed differences, its
   t interval (n − 1 degrees of freedom) and the paired t-test (``scipy.stats.ttest_rel``).
   Pairing removes what the seed's data does to both methods, which is often most of the spread
-  on a small cell;
-  Seeds only one of them ran are left out of Δ (the A and B columns are over all of each one's
-  seeds, as in ``bench table``; a note says where);
+  on a small cell. Seeds only one of them ran are left out of Δ (the A and B columns are over
+  all of each one's seeds, as in ``bench table``; a note says where);
 * **Welch** otherwise (no shared seed, a shared seed whose data differ, or one shared seed where
   each has two or more): the difference of the means, Welch's interval and t-test
   (``scipy.stats.ttest_ind(equal_var=False)``).

@@ -604,7 +604,8 @@ def load_npz(path: str | os.PathLike, data_dir: str | os.PathLike | None = None,
         classes = [str(i) for i in range(k)]
     if len(classes) < 2:
         raise DataError(f"{where}: need at least 2 classes, got {len(classes)}")
-    _check_labels(y_train, y_test, len(classes), where, inferred="classes" not in arrays)
+    if "classes" in arrays:  # (inferred classes were checked above, before their names were built)
+        _check_labels(y_train, y_test, len(classes), where)
     y_noisy = None
     if "y_train_noisy" in arrays:
         y_noisy = arrays["y_train_noisy"]
