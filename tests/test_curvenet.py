@@ -320,9 +320,11 @@ def test_drw_weights_come_from_the_chosen_class_counts(monkeypatch, drw_counts):
     assert {e for e, _ in applied} == {0, 1} and all(on == (e == 1) for e, on in applied)
 
 
-def test_drw_counts_needs_drw_and_a_known_value():
-    with pytest.raises(BenchError, match="only with curvenet.drw=true"):
-        CurveNetParams(drw_counts="clean")
+def test_drw_counts_does_nothing_without_drw_and_needs_a_known_value():
+    # without DRW the counts are unused: bench run keeps them at their default (test_cli's inert tests)
+    assert CurveNetMethod.inert_settings(CurveNetParams(drw_counts="clean")) == {
+        "drw_counts": "with curvenet.drw=False", "pseudo_per_class": "with curvenet.meta_set=clean"}
+    assert "drw_counts" not in CurveNetMethod.inert_settings(CurveNetParams(drw=True, drw_counts="clean"))
     with pytest.raises(BenchError, match="one of observed, clean"):
         CurveNetParams(drw=True, drw_counts="true")
     # added after runs were stored: at its default it stays out of the run's key
