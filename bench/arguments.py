@@ -194,11 +194,9 @@ def without_inert(cls, preset_name: str, params, notes: list[str] | None = None)
     """``params`` with each setting that does nothing under them (``cls.inert_settings``) back at
     the preset's value: ``--sweep cb.loss=softmax,focal --set cb.gamma=2`` trains the plain
     softmax run, not a copy of it under another key. Says each one reset in ``notes``."""
-    preset_params = cls.resolve_params(preset_name)
-    reset = {k: getattr(preset_params, k) for k in cls.inert_settings(params)
-             if getattr(params, k) != getattr(preset_params, k)}
+    preset_params, why = cls.resolve_params(preset_name), cls.inert_settings(params)
+    reset = {k: getattr(preset_params, k) for k in why if getattr(params, k) != getattr(preset_params, k)}
     if notes is not None:
-        why = cls.inert_settings(params)
         notes.extend(f"{cls.name}.{k}={getattr(params, k)} does nothing {why[k]}; those runs keep "
                      f"{cls.name}.{k}={v}, the same runs as without it" for k, v in reset.items())
     return dataclasses.replace(params, **reset) if reset else params
