@@ -79,7 +79,7 @@ def _same_setting(option, text: str | None, key: str, kind):
     try:
         value = parse_value(text, kind())
     except BenchError as exc:
-        raise BenchError(f"--set {key}={text}: {exc}") from None
+        raise BenchError(f"{key}={text}: {exc}") from None  # (from --set or --sweep)
     if option is not None and option != value:
         raise BenchError(f"--{key} {option} and {key}={text} (--set or --sweep) disagree; give it once")
     return value

@@ -287,7 +287,7 @@ def apply_protocol_overrides(base: dict, overrides: dict[str, str]) -> dict:
         try:
             out[key] = parse_value(text, base.get(key, defaults[key]))
         except BenchError as exc:
-            raise BenchError(f"--set {key}={text}: {exc}") from None
+            raise BenchError(f"{key}={text}: {exc}") from None  # (from --set or --sweep)
     return out
 
 

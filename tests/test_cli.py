@@ -73,11 +73,14 @@ BAD_RUN_ARGS = [
     # settings that conflict or do not fit the run (QUICK gives --epochs 2)
     (["--methods", "ce", "--set", "epochs=3"], "--epochs 2 and epochs=3 (--set or --sweep) disagree"),
     (["--methods", "ce", "--sweep", "epochs=1,2"], "--epochs 2 and epochs=1 (--set or --sweep) disagree"),
-    (["--methods", "ce", "--set", "epochs=2.5"], "--set epochs=2.5: cannot read '2.5' as int"),
+    # a bad value in --sweep is named as the user wrote it, not as the --set it expands to
+    (["--methods", "ce", "--sweep", "lr=0.1,abc"], "error: lr=abc: cannot read 'abc' as float"),
+    (["--methods", "ce", "--sweep", "model=small_cnn,resnet32", "--set", "model=x"], "give each setting in --set or"),
+    (["--methods", "ce", "--set", "epochs=2.5"], "epochs=2.5: cannot read '2.5' as int"),
     (["--methods", "ce", "--precision", "bf16", "--set", "precision=fp32"], "disagree"),
     (["--methods", "ce", "--set", "milestones=1,3"], "milestones must be at most the 2 epochs"),
     (["--methods", "ce", "--set", "warmup_epochs=3"], "warmup_epochs must be at most the 2 epochs"),
-    (["--methods", "ce", "--set", "lr=abc"], "--set lr=abc: cannot read 'abc' as float"),
+    (["--methods", "ce", "--set", "lr=abc"], "lr=abc: cannot read 'abc' as float"),
     (["--methods", "mwnet", "--meta-per-class", "0"], "MW-Net needs a clean meta set"),
     (["--methods", "ce", "--device", "cuda:99"], "--device cuda:99"),
     (["--paper", "2", "--methods", "ce"], "--paper 2 picks the table's own methods and cells; drop --methods"),
@@ -88,7 +91,7 @@ BAD_RUN_ARGS = [
     (["--methods", "ce", "--imbalance", "10,"], "--imbalance '10,' has an empty item"),
     (["--methods", "ce,,focal"], "--methods 'ce,,focal' has an empty item"),
     (["--methods", "focal", "--sweep", "focal.gamma=1,,2"], "--sweep focal.gamma: '1,,2' has an empty item"),
-    (["--methods", "ce", "--set", "milestones=1,,2"], "--set milestones=1,,2: cannot read '1,,2' as tuple"),
+    (["--methods", "ce", "--set", "milestones=1,,2"], "milestones=1,,2: cannot read '1,,2' as tuple"),
     (["--methods", "focal", "--set", "focal.gamma=1", "--set", "focal.gamma=2"],
      "--set focal.gamma is given twice (1 and 2)"),
     (["--methods", "ce", "--set", "lr=0.1", "--set", "lr=0.2"], "--set lr is given twice (0.1 and 0.2)"),
@@ -109,13 +112,13 @@ BAD_RUN_ARGS = [
     (["--methods", "ce", "--grid", "quick", "--noise", "none"], "either --grid"),
     (["--methods", "ce", "--grid", "cifar10", "--dataset", "fmnist-mini"], "defined on cifar10, not fmnist-mini"),
     (["--methods", "ce", "--set", "lr=0"], "lr must be positive"),
-    (["--methods", "ce", "--set", "lr=inf"], "--set lr=inf: cannot read 'inf' as float"),
+    (["--methods", "ce", "--set", "lr=inf"], "lr=inf: cannot read 'inf' as float"),
     (["--methods", "ce", "--set", "momentum=1"], "momentum must be in [0, 1)"),
     (["--methods", "ce", "--set", "milestones=1,1"], "milestones must be increasing"),
     (["--methods", "ce", "--set", "milestones=0,1"], "milestones must be increasing"),
     (["--methods", "ce", "--set", "meta_batch_size=0"], "meta_batch_size must be at least 1"),
     (["--methods", "ce", "--set", "seed=3"], "unknown setting 'seed'"),
-    (["--methods", "ce", "--set", "nesterov=maybe"], "--set nesterov=maybe: cannot read 'maybe' as bool"),
+    (["--methods", "ce", "--set", "nesterov=maybe"], "nesterov=maybe: cannot read 'maybe' as bool"),
 ]
 
 
