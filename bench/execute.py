@@ -452,7 +452,18 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
         grid_bar.update(1)
         outcome = (f"acc {result.metrics['acc_last']:.2f} (best {result.metrics.get('acc_best', float('nan')):.2f})"
                    if result.status == "done" else f"FAILED: {result.error}")
-        say(key, f"{outcome} in {time.time() - started[key]:.0f}s")
+        say(key, f"{outcome} in {time.time() - started[key]:.0f}s" + (grid_eta() if plain else ""))
+
+    def grid_eta() -> str:
+        """Off a terminal (where no grid bar shows it): how far the grid is, and about how long
+        the rest takes at the pace so far (wall time per finished run, whatever the --jobs)."""
+        finished, total = counts["done"] + counts["failed"], len(todo)
+        if total < 2:
+            return ""
+        if finished == total:
+            return f"; {finished} of {total} runs finished"
+        left = (time.time() - min(started.values())) / finished * (total - finished)
+        return f"; {finished} of {total} runs finished, about {tqdm.format_interval(left)} left"
 
     queue = list(items)
     in_flight: set[str] = set()

@@ -733,6 +733,26 @@ def test_off_a_terminal_progress_is_plain_lines_at_most_one_per_interval(tmp_pat
     assert len(lines) == 2 and lines[0].endswith(": started") and "acc 50.00" in lines[1]
 
 
+def test_off_a_terminal_each_finished_run_says_how_far_the_grid_is_and_about_how_long_is_left(
+        tmp_path, capsys, monkeypatch):
+    from bench import execute as execute_module
+
+    now = [0.0]
+
+    def minute_long_task(spec, **kwargs):  # each run takes one minute of the (mock) clock
+        now[0] += 60.0
+        return scripted_task(spec)
+
+    monkeypatch.setattr(execute_module.time, "time", lambda: now[0])
+    run_grid(specs_for(*TINY, "--seeds", "0,4,5"), Store(tmp_path / "s.sqlite"), device=torch.device("cpu"),
+             cache_dir=tmp_path / "cache", show_progress=True, executor=executors.SerialExecutor(task=minute_long_task))
+    ends = [ln for ln in capsys.readouterr().err.splitlines() if "acc 50.00" in ln]
+    assert [ln.split(" in ")[1] for ln in ends] == [
+        "60s; 1 of 3 runs finished, about 02:00 left",
+        "60s; 2 of 3 runs finished, about 01:00 left",
+        "60s; 3 of 3 runs finished"]
+
+
 def test_a_method_returning_no_model_or_recording_text_fails_with_the_reason(monkeypatch):
     """A new method's two common slips come back as a failed run that says what is wrong (not an
     AttributeError deep in the evaluation, nor a crash at commit with the run left 'running')."""
