@@ -27,6 +27,22 @@ def test_weight_net_is_1_100_1_sigmoid():
     assert w.shape == (50,) and bool(((w > 0) & (w < 1)).all())
 
 
+def test_each_sample_gets_the_weight_of_its_own_loss():
+    """MW-Net's w_i = V(l_i; phi) (Shu et al. 2019, eq. 2): a per-sample function of the sample's
+    own loss, by hand through the two layers, whatever else is in the batch."""
+    torch.manual_seed(0)
+    net = WeightNet()
+    first, second = net.net[0], net.net[2]
+    losses = torch.tensor([0.05, 0.5, 3.0, 8.0])
+    by_hand = torch.sigmoid(torch.relu(losses[:, None] * first.weight.T + first.bias) @ second.weight.T
+                            + second.bias).squeeze(1)
+    w = net(losses)
+    assert torch.allclose(w, by_hand, atol=1e-7)
+    assert torch.allclose(net(losses[2:3]), w[2:3], atol=1e-7)  # (batch size changes the kernels' rounding)
+    assert torch.allclose(net(losses.flip(0)), w.flip(0), atol=1e-7)
+    assert len(set(w.tolist())) == 4  # one weight per loss, not one per batch
+
+
 def test_variants_are_the_official_configurations():
     vnet = WeightNet()
     noise = MWNetParams()
