@@ -599,8 +599,8 @@ def main(args) -> int:  # bench.cli.main has already called bench.cpu.keep_freed
     warn_if_slow_bf16(device, args.precision)
     steps = list(dict.fromkeys(comma_items(args.steps, "--steps")))  # each step once
     bad = [s for s in steps if s not in STEPS + EXTRA_STEPS]
-    if bad or not steps:
-        raise BenchError(f"unknown step {bad[0] if bad else ''!r}; choose from {', '.join(STEPS + EXTRA_STEPS)}")
+    if bad:  # (an empty list or item is comma_items' error)
+        raise BenchError(f"unknown step {bad[0]!r}; choose from {', '.join(STEPS + EXTRA_STEPS)}")
     if args.batch_size < 1:
         raise BenchError(f"--batch-size must be at least 1, got {args.batch_size}")
     cuda = device.type == "cuda"
