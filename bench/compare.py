@@ -77,7 +77,8 @@ def resolve(name: str, runs: pd.DataFrame) -> str:
     """The row label ``name`` stands for: itself if a row has that label (case aside), else the one
     label that reads ``name`` (case aside) before its ``[...]`` qualifiers (``CurveNet(SL=3)`` or
     ``curvenet(sl=3)`` for ``CurveNet(SL=3) [data_sha256=...]``), else the one label with some of
-    them (``CE [train_on_meta=True]`` for ``CE [data_sha256=... train_on_meta=True]``), else the one
+    them after its table or registry name (``CE [train_on_meta=True]`` for ``CE [data_sha256=...
+    train_on_meta=True]``, ``cb [train_on_meta=True]`` for ``Class-Balanced [...]``), else the one
     label of the registry method ``name``; BenchError naming the choices otherwise."""
     from bench.show import method_names
 
@@ -95,13 +96,19 @@ def resolve(name: str, runs: pd.DataFrame) -> str:
     base, bracket, given = name.partition(" [")
     if bracket and given.endswith("]") and rows:  # some of its qualifiers: 'CE [train_on_meta=True]'
         wanted = set(given[:-1].lower().split())
-        some = sorted({row for row, shown in zip(rows, runs["display_name"])
-                       if str(shown).lower() == base.strip().lower() and row.endswith("]")
+        try:  # the base as a registry name too: 'cb [train_on_meta=True]'
+            registry = set(method_names(base.strip(), runs))
+        except BenchError:
+            registry = set()
+        some = sorted({row for row, shown, method in zip(rows, runs["display_name"], runs["method"])
+                       if (str(shown).lower() == base.strip().lower() or method in registry) and row.endswith("]")
                        and wanted <= set(row[len(str(shown)):].strip(" []").lower().split())})
         if len(some) == 1:
             return some[0]
         if len(some) > 1:
             raise BenchError(f"{name} stands for {len(some)} rows of the table; name one: {', '.join(some)}")
+        if registry:  # a method, but none of its finished rows has these qualifiers
+            raise BenchError(f"no finished runs of {name!r}; the rows are: {', '.join(labels)}")
     try:  # a registry name, or a method's name as tables show it (MW-Net for MW-Net(noise))
         named = set(method_names(name, runs))
     except BenchError:

@@ -162,6 +162,28 @@ def test_a_row_is_named_by_some_of_its_qualifiers_where_that_leaves_one_row(tmp_
     assert "CE [data_sha256=abcdef0123456789aa] stands for 2 rows of the table; name one:" in capsys.readouterr().err
 
 
+def test_a_registry_name_takes_qualifiers_too(tmp_path, capsys):
+    """'cb [train_on_meta=True]' for 'Class-Balanced [data_sha256=... train_on_meta=True]': the
+    registry name stands where the table name does."""
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    for on_meta, acc in ((False, 40.0), (True, 43.0)):
+        run = dataclasses.replace(fake_store.paper_spec("cb", "cifar10", 10, "flip2", 0.4, 0, {}),
+                                  data_sha256="abcdef0123456789aa", train_on_meta=on_meta)
+        fake_store.add_run(store, run, "Class-Balanced", acc)
+    store.close()
+    table, _ = compared(capsys, "cb [train_on_meta=True]", "CB [train_on_meta=False]", "--store", str(path))
+    assert table.loc[0, ["a", "b", "diff"]].tolist() == [
+        "Class-Balanced [data_sha256=abcdef0123456789aa train_on_meta=True]",
+        "Class-Balanced [data_sha256=abcdef0123456789aa train_on_meta=False]", 3.0]
+    assert main(["compare", "focal [train_on_meta=True]", "cb", "--store", str(path)]) == 2
+    assert "no finished runs of 'focal [train_on_meta=True]'; the rows are: Class-Balanced [" in capsys.readouterr().err
+    assert main(["compare", "cb [epochs=3]", "cb", "--store", str(path)]) == 2  # a method, not these qualifiers
+    assert "no finished runs of 'cb [epochs=3]'" in capsys.readouterr().err
+    assert main(["compare", "cbb [train_on_meta=True]", "cb", "--store", str(path)]) == 2
+    assert "unknown method or row 'cbb [train_on_meta=True]'" in capsys.readouterr().err
+
+
 def test_no_shared_cell_is_said_and_is_not_an_error(tmp_path, capsys):
     path = make_store(tmp_path / "s.sqlite", [("ce", 0, 70.0, {}), ("mwnet", 0, 68.0, {"imbalance": 100.0})])
     table, err = compared(capsys, "ce", "mwnet", "--store", str(path))
