@@ -143,16 +143,22 @@ def test_a_row_is_named_without_its_qualifiers_where_that_leaves_one_row(tmp_pat
     assert "mwnet stands for 2 rows of the table; name one: MW-Net(imb) [" in capsys.readouterr().err
 
 
+def with_and_without_meta(tmp_path, method: str, shown: str, without: float, with_meta: float):
+    """A store with one run of ``method`` on an npz file's data without and one with the meta set."""
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    for on_meta, acc in ((False, without), (True, with_meta)):
+        run = dataclasses.replace(fake_store.paper_spec(method, "cifar10", 10, "flip2", 0.4, 0, {}),
+                                  data_sha256="abcdef0123456789aa", train_on_meta=on_meta)
+        fake_store.add_run(store, run, shown, acc)
+    store.close()
+    return path
+
+
 def test_a_row_is_named_by_some_of_its_qualifiers_where_that_leaves_one_row(tmp_path, capsys):
     """'CE [train_on_meta=True]' for 'CE [data_sha256=... train_on_meta=True]' (case aside); a
     qualifier both rows share names neither."""
-    path = tmp_path / "s.sqlite"
-    store = Store(path)
-    for on_meta, acc in ((False, 40.0), (True, 44.0)):
-        run = dataclasses.replace(fake_store.paper_spec("ce", "cifar10", 10, "flip2", 0.4, 0, {}),
-                                  data_sha256="abcdef0123456789aa", train_on_meta=on_meta)
-        fake_store.add_run(store, run, "CE", acc)
-    store.close()
+    path = with_and_without_meta(tmp_path, "ce", "CE", 40.0, 44.0)
     table, _ = compared(capsys, "CE [train_on_meta=True]", "ce [TRAIN_ON_META=false]", "--store", str(path))
     assert table.loc[0, ["a", "b", "diff"]].tolist() == ["CE [data_sha256=abcdef0123456789aa train_on_meta=True]",
                                                          "CE [data_sha256=abcdef0123456789aa train_on_meta=False]",
@@ -165,13 +171,7 @@ def test_a_row_is_named_by_some_of_its_qualifiers_where_that_leaves_one_row(tmp_
 def test_a_registry_name_takes_qualifiers_too(tmp_path, capsys):
     """'cb [train_on_meta=True]' for 'Class-Balanced [data_sha256=... train_on_meta=True]': the
     registry name stands where the table name does."""
-    path = tmp_path / "s.sqlite"
-    store = Store(path)
-    for on_meta, acc in ((False, 40.0), (True, 43.0)):
-        run = dataclasses.replace(fake_store.paper_spec("cb", "cifar10", 10, "flip2", 0.4, 0, {}),
-                                  data_sha256="abcdef0123456789aa", train_on_meta=on_meta)
-        fake_store.add_run(store, run, "Class-Balanced", acc)
-    store.close()
+    path = with_and_without_meta(tmp_path, "cb", "Class-Balanced", 40.0, 43.0)
     table, _ = compared(capsys, "cb [train_on_meta=True]", "CB [train_on_meta=False]", "--store", str(path))
     assert table.loc[0, ["a", "b", "diff"]].tolist() == [
         "Class-Balanced [data_sha256=abcdef0123456789aa train_on_meta=True]",
