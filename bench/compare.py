@@ -77,8 +77,9 @@ def resolve(name: str, runs: pd.DataFrame) -> str:
     """The row label ``name`` stands for: itself if a row has that label (case aside), else the one
     label that reads ``name`` (case aside) before its ``[...]`` qualifiers (``CurveNet(SL=3)`` or
     ``curvenet(sl=3)`` for ``CurveNet(SL=3) [data_sha256=...]``), else the one label with some of
-    them after its table or registry name (``CE [train_on_meta=True]`` for ``CE [data_sha256=...
-    train_on_meta=True]``, ``cb [train_on_meta=True]`` for ``Class-Balanced [...]``), else the one
+    them after its table name (``CE [train_on_meta=True]`` for ``CE [data_sha256=...
+    train_on_meta=True]``), or where no row shows that name, after its registry name (``cb
+    [train_on_meta=True]`` for ``Class-Balanced [...]``), else the one
     label of the registry method ``name``; BenchError naming the choices otherwise."""
     from bench.show import method_names
 
@@ -95,14 +96,18 @@ def resolve(name: str, runs: pd.DataFrame) -> str:
         return unqualified[0]
     base, bracket, given = name.partition(" [")
     if bracket and given.endswith("]") and rows:  # some of its qualifiers: 'CE [train_on_meta=True]'
-        wanted = set(given[:-1].lower().split())
-        try:  # the base as a registry name too: 'cb [train_on_meta=True]'
-            registry = set(method_names(base.strip(), runs))
+        wanted, base = set(given[:-1].lower().split()), base.strip()
+
+        def qualified(named) -> list[str]:  # the rows of the runs ``named`` picks with those qualifiers
+            return sorted({row for row, shown, method in zip(rows, runs["display_name"], runs["method"])
+                           if named(str(shown), method) and row.endswith("]")
+                           and wanted <= set(row[len(str(shown)):].strip(" []").lower().split())})
+        some = qualified(lambda shown, method: shown.lower() == base.lower())  # the table's name first
+        try:  # else the base as a registry name or a method's name: 'cb [train_on_meta=True]'
+            registry = set(method_names(base, runs))
         except BenchError:
             registry = set()
-        some = sorted({row for row, shown, method in zip(rows, runs["display_name"], runs["method"])
-                       if (str(shown).lower() == base.strip().lower() or method in registry) and row.endswith("]")
-                       and wanted <= set(row[len(str(shown)):].strip(" []").lower().split())})
+        some = some or qualified(lambda shown, method: method in registry)
         if len(some) == 1:
             return some[0]
         if len(some) > 1:

@@ -184,6 +184,24 @@ def test_a_registry_name_takes_qualifiers_too(tmp_path, capsys):
     assert "unknown method or row 'cbb [train_on_meta=True]'" in capsys.readouterr().err
 
 
+def test_a_table_name_with_qualifiers_keeps_to_its_own_rows(tmp_path, capsys):
+    """'CurveNet [epochs=3]' is the plain CurveNet row with epochs=3, not also CurveNet(SL=3)'s, though
+    both are runs of the registry method curvenet; a registry name is read only where no row shows
+    the name."""
+    path = tmp_path / "s.sqlite"
+    store = Store(path)
+    for sl, epochs, acc in ((0, 200, 40.0), (0, 3, 41.0), (3, 200, 42.0), (3, 3, 44.0)):
+        run = dataclasses.replace(fake_store.paper_spec("curvenet", "cifar10", 10, "flip2", 0.4, 0,
+                                                        {"skip_layers": sl}, epochs=epochs),
+                                  data_sha256="abcdef0123456789aa")
+        fake_store.add_run(store, run, "CurveNet(SL=3)" if sl else "CurveNet", acc)
+    store.close()
+    table, _ = compared(capsys, "CurveNet [epochs=3]", "CurveNet(SL=3) [epochs=3]", "--store", str(path))
+    assert table.loc[0, ["a", "b", "diff"]].tolist() == ["CurveNet [data_sha256=abcdef0123456789aa epochs=3]",
+                                                         "CurveNet(SL=3) [data_sha256=abcdef0123456789aa epochs=3]",
+                                                         -3.0]
+
+
 def test_no_shared_cell_is_said_and_is_not_an_error(tmp_path, capsys):
     path = make_store(tmp_path / "s.sqlite", [("ce", 0, 70.0, {}), ("mwnet", 0, 68.0, {"imbalance": 100.0})])
     table, err = compared(capsys, "ce", "mwnet", "--store", str(path))
