@@ -29,7 +29,7 @@ def spec(method, seed, imbalance=10, **changes):
 
 
 def display(method):
-    return {"ce": "CE", "mwnet": "MW-Net(noise)", "focal": "Focal"}[method]
+    return {"ce": "CE", "mwnet": "MW-Net(noise)", "focal": "Focal", "cb": "Class-Balanced"}[method]
 
 
 def make_store(path, runs):
@@ -143,22 +143,17 @@ def test_a_row_is_named_without_its_qualifiers_where_that_leaves_one_row(tmp_pat
     assert "mwnet stands for 2 rows of the table; name one: MW-Net(imb) [" in capsys.readouterr().err
 
 
-def with_and_without_meta(tmp_path, method: str, shown: str, without: float, with_meta: float):
+def with_and_without_meta(tmp_path, method: str, without: float, with_meta: float):
     """A store with one run of ``method`` on an npz file's data without and one with the meta set."""
-    path = tmp_path / "s.sqlite"
-    store = Store(path)
-    for on_meta, acc in ((False, without), (True, with_meta)):
-        run = dataclasses.replace(fake_store.paper_spec(method, "cifar10", 10, "flip2", 0.4, 0, {}),
-                                  data_sha256="abcdef0123456789aa", train_on_meta=on_meta)
-        fake_store.add_run(store, run, shown, acc)
-    store.close()
-    return path
+    data = {"data_sha256": "abcdef0123456789aa"}
+    return make_store(tmp_path / "s.sqlite", [(method, 0, acc, {**data, "train_on_meta": on})
+                                              for on, acc in ((False, without), (True, with_meta))])
 
 
 def test_a_row_is_named_by_some_of_its_qualifiers_where_that_leaves_one_row(tmp_path, capsys):
     """'CE [train_on_meta=True]' for 'CE [data_sha256=... train_on_meta=True]' (case aside); a
     qualifier both rows share names neither."""
-    path = with_and_without_meta(tmp_path, "ce", "CE", 40.0, 44.0)
+    path = with_and_without_meta(tmp_path, "ce", 40.0, 44.0)
     table, _ = compared(capsys, "CE [train_on_meta=True]", "ce [TRAIN_ON_META=false]", "--store", str(path))
     assert table.loc[0, ["a", "b", "diff"]].tolist() == ["CE [data_sha256=abcdef0123456789aa train_on_meta=True]",
                                                          "CE [data_sha256=abcdef0123456789aa train_on_meta=False]",
@@ -171,7 +166,7 @@ def test_a_row_is_named_by_some_of_its_qualifiers_where_that_leaves_one_row(tmp_
 def test_a_registry_name_takes_qualifiers_too(tmp_path, capsys):
     """'cb [train_on_meta=True]' for 'Class-Balanced [data_sha256=... train_on_meta=True]': the
     registry name stands where the table name does."""
-    path = with_and_without_meta(tmp_path, "cb", "Class-Balanced", 40.0, 43.0)
+    path = with_and_without_meta(tmp_path, "cb", 40.0, 43.0)
     table, _ = compared(capsys, "cb [train_on_meta=True]", "CB [train_on_meta=False]", "--store", str(path))
     assert table.loc[0, ["a", "b", "diff"]].tolist() == [
         "Class-Balanced [data_sha256=abcdef0123456789aa train_on_meta=True]",
