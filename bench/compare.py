@@ -103,11 +103,13 @@ def resolve(name: str, runs: pd.DataFrame) -> str:
                            if named(str(shown), method) and row.endswith("]")
                            and wanted <= set(row[len(str(shown)):].strip(" []").lower().split())})
         some = qualified(lambda shown, method: shown.lower() == base.lower())  # the table's name first
-        try:  # else the base as a registry name or a method's name: 'cb [train_on_meta=True]'
-            registry = set(method_names(base, runs))
-        except BenchError:
-            registry = set()
-        some = some or qualified(lambda shown, method: method in registry)
+        registry: set[str] = set()
+        if not some:  # else the base as a registry name or a method's name: 'cb [train_on_meta=True]'
+            try:
+                registry = set(method_names(base, runs))
+            except BenchError:
+                pass
+            some = qualified(lambda shown, method: method in registry)
         if len(some) == 1:
             return some[0]
         if len(some) > 1:
