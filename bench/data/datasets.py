@@ -33,6 +33,11 @@ use the same constants for CIFAR-10 and CIFAR-100): mean (125.3, 123.0, 113.9)/2
 (63.0, 62.1, 66.7)/255. Fashion-MNIST: mean 0.2860, std 0.3530, computed once over the 60,000
 original training images; fmnist-mini uses the same constants (its own are 0.2867 / 0.3540).
 
+Augmentation (``Dataset.augment``, applied by ``bench.data.loader``): the CIFAR transforms of
+PROTOCOL.md §1 (4-pixel reflect padding, random 32 x 32 crop, horizontal flip) on ``cifar10``,
+``cifar100`` and 32 x 32 x 3 ``npz`` images; none on ``fmnist-mini``, ``fashion-mnist`` and other
+``npz`` shapes (§1's transforms are CIFAR's; the papers train no grayscale data).
+
 The data directory (:func:`resolve_data_dir`): the explicit argument (``--data-dir``), else the
 environment variable ``BENCH_DATA_DIR``, else :func:`default_data_dir`
 (``$XDG_CACHE_HOME/reweight-bench/data``, i.e. ``~/.cache/reweight-bench/data`` by default).
