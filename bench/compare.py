@@ -15,8 +15,9 @@ their accuracies Δ = A − B with a confidence interval and a two-sided p-value
   each has two or more): the difference of the means, Welch's interval and t-test
   (``scipy.stats.ttest_ind(equal_var=False)``).
 
-With fewer than two values there is no interval; where every seed gives the same Δ (up to
-rounding), neither interval nor p. The p-values are per cell: comparing over many
+With fewer than two values there is no interval; where there is no spread (every seed gives the
+same Δ, or, unpaired, each side the same value on every seed, up to rounding) the interval is Δ
+alone and there is no p. The p-values are per cell: comparing over many
 cells, some will fall below 0.05 by chance. ``p_holm`` ("Holm p") corrects them for the number of
 cells by Holm's step-down procedure (:func:`holm_adjusted`): the cells whose Holm p lies below
 alpha differ with at most an alpha chance that any of them does not. Over several cells, the
@@ -129,6 +130,12 @@ def resolve(name: str, runs: pd.DataFrame) -> str:
     raise BenchError(f"no finished runs of {name!r}; the rows are: {', '.join(labels) or 'none finished'}")
 
 
+def constant(values: np.ndarray) -> bool:
+    """Every value the same up to rounding: ``np.var`` of ``[60.05] * 3`` is 8e-29, not 0, and a
+    test against that spread would give any difference p ~ 1e-55."""
+    return bool(np.ptp(values) <= 1e-9 * max(1.0, abs(float(np.mean(values)))))
+
+
 def interval(values: np.ndarray, confidence: float) -> tuple[float, float, float, float]:
     """Mean of ``values`` (per-seed differences), its t interval and the p-value of mean = 0."""
     from scipy import stats
@@ -136,8 +143,8 @@ def interval(values: np.ndarray, confidence: float) -> tuple[float, float, float
     n, mean = len(values), float(np.mean(values))
     if n < 2:
         return mean, math.nan, math.nan, math.nan
-    if np.ptp(values) <= 1e-9 * max(1.0, abs(mean)):  # every seed gave the same difference (up to
-        return mean, mean, mean, math.nan  # rounding, 70.3 - 70.2 != 71.1 - 71.0): no spread to test against
+    if constant(values):  # every seed gave the same difference (up to rounding, 70.3 - 70.2 !=
+        return mean, mean, mean, math.nan  # 71.1 - 71.0): no spread to test against
     sem = float(np.std(values, ddof=1)) / math.sqrt(n)
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem
     p = float(stats.ttest_1samp(values, 0.0).pvalue)  # = ttest_rel(a, b) on the pairs
@@ -151,9 +158,9 @@ def welch(a: np.ndarray, b: np.ndarray, confidence: float) -> tuple[float, float
     diff = float(np.mean(a) - np.mean(b))
     if len(a) < 2 or len(b) < 2:
         return diff, math.nan, math.nan, math.nan
-    va, vb = float(np.var(a, ddof=1)) / len(a), float(np.var(b, ddof=1)) / len(b)
-    if va + vb == 0.0:
+    if constant(a) and constant(b):  # each side the same on every seed: no spread to test against
         return diff, diff, diff, math.nan
+    va, vb = float(np.var(a, ddof=1)) / len(a), float(np.var(b, ddof=1)) / len(b)
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     half = float(stats.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(va + vb)
     p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
@@ -367,9 +374,9 @@ def main(args) -> int:
                 f"lies below {alpha:.3g} differ, with at most a {alpha * 100:.3g}% chance that any of them does not)"
                 if len(table) > 1 else "")
         print("\npaired: over the seeds both ran on the same data (t interval, paired t-test); Welch: unpaired "
-              f"(fewer than two shared seeds with the same data). p is per cell, two-sided{holm}; with one value "
-              "per side there is no interval, and where every seed gives the same Δ (no spread) neither interval "
-              "nor p.")
+              f"(no shared seed, one, or shared seeds whose data differ). p is per cell, two-sided{holm}; with one "
+              "value per side there is no interval, and where there is no spread (every seed gives the same Δ; "
+              "unpaired, each side the same value on every seed) the interval is Δ alone and there is no p.")
     _say_unpaired_seeds(table, a, b)
     _say_protocols(runs, a, b)
     return 0

@@ -460,3 +460,14 @@ def test_cells_only_one_row_has_are_named_and_the_holm_note_follows_the_confiden
     assert "note: 1 cell left out, where only MW-Net(noise) has finished runs: " in err and "imb200" in err
     assert "over the 2 cells" in out
     assert "Holm p lies below 0.01 differ, with at most a 1% chance" in out
+
+
+def test_welch_with_each_side_the_same_up_to_rounding_gives_the_difference_only(tmp_path, capsys):
+    """np.var of [60.05] * 3 is 8e-29, not 0: a Welch test against that spread printed p < 0.001
+    (about 1e-55) and a zero-width interval; as for paired Δ, no spread means no test."""
+    assert np.var([60.05] * 3, ddof=1) > 0
+    path = make_store(tmp_path / "s.sqlite", [("ce", seed, 60.05, {}) for seed in (0, 1, 2)]
+                      + [("mwnet", seed, 59.55, {}) for seed in (3, 4, 5)])
+    row = compared(capsys, "ce", "mwnet", "--store", str(path))[0].iloc[0]
+    assert row["test"] == "Welch" and math.isclose(row["diff"], 0.5)
+    assert math.isclose(row["ci_low"], 0.5) and math.isclose(row["ci_high"], 0.5) and pd.isna(row["p"])

@@ -332,3 +332,16 @@ def test_a_named_control_without_trust_is_refused_before_the_others_are_read(tmp
     err = capsys.readouterr().err
     assert "no noise_auroc value for CE (" in err and "Focal" not in err.split("(")[0]
     assert read == ["CE"]  # only the control's runs were read before refusing
+
+
+def test_equal_cell_means_tie_whatever_the_summations_last_bits(tmp_path, capsys):
+    """CE and Focal score the same three values in another seed order on imb 10 (both 62.28 in
+    `bench table`; pandas' means of the two differ in the last bit): they share ranks 1 and 2
+    there (1.5 each), and the cell is a shared first."""
+    path = make_store(tmp_path / "s.sqlite", {10: {"ce": [68.85, 61.74, 56.24], "focal": [61.74, 68.85, 56.24],
+                                                   "mwnet": [40.0]},
+                                              50: {"ce": [20.0], "focal": [10.0], "mwnet": [30.0]}})
+    assert main(["rank", "--store", str(path), "--format", "json"]) == 0
+    rows = {r["method"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert rows["CE"]["average_rank"] == (1.5 + 2) / 2 and rows["Focal"]["average_rank"] == (1.5 + 3) / 2
+    assert (rows["CE"]["first"], rows["CE"]["first_tied"]) == (0, 1) and rows["Focal"]["first_tied"] == 1
