@@ -197,15 +197,23 @@ class Store:
         # A store on a read-only file or share. Read-only WAL needs the -shm file: where SQLite
         # cannot create it, read the file as immutable (nobody writes it: a writer needs the file
         # and the directory writable); a read-only file is read as immutable at once, so that
-        # no -wal or -shm file is left beside it.
+        # no -wal or -shm file is left beside it. But not where a -wal file beside it holds
+        # writes not yet in the file (a writer killed, or one still running as its owner): an
+        # immutable read ignores them, and the last runs would be silently missing.
         uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
-        if file_writable:
+        wal = self.path.with_name(self.path.name + "-wal")
+        pending = wal.is_file() and wal.stat().st_size > 0
+        if file_writable or pending:
             conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
             try:
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
                 return conn
             except sqlite3.OperationalError:  # 'attempt to write a readonly database': no -shm
                 conn.close()
+        if pending:
+            raise BenchError(f"{wal} holds runs not yet written into {self.path}, which this user cannot "
+                             f"read (SQLite needs {self.path.name}-shm beside it); run any bench command on the "
+                             "store as a user who can write it, or copy the store with its -wal file")
         return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=60, isolation_level=None)
 
     def _check_and_init(self, create: bool) -> None:
@@ -378,7 +386,8 @@ class Store:
             for table in RUN_TABLES:
                 if runs_only and table in PER_SAMPLE_TABLES:
                     continue
-                records = source.conn.execute(f"SELECT * FROM {table} WHERE run_key = ?", (key,)).fetchall()
+                records = source.conn.execute(f"SELECT * FROM {table} WHERE run_key = ? ORDER BY rowid",
+                                              (key,)).fetchall()  # in their order there (a history's epochs)
                 if records:
                     c.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(records[0]))})", records)
         return status

@@ -253,6 +253,8 @@ class Run:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             torch.save(payload, tmp)
+            with open(tmp, "rb+") as written:  # on disk before the rename: a power cut leaves the old
+                os.fsync(written.fileno())     # checkpoint or the new one, never a torn one
             os.replace(tmp, path)
         except (OSError, RuntimeError) as exc:  # torch reports a short write as a RuntimeError
             self._saving = False

@@ -1079,3 +1079,42 @@ def test_a_method_setting_its_name_does_not_show_is_kept_and_said_under_the_tabl
     assert main(["table", "--store", str(store)]) == 0
     out, err = capsys.readouterr()
     assert "| Co-teaching " in out and said in err
+
+
+def test_a_read_only_store_with_runs_still_in_its_wal_shows_them_or_says_why_not(tmp_path):
+    """A writer killed (or still running as the store's owner) leaves its last runs in the -wal
+    file: a reader who cannot write the store sees them too (read-only WAL, beside the -shm file),
+    and where it cannot read them (no -shm, a read-only directory) it says so; it used to read the
+    file as immutable, without them."""
+    sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+    import fake_store
+
+    from bench.spec import RunSpec
+    prefix = _as_unprivileged()
+    shared, copied = tmp_path / "shared", tmp_path / "copied"
+    shared.mkdir()
+    copied.mkdir()
+    store = fake_store.build(shared / "s.sqlite")
+    store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.conn.execute("PRAGMA wal_autocheckpoint = 0")  # what follows stays in the -wal file
+    fake_store.add_run(store, RunSpec(method="ce", seed=77), "CE", 42.0)
+    for name in ("s.sqlite", "s.sqlite-wal"):  # a killed writer's files, without the -shm
+        (copied / name).write_bytes((shared / name).read_bytes())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def table_as_user(path):
+        return subprocess.run([*prefix, sys.executable, "-m", "bench", "table", "--store", str(path), "--format",
+                               "csv"], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    try:
+        for folder in (shared, copied):
+            (folder / "s.sqlite").chmod(0o444)
+            folder.chmod(0o555)
+        seen, refused = table_as_user(shared / "s.sqlite"), table_as_user(copied / "s.sqlite")
+    finally:
+        for folder in (shared, copied):
+            folder.chmod(0o755)
+        store.close()
+    assert seen.returncode == 0, seen.stderr
+    assert any(line.startswith("CE,") and ",acc_last,42.0," in line for line in seen.stdout.splitlines())
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "s.sqlite-wal holds runs not yet written into" in refused.stderr

@@ -279,3 +279,19 @@ def test_a_stages_saved_state_is_a_copy_that_later_training_does_not_change():
     counter.add_(1)
     assert torch.equal(saved["model"]["weight"], weight) and torch.equal(saved["c"], torch.zeros(4))
     assert torch.equal(saved["opt"]["state"][0]["momentum_buffer"], momentum)
+
+
+def test_a_checkpoint_is_on_disk_before_it_replaces_the_last(tmp_path, monkeypatch):
+    """fsync, then rename: after a power cut the checkpoint is the last one or the new one, whole."""
+    import os
+
+    import methods.base as base
+
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(base.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(base.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    run = Run(spec=_spec(), data=load_data(_spec()), device=torch.device("cpu"), checkpoint_path=tmp_path / "ck.pt",
+              checkpoint_every_s=0)
+    list(run.epochs(2, stage="a"))
+    assert events and events == ["fsync", "replace"] * (len(events) // 2)
+    assert (tmp_path / "ck.pt").exists()

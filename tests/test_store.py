@@ -316,3 +316,18 @@ def test_a_runs_only_merge_copies_results_and_history_and_a_full_merge_completes
     assert slim.merge_from(source) == {"done": 1, "failed": 0, "kept": 0, "interrupted": 0}  # completed
     assert _rows(slim, key) == full
     assert slim.merge_from(source, runs_only=True)["kept"] == 1 and _rows(slim, key) == full
+
+
+def test_a_merged_runs_history_keeps_its_stages_in_training_order(tmp_path):
+    """CurveNet's probe epochs come before its allocate epochs; a merge read the source's rows by
+    the epochs table's key (stage name, then epoch), so the merged history began with 'allocate'."""
+    source, here = Store(tmp_path / "shard.sqlite"), Store(tmp_path / "all.sqlite")
+    key = _start(source, method="curvenet")
+    history = [{"stage": stage, "epoch": epoch, "loss": 1.0, "test_acc": 50.0 + epoch}
+               for stage in ("probe", "allocate") for epoch in range(2)]
+    source.finish(key, metrics={"acc_last": 51.0, "acc_best": 51.0}, env={}, history=history,
+                  samples={"dataset_index": [5], "clean_label": [0], "observed_label": [0], "is_noisy": [False]})
+    assert here.merge_from(source)["done"] == 1
+    assert here.history(key)[["stage", "epoch"]].values.tolist() == [["probe", 0], ["probe", 1],
+                                                                      ["allocate", 0], ["allocate", 1]]
+    assert here.history(key).equals(source.history(key))
