@@ -88,7 +88,8 @@ def _same_setting(option, text: str | None, key: str, kind):
 def build_specs(args, notes: list[str] | None = None) -> list[RunSpec]:
     """The RunSpecs that ``bench run`` asks for: methods x cells x seeds. A method setting given
     where it does nothing (:meth:`methods.base.Method.inert_settings`) stays at its preset's value,
-    and a line saying so goes to ``notes``."""
+    and a line saying so goes to ``notes``; so does ``meta_batch_size`` for the methods that read no
+    meta set."""
     import methods
 
     if args.grid and (args.imbalance or args.noise):
@@ -175,17 +176,26 @@ def build_specs(args, notes: list[str] | None = None) -> list[RunSpec]:
     if train_on_meta and all(cls.uses_meta_set for cls in method_classes.values()) and not getattr(args, "paper", None):
         raise BenchError("--train-on-meta adds the meta set to the pool of methods without one; "
                          f"{', '.join(method_names)} learn from it already")
+    # meta_batch_size does nothing for a method that learns nothing from the meta set: its runs keep
+    # the preset's value, so that `--sweep meta_batch_size=64,128` trains CE once, not twice
+    preset_meta_batch = PRESETS[preset_name].get("meta_batch_size", protocol["meta_batch_size"])
+    inert_meta_batch = [name for name in method_names if not method_classes[name].uses_meta_set]
+    if inert_meta_batch and protocol["meta_batch_size"] != preset_meta_batch and notes is not None:
+        notes.append(f"meta_batch_size={protocol['meta_batch_size']} does nothing for {', '.join(inert_meta_batch)} "
+                     f"(no meta set read); those runs keep meta_batch_size={preset_meta_batch}, the same runs as "
+                     "without it")
     specs = []
     for name, cell, seed in itertools.product(method_names, cells, seeds):
         meta = meta_of[cell.dataset]
         on_meta = train_on_meta and not method_classes[name].uses_meta_set
+        own = protocol if method_classes[name].uses_meta_set else {**protocol, "meta_batch_size": preset_meta_batch}
         if on_meta and meta == 0:
             raise BenchError(f"--train-on-meta: {cell.dataset} has no meta set to add (--meta-per-class 0)")
         specs.append(RunSpec(method=name, dataset=cell.dataset, imbalance=cell.imbalance,
                              noise_type=cell.noise_type, noise_rate=cell.noise_rate, meta_per_class=meta,
                              seed=seed, data_seed=seed if args.data_seed is None else args.data_seed,
                              preset=preset_name, params=params_items(params[name]),
-                             train_on_meta=on_meta, data_sha256=digests.get(cell.dataset, ""), **protocol))
+                             train_on_meta=on_meta, data_sha256=digests.get(cell.dataset, ""), **own))
         method_classes[name].check_spec(specs[-1])
     return specs
 

@@ -821,6 +821,25 @@ def test_settings_of_a_switched_off_part_do_nothing_until_it_is_on(method, unuse
         assert str(dict(on.params)[name]) in (value, str(float(value)) if value[0].isdigit() else value)
 
 
+def test_meta_batch_size_keeps_its_preset_value_for_methods_that_read_no_meta_set():
+    """Only MW-Net and CurveNet draw meta batches: given to CE, meta_batch_size would change its key
+    and nothing else (a sweep over it trained CE once per value), so CE keeps the preset's 128."""
+    from bench.arguments import asked_specs
+    from bench.cli import make_parser
+
+    plain = _asked("--methods", "ce,mwnet")
+    notes = []
+    given = asked_specs(make_parser().parse_args(["run", "--methods", "ce,mwnet", "--set", "meta_batch_size=64"]),
+                        notes)
+    assert (given[0].method, given[0].meta_batch_size, given[0].key()) == ("ce", 128, plain[0].key())
+    assert (given[1].method, given[1].meta_batch_size) == ("mwnet", 64) and given[1].key() != plain[1].key()
+    assert notes == ["meta_batch_size=64 does nothing for ce (no meta set read); those runs keep "
+                     "meta_batch_size=128, the same runs as without it"]
+    swept = _asked("--methods", "ce,mwnet", "--sweep", "meta_batch_size=64,128")
+    assert sorted((s.method, s.meta_batch_size) for s in swept) == [("ce", 128), ("mwnet", 64), ("mwnet", 128)]
+    assert _asked("--methods", "mwnet", "--set", "meta_batch_size=64")[0].key() == given[1].key()
+
+
 def _asked(*args):
     from bench.arguments import asked_specs
     from bench.cli import make_parser
