@@ -27,12 +27,16 @@ meta-set size. Runs of the table's preset (``paper``) on the cell with those pro
 grouped by their full configuration (the spec without the seeds). One configuration is used:
 
 1. if exactly one matches, that one;
-2. else the one whose protocol equals the preset's standard protocol (200 epochs, ...), if unique;
+2. else the one that ``bench run --paper N`` trains, if unique: its protocol the preset's standard
+   protocol (200 epochs, ...) and its method settings the preset's defaults but those the row
+   fixes (a MW-Net run with ``--set mwnet.meta_lr=0.1`` beside the default ones is not it);
 3. else the cell is ``ambiguous`` (counted as missing) and the configurations are listed.
 
-A configuration whose protocol differs from the standard one (e.g. a short ``--epochs 3`` run)
-is used but marked ``†`` and described under the table. The key of every run behind every cell
-is listed under the table ("Runs"), so every number is traceable to ``python -m bench`` store rows.
+A configuration whose protocol differs from the standard one (e.g. a short ``--epochs 3`` run),
+or whose method settings differ from the row's (read from the runs' env, ``method_settings``;
+runs stored before 2026-12-07 lack it), is used but marked ``†`` and described under the table.
+The key of every run behind every cell is listed under the table ("Runs"), so every number is
+traceable to ``python -m bench`` store rows.
 
 This module reads the store only (``bench.store``, pandas); it never trains and imports no torch.
 """
@@ -64,7 +68,7 @@ from bench.paper_tables import (
 )
 from bench.spec import OMITTED_WHEN_DEFAULT, PRESETS, SEED_FIELDS, Cell
 from bench.store import DEFAULT_STORE
-from bench.summary import mean_over_cells, text_table, to_json
+from bench.summary import mean_over_cells, method_settings, setting_text, text_table, to_json
 
 METRIC_COLUMNS = {"last": "acc_last", "best": "acc_best"}
 METRIC_TEXT = {"last": "last-epoch test accuracy (the returned model)",
@@ -82,7 +86,7 @@ class CellResult:
     std: float = float("nan")
     n: int = 0
     keys: list = field(default_factory=list)
-    nonstandard: str = ""            # protocol differences of the configuration used ("epochs=3")
+    nonstandard: str = ""            # how the configuration used differs ("epochs=3", "mwnet.meta_lr=0.1")
     detail: str = ""                 # cells covered (grid), the configurations (ambiguous)
     extra: dict = field(default_factory=dict)
 
@@ -100,6 +104,8 @@ def _runs_frame(runs: pd.DataFrame) -> pd.DataFrame:
     runs["meta_per_class"] = [s.get("meta_per_class") for s in specs]
     runs["config"] = [json.dumps({k: v for k, v in s.items() if k not in SEED_FIELDS}, sort_keys=True)
                       for s in specs]
+    envs = runs["env_json"] if "env_json" in runs else [None] * len(runs)
+    runs["method_settings"] = [method_settings(env) for env in envs]
     return runs
 
 
@@ -125,6 +131,23 @@ def _protocol_diff(spec: dict, preset: str) -> str:
             shown = ",".join(map(str, got)) if isinstance(got, list) else got
             diffs.append(f"{k}={shown}")
     return " ".join(diffs)
+
+
+def _settings_diff(found: pd.DataFrame, config: str, row: Row) -> str:
+    """The method settings of ``config``'s runs away from the preset's defaults that the row does
+    not fix (``mwnet.meta_lr=0.1`` in a MW-Net row; the runs' env records them, and the row's name
+    does not show them), as ``bench run --paper N`` would not train them; "" for runs stored before
+    2026-12-07, which lack that record."""
+    settings = found.loc[found["config"] == config, "method_settings"].iloc[0]
+    fixed = dict(row.where)
+    return " ".join(f"{row.method}.{k}={setting_text(value)}" for k, (value, _) in sorted(settings.items())
+                    if k not in fixed)
+
+
+def _off_standard(found: pd.DataFrame, config: str, row: Row, preset: str) -> str:
+    """What sets ``config`` apart from the runs ``bench run --paper N`` trains for ``row``: its
+    protocol away from the preset's, and its method settings away from the row's."""
+    return " ".join(filter(None, (_protocol_diff(json.loads(config), preset), _settings_diff(found, config, row))))
 
 
 def matching_runs(runs: pd.DataFrame, row: Row, cell: Cell, preset: str) -> pd.DataFrame:
@@ -153,7 +176,7 @@ def cell_result(runs: pd.DataFrame, row: Row, cell: Cell, preset: str, column: s
         return CellResult("missing")
     configs = list(dict.fromkeys(found["config"]))
     if len(configs) > 1:
-        standard = [c for c in configs if not _protocol_diff(json.loads(c), preset)]
+        standard = [c for c in configs if not _off_standard(found, c, row, preset)]
         if len(standard) != 1:
             return CellResult("ambiguous", keys=list(found["key"]),
                               detail=f"{len(configs)} configurations match; differences: "
@@ -164,7 +187,7 @@ def cell_result(runs: pd.DataFrame, row: Row, cell: Cell, preset: str, column: s
     ok = values.notna()
     vals = values[ok].to_numpy()
     res = CellResult("ok" if len(vals) else "missing", keys=list(chosen.loc[ok, "key"]),
-                     nonstandard=_protocol_diff(json.loads(configs[0]), preset))
+                     nonstandard=_off_standard(found, configs[0], row, preset))
     if len(vals):
         used = pd.DataFrame({"seed": chosen.loc[ok, "seed"].astype(int).to_numpy(), "value": vals,
                              "key": chosen.loc[ok, "key"].to_numpy()})
@@ -456,7 +479,8 @@ def render(built: Built, fmt: str = "md", store_path: str = "") -> str:
                                                   for rs in per_row.values() for r in rs]
     nonstd = sorted({d for r in results if r.nonstandard for d in r.nonstandard.split(" | ")})
     if nonstd:
-        lines.append(p("† protocol differs from the preset's standard one: " + " | ".join(nonstd)))
+        lines.append(p("† not the runs `runs-for` trains (protocol away from the preset's, or method settings away "
+                       "from the row's): " + " | ".join(nonstd)))
     store_option = "" if store_path in ("", DEFAULT_STORE) else f" --store {shlex.quote(store_path)}"
     lines.append(p(f"To train what is missing: `python -m bench runs-for --paper {t.number}{store_option}`."))
     for note in t.notes:

@@ -129,7 +129,7 @@ def test_nonstandard_protocol_is_used_but_marked(store, ref):
     e = entry(built, "MW-Net(imb)", "imb 1, flip2 0.2")
     assert e.ours.status == "ok" and "epochs=3" in e.ours.nonstandard
     assert tables.ours_text(e.ours) == "10.50 (n=1)†"
-    assert "† protocol differs" in tables.render(built, "md")
+    assert "† not the runs `runs-for` trains" in tables.render(built, "md")
 
 
 def test_two_nonstandard_configs_are_ambiguous(tmp_path, ref):
@@ -253,8 +253,35 @@ def test_table1_describes_a_nonstandard_protocol_of_a_detail_cell(tmp_path, ref)
     assert entry(built, "Focal", "CIFAR-100").ours.status == "incomplete"
     text = tables.render(built, "md")
     assert "12.00 (n=1)†" in text.split("## Table 1 detail: CIFAR-100")[1]
-    line = [x for x in text.splitlines() if x.startswith("† protocol differs")]
-    assert line == ["† protocol differs from the preset's standard one: epochs=3 warmup_epochs=0 milestones=1,2"]
+    line = [x for x in text.splitlines() if x.startswith("† ")]
+    assert line == ["† not the runs `runs-for` trains (protocol away from the preset's, or method settings away from "
+                    "the row's): epochs=3 warmup_epochs=0 milestones=1,2"]
+
+
+def test_method_settings_the_row_does_not_fix_are_marked_and_lose_to_the_runs_runs_for_trains(tmp_path, ref):
+    """A MW-Net run with --set mwnet.meta_lr=0.1 is not the MW-Net(noise) run Table 2 asks for: alone
+    on its cell it is shown with †, and beside the run `runs-for` trains, that one is used (it was
+    shown unmarked, and beside the default run the cell was ambiguous, which runs-for never filled)."""
+    from bench.execute import unnamed_settings
+    from bench.store import Store
+
+    store = Store(tmp_path / "s.sqlite")
+    odd = fake_store.paper_spec("mwnet", "cifar10", 100, "none", 0, 0, {"variant": "noise", "meta_lr": 0.1})
+    assert unnamed_settings(odd) == {"meta_lr": [0.1, None]}  # what bench run stores in the env
+    fake_store.add_run(store, odd, "MW-Net(noise)", 42.0, env={"method_settings": unnamed_settings(odd)})
+    alone = entry(tables.build(2, store.runs("done"), ref, "last"), "MW-Net(noise)", "imb 100, clean").ours
+    assert (alone.status, alone.mean, alone.nonstandard) == ("ok", 42.0, "mwnet.meta_lr=0.1")
+    plain = fake_store.paper_spec("mwnet", "cifar10", 100, "none", 0, 0, fake_store.MWNET_PARAMS["noise"])
+    fake_store.add_run(store, plain, "MW-Net(noise)", 30.0, env={"method_settings": unnamed_settings(plain)})
+    built = tables.build(2, store.runs("done"), ref, "last")
+    chosen = entry(built, "MW-Net(noise)", "imb 100, clean").ours
+    assert (chosen.status, chosen.mean, chosen.nonstandard, chosen.keys) == ("ok", 30.0, "", [plain.key()])
+    p32 = fake_store.paper_spec("curvenet", "cifar10", 20, "flip2", 0.4, 0, {**fake_store.CURVENET_PARAMS,
+                                                                          "embed_dim": 32})
+    assert unnamed_settings(p32) == {"embed_dim": [32, 64]}
+    fake_store.add_run(store, p32, "CurveNet", 50.0, env={"method_settings": unnamed_settings(p32)})
+    fixed = entry(tables.build(9, store.runs("done"), ref, "last"), "P=32", "imb 20, flip2 0.4").ours
+    assert (fixed.status, fixed.mean, fixed.nonstandard) == ("ok", 50.0, "")  # Table 9's row fixes P = 32
 
 
 def test_table1_har_is_not_run_with_published_numbers(ref):
