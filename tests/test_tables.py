@@ -438,7 +438,7 @@ def test_runs_for_paper_specs_fill_exactly_their_table(tmp_path, ref):
     cell of table N (standard protocol, no ambiguity) and nothing else is needed."""
     from bench.arguments import paper_specs
     from bench.cli import make_parser
-    from bench.execute import display_name
+    from bench.execute import display_name, unnamed_settings
 
     s = Store(tmp_path / "rt.sqlite")
     for n in paper_tables.ALL_TABLES:
@@ -446,7 +446,8 @@ def test_runs_for_paper_specs_fill_exactly_their_table(tmp_path, ref):
         assert len({sp.key() for sp in specs}) == len(specs)
         for i, sp in enumerate(specs):
             if s.status(sp.key()) is None:
-                fake_store.add_run(s, sp, display_name(sp), 10.0 + (i % 7) + sp.seed)
+                fake_store.add_run(s, sp, display_name(sp), 10.0 + (i % 7) + sp.seed,
+                                   env={"method_settings": unnamed_settings(sp)})  # as bench run stores it
         built = tables.build(n, s.runs("done"), ref)
         for e in built.entries:
             if e.ours.status == "not run":
