@@ -25,7 +25,9 @@ them, N copies on N CUDA streams, or N runs fused into one network). The steps:
                   measures what kernel fusion buys (``bench run --compile`` trains this way).
 ``ce_fixed_batch`` the CE step on one batch assembled once (no gather, crop/flip or normalisation
                   in the step, as a probe on synthetic tensors times it): by difference to ``ce``,
-                  what the loader costs the step. Only when named in ``--steps``.
+                  what the in-step gather, crop/flip and normalisation cost (drawing the batch plans and
+                  copying them in, which both do alike, is not in the difference). Only when named in
+                  ``--steps``.
 ``mwnet``         :class:`methods.meta.MetaStep` with MW-Net(noise)'s weighting net and optimiser
                   (``methods.mwnet.WeightNet``, ``MWNetParams().weight_optimizer``; plain-SGD
                   look-ahead, unnormalised weights), as ``MWNet.fit`` builds it.

@@ -35,6 +35,13 @@ def _allocator():
     keep_freed_memory()  # as `python -m bench` does (bench/cpu.py)
 
 
+@pytest.fixture(autouse=True)
+def _cudnn_search_restored(monkeypatch):
+    """search_conv_algorithms turns cuDNN's search on for the whole process: off again after each
+    benchmark, so that the tests after these see the default."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+
+
 @pytest.mark.parametrize("name", STEPS)
 def test_train_step(benchmark, name):
     step, _ = build_step(name, model_name="small_cnn", batch=128, device="cpu")
