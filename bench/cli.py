@@ -615,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     else:  # signal handlers can only be set from the main thread
         previous = None
+    args = None
     try:
         args = make_parser().parse_args(argv)
         code = args.func(args)
@@ -629,7 +630,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        print(f"bench: {what}; finished runs are in the store, the rest will run next time", file=sys.stderr)
+        trains = getattr(args, "command", None) in ("run", "runs-for")
+        print(f"bench: {what}" + ("; finished runs are in the store, the rest will run next time" if trains else ""),
+              file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # `bench list | head`: the reader is gone; say nothing more
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -531,6 +531,22 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_keeps_its_checkpoint(tmp_path):
     assert len(list(checkpoints.glob("*.pt"))) == 1
 
 
+def test_an_interrupt_speaks_of_runs_only_where_the_command_trains(monkeypatch, capsys):
+    """Ctrl-C in `bench list` (or `timing`, `table`, which store no runs) is "bench: interrupted";
+    in `bench run` it also says where the finished runs are."""
+    import bench.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "cmd_list", interrupted)
+    monkeypatch.setattr(cli, "cmd_run", interrupted)
+    assert cli.main(["list"]) == 130
+    assert capsys.readouterr().err == "bench: interrupted\n"
+    assert cli.main(["run", "--methods", "ce", "--dry-run"]) == 130
+    assert capsys.readouterr().err == ("bench: interrupted; finished runs are in the store, the rest will run "
+                                       "next time\n")
+
+
 def test_a_store_that_fails_mid_run_is_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
     import bench.store
 
