@@ -374,9 +374,10 @@ def main(args) -> int:
                 f"lies below {alpha:.3g} differ, with at most a {alpha * 100:.3g}% chance that any of them does not)"
                 if len(table) > 1 else "")
         print("\npaired: over the seeds both ran on the same data (t interval, paired t-test); Welch: unpaired "
-              f"(no shared seed, one, or shared seeds whose data differ). p is per cell, two-sided{holm}; with one "
-              "value per side there is no interval, and where there is no spread (every seed gives the same Δ; "
-              "unpaired, each side the same value on every seed) the interval is Δ alone and there is no p.")
+              "(no shared seed; one, where each ran two or more; or shared seeds whose data differ). "
+              f"p is per cell, two-sided{holm}; with one value per side there is no interval, and where there "
+              "is no spread (every seed gives the same Δ; unpaired, each side the same value on every seed) "
+              "the interval is Δ alone and there is no p.")
     _say_unpaired_seeds(table, a, b)
     _say_protocols(runs, a, b)
     return 0

@@ -17,6 +17,7 @@ to give its key) needs the method registry.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -31,7 +32,7 @@ import pandas as pd
 
 from bench.analysis import run_separation, selection_quality
 from bench.errors import BenchError
-from bench.spec import comma_items
+from bench.spec import PRESETS, comma_items
 from bench.store import RUNS_ONLY
 from bench.summary import (
     cell_label,
@@ -158,6 +159,11 @@ def method_selection(text: str | None, runs: pd.DataFrame | None = None) -> dict
     known = set(methods.names()) | (set(runs["method"]) if runs is not None and len(runs) else set())
     shown: dict[str, set] = {}
     variants: dict[str, set] = {}
+    for name in methods.names():  # each method's plain table name, whether or not the store has runs of it
+        cls = methods.get(name)
+        for preset in PRESETS:
+            display = cls.display_name(dataclasses.asdict(cls.resolve_params(preset)))
+            shown.setdefault(display.split("(")[0].strip().lower(), set()).add(name)
     if runs is not None and len(runs):
         for name, display in zip(runs["method"], runs["display_name"]):
             plain = str(display).split("(")[0].strip().lower()  # MW-Net(noise) -> mw-net

@@ -149,7 +149,8 @@ def off_preset_note(runs: pd.DataFrame, labels: list[str] | None = None) -> str 
 
 def method_settings(env_json) -> dict:
     """A stored run's method settings away from its preset's defaults that its name does not show,
-    {name: [value, default]}, from its env ({} for runs stored before 2026-12-07, which lack it)."""
+    {name: [value, default]}, from its env ({} for runs stored before commit 9149156, 2026-12-07
+    01:35 UTC, which lack it)."""
     env = json.loads(env_json) if isinstance(env_json, str) and env_json else {}
     return env.get("method_settings") or {}
 

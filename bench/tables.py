@@ -34,7 +34,7 @@ grouped by their full configuration (the spec without the seeds). One configurat
 
 A configuration whose protocol differs from the standard one (e.g. a short ``--epochs 3`` run),
 or whose method settings differ from the row's (read from the runs' env, ``method_settings``;
-runs stored before 2026-12-07 lack it), is used but marked ``†`` and described under the table.
+runs stored before commit 9149156 lack it), is used but marked ``†`` and described under the table.
 The key of every run behind every cell is listed under the table ("Runs"), so every number is
 traceable to ``python -m bench`` store rows.
 
@@ -137,7 +137,7 @@ def _settings_diff(found: pd.DataFrame, config: str, row: Row) -> str:
     """The method settings of ``config``'s runs away from the preset's defaults that the row does
     not fix (``mwnet.meta_lr=0.1`` in a MW-Net row; the runs' env records them, and the row's name
     does not show them), as ``bench run --paper N`` would not train them; "" for runs stored before
-    2026-12-07, which lack that record."""
+    commit 9149156 (2026-12-07 01:35 UTC), which lack that record."""
     settings = found.loc[found["config"] == config, "method_settings"].iloc[0]
     fixed = dict(row.where)
     return " ".join(f"{row.method}.{k}={setting_text(value)}" for k, (value, _) in sorted(settings.items())

@@ -101,6 +101,9 @@ def test_bench_table_formats_and_empty_results(tmp_path, capsys):
     code, out, err = table("--method", "focal")
     assert code == 0 and "none of the 1 finished run(s) in the store is of --method focal" in out
     assert "no finished runs of focal in" in err and "(its runs are of ce)" in err
+    for shown, name in (("MW-Net", "mwnet"), ("Class-Balanced", "cb"), ("O2U-Net", "o2u")):  # no run of them here
+        code, out, err = table("--method", shown)
+        assert code == 0 and f"no finished runs of {name} in" in err, (shown, err)
     code, out, err = table("--method", "fokal")
     assert code == 2 and "unknown method 'fokal'" in err
     code, out, _ = table("--cell", "cifar10:10:none")
