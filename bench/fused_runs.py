@@ -321,7 +321,7 @@ class FusedRun:
             targets.append(y)
         model.train(was_training)
         pred, target = torch.cat(preds).cpu().numpy(), torch.cat(targets).cpu().numpy()
-        return [accuracy_report(pred[:, k], target, self.num_classes, run.data.train_counts)
+        return [accuracy_report(pred[:, k], target, self.num_classes, run.data.shot_counts)
                 for k, run in enumerate(self.members)]
 
     def log(self, epoch: int, model: nn.Module | None = None, *, stage: str = "train", **metrics) -> None:

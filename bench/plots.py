@@ -194,11 +194,13 @@ def _title(run: pd.Series) -> str:
 
 def head_and_tail(samples: pd.DataFrame, counts: np.ndarray) -> tuple[int, int]:
     """The classes with the most and the fewest training samples among those whose observed label
-    holds both clean and noisy samples (all classes when none does, e.g. without noise)."""
+    holds both clean and noisy samples (all classes when none does, e.g. without noise); ties go
+    to the first class for the head and the last for the tail, so that a balanced cell shows two
+    classes, not one twice."""
     obs, noisy = samples["observed_label"].to_numpy(), samples["is_noisy"].to_numpy()
     both = [c for c in range(len(counts)) if (noisy[obs == c]).any() and (~noisy[obs == c]).any()]
     pool = both if len(both) >= 2 else list(range(len(counts)))
-    return max(pool, key=lambda c: counts[c]), min(pool, key=lambda c: counts[c])
+    return max(pool, key=lambda c: counts[c]), min(reversed(pool), key=lambda c: counts[c])
 
 
 def curve_groups(samples: pd.DataFrame, curves: np.ndarray, cls: int) -> dict[str, np.ndarray]:
@@ -231,7 +233,8 @@ def plot_curves(store, run: pd.Series, out: Path, classes: tuple[int, int] | Non
         offset = int(json.loads(run["spec_json"]).get("params", {}).get("drop_first", 0))
     epochs = offset + np.arange(curves.shape[1])
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, cls, role in zip(axes, (head, tail), ("head", "tail")):
+    roles = ("head class", "tail class") if counts[head] != counts[tail] else ("class", "class")  # balanced
+    for ax, cls, role in zip(axes, (head, tail), roles):
         groups = curve_groups(samples, curves, cls)
         for name, color in (("clean", "tab:blue"), ("noisy", "tab:red")):
             g = groups[name]
@@ -241,7 +244,7 @@ def plot_curves(store, run: pd.Series, out: Path, classes: tuple[int, int] | Non
             ax.fill_between(epochs, g["mean"] - g["std"], g["mean"] + g["std"], color=color, alpha=0.2)
         if groups["noisy"]["n"] == 0:
             ax.text(0.5, 0.95, "no noisy samples with this label", transform=ax.transAxes, ha="center", va="top")
-        ax.set_title(f"{role} class {cls} ({int(counts[cls])} training samples with that clean label)")
+        ax.set_title(f"{role} {cls} ({int(counts[cls])} training samples with that clean label)")
         ax.set_xlabel("probe epoch")
         ax.legend()
         ax.grid(alpha=0.3)

@@ -405,7 +405,8 @@ def main(args) -> int:
             print(f"bench: {absent}", file=sys.stderr)
         keep = select(every, status=args.status, methods=wanted, cell=cell)
         shown = every[keep]
-        # labelled among all the store's runs, as `bench table` labels them, whatever is shown
+        # labelled by bench table's rule, but among all the store's runs, failed and unfinished ones too
+        # (a failed run with --set lr=0.05 names its row apart: `CE [lr=0.05]`), whatever is shown
         print(render_listing(listing(every, lock)[keep.to_numpy()].reset_index(drop=True), args.format))
         counts = shown["status"].value_counts()
         print(f"{len(shown)} of the {len(every)} runs in {args.store}: "

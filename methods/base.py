@@ -417,7 +417,7 @@ class Run:
         if self._test_loader is None:
             self._test_loader = self.loader("test")
         pred, target = predict(model, self._test_loader)
-        return accuracy_report(pred, target, self.num_classes, self.data.train_counts)
+        return accuracy_report(pred, target, self.num_classes, self.data.shot_counts)
 
     def log(self, epoch: int, model: nn.Module | None = None, *, stage: str = "train", **metrics) -> None:
         """Record one epoch of ``stage``; with ``model`` it is evaluated on the test set too.

@@ -399,6 +399,7 @@ def test_meta_in_pool_adds_the_clean_meta_set_to_the_pool():
     assert e.meta_index.size == 0 and len(e.y_meta) == 0
     assert np.array_equal(e.train_index, np.sort(np.concatenate([d.train_index, d.meta_index])))
     assert np.array_equal(e.train_counts, d.train_counts + 4)
+    assert np.array_equal(e.shot_counts, d.train_counts) and np.array_equal(d.shot_counts, d.train_counts)
     by_index = dict(zip(e.train_index.tolist(), zip(e.train_y.tolist(), e.train_clean_y.tolist(),
                                                     e.is_noisy.tolist())))
     for i in d.meta_index.tolist():  # meta samples: clean label observed, never noisy

@@ -198,6 +198,7 @@ def test_head_and_tail_are_among_the_classes_holding_clean_and_noisy_samples():
     assert plots.head_and_tail(samples, counts) == (1, 3)  # class 0 holds no clean sample with its label
     clean_only = samples.assign(is_noisy=False)  # no noise at all: every class
     assert plots.head_and_tail(clean_only, counts) == (0, 3)
+    assert plots.head_and_tail(clean_only, np.array([7, 7, 7, 7])) == (0, 3)  # a balanced cell: two classes
 
 
 def test_train_counts_are_the_stored_ones_else_the_clean_labels(store):

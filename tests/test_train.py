@@ -167,3 +167,24 @@ def test_predict_runs_the_model_in_eval_mode_and_leaves_it_as_it_was():
 def test_lr_is_the_base_lr_times_lr_decay_per_milestone_passed():
     kw = dict(lr=0.2, warmup_epochs=0, milestones=(2, 4), lr_decay=0.5)  # lr != lr_decay: not symmetric
     assert [lr_at(e, **kw) for e in range(6)] == pytest.approx([0.2, 0.2, 0.1, 0.1, 0.05, 0.05])
+
+
+def test_a_run_on_the_meta_set_too_is_scored_on_the_cells_shot_groups():
+    """--train-on-meta adds 20 clean samples a class on fmnist-mini: its tail class (98 samples,
+    medium-shot) would become many-shot, and the run would have no medium group to compare. The
+    groups are the cell's, for every method on it."""
+    import dataclasses
+
+    import torch
+
+    from bench.execute import load_data
+    from bench.spec import RunSpec
+    from methods.base import Run
+
+    spec = RunSpec(method="ce", train_on_meta=True)
+    data, plain = load_data(spec), load_data(dataclasses.replace(spec, train_on_meta=False))
+    assert np.array_equal(data.train_counts, plain.train_counts + 20) and plain.train_counts.min() < 100
+    assert np.array_equal(data.shot_counts, plain.train_counts)
+    run = Run(spec=spec, data=data, device=torch.device("cpu"))
+    report = run.evaluate(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10)))
+    assert report["medium"] is not None and report["few"] is None

@@ -236,6 +236,7 @@ class BiasedData:
     is_noisy: np.ndarray
     meta_index: np.ndarray
     transition: np.ndarray
+    cell_counts: np.ndarray | None = None  # the cell's pool counts where the meta set joined it
 
     @property
     def num_classes(self) -> int:
@@ -267,6 +268,13 @@ class BiasedData:
         return np.bincount(self.train_clean_y, minlength=self.num_classes)
 
     @property
+    def shot_counts(self) -> np.ndarray:
+        """The per-class counts that define the many/medium/few-shot groups: the cell's pool, also
+        where ``--train-on-meta`` added the meta set to it (:meth:`with_meta_in_pool`), so that every
+        method on a cell is scored on the same groups of classes."""
+        return self.train_counts if self.cell_counts is None else self.cell_counts
+
+    @property
     def noisy_counts(self) -> np.ndarray:
         """Per-class counts of the observed labels (what a method may use)."""
         return np.bincount(self.train_y, minlength=self.num_classes)
@@ -295,7 +303,7 @@ class BiasedData:
                           train_y=np.concatenate([self.train_y, meta_y])[order],
                           train_clean_y=np.concatenate([self.train_clean_y, meta_y])[order],
                           is_noisy=np.concatenate([self.is_noisy, np.zeros(len(meta_y), dtype=bool)])[order],
-                          meta_index=self.meta_index[:0], transition=self.transition)
+                          meta_index=self.meta_index[:0], transition=self.transition, cell_counts=self.shot_counts)
 
     @property
     def noise_known(self) -> bool:
