@@ -25,7 +25,7 @@ def _tiny_run(n=48, k=3, augment=False, train_counts=None, noisy_counts=None, **
     y = g.integers(0, k, size=n)
     data = SimpleNamespace(dataset=SimpleNamespace(mean=(0.5,), std=(0.25,), augment=augment),
                            x_train=x, train_y=y, x_test=x[:12], y_test=y[:12], num_classes=k,
-                           train_counts=train_counts, noisy_counts=noisy_counts)
+                           train_counts=train_counts, shot_counts=train_counts, noisy_counts=noisy_counts)
     run = Run(spec=RunSpec(method="ce", **{"batch_size": n, **spec}), data=data, device=torch.device("cpu"))
     inputs = (torch.as_tensor(x).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.25
     return run, inputs, torch.as_tensor(y)
@@ -81,7 +81,8 @@ def test_first_drop_is_the_earliest_milestone_else_the_end():
 
 def test_evaluate_groups_classes_by_the_clean_training_counts():
     """Shot groups (PROTOCOL.md §3) come from the imbalance profile, the pool's *clean* counts
-    (``train_counts``), not the observed ones."""
+    (``shot_counts``: ``train_counts``, the cell's where --train-on-meta added the meta set), not
+    the observed ones."""
     run, _, _ = _tiny_run(train_counts=np.array([500, 50, 5]), noisy_counts=np.array([5, 50, 500]))
 
     class Always0(nn.Module):
