@@ -146,6 +146,11 @@ def method_names(text: str | None, runs: pd.DataFrame | None = None) -> list[str
     return None if chosen is None else list(chosen)
 
 
+def _plain(display) -> str:
+    """A table name without its variant, lower case: ``MW-Net(noise)`` -> ``mw-net``."""
+    return str(display).split("(")[0].strip().lower()
+
+
 def method_selection(text: str | None, runs: pd.DataFrame | None = None) -> dict[str, set[str] | None] | None:
     """``--method`` as {registry name: the display names (lower case) of the runs it names, or None
     for all the method's runs} (None: no such option). A registry name or a method's plain table
@@ -163,10 +168,10 @@ def method_selection(text: str | None, runs: pd.DataFrame | None = None) -> dict
         cls = methods.get(name)
         for preset in PRESETS:
             display = cls.display_name(dataclasses.asdict(cls.resolve_params(preset)))
-            shown.setdefault(display.split("(")[0].strip().lower(), set()).add(name)
+            shown.setdefault(_plain(display), set()).add(name)
     if runs is not None and len(runs):
         for name, display in zip(runs["method"], runs["display_name"]):
-            plain = str(display).split("(")[0].strip().lower()  # MW-Net(noise) -> mw-net
+            plain = _plain(display)
             shown.setdefault(plain, set()).add(name)
             if str(display).lower() != plain:
                 variants.setdefault(str(display).lower(), set()).add(name)

@@ -605,6 +605,12 @@ def test_precision_and_graph_options_reach_the_run(tmp_path):
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
+def _bench_as_user(prefix: list[str], cwd, *args) -> subprocess.CompletedProcess:
+    """``python -m bench ARGS`` in ``cwd`` under ``prefix`` (:func:`_as_unprivileged`), this checkout's code."""
+    return subprocess.run([*prefix, sys.executable, "-m", "bench", *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=cwd)
+
+
 def _as_unprivileged() -> list[str]:
     """A command prefix under which file modes apply (root, with setpriv: without the capabilities
     that let root read and write anything)."""
@@ -638,11 +644,9 @@ def test_a_read_only_store_is_read_by_table_and_refused_by_run(read_only, tmp_pa
     (shared / "s.sqlite").chmod(0o444)
     if read_only == "directory":
         shared.chmod(0o555)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def bench_as_user(*args):
-        return subprocess.run([*prefix, sys.executable, "-m", "bench", *args], capture_output=True, text=True,
-                              timeout=300, env=env, cwd=tmp_path)
+        return _bench_as_user(prefix, tmp_path, *args)
     try:
         table = bench_as_user("table", "--store", str(shared / "s.sqlite"), "--format", "csv")
         run = bench_as_user("run", "--methods", "ce", "--seeds", "0,1", "--store", str(shared / "s.sqlite"), *QUICK)
@@ -1135,11 +1139,9 @@ def test_a_read_only_store_with_runs_still_in_its_wal_shows_them_or_says_why_not
     fake_store.add_run(store, RunSpec(method="ce", seed=77), "CE", 42.0)
     for name in ("s.sqlite", "s.sqlite-wal"):  # a killed writer's files, without the -shm
         (copied / name).write_bytes((shared / name).read_bytes())
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def table_as_user(path):
-        return subprocess.run([*prefix, sys.executable, "-m", "bench", "table", "--store", str(path), "--format",
-                               "csv"], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+        return _bench_as_user(prefix, tmp_path, "table", "--store", str(path), "--format", "csv")
     try:
         for folder in (shared, copied):
             (folder / "s.sqlite").chmod(0o444)

@@ -258,6 +258,12 @@ def test_table1_describes_a_nonstandard_protocol_of_a_detail_cell(tmp_path, ref)
                     "the row's): epochs=3 warmup_epochs=0 milestones=1,2"]
 
 
+def add_as_stored(store, spec, display, acc):
+    """A fake finished run whose env records its method settings as ``bench run`` stores them."""
+    from bench.execute import unnamed_settings
+    return fake_store.add_run(store, spec, display, acc, env={"method_settings": unnamed_settings(spec)})
+
+
 def test_method_settings_the_row_does_not_fix_are_marked_and_lose_to_the_runs_runs_for_trains(tmp_path, ref):
     """A MW-Net run with --set mwnet.meta_lr=0.1 is not the MW-Net(noise) run Table 2 asks for: alone
     on its cell it is shown with †, and beside the run `runs-for` trains, that one is used (it was
@@ -268,18 +274,18 @@ def test_method_settings_the_row_does_not_fix_are_marked_and_lose_to_the_runs_ru
     store = Store(tmp_path / "s.sqlite")
     odd = fake_store.paper_spec("mwnet", "cifar10", 100, "none", 0, 0, {"variant": "noise", "meta_lr": 0.1})
     assert unnamed_settings(odd) == {"meta_lr": [0.1, None]}  # what bench run stores in the env
-    fake_store.add_run(store, odd, "MW-Net(noise)", 42.0, env={"method_settings": unnamed_settings(odd)})
+    add_as_stored(store, odd, "MW-Net(noise)", 42.0)
     alone = entry(tables.build(2, store.runs("done"), ref, "last"), "MW-Net(noise)", "imb 100, clean").ours
     assert (alone.status, alone.mean, alone.nonstandard) == ("ok", 42.0, "mwnet.meta_lr=0.1")
     plain = fake_store.paper_spec("mwnet", "cifar10", 100, "none", 0, 0, fake_store.MWNET_PARAMS["noise"])
-    fake_store.add_run(store, plain, "MW-Net(noise)", 30.0, env={"method_settings": unnamed_settings(plain)})
+    add_as_stored(store, plain, "MW-Net(noise)", 30.0)
     built = tables.build(2, store.runs("done"), ref, "last")
     chosen = entry(built, "MW-Net(noise)", "imb 100, clean").ours
     assert (chosen.status, chosen.mean, chosen.nonstandard, chosen.keys) == ("ok", 30.0, "", [plain.key()])
     p32 = fake_store.paper_spec("curvenet", "cifar10", 20, "flip2", 0.4, 0, {**fake_store.CURVENET_PARAMS,
                                                                           "embed_dim": 32})
     assert unnamed_settings(p32) == {"embed_dim": [32, 64]}
-    fake_store.add_run(store, p32, "CurveNet", 50.0, env={"method_settings": unnamed_settings(p32)})
+    add_as_stored(store, p32, "CurveNet", 50.0)
     fixed = entry(tables.build(9, store.runs("done"), ref, "last"), "P=32", "imb 20, flip2 0.4").ours
     assert (fixed.status, fixed.mean, fixed.nonstandard) == ("ok", 50.0, "")  # Table 9's row fixes P = 32
 
@@ -438,7 +444,7 @@ def test_runs_for_paper_specs_fill_exactly_their_table(tmp_path, ref):
     cell of table N (standard protocol, no ambiguity) and nothing else is needed."""
     from bench.arguments import paper_specs
     from bench.cli import make_parser
-    from bench.execute import display_name, unnamed_settings
+    from bench.execute import display_name
 
     s = Store(tmp_path / "rt.sqlite")
     for n in paper_tables.ALL_TABLES:
@@ -446,8 +452,7 @@ def test_runs_for_paper_specs_fill_exactly_their_table(tmp_path, ref):
         assert len({sp.key() for sp in specs}) == len(specs)
         for i, sp in enumerate(specs):
             if s.status(sp.key()) is None:
-                fake_store.add_run(s, sp, display_name(sp), 10.0 + (i % 7) + sp.seed,
-                                   env={"method_settings": unnamed_settings(sp)})  # as bench run stores it
+                add_as_stored(s, sp, display_name(sp), 10.0 + (i % 7) + sp.seed)
         built = tables.build(n, s.runs("done"), ref)
         for e in built.entries:
             if e.ours.status == "not run":
