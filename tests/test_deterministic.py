@@ -138,12 +138,27 @@ def test_run_kernels_turns_the_search_off_and_restores_it(monkeypatch):
     with run_kernels("cuda"):
         assert torch.backends.cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
         assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    assert not torch.backends.cudnn.benchmark  # the search's setting is restored on exit
     with run_kernels("cuda", deterministic=True):
         assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
         assert torch.are_deterministic_algorithms_enabled()
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == CUBLAS_DETERMINISTIC_WORKSPACE
     assert not torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_deterministic_kernels_are_strict_even_where_torch_was_set_to_warn_only():
+    """``--deterministic`` promises deterministic kernels, not warnings: a process left in
+    torch's warn-only mode is made strict for the run and put back afterwards."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with run_kernels("cpu", deterministic=True):
+            assert torch.are_deterministic_algorithms_enabled()
+            assert not torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 class _PutsValues(Method):

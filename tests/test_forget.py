@@ -87,14 +87,17 @@ def test_forget_waits_for_no_bench_run_writing_the_store(tmp_path, capsys):
 
 def test_forget_refuses_when_a_bench_run_changed_the_runs_after_they_were_listed(tmp_path, capsys, monkeypatch):
     """The runs are chosen before the writer lock is taken; a bench run that finished in between
-    (a run --status failed named, now done) must not have its result deleted."""
+    (a run --status failed named, now done) must not have its result deleted, even where another
+    run failed meanwhile and the number of runs named is the same."""
     import contextlib
 
     import bench.store
 
     path = tmp_path / "s.sqlite"
     fake_store.build(path).close()
-    failed = Store(path, create=False).runs("failed")["key"].iloc[0]
+    runs = Store(path, create=False).runs(None)
+    failed = runs.loc[runs["status"] == "failed", "key"].iloc[0]
+    done = runs.loc[runs["status"] == "done", "key"].iloc[0]
     real_lock = bench.store.writer_lock
 
     @contextlib.contextmanager
@@ -102,6 +105,8 @@ def test_forget_refuses_when_a_bench_run_changed_the_runs_after_they_were_listed
         store = Store(store_path)  # a bench run retried the failed run and finished it meanwhile
         store.conn.execute("UPDATE runs SET status = 'running' WHERE key = ?", (failed,))
         store.finish(failed, metrics={"acc_last": 50.0}, history=[], env={})
+        # and another run failed meanwhile: as many failed runs as listed, but not the same one
+        store.conn.execute("UPDATE runs SET status = 'failed' WHERE key = ?", (done,))
         store.close()
         with real_lock(store_path):
             yield
@@ -110,6 +115,7 @@ def test_forget_refuses_when_a_bench_run_changed_the_runs_after_they_were_listed
     assert main(["forget", "--store", str(path), "--status", "failed", "--yes"]) == 2
     assert "changed since they were listed" in capsys.readouterr().err
     assert Store(path, create=False).status(failed) == "done"
+    assert Store(path, create=False).status(done) == "failed"  # nothing was deleted
 
 
 def test_forget_by_method_and_cell_takes_runs_in_every_state_and_says_which_methods_have_none(tmp_path, capsys):

@@ -188,6 +188,7 @@ def _protocol(**changes):
 @pytest.mark.parametrize("changes, message", [
     (dict(lr=0.0), "lr must be positive"),
     (dict(momentum=1.0), "momentum must be in [0, 1)"),
+    (dict(momentum=-0.1, nesterov=False), "momentum must be in [0, 1)"),
     (dict(lr_decay=0.0), "lr_decay must be positive"),
     (dict(meta_batch_size=0), "meta_batch_size must be at least 1"),
     (dict(epochs=0, milestones=(), warmup_epochs=0), "epochs must be at least 1"),
