@@ -562,6 +562,13 @@ def test_a_new_key_captures_on_its_own_shapes_and_release_forgets_them():
     for _ in range(2):
         graphed(torch.zeros(5), key=1)  # the same key as before the release, other shapes
     assert graphed.captures == 3 and graphed._static_in[0].shape == (5,)
+    graphed = ReplayOnCPU(lambda a: a + 1, name="toy", warmup=1)  # the same with no key (None)
+    for _ in range(2):
+        graphed(torch.zeros(4))
+    graphed.release()
+    for _ in range(2):
+        graphed(torch.zeros(5))  # the next loop's shapes: captured again, not run eagerly for good
+    assert graphed.captures == 2 and graphed._static_in[0].shape == (5,)
 
 
 def test_inputs_of_another_dtype_or_not_tensors_run_eagerly():
