@@ -135,3 +135,10 @@ def figures(monkeypatch):
     monkeypatch.undo()
     for fig in kept:
         plt.close(fig)
+
+
+@pytest.fixture()
+def suptitle():
+    """``suptitle(fig)``: the figure's suptitle ("" if it has none). ``Figure.get_suptitle`` is
+    matplotlib 3.8's; the package supports 3.7 (pyproject.toml), whose figures keep it here."""
+    return lambda fig: "" if fig._suptitle is None else fig._suptitle.get_text()

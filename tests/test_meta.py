@@ -22,7 +22,9 @@ B, BM, K = 6, 5, 3
 pytestmark = pytest.mark.usefixtures("float64")  # tests/conftest.py
 
 
-def setup(seed=0, momentum_state=True, model_name="small_cnn", size=8, make_opt=None):
+def make_problem(seed=0, momentum_state=True, model_name="small_cnn", size=8, make_opt=None):
+    """A tiny float64 problem: classifier, its SGD, a 1-4-1 weighting net, a batch and a meta batch
+    (not named `setup`: pytest 7 calls a module-level `setup` as nose's module fixture)."""
     torch.manual_seed(seed)
     model = build_model(model_name, K, 1).double().train()
     opt = (make_opt(model) if make_opt is not None else
@@ -107,7 +109,7 @@ def fd_grad(model, opt, vnet, batch, meta, eps=1e-6, **kw):
 
 @pytest.mark.parametrize("lookahead,skip_layers", [("sgd", 0), ("full", 0), ("sgd", 3), ("full", 2)])
 def test_weight_net_gradient_matches_finite_differences(lookahead, skip_layers):
-    model, opt, vnet, batch, meta = setup(seed=skip_layers)
+    model, opt, vnet, batch, meta = make_problem(seed=skip_layers)
     kw = dict(lookahead=lookahead, skip_layers=skip_layers, normalize=False)
     before = copy.deepcopy(model.state_dict())
     g, out = analytic_grad(model, opt, vnet, batch, meta, **kw)
@@ -127,7 +129,7 @@ def test_weight_net_gradient_matches_finite_differences(lookahead, skip_layers):
 def test_normalised_weights_gradient_and_fresh_optimiser():
     # MW-Net(imb): weights divided by their sum; a fresh optimiser has no momentum buffers yet
     # (torch's SGD then takes buf = d, so the Nesterov slope is still 1 + momentum)
-    model, opt, vnet, batch, meta = setup(seed=7, momentum_state=False)
+    model, opt, vnet, batch, meta = make_problem(seed=7, momentum_state=False)
     kw = dict(lookahead="full", skip_layers=1, normalize=True)
     g, _ = analytic_grad(model, opt, vnet, batch, meta, **kw)
     g_fd = fd_grad(model, opt, vnet, batch, meta, **kw)
@@ -139,7 +141,7 @@ def test_normalised_weights_gradient_and_fresh_optimiser():
 def test_jvp_and_create_graph_paths_agree(skip_layers, lookahead):
     results = []
     for second_order in ("jvp", "autograd"):
-        model, opt, vnet, batch, meta = setup(seed=3)
+        model, opt, vnet, batch, meta = make_problem(seed=3)
         g, out = analytic_grad(model, opt, vnet, batch, meta, lookahead=lookahead,
                                skip_layers=skip_layers, second_order=second_order)
         results.append((g, out["meta_loss"]))
@@ -149,7 +151,7 @@ def test_jvp_and_create_graph_paths_agree(skip_layers, lookahead):
 
 
 def test_skip_layers_zero_is_the_full_unrestricted_step():
-    model, opt, vnet, batch, meta = setup(seed=4)
+    model, opt, vnet, batch, meta = make_problem(seed=4)
     step = MetaStep(model, opt, vnet, None, lookahead="full", skip_layers=0)
     assert step.bottom == []
     assert step.names == [n for n, _ in model.named_parameters()]
@@ -162,7 +164,7 @@ def test_skip_layers_zero_is_the_full_unrestricted_step():
 
 @pytest.mark.parametrize("skip_layers", [1, 2, 3])
 def test_slmo_freezes_only_the_bottom_of_the_lookahead(skip_layers):
-    model, opt, vnet, batch, meta = setup(seed=5)
+    model, opt, vnet, batch, meta = make_problem(seed=5)
     step = MetaStep(model, opt, vnet, None, lookahead="full", skip_layers=skip_layers)
     frozen = {n for n, _ in model.named_parameters()
               if n.split(".")[0] in [b for b, _ in model.blocks()[:skip_layers]]}
@@ -191,7 +193,7 @@ def test_slmo_freezes_only_the_bottom_of_the_lookahead(skip_layers):
 @pytest.mark.parametrize("skip_layers", [0, 3])
 @pytest.mark.parametrize("normalize", [False, True])
 def test_real_step_uses_recomputed_weights_and_never_freezes(skip_layers, normalize):
-    model, opt, vnet, batch, meta = setup(seed=6)
+    model, opt, vnet, batch, meta = make_problem(seed=6)
     x, y, idx = batch
     ref_model, ref_opt = copy.deepcopy(model), None
     ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -216,7 +218,7 @@ def test_real_step_uses_recomputed_weights_and_never_freezes(skip_layers, normal
 
 
 def test_bad_options_raise_bench_errors():
-    model, opt, vnet, _, _ = setup(momentum_state=False)
+    model, opt, vnet, _, _ = make_problem(momentum_state=False)
     with pytest.raises(BenchError):
         MetaStep(model, opt, vnet, None, skip_layers=4)
     with pytest.raises(BenchError):
@@ -226,7 +228,7 @@ def test_bad_options_raise_bench_errors():
 
 
 def test_forward_mode_jvp_equals_reverse_over_reverse_fallback():
-    model, opt, vnet, batch, meta = setup(seed=8)
+    model, opt, vnet, batch, meta = make_problem(seed=8)
     for skip_layers in (0, 2):
         step = MetaStep(model, opt, vnet, None, skip_layers=skip_layers)
         h = step.bottom_features(batch[0])
@@ -330,7 +332,7 @@ def test_linearized_and_forward_mode_meta_steps_agree():
     """Whole steps with either JVP give the same weighting-net gradient and classifier update."""
     results = []
     for jvp in ("linearized", "forward_ad"):
-        model, opt, vnet, batch, meta = setup(seed=5)
+        model, opt, vnet, batch, meta = make_problem(seed=5)
         step = MetaStep(model, opt, vnet, None, skip_layers=0)
         step.jvp = jvp
         step(*batch, *meta)
@@ -418,7 +420,7 @@ def test_lookahead_steps_at_each_groups_current_lr(lookahead, skip_layers):
     """MW-Net.py L210 / higher's DifferentiableSGD: the virtual step uses the lr the classifier
     optimiser holds *now* (set_lr changes it every epoch: warm-up, decays), per param group, not
     the lr it was built with; an explicit ``lr`` replaces it."""
-    model, opt, vnet, batch, meta = setup(seed=9, make_opt=two_group_sgd)
+    model, opt, vnet, batch, meta = make_problem(seed=9, make_opt=two_group_sgd)
     step = MetaStep(model, opt, vnet, None, lookahead=lookahead, skip_layers=skip_layers)
     for group, lr in zip(opt.param_groups, (0.04, 0.015)):  # as set_lr does between epochs
         group["lr"] = lr
@@ -451,7 +453,7 @@ def test_heavy_ball_lookahead_with_dampening_matches_torch_sgd(momentum_state):
     def heavy_ball(model):
         return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, dampening=0.3, weight_decay=5e-4)
 
-    model, opt, vnet, batch, meta = setup(seed=10, momentum_state=momentum_state, make_opt=heavy_ball)
+    model, opt, vnet, batch, meta = make_problem(seed=10, momentum_state=momentum_state, make_opt=heavy_ball)
     assert bool(opt.state) == momentum_state
     before = copy.deepcopy(model.state_dict())
     g, out = analytic_grad(model, opt, vnet, batch, meta, lookahead="full")
@@ -467,7 +469,7 @@ def test_heavy_ball_lookahead_with_dampening_matches_torch_sgd(momentum_state):
 def test_linearized_jvp_with_eval_mode_batch_norm_equals_forward_mode_ad(skip_layers):
     """The eval-mode BatchNorm rule (running statistics: dy = g r dx + dg x_hat + db, no batch
     terms), used when the step runs on a model in eval mode, against forward-mode AD."""
-    model, opt, vnet, batch, meta = setup(seed=12)  # two real steps: running stats differ from batch stats
+    model, opt, vnet, batch, meta = make_problem(seed=12)  # two real steps: running stats differ from batch stats
     model.eval()
     step = MetaStep(model, opt, vnet, None, lookahead="full", skip_layers=skip_layers)
     assert step.jvp == "linearized"
@@ -484,7 +486,7 @@ def test_linearized_jvp_with_eval_mode_batch_norm_equals_forward_mode_ad(skip_la
 def test_meta_step_refuses_options_and_optimisers_it_cannot_step():
     """One-line BenchErrors: a bool SLMO depth, an unknown second_order, a classifier optimiser that
     does not hold every look-ahead parameter, and maximize=True."""
-    model, opt, vnet, _, _ = setup(momentum_state=False)
+    model, opt, vnet, _, _ = make_problem(momentum_state=False)
     for bad in (dict(skip_layers=True), dict(second_order="hessian")):
         with pytest.raises(BenchError):
             MetaStep(model, opt, vnet, None, **bad)
@@ -497,7 +499,7 @@ def test_meta_step_refuses_options_and_optimisers_it_cannot_step():
 
 def test_normalised_weights_that_sum_to_zero_are_kept():
     """MW-Net(imb): a_i = w_i / sum_j w_j, but w itself when the sum is 0 (no division by 0)."""
-    model, opt, vnet, _, _ = setup(momentum_state=False)
+    model, opt, vnet, _, _ = make_problem(momentum_state=False)
     step = MetaStep(model, opt, vnet, None, normalize=True)
     assert torch.equal(step.coefficients(torch.zeros(4)), torch.zeros(4))
     assert torch.allclose(step.coefficients(torch.tensor([1.0, 3.0])), torch.tensor([0.25, 0.75]))
@@ -506,7 +508,7 @@ def test_normalised_weights_that_sum_to_zero_are_kept():
 def test_the_weighting_net_takes_one_step_on_the_fresh_meta_gradient():
     """Each call leaves d meta / d phi of *this* step in .grad (not summed over calls) and steps the
     weighting net's optimiser once with it; the real step then reads the updated net."""
-    model, opt, vnet, batch, meta = setup(seed=11)
+    model, opt, vnet, batch, meta = make_problem(seed=11)
     wopt = torch.optim.SGD(vnet.parameters(), lr=0.5)
     step = MetaStep(model, opt, vnet, wopt)
     for _ in range(2):
@@ -524,7 +526,7 @@ def test_the_weighting_net_takes_one_step_on_the_fresh_meta_gradient():
 def test_frozen_parameters_of_either_network_are_left_out():
     """Parameters with requires_grad=False (a frozen stem, a frozen weighting-net bias) are not in
     the look-ahead nor in d meta / d phi, and stay as they are."""
-    model, opt, vnet, batch, meta = setup(seed=13)
+    model, opt, vnet, batch, meta = make_problem(seed=13)
     model.stem.requires_grad_(False)
     vnet[0].bias.requires_grad_(False)
     frozen = [t.detach().clone() for t in (*model.stem.parameters(), vnet[0].bias)]
@@ -539,7 +541,7 @@ def test_frozen_parameters_of_either_network_are_left_out():
 @pytest.mark.parametrize("skip_layers", [0, 2])
 def test_an_eval_mode_model_stays_in_eval_mode(skip_layers):
     """The frozen bottom is switched to eval for its no_grad pass and back to each module's own mode."""
-    model, opt, vnet, batch, meta = setup(seed=12)
+    model, opt, vnet, batch, meta = make_problem(seed=12)
     model.eval()
     step = MetaStep(model, opt, vnet, None, skip_layers=skip_layers)
     step.meta_loss_at(*batch, *meta)
@@ -550,7 +552,7 @@ def test_an_eval_mode_model_stays_in_eval_mode(skip_layers):
 def test_on_plans_returns_the_epoch_sums_and_fills_weights_into():
     """The captured step's row: (weighted loss x B, meta loss, sum of the recomputed weights), and
     each sample's recomputed weight written at its pool index."""
-    model, opt, vnet, (x, y, _), meta = setup(seed=14)
+    model, opt, vnet, (x, y, _), meta = make_problem(seed=14)
     idx = torch.tensor([9, 2, 7, 0, 4, 5])
     ref = copy.deepcopy((model, opt, vnet))
     out = MetaStep(*ref[:3], None)(x, y, idx, *meta)

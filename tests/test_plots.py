@@ -149,7 +149,7 @@ class Arrays:
         return self.arrays[name]
 
 
-def test_the_curves_figure_shows_the_head_and_tail_groups_of_the_stored_curves(store, tmp_path, figures):
+def test_the_curves_figure_shows_the_head_and_tail_groups_of_the_stored_curves(store, tmp_path, figures, suptitle):
     run = plots.select_run(store)
     samples = store.samples(run["key"])
     curves = store.array(run["key"], "probe_loss")
@@ -158,7 +158,7 @@ def test_the_curves_figure_shows_the_head_and_tail_groups_of_the_stored_curves(s
     head, tail = fig.axes[:2]
     assert head.get_title() == "head class 0 (40 training samples with that clean label)"
     assert tail.get_title() == "tail class 3 (5 training samples with that clean label)"
-    assert head.get_ylabel() == "raw probe loss" and "raw probe loss (array 'probe_loss')" in fig.get_suptitle()
+    assert head.get_ylabel() == "raw probe loss" and "raw probe loss (array 'probe_loss')" in suptitle(fig)
     obs, noisy = samples["observed_label"].to_numpy(), samples["is_noisy"].to_numpy()
     for ax, cls in ((head, 0), (tail, 3)):
         (clean_line, noisy_line) = ax.get_lines()

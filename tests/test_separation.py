@@ -291,7 +291,8 @@ def test_samples_without_trust_are_left_out_of_the_separation_figures_groups(tmp
         "mislabelled": (has & noisy).sum()}
 
 
-def test_the_separation_figure_shows_the_groups_that_have_samples_and_what_the_trust_is(tmp_path, figures):
+def test_the_separation_figure_shows_the_groups_that_have_samples_and_what_the_trust_is(tmp_path, figures,
+                                                                                         suptitle):
     from bench.plots import plot_separation
 
     sep = {"noise_auroc": 88.64, "tail_auroc": float("nan")}
@@ -306,10 +307,11 @@ def test_the_separation_figure_shows_the_groups_that_have_samples_and_what_the_t
     assert [t.get_text() for t in score.get_xticklabels()] == ["clean, head\n3", "mislabelled\n2"]
     assert score.get_ylabel() == "− selection score" and weight.get_ylabel() == "final weight"
     assert score.get_title() == "O2U-Net\nnoise 88.6 · tail —"
-    assert len(weight.get_xticklabels()) == 3 and figures[0].get_suptitle() == "the title"
+    assert len(weight.get_xticklabels()) == 3 and suptitle(figures[0]) == "the title"
 
 
-def test_bench_plot_separation_shows_the_asked_methods_and_seed(trust_store, tmp_path, monkeypatch, capsys, figures):
+def test_bench_plot_separation_shows_the_asked_methods_and_seed(trust_store, tmp_path, monkeypatch, capsys, figures,
+                                                                suptitle):
     monkeypatch.chdir(tmp_path)
     runs = Store(trust_store, create=False).runs("done")
     assert main(["plot", "separation", "--store", str(trust_store), "--method", "mwnet,o2u", "--seed", "1"]) == 0
@@ -317,13 +319,13 @@ def test_bench_plot_separation_shows_the_asked_methods_and_seed(trust_store, tmp
     assert out.strip() == "figures/separation_fmnist-mini_8_flip2_0.25_seed1.png"
     seed1 = runs[runs["seed"] == 1].set_index("method")["key"]
     assert err.strip() == f"2 runs: MW-Net(noise) {seed1['mwnet'][:12]}, O2U-Net {seed1['o2u'][:12]}"
-    assert figures[0].get_suptitle().endswith("(quick preset, seed 1)")
+    assert suptitle(figures[0]).endswith("(quick preset, seed 1)")
     assert main(["plot", "separation", "--store", str(trust_store), "--classes", "0,1"]) == 2
     assert "separation shows every method of a cell: drop --run/--classes" in capsys.readouterr().err
 
 
 def test_the_separation_figure_names_each_panels_seed_and_the_lowest_in_its_file_name(tmp_path, monkeypatch, capsys,
-                                                                                      figures):
+                                                                                      figures, suptitle):
     clean, noisy, _ = fake_store.fake_samples(0)
     store = Store(tmp_path / "s.sqlite")
     fake_store.add_fake_trust_run(store, "curvenet", "CurveNet", {"weight": np.where(noisy, 0.2, 0.9)}, seed=0)
@@ -333,7 +335,7 @@ def test_the_separation_figure_names_each_panels_seed_and_the_lowest_in_its_file
     monkeypatch.chdir(tmp_path)
     assert main(["plot", "separation", "--store", str(tmp_path / "s.sqlite")]) == 0
     assert capsys.readouterr().out.strip() == "figures/separation_fmnist-mini_8_flip2_0.25_seed0.png"
-    assert figures[0].get_suptitle().endswith("(quick preset, seed 0, 1)")
+    assert suptitle(figures[0]).endswith("(quick preset, seed 0, 1)")
 
 
 def test_the_separation_figure_takes_the_preset_that_tells_two_protocols_apart(tmp_path, capsys):
