@@ -1,0 +1,54 @@
+"""The versions the package says it supports are the versions it is tested on: tox's ``floors``
+environment pins, for Python and for every dependency with a lower bound in pyproject.toml, a
+release of that bound's own series (``numpy>=1.24``: a 1.24.x), so raising a bound without
+testing it, or testing a release the bound does not allow, fails here."""
+
+import configparser
+import sys
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: pytest's own dependency
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pyproject():
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def _floors_env():
+    tox = configparser.ConfigParser()
+    tox.read(REPO / "tox.ini")
+    return tox["testenv:floors"]
+
+
+def _lower_bound(requirement: Requirement) -> Version | None:
+    bounds = [Version(s.version) for s in requirement.specifier if s.operator in (">=", "==", "~=")]
+    return min(bounds) if bounds else None
+
+
+def test_the_floors_environment_pins_the_lowest_series_of_every_bounded_dependency():
+    project = _pyproject()
+    requirements = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]]
+    pins = {}
+    for line in _floors_env()["deps"].split("\n"):
+        if line.strip():
+            pin = Requirement(line.strip())
+            pins[pin.name] = Version(next(iter(pin.specifier)).version)
+    bounded = {r.name: r for r in requirements if _lower_bound(r) is not None}
+    assert sorted(pins) == sorted(bounded), "every pin is a bounded dependency and every bound is pinned"
+    for name, requirement in bounded.items():
+        bound, pin = _lower_bound(requirement), pins[name]
+        assert requirement.specifier.contains(pin, prereleases=False), f"{name} {pin} outside {requirement.specifier}"
+        assert pin.release[:len(bound.release)] == bound.release, f"{name} {pin} is not of the series {bound}"
+
+
+def test_the_floors_environment_runs_the_oldest_python_the_package_allows():
+    floor = Version(_pyproject()["requires-python"].removeprefix(">="))
+    assert _floors_env()["basepython"] == f"python{floor.major}.{floor.minor}"
