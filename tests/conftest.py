@@ -9,6 +9,51 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# ``pytest -n auto`` (pytest-xdist; the README's test command): how many worker processes, and
+# how many threads each. One worker at its peak holds about 2.1 GiB (``/usr/bin/time -v`` over the
+# whole suite at -n 2); 3 GiB each leaves room for the subprocesses some tests start.
+WORKER_MEMORY = 3 * 2**30
+
+
+def parallel_workers(cores: int, available_memory: int | None) -> int:
+    """``-n auto``'s worker count: one per usable core, and no more than the memory holds."""
+    fit = cores if available_memory is None else available_memory // WORKER_MEMORY
+    return max(1, min(cores, fit))
+
+
+def _available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes (None where there is no such file)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: no error where xdist is not installed
+def pytest_xdist_auto_num_workers(config):
+    from bench.executors import available_cores
+
+    return parallel_workers(available_cores(), _available_memory())
+
+
+def pytest_configure(config):
+    """In an xdist worker: the cores shared out among the workers (``bench.executors.worker_threads``,
+    which keeps a user's ``$OMP_NUM_THREADS``), for its torch and for the processes its tests start;
+    N workers of 2 threads each on 2 cores spin against each other (the suite took over 15 minutes
+    at -n 2 so, 9 at one thread each)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        from bench.executors import worker_threads
+
+        threads = worker_threads(int(workers))
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+
 
 def _every_eighth_sample(data, test_images=None, **dataset_changes):
     """``data`` with every 8th sample of its pool, its first ``test_images`` test images (all if

@@ -52,3 +52,20 @@ def test_the_floors_environment_pins_the_lowest_series_of_every_bounded_dependen
 def test_the_floors_environment_runs_the_oldest_python_the_package_allows():
     floor = Version(_pyproject()["requires-python"].removeprefix(">="))
     assert _floors_env()["basepython"] == f"python{floor.major}.{floor.minor}"
+
+
+def test_pytest_n_auto_runs_a_worker_per_core_as_far_as_the_memory_goes():
+    from conftest import WORKER_MEMORY, parallel_workers
+
+    assert parallel_workers(2, 24 * 2**30) == 2  # this project's CI: 2 cores, 24 GiB
+    assert parallel_workers(64, 24 * 2**30) == 24 * 2**30 // WORKER_MEMORY  # many cores, little memory
+    assert parallel_workers(16, None) == 16  # no /proc/meminfo: the cores alone
+    assert parallel_workers(4, WORKER_MEMORY - 1) == 1  # always at least one worker
+
+
+def test_ci_runs_exactly_the_readmes_test_command():
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("Install and run the tests", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0]
+    script = (REPO / ".ci" / "run").read_text().splitlines()
+    ci = [line for line in script if line and not line.startswith(("#", "set ", "cd "))]
+    assert ci == [block.strip()]
