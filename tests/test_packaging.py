@@ -4,6 +4,7 @@ release of that bound's own series (``numpy>=1.24``: a 1.24.x), so raising a bou
 testing it, or testing a release the bound does not allow, fails here."""
 
 import configparser
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -55,8 +56,11 @@ def test_the_floors_environment_runs_the_oldest_python_the_package_allows():
 
 
 def test_pytest_n_auto_runs_a_worker_per_core_as_far_as_the_memory_goes():
-    from conftest import WORKER_MEMORY, parallel_workers
-
+    # by its path: ``import conftest`` may find tests/benchmarks/conftest.py first
+    spec = importlib.util.spec_from_file_location("tests_conftest", REPO / "tests" / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    parallel_workers, WORKER_MEMORY = conftest.parallel_workers, conftest.WORKER_MEMORY
     assert parallel_workers(2, 24 * 2**30) == 2  # this project's CI: 2 cores, 24 GiB
     assert parallel_workers(64, 24 * 2**30) == 24 * 2**30 // WORKER_MEMORY  # many cores, little memory
     assert parallel_workers(16, None) == 16  # no /proc/meminfo: the cores alone
