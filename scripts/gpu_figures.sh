@@ -3,6 +3,10 @@
 # synthetic batches through the real loader; `train` uses the embedded fmnist-mini). Writes
 # everything under DIR (default ./gpu_figures), each part's log as it goes:
 #   env.txt                          GPU, driver, torch, cuDNN
+#   targets_*.md                     issue 8's four GPU targets first, for a device budget of minutes:
+#                                    all steps eager and captured (fp32), CE compiled next to plain CE
+#                                    (bf16, the fastest CE so far), and 4 runs fused into one network
+#                                    (the packing ratio); about 5 minutes, each run limited
 #   cudatests.txt                    the CUDA tests: captured == eager after 8 steps
 #                                    (tests/test_capture.py), the linearised JVP == forward-mode AD
 #                                    (tests/test_meta.py), the loader on CUDA (tests/test_data_loader.py)
@@ -36,19 +40,19 @@
 #   suite.txt                        the whole test suite on the CUDA machine (device auto = cuda)
 #   benchmarks.txt / benchmarks.json pytest-benchmark, eager/captured x fp32/bf16
 # Usage: bash scripts/gpu_figures.sh [DIR] [PART ...]
-#   PART: env cudatests timing tuning probe compile compilerun deterministic pack packstreams packfused fuserun mps
+#   PART: env targets cudatests timing tuning probe compile compilerun deterministic pack packstreams packfused fuserun mps
 #         train suite benchmarks
-#   (default: all, in that
-#   order). Each part runs under its own time limit (seconds: $LIMIT_<part>, defaults below), so
-#   a hang costs that part alone; on a lent machine that limits one command to 10 minutes, split
-#   the parts over two commands.
+#   (default: all but targets, in that order; on a lent machine with a budget of minutes, run
+#   `env targets` first). Each part runs under its own time limit (seconds: $LIMIT_<part>,
+#   defaults below), so a hang costs that part alone; on a lent machine that limits one command to
+#   10 minutes, split the parts over two commands.
 # The interpreter is $PYTHON, else python3 (on the lent machines the one that holds torch).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-gpu_figures}
 shift || true
-all_parts="env cudatests timing tuning probe compile compilerun deterministic pack packstreams packfused fuserun mps train suite benchmarks"
-parts=${*:-$all_parts}
+all_parts="env targets cudatests timing tuning probe compile compilerun deterministic pack packstreams packfused fuserun mps train suite benchmarks"
+parts=${*:-${all_parts/ targets/}}  # targets repeats parts of timing, compile and packfused
 for part in $parts; do  # every part known before any runs
   case " $all_parts " in *" $part "*) ;; *) echo "unknown part $part ($all_parts)" >&2; exit 2 ;; esac
 done
@@ -94,6 +98,12 @@ for part in $parts; do
       LIMIT=30 run_part env "$out/env.txt" bash -c "nvidia-smi; \"$python\" -c 'import torch, sys; \
 print(sys.version); print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version()); \
 print(torch.cuda.get_device_name(), torch.cuda.get_device_properties(0))'; nproc" ;;
+    targets)  # issue 8's GPU targets, the most wanted figures first (a 15-minute device budget)
+      LIMIT=90 run_part targets "$out/targets_timing_fp32.md" "$python" -m bench timing --device cuda
+      LIMIT=180 run_part targets "$out/targets_compile_bf16.md" "$python" -m bench timing --device cuda \
+          --steps ce,ce_compiled --precision bf16
+      LIMIT=90 run_part targets "$out/targets_pack4_fused.md" "$python" -m bench timing --device cuda --pack 4 \
+          --pack-mode fused --steps ce,mwnet,curvenet_sl3 ;;
     cudatests)
       LIMIT=360 run_part cudatests "$out/cudatests.txt" "$python" -m pytest -q -p no:cacheprovider \
           tests/test_capture.py tests/test_meta.py tests/test_data_loader.py tests/test_timing.py \

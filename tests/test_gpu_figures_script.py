@@ -29,10 +29,15 @@ def test_every_command_of_the_gpu_script_parses(tmp_path):
     env = {**os.environ, "PYTHON": str(fake), "OUT": ""}
     done = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], env=env, capture_output=True, text=True,
                           timeout=120)
+    first = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "first"), "env", "targets"], env=env,
+                           capture_output=True, text=True, timeout=60)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     bench_calls = [c[2:] for c in calls if c[:2] == ["-m", "bench"]]
     pytest_calls = [c[2:] for c in calls if c[:2] == ["-m", "pytest"]]
     parts = {line.split(":")[0].removeprefix("== ") for line in done.stdout.splitlines() if line.startswith("== ")}
+    first_parts = [line.split(":")[0].removeprefix("== ") for line in first.stdout.splitlines()
+                   if line.startswith("== ")]
+    assert "targets" not in parts and set(first_parts) == {"env", "targets"} and len(first_parts) == 8, first.stdout
     assert {"timing", "tuning", "compile", "compilerun", "deterministic", "pack", "packfused", "fuserun", "train",
             "suite", "benchmarks"} <= parts, done.stdout
     assert len(bench_calls) >= 25 and pytest_calls
