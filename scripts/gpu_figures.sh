@@ -6,7 +6,7 @@
 #   targets_*.md                     issue 8's four GPU targets first, for a device budget of minutes:
 #                                    all steps eager and captured (fp32), CE compiled next to plain CE
 #                                    (bf16, the fastest CE so far), and 4 runs fused into one network
-#                                    (the packing ratio); about 5 minutes, each run limited
+#                                    (the packing ratio); its limits add up to 6 minutes
 #   cudatests.txt                    the CUDA tests: captured == eager after 8 steps
 #                                    (tests/test_capture.py), the linearised JVP == forward-mode AD
 #                                    (tests/test_meta.py), the loader on CUDA (tests/test_data_loader.py)
