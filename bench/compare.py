@@ -250,14 +250,15 @@ def over_cells(table: pd.DataFrame) -> dict:
     paired cell's Δ is over the seeds both ran, so A's mean over all its seeds may be higher there
     and the cell still not count), ``mean_diff`` (the cells weighted equally) and ``p``, the
     two-sided Wilcoxon signed-rank test of the cells' Δ (``scipy.stats.wilcoxon``; ``tested`` the
-    cells it uses; exact for few cells, so with fewer than 6 p cannot fall below 0.05, exact by
-    permutation too where cells tie in |Δ| (scipy >= 1.15); NaN with fewer than 2).
+    cells it uses; exact for few cells, so with fewer than 6 p cannot fall below 0.05; where cells
+    tie in |Δ|, exact by permutation up to 13 cells and the normal approximation (no continuity
+    correction) from 14, as scipy >= 1.15 chooses; NaN with fewer than 2).
 
     Cells with Δ = 0 are dropped before ranking (Wilcoxon's own rule, scipy's default). This
     deviates from Demšar (§3.1.3), who splits the zeros' ranks evenly between the two sums and
     drops one zero only if their number is odd: with one zero the two agree; with more they can
-    differ, e.g. Δ = 0, 0, +1, ..., +5 gives p = 0.0625 here and 0.047 by Demšar's rule with the
-    exact table. Dropping keeps the null distribution exact (a zero has no sign to flip); exact
+    differ, e.g. Δ = 0, 0, +1, ..., +5 gives p = 0.0625 here and 0.031 by Demšar's rule (T = 1.5
+    over n = 7, the exact distribution). Dropping keeps the null distribution exact (a zero has no sign to flip); exact
     zeros between two methods' mean accuracies are rare."""
     from scipy import stats
 
