@@ -258,8 +258,8 @@ def over_cells(table: pd.DataFrame) -> dict:
     deviates from Demšar (§3.1.3), who splits the zeros' ranks evenly between the two sums and
     drops one zero only if their number is odd: with one zero the two agree; with more they can
     differ, e.g. Δ = 0, 0, +1, ..., +5 gives p = 0.0625 here and 0.031 by Demšar's rule (T = 1.5
-    over n = 7, the exact distribution). Dropping keeps the null distribution exact (a zero has no sign to flip); exact
-    zeros between two methods' mean accuracies are rare."""
+    over n = 7, the exact distribution). Dropping keeps the null distribution exact (a zero has no
+    sign to flip); exact zeros between two methods' mean accuracies are rare."""
     from scipy import stats
 
     diffs = np.round(table["diff"].to_numpy(float), 9)  # equal Δ tie, whatever the subtraction's last bits
