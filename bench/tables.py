@@ -6,7 +6,10 @@ row (method or setting) and column (grid cell, or a whole grid for Table 1's mea
 
 * **ours**  mean ± std (sample std, ddof 1) over the training seeds of the stored runs, with the
   number of seeds ``n`` (runs differing only in ``--data-seed`` are averaged within their seed);
-  ``missing`` when the store holds no run for it (never filled in);
+  ``missing`` when the store holds no run for it (never filled in), ``failed`` when its only runs
+  failed (diverged, a bug, out of memory: they are never averaged in; a cell with finished runs
+  says how many of its runs failed, ``(n=2, 1 failed)``, and the text under the table counts them
+  and says how to retry them);
 * **paper** the published value from ``tables/reference/*.csv`` (the CSV names its source);
   ``not transcribed`` where our sources hold no value, ``—`` where the paper has no such entry;
 * **Δ**     ours − paper, only where both exist.
@@ -81,13 +84,14 @@ METRIC_TEXT = {"last": "last-epoch test accuracy (the returned model)",
 class CellResult:
     """Our value for one (row, column) and the runs behind it."""
 
-    status: str                      # ok | missing | ambiguous | incomplete | not run
+    status: str                      # ok | missing | failed | ambiguous | incomplete | not run
     mean: float = float("nan")
     std: float = float("nan")
     n: int = 0
     keys: list = field(default_factory=list)
     nonstandard: str = ""            # how the configuration used differs ("epochs=3", "mwnet.meta_lr=0.1")
     detail: str = ""                 # cells covered (grid), the configurations (ambiguous)
+    failed: list = field(default_factory=list)  # keys of the failed runs left out (Store.runs('failed'))
     extra: dict = field(default_factory=dict)
 
 
@@ -151,7 +155,8 @@ def _off_standard(found: pd.DataFrame, config: str, row: Row, preset: str) -> st
 
 
 def matching_runs(runs: pd.DataFrame, row: Row, cell: Cell, preset: str) -> pd.DataFrame:
-    """The done runs of ``row`` on ``cell`` (before choosing one configuration)."""
+    """The runs of ``row`` on ``cell`` in ``runs`` (the done ones, or the failed ones) before
+    choosing one configuration."""
     if runs.empty or row.method is None:
         return runs.iloc[0:0]
     meta = row.meta_per_class if row.meta_per_class is not None else default_meta_per_class(cell.dataset)
@@ -167,10 +172,26 @@ def matching_runs(runs: pd.DataFrame, row: Row, cell: Cell, preset: str) -> pd.D
     return runs[m]
 
 
-def cell_result(runs: pd.DataFrame, row: Row, cell: Cell, preset: str, column: str) -> CellResult:
-    """Mean ± std over seeds of ``column`` for ``row`` on ``cell`` (see the module docstring)."""
+def cell_result(runs: pd.DataFrame, row: Row, cell: Cell, preset: str, column: str,
+                failed: pd.DataFrame | None = None) -> CellResult:
+    """Mean ± std over seeds of ``column`` for ``row`` on ``cell`` (see the module docstring), with
+    the keys of the failed runs (``failed``: the store's failed runs, as :func:`_runs_frame`) of the
+    configuration used, or of any configuration where no run finished."""
     if row.method is None:
         return CellResult("not run")
+    res = _cell_result(runs, row, cell, preset, column)
+    if failed is not None:
+        found = matching_runs(failed, row, cell, preset)
+        if res.keys and res.status == "ok":  # only the failed runs of the configuration used
+            used = set(runs.loc[runs["key"].isin(res.keys), "config"])
+            found = found[found["config"].isin(used)]
+        res.failed = list(found["key"])
+        if res.status == "missing" and res.failed and not res.keys:
+            res.status = "failed"
+    return res
+
+
+def _cell_result(runs: pd.DataFrame, row: Row, cell: Cell, preset: str, column: str) -> CellResult:
     found = matching_runs(runs, row, cell, preset)
     if found.empty:
         return CellResult("missing")
@@ -216,16 +237,18 @@ def grid_mean(results: list[CellResult]) -> CellResult:
     covered = sum(r.status == "ok" for r in results)
     total = len(results)
     keys = [k for r in results for k in r.keys]
+    failed = [k for r in results for k in r.failed]
     if covered == 0:
-        return CellResult("missing", keys=keys, detail=f"0/{total} cells")
+        return CellResult("missing", keys=keys, detail=f"0/{total} cells", failed=failed)
     complete, ma = mean_over_cells([r.extra["by_seed"] for r in results]) if covered == total else ([], None)
     if not complete:
         return CellResult("incomplete", keys=keys, detail=f"{covered}/{total} cells" if covered < total else
-                          f"{total}/{total} cells, but no seed covers every cell")
+                          f"{total}/{total} cells, but no seed covers every cell", failed=failed)
     nonstandard = sorted({r.nonstandard for r in results if r.nonstandard})
     used = [k for r in results for s in complete for k in r.extra["keys_by_seed"][s]]  # the MA's runs only
     return CellResult("ok", mean=float(ma.mean()), std=float(ma.std(ddof=1)) if len(ma) > 1 else float("nan"),
-                      n=len(ma), keys=used, detail=f"{total}/{total} cells", nonstandard=" | ".join(nonstandard))
+                      n=len(ma), keys=used, detail=f"{total}/{total} cells", nonstandard=" | ".join(nonstandard),
+                      failed=failed)
 
 
 # ------------------------------------------------------------------------------ building a table
@@ -260,25 +283,28 @@ class Built:
     timing: dict = field(default_factory=dict)    # Table 8: published and stored meta ms per row
 
 
-def build(number, runs: pd.DataFrame, ref: pd.DataFrame, metric: str = "last", history=None) -> Built:
-    """Compute table ``number`` from the store's runs (``Store.runs('done')``)."""
+def build(number, runs: pd.DataFrame, ref: pd.DataFrame, metric: str = "last", history=None,
+          failed: pd.DataFrame | None = None) -> Built:
+    """Compute table ``number`` from the store's runs (``Store.runs('done')``); ``failed``
+    (``Store.runs('failed')``) says which cells lost runs to failures."""
     if metric not in METRIC_COLUMNS:
         raise BenchError(f"--metric must be one of {', '.join(METRIC_COLUMNS)}")
     t = get_table(number)
     column = METRIC_COLUMNS[metric]
     runs = _runs_frame(runs)
+    failed = None if failed is None else _runs_frame(failed)
     built = Built(t, metric, [])
     for row in t.rows:
         for col in t.columns:
             if isinstance(col, GridColumn):
-                per_cell = [cell_result(runs, row, c, t.preset, column) for c in col.cells]
+                per_cell = [cell_result(runs, row, c, t.preset, column, failed) for c in col.cells]
                 built.details.setdefault(col.label, {})[row.label] = per_cell
                 ours = CellResult("not run") if row.method is None else grid_mean(per_cell)
                 pub = published(ref, t.ref_table or t.number, row.reference_name, dataset=col.dataset, metric="MA")
                 entry = Entry(row.label, col.label, ours, pub, _paper_text(pub, t), dataset=col.dataset,
                               imbalance="grid", noise_type="grid", noise_rate="grid")
             else:
-                ours = cell_result(runs, row, col.cell, t.preset, column)
+                ours = cell_result(runs, row, col.cell, t.preset, column, failed)
                 if t.kind == "ablation":  # rows are settings; Table 8's published values are MA
                     pub = published(ref, t.number, row.reference_name, metric="MA" if t.number == "8" else None,
                                     setting=row.ref_setting or row.label)
@@ -336,12 +362,11 @@ def ours_text(r: CellResult) -> str:
     """Our value as printed: never a published number (those live only in the paper column)."""
     if r.status == "ok":
         mark = "†" if r.nonstandard else ""
+        failed = f", {len(r.failed)} failed" if r.failed else ""
         if r.n == 1 or math.isnan(r.std):
-            return f"{r.mean:.2f} (n=1){mark}"
-        return f"{r.mean:.2f} ± {r.std:.2f} (n={r.n}){mark}"
-    if r.status == "incomplete":
-        return "incomplete"
-    return r.status  # missing | ambiguous | not run
+            return f"{r.mean:.2f} (n=1{failed}){mark}"
+        return f"{r.mean:.2f} ± {r.std:.2f} (n={r.n}{failed}){mark}"
+    return r.status  # missing | failed | ambiguous | incomplete | not run
 
 
 def diff_text(d: float | None) -> str:
@@ -349,16 +374,23 @@ def diff_text(d: float | None) -> str:
 
 
 def counts(built: Built) -> dict:
-    """How many entries have our numbers, and how many (row, cell) pairs have no runs."""
+    """How many entries have our numbers, how many (row, cell) pairs have no runs, and how many
+    of the table's runs failed (``failed_runs``, left out of ours)."""
     ours = [e for e in built.entries if e.ours.status not in ("not run",)]
     out = {"entries": len(ours), "with_runs": sum(e.ours.status == "ok" for e in ours),
-           "missing_entries": sum(e.ours.status != "ok" for e in ours)}
+           "missing_entries": sum(e.ours.status != "ok" for e in ours),
+           "failed_runs": len(failed_keys(built))}
     if built.details:
         cells = [r for per_row in built.details.values() for lab, rs in per_row.items() for r in rs
                  if r.status != "not run"]
         out["cells"] = len(cells)
         out["missing_cells"] = sum(r.status != "ok" for r in cells)
     return out
+
+
+def failed_keys(built: Built) -> list[str]:
+    """The keys of the failed runs behind the table's entries (each once)."""
+    return list(dict.fromkeys(k for e in built.entries for k in e.ours.failed))
 
 
 def layout(built: Built) -> pd.DataFrame:
@@ -430,7 +462,7 @@ def _record(built: Built, e: Entry, record: str) -> dict:
             "published_text": e.paper_text, "diff": None if e.diff is None else round(e.diff, 4),
             "nonstandard_protocol": r.nonstandard, "detail": r.detail,
             "published_source": e.paper["source"] if e.paper else "", "run_keys": " ".join(r.keys),
-            "record": record}
+            "failed_run_keys": " ".join(r.failed), "record": record}
 
 
 def render(built: Built, fmt: str = "md", store_path: str = "") -> str:
@@ -466,7 +498,7 @@ def render(built: Built, fmt: str = "md", store_path: str = "") -> str:
                        f"{c['missing_entries']} of {c['entries']} MA entries cannot be computed."))
     else:
         lines.append(p(f"**Missing:** {c['missing_entries']} of {c['entries']} cells have no usable runs."))
-    missing = [e for e in built.entries if e.ours.status in ("missing", "ambiguous", "incomplete")]
+    missing = [e for e in built.entries if e.ours.status in ("missing", "failed", "ambiguous", "incomplete")]
     if missing and "cells" not in c and len(missing) < c["entries"]:
         lines.append(p("Not available: " + "; ".join(f"{e.row} / {e.column} ({e.ours.status})" for e in missing)))
     amb = [e for e in built.entries if e.ours.status == "ambiguous"]
@@ -482,6 +514,11 @@ def render(built: Built, fmt: str = "md", store_path: str = "") -> str:
         lines.append(p("† not the runs `runs-for` trains (protocol away from the preset's, or method settings away "
                        "from the row's): " + " | ".join(nonstd)))
     store_option = "" if store_path in ("", DEFAULT_STORE) else f" --store {shlex.quote(store_path)}"
+    if c["failed_runs"]:
+        retry = f"python -m bench runs-for --paper {t.number}{store_option} --retry-failed"
+        lines.append(p(f"**Failed:** {c['failed_runs']} of this table's runs failed and are left out of ours "
+                       "(`failed`: no run of that cell finished; `n` counts the seeds that finished). "
+                       f"`python -m bench show --status failed{store_option}` says why; `{retry}` trains them again."))
     lines.append(p(f"To train what is missing: `python -m bench runs-for --paper {t.number}{store_option}`."))
     for note in t.notes:
         lines.append("")
@@ -536,15 +573,15 @@ def main(args) -> int:
     store_path = Path(args.store)
     if store_path.exists():
         store = Store(store_path, create=False)
-        runs, history = store.runs("done"), store.history
+        runs, failed, history = store.runs("done"), store.runs("failed"), store.history
     else:
         print(f"bench: note: no store at {store_path}: every cell is missing", file=sys.stderr)
-        store, runs, history = None, pd.DataFrame(), None
+        store, runs, failed, history = None, pd.DataFrame(), None, None
     ref = load_reference()
     ext = {"md": "md", "latex": "tex", "csv": "csv", "json": "json"}[fmt]
     outputs = []
     for n in numbers:
-        built = build(n, runs, ref, metric, history=history)
+        built = build(n, runs, ref, metric, history=history, failed=failed)
         text = render(built, fmt, store_path=str(args.store))
         outputs.append(text)
         if getattr(args, "write", None):

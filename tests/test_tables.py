@@ -114,14 +114,53 @@ def test_paper_tables_default_to_the_papers_best_epoch_and_the_plain_table_to_th
 
 
 def test_missing_failed_and_other_preset_runs_are_missing_and_counted(store, ref):
-    built = tables.build(2, store.runs("done"), ref, "last")
+    built = tables.build(2, store.runs("done"), ref, "last")  # told nothing of the failed runs
     assert entry(built, "MW-Net(noise)", "imb 200, clean").ours.status == "missing"  # failed run
     assert entry(built, "CurveNet", "imb 200, clean").ours.status == "missing"  # quick-preset run only
     c = tables.counts(built)
-    assert c == {"entries": 18, "with_runs": 4, "missing_entries": 14}
+    assert c == {"entries": 18, "with_runs": 4, "missing_entries": 14, "failed_runs": 0}
     text = tables.render(built, "md")
-    assert "**Missing:** 14 of 18 cells" in text
+    assert "**Missing:** 14 of 18 cells" in text and "**Failed:**" not in text
     assert text.count("| missing") + text.count("missing  ") >= 14
+
+
+def test_a_cell_whose_runs_failed_says_failed_and_how_to_retry(store, ref):
+    built = tables.build(2, store.runs("done"), ref, "last", failed=store.runs("failed"))
+    e = entry(built, "MW-Net(noise)", "imb 200, clean")
+    assert e.ours.status == "failed" and tables.ours_text(e.ours) == "failed"
+    assert e.ours.failed == list(store.runs("failed")["key"])
+    assert entry(built, "CurveNet", "imb 200, clean").ours.status == "missing"  # no run of this preset at all
+    assert tables.counts(built) == {"entries": 18, "with_runs": 4, "missing_entries": 14, "failed_runs": 1}
+    text = tables.render(built, "md", store_path="my.sqlite")
+    assert "MW-Net(noise) / imb 200, clean (failed)" in text
+    assert ("**Failed:** 1 of this table's runs failed" in text
+            and "`python -m bench show --status failed --store my.sqlite`" in text
+            and "`python -m bench runs-for --paper 2 --store my.sqlite --retry-failed`" in text)
+    record = [r for r in tables.long_records(built) if r["row"] == "MW-Net(noise)" and r["column"] == "imb 200, clean"]
+    assert record[0]["status"] == "failed" and record[0]["failed_run_keys"] == e.ours.failed[0]
+
+
+def test_failed_seeds_are_left_out_and_counted_beside_the_mean(tmp_path, ref):
+    """A cell's failed seed never enters its mean; the cell says so, as does Table 1's MA, which
+    only averages seeds that finished every cell of the grid."""
+    s = fake_store.build(tmp_path / "s.sqlite")
+    lost = fake_store.add_run(s, fake_store.paper_spec("mwnet", "cifar10", 50, "none", 0, 3,
+                                                       fake_store.MWNET_PARAMS["imb"]), "MW-Net(imb)", 0.0,
+                              status="failed")
+    # a failed run of another configuration (3 epochs) is not this configuration's loss
+    fake_store.add_run(s, fake_store.paper_spec("mwnet", "cifar10", 50, "none", 0, 4, fake_store.MWNET_PARAMS["imb"],
+                                                epochs=3, warmup_epochs=0, milestones=(1, 2)), "MW-Net(imb)", 0.0,
+                       status="failed")
+    built = tables.build(2, s.runs("done"), ref, "last", failed=s.runs("failed"))
+    e = entry(built, "MW-Net(imb)", "imb 50, clean")
+    assert (e.ours.status, e.ours.n, e.ours.failed) == ("ok", 3, [lost])
+    assert tables.ours_text(e.ours) == "12.00 ± 1.00 (n=3, 1 failed)"
+    assert tables.counts(built)["failed_runs"] == 2  # imb 50's seed 3, and imb 200's run
+    out = subprocess.run([sys.executable, "-m", "bench", "table", "--store", str(s.path), "--paper", "2",
+                          "--metric", "last"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "12.00 ± 1.00 (n=3, 1 failed)" in out.stdout and "**Failed:** 2 of this table's runs" in out.stdout
+    s.close()
 
 
 def test_nonstandard_protocol_is_used_but_marked(store, ref):
@@ -496,7 +535,7 @@ def test_two_standard_configurations_are_ambiguous_and_their_runs_are_listed_apa
     e = entry(built, "MW-Net(imb)", "imb 50, clean")
     assert e.ours.status == "ambiguous" and sorted(e.ours.keys) == sorted(keys)
     assert e.ours.detail == "2 configurations match; differences: params.meta_lr: null vs 0.0001"
-    assert tables.counts(built) == {"entries": 18, "with_runs": 0, "missing_entries": 18}
+    assert tables.counts(built) == {"entries": 18, "with_runs": 0, "missing_entries": 18, "failed_runs": 0}
     text = tables.render(built, "md")
     assert f"ambiguous: MW-Net(imb) / imb 50, clean: {e.ours.detail} (keys {keys[0][:12]}, {keys[1][:12]})" in text
     assert "- ours: no stored runs" in text
