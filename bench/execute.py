@@ -506,8 +506,9 @@ def run_grid(specs: list[RunSpec], store: Store, *, device: torch.device | str, 
                                  f"(--max-retries {max_retries})"
                                  + ("; its checkpoint is kept: --retry-failed resumes it"
                                     if saved is not None and saved.exists() else ""))
-                        for spec in members(item):
-                            finish(spec, RunResult(spec, "failed", error=error, keep_checkpoint=True))
+                        with store.transaction():  # a fused group's runs all recorded, or none
+                            for spec in members(item):
+                                finish(spec, RunResult(spec, "failed", error=error, keep_checkpoint=True))
                 else:  # a user error: let the runs in flight finish, then stop
                     user_error = user_error or payload
     except BaseException:

@@ -54,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -479,16 +480,20 @@ def _execute_fused(group: FusedGroup, *, device, data_dir, cache_dir, progress, 
 
 def note_members(group: FusedGroup, path) -> None:
     """Write beside the group's checkpoint which runs it holds, one key per line (see
-    :func:`sweep_group_checkpoints`)."""
+    :func:`sweep_group_checkpoints`), atomically: a kill while writing must not leave a torn list,
+    whose group checkpoint would never be swept."""
     from bench.execute import MEMBERS_SUFFIX
 
     if path is None:
         return
+    listing = path.with_suffix(MEMBERS_SUFFIX)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}-members")  # swept with the checkpoint's temp files
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.with_suffix(MEMBERS_SUFFIX).write_text("".join(f"{s.key()}\n" for s in group.specs))
+        tmp.write_text("".join(f"{s.key()}\n" for s in group.specs))
+        os.replace(tmp, listing)
     except OSError:
-        pass  # the checkpoint itself says it cannot be written, once
+        tmp.unlink(missing_ok=True)  # the checkpoint itself says it cannot be written, once
 
 
 def group_listings(cache_dir):

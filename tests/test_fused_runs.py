@@ -11,6 +11,7 @@ import torch
 
 import bench.execute
 import methods
+from bench import executors
 from bench.cli import main
 from bench.data.loader import Loader
 from bench.errors import BenchError
@@ -399,6 +400,31 @@ def test_bench_run_fuse_stores_every_run_of_every_group(jobs, tmp_path, capsys):
     assert not list((tmp_path / "cache" / "checkpoints").glob("*"))  # the group's checkpoint is gone
 
 
+def test_a_groups_list_of_runs_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """note_members writes a temp file and renames it: the list beside a checkpoint is the old one
+    or the new one, never a torn one, and a failed write leaves no temp file behind."""
+    import bench.fused_runs as fused_runs
+    from bench.execute import MEMBERS_SUFFIX, remove_checkpoint
+
+    group = FusedGroup((_spec(0), _spec(1)))
+    path = checkpoint_path(group, tmp_path)
+    note_members(group, path)
+    listing = path.with_suffix(MEMBERS_SUFFIX)
+    assert listing.read_text().split() == [s.key() for s in group.specs]
+
+    def interrupted(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fused_runs.os, "replace", interrupted)
+    note_members(FusedGroup((_spec(2), _spec(3))), path)
+    assert listing.read_text().split() == [s.key() for s in group.specs]  # the old list, whole
+    assert [f.name for f in path.parent.iterdir()] == [listing.name]
+    monkeypatch.undo()
+    path.with_name(path.name + ".tmp9-members").write_text("a killed write's leftover")
+    remove_checkpoint(path)
+    assert not list(path.parent.iterdir())
+
+
 def test_a_group_checkpoint_left_after_its_runs_were_stored_is_swept(tmp_path):
     """A kill between storing a group's results and removing its checkpoint leaves the file; the
     next grid removes it once every run of the group is done."""
@@ -471,6 +497,48 @@ def test_a_fused_groups_runs_are_stored_together_so_a_kill_while_storing_resumes
     counts = run_grid(specs, store, device=torch.device("cpu"), cache_dir=cache, show_progress=False, fuse=2)
     assert counts["done"] == 2 and "resuming its fused group from the checkpoint" in capsys.readouterr().err
     assert not list((cache / "checkpoints").glob("*"))
+
+
+class _CrashingExecutor(executors.Executor):
+    """Every item's worker dies (what LocalExecutor reports for a killed worker process)."""
+
+    def start(self, **kwargs):
+        self._queue = []
+
+    def submit(self, item):
+        self._queue.append(item)
+
+    def wait(self):
+        return [(self._queue.pop(0), "crashed", "worker process killed by SIGKILL")]
+
+
+def test_a_fused_group_given_up_after_its_crashes_is_recorded_failed_whole(tmp_path, monkeypatch):
+    """The give-up path records the group's runs in one transaction too: a kill between them would
+    leave one run failed and the other running, which the next bench run trains alone, so that
+    --retry-failed could no longer resume the group from its kept checkpoint."""
+    from bench.execute import run_grid
+
+    specs = [_spec(0), _spec(1)]
+    store = Store(tmp_path / "s.sqlite")
+    real_fail, calls = Store.fail, {"n": 0}
+
+    def fail_then_die(self, *args, **kwargs):
+        real_fail(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:  # killed after recording the group's first run
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Store, "fail", fail_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(specs, store, device=torch.device("cpu"), cache_dir=tmp_path / "cache", show_progress=False,
+                 fuse=2, executor=_CrashingExecutor(), max_retries=0)
+    assert [store.status(s.key()) for s in specs] == ["running", "running"]  # neither recorded alone
+    monkeypatch.setattr(Store, "fail", real_fail)
+    counts = run_grid(specs, store, device=torch.device("cpu"), cache_dir=tmp_path / "cache", show_progress=False,
+                      fuse=2, executor=_CrashingExecutor(), max_retries=1)
+    assert counts["failed"] == 2 and [store.status(s.key()) for s in specs] == ["failed", "failed"]
+    errors = store.runs("failed")["error"].tolist()
+    assert errors == ["worker process killed by SIGKILL; gave up after 2 attempts (--max-retries 1)"] * 2
 
 
 def test_a_fused_groups_checkpoint_that_this_command_would_not_resume_is_said(tmp_path, capsys):
