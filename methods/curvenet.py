@@ -70,6 +70,7 @@ import json
 import os
 import sys
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -267,21 +268,25 @@ def _read_probe_cache(path: Path | None, run, schedule: Schedule) -> torch.Tenso
     try:
         with np.load(path) as f:
             values, labels = f["values"], f["labels"]
-    except (OSError, KeyError, ValueError):
-        return None  # unreadable: train again and overwrite
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None  # unreadable (a torn or empty file among them): train again and overwrite
     if values.shape == (len(schedule), len(run.data.train_y)) and np.array_equal(labels, run.data.train_y):
         return torch.as_tensor(values, device=run.device)
     return None
 
 
 def _write_probe_cache(path: Path | None, run, values: torch.Tensor) -> None:
-    """Write the curves atomically: readers see the old file or the whole new one."""
+    """Write the curves atomically: readers see the old file or the whole new one (written to a
+    temporary file, flushed to disk, then renamed over the old one)."""
     if path is None:
         return
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, values=values.cpu().numpy(), labels=np.asarray(run.data.train_y))
+        with open(tmp, "wb") as written:
+            np.savez(written, values=values.cpu().numpy(), labels=np.asarray(run.data.train_y))
+            written.flush()
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     except OSError as exc:
         warnings.warn(f"could not cache the CurveNet probe curves at {path}: {exc}", stacklevel=3)

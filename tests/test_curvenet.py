@@ -420,8 +420,10 @@ def test_the_probe_cache_is_ignored_when_stale_or_unreadable(tmp_path):
     assert cn._read_probe_cache(path, run, CurveNetParams(**{**TINY, "periods": 2}).schedule()) is None
     relabelled = SimpleNamespace(data=SimpleNamespace(train_y=labels[::-1].copy()), device=run.device)
     assert cn._read_probe_cache(path, relabelled, schedule) is None
-    path.write_bytes(b"not an npz file")
-    assert cn._read_probe_cache(path, run, schedule) is None
+    whole = path.read_bytes()
+    for damaged in (b"not an npz file", whole[: len(whole) // 2], whole[:-30], b""):  # torn, or empty
+        path.write_bytes(damaged)
+        assert cn._read_probe_cache(path, run, schedule) is None
     assert cn._read_probe_cache(tmp_path / "absent.npz", run, schedule) is None
 
 
