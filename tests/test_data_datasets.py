@@ -103,6 +103,11 @@ def test_fashion_mnist_real_files(fashion_full):
     assert np.bincount(ds.y_train).tolist() == [6000] * 10
     assert np.bincount(ds.y_test).tolist() == [1000] * 10
     assert ds.y_train.dtype == np.int64 and not ds.augment
+    # the files' first labels (an ankle boot, two T-shirts, a dress ...): labels read in the files'
+    # order, not only in the right numbers
+    assert ds.y_train[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
+    assert ds.y_test[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
+    assert ds.classes[0] == "T-shirt/top" and ds.classes[9] == "Ankle boot"
     (mean,), (std,) = datasets._channel_stats(ds.x_train)  # exact, from a histogram
     assert abs(mean - ds.mean[0]) < 1e-4 and abs(std - ds.std[0]) < 1e-4
 
@@ -170,6 +175,8 @@ def test_fashion_mnist_missing_names_files_checksums_and_remedy(tmp_path):
     for name, md5 in datasets.FASHION_MD5.items():
         assert name in msg and md5 in msg
     assert "--download" in msg and str(tmp_path) in msg
+    for folder in datasets._fashion_dirs(tmp_path):  # every folder it looked in
+        assert str(folder) in msg
     assert_suggested_command_downloads(msg, "fashion-mnist", tmp_path)
 
 
@@ -245,6 +252,7 @@ def test_cifar_torchvision_layout(tmp_path, monkeypatch, name, n, archive):
     assert ds.x_train.shape == (n_train, 32, 32, 3) and ds.x_test.shape == (n, 32, 32, 3)
     assert np.array_equal(ds.x_train, expected["train"]) and np.array_equal(ds.x_test, expected["test"])
     assert np.array_equal(ds.y_train, expected["y_train"]) and ds.y_train.dtype == np.int64
+    assert np.array_equal(ds.y_test, expected["y_test"]) and ds.y_test.dtype == np.int64
     assert ds.num_classes == (10 if name == "cifar10" else 100) and ds.classes[3] == "c3"
     assert ds.augment and ds.mean == datasets.CIFAR_MEAN and ds.std == datasets.CIFAR_STD
     assert np.allclose(np.array(ds.mean) * 255, (125.3, 123.0, 113.9))
@@ -300,7 +308,7 @@ def test_download_writes_temp_then_renames(tmp_path, monkeypatch):
     payload = b"archive bytes"
     seen = []
 
-    def fake_fetch(url, path, md5):
+    def fake_fetch(url, path):
         seen.append(path)
         path.write_bytes(payload)
 
@@ -312,12 +320,30 @@ def test_download_writes_temp_then_renames(tmp_path, monkeypatch):
         datasets.download_file("https://example.invalid/f", tmp_path / "other", "0" * 32)
     assert not (tmp_path / "other").exists() and list(tmp_path.glob(".other*")) == []
 
-    def offline(url, path, md5):
+    def offline(url, path):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(datasets, "_fetch", offline)
     with pytest.raises(DataError, match="could not download"):
         load_dataset("cifar10", tmp_path / "empty", download=True)
+
+
+def test_a_corrupt_download_through_torchvision_says_its_md5(tmp_path, monkeypatch):
+    """torchvision's downloader, given an md5, answers a corrupt file with only 'File not found or
+    corrupted.'; _fetch gives it none, so download_file's own check names both checksums."""
+    import torchvision.datasets.utils as tv_utils
+
+    def download_url(url, root, filename=None, md5=None):  # torchvision's check, as 0.29 does it
+        path = Path(root) / filename
+        path.write_bytes(b"a truncated archive")
+        if md5 is not None and hashlib.md5(path.read_bytes()).hexdigest() != md5:
+            raise RuntimeError("File not found or corrupted.")
+
+    monkeypatch.setattr(tv_utils, "download_url", download_url)
+    got = hashlib.md5(b"a truncated archive").hexdigest()
+    with pytest.raises(DataError, match=f"has md5 {got}, expected {'0' * 32}; try again later"):
+        datasets.download_file("https://example.invalid/f.tar.gz", tmp_path / "f.tar.gz", "0" * 32)
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -171,8 +171,10 @@ def _hash_file(path: Path, h) -> str:
     return h.hexdigest()
 
 
-def _fetch(url: str, path: Path, md5: str) -> None:
-    """Write the bytes at ``url`` to ``path`` (torchvision's md5-checked downloader if present)."""
+def _fetch(url: str, path: Path) -> None:
+    """Write the bytes at ``url`` to ``path`` (torchvision's downloader if present). It checks no
+    md5: :func:`download_file` does, so a corrupt download says which md5 it has, whichever fetched
+    it (torchvision's own check says only 'File not found or corrupted.')."""
     try:
         from torchvision.datasets.utils import download_url
     except ImportError:
@@ -182,7 +184,7 @@ def _fetch(url: str, path: Path, md5: str) -> None:
             for chunk in iter(lambda: r.read(1 << 20), b""):
                 f.write(chunk)
         return
-    download_url(url, str(path.parent), filename=path.name, md5=md5)
+    download_url(url, str(path.parent), filename=path.name)
 
 
 def download_file(url: str, dest: Path, md5: str) -> None:
@@ -194,7 +196,7 @@ def download_file(url: str, dest: Path, md5: str) -> None:
                         "give --data-dir a folder you can write to") from None
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
     try:
-        _fetch(url, tmp, md5)
+        _fetch(url, tmp)
         got = md5_file(tmp)
         if got != md5:
             raise DataError(f"download of {url} has md5 {got}, expected {md5}; try again later")
@@ -296,7 +298,8 @@ def load_fashion_mnist(data_dir: Path, download: bool = False) -> Dataset:
         expected = ", ".join(f"{n}[.gz] (md5 of the uncompressed file {FASHION_MD5[n]})"
                              for n in missing)
         raise DataError(
-            f"fashion-mnist: missing files in {data_dir / 'fashion-mnist'}: {expected}; when online, "
+            f"fashion-mnist: missing files in {data_dir / 'fashion-mnist'} (also looked in "
+            f"{data_dir / 'FashionMNIST' / 'raw'} and {data_dir}): {expected}; when online, "
             f"fetch them with `python -m bench data --dataset fashion-mnist --data-dir {data_dir} --download` (from "
             f"{FASHION_URL}), copy the original idx files there "
             "(gzipped or not), or point --data-dir / BENCH_DATA_DIR at a folder that has them")
