@@ -61,6 +61,14 @@ def scripted_task(spec, **kwargs):
                      samples={"dataset_index": [3], "clean_label": [0], "observed_label": [0], "is_noisy": [0]})
 
 
+def unsendable_task(spec, **kwargs):
+    """Seed 0 records a value that does not pickle (a lambda); other seeds are done as scripted."""
+    result = scripted_task(spec)
+    if spec.seed == 0:
+        result.values = {"score": lambda: 0}
+    return result
+
+
 class RecordingExecutor(executors.LocalExecutor):
     """The worker pool, keeping how each of its worker processes ended."""
 
@@ -545,6 +553,23 @@ def test_execute_says_a_resume_through_the_progress_channel_when_it_has_one(monk
 
 
 # ------------------------------------------------------------------ local worker pool
+
+def test_a_result_that_cannot_be_sent_back_fails_its_run_and_the_worker_goes_on(tmp_path):
+    """A worker whose result does not pickle sends a failed result with the reason instead (the
+    run is not lost as a crash, and not retried), then trains the next run."""
+    store, pool = Store(tmp_path / "s.sqlite"), executors.LocalExecutor(1, task=unsendable_task)
+    specs = specs_for(*TINY, "--seeds", "0,4")
+    try:
+        counts = run_grid(specs, store, device=torch.device("cpu"), cache_dir=tmp_path, show_progress=False,
+                          executor=pool, max_retries=0)
+    finally:
+        pool.abort()
+    assert counts["failed"] == 1 and counts["done"] == 1
+    status, attempts, error = store.conn.execute("SELECT status, attempts, error FROM runs WHERE key = ?",
+                                                 (specs[0].key(),)).fetchone()
+    assert (status, attempts) == ("failed", 1) and error.startswith("result could not be sent back: ")
+    assert "pickle" in error.lower() and store.status(specs[1].key()) == "done"
+
 
 def test_a_worker_survives_a_methods_bug_goes_on_with_the_next_run_and_stops_cleanly(tmp_path):
     store, pool = Store(tmp_path / "s.sqlite"), RecordingExecutor(1)
