@@ -186,7 +186,8 @@ def cell_result(runs: pd.DataFrame, row: Row, cell: Cell, preset: str, column: s
             used = set(runs.loc[runs["key"].isin(res.keys), "config"])
             found = found[found["config"].isin(used)]
         res.failed = list(found["key"])
-        if res.status == "missing" and res.failed and not res.keys:
+        # no run of the cell finished (a missing result with a detail has finished runs without the metric)
+        if res.status == "missing" and res.failed and not res.detail:
             res.status = "failed"
     return res
 
