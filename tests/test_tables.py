@@ -160,6 +160,13 @@ def test_failed_seeds_are_left_out_and_counted_beside_the_mean(tmp_path, ref):
                           "--metric", "last"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "12.00 ± 1.00 (n=3, 1 failed)" in out.stdout and "**Failed:** 2 of this table's runs" in out.stdout
+    # a cell whose finished run lacks the metric is missing it, not failed, even beside a failed run
+    spec = fake_store.paper_spec("curvenet", "cifar10", 100, "none", 0, 0, fake_store.CURVENET_PARAMS)
+    s.start(spec.key(), spec.to_dict(), "CurveNet")
+    s.finish(spec.key(), metrics={"acc_last": 20.0}, env=fake_store.FAKE_ENV, history=[])
+    fake_store.add_run(s, spec.replace(seed=1, data_seed=1), "CurveNet", 0.0, status="failed")
+    e = entry(tables.build(2, s.runs("done"), ref, "best", failed=s.runs("failed")), "CurveNet", "imb 100, clean")
+    assert (e.ours.status, e.ours.detail, len(e.ours.failed)) == ("missing", "no stored acc_best", 1)
     s.close()
 
 
