@@ -93,7 +93,18 @@ def main(args) -> int:
                                  "run bench forget again to see what it would delete now")
             size = store.path.stat().st_size
             removed = store.remove(list(chosen["key"]))
-            checkpoints = remove_checkpoints(set(chosen["key"]), Path(args.cache_dir))
+            try:
+                checkpoints = remove_checkpoints(set(chosen["key"]), Path(args.cache_dir))
+                left = ""
+            except OSError as exc:  # the runs are gone all the same: say what is left to delete
+                checkpoints = 0
+                left = (f"; their checkpoints in {args.cache_dir} could not all be removed ({exc}): delete "
+                        "checkpoints/KEY.pt there by hand, or a later bench run of the same runs resumes from them")
+            unfinished = (chosen["status"] != "done").any()  # a finished run's checkpoint went with its result
+            if not checkpoints and not left and unfinished:
+                left = (f"; no checkpoint of them in {args.cache_dir} (runs trained with another --cache-dir keep "
+                        "theirs there, and a later bench run of the same runs with it resumes from them: delete "
+                        "checkpoints/KEY.pt there)")
             try:
                 file = f" (its file: {kib(size)} -> {kib(store.compact())})"
             except sqlite3.OperationalError as exc:  # e.g. no room for VACUUM's copy: the runs are gone all the same
@@ -102,5 +113,5 @@ def main(args) -> int:
         store.close()
     print(f"forgot {removed} run{'s' * (removed != 1)} in {args.store}{file}"
           + (f" and {checkpoints} checkpoint{'s' * (checkpoints != 1)} in {args.cache_dir}" if checkpoints else "")
-          + "; the next bench run that asks for them trains them again", file=sys.stderr)
+          + "; the next bench run that asks for them trains them again" + left, file=sys.stderr)
     return 0

@@ -58,13 +58,19 @@ def test_forget_by_key_and_status_and_what_it_refuses(tmp_path, capsys):
     path = tmp_path / "s.sqlite"
     fake_store.build(path).close()
     failed = Store(path, create=False).runs("failed")["key"].iloc[0]
-    assert main(["forget", "--store", str(path), "--status", "failed", "--yes"]) == 0
-    assert "forgot 1 run in" in capsys.readouterr().err and Store(path, create=False).status(failed) is None
+    cache = tmp_path / "elsewhere"
+    assert main(["forget", "--store", str(path), "--status", "failed", "--yes", "--cache-dir", str(cache)]) == 0
+    err = capsys.readouterr().err
+    assert "forgot 1 run in" in err and Store(path, create=False).status(failed) is None
+    # an unfinished run may have left a checkpoint in the cache it ran with: say where none was found
+    assert f"; no checkpoint of them in {cache} (runs trained with another --cache-dir keep theirs there" in err
     runs = Store(path, create=False).runs("done")
     mwnet, curvenet = (runs[runs["method"] == m]["key"].iloc[0] for m in ("mwnet", "curvenet"))
     # every selector must hold: of the two keys, only the MW-Net run is of --method mwnet
-    assert main(["forget", mwnet[:10], curvenet, "--store", str(path), "--method", "mwnet", "--yes"]) == 0
-    assert "forgot 1 run in" in capsys.readouterr().err
+    assert main(["forget", mwnet[:10], curvenet, "--store", str(path), "--method", "mwnet", "--yes",
+                 "--cache-dir", str(cache)]) == 0
+    err = capsys.readouterr().err
+    assert "forgot 1 run in" in err and "checkpoint" not in err  # a finished run's went with its result
     left = set(Store(path, create=False).runs("done")["key"])
     assert left == set(runs["key"]) - {mwnet}
     assert main(["forget", "--store", str(path)]) == 2
@@ -73,6 +79,24 @@ def test_forget_by_key_and_status_and_what_it_refuses(tmp_path, capsys):
     assert "no run with a key starting 'zzzz'" in capsys.readouterr().err
     assert main(["forget", "--store", str(path), "--cell", "cifar10:3:none"]) == 0
     assert "nothing to forget" in capsys.readouterr().err
+
+
+def test_forget_says_which_checkpoints_it_could_not_remove(tmp_path, capsys, monkeypatch):
+    """The runs are removed first; a checkpoint that cannot be removed after them is one line
+    saying what to delete, not a traceback."""
+    import bench.forget as forget
+
+    path = tmp_path / "s.sqlite"
+    fake_store.build(path).close()
+
+    def refused(keys, cache_dir):
+        raise PermissionError(13, "Permission denied", str(cache_dir))
+
+    monkeypatch.setattr(forget, "remove_checkpoints", refused)
+    assert main(["forget", "--store", str(path), "--status", "failed", "--yes", "--cache-dir", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "forgot 1 run in" in err and "could not all be removed" in err and "Permission denied" in err
+    assert "Traceback" not in err and Store(path, create=False).runs("failed").empty
 
 
 def test_forget_waits_for_no_bench_run_writing_the_store(tmp_path, capsys):
@@ -127,7 +151,7 @@ def test_forget_by_method_and_cell_takes_runs_in_every_state_and_says_which_meth
     assert main(["forget", "--store", str(path), "--cache-dir", str(tmp_path / "cache"), "--method", "mwnet",
                  "--cell", "cifar10:200:none", "--yes"]) == 0
     err = capsys.readouterr().err
-    assert "forgot 1 run in" in err and "checkpoint" not in err
+    assert "forgot 1 run in" in err and " and 1 checkpoint" not in err and "no checkpoint of them in" in err
     assert Store(path, create=False).status(failed) is None
     assert main(["forget", "--store", str(path), "--method", "ce"]) == 0
     err = capsys.readouterr().err
