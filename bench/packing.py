@@ -12,14 +12,14 @@ of ResNet-32 on an H100). The steps are :func:`bench.timing.build_step`'s.
 from __future__ import annotations
 
 import contextlib
-import statistics
 import time
 
 from bench.timing import RoundRobin, Timer, _warm_up, build_step
 
 PACK_MODES = ("processes", "streams", "fused")
 PACK_TEXT = {  # the table's footnote per --pack-mode
-    "processes": "packed = {n} processes at once on the same device (bench run --jobs N); ",
+    "processes": "packed = {n} processes at once on the same device (bench run --jobs N), the slowest one's "
+                 "ms/iter (the epoch of the N runs ends with it); ",
     "streams": "packed = {n} copies of the step in this process, in lockstep, {streams} (not yet how bench run "
                "packs); ",
     "fused": "packed = {n} runs horizontally fused into one network (grouped convolutions; bench/fused.py; "
@@ -45,8 +45,8 @@ PACK_TIMEOUT_S = 1800.0  # for one whole packed measurement (start, warm-up, tim
 
 def _packed_worker(name, kwargs, threads, cudnn_benchmark, iters, warmup, barrier, queue):
     """One of the packed processes: build the step, warm up, wait for the others, time ``iters``.
-    Puts ``("ok", ms per iteration)``, or ``("error", reason)`` after breaking the barrier so that
-    the others stop waiting."""
+    Puts ``("ok", (ms per iteration, how the step ran: captured or eager))``, or ``("error",
+    reason)`` after breaking the barrier so that the others stop waiting."""
     try:
         import torch
 
@@ -64,15 +64,15 @@ def _packed_worker(name, kwargs, threads, cudnn_benchmark, iters, warmup, barrie
         t0 = timer.now()
         for _ in range(iters):
             step()
-        queue.put(("ok", 1000.0 * (timer.now() - t0) / iters))
+        queue.put(("ok", (1000.0 * (timer.now() - t0) / iters, step.graphed.mode)))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         barrier.abort()
         queue.put(("error", f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"))
 
 
-def _packed_results(name: str, procs, queue) -> list[float]:
-    """Each packed process's ms per iteration; a BenchError (all of them stopped) as soon as one
-    fails or dies (killed, out of memory) or the measurement outlasts PACK_TIMEOUT_S."""
+def _packed_results(name: str, procs, queue) -> list[tuple[float, str]]:
+    """Each packed process's ms per iteration and step mode; a BenchError (all of them stopped) as
+    soon as one fails or dies (killed, out of memory) or the measurement outlasts PACK_TIMEOUT_S."""
     import queue as queues
 
     from bench.errors import BenchError
@@ -121,7 +121,7 @@ def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters:
                   graph=graph and device.type == "cuda", precision=precision, second_order=second_order,
                   channels_last=channels_last)
     cudnn_benchmark = searches_conv_algorithms(device)  # the workers do as this process
-    out = {}
+    out, modes = {}, set()
     for label, n in (("alone", 1), ("packed", jobs)):
         barrier, queue = ctx.Barrier(n), ctx.Queue()
         threads = max(1, cores // n) if device.type == "cpu" else 1
@@ -130,11 +130,14 @@ def packing(name: str, jobs: int, *, model_name: str, batch: int, device, iters:
                  for _ in range(n)]
         for proc in procs:
             proc.start()
-        times = _packed_results(name, procs, queue)
-        out[f"{label}_ms_per_iter"] = statistics.mean(times)
+        results = _packed_results(name, procs, queue)
+        out[f"{label}_ms_per_iter"] = max(ms for ms, _ in results)  # the N runs' epoch ends with the slowest
+        out[f"{label}_ms_per_iter_each"] = [round(ms, 3) for ms, _ in results]
+        modes.update(mode for _, mode in results)
     return _result(out["alone_ms_per_iter"], out["packed_ms_per_iter"], mode="processes", jobs=jobs, iters=iters,
                    device=device, model_name=model_name, batch=batch, graph=kwargs["graph"], precision=precision,
-                   second_order=second_order, mps=device.type == "cuda" and mps_running())
+                   second_order=second_order, mps=device.type == "cuda" and mps_running(),
+                   packed_ms_per_iter_each=out["packed_ms_per_iter_each"], modes=sorted(modes))
 
 
 def packing_streams(name: str, jobs: int, *, model_name: str, batch: int, device, iters: int = 50,
@@ -215,9 +218,10 @@ def render(rows: dict, args, device, channels_last: bool) -> str:
     from bench.executors import mps_running
 
     cuda = device.type == "cuda"
-    table = tabulate([[k, f"{r['alone_ms_per_iter']:.2f}", f"{r['packed_ms_per_iter']:.2f}", f"{r['ratio']:.2f}"]
-                      for k, r in rows.items()],
-                     headers=["step", "alone ms/iter", f"{args.pack} packed, ms/iter each", "epoch time ratio"],
+    table = tabulate([[k, f"{r['alone_ms_per_iter']:.2f}", f"{r['packed_ms_per_iter']:.2f}", f"{r['ratio']:.2f}",
+                       ", ".join(r.get("modes", ["—"]))] for k, r in rows.items()],
+                     headers=["step", "alone ms/iter", f"{args.pack} packed, ms/iter each", "epoch time ratio",
+                              "steps ran"],
                      tablefmt="github", disable_numparse=True)
     layout = "channels_last" if channels_last else "contiguous"
     return (f"{table}\n\n{args.model}, batch {args.batch_size}, {device}, {args.precision}, {layout}"
@@ -226,4 +230,6 @@ def render(rows: dict, args, device, channels_last: bool) -> str:
             + PACK_TEXT[args.pack_mode].format(n=args.pack, streams="each replayed on its own CUDA stream"
                                                if cuda else "one after the other (streams: CUDA only)")
             + "a ratio below N means packing N runs beats running them one after another "
-            "(the suite's H100 target: at most 2 for 4 runs).")
+            "(the suite's H100 target: at most 2 for 4 runs). steps ran: captured (CUDA graphs) or eager, alone "
+            "and packed; 'captured, eager' means some ran eagerly (a capture failed: its line is above), so the "
+            "ratio compares unlike steps.")

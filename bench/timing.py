@@ -79,6 +79,7 @@ import statistics
 import sys
 import time
 
+from bench.errors import BenchError
 from bench.summary import to_json
 
 STEPS = ("ce", "mwnet", "curvenet_sl0", "curvenet_sl1", "curvenet_sl2", "curvenet_sl3")
@@ -416,9 +417,16 @@ def measure_steps(names, *, model_name: str, batch: int, device, repeats: int, w
     import torch
 
     device = torch.device(device)
-    built = {name: build_step(name, model_name=model_name, batch=batch, device=device, seed=seed, graph=graph,
-                              precision=precision, second_order=second_order, channels_last=channels_last)
-             for name in names}
+    built = {}
+    for name in names:
+        try:
+            built[name] = build_step(name, model_name=model_name, batch=batch, device=device, seed=seed,
+                                     graph=graph, precision=precision, second_order=second_order,
+                                     channels_last=channels_last)
+        except BenchError as exc:  # ce_compiled refused by its check, or not compiled: the others still run
+            if len(names) == 1:
+                raise
+            print(f"bench: timing: {name} left out: {exc}", file=sys.stderr)
     timer = Timer(device)
     for step, _ in built.values():
         _warm_up(step, warmup)
@@ -477,7 +485,7 @@ def run_all(steps, *, model_name: str = "resnet32", batch: int = 128, device="cp
     if graph:
         if progress:
             progress(", ".join(steps) + " in turns, captured")
-        for name, c in measure_steps(steps, graph=True, **kwargs).items():
+        for name, c in measure_steps([s for s in steps if s in out], graph=True, **kwargs).items():
             out[name].update(graph_ms_per_iter=c["ms_per_iter"] if c["mode"] == "captured" else None,
                              graph_ms_per_iter_all=c["ms_per_iter_all"], graph_mode=c["mode"])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -157,9 +158,27 @@ def test_pack_without_a_mode_measures_and_renders_the_default_processes(monkeypa
 
 
 def test_packing_reports_alone_and_packed_times_and_their_ratio():
+    """Packed processes: the slowest one's ms per iteration (the N runs' epoch ends with it), each
+    process's beside it, and how their steps ran."""
     r = packing.packing("ce", 2, model_name="small_cnn", batch=8, device="cpu", iters=3, warmup=1)
     assert r["jobs"] == 2 and r["alone_ms_per_iter"] > 0 and r["packed_ms_per_iter"] > 0
     assert r["ratio"] == r["packed_ms_per_iter"] / r["alone_ms_per_iter"]
+    assert len(r["packed_ms_per_iter_each"]) == 2 and r["modes"] == ["eager"]
+    assert r["packed_ms_per_iter"] == pytest.approx(max(r["packed_ms_per_iter_each"]), abs=1e-3)
+
+
+def test_the_packing_table_says_how_the_steps_ran():
+    """A fused step whose capture fell back to eager beside a captured step alone would compare
+    unlike steps: the table shows it."""
+    import torch
+
+    args = SimpleNamespace(pack=4, model="resnet32", batch_size=128, precision="fp32", pack_mode="fused",
+                           cudnn_benchmark=False)
+    rows = {"ce": {"alone_ms_per_iter": 3.0, "packed_ms_per_iter": 9.0, "ratio": 3.0, "modes": ["captured", "eager"]},
+            "mwnet": {"alone_ms_per_iter": 15.0, "packed_ms_per_iter": 30.0, "ratio": 2.0, "modes": ["captured"]}}
+    text = packing.render(rows, args, torch.device("cpu"), channels_last=False)
+    assert "| steps ran" in text and "| captured, eager |" in text and "| captured        |" in text
+    assert "a capture failed" in text
 
 
 def test_lockstep_packing_steps_every_copy_once_per_iteration_from_its_own_seed(monkeypatch):
@@ -507,7 +526,7 @@ def test_packing_gives_each_of_n_processes_cores_over_n_threads(monkeypatch):
             self.args = args
 
         def start(self):  # reports at once: 24 ms per iteration over its threads, + 0, 1, 2 ms
-            self.args[-1].put(("ok", 24.0 / self.args[2] + len(threads)))
+            self.args[-1].put(("ok", (24.0 / self.args[2] + len(threads), "eager")))
             threads.append(self.args[2])
             timed.append(self.args[4:6])  # (iters, warmup)
 
@@ -525,8 +544,9 @@ def test_packing_gives_each_of_n_processes_cores_over_n_threads(monkeypatch):
     assert threads == [4, 2, 2]
     assert barriers == [1, 2]  # the packed processes start their timed iterations together
     assert timed == [(7, 3)] * 3
-    # the packed figure is the mean of the processes' (13 and 14 ms)
-    assert (r["alone_ms_per_iter"], r["packed_ms_per_iter"], r["ratio"]) == (6.0, 13.5, 2.25)
+    # the packed figure is the slowest process's (13 and 14 ms): the epoch of the runs ends with it
+    assert (r["alone_ms_per_iter"], r["packed_ms_per_iter"], r["ratio"]) == (6.0, 14.0, 14.0 / 6.0)
+    assert r["packed_ms_per_iter_each"] == [13.0, 14.0] and r["modes"] == ["eager"]
 
 
 def test_steps_are_built_with_the_protocols_optimisers_and_stay_eager_off_cuda():
@@ -630,6 +650,25 @@ def test_the_compiled_ce_step_runs_the_checked_forward_in_the_plain_steps_place(
         assert torch.equal(a, b), name
 
 
+def test_a_refused_compiled_step_is_left_out_and_the_other_steps_are_still_timed(monkeypatch, capsys):
+    """Where the compiled model fails its check (or does not compile), ``--steps ce,ce_compiled``
+    still times CE, and says in one line why ``ce_compiled`` is missing; named alone, it is an error."""
+    import bench.compiled
+    from bench.compiled import CompileMismatch
+
+    def refuse(model, example, **kw):
+        raise CompileMismatch("the compiled model's gradient of fc.weight is off by 0.2")
+
+    monkeypatch.setattr(bench.compiled, "compile_checked", refuse)
+    kw = dict(model_name="small_cnn", batch=8, device="cpu", repeats=2, warmup=0)
+    out = timing.run_all(["ce", "ce_compiled"], **kw)
+    assert list(out) == ["ce"] and out["ce"]["ratio_to_ce"] == 1.0
+    assert "bench: timing: ce_compiled left out: the compiled model's gradient" in capsys.readouterr().err
+    assert "CE, torch.compile" not in timing.render(out)
+    with pytest.raises(CompileMismatch):
+        timing.run_all(["ce_compiled"], **kw)
+
+
 def test_the_fixed_batch_ce_step_steps_on_the_first_batch_every_time():
     """``ce_fixed_batch`` (the CE step without the loader's work: what the loader costs) is only
     timed when named; its batch is the one the plain CE step's first iteration assembles, so their
@@ -723,5 +762,5 @@ def test_a_packed_worker_sets_its_threads_warms_up_waits_for_the_others_then_tim
     assert [(name, kw["seed"]) for name, kw in built] == [("ce", 3)]
     assert calls == [("runs=1", share)] * 6  # 2 warm-up, 4 timed, all on the worker's threads
     assert events == [2]  # the barrier after the warm-up, before the timed iterations
-    kind, ms = q.get_nowait()
-    assert kind == "ok" and ms >= 0 and q.empty()
+    kind, (ms, mode) = q.get_nowait()
+    assert kind == "ok" and ms >= 0 and mode == "eager" and q.empty()
