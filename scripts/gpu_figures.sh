@@ -81,7 +81,9 @@ run_part() {  # run_part PART LOG COMMAND...: the command under the part's limit
   # on the lent machine, what is done so far comes back even if the whole command is cut short
   # (DIR must not be $OUT itself: the archive would hold itself)
   if [ -n "${OUT:-}" ] && [ "$(realpath "$out")" != "$(realpath "$OUT")" ]; then
-    tar czf "$OUT/gpu_figures.tgz" -C "$(dirname "$out")" "$(basename "$out")"
+    # written aside, then renamed: a kill while writing leaves the last whole archive
+    tar czf "$OUT/gpu_figures.tgz.part" -C "$(dirname "$out")" "$(basename "$out")" \
+      && mv -f "$OUT/gpu_figures.tgz.part" "$OUT/gpu_figures.tgz"
   fi
 }
 

@@ -29,8 +29,13 @@ def test_every_command_of_the_gpu_script_parses(tmp_path):
     env = {**os.environ, "PYTHON": str(fake), "OUT": ""}
     done = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], env=env, capture_output=True, text=True,
                           timeout=120)
-    first = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "first"), "env", "targets"], env=env,
-                           capture_output=True, text=True, timeout=60)
+    out = tmp_path / "lent_out"  # the lent machine's $OUT: the archive of what is done so far comes back
+    out.mkdir()
+    first = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "first"), "env", "targets"],
+                           env={**env, "OUT": str(out)}, capture_output=True, text=True, timeout=60)
+    assert [f.name for f in out.iterdir()] == ["gpu_figures.tgz"]  # renamed whole, no .part left
+    listed = subprocess.run(["tar", "tzf", str(out / "gpu_figures.tgz")], capture_output=True, text=True).stdout
+    assert "first/parts.log" in listed.split()
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     bench_calls = [c[2:] for c in calls if c[:2] == ["-m", "bench"]]
     pytest_calls = [c[2:] for c in calls if c[:2] == ["-m", "pytest"]]
