@@ -410,10 +410,13 @@ def cmd_merge(args) -> int:
 
     sources = []
     try:
-        for path in args.sources:  # every source is a readable store, or nothing is written
+        for path in args.sources:  # every source is a readable store, not the destination, or nothing is written
             if not Path(path).exists():
                 raise BenchError(f"no store at {path} to merge (a --shard job writes its --store, empty if its "
                                  "share of the grid is)")
+            if Path(path).resolve() == Path(args.store).resolve():
+                raise BenchError(f"cannot merge the store {path} into itself (--store {args.store}); "
+                                 "nothing was merged")
             sources.append(Store(path, create=False))
         with writer_lock(args.store):
             store = Store(args.store)

@@ -466,6 +466,12 @@ def test_shard_jobs_stores_merge_into_the_grids_store(tmp_path, capsys):
     merged = tmp_path / "all.sqlite"
     assert main(["merge", str(tmp_path / "s1.sqlite"), str(tmp_path / "junk.sqlite"), "--store", str(merged)]) == 2
     assert "junk.sqlite is not a readable reweight-bench store" in capsys.readouterr().err and not merged.exists()
+    # the destination among the sources: refused before the sources ahead of it are copied
+    before = Store(tmp_path / "s2.sqlite", create=False).runs(None)["key"].tolist()
+    assert main(["merge", str(tmp_path / "s1.sqlite"), str(tmp_path / "s2.sqlite"),
+                 "--store", str(tmp_path / "s2.sqlite")]) == 2
+    assert "into itself" in capsys.readouterr().err
+    assert Store(tmp_path / "s2.sqlite", create=False).runs(None)["key"].tolist() == before
     assert main(["merge", str(tmp_path / "s1.sqlite"), str(tmp_path / "s2.sqlite"), str(tmp_path / "s3.sqlite"),
                  "--store", str(merged)]) == 0
     err = capsys.readouterr().err
