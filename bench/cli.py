@@ -433,9 +433,12 @@ def cmd_merge(args) -> int:
                     left = (f"{n['interrupted']} running left out (a bench run is writing {source.path}: merge "
                             "again once it ends)" if live else
                             f"{n['interrupted']} interrupted left out (bench run trains them again)")
+                    differ = (f"; {n['differing']} of them finished in both with other results: the same runs "
+                              "trained twice (kernels that are not bit-reproducible, e.g. on a GPU)"
+                              if n["differing"] else "")
                     print(f"{source.path}: {copied} run{'s' * (copied != 1)} copied ({n['done']} done, "
                           f"{n['failed']} failed{', without per-sample rows' * args.runs_only}), {n['kept']} "
-                          f"already in {args.store} (kept as they are there)"
+                          f"already in {args.store} (kept as they are there{differ})"
                           + (f", {left}" if n["interrupted"] else ""), file=sys.stderr)
             finally:
                 store.close()

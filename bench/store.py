@@ -345,7 +345,10 @@ class Store:
         """Copy ``source``'s runs into this store (``bench merge``), each in one transaction with
         all its rows (history, per-sample rows, records): a finished run where this store has not
         finished it, a failed one where this store has no run of its key. Kept as they are: runs
-        finished here (``kept``), and a failed one where this store has the run in any state.
+        finished here (``kept``; ``differing`` counts those of them finished in both stores with
+        other results or another spec there: the same run trained twice, on kernels that are not
+        bit-reproducible, or a damaged store), and a failed one where this store has the run in any
+        state.
         Left out: ``source``'s interrupted runs (``running``; ``bench run`` trains them again).
         Merging again changes nothing. ``progress(done, total)`` is called after each run.
 
@@ -355,13 +358,15 @@ class Store:
         A finished run held here without per-sample rows is replaced by a full copy of it."""
         if source.path.resolve() == self.path.resolve():
             raise BenchError(f"cannot merge the store {self.path} into itself")
-        counts = {"done": 0, "failed": 0, "kept": 0, "interrupted": 0}
+        counts = {"done": 0, "failed": 0, "kept": 0, "differing": 0, "interrupted": 0}
         source.conn.execute("BEGIN")  # one snapshot of the source, should a bench run still write it
         try:
             columns = [row[1] for row in source.conn.execute("PRAGMA table_info(runs)")]
             runs = source.conn.execute(f"SELECT {', '.join(columns)} FROM runs ORDER BY started").fetchall()
             for n, row in enumerate(runs, 1):
-                counts[self._merge_run(source, columns, row, runs_only)] += 1
+                outcome = self._merge_run(source, columns, row, runs_only)
+                counts["kept" if outcome == "differing" else outcome] += 1
+                counts["differing"] += outcome == "differing"
                 if progress is not None:
                     progress(n, len(runs))
         finally:
@@ -371,7 +376,8 @@ class Store:
 
     def _merge_run(self, source: Store, columns: list[str], row: tuple, runs_only: bool) -> str:
         """One run of :meth:`merge_from`: its outcome, ``done`` or ``failed`` (copied), ``kept``
-        or ``interrupted``."""
+        (``differing`` where both stores finished it, with other results or spec there), or
+        ``interrupted``."""
         run = dict(zip(columns, row))
         key, status, mine = run["key"], run["status"], self.status(run["key"])
         if status == "running":
@@ -379,6 +385,9 @@ class Store:
         completes = (mine == "done" and status == "done" and not runs_only and not self.has_samples(key)
                      and source.has_samples(key))  # a runs-only copy here, the full run there
         if (mine == "done" and not completes) or (status == "failed" and mine is not None):
+            if mine == status == "done":
+                here = self.conn.execute("SELECT metrics_json, spec_json FROM runs WHERE key = ?", (key,)).fetchone()
+                return "kept" if tuple(here) == (run["metrics_json"], run["spec_json"]) else "differing"
             return "kept"
         with self.transaction() as c:
             _delete_rows(c, key, run=True)

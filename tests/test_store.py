@@ -226,14 +226,14 @@ def test_merging_copies_finished_and_failed_runs_whole_and_keeps_what_is_finishe
     here.fail(retried, "killed (test)")  # failed here, finished there: the finished one arrives
     seen = []
     assert here.merge_from(source, progress=lambda done, total: seen.append((done, total))) == {
-        "done": 2, "failed": 1, "kept": 1, "interrupted": 1}
+        "done": 2, "failed": 1, "kept": 1, "differing": 1, "interrupted": 1}  # both: acc 11 here, 80 there
     assert seen == [(n, 5) for n in range(1, 6)]  # after each run (bench merge's bar on a terminal)
     for key in (done, failed, retried):
         assert _rows(here, key) == _rows(source, key)
     assert here.status(interrupted) is None and here.runs().set_index("key").loc[both, "acc_last"] == 11.0
     assert here.samples(done)["weight"].tolist() == [0.9, 0.1] and here.array(done, "curve").shape == (2, 3)
     before = {key: _rows(here, key) for key in (done, failed, both, retried)}
-    assert here.merge_from(source) == {"done": 0, "failed": 0, "kept": 4, "interrupted": 1}
+    assert here.merge_from(source) == {"done": 0, "failed": 0, "kept": 4, "differing": 1, "interrupted": 1}
     assert {key: _rows(here, key) for key in before} == before
     with pytest.raises(BenchError, match="into itself"):
         here.merge_from(Store(tmp_path / "all.sqlite", create=False))
@@ -299,6 +299,27 @@ def test_a_store_that_cannot_be_created_says_so(tmp_path, monkeypatch):
         Store(tmp_path / "new.sqlite")
 
 
+def test_bench_merge_says_how_many_runs_both_stores_finished_with_other_results(tmp_path, capsys):
+    """The same run finished in both stores is kept as it is here; where the two disagree (trained
+    twice on kernels that are not bit-reproducible) the merge says how many did."""
+    from bench.cli import main
+
+    source, here = Store(tmp_path / "gpu2.sqlite"), Store(tmp_path / "gpu1.sqlite")
+    same, other = _start(source, 0), _start(source, 1)
+    _start(here, 0), _start(here, 1)
+    _finish(source, same)
+    _finish(here, same)
+    _finish(source, other, acc=80.0)
+    _finish(here, other, acc=79.5)
+    source.close()
+    here.close()
+    assert main(["merge", str(tmp_path / "gpu2.sqlite"), "--store", str(tmp_path / "gpu1.sqlite")]) == 0
+    err = capsys.readouterr().err
+    assert "0 runs copied (0 done, 0 failed), 2 already in" in err
+    assert "(kept as they are there; 1 of them finished in both with other results" in err
+    assert Store(tmp_path / "gpu1.sqlite", create=False).runs().set_index("key").loc[other, "acc_last"] == 79.5
+
+
 def test_a_runs_only_merge_copies_results_and_history_and_a_full_merge_completes_it(tmp_path):
     """``bench merge --runs-only``: the run's row and per-epoch history arrive, none of its
     per-sample rows; a full merge of the same run later brings them (it is not "kept" as it is);
@@ -306,14 +327,16 @@ def test_a_runs_only_merge_copies_results_and_history_and_a_full_merge_completes
     source, slim = Store(tmp_path / "full.sqlite"), Store(tmp_path / "slim.sqlite")
     key = _start(source)
     _finish(source, key)
-    assert slim.merge_from(source, runs_only=True) == {"done": 1, "failed": 0, "kept": 0, "interrupted": 0}
+    assert slim.merge_from(source, runs_only=True) == {"done": 1, "failed": 0, "kept": 0, "differing": 0,
+                                                       "interrupted": 0}
     rows, full = _rows(slim, key), _rows(source, key)
     assert rows["runs"] == full["runs"] and rows["epochs"] == full["epochs"] and full["samples"]
     assert all(rows[table] == [] for table in store_module.PER_SAMPLE_TABLES)
     assert not slim.has_samples(key) and source.has_samples(key)
     assert slim.runs()["acc_last"].tolist() == source.runs()["acc_last"].tolist() == [80.0]
     assert slim.merge_from(source, runs_only=True)["kept"] == 1
-    assert slim.merge_from(source) == {"done": 1, "failed": 0, "kept": 0, "interrupted": 0}  # completed
+    assert slim.merge_from(source) == {"done": 1, "failed": 0, "kept": 0, "differing": 0,
+                                       "interrupted": 0}  # completed
     assert _rows(slim, key) == full
     assert slim.merge_from(source, runs_only=True)["kept"] == 1 and _rows(slim, key) == full
 
