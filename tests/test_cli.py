@@ -537,6 +537,40 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_keeps_its_checkpoint(tmp_path):
     assert len(list(checkpoints.glob("*.pt"))) == 1
 
 
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX process groups")
+def test_sigterm_to_the_whole_job_with_workers_leaves_its_runs_to_resume_and_no_process(tmp_path):
+    """A batch system stops a job by signalling every process of it (SLURM's scancel): with
+    --jobs 2 the driver and both workers get SIGTERM at once. The runs stay not-done with one
+    attempt (a worker's death is not counted as a crash of its run), their checkpoints stay, and
+    no process of the job is left."""
+    store, cache = tmp_path / "store.sqlite", tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--methods", "ce", "--seeds", "0,1", "--jobs", "2",
+                             "--store", str(store), "--epochs", "30", "--quiet", "--cache-dir", str(cache),
+                             "--checkpoint-every", "0"], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    checkpoints = cache / "checkpoints"
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list(checkpoints.glob("*.pt"))) < 2:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "bench: terminated; finished runs are in the store" in err and "Traceback" not in err
+    rows = sqlite3.connect(store).execute("SELECT status, attempts FROM runs").fetchall()
+    assert rows == [("running", 1), ("running", 1)]
+    assert len(list(checkpoints.glob("*.pt"))) == 2
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # some process of the job is still there
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("a process of the job outlived it")
+
+
 def test_an_interrupt_speaks_of_runs_only_where_the_command_trains(monkeypatch, capsys):
     """Ctrl-C in `bench list` (or `timing`, `table`, which store no runs) is "bench: interrupted";
     in `bench run` it also says where the finished runs are."""
