@@ -470,6 +470,20 @@ def test_a_fused_groups_steps_replay_as_captured_graphs(method, monkeypatch, req
         assert mine.metrics == theirs.metrics and mine.history == theirs.history
 
 
+def _killed_after_the_first(monkeypatch, method: str) -> None:
+    """``Store.<method>`` (finish or fail) does its work once, then the process is 'killed'
+    (KeyboardInterrupt) right after: a kill between two runs' writes."""
+    real, calls = getattr(Store, method), []
+
+    def then_die(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Store, method, then_die)
+
+
 def test_a_fused_groups_runs_are_stored_together_so_a_kill_while_storing_resumes_the_whole_group(
         tmp_path, monkeypatch, capsys):
     """The runs of a fused group are committed in one transaction: a kill after the first run's
@@ -479,20 +493,12 @@ def test_a_fused_groups_runs_are_stored_together_so_a_kill_while_storing_resumes
 
     specs = [_spec(0), _spec(1)]
     store, cache = Store(tmp_path / "s.sqlite"), tmp_path / "cache"
-    real_finish, calls = Store.finish, {"n": 0}
-
-    def finish_then_die(self, *args, **kwargs):
-        real_finish(self, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 1:  # killed after storing the group's first run
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Store, "finish", finish_then_die)
+    _killed_after_the_first(monkeypatch, "finish")
     with pytest.raises(KeyboardInterrupt):
         run_grid(specs, store, device=torch.device("cpu"), cache_dir=cache, show_progress=False, fuse=2)
     assert [store.status(s.key()) for s in specs] == ["running", "running"]  # neither stored alone
     assert checkpoint_path(FusedGroup(specs), cache).exists()
-    monkeypatch.setattr(Store, "finish", real_finish)
+    monkeypatch.undo()
     capsys.readouterr()
     counts = run_grid(specs, store, device=torch.device("cpu"), cache_dir=cache, show_progress=False, fuse=2)
     assert counts["done"] == 2 and "resuming its fused group from the checkpoint" in capsys.readouterr().err
@@ -520,20 +526,12 @@ def test_a_fused_group_given_up_after_its_crashes_is_recorded_failed_whole(tmp_p
 
     specs = [_spec(0), _spec(1)]
     store = Store(tmp_path / "s.sqlite")
-    real_fail, calls = Store.fail, {"n": 0}
-
-    def fail_then_die(self, *args, **kwargs):
-        real_fail(self, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 1:  # killed after recording the group's first run
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Store, "fail", fail_then_die)
+    _killed_after_the_first(monkeypatch, "fail")
     with pytest.raises(KeyboardInterrupt):
         run_grid(specs, store, device=torch.device("cpu"), cache_dir=tmp_path / "cache", show_progress=False,
                  fuse=2, executor=_CrashingExecutor(), max_retries=0)
     assert [store.status(s.key()) for s in specs] == ["running", "running"]  # neither recorded alone
-    monkeypatch.setattr(Store, "fail", real_fail)
+    monkeypatch.undo()
     counts = run_grid(specs, store, device=torch.device("cpu"), cache_dir=tmp_path / "cache", show_progress=False,
                       fuse=2, executor=_CrashingExecutor(), max_retries=1)
     assert counts["failed"] == 2 and [store.status(s.key()) for s in specs] == ["failed", "failed"]
