@@ -22,7 +22,9 @@ weights. Two numbers per run measure how a method's per-sample *trust* resolves 
                  one? A loss-based weight scores low here however high its ``noise_auroc``.
 
 Both are undefined (NaN, shown ``—``) for runs that record no trust (CE, Focal), cells without
-noise, and ``tail_auroc`` also for cells whose classes all have as many clean samples. They are
+noise, and ``tail_auroc`` also for cells whose classes all have as many training samples (by true
+class, mislabelled ones included: a balanced cell, even where flip noise leaves the classes with
+unequal numbers of clean samples). They are
 our summary of the paper's Fig. 5, not numbers the papers report.
 """
 

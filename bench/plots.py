@@ -255,15 +255,18 @@ def plot_curves(store, run: pd.Series, out: Path, classes: tuple[int, int] | Non
 
 
 def weight_groups(samples: pd.DataFrame) -> list[dict]:
-    """Per observed class: the weights of its clean and of its noisy samples."""
+    """Per observed class: the weights of its clean and of its noisy samples, and how many of each
+    have no weight (NaN: left out of the boxes, as the separation figure leaves them out)."""
     if "weight" not in samples.columns or samples["weight"].isna().all():
         raise BenchError("the run stored no per-sample 'weight' (MW-Net and CurveNet record their weighting "
                          "network's, Class-Balanced and LDAM-DRW their classes' weights; see `bench show KEY`)")
     out = []
     obs, noisy, w = samples["observed_label"].to_numpy(), samples["is_noisy"].to_numpy(), samples["weight"].to_numpy()
+    known = ~np.isnan(w.astype(float))
     for cls in range(int(obs.max()) + 1):
         m = obs == cls
-        out.append({"class": cls, "clean": w[m & ~noisy], "noisy": w[m & noisy]})
+        out.append({"class": cls, "clean": w[m & ~noisy & known], "noisy": w[m & noisy & known],
+                    "missing": int((m & ~known).sum())})
     return out
 
 
@@ -292,7 +295,9 @@ def plot_weights(store, run: pd.Series, out: Path) -> Path:
         ax.plot([], [], color=color, lw=8, alpha=0.5, label=f"{name} (n={sum(len(g[name]) for g in groups)})")
     ax.set_xticks(range(k))
     ax.set_xticklabels([f"{g['class']}\n{len(g['clean'])} / {len(g['noisy'])}" for g in groups])
-    ax.set_xlabel("observed class (clean / noisy training samples with that label)")
+    missing = sum(g["missing"] for g in groups)
+    ax.set_xlabel("observed class (clean / noisy training samples with that label"
+                  + (f"; {missing} without a weight left out)" if missing else ")"))
     ax.set_ylabel("final sample weight")
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
@@ -350,9 +355,10 @@ def plot_separation(panels: list[dict], out: Path, title: str) -> Path:
         for patch, (_, color) in zip(bp["boxes"], shown):
             patch.set_facecolor(color)
             patch.set_alpha(0.5)
-        ax.set_xticks(range(1, len(shown) + 1))
-        ax.set_xticklabels([f"{g}\n{len(panel['groups'][g])}" for g, _ in shown], fontsize=8)
         sep = panel["separation"]
+        names = {g: "clean" if g == "clean, head" and not len(sep["tail"]) else g for g, _ in shown}  # no tail
+        ax.set_xticks(range(1, len(shown) + 1))
+        ax.set_xticklabels([f"{names[g]}\n{len(panel['groups'][g])}" for g, _ in shown], fontsize=8)
         label = textwrap.fill(panel["label"], 26, break_on_hyphens=False)  # "CE [data_sha256=...]" fits its panel
         ax.set_title(f"{label}\nnoise {_auroc_text(sep['noise_auroc'])} · tail "
                      f"{_auroc_text(sep['tail_auroc'])}", fontsize=9)

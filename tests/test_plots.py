@@ -40,7 +40,12 @@ def test_groups_by_observed_label_and_noise(store):
     assert g["clean"]["mean"][-1] < 0.3 < g["noisy"]["mean"][-1]  # the fake curves: clean ones decay
     w = plots.weight_groups(samples)
     assert len(w) == 4 and all(np.all(x["clean"] > 0.7) and np.all(x["noisy"] < 0.4) for x in w)
-    assert sum(len(x["clean"]) + len(x["noisy"]) for x in w) == 75
+    assert sum(len(x["clean"]) + len(x["noisy"]) for x in w) == 75 and not any(x["missing"] for x in w)
+    # samples without a weight are left out of their boxes and counted, not a box lost to one NaN
+    gaps = samples.assign(weight=samples["weight"].where(~samples.index.isin([0, 1, 40]), np.nan))
+    w = plots.weight_groups(gaps)
+    assert sum(x["missing"] for x in w) == 3 and sum(len(x["clean"]) + len(x["noisy"]) for x in w) == 72
+    assert not any(np.isnan(x[k]).any() for x in w for k in ("clean", "noisy"))
     counts = plots._train_counts(run, samples)
     assert list(counts) == [40, 20, 10, 5] and plots.head_and_tail(samples, counts) == (0, 3)
 
