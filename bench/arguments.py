@@ -301,7 +301,9 @@ def paper_specs(args) -> list[RunSpec]:
 
     ``bench.paper_tables.paper_requests(N)`` lists them as requests, each a dict with ``methods`` (a
     comma-separated string), ``cells`` (list of Cell), and optionally ``set`` (list of key=value),
-    ``preset`` and ``model``; the user's own --seeds, --epochs, --set and --preset apply on top.
+    ``preset`` and ``model``; the user's own --seeds, --epochs, --set and --preset apply on top (a
+    method's ``--set METHOD.KEY=V`` to the requests that train that method; one for a method the
+    table does not train is an error, as is a meta-set size for Table 7, which sets its own).
     """
     from bench import paper_tables
 
@@ -311,14 +313,30 @@ def paper_specs(args) -> list[RunSpec]:
     if chosen:
         raise BenchError(f"--paper {args.paper} picks the table's own methods and cells; drop "
                          f"{', '.join(chosen)} (or run them without --paper)")
+    requests = paper_tables.paper_requests(args.paper)
+    user_sets = list(args.set or [])
+    keys = [item.partition("=")[0].strip() for item in user_sets]
+    sizes = [r for r in requests if "meta_per_class" in r]
+    if sizes and (args.meta_per_class is not None or "meta_per_class" in keys):
+        raise BenchError(f"--paper {args.paper} sets the meta-set size of each row itself (Table 7 varies it); "
+                         "drop --meta-per-class / --set meta_per_class")
+    trained = {m for r in requests for m in r["methods"].split(",")}
+    for key in keys:  # a method's setting: applied to the requests that train that method
+        owner, dot, _ = key.partition(".")
+        if dot and owner not in trained:
+            raise BenchError(f"--set {key}: table {args.paper} does not train {owner!r} (its methods: "
+                             f"{', '.join(sorted(trained))})")
     specs = []
-    for request in paper_tables.paper_requests(args.paper):
+    for request in requests:
         ns = argparse.Namespace(**vars(args))
         ns.methods = request["methods"]
         ns.cells, ns.grid, ns.imbalance, ns.noise = request["cells"], None, None, None
-        mine = {item.partition("=")[0].strip() for item in args.set or []}  # the user's settings replace the row's
-        ns.set = [item for item in request.get("set", []) if item.partition("=")[0].strip() not in mine]
-        ns.set += list(args.set or [])
+        methods_here = set(request["methods"].split(","))
+        mine = [item for item, key in zip(user_sets, keys)
+                if "." not in key or key.partition(".")[0] in methods_here]
+        mine_keys = {item.partition("=")[0].strip() for item in mine}  # the user's settings replace the row's
+        ns.set = [item for item in request.get("set", []) if item.partition("=")[0].strip() not in mine_keys]
+        ns.set += mine
         ns.preset = args.preset or request.get("preset", "paper")
         ns.model = args.model or request.get("model")
         if "meta_per_class" in request:  # Table 7 varies the meta-set size per row

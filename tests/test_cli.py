@@ -989,6 +989,29 @@ def test_the_paper_tables_runs_take_the_users_preset_and_settings_on_top():
     assert {dict(s.params)["skip_layers"] for s in rows} == {3}
 
 
+def test_a_methods_setting_on_a_paper_table_applies_to_the_rows_of_that_method():
+    """Table 2 trains MW-Net and CurveNet in separate requests: a CurveNet setting reaches every
+    CurveNet run and no MW-Net run (it failed, naming a --methods the user never gave); a method
+    the table does not train, or a meta-set size on Table 7 (which sets its own), is one line."""
+    from bench.arguments import paper_specs
+    from bench.cli import make_parser
+    from bench.errors import BenchError
+
+    def specs(n, *args):
+        return paper_specs(make_parser().parse_args(["runs-for", "--paper", n, "--seeds", "0", *args]))
+
+    plain = specs("2")
+    tuned = specs("2", "--set", "curvenet.embed_dim=32", "--set", "lr=0.05")
+    assert len(tuned) == len(plain) and {s.lr for s in tuned} == {0.05}
+    assert {dict(s.params).get("embed_dim") for s in tuned if s.method == "curvenet"} == {32}
+    assert [s.params for s in tuned if s.method == "mwnet"] == [s.params for s in plain if s.method == "mwnet"]
+    with pytest.raises(BenchError, match="table 2 does not train 'focal' \\(its methods: curvenet, mwnet\\)"):
+        specs("2", "--set", "focal.gamma=1")
+    for extra in (["--meta-per-class", "5"], ["--set", "meta_per_class=5"]):
+        with pytest.raises(BenchError, match="--paper 7 sets the meta-set size of each row itself"):
+            specs("7", *extra)
+
+
 def test_the_command_for_a_run_keeps_every_digit_of_its_settings():
     from bench.arguments import run_command
 
