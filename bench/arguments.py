@@ -349,7 +349,8 @@ def asked_specs(args, notes: list[str] | None = None) -> list[RunSpec]:
     """Every run a ``bench run`` command asks for: a paper table's (``--paper N``), or methods x
     cells x seeds for every combination of the ``--sweep`` values (:func:`sweep_sets`), in the
     command's order, each run once (``notes``: :func:`build_specs`)."""
-    for option in ("dataset", "imbalance", "noise", "grid", "preset", "model"):  # (an empty shell variable)
+    # an empty shell variable: e.g. --shard "$TASK" outside an array job must not train the whole grid
+    for option in ("dataset", "imbalance", "noise", "grid", "preset", "model", "paper", "shard"):
         if getattr(args, option, None) == "":
             raise BenchError(f"--{option} is empty; give a value or leave the option out")
     if getattr(args, "paper", None):

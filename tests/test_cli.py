@@ -104,6 +104,8 @@ BAD_RUN_ARGS = [
     (["--methods", "ce", "--set", ".gamma=1"], "--set .gamma=...: no method before the dot"),
     (["--methods", "ce", "--noise", ""], "--noise is empty"),
     (["--methods", "ce", "--model", ""], "--model is empty"),
+    (["--methods", "ce", "--shard", ""], "--shard is empty"),  # not the whole grid on every array job
+    (["--paper", ""], "--paper is empty"),
     (["--methods", "ce", "--noise", "flip2:0.4,"], "--noise 'flip2:0.4,' has an empty item"),
     (["--methods", "ce", "--model", "resnet32", "--set", "model=small_cnn"],
      "--model resnet32 and model=small_cnn (--set or --sweep) disagree"),
