@@ -216,7 +216,8 @@ def comma_items(text: str, what: str) -> list[str]:
 
 
 def parse_value(text: str, current):
-    """Parse ``text`` to the type of ``current`` (bool, int, float, str or a tuple of ints/floats)."""
+    """Parse ``text`` to the type of ``current`` (bool, int, float, str or a tuple of ints/floats).
+    A float -0 is read as 0 (the same setting, so the same run key)."""
     try:
         if isinstance(current, bool):
             if text.lower() in ("1", "true", "yes", "on"):
@@ -230,13 +231,13 @@ def parse_value(text: str, current):
             value = float(text)
             if not math.isfinite(value):
                 raise ValueError(text)
-            return value
+            return value + 0.0  # -0.0 -> 0.0
         if isinstance(current, tuple):
             kind = type(current[0]) if current else int
             items = [t.strip() for t in text.split(",")]
             if not all(items):
                 raise ValueError(text)
-            return tuple(kind(t) for t in items)
+            return tuple(kind(t) + kind(0) for t in items)  # (a float -0.0 -> 0.0)
         if current is None:
             return _guess(text)
         return text
@@ -248,7 +249,7 @@ def parse_value(text: str, current):
 def _guess(text: str):
     for kind in (int, float):
         try:
-            return kind(text)
+            return kind(text) + kind(0)  # (a float -0.0 -> 0.0)
         except ValueError:
             pass
     return None if text.lower() == "none" else text

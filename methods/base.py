@@ -145,6 +145,8 @@ class Method:
                 changes[key] = parse_value(text, current)
             except BenchError as exc:
                 raise BenchError(f"{cls.name}.{key}: {exc}") from None
+            if type(changes[key]) is int and _float_not_int(hints.get(key)):
+                changes[key] = float(changes[key])  # a float | None setting given "1": 1.0, one key with "1.0"
         try:
             return dataclasses.replace(params, **changes)
         except (TypeError, ValueError) as exc:
@@ -160,6 +162,12 @@ class Method:
         fields_ = {f.name for f in dataclasses.fields(cls.Params)}
         return cls.Params(**{k: (tuple(v) if isinstance(v, list) else v)
                              for k, v in spec.params if k in fields_})
+
+
+def _float_not_int(hint) -> bool:
+    """Whether a setting's type hint takes a float but not an int (``float``, ``float | None``)."""
+    kinds = typing.get_args(hint) or (hint,)
+    return float in kinds and int not in kinds
 
 
 def params_items(params) -> tuple[tuple[str, Any], ...]:

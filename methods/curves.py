@@ -420,7 +420,7 @@ def check_rate_option(value: str, what: str) -> str:
         raise BenchError(f"{what} must be 'nominal', 'realised' or a number in [0, 1), got {value!r}") from None
     if not (0 <= rate < 1):
         raise BenchError(f"{what} must lie in [0, 1), got {value!r}")
-    text = repr(rate)
+    text = repr(rate + 0.0)  # -0 as 0
     return text.removesuffix(".0")  # 0 as "0"
 
 

@@ -1014,6 +1014,24 @@ def test_a_methods_setting_on_a_paper_table_applies_to_the_rows_of_that_method()
             specs("7", *extra)
 
 
+def test_one_setting_typed_two_ways_is_one_run():
+    """1 and 1.0 for a float setting whose default is None (MW-Net's meta_lr), and -0 and 0, are
+    one setting: one key, so one run (they were two, trained twice by --sweep meta_lr=1,1.0)."""
+    def keys(*args):
+        return [s.key() for s in _asked(*args)]
+
+    assert keys("--methods", "mwnet", "--set", "mwnet.meta_lr=1") == keys("--methods", "mwnet", "--set",
+                                                                       "mwnet.meta_lr=1.0")
+    assert keys("--methods", "mwnet", "--set", "mwnet.meta_weight_decay=0") == keys(
+        "--methods", "mwnet", "--set", "mwnet.meta_weight_decay=0.0")
+    (spec,) = _asked("--methods", "mwnet", "--set", "mwnet.meta_lr=1")
+    assert dict(spec.params)["meta_lr"] == 1.0 and type(dict(spec.params)["meta_lr"]) is float
+    assert keys("--methods", "ce", "--noise", "flip2:-0") == keys("--methods", "ce", "--noise", "none")
+    assert keys("--methods", "focal", "--set", "focal.gamma=-0") == keys("--methods", "focal", "--set",
+                                                                      "focal.gamma=0")
+    assert len(_asked("--methods", "mwnet", "--sweep", "mwnet.meta_lr=1,1.0")) == 1
+
+
 def test_the_command_for_a_run_keeps_every_digit_of_its_settings():
     from bench.arguments import run_command
 

@@ -419,7 +419,7 @@ def test_a_rate_typed_differently_is_one_run(method, setting):
         return RunSpec(method=method, params=params_items(params)).key(), getattr(params, setting)
 
     assert {key(t) for t in (".35", "0.350", "3.5e-1", "0.35")} == {key("0.35")}
-    assert key("0.35")[1] == "0.35" and key("0.0") == key("0") and key("0")[1] == "0"
+    assert key("0.35")[1] == "0.35" and key("0.0") == key("0") == key("-0") and key("0")[1] == "0"
     assert key("nominal")[1] == "nominal" and key("realised")[1] == "realised"
     assert len({key(t) for t in ("0.35", "0.1", "nominal", "realised")}) == 4
 

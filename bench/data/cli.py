@@ -63,7 +63,7 @@ def parse_noise(text: str) -> tuple[str, float]:
     if kind not in NOISE_TYPES:
         raise DataError(f"unknown noise type {kind!r} in --noise {text!r}; choose one of {kinds}, or real")
     try:
-        rate = float(rate_text)
+        rate = float(rate_text) + 0.0  # -0 is 0: one cell, one key
     except ValueError:
         raise DataError(f"--noise {text!r}: the rate {rate_text!r} is not a number") from None
     if not (math.isfinite(rate) and 0 <= rate < 1):
