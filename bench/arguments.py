@@ -81,7 +81,8 @@ def _same_setting(option, text: str | None, key: str, kind):
     except BenchError as exc:
         raise BenchError(f"{key}={text}: {exc}") from None  # (from --set or --sweep)
     if option is not None and option != value:
-        raise BenchError(f"--{key} {option} and {key}={text} (--set or --sweep) disagree; give it once")
+        raise BenchError(f"--{key.replace('_', '-')} {option} and {key}={text} (--set or --sweep) disagree; "
+                         "give it once")
     return value
 
 

@@ -109,6 +109,8 @@ BAD_RUN_ARGS = [
     (["--methods", "ce", "--noise", "flip2:0.4,"], "--noise 'flip2:0.4,' has an empty item"),
     (["--methods", "ce", "--model", "resnet32", "--set", "model=small_cnn"],
      "--model resnet32 and model=small_cnn (--set or --sweep) disagree"),
+    (["--methods", "mwnet", "--train-on-meta", "--set", "train_on_meta=false"],
+     "--train-on-meta True and train_on_meta=false (--set or --sweep) disagree"),  # the option as typed
     (["--methods", "ce", "--meta-per-class", "-1"], "--meta-per-class must be non-negative, got -1"),
     (["--methods", "ce", "--imbalance", "10,x"], "--imbalance must be a comma-separated list of numbers"),
     (["--methods", "ce", "--grid", "quick", "--noise", "none"], "either --grid"),
