@@ -113,7 +113,9 @@ class WideBlock(nn.Module):
 
 
 class WideResNet(Backbone):
-    """WRN-depth-k; depth 16, k 8 gives WRN-16-8 (2 blocks per stage, widths 128/256/512)."""
+    """WRN-depth-k; depth 16, k 8 gives WRN-16-8 (2 blocks per stage, widths 128/256/512), as MW-Net's
+    ``wideresnet.py`` at its default ``--droprate 0`` (no dropout; the WRN paper often uses 0.3).
+    CurveNet-V1 ships no WRN code, so Table 6's network is this one."""
 
     def __init__(self, num_classes: int, in_channels: int = 3, depth: int = 16, widen: int = 8):
         super().__init__()
@@ -159,7 +161,10 @@ def init_weights(model: nn.Module, scheme: str = "kaiming") -> nn.Module:
     """Initialise in place.
 
     ``kaiming`` (MW-Net and LDAM-DRW code, PROTOCOL.md §2): Kaiming normal on conv and linear
-    weights, BN weight 1 and bias 0, linear bias left at PyTorch's default.
+    weights, BN weight 1 and bias 0, linear bias left at PyTorch's default. That is their ResNet-32's
+    init exactly; the suite gives WRN-16-8 the same, a deviation from MW-Net's own ``wideresnet.py``
+    (conv weights N(0, 2 / (k * k * out_channels)), i.e. fan-out, linear weight at PyTorch's default,
+    linear bias 0).
     ``curvenet`` (CurveNet code, recognition_curve.py): conv weights N(0, 0.02), BN weights
     N(1, 0.02) and bias 0, linear weights Kaiming normal.
     """
