@@ -356,7 +356,8 @@ def plot_separation(panels: list[dict], out: Path, title: str) -> Path:
             patch.set_facecolor(color)
             patch.set_alpha(0.5)
         sep = panel["separation"]
-        names = {g: "clean" if g == "clean, head" and not len(sep["tail"]) else g for g, _ in shown}  # no tail
+        no_tail = "tail" in sep and not len(sep["tail"])  # a balanced cell: every clean sample is "clean"
+        names = {g: "clean" if g == "clean, head" and no_tail else g for g, _ in shown}
         ax.set_xticks(range(1, len(shown) + 1))
         ax.set_xticklabels([f"{names[g]}\n{len(panel['groups'][g])}" for g, _ in shown], fontsize=8)
         label = textwrap.fill(panel["label"], 26, break_on_hyphens=False)  # "CE [data_sha256=...]" fits its panel

@@ -17,7 +17,7 @@ import pandas as pd
 
 from bench.data.bias import number_text
 from bench.errors import BenchError
-from bench.spec import OMITTED_WHEN_DEFAULT, SEED_FIELDS, cell_text
+from bench.spec import OMITTED_WHEN_DEFAULT, PRESETS, SEED_FIELDS, cell_text
 
 METRICS = {"last": "acc_last", "best": "acc_best", "minutes": "train_minutes",
            "noise_auroc": "noise_auroc", "tail_auroc": "tail_auroc"}
@@ -170,10 +170,16 @@ def row_labels(runs: pd.DataFrame) -> list[str]:
     averaged together. A run-wide setting away from its default (``CE [precision=bf16]``,
     ``CE [train_on_meta=True]``), and so an npz file's version (``data_sha256``), is always
     shown. The warm-up and milestones that ``--epochs`` scaled are told by the epochs alone
-    (``CE [epochs=3]``); they are shown where they are not the scaled ones."""
+    (``CE [epochs=3]``); they are shown where they are not the scaled ones.
+
+    Across cells, a setting away from its preset's on some of a name's runs and not on others
+    (``--epochs 3`` on one cell only) labels the runs away from it (``CE [epochs=3]``; the others
+    stay ``CE``): one row never holds different settings in different columns, which
+    ``--average`` would pool."""
     specs = [json.loads(s) for s in runs["spec_json"]]
     flat = [settings(s) for s in specs]
-    group_of = [(name, *(s[f] for f in CELL_FIELDS)) for name, s in zip(runs["display_name"], specs)]
+    names = list(runs["display_name"])
+    group_of = [(name, *(s[f] for f in CELL_FIELDS)) for name, s in zip(names, specs)]
     variants: dict[tuple, list[dict]] = {}
     for group, f in zip(group_of, flat):
         variants.setdefault(group, [])
@@ -184,10 +190,22 @@ def row_labels(runs: pd.DataFrame) -> list[str]:
     differing = {group: sorted({k for v in vs for k in v if any(o.get(k) != v.get(k) for o in vs)}
                                | {k for v in vs for k, d in OMITTED_WHEN_DEFAULT.items() if v.get(k) != d})
                  for group, vs in variants.items()}
+    # across cells: the settings away from the preset's on some of a name's runs, not on all alike
+    envs = runs["env_json"] if "env_json" in runs else [None] * len(runs)
+    away = [{**{k: got for k, (got, _) in off_preset(spec).items()},
+             **{f"{spec['method']}.{k}": pair[0] for k, pair in method_settings(env).items()}}
+            for spec, env in zip(specs, envs)]
+    of_name: dict[str, list[dict]] = {}
+    for name, a in zip(names, away):
+        of_name.setdefault(name, []).append(a)
+    varying = {name: {k for a in alike for k in a if any(o.get(k) != a.get(k) for o in alike)}
+               for name, alike in of_name.items()}
     labels = []
-    for name, group, f, spec in zip(runs["display_name"], group_of, flat, specs):
+    for name, group, f, spec, a in zip(names, group_of, flat, specs, away):
         implied = _scaled_schedule(spec)  # the schedule --epochs scales: told by the epochs alone
-        shown = " ".join(f"{k}={setting_text(f[k])}" for k in differing[group]
+        raw = PRESETS.get(spec.get("preset"), {})  # a schedule left at the preset's own values is not news
+        mine = {k for k in varying[name] & set(a) if not (k in raw and _same(f.get(k), raw[k]))}
+        shown = " ".join(f"{k}={setting_text(f[k])}" for k in sorted(set(differing[group]) | mine)
                          if k in f and not (k in implied and _same(f[k], implied[k])))
         labels.append(f"{name} [{shown}]" if shown else name)
     return labels

@@ -308,6 +308,10 @@ def test_the_separation_figure_shows_the_groups_that_have_samples_and_what_the_t
     assert score.get_ylabel() == "− selection score" and weight.get_ylabel() == "final weight"
     assert score.get_title() == "O2U-Net\nnoise 88.6 · tail —"
     assert len(weight.get_xticklabels()) == 3 and suptitle(figures[0]) == "the title"
+    # a balanced cell has no tail classes: its clean samples are "clean", not "clean, head"
+    balanced = {"noise_auroc": 70.0, "tail_auroc": float("nan"), "tail": np.array([], int)}
+    plot_separation([{**panels[0], "separation": balanced}], tmp_path / "g.png", "balanced")
+    assert [t.get_text() for t in figures[1].axes[0].get_xticklabels()] == ["clean\n3", "mislabelled\n2"]
 
 
 def test_bench_plot_separation_shows_the_asked_methods_and_seed(trust_store, tmp_path, monkeypatch, capsys, figures,

@@ -44,10 +44,27 @@ def test_one_setting_per_method_and_cell_keeps_the_plain_name():
     ce, focal = RunSpec("ce"), RunSpec("focal", params=(("gamma", 1.0),))
     runs = frame((ce, "CE", 60.0), (ce.replace(seed=1), "CE", 62.0), (focal, "Focal", 61.0),
                  # meta_per_class differs between cells (a per-dataset default): not a variant
-                 (ce.replace(imbalance=1.0, meta_per_class=10), "CE", 80.0))
+                 (ce.replace(dataset="cifar100", imbalance=1.0, meta_per_class=10), "CE", 80.0))
     assert row_labels(runs) == ["CE", "CE", "Focal", "CE"]
     table = results_table(runs)
     assert sorted(table.index) == ["CE", "Focal"] and table.shape == (2, 2)
+
+
+def test_a_setting_changed_on_one_cell_only_gets_its_own_row_and_is_not_averaged_in():
+    """CE at its preset's 20 epochs on imb10 and at 3 epochs on imb50 were one "CE" row, whose
+    --average pooled the 20-epoch and 3-epoch results; the 3-epoch runs are now their own row, the
+    plain one keeps its name, and neither covers both cells, so neither gets a mean."""
+    ce = RunSpec("ce", imbalance=10.0)
+    short = ce.replace(imbalance=50.0, epochs=3, warmup_epochs=0, milestones=(1, 2))  # as --epochs 3 scales them
+    runs = frame((ce, "CE", 50.0), (ce.replace(seed=1), "CE", 52.0),
+                 (short, "CE", 20.0), (short.replace(seed=1), "CE", 22.0))
+    assert row_labels(runs) == ["CE", "CE", "CE [epochs=3]", "CE [epochs=3]"]
+    table = results_table(runs, average=True)
+    assert sorted(table.index) == ["CE", "CE [epochs=3]"]
+    assert table.iloc[:, -1].tolist() == ["—", "—"]  # no row covers both cells: no pooled mean
+    # the same 3 epochs on every cell: one row, named plainly (the note under the table says epochs 3)
+    both = frame((short, "CE", 20.0), (short.replace(imbalance=10.0), "CE", 30.0))
+    assert row_labels(both) == ["CE", "CE"]
 
 
 def test_method_hyperparameters_tell_variants_apart():
@@ -299,7 +316,9 @@ def test_bench_table_filters_by_method_and_cell_and_keeps_each_rows_label(tmp_pa
     assert set(curvenet["cell"]) == {"cifar10 imb1 flip2:0.4"}
     mine = every[every["method"].isin(curvenet["method"]) & every["cell"].str.startswith("cifar10 imb1 flip2:0.4")]
     assert sorted(mine["mean"]) == sorted(curvenet["mean"])  # the same numbers as in the whole table
-    assert set(records("--method", "mwnet,ce")["method"]) == {"MW-Net(imb)", "MW-Net(noise)"}
+    # the 3-epoch MW-Net(imb) run (one cell) is its own row: a row never mixes settings across cells
+    assert set(records("--method", "mwnet,ce")["method"]) == {"MW-Net(imb)", "MW-Net(imb) [epochs=3]",
+                                                              "MW-Net(noise)"}
     assert main(["table", "--store", str(path), "--paper", "2", "--method", "ce"]) == 2
     assert "drop --method/--cell" in capsys.readouterr().err
 
