@@ -390,7 +390,8 @@ def results_table(runs: pd.DataFrame, metric: str = "last", group: str = "all",
         return pd.DataFrame()
     agg = _with_cells(agg)
     agg["text"] = [format_cell(m, s, n) for m, s, n in zip(agg["mean"], agg["std"], agg["n"])]
-    cells = list(dict.fromkeys(agg.sort_values(["dataset", "imbalance", "noise_rate", "noise_type"])["cell"]))
+    cells = list(dict.fromkeys(agg.sort_values(["dataset", "imbalance", "noise_rate", "noise_type", "preset", "model"],
+                                               kind="stable")["cell"]))  # as the CSV / JSON records
     table = agg.pivot(index="label", columns="cell", values="text").reindex(columns=cells)
     table.index.name = "method"
     if average:

@@ -67,6 +67,16 @@ def test_a_setting_changed_on_one_cell_only_gets_its_own_row_and_is_not_averaged
     assert row_labels(both) == ["CE", "CE"]
 
 
+def test_columns_of_one_cell_under_two_protocols_keep_one_order_whatever_the_rows():
+    """One cell run under the quick and the paper preset: the columns sort by preset then model,
+    as the CSV / JSON records do, not by whichever method happens to come first."""
+    quick = RunSpec("ce", imbalance=10.0)
+    paper = quick.replace(preset="paper", model="resnet32")
+    for rows in ([(quick, "Alpha", 50.0), (paper, "Beta", 60.0)], [(paper, "Alpha", 60.0), (quick, "Beta", 50.0)]):
+        assert list(results_table(frame(*rows)).columns) == ["fmnist-mini imb10 flip2:0.4 [paper/resnet32]",
+                                                             "fmnist-mini imb10 flip2:0.4 [quick/small_cnn]"]
+
+
 def test_method_hyperparameters_tell_variants_apart():
     runs = frame((RunSpec("focal", params=(("gamma", 1.0),)), "Focal", 61.0),
                  (RunSpec("focal", params=(("gamma", 2.0),)), "Focal", 63.0))
