@@ -112,6 +112,33 @@ def test_fashion_mnist_real_files(fashion_full):
     assert abs(mean - ds.mean[0]) < 1e-4 and abs(std - ds.std[0]) < 1e-4
 
 
+def test_fashion_mnist_download_fetches_the_release_files_and_checks_them(fashion_dir, fashion_full, tmp_path,
+                                                                        monkeypatch):
+    """``--download`` fetches the four .gz files from the release's address into DATA_DIR/
+    fashion-mnist, checks each against its md5, and loads them. The md5 table and address are
+    torchvision's; the shared copies are recompressed (same idx content, other .gz bytes), so
+    here the check is against theirs."""
+    from torchvision.datasets import FashionMNIST
+
+    assert datasets.FASHION_URL in FashionMNIST.mirrors
+    assert {n + ".gz": md5 for n, md5 in datasets.FASHION_GZ_MD5.items()} == dict(FashionMNIST.resources)
+    for n in datasets.FASHION_GZ_MD5:
+        monkeypatch.setitem(datasets.FASHION_GZ_MD5, n, hashlib.md5((fashion_dir / (n + ".gz")).read_bytes())
+                            .hexdigest())
+    fetched = []
+
+    def fetch(url, path):  # the network, served from the real release files
+        assert url.startswith(datasets.FASHION_URL)
+        fetched.append(url.removeprefix(datasets.FASHION_URL))
+        path.write_bytes((fashion_dir / fetched[-1]).read_bytes())
+
+    monkeypatch.setattr(datasets, "_fetch", fetch)
+    ds = datasets.load_fashion_mnist(tmp_path, download=True)
+    assert sorted(fetched) == sorted(n + ".gz" for n in datasets.FASHION_MD5)
+    assert sorted(p.name for p in (tmp_path / "fashion-mnist").iterdir()) == sorted(fetched)
+    assert np.array_equal(ds.y_train, fashion_full.y_train) and np.array_equal(ds.x_test, fashion_full.x_test)
+
+
 def test_fmnist_mini_is_the_first_images_of_each_class(fashion_full):
     full = fashion_full
     mini = load_dataset("fmnist-mini")
