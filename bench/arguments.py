@@ -317,8 +317,7 @@ def paper_specs(args) -> list[RunSpec]:
     requests = paper_tables.paper_requests(args.paper)
     user_sets = list(args.set or [])
     keys = [item.partition("=")[0].strip() for item in user_sets]
-    sizes = [r for r in requests if "meta_per_class" in r]
-    if sizes and (args.meta_per_class is not None or "meta_per_class" in keys):
+    if any("meta_per_class" in r for r in requests) and (args.meta_per_class is not None or "meta_per_class" in keys):
         raise BenchError(f"--paper {args.paper} sets the meta-set size of each row itself (Table 7 varies it); "
                          "drop --meta-per-class / --set meta_per_class")
     trained = {m for r in requests for m in r["methods"].split(",")}
