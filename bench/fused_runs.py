@@ -69,7 +69,7 @@ import methods
 from bench.errors import BenchError
 from bench.fused import FusedLoader, fuse, interleave, run_state, runs_images
 from bench.spec import RunSpec
-from bench.train import Diverged, accuracy_report, check_finite
+from bench.train import Diverged, accuracy_report, check_finite, check_finite_model, nonfinite_tensor
 from methods.base import PerRun
 
 
@@ -327,8 +327,9 @@ class FusedRun:
 
     def log(self, epoch: int, model: nn.Module | None = None, *, stage: str = "train", **metrics) -> None:
         """Each member's row: a tensor of K values gives each its own (the loss), others are shared.
-        A member whose metric is NaN or infinite is marked failed and logs no more; when every
-        member has failed the group stops (:class:`bench.train.Diverged`)."""
+        A member whose metric, or whose weights or buffers, are NaN or infinite is marked failed
+        and logs no more; when every member has failed the group stops (:class:`bench.train.Diverged`)."""
+        blown = model is not None and nonfinite_tensor(model.state_dict()) is not None  # then: whose?
         reports = self.evaluate(model) if model is not None else [None] * self.runs
         for k, run in enumerate(self.members):
             if k in self.failed:
@@ -336,6 +337,8 @@ class FusedRun:
             values = {name: _member_value(value, k, self.runs) for name, value in metrics.items()}
             try:
                 check_finite(epoch, stage, **values)
+                if blown:
+                    check_finite_model(epoch, stage, self.unfused(model, k))
             except Diverged as exc:
                 self.failed[k] = str(exc)
                 continue

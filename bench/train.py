@@ -103,6 +103,26 @@ def check_finite(epoch: int, stage: str = "train", **metrics) -> None:
             raise Diverged(epoch, f"{name} is {value}", stage)
 
 
+def nonfinite_tensor(state: dict) -> str | None:
+    """The name of the first floating tensor of ``state`` (a ``state_dict``) that holds a NaN or an
+    infinity, else None; one host synchronisation. A loss can stay finite while weights or
+    BatchNorm statistics blow up (``--set lr=50``: every test image then gets one class)."""
+    floats = [(name, t) for name, t in state.items() if torch.is_tensor(t) and t.is_floating_point()]
+    if not floats:
+        return None
+    finite = torch.stack([torch.isfinite(t).all() for _, t in floats])
+    if bool(finite.all()):
+        return None
+    return floats[int((~finite).nonzero()[0, 0])][0]
+
+
+def check_finite_model(epoch: int, stage: str, model) -> None:
+    """:class:`Diverged` where ``model``'s weights or buffers hold a NaN or an infinity."""
+    bad = nonfinite_tensor(model.state_dict())
+    if bad is not None:
+        raise Diverged(epoch, f"{bad} holds NaN or inf", stage)
+
+
 def train_classifier(run, model: nn.Module, loss_fn: LossFn, *, epochs: int | None = None,
                      optimizer: torch.optim.Optimizer | None = None, loader=None, stage: str = "train",
                      on_epoch_start: Callable[[int], None] | None = None,

@@ -30,7 +30,7 @@ from bench.capture import StepGraph, autocast
 from bench.errors import BenchError
 from bench.models import build_model
 from bench.spec import RunSpec, parse_value
-from bench.train import accuracy_report, check_finite, lr_at, predict
+from bench.train import accuracy_report, check_finite, check_finite_model, lr_at, predict
 
 
 def check_int(value, what: str, minimum: int = 0) -> None:
@@ -430,12 +430,15 @@ class Run:
     def log(self, epoch: int, model: nn.Module | None = None, *, stage: str = "train", **metrics) -> None:
         """Record one epoch of ``stage``; with ``model`` it is evaluated on the test set too.
 
-        Raises :class:`bench.train.Diverged` when a metric is NaN or infinite.
+        Raises :class:`bench.train.Diverged` when a metric is NaN or infinite, or ``model``'s
+        weights or buffers are.
         """
         # a one-element tensor as its Python number (an integer count stays an int)
         metrics = {k: (v.item() if isinstance(v, torch.Tensor) else float(v) if isinstance(v, np.floating) else v)
                    for k, v in metrics.items()}
         check_finite(epoch, stage, **metrics)
+        if model is not None:
+            check_finite_model(epoch, stage, model)
         self.log_row(epoch, stage, metrics, self.evaluate(model) if model is not None else None)
 
     def log_row(self, epoch: int, stage: str, metrics: dict, report: dict | None = None) -> None:

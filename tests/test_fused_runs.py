@@ -279,6 +279,26 @@ def test_a_run_that_diverges_fails_alone_and_its_group_trains_on(monkeypatch):
     assert ok.history[-1]["loss"] == pytest.approx(reference.history[-1]["loss"], rel=1e-3)
 
 
+def test_a_run_whose_statistics_blow_up_while_its_loss_stays_finite_fails_alone(monkeypatch):
+    """Run 1's BatchNorm running variance is infinite (as a huge learning rate leaves it): its
+    training loss stays finite, but its test predictions would be one class; it fails with the
+    tensor named, and the other run of the group is done."""
+    specs = [_spec(s) for s in (0, 1)]
+    fuse_model = FusedRun.model
+
+    def blown(self):
+        model = fuse_model(self)
+        bn = next(m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
+        bn.running_var.view(2, -1)[1] = float("inf")
+        return model
+
+    monkeypatch.setattr(FusedRun, "model", blown)
+    ok, diverged = execute_fused(FusedGroup(tuple(specs)), device=CPU)
+    assert diverged.status == "failed" and diverged.error.startswith("diverged at train epoch 1: ")
+    assert diverged.error.endswith("running_var holds NaN or inf")
+    assert ok.status == "done"
+
+
 def test_a_group_whose_runs_all_diverge_stops_with_each_reason(monkeypatch):
     specs = [_spec(s, epochs=3) for s in (0, 1)]
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda *a, **k: torch.tensor(math.inf,

@@ -52,6 +52,29 @@ def test_nan_loss_is_divergence():
         check_finite(0, "probe", loss=float("inf"))
 
 
+def test_weights_or_statistics_that_blew_up_are_divergence_though_the_loss_is_finite(tmp_path, capsys):
+    """A huge learning rate can leave the loss finite (about 5.7 by the third epoch here) while
+    BatchNorm's running variance is infinite and every test image gets one class: the run fails
+    as diverged, naming the tensor, and is not stored as done."""
+    import torch
+
+    from bench.cli import main
+    from bench.store import Store
+    from bench.train import check_finite_model, nonfinite_tensor
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    assert nonfinite_tensor(model.state_dict()) is None
+    model[1].running_var[1] = float("inf")
+    assert nonfinite_tensor(model.state_dict()) == "1.running_var"
+    with pytest.raises(Diverged, match="^diverged at train epoch 2: 1.running_var holds NaN or inf$"):
+        check_finite_model(1, "train", model)
+    store = tmp_path / "s.sqlite"
+    assert main(["run", "--methods", "ce", "--epochs", "3", "--set", "lr=50", "--store", str(store),
+                 "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 1
+    (error,) = Store(store, create=False).runs("failed")["error"]
+    assert error.startswith("diverged at train epoch 1: ") and error.endswith("holds NaN or inf")
+
+
 def test_resnet32_is_the_cifar_resnet():
     import torch
     model = build_model("resnet32", 10)
