@@ -119,6 +119,14 @@ def off_preset(spec: dict) -> dict:
     return out
 
 
+def away_from_preset(spec: dict, env_json) -> dict:
+    """A stored run's settings away from its preset's, each as (its value, the preset's): its
+    protocol (:func:`off_preset`) and its method settings that its name does not show
+    (:func:`method_settings`, as ``method.name``)."""
+    unnamed = method_settings(env_json)
+    return {**off_preset(spec), **{f"{spec['method']}.{k}": tuple(pair) for k, pair in unnamed.items()}}
+
+
 def off_preset_note(runs: pd.DataFrame, labels: list[str] | None = None) -> str | None:
     """A line for under a table of ``runs``: the rows whose runs' protocol is not their preset's
     (``--epochs 2``, ``--set lr=0.05``), or whose method settings are not its preset's defaults
@@ -133,10 +141,8 @@ def off_preset_note(runs: pd.DataFrame, labels: list[str] | None = None) -> str 
     envs = runs["env_json"] if "env_json" in runs else [None] * len(runs)
     for label, text, env in zip(row_labels(runs) if labels is None else labels, runs["spec_json"], envs):
         spec = json.loads(text)
-        changed = {**off_preset(spec), **{f"{spec['method']}.{k}": tuple(pair)
-                                          for k, pair in method_settings(env).items()}}
         away = ", ".join(f"{k} {setting_text(got)} (the {spec['preset']} preset: {setting_text(want)})"
-                         for k, (got, want) in sorted(changed.items()))
+                         for k, (got, want) in sorted(away_from_preset(spec, env).items()))
         if away:
             named = rows.setdefault(away, [])
             if label not in named:
@@ -192,9 +198,7 @@ def row_labels(runs: pd.DataFrame) -> list[str]:
                  for group, vs in variants.items()}
     # across cells: the settings away from the preset's on some of a name's runs, not on all alike
     envs = runs["env_json"] if "env_json" in runs else [None] * len(runs)
-    away = [{**{k: got for k, (got, _) in off_preset(spec).items()},
-             **{f"{spec['method']}.{k}": pair[0] for k, pair in method_settings(env).items()}}
-            for spec, env in zip(specs, envs)]
+    away = [{k: got for k, (got, _) in away_from_preset(spec, env).items()} for spec, env in zip(specs, envs)]
     of_name: dict[str, list[dict]] = {}
     for name, a in zip(names, away):
         of_name.setdefault(name, []).append(a)
